@@ -1,0 +1,1 @@
+//! Chord ring rules, I/O-free.

@@ -1,0 +1,7 @@
+//! Shared test support: port allocation, the conformance suites (written once,
+//! instantiated per backend by the files in `tests/tests/`), and helpers that
+//! run real `gestor` processes.
+
+pub mod ports;
+pub mod store_suite;
+pub mod transport_suite;

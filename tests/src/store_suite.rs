@@ -1,0 +1,1 @@
+//! Store conformance suite (see store_suite docs).
