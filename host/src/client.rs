@@ -1,0 +1,104 @@
+//! Talking to gestores as a client: one request, with fallback.
+//!
+//! A client knows one or more gestor URLs. Every reply carries the current
+//! list of initial gestors (seed §1), which the client keeps: when the gestor
+//! it asked does not answer, it tries the others it knows, in order.
+
+use gestor_sdk::transport::{Requester, Transport, TransportOptions};
+use gestor_sdk::wire::{from_cbor, to_cbor, Reply, Request};
+use gestor_sdk::{HandlerError, TransportError, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No gestor answered; lists what was tried.
+    #[error("gestor unreachable: no reply from {tried}")]
+    Unreachable { tried: String, last: TransportError },
+    /// A gestor answered with an error reply.
+    #[error("{0}")]
+    Remote(HandlerError),
+    #[error("malformed reply from {url}: {reason}")]
+    Malformed { url: String, reason: String },
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+}
+
+pub struct Client {
+    transport: Arc<dyn Transport>,
+    options: TransportOptions,
+    /// Gestores to try, preferred first.
+    gestores: Vec<String>,
+    /// The newest initial-gestors list seen in a reply.
+    initial_gestors: Vec<String>,
+    timeout: Duration,
+    requesters: HashMap<String, Box<dyn Requester>>,
+}
+
+impl Client {
+    pub fn new(transport: Arc<dyn Transport>, gestores: Vec<String>, timeout: Duration) -> Self {
+        Client {
+            transport,
+            options: TransportOptions::default(),
+            gestores,
+            initial_gestors: Vec::new(),
+            timeout,
+            requesters: HashMap::new(),
+        }
+    }
+
+    pub fn initial_gestors(&self) -> &[String] {
+        &self.initial_gestors
+    }
+
+    /// Learn initial gestors from elsewhere (e.g. a saved list).
+    pub fn add_fallbacks(&mut self, urls: &[String]) {
+        for u in urls {
+            if !self.gestores.contains(u) {
+                self.gestores.push(u.clone());
+            }
+        }
+    }
+
+    /// Send `kind` with `body` to the first gestor that answers.
+    pub fn call(&mut self, kind: &str, body: Value) -> Result<Value, ClientError> {
+        let frame = to_cbor(&Request::new(kind, body));
+        let mut tried = Vec::new();
+        let mut last = TransportError::Closed;
+        let candidates: Vec<String> = self.gestores.clone();
+        for url in candidates {
+            match self.send_to(&url, &frame) {
+                Ok(reply) => {
+                    if !reply.initial_gestors.is_empty() {
+                        self.initial_gestors = reply.initial_gestors.clone();
+                        self.add_fallbacks(&reply.initial_gestors.clone());
+                    }
+                    return reply.into_result().map_err(ClientError::Remote);
+                }
+                Err(ClientError::Transport(e)) => {
+                    tried.push(url.clone());
+                    last = e;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Err(ClientError::Unreachable { tried: tried.join(", "), last })
+    }
+
+    fn send_to(&mut self, url: &str, frame: &[u8]) -> Result<Reply, ClientError> {
+        if !self.requesters.contains_key(url) {
+            let r = self.transport.requester(url, &self.options)?;
+            self.requesters.insert(url.to_string(), r);
+        }
+        let requester = self.requesters.get_mut(url).ok_or(TransportError::Closed)?;
+        match requester.request(frame, self.timeout) {
+            Ok(bytes) => from_cbor::<Reply>(&bytes).map_err(|reason| ClientError::Malformed { url: url.into(), reason }),
+            Err(e) => {
+                // A fresh socket next time rather than one in an unknown state.
+                self.requesters.remove(url);
+                Err(ClientError::Transport(e))
+            }
+        }
+    }
+}

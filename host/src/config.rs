@@ -1,0 +1,267 @@
+//! Node configuration: a TOML file (every option documented in
+//! `examples/gestor.toml`), with command-line flags applied on top.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    Nng,
+    Zmq,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Sqlite,
+    Sled,
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportKind::Nng => "nng",
+            TransportKind::Zmq => "zmq",
+        })
+    }
+}
+
+impl std::fmt::Display for StorageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageKind::Sqlite => "sqlite",
+            StorageKind::Sled => "sled",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeSection,
+    pub transport: TransportSection,
+    pub storage: StorageSection,
+    pub plugins: PluginsSection,
+    pub clock: ClockSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// REQ-REP endpoint this node binds.
+    pub listen: String,
+    /// Bound PUB-SUB endpoint for incoming signals; default: listen port + 1.
+    pub signal: Option<String>,
+    /// Request URL others use to reach this node; default: `listen`.
+    pub advertise: Option<String>,
+    /// Ring id override (decimal or 0x-hex); default: hash of the advertised URL.
+    pub id: Option<String>,
+    /// Gestores to join through; empty means "start a new ring".
+    pub join: Vec<String>,
+    /// Where the store keeps its files.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportSection {
+    pub backend: TransportKind,
+    pub max_message_bytes: usize,
+    pub replier_workers: usize,
+    /// Deadline for requests this node sends to other gestores.
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub backend: StorageKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsSection {
+    /// Directory searched for plugins named without a path; default: the
+    /// directory holding the `gestor` executable.
+    pub dir: Option<PathBuf>,
+    /// Plugins to load, by name (`gestor_ring` → `libgestor_ring.so`) or path.
+    pub load: Vec<String>,
+    /// Per-plugin settings, `[plugins.config.NAME]`, handed to the plugin as is.
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockSection {
+    /// Refuse version stamps further than this ahead of the local clock.
+    pub max_ahead_ms: u64,
+    /// Added to the wall clock; for tests of skewed clocks only.
+    pub offset_ms: i64,
+}
+
+/// The plugins a node loads when the configuration names none.
+pub const DEFAULT_PLUGINS: &[&str] = &["gestor_ring", "gestor_directory"];
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            listen: "tcp://127.0.0.1:7100".into(),
+            signal: None,
+            advertise: None,
+            id: None,
+            join: Vec::new(),
+            data_dir: PathBuf::from("gestor-data"),
+        }
+    }
+}
+
+impl Default for TransportSection {
+    fn default() -> Self {
+        TransportSection {
+            backend: TransportKind::Nng,
+            max_message_bytes: 4 * 1024 * 1024,
+            replier_workers: 8,
+            request_timeout_ms: 2000,
+        }
+    }
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection { backend: StorageKind::Sqlite }
+    }
+}
+
+impl Default for PluginsSection {
+    fn default() -> Self {
+        PluginsSection {
+            dir: None,
+            load: DEFAULT_PLUGINS.iter().map(|s| s.to_string()).collect(),
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for ClockSection {
+    fn default() -> Self {
+        ClockSection { max_ahead_ms: 60_000, offset_ms: 0 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node: NodeSection::default(),
+            transport: TransportSection::default(),
+            storage: StorageSection::default(),
+            plugins: PluginsSection::default(),
+            clock: ClockSection::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// The advertised request URL.
+    pub fn advertise_url(&self) -> String {
+        self.node.advertise.clone().unwrap_or_else(|| self.node.listen.clone())
+    }
+
+    /// The signal URL: configured, or the listen URL with port + 1.
+    pub fn signal_url(&self) -> Result<String> {
+        if let Some(s) = &self.node.signal {
+            return Ok(s.clone());
+        }
+        port_plus_one(&self.node.listen)
+            .with_context(|| format!("node.signal not set and cannot derive it from listen URL {}", self.node.listen))
+    }
+
+    /// The signal URL others use: the advertised host with the signal port.
+    pub fn advertised_signal_url(&self) -> Result<String> {
+        if self.node.signal.is_some() || self.node.advertise.is_none() {
+            return self.signal_url();
+        }
+        port_plus_one(&self.advertise_url())
+    }
+
+    pub fn node_id(&self) -> Result<u64> {
+        match &self.node.id {
+            None => Ok(gestor_sdk::hash::ring_position(self.advertise_url().as_bytes())),
+            Some(text) => parse_id(text),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.transport.max_message_bytes < 1024 {
+            bail!("transport.max_message_bytes must be at least 1024");
+        }
+        if self.transport.replier_workers == 0 {
+            bail!("transport.replier_workers must be at least 1");
+        }
+        self.signal_url()?;
+        self.node_id()?;
+        Ok(())
+    }
+}
+
+pub fn parse_id(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let parsed = if let Some(hex) = t.strip_prefix("0x") { u64::from_str_radix(hex, 16) } else { t.parse() };
+    parsed.with_context(|| format!("invalid node id {text:?}: expected a decimal or 0x-hex 64-bit number"))
+}
+
+/// `tcp://h:p` → `tcp://h:(p+1)`; other schemes get a `-signal` suffix.
+pub fn port_plus_one(url: &str) -> Result<String> {
+    if let Some(rest) = url.strip_prefix("tcp://") {
+        let (host, port) = rest.rsplit_once(':').context("tcp URL without port")?;
+        let port: u16 = port.parse().context("tcp URL with invalid port")?;
+        let next = port.checked_add(1).context("port 65535 has no successor for the signal endpoint")?;
+        return Ok(format!("tcp://{host}:{next}"));
+    }
+    if url.starts_with("ipc://") || url.starts_with("inproc://") {
+        return Ok(format!("{url}-signal"));
+    }
+    bail!("unsupported URL {url:?}: expected tcp://, ipc:// or inproc://")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_port_follows_listen_port() {
+        assert_eq!(port_plus_one("tcp://127.0.0.1:7100").unwrap(), "tcp://127.0.0.1:7101");
+        assert!(port_plus_one("tcp://127.0.0.1:65535").is_err());
+        assert_eq!(port_plus_one("ipc:///tmp/g").unwrap(), "ipc:///tmp/g-signal");
+    }
+
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let text = include_str!("../../examples/gestor.toml");
+        let parsed: Config = toml::from_str(text).unwrap();
+        let defaults = Config::default();
+        assert_eq!(parsed.node.listen, defaults.node.listen);
+        assert_eq!(parsed.transport.backend, defaults.transport.backend);
+        assert_eq!(parsed.storage.backend, defaults.storage.backend);
+        assert_eq!(parsed.plugins.load, defaults.plugins.load);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("[node]\nlisten_typo = 'x'").is_err());
+    }
+
+    #[test]
+    fn ids_parse_in_hex_and_decimal() {
+        assert_eq!(parse_id("0x10").unwrap(), 16);
+        assert_eq!(parse_id("42").unwrap(), 42);
+        assert!(parse_id("zz").is_err());
+    }
+}

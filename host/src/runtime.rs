@@ -1,0 +1,486 @@
+//! A running gestor node: the host side of the plugin contract.
+//!
+//! [`Node::start`] opens the store, builds the transport, binds the REQ-REP
+//! and signal endpoints, loads and starts the plugins. Requests arrive on
+//! transport worker threads and go through [`HostCore::handle_frame`]: decode
+//! the envelope, find the handler registered for its kind, call it, attach the
+//! initial-gestors list, encode. Signals arrive on one subscriber thread and
+//! go to every handler whose topic prefix matches. Each plugin loop has a
+//! thread of its own. [`Node::stop`] reverses all of it.
+
+use crate::config::{Config, StorageKind, TransportKind};
+use crate::loader::{self, LoadedPlugin};
+use anyhow::{anyhow, Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use gestor_sdk::hlc::system_ms;
+use gestor_sdk::plugin::{LoopFn, RequestFn, SignalFn};
+use gestor_sdk::transport::{Endpoint, Publisher, Replier, Requester, Transport, TransportOptions};
+use gestor_sdk::wire::{from_cbor, to_cbor, Reply, Request, PROTOCOL_VERSION};
+use gestor_sdk::{CallError, Clock, ErrorCode, HandlerError, Host, PluginContext, PluginError, RequestMeta, Store, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Requesters kept open per peer URL; more concurrent calls open more.
+const POOLED_REQUESTERS_PER_PEER: usize = 8;
+/// How often blocking waits wake to check for shutdown.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+
+pub fn build_transport(kind: TransportKind) -> Arc<dyn Transport> {
+    match kind {
+        TransportKind::Nng => Arc::new(gestor_transport_nng::NngTransport::new()),
+        TransportKind::Zmq => Arc::new(gestor_transport_zmq::ZmqTransport::new()),
+    }
+}
+
+pub fn open_store(kind: StorageKind, data_dir: &std::path::Path) -> Result<Arc<dyn Store>> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    Ok(match kind {
+        StorageKind::Sqlite => Arc::new(gestor_store_sqlite::SqliteStore::open(&data_dir.join("gestor.db"))?),
+        StorageKind::Sled => Arc::new(gestor_store_sled::SledStore::open(&data_dir.join("sled"))?),
+    })
+}
+
+pub fn transport_options(config: &Config) -> TransportOptions {
+    TransportOptions {
+        max_message_bytes: config.transport.max_message_bytes,
+        replier_workers: config.transport.replier_workers,
+        ..TransportOptions::default()
+    }
+}
+
+struct Registered<F> {
+    plugin: String,
+    handler: F,
+}
+
+/// Everything plugins reach through [`Host`].
+pub struct HostCore {
+    node_id: u64,
+    request_url: String,
+    signal_url: String,
+    join_urls: Vec<String>,
+    transport: Arc<dyn Transport>,
+    transport_options: TransportOptions,
+    transport_name: String,
+    storage_name: String,
+    store: Arc<dyn Store>,
+    clock: Arc<Clock>,
+    plugin_configs: HashMap<String, Value>,
+    handlers: RwLock<HashMap<String, Registered<RequestFn>>>,
+    signals: RwLock<Vec<(String, Registered<SignalFn>)>>,
+    loops: Mutex<Vec<JoinHandle<()>>>,
+    requesters: Mutex<HashMap<String, Vec<Box<dyn Requester>>>>,
+    publishers: Mutex<HashMap<String, Box<dyn Publisher>>>,
+    initial_gestors: RwLock<Vec<String>>,
+    plugin_names: RwLock<Vec<String>>,
+    stopping: AtomicBool,
+    shutdown_tx: Mutex<Option<Sender<()>>>,
+    shutdown_rx: Receiver<()>,
+    malformed_signals: AtomicU64,
+    started_ms: u64,
+}
+
+fn toml_to_cbor(v: &toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::Text(s.clone()),
+        toml::Value::Integer(i) => Value::Integer((*i).into()),
+        toml::Value::Float(f) => Value::Float(*f),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::Text(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_cbor).collect()),
+        toml::Value::Table(t) => Value::Map(t.iter().map(|(k, v)| (Value::Text(k.clone()), toml_to_cbor(v))).collect()),
+    }
+}
+
+fn error_reply(code: ErrorCode, message: impl Into<String>) -> Reply {
+    Reply::err(HandlerError::new(code, message))
+}
+
+impl HostCore {
+    /// Decode, dispatch and encode one request frame. Never panics on input.
+    pub fn handle_frame(&self, frame: &[u8]) -> Vec<u8> {
+        let mut reply = if frame.len() > self.transport_options.max_message_bytes {
+            error_reply(ErrorCode::TooLarge, format!("request of {} bytes exceeds the limit", frame.len()))
+        } else {
+            match from_cbor::<Request>(frame) {
+                Err(e) => error_reply(ErrorCode::Malformed, format!("not a CBOR request envelope: {e}")),
+                Ok(req) if req.v != PROTOCOL_VERSION => error_reply(
+                    ErrorCode::BadRequest,
+                    format!("unsupported protocol version {} (this node speaks {PROTOCOL_VERSION})", req.v),
+                ),
+                Ok(req) => Reply::from_result(self.dispatch(&req.kind, &req.body)),
+            }
+        };
+        reply.initial_gestors = self.initial_gestors();
+        to_cbor(&reply)
+    }
+
+    fn dispatch(&self, kind: &str, body: &Value) -> Result<Value, HandlerError> {
+        if kind == "node.status" {
+            return Ok(self.status());
+        }
+        if kind == "node.ping" {
+            return Ok(Value::Text("pong".into()));
+        }
+        let handler = {
+            let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
+            match handlers.get(kind) {
+                Some(r) => r.handler.clone(),
+                None => {
+                    return Err(HandlerError::new(ErrorCode::UnknownKind, format!("no handler for request kind {kind:?}")))
+                }
+            }
+        };
+        if self.stopping() && !kind.starts_with("ring.") {
+            return Err(HandlerError::unavailable("node is shutting down"));
+        }
+        handler(&RequestMeta { kind: kind.to_string() }, body)
+    }
+
+    fn status(&self) -> Value {
+        let mut sections = Vec::new();
+        let status_kinds: Vec<(String, RequestFn)> = {
+            let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
+            let mut v: Vec<_> = handlers
+                .iter()
+                .filter(|(k, _)| k.starts_with("status."))
+                .map(|(k, r)| (k.clone(), r.handler.clone()))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        for (kind, handler) in status_kinds {
+            let section = kind.trim_start_matches("status.").to_string();
+            let value = match handler(&RequestMeta { kind: kind.clone() }, &Value::Null) {
+                Ok(v) => v,
+                Err(e) => Value::Text(format!("error: {e}")),
+            };
+            sections.push((Value::Text(section), value));
+        }
+        let records = self.store.count().map(|c| Value::Integer(c.into())).unwrap_or_else(|e| Value::Text(e.to_string()));
+        let text = |s: &str| Value::Text(s.to_string());
+        Value::Map(vec![
+            (text("id"), Value::Integer(self.node_id.into())),
+            (text("id_hex"), Value::Text(format!("{:016x}", self.node_id))),
+            (text("address"), text(&self.request_url)),
+            (text("signal"), text(&self.signal_url)),
+            (text("transport"), text(&self.transport_name)),
+            (text("storage"), text(&self.storage_name)),
+            (
+                text("plugins"),
+                Value::Array(self.plugin_names.read().unwrap_or_else(|p| p.into_inner()).iter().map(|s| text(s)).collect()),
+            ),
+            (text("records"), records),
+            (text("initial_gestors"), Value::Array(self.initial_gestors().iter().map(|s| text(s)).collect())),
+            (text("uptime_ms"), Value::Integer(system_ms().saturating_sub(self.started_ms).into())),
+            (text("malformed_signals"), Value::Integer(self.malformed_signals.load(Ordering::Relaxed).into())),
+            (text("sections"), Value::Map(sections)),
+        ])
+    }
+
+    fn deliver_signal(&self, topic: &[u8], payload: &[u8]) {
+        let topic = String::from_utf8_lossy(topic);
+        let body: Value = match from_cbor(payload) {
+            Ok(v) => v,
+            Err(e) => {
+                self.malformed_signals.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%topic, "dropping malformed signal: {e}");
+                return;
+            }
+        };
+        let targets: Vec<SignalFn> = {
+            let signals = self.signals.read().unwrap_or_else(|p| p.into_inner());
+            signals.iter().filter(|(prefix, _)| topic.starts_with(prefix.as_str())).map(|(_, r)| r.handler.clone()).collect()
+        };
+        for handler in targets {
+            handler(&topic, &body);
+        }
+    }
+
+    fn checkout_requester(&self, url: &str) -> Result<Box<dyn Requester>, CallError> {
+        if let Some(r) = self.requesters.lock().unwrap_or_else(|p| p.into_inner()).get_mut(url).and_then(|v| v.pop()) {
+            return Ok(r);
+        }
+        Ok(self.transport.requester(url, &self.transport_options)?)
+    }
+
+    fn checkin_requester(&self, url: &str, requester: Box<dyn Requester>) {
+        let mut pool = self.requesters.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = pool.entry(url.to_string()).or_default();
+        if slot.len() < POOLED_REQUESTERS_PER_PEER {
+            slot.push(requester);
+        }
+    }
+}
+
+impl Host for HostCore {
+    fn node_id(&self) -> u64 {
+        self.node_id
+    }
+    fn request_url(&self) -> String {
+        self.request_url.clone()
+    }
+    fn signal_url(&self) -> String {
+        self.signal_url.clone()
+    }
+    fn join_urls(&self) -> Vec<String> {
+        self.join_urls.clone()
+    }
+    fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+    fn clock(&self) -> Arc<Clock> {
+        self.clock.clone()
+    }
+    fn plugin_config(&self, plugin: &str) -> Value {
+        self.plugin_configs.get(plugin).cloned().unwrap_or(Value::Null)
+    }
+
+    fn register_request(&self, plugin: &str, kind: &str, handler: RequestFn) -> Result<(), PluginError> {
+        let mut handlers = self.handlers.write().unwrap_or_else(|p| p.into_inner());
+        if kind.starts_with("node.") {
+            return Err(PluginError::DuplicateKind { plugin: plugin.into(), kind: kind.into(), owner: "host".into() });
+        }
+        if let Some(existing) = handlers.get(kind) {
+            return Err(PluginError::DuplicateKind {
+                plugin: plugin.into(),
+                kind: kind.into(),
+                owner: existing.plugin.clone(),
+            });
+        }
+        handlers.insert(kind.to_string(), Registered { plugin: plugin.to_string(), handler });
+        tracing::debug!(plugin, kind, "request kind registered");
+        Ok(())
+    }
+
+    fn register_signal(&self, plugin: &str, topic_prefix: &str, handler: SignalFn) -> Result<(), PluginError> {
+        let mut signals = self.signals.write().unwrap_or_else(|p| p.into_inner());
+        signals.push((topic_prefix.to_string(), Registered { plugin: plugin.to_string(), handler }));
+        Ok(())
+    }
+
+    fn spawn_loop(&self, plugin: &str, name: &str, every: Duration, body: LoopFn) {
+        let shutdown = self.shutdown_rx.clone();
+        let thread_name = format!("{plugin}/{name}");
+        let spawned = std::thread::Builder::new().name(thread_name.clone()).spawn(move || loop {
+            body();
+            match shutdown.recv_timeout(every) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                _ => break,
+            }
+        });
+        match spawned {
+            Ok(handle) => self.loops.lock().unwrap_or_else(|p| p.into_inner()).push(handle),
+            Err(e) => tracing::error!(task = %thread_name, "cannot spawn loop thread: {e}"),
+        }
+    }
+
+    fn request(&self, url: &str, kind: &str, body: Value, timeout: Duration) -> Result<Value, CallError> {
+        if url == self.request_url {
+            return self.call_local(kind, body);
+        }
+        let frame = to_cbor(&Request::new(kind, body));
+        let mut requester = self.checkout_requester(url)?;
+        let bytes = requester.request(&frame, timeout)?;
+        self.checkin_requester(url, requester);
+        let reply: Reply = from_cbor(&bytes).map_err(CallError::MalformedReply)?;
+        reply.into_result().map_err(CallError::Remote)
+    }
+
+    fn call_local(&self, kind: &str, body: Value) -> Result<Value, CallError> {
+        self.dispatch(kind, &body).map_err(CallError::Remote)
+    }
+
+    fn signal(&self, url: &str, topic: &str, body: Value) -> Result<(), CallError> {
+        let payload = to_cbor(&body);
+        let mut publishers = self.publishers.lock().unwrap_or_else(|p| p.into_inner());
+        if !publishers.contains_key(url) {
+            let publisher = self.transport.publisher(&Endpoint::Dial(url.to_string()), &self.transport_options)?;
+            publishers.insert(url.to_string(), publisher);
+        }
+        match publishers.get_mut(url) {
+            Some(p) => Ok(p.publish(topic.as_bytes(), &payload)?),
+            None => Err(CallError::MalformedReply("publisher vanished".into())),
+        }
+    }
+
+    fn initial_gestors(&self) -> Vec<String> {
+        self.initial_gestors.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn set_initial_gestors(&self, list: Vec<String>) {
+        *self.initial_gestors.write().unwrap_or_else(|p| p.into_inner()) = list;
+    }
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// A started node.
+pub struct Node {
+    core: Arc<HostCore>,
+    plugins: Vec<LoadedPlugin>,
+    replier: Option<Box<dyn Replier>>,
+    signal_thread: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    pub fn core(&self) -> &Arc<HostCore> {
+        &self.core
+    }
+
+    pub fn start(config: &Config) -> Result<Node> {
+        config.validate()?;
+        let node_id = config.node_id()?;
+        let request_url = config.advertise_url();
+        let signal_url = config.advertised_signal_url()?;
+        let bind_signal = config.signal_url()?;
+
+        let store = open_store(config.storage.backend, &config.node.data_dir).with_context(|| {
+            format!("refusing to start: the {} store in {} cannot be used", config.storage.backend, config.node.data_dir.display())
+        })?;
+        let transport = build_transport(config.transport.backend);
+        let transport_options = transport_options(config);
+        let offset = config.clock.offset_ms;
+        let clock = Arc::new(Clock::with_wall_clock(
+            node_id,
+            Duration::from_millis(config.clock.max_ahead_ms),
+            Box::new(move || (system_ms() as i64).saturating_add(offset).max(0) as u64),
+        ));
+        let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(0);
+        let core = Arc::new(HostCore {
+            node_id,
+            request_url: request_url.clone(),
+            signal_url: signal_url.clone(),
+            join_urls: config.node.join.clone(),
+            transport: transport.clone(),
+            transport_options: transport_options.clone(),
+            transport_name: config.transport.backend.to_string(),
+            storage_name: config.storage.backend.to_string(),
+            store,
+            clock,
+            plugin_configs: config.plugins.config.iter().map(|(k, v)| (k.clone(), toml_to_cbor(v))).collect(),
+            handlers: RwLock::new(HashMap::new()),
+            signals: RwLock::new(Vec::new()),
+            loops: Mutex::new(Vec::new()),
+            requesters: Mutex::new(HashMap::new()),
+            publishers: Mutex::new(HashMap::new()),
+            initial_gestors: RwLock::new(Vec::new()),
+            plugin_names: RwLock::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+            shutdown_tx: Mutex::new(Some(shutdown_tx)),
+            shutdown_rx,
+            malformed_signals: AtomicU64::new(0),
+            started_ms: system_ms(),
+        });
+
+        // Load every plugin before binding anything: a bad one stops start-up.
+        let plugin_dir = match &config.plugins.dir {
+            Some(d) => d.clone(),
+            None => default_plugin_dir()?,
+        };
+        let mut plugins = Vec::new();
+        for entry in &config.plugins.load {
+            let path = loader::resolve(entry, &plugin_dir);
+            plugins.push(loader::load(&path)?);
+        }
+
+        let handler_core = core.clone();
+        let replier = transport
+            .replier(
+                &config.node.listen,
+                Arc::new(move |frame: &[u8]| handler_core.handle_frame(frame)),
+                &transport_options,
+            )
+            .with_context(|| format!("cannot serve requests on {}", config.node.listen))?;
+        let mut subscriber = transport
+            .subscriber(&Endpoint::Bind(bind_signal.clone()), &[b""], &transport_options)
+            .with_context(|| format!("cannot bind signal endpoint {bind_signal}"))?;
+        let signal_core = core.clone();
+        let signal_thread = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                while !signal_core.stopping() {
+                    match subscriber.recv(SHUTDOWN_POLL) {
+                        Ok(Some((topic, payload))) => signal_core.deliver_signal(&topic, &payload),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!("signal endpoint: {e}");
+                            std::thread::sleep(SHUTDOWN_POLL);
+                        }
+                    }
+                }
+            })
+            .context("cannot spawn signal thread")?;
+
+        let mut node = Node { core: core.clone(), plugins: Vec::new(), replier: Some(replier), signal_thread: Some(signal_thread) };
+        for loaded in plugins {
+            let ctx = PluginContext::new(core.clone() as Arc<dyn Host>, loaded.name.clone());
+            if let Err(e) = loaded.plugin.start(ctx) {
+                node.plugins.push(loaded);
+                node.stop();
+                return Err(anyhow!(e).context("plugin failed to start"));
+            }
+            core.plugin_names.write().unwrap_or_else(|p| p.into_inner()).push(loaded.name.clone());
+            node.plugins.push(loaded);
+        }
+        tracing::info!(
+            id = %format!("{node_id:016x}"), %request_url, %signal_url,
+            transport = %config.transport.backend, storage = %config.storage.backend,
+            plugins = node.plugins.len(), "gestor node started"
+        );
+        Ok(node)
+    }
+
+    /// Stop plugins (newest first), loops, endpoints; flush the store.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if self.core.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for loaded in self.plugins.iter().rev() {
+            loaded.plugin.stop();
+        }
+        // Dropping the only sender wakes every loop at once.
+        self.core.shutdown_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let loops: Vec<_> = self.core.loops.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for handle in loops {
+            let _ = handle.join();
+        }
+        if let Some(t) = self.signal_thread.take() {
+            let _ = t.join();
+        }
+        self.replier.take();
+        self.core.publishers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.core.requesters.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if let Err(e) = self.core.store.flush() {
+            tracing::error!("store flush at shutdown failed: {e}");
+        }
+        tracing::info!("gestor node stopped");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The directory holding the running executable (cargo puts the plugins there).
+pub fn default_plugin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the gestor executable")?;
+    let dir = exe.parent().map(|p| p.to_path_buf()).context("executable has no parent directory")?;
+    // Test binaries live in target/<profile>/deps; plugins one level up.
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        if let Some(up) = dir.parent() {
+            return Ok(up.to_path_buf());
+        }
+    }
+    Ok(dir)
+}

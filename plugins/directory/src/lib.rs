@@ -1,0 +1,478 @@
+//! The user directory: seed processes *Handle_client* and *Alive_signal receiver*.
+//!
+//! Client requests (`user.*`) may reach any gestor. That gestor asks the ring
+//! plugin (`ring.lookup`, a local call) which gestor is responsible for the
+//! username's hash and forwards the request there as `dir.*`; the owner
+//! checks it really is responsible (`ring.responsible`), applies the request
+//! to its store and answers. A client never needs to know the ring.
+//!
+//! Presence: clients publish `alive` signals to their owner's signal
+//! endpoint; the owner keeps the time of the last one in memory (no write per
+//! signal, seed §6) and a sweeper turns users offline — a versioned write —
+//! once their signals stop for `presence_timeout_ms`.
+
+pub mod rules;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use gestor_sdk::hash::ring_position;
+use gestor_sdk::hlc::system_ms;
+use gestor_sdk::{
+    declare_plugin, CallError, ErrorCode, HandlerError, Plugin, PluginContext, PluginError, Timestamp, UserRecord,
+};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// `[plugins.config.gestor_directory]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// A user whose alive signals stop for this long shows offline.
+    pub presence_timeout_ms: u64,
+    /// How often clients are told to send alive signals.
+    pub alive_every_ms: u64,
+    /// argon2id memory cost in KiB (OWASP's minimum recommendation is 19456).
+    pub password_memory_kib: u32,
+    /// argon2id iterations.
+    pub password_iterations: u32,
+    /// Deadline for a forwarded request to the responsible gestor.
+    pub forward_timeout_ms: u64,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            presence_timeout_ms: 15_000,
+            alive_every_ms: 5_000,
+            password_memory_kib: 19_456,
+            password_iterations: 2,
+            forward_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// What the ring plugin answers to `ring.lookup`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Owner {
+    pub id: u64,
+    pub addr: String,
+    pub hops: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserOnly {
+    pub username: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Authenticated {
+    pub username: String,
+    pub token: String,
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registered {
+    pub username: String,
+    pub gestor: String,
+    pub hops: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoggedIn {
+    pub username: String,
+    pub token: String,
+    /// Request URL of the gestor responsible for this user.
+    pub gestor: String,
+    /// Where to publish alive signals.
+    pub signal: String,
+    pub alive_every_ms: u64,
+    pub presence_timeout_ms: u64,
+    pub hops: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Found {
+    pub user: String,
+    pub address: String,
+    pub online: bool,
+    pub last_seen_ms: u64,
+    pub last_update: Timestamp,
+    pub gestor: String,
+    pub hops: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Done {
+    pub ok: bool,
+    pub hops: u32,
+}
+
+/// Alive signal body (topic `alive`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Alive {
+    pub username: String,
+    pub token: String,
+}
+
+struct Directory {
+    state: Arc<Shared>,
+}
+
+struct Shared {
+    config: Mutex<DirectoryConfig>,
+    ctx: Mutex<Option<PluginContext>>,
+    /// Last alive signal per user, wall ms (owner side, memory only).
+    alive: Mutex<HashMap<String, u64>>,
+}
+
+const SESSIONS: &str = "directory.sessions";
+
+fn err(code: ErrorCode, message: impl Into<String>) -> HandlerError {
+    HandlerError::new(code, message)
+}
+
+impl Shared {
+    fn ctx(&self) -> Result<PluginContext, HandlerError> {
+        self.ctx.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| HandlerError::unavailable("directory not started"))
+    }
+
+    fn config(&self) -> DirectoryConfig {
+        self.config.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forward `kind` to the gestor responsible for `username`, retrying once
+    /// with a fresh lookup if the ring moved under us.
+    fn route<Req: Serialize, Rep: serde::de::DeserializeOwned + WithHops>(
+        &self,
+        username: &str,
+        kind: &str,
+        body: &Req,
+    ) -> Result<Rep, HandlerError> {
+        rules::validate_username(username)?;
+        let ctx = self.ctx()?;
+        let timeout = Duration::from_millis(self.config().forward_timeout_ms);
+        let key = ring_position(username.as_bytes());
+        let mut last = HandlerError::unavailable("no attempt made");
+        for _attempt in 0..3 {
+            let owner: Owner = ctx.call_local("ring.lookup", &KeyBody { key }).map_err(HandlerError::from)?;
+            match ctx.call::<Req, Rep>(&owner.addr, kind, body, timeout) {
+                Ok(mut rep) => {
+                    rep.set_hops(owner.hops);
+                    return Ok(rep);
+                }
+                Err(CallError::Remote(e)) if e.code != ErrorCode::Unavailable && e.code != ErrorCode::Timeout => {
+                    return Err(e)
+                }
+                Err(e) => {
+                    tracing::debug!(%username, owner = %owner.addr, "forward failed, retrying: {e}");
+                    last = e.into();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Owner side: refuse unless this node is responsible for `username`.
+    fn owner_check(&self, ctx: &PluginContext, username: &str) -> Result<u64, HandlerError> {
+        rules::validate_username(username)?;
+        let key = ring_position(username.as_bytes());
+        let responsible: bool = ctx.call_local("ring.responsible", &KeyBody { key }).map_err(HandlerError::from)?;
+        if !responsible {
+            return Err(HandlerError::unavailable(format!("{} is not responsible for {username}", ctx.request_url())));
+        }
+        Ok(key)
+    }
+
+    fn live_record(&self, ctx: &PluginContext, username: &str) -> Result<UserRecord, HandlerError> {
+        match ctx.store().get(username)? {
+            Some(r) if !r.deleted => Ok(r),
+            _ => Err(err(ErrorCode::NotFound, format!("unknown user {username}"))),
+        }
+    }
+
+    fn hash_password(&self, password: &str) -> Result<String, HandlerError> {
+        let config = self.config();
+        let params = Params::new(config.password_memory_kib, config.password_iterations, 1, None)
+            .map_err(|e| HandlerError::internal(format!("argon2 parameters: {e}")))?;
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let salt = SaltString::generate(&mut OsRng);
+        argon
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| HandlerError::internal(format!("argon2: {e}")))
+    }
+
+    fn check_password(&self, record: &UserRecord, password: &str) -> Result<(), HandlerError> {
+        let parsed = PasswordHash::new(&record.password_hash)
+            .map_err(|e| HandlerError::internal(format!("stored hash unreadable: {e}")))?;
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .map_err(|_| err(ErrorCode::Unauthorized, "wrong password"))
+    }
+
+    fn check_token(&self, ctx: &PluginContext, username: &str, token: &str) -> Result<(), HandlerError> {
+        let stored = ctx.store().kv_get(SESSIONS, username.as_bytes())?;
+        match stored {
+            Some(t) if !token.is_empty() && rules::constant_time_eq(&t, token.as_bytes()) => Ok(()),
+            _ => Err(err(ErrorCode::Unauthorized, "invalid session token")),
+        }
+    }
+
+    /// Write a new version of `record`, stamped now.
+    fn write(&self, ctx: &PluginContext, mut record: UserRecord) -> Result<UserRecord, HandlerError> {
+        record.version = ctx.clock().now();
+        match ctx.store().put(&record)? {
+            gestor_sdk::PutOutcome::Applied => Ok(record),
+            gestor_sdk::PutOutcome::Stale { current } => {
+                Err(err(ErrorCode::Conflict, format!("a newer version ({current}) is already stored")))
+            }
+        }
+    }
+
+    fn presence(&self, record: &UserRecord, now: u64) -> (bool, u64) {
+        let timeout = self.config().presence_timeout_ms;
+        let last_alive = self.alive.lock().unwrap_or_else(|p| p.into_inner()).get(&record.username).copied().unwrap_or(0);
+        let last_seen = record.last_seen_ms.max(last_alive);
+        let online = record.online && now.saturating_sub(last_seen) <= timeout;
+        (online, last_seen)
+    }
+
+    // ---- owner-side handlers -------------------------------------------------
+
+    fn register(&self, req: Credentials) -> Result<Registered, HandlerError> {
+        let ctx = self.ctx()?;
+        let ring_pos = self.owner_check(&ctx, &req.username)?;
+        rules::validate_password(&req.password)?;
+        if let Some(existing) = ctx.store().get(&req.username)? {
+            if !existing.deleted {
+                return Err(err(ErrorCode::Conflict, format!("username {} is taken", req.username)));
+            }
+        }
+        let address = match &req.address {
+            Some(a) => rules::validate_address(a)?.to_string(),
+            None => String::new(),
+        };
+        let record = UserRecord {
+            username: req.username.clone(),
+            ring_pos,
+            address,
+            password_hash: self.hash_password(&req.password)?,
+            online: false,
+            last_seen_ms: 0,
+            version: Timestamp::ZERO,
+            deleted: false,
+        };
+        self.write(&ctx, record)?;
+        tracing::info!(username = %req.username, "registered");
+        Ok(Registered { username: req.username, gestor: ctx.request_url(), hops: 0 })
+    }
+
+    fn login(&self, req: Credentials) -> Result<LoggedIn, HandlerError> {
+        let ctx = self.ctx()?;
+        self.owner_check(&ctx, &req.username)?;
+        let address = rules::validate_address(req.address.as_deref().unwrap_or(""))?.to_string();
+        let mut record = self.live_record(&ctx, &req.username)?;
+        self.check_password(&record, &req.password)?;
+        let mut token_bytes = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut token_bytes);
+        let token: String = token_bytes.iter().map(|b| format!("{b:02x}")).collect();
+        ctx.store().kv_put(SESSIONS, req.username.as_bytes(), token.as_bytes())?;
+        let now = system_ms();
+        record.address = address;
+        record.online = true;
+        record.last_seen_ms = now;
+        self.write(&ctx, record)?;
+        self.alive.lock().unwrap_or_else(|p| p.into_inner()).insert(req.username.clone(), now);
+        let config = self.config();
+        Ok(LoggedIn {
+            username: req.username,
+            token,
+            gestor: ctx.request_url(),
+            signal: ctx.signal_url(),
+            alive_every_ms: config.alive_every_ms,
+            presence_timeout_ms: config.presence_timeout_ms,
+            hops: 0,
+        })
+    }
+
+    fn lookup(&self, req: UserOnly) -> Result<Found, HandlerError> {
+        let ctx = self.ctx()?;
+        self.owner_check(&ctx, &req.username)?;
+        let record = self.live_record(&ctx, &req.username)?;
+        let (online, last_seen_ms) = self.presence(&record, system_ms());
+        Ok(Found {
+            user: record.username,
+            address: record.address,
+            online,
+            last_seen_ms,
+            last_update: record.version,
+            gestor: ctx.request_url(),
+            hops: 0,
+        })
+    }
+
+    fn set_address(&self, req: Authenticated) -> Result<Done, HandlerError> {
+        let ctx = self.ctx()?;
+        self.owner_check(&ctx, &req.username)?;
+        self.check_token(&ctx, &req.username, &req.token)?;
+        let address = rules::validate_address(req.address.as_deref().unwrap_or(""))?.to_string();
+        let mut record = self.live_record(&ctx, &req.username)?;
+        record.address = address;
+        record.last_seen_ms = system_ms();
+        self.write(&ctx, record)?;
+        Ok(Done { ok: true, hops: 0 })
+    }
+
+    fn logout(&self, req: Authenticated) -> Result<Done, HandlerError> {
+        let ctx = self.ctx()?;
+        self.owner_check(&ctx, &req.username)?;
+        self.check_token(&ctx, &req.username, &req.token)?;
+        let mut record = self.live_record(&ctx, &req.username)?;
+        record.online = false;
+        record.last_seen_ms = system_ms();
+        self.write(&ctx, record)?;
+        ctx.store().kv_delete(SESSIONS, req.username.as_bytes())?;
+        self.alive.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.username);
+        Ok(Done { ok: true, hops: 0 })
+    }
+
+    fn on_alive(&self, body: &gestor_sdk::Value) {
+        let Ok(alive) = body.deserialized::<Alive>() else {
+            tracing::debug!("malformed alive signal dropped");
+            return;
+        };
+        let Ok(ctx) = self.ctx() else { return };
+        if self.check_token(&ctx, &alive.username, &alive.token).is_err() {
+            tracing::debug!(username = %alive.username, "alive signal with invalid token dropped");
+            return;
+        }
+        let now = system_ms();
+        let was_known = self.alive.lock().unwrap_or_else(|p| p.into_inner()).insert(alive.username.clone(), now);
+        // A user who had been swept offline comes back with a versioned write.
+        if let Ok(mut record) = self.live_record(&ctx, &alive.username) {
+            if !record.online || was_known.is_none() {
+                record.online = true;
+                record.last_seen_ms = now;
+                if let Err(e) = self.write(&ctx, record) {
+                    tracing::debug!(username = %alive.username, "cannot mark online: {e}");
+                }
+            }
+        }
+    }
+
+    /// Mark offline every user whose signals stopped (owner side).
+    fn sweep(&self) {
+        let Ok(ctx) = self.ctx() else { return };
+        let timeout = self.config().presence_timeout_ms;
+        let now = system_ms();
+        let stale: Vec<(String, u64)> = {
+            let alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
+            alive.iter().filter(|(_, t)| now.saturating_sub(**t) > timeout).map(|(u, t)| (u.clone(), *t)).collect()
+        };
+        for (username, last) in stale {
+            self.alive.lock().unwrap_or_else(|p| p.into_inner()).remove(&username);
+            if let Ok(mut record) = self.live_record(&ctx, &username) {
+                if record.online {
+                    record.online = false;
+                    record.last_seen_ms = record.last_seen_ms.max(last);
+                    if let Err(e) = self.write(&ctx, record) {
+                        tracing::debug!(%username, "cannot mark offline: {e}");
+                    } else {
+                        tracing::debug!(%username, "offline: alive signals stopped");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyBody {
+    key: u64,
+}
+
+/// Replies that carry the routing hop count, filled in by the entry gestor.
+pub trait WithHops {
+    fn set_hops(&mut self, hops: u32);
+}
+macro_rules! with_hops {
+    ($($t:ty),*) => { $(impl WithHops for $t { fn set_hops(&mut self, hops: u32) { self.hops = hops; } })* };
+}
+with_hops!(Registered, LoggedIn, Found, Done);
+
+impl Plugin for Directory {
+    fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
+        let config: DirectoryConfig = ctx.config()?;
+        let sweep_every = Duration::from_millis((config.presence_timeout_ms / 4).clamp(50, 5_000));
+        *self.state.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
+        *self.state.ctx.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
+
+        // Client-facing: any gestor, forwarded to the owner.
+        let s = self.state.clone();
+        ctx.on("user.register", move |r: Credentials| s.route::<_, Registered>(&r.username.clone(), "dir.register", &r))?;
+        let s = self.state.clone();
+        ctx.on("user.login", move |r: Credentials| s.route::<_, LoggedIn>(&r.username.clone(), "dir.login", &r))?;
+        let s = self.state.clone();
+        ctx.on("user.lookup", move |r: UserOnly| s.route::<_, Found>(&r.username.clone(), "dir.lookup", &r))?;
+        let s = self.state.clone();
+        ctx.on("user.set_address", move |r: Authenticated| s.route::<_, Done>(&r.username.clone(), "dir.set_address", &r))?;
+        let s = self.state.clone();
+        ctx.on("user.logout", move |r: Authenticated| s.route::<_, Done>(&r.username.clone(), "dir.logout", &r))?;
+
+        // Owner side.
+        let s = self.state.clone();
+        ctx.on("dir.register", move |r: Credentials| s.register(r))?;
+        let s = self.state.clone();
+        ctx.on("dir.login", move |r: Credentials| s.login(r))?;
+        let s = self.state.clone();
+        ctx.on("dir.lookup", move |r: UserOnly| s.lookup(r))?;
+        let s = self.state.clone();
+        ctx.on("dir.set_address", move |r: Authenticated| s.set_address(r))?;
+        let s = self.state.clone();
+        ctx.on("dir.logout", move |r: Authenticated| s.logout(r))?;
+
+        let s = self.state.clone();
+        ctx.on_signal("alive", move |_topic, body| s.on_alive(body))?;
+        let s = self.state.clone();
+        ctx.every("presence-sweep", sweep_every, move || s.sweep());
+
+        let s = self.state.clone();
+        let store = ctx.store();
+        ctx.on("status.directory", move |_: serde::de::IgnoredAny| {
+            let online = s.alive.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+            Ok(std::collections::BTreeMap::from([("records", store.count()?), ("alive_users", online)]))
+        })?;
+        Ok(())
+    }
+
+    fn stop(&self) {
+        self.state.ctx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+fn make() -> Directory {
+    Directory {
+        state: Arc::new(Shared {
+            config: Mutex::new(DirectoryConfig::default()),
+            ctx: Mutex::new(None),
+            alive: Mutex::new(HashMap::new()),
+        }),
+    }
+}
+
+declare_plugin!("gestor_directory", make);
