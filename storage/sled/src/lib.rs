@@ -346,3 +346,57 @@ impl Store for SledStore {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "gestor-sled-unit-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ))
+    }
+
+    #[test]
+    fn garbage_conf_is_refused() {
+        let dir = tmp();
+        drop(SledStore::open(&dir).unwrap());
+        std::fs::write(dir.join("conf"), [0xA5u8; 64]).unwrap();
+        let err = SledStore::open(&dir).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt { .. } | StoreError::Open { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&dir.display().to_string()));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn file_instead_of_directory_is_an_open_error() {
+        let dir = tmp();
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let err = SledStore::open(&file).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn second_handle_in_process_is_refused() {
+        let dir = tmp();
+        let first = SledStore::open(&dir).unwrap();
+        let err = SledStore::open(&dir).unwrap_err();
+        assert!(
+            err.to_string().contains(&dir.display().to_string()),
+            "{err}"
+        );
+        drop(first);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -210,8 +210,7 @@ impl SqliteStore {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| open_err(e.to_string()))?;
         conn.busy_timeout(BUSY_TIMEOUT)
@@ -561,5 +560,96 @@ mod tests {
         assert!(a < b);
         assert!(version_blob(&a) < version_blob(&b));
         assert_eq!(parse_version(&version_blob(&a)), Some(a));
+    }
+
+    fn tmp() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "gestor-sqlite-unit-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn short_garbage_file_is_corrupt() {
+        let dir = tmp();
+        let path = dir.join("gestor.db");
+        std::fs::write(&path, b"not sqlite").unwrap();
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains(&path.display().to_string()));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn directory_path_is_an_open_error() {
+        let dir = tmp();
+        let err = SqliteStore::open(&dir).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn operator_can_read_the_tables() {
+        let dir = tmp();
+        let path = dir.join("gestor.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let r = UserRecord {
+            username: "ana".into(),
+            ring_pos: u64::MAX,
+            address: "h:1".into(),
+            password_hash: "$argon2id$x".into(),
+            online: true,
+            last_seen_ms: 5,
+            version: Timestamp {
+                wall_ms: 1,
+                logical: 2,
+                node: 3,
+            },
+            deleted: false,
+        };
+        store.put(&r).unwrap();
+        store.kv_put("chord", b"k", b"v").unwrap();
+        store.flush().unwrap();
+        drop(store);
+
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let (pos, ver, online): (String, String, i64) = conn
+            .query_row(
+                "SELECT ring_pos, hex(version), online FROM users WHERE username = 'ana'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(pos, "ffffffffffffffff");
+        assert_eq!(ver, "0000000000000001000000020000000000000003");
+        assert_eq!(online, 1);
+        let schema: String = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(schema, SCHEMA_VERSION);
+        let n: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM kv WHERE namespace = 'chord'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        drop(conn);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
