@@ -1,1 +1,508 @@
+//! # gestor-transport-nng — the nng backend of the gestor transport contract
+//!
+//! Implements [`gestor_sdk::Transport`] on [nng](https://nng.nanomsg.org/)
+//! (scalability protocols REQ0/REP0 and PUB0/SUB0).
+//!
+//! ## REQ-REP
+//!
+//! A [`Replier`] is one REP0 socket with `replier_workers` **contexts**. Each
+//! context is driven by its own worker thread: the thread starts an async
+//! receive on its context, waits (in ≤100 ms slices, so it notices shutdown)
+//! for the [`Aio`] callback to hand the result over a channel, runs the
+//! handler, and sends the reply on the same context. nng routes each reply
+//! back to the requester that sent the request, so up to `replier_workers`
+//! requests are served at once and a slow handler only occupies its own
+//! worker. Aio callbacks never block: they only push into a channel.
+//! Dropping the replier closes the socket (which completes every pending
+//! operation with `Closed`) and joins the workers.
+//!
+//! A [`Requester`] is a REQ0 socket dialled without blocking, so it can be
+//! created before anyone listens and reconnects by itself. `request` sends
+//! and receives with socket timeouts derived from the caller's deadline.
+//! nng re-sends an outstanding request when its connection drops (and after
+//! `ResendTime`, which is set far above any sensible request timeout), which
+//! is why the contract asks handlers to be idempotent.
+//!
+//! ## PUB-SUB
+//!
+//! A signal is one message `topic ++ 0x00 ++ payload`. SUB0 filters by the
+//! raw prefix bytes of the message, so subscribing to a topic prefix is
+//! exactly "topic starts with prefix". PUB0 never blocks: each connection
+//! has a queue of `queue_depth` messages and drops when it is full.
+//!
+//! ## Limits
+//!
+//! Sends over `max_message_bytes` fail with `TooLarge` before touching the
+//! socket; `RecvMaxSize` makes nng drop the connection of a peer that sends
+//! a bigger frame (the peer reconnects; nothing reaches the application).
 
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use gestor_sdk::transport::{decode_signal, encode_signal};
+use gestor_sdk::{
+    Endpoint, Publisher, Replier, RequestHandler, Requester, Subscriber, Transport, TransportError,
+    TransportOptions,
+};
+use nng::options::protocol::pubsub::Subscribe;
+use nng::options::protocol::reqrep::ResendTime;
+use nng::options::{
+    Options, ReconnectMaxTime, ReconnectMinTime, RecvBufferSize, RecvMaxSize, RecvTimeout,
+    SendBufferSize, SendTimeout,
+};
+use nng::{Aio, AioResult, Context, Message, Protocol, Socket};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const BACKEND: &str = "nng";
+/// How often blocked threads look at the stop flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+/// Quick reconnects so a restarted peer is found again within a request timeout.
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_millis(500);
+/// Timer-driven re-send of a request; far above any request timeout, so a
+/// request is only re-sent when its connection drops.
+const RESEND_TIME: Duration = Duration::from_secs(600);
+/// A reply that cannot be handed to nng within this time is dropped.
+const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// nng accepts socket buffer depths in 0..=8192 messages.
+const MAX_NNG_BUFFER: usize = 8192;
+
+/// The nng backend. Stateless: every socket is independent (nng's `inproc://`
+/// namespace is process-wide).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NngTransport;
+
+impl NngTransport {
+    pub fn new() -> Self {
+        NngTransport
+    }
+}
+
+fn backend(context: &str, e: nng::Error) -> TransportError {
+    TransportError::Backend {
+        backend: BACKEND,
+        reason: format!("{context}: {e}"),
+    }
+}
+
+fn too_large(size: usize, limit: usize) -> TransportError {
+    TransportError::TooLarge { size, limit }
+}
+
+fn timeout(url: &str, timeout: Duration) -> TransportError {
+    TransportError::Timeout {
+        url: url.to_string(),
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// nng's verdict that the URL itself is unusable (syntax or unknown scheme).
+fn is_address_error(e: nng::Error) -> bool {
+    matches!(
+        e,
+        nng::Error::AddressInvalid | nng::Error::NotSupported | nng::Error::InvalidInput
+    )
+}
+
+fn bad_address(url: &str, e: nng::Error) -> TransportError {
+    TransportError::BadAddress {
+        url: url.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Map a listen error: address problems are the caller's, the rest is `Bind`.
+fn listen(socket: &Socket, url: &str) -> Result<(), TransportError> {
+    socket.listen(url).map_err(|e| {
+        if is_address_error(e) {
+            bad_address(url, e)
+        } else {
+            TransportError::Bind {
+                url: url.to_string(),
+                reason: e.to_string(),
+            }
+        }
+    })
+}
+
+/// Dial without blocking, so the peer may come up later; nng keeps redialling.
+fn dial(socket: &Socket, url: &str) -> Result<(), TransportError> {
+    socket.dial_async(url).map_err(|e| {
+        if is_address_error(e) {
+            bad_address(url, e)
+        } else {
+            backend(&format!("dial {url}"), e)
+        }
+    })
+}
+
+fn attach(socket: &Socket, endpoint: &Endpoint) -> Result<(), TransportError> {
+    match endpoint {
+        Endpoint::Bind(url) => listen(socket, url),
+        Endpoint::Dial(url) => dial(socket, url),
+    }
+}
+
+fn new_socket(protocol: Protocol, options: &TransportOptions) -> Result<Socket, TransportError> {
+    let socket = Socket::new(protocol).map_err(|e| backend("open socket", e))?;
+    socket
+        .set_opt::<RecvMaxSize>(options.max_message_bytes)
+        .map_err(|e| backend("set RecvMaxSize", e))?;
+    socket
+        .set_opt::<ReconnectMinTime>(Some(RECONNECT_MIN))
+        .map_err(|e| backend("set ReconnectMinTime", e))?;
+    socket
+        .set_opt::<ReconnectMaxTime>(Some(RECONNECT_MAX))
+        .map_err(|e| backend("set ReconnectMaxTime", e))?;
+    Ok(socket)
+}
+
+fn buffer_depth(queue_depth: usize) -> i32 {
+    i32::try_from(queue_depth.clamp(1, MAX_NNG_BUFFER)).unwrap_or(1)
+}
+
+impl Transport for NngTransport {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn replier(
+        &self,
+        url: &str,
+        handler: Arc<dyn RequestHandler>,
+        options: &TransportOptions,
+    ) -> Result<Box<dyn Replier>, TransportError> {
+        NngReplier::start(url, handler, options).map(|r| Box::new(r) as Box<dyn Replier>)
+    }
+
+    fn requester(
+        &self,
+        url: &str,
+        options: &TransportOptions,
+    ) -> Result<Box<dyn Requester>, TransportError> {
+        let socket = new_socket(Protocol::Req0, options)?;
+        socket
+            .set_opt::<ResendTime>(Some(RESEND_TIME))
+            .map_err(|e| backend("set ResendTime", e))?;
+        dial(&socket, url)?;
+        Ok(Box::new(NngRequester {
+            socket,
+            url: url.to_string(),
+            max: options.max_message_bytes,
+        }))
+    }
+
+    fn publisher(
+        &self,
+        endpoint: &Endpoint,
+        options: &TransportOptions,
+    ) -> Result<Box<dyn Publisher>, TransportError> {
+        let socket = new_socket(Protocol::Pub0, options)?;
+        // Per-connection queue; PUB0 drops rather than blocks when it is full.
+        socket
+            .set_opt::<SendBufferSize>(buffer_depth(options.queue_depth))
+            .map_err(|e| backend("set SendBufferSize", e))?;
+        attach(&socket, endpoint)?;
+        Ok(Box::new(NngPublisher {
+            socket,
+            max: options.max_message_bytes,
+        }))
+    }
+
+    fn subscriber(
+        &self,
+        endpoint: &Endpoint,
+        prefixes: &[&[u8]],
+        options: &TransportOptions,
+    ) -> Result<Box<dyn Subscriber>, TransportError> {
+        let socket = new_socket(Protocol::Sub0, options)?;
+        socket
+            .set_opt::<RecvBufferSize>(buffer_depth(options.queue_depth))
+            .map_err(|e| backend("set RecvBufferSize", e))?;
+        for prefix in prefixes {
+            socket
+                .set_opt::<Subscribe>(prefix.to_vec())
+                .map_err(|e| backend("subscribe", e))?;
+        }
+        attach(&socket, endpoint)?;
+        Ok(Box::new(NngSubscriber { socket }))
+    }
+}
+
+// ---------------------------------------------------------------- replier
+
+struct NngReplier {
+    url: String,
+    socket: Socket,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// One worker's context and the Aio that drives it. The Aio callback only
+/// forwards results to the worker thread through `results`.
+struct Slot {
+    ctx: Context,
+    aio: Aio,
+    results: Receiver<AioResult>,
+}
+
+impl Slot {
+    fn new(socket: &Socket) -> Result<Slot, TransportError> {
+        let ctx = Context::new(socket).map_err(|e| backend("open context", e))?;
+        let (tx, results): (Sender<AioResult>, Receiver<AioResult>) =
+            crossbeam_channel::unbounded();
+        // Must not block: runs on an nng thread.
+        let aio = Aio::new(move |_aio, result| {
+            let _ = tx.send(result);
+        })
+        .map_err(|e| backend("allocate aio", e))?;
+        Ok(Slot { ctx, aio, results })
+    }
+
+    /// Wait for the pending operation, looking at `stop` every 100 ms.
+    /// `None` means "stop now".
+    fn wait(&self, stop: &AtomicBool) -> Option<AioResult> {
+        loop {
+            match self.results.recv_timeout(SHUTDOWN_POLL) {
+                Ok(result) => return Some(result),
+                Err(RecvTimeoutError::Timeout) => {
+                    if stop.load(Ordering::Acquire) {
+                        return None;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    fn serve(&self, handler: &dyn RequestHandler, max: usize, stop: &AtomicBool, url: &str) {
+        while !stop.load(Ordering::Acquire) {
+            if let Err(e) = self.aio.set_timeout(None) {
+                tracing::error!(%url, error = %e, "nng replier: aio busy");
+                return;
+            }
+            if let Err(e) = self.ctx.recv(&self.aio) {
+                tracing::error!(%url, error = %e, "nng replier: cannot start receive");
+                return;
+            }
+            let request = match self.wait(stop) {
+                None => return,
+                Some(AioResult::Recv(Ok(msg))) => msg,
+                Some(AioResult::Recv(Err(nng::Error::Closed))) => return,
+                Some(AioResult::Recv(Err(e))) => {
+                    tracing::debug!(%url, error = %e, "nng replier: receive failed");
+                    continue;
+                }
+                Some(_) => continue,
+            };
+            let reply = match catch_unwind(AssertUnwindSafe(|| handler.handle(&request))) {
+                Ok(reply) => reply,
+                Err(_) => {
+                    // The contract says handlers never panic; keep the worker alive anyway.
+                    tracing::error!(%url, "nng replier: handler panicked; request dropped");
+                    continue;
+                }
+            };
+            if reply.len() > max {
+                tracing::error!(%url, size = reply.len(), limit = max,
+                    "nng replier: reply exceeds max_message_bytes; dropped");
+                continue;
+            }
+            if let Err(e) = self.aio.set_timeout(Some(REPLY_SEND_TIMEOUT)) {
+                tracing::error!(%url, error = %e, "nng replier: aio busy");
+                return;
+            }
+            if let Err((_, e)) = self.ctx.send(&self.aio, Message::from(&reply[..])) {
+                tracing::warn!(%url, error = %e, "nng replier: cannot send reply");
+                continue;
+            }
+            match self.wait(stop) {
+                None => return,
+                Some(AioResult::Send(Err((_, nng::Error::Closed)))) => return,
+                Some(AioResult::Send(Err((_, e)))) => {
+                    tracing::debug!(%url, error = %e, "nng replier: reply not delivered");
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Let any running callback finish before the Aio is freed, so the
+        // callback never ends up holding the last reference to it.
+        self.aio.cancel();
+        self.aio.wait();
+    }
+}
+
+impl NngReplier {
+    fn start(
+        url: &str,
+        handler: Arc<dyn RequestHandler>,
+        options: &TransportOptions,
+    ) -> Result<NngReplier, TransportError> {
+        let socket = new_socket(Protocol::Rep0, options)?;
+        let workers = options.replier_workers.max(1);
+        let slots = (0..workers)
+            .map(|_| Slot::new(&socket))
+            .collect::<Result<Vec<_>, _>>()?;
+        listen(&socket, url)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut replier = NngReplier {
+            url: url.to_string(),
+            socket,
+            stop,
+            workers: Vec::with_capacity(workers),
+        };
+        for (i, slot) in slots.into_iter().enumerate() {
+            let handler = Arc::clone(&handler);
+            let stop = Arc::clone(&replier.stop);
+            let url = replier.url.clone();
+            let max = options.max_message_bytes;
+            let spawned = std::thread::Builder::new()
+                .name(format!("nng-rep-{i}"))
+                .spawn(move || slot.serve(handler.as_ref(), max, &stop, &url));
+            match spawned {
+                Ok(h) => replier.workers.push(h),
+                // Dropping `replier` stops the workers already started.
+                Err(e) => {
+                    return Err(TransportError::Backend {
+                        backend: BACKEND,
+                        reason: format!("spawn replier worker: {e}"),
+                    })
+                }
+            }
+        }
+        tracing::debug!(url, workers, "nng replier serving");
+        Ok(replier)
+    }
+}
+
+impl Replier for NngReplier {
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for NngReplier {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Closing completes every pending context operation with `Closed`
+        // and releases the listening address.
+        self.socket.close();
+        for worker in self.workers.drain(..) {
+            if worker.join().is_err() {
+                tracing::error!(url = %self.url, "nng replier worker panicked");
+            }
+        }
+        tracing::debug!(url = %self.url, "nng replier stopped");
+    }
+}
+
+// -------------------------------------------------------------- requester
+
+struct NngRequester {
+    socket: Socket,
+    url: String,
+    max: usize,
+}
+
+impl Requester for NngRequester {
+    fn request(&mut self, payload: &[u8], timeout_: Duration) -> Result<Vec<u8>, TransportError> {
+        if payload.len() > self.max {
+            return Err(too_large(payload.len(), self.max));
+        }
+        let deadline = Instant::now() + timeout_;
+        // REQ0 send waits for a connected peer, so it is bounded by the deadline too.
+        self.socket
+            .set_opt::<SendTimeout>(Some(timeout_))
+            .map_err(|e| backend("set SendTimeout", e))?;
+        match self.socket.send(Message::from(payload)) {
+            Ok(()) => {}
+            Err((_, nng::Error::TimedOut)) => return Err(timeout(&self.url, timeout_)),
+            Err((_, nng::Error::Closed)) => return Err(TransportError::Closed),
+            Err((_, e)) => return Err(backend("send request", e)),
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        // A zero timeout would mean "poll"; give the reply at least 1 ms.
+        self.socket
+            .set_opt::<RecvTimeout>(Some(remaining.max(Duration::from_millis(1))))
+            .map_err(|e| backend("set RecvTimeout", e))?;
+        match self.socket.recv() {
+            Ok(msg) => Ok(msg.as_slice().to_vec()),
+            Err(nng::Error::TimedOut) => Err(timeout(&self.url, timeout_)),
+            Err(nng::Error::Closed) => Err(TransportError::Closed),
+            Err(e) => Err(backend("receive reply", e)),
+        }
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+// -------------------------------------------------------------- pub / sub
+
+struct NngPublisher {
+    socket: Socket,
+    max: usize,
+}
+
+impl Publisher for NngPublisher {
+    fn publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<(), TransportError> {
+        let size = topic.len() + 1 + payload.len();
+        if size > self.max {
+            return Err(too_large(size, self.max));
+        }
+        let frame = encode_signal(topic, payload);
+        // PUB0 send never waits for subscribers: full per-connection queues drop.
+        match self.socket.send(Message::from(&frame[..])) {
+            Ok(()) => Ok(()),
+            Err((_, nng::Error::TryAgain)) | Err((_, nng::Error::TimedOut)) => {
+                tracing::trace!("nng publisher: message dropped");
+                Ok(())
+            }
+            Err((_, nng::Error::Closed)) => Err(TransportError::Closed),
+            Err((_, e)) => Err(backend("publish", e)),
+        }
+    }
+}
+
+struct NngSubscriber {
+    socket: Socket,
+}
+
+impl Subscriber for NngSubscriber {
+    fn recv(&mut self, timeout_: Duration) -> Result<Option<(Vec<u8>, Vec<u8>)>, TransportError> {
+        let deadline = Instant::now() + timeout_;
+        loop {
+            let remaining = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            self.socket
+                .set_opt::<RecvTimeout>(Some(remaining))
+                .map_err(|e| backend("set RecvTimeout", e))?;
+            match self.socket.recv() {
+                Ok(msg) => match decode_signal(msg.as_slice()) {
+                    Some((topic, payload)) => return Ok(Some((topic.to_vec(), payload.to_vec()))),
+                    None => {
+                        tracing::debug!(
+                            len = msg.len(),
+                            "nng subscriber: frame without separator skipped"
+                        );
+                        if Instant::now() >= deadline {
+                            return Ok(None);
+                        }
+                    }
+                },
+                Err(nng::Error::TimedOut) => return Ok(None),
+                Err(nng::Error::Closed) => return Err(TransportError::Closed),
+                Err(e) => return Err(backend("receive signal", e)),
+            }
+        }
+    }
+}

@@ -1,1 +1,596 @@
+//! # gestor-transport-zmq — the ZeroMQ backend of the gestor transport contract
+//!
+//! Implements [`gestor_sdk::Transport`] on libzmq (vendored through the `zmq`
+//! crate). A [`ZmqTransport`] owns one `zmq::Context`, shared by every socket
+//! it creates, so `inproc://` endpoints work between sockets of the same
+//! transport instance.
+//!
+//! ## REQ-REP
+//!
+//! A `zmq::Socket` is `Send` but not `Sync`, so each socket is owned by
+//! exactly one thread. A [`Replier`] is:
+//!
+//! * one **I/O thread** owning a bound ROUTER socket and an `inproc` PULL
+//!   socket; it polls both (100 ms timeout, to notice shutdown). A request
+//!   arriving on the ROUTER (routing envelope + empty delimiter + body) is
+//!   handed to the worker pool through a channel; a reply arriving on the
+//!   PULL (the same envelope + reply body) is forwarded to the ROUTER, which
+//!   routes it back to the right requester.
+//! * `replier_workers` **worker threads**, each owning a PUSH socket connected
+//!   to that PULL. A worker takes a request from the channel (waiting ≤100 ms
+//!   at a time so it notices shutdown), runs the handler and pushes the reply.
+//!
+//! So a slow handler occupies only its worker. Dropping the replier sets a
+//! stop flag and joins every thread; the ROUTER is unbound and closed with
+//! `LINGER 0`.
+//!
+//! A [`Requester`] is a REQ socket with `REQ_RELAXED` + `REQ_CORRELATE`, so
+//! after a timeout the same socket may send again and a late reply to the
+//! old request is discarded. `connect` is asynchronous and zmq reconnects by
+//! itself; a request queued while the peer is down is delivered when it
+//! comes back (hence handlers must be idempotent).
+//!
+//! ## PUB-SUB
+//!
+//! A signal is one frame `topic ++ 0x00 ++ payload`; SUB filters by the raw
+//! prefix bytes of that frame. PUB uses `SNDHWM = queue_depth` and sends with
+//! `DONTWAIT`: at the high-water mark zmq drops, so publishing never blocks.
+//! Multipart messages and frames without a separator are skipped.
+//!
+//! ## Limits
+//!
+//! Sends over `max_message_bytes` fail with `TooLarge` before touching the
+//! socket; `MAXMSGSIZE` makes zmq disconnect a peer that sends a bigger frame.
 
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use gestor_sdk::transport::{decode_signal, encode_signal};
+use gestor_sdk::{
+    Endpoint, Publisher, Replier, RequestHandler, Requester, Subscriber, Transport, TransportError,
+    TransportOptions,
+};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const BACKEND: &str = "zmq";
+/// How often blocked threads look at the stop flag, in ms.
+const SHUTDOWN_POLL_MS: i64 = 100;
+const DRAIN_BATCH: usize = 256;
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+/// Quick reconnects so a restarted peer is found again within a request timeout.
+const RECONNECT_IVL_MS: i32 = 50;
+const RECONNECT_IVL_MAX_MS: i32 = 500;
+
+/// Names the internal inproc reply channel of each replier uniquely.
+static REPLIER_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The ZeroMQ backend: a factory of sockets sharing one `zmq::Context`.
+#[derive(Clone)]
+pub struct ZmqTransport {
+    ctx: zmq::Context,
+}
+
+impl ZmqTransport {
+    pub fn new() -> Self {
+        ZmqTransport {
+            ctx: zmq::Context::new(),
+        }
+    }
+}
+
+impl Default for ZmqTransport {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for ZmqTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZmqTransport").finish_non_exhaustive()
+    }
+}
+
+fn backend(context: &str, e: zmq::Error) -> TransportError {
+    TransportError::Backend {
+        backend: BACKEND,
+        reason: format!("{context}: {e}"),
+    }
+}
+
+fn timeout_error(url: &str, timeout: Duration) -> TransportError {
+    TransportError::Timeout {
+        url: url.to_string(),
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+fn is_address_error(e: zmq::Error) -> bool {
+    matches!(
+        e,
+        zmq::Error::EINVAL
+            | zmq::Error::EPROTONOSUPPORT
+            | zmq::Error::ENOCOMPATPROTO
+            | zmq::Error::ENODEV
+            | zmq::Error::ENAMETOOLONG
+    )
+}
+
+fn bind(socket: &zmq::Socket, url: &str) -> Result<(), TransportError> {
+    socket.bind(url).map_err(|e| {
+        if is_address_error(e) {
+            TransportError::BadAddress {
+                url: url.to_string(),
+                reason: e.to_string(),
+            }
+        } else {
+            TransportError::Bind {
+                url: url.to_string(),
+                reason: e.to_string(),
+            }
+        }
+    })
+}
+
+/// Asynchronous: succeeds with nobody listening; zmq keeps reconnecting.
+fn connect(socket: &zmq::Socket, url: &str) -> Result<(), TransportError> {
+    socket.connect(url).map_err(|e| {
+        if is_address_error(e) {
+            TransportError::BadAddress {
+                url: url.to_string(),
+                reason: e.to_string(),
+            }
+        } else {
+            backend(&format!("connect {url}"), e)
+        }
+    })
+}
+
+fn attach(socket: &zmq::Socket, endpoint: &Endpoint) -> Result<(), TransportError> {
+    match endpoint {
+        Endpoint::Bind(url) => bind(socket, url),
+        Endpoint::Dial(url) => connect(socket, url),
+    }
+}
+
+fn hwm(queue_depth: usize) -> i32 {
+    i32::try_from(queue_depth.max(1)).unwrap_or(i32::MAX)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl ZmqTransport {
+    /// A socket with the options every gestor socket shares.
+    fn socket(
+        &self,
+        kind: zmq::SocketType,
+        options: &TransportOptions,
+    ) -> Result<zmq::Socket, TransportError> {
+        let s = self
+            .ctx
+            .socket(kind)
+            .map_err(|e| backend("open socket", e))?;
+        // Never let unsent messages hold up close or context teardown.
+        s.set_linger(0).map_err(|e| backend("set LINGER", e))?;
+        s.set_maxmsgsize(i64::try_from(options.max_message_bytes).unwrap_or(i64::MAX))
+            .map_err(|e| backend("set MAXMSGSIZE", e))?;
+        s.set_reconnect_ivl(RECONNECT_IVL_MS)
+            .map_err(|e| backend("set RECONNECT_IVL", e))?;
+        s.set_reconnect_ivl_max(RECONNECT_IVL_MAX_MS)
+            .map_err(|e| backend("set RECONNECT_IVL_MAX", e))?;
+        Ok(s)
+    }
+}
+
+impl Transport for ZmqTransport {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn replier(
+        &self,
+        url: &str,
+        handler: Arc<dyn RequestHandler>,
+        options: &TransportOptions,
+    ) -> Result<Box<dyn Replier>, TransportError> {
+        ZmqReplier::start(self, url, handler, options).map(|r| Box::new(r) as Box<dyn Replier>)
+    }
+
+    fn requester(
+        &self,
+        url: &str,
+        options: &TransportOptions,
+    ) -> Result<Box<dyn Requester>, TransportError> {
+        let socket = self.socket(zmq::REQ, options)?;
+        socket
+            .set_req_relaxed(true)
+            .map_err(|e| backend("set REQ_RELAXED", e))?;
+        socket
+            .set_req_correlate(true)
+            .map_err(|e| backend("set REQ_CORRELATE", e))?;
+        connect(&socket, url)?;
+        Ok(Box::new(ZmqRequester {
+            socket,
+            url: url.to_string(),
+            max: options.max_message_bytes,
+        }))
+    }
+
+    fn publisher(
+        &self,
+        endpoint: &Endpoint,
+        options: &TransportOptions,
+    ) -> Result<Box<dyn Publisher>, TransportError> {
+        let socket = self.socket(zmq::PUB, options)?;
+        socket
+            .set_sndhwm(hwm(options.queue_depth))
+            .map_err(|e| backend("set SNDHWM", e))?;
+        attach(&socket, endpoint)?;
+        Ok(Box::new(ZmqPublisher {
+            socket,
+            max: options.max_message_bytes,
+        }))
+    }
+
+    fn subscriber(
+        &self,
+        endpoint: &Endpoint,
+        prefixes: &[&[u8]],
+        options: &TransportOptions,
+    ) -> Result<Box<dyn Subscriber>, TransportError> {
+        let socket = self.socket(zmq::SUB, options)?;
+        socket
+            .set_rcvhwm(hwm(options.queue_depth))
+            .map_err(|e| backend("set RCVHWM", e))?;
+        for prefix in prefixes {
+            socket
+                .set_subscribe(prefix)
+                .map_err(|e| backend("subscribe", e))?;
+        }
+        attach(&socket, endpoint)?;
+        Ok(Box::new(ZmqSubscriber { socket }))
+    }
+}
+
+// ---------------------------------------------------------------- replier
+
+/// A request as received by the ROUTER: the routing envelope (up to and
+/// including the empty delimiter) and the body.
+struct Job {
+    envelope: Vec<Vec<u8>>,
+    body: Vec<u8>,
+}
+
+struct ZmqReplier {
+    url: String,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ZmqReplier {
+    fn start(
+        t: &ZmqTransport,
+        url: &str,
+        handler: Arc<dyn RequestHandler>,
+        options: &TransportOptions,
+    ) -> Result<ZmqReplier, TransportError> {
+        let router = t.socket(zmq::ROUTER, options)?;
+        bind(&router, url)?;
+
+        let reply_url = format!(
+            "inproc://gestor-zmq-replies-{}",
+            REPLIER_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let pull = t.socket(zmq::PULL, options)?;
+        // Replies were size-checked by the workers; do not cap the internal hop.
+        pull.set_maxmsgsize(-1)
+            .map_err(|e| backend("set MAXMSGSIZE", e))?;
+        bind(&pull, &reply_url)?;
+
+        let workers = options.replier_workers.max(1);
+        let mut pushes = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let push = t.socket(zmq::PUSH, options)?;
+            connect(&push, &reply_url)?;
+            pushes.push(push);
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut replier = ZmqReplier {
+            url: url.to_string(),
+            stop,
+            threads: Vec::with_capacity(workers + 1),
+        };
+        // Bounded so a flood of requests cannot grow memory without limit;
+        // the I/O thread drops requests when it is full.
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(workers * 64);
+        let max = options.max_message_bytes;
+        for (i, push) in pushes.into_iter().enumerate() {
+            let rx = jobs_rx.clone();
+            let handler = Arc::clone(&handler);
+            let stop = Arc::clone(&replier.stop);
+            let url = replier.url.clone();
+            replier.spawn(format!("zmq-rep-{i}"), move || {
+                worker(&rx, &push, handler.as_ref(), max, &stop, &url)
+            })?;
+        }
+        let stop = Arc::clone(&replier.stop);
+        let url_owned = replier.url.clone();
+        replier.spawn("zmq-rep-io".to_string(), move || {
+            io_loop(&router, &pull, &jobs_tx, &stop, &url_owned);
+            // Release the address before the socket is closed by drop.
+            let _ = router.unbind(&url_owned);
+        })?;
+        tracing::debug!(url, workers, "zmq replier serving");
+        Ok(replier)
+    }
+
+    fn spawn(
+        &mut self,
+        name: String,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Result<(), TransportError> {
+        match std::thread::Builder::new().name(name).spawn(f) {
+            Ok(h) => {
+                self.threads.push(h);
+                Ok(())
+            }
+            // Dropping `self` stops whatever was started.
+            Err(e) => Err(TransportError::Backend {
+                backend: BACKEND,
+                reason: format!("spawn replier thread: {e}"),
+            }),
+        }
+    }
+}
+
+/// Owns the ROUTER and the reply PULL: dispatches requests, routes replies.
+fn io_loop(
+    router: &zmq::Socket,
+    pull: &zmq::Socket,
+    jobs: &Sender<Job>,
+    stop: &AtomicBool,
+    url: &str,
+) {
+    while !stop.load(Ordering::Acquire) {
+        let (router_ready, pull_ready) = {
+            let mut items = [
+                router.as_poll_item(zmq::POLLIN),
+                pull.as_poll_item(zmq::POLLIN),
+            ];
+            match zmq::poll(&mut items, SHUTDOWN_POLL_MS) {
+                Ok(_) => (items[0].is_readable(), items[1].is_readable()),
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(%url, error = %e, "zmq replier: poll failed; stopping");
+                    return;
+                }
+            }
+        };
+        if pull_ready {
+            for reply in drain(pull) {
+                // ROUTER drops replies to requesters that went away.
+                if let Err(e) = router.send_multipart(reply, zmq::DONTWAIT) {
+                    tracing::debug!(%url, error = %e, "zmq replier: reply not routed");
+                }
+            }
+        }
+        if router_ready {
+            for mut parts in drain(router) {
+                let Some(delimiter) = parts.iter().position(|p| p.is_empty()) else {
+                    tracing::debug!(%url, "zmq replier: request without envelope dropped");
+                    continue;
+                };
+                // Exactly one body frame after the delimiter (a REQ request).
+                if parts.len() != delimiter + 2 {
+                    tracing::debug!(%url, "zmq replier: multipart request dropped");
+                    continue;
+                }
+                let body = parts.pop().unwrap_or_default();
+                let job = Job {
+                    envelope: parts,
+                    body,
+                };
+                if jobs.try_send(job).is_err() {
+                    tracing::warn!(%url, "zmq replier: workers saturated; request dropped");
+                }
+            }
+        }
+    }
+}
+
+/// Up to `DRAIN_BATCH` messages that are ready now; bounded so a flood cannot
+/// keep the I/O thread from serving the other socket or noticing shutdown.
+fn drain(socket: &zmq::Socket) -> impl Iterator<Item = Vec<Vec<u8>>> + '_ {
+    (0..DRAIN_BATCH).map_while(move |_| socket.recv_multipart(zmq::DONTWAIT).ok())
+}
+
+fn worker(
+    jobs: &Receiver<Job>,
+    push: &zmq::Socket,
+    handler: &dyn RequestHandler,
+    max: usize,
+    stop: &AtomicBool,
+    url: &str,
+) {
+    while !stop.load(Ordering::Acquire) {
+        let job = match jobs.recv_timeout(SHUTDOWN_POLL) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let reply = match catch_unwind(AssertUnwindSafe(|| handler.handle(&job.body))) {
+            Ok(reply) => reply,
+            Err(_) => {
+                // The contract says handlers never panic; keep the worker alive anyway.
+                tracing::error!(%url, "zmq replier: handler panicked; request dropped");
+                continue;
+            }
+        };
+        if reply.len() > max {
+            tracing::error!(%url, size = reply.len(), limit = max,
+                "zmq replier: reply exceeds max_message_bytes; dropped");
+            continue;
+        }
+        let mut parts = job.envelope;
+        parts.push(reply);
+        // inproc PUSH to a live PULL only blocks if the I/O thread is far
+        // behind; DONTWAIT keeps shutdown prompt and drops in that case.
+        if let Err(e) = push.send_multipart(parts, zmq::DONTWAIT) {
+            tracing::warn!(%url, error = %e, "zmq replier: reply dropped");
+        }
+    }
+}
+
+impl Replier for ZmqReplier {
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for ZmqReplier {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!(url = %self.url, "zmq replier thread panicked");
+            }
+        }
+        tracing::debug!(url = %self.url, "zmq replier stopped");
+    }
+}
+
+// -------------------------------------------------------------- requester
+
+struct ZmqRequester {
+    socket: zmq::Socket,
+    url: String,
+    max: usize,
+}
+
+impl ZmqRequester {
+    /// Wait until `events` is ready or the deadline passes; `false` on timeout.
+    fn wait(&self, events: zmq::PollEvents, deadline: Instant) -> Result<bool, TransportError> {
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.socket.poll(events, ms(remaining)) {
+                Ok(0) if remaining.is_zero() => return Ok(false),
+                Ok(0) => continue,
+                Ok(_) => return Ok(true),
+                Err(zmq::Error::EINTR) => continue,
+                Err(zmq::Error::ETERM) => return Err(TransportError::Closed),
+                Err(e) => return Err(backend("poll", e)),
+            }
+        }
+    }
+}
+
+impl Requester for ZmqRequester {
+    fn request(&mut self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>, TransportError> {
+        if payload.len() > self.max {
+            return Err(TransportError::TooLarge {
+                size: payload.len(),
+                limit: self.max,
+            });
+        }
+        let deadline = Instant::now() + timeout;
+        if !self.wait(zmq::POLLOUT, deadline)? {
+            return Err(timeout_error(&self.url, timeout));
+        }
+        match self.socket.send(payload, zmq::DONTWAIT) {
+            Ok(()) => {}
+            Err(zmq::Error::EAGAIN) => return Err(timeout_error(&self.url, timeout)),
+            Err(zmq::Error::ETERM) => return Err(TransportError::Closed),
+            Err(e) => return Err(backend("send request", e)),
+        }
+        loop {
+            if !self.wait(zmq::POLLIN, deadline)? {
+                return Err(timeout_error(&self.url, timeout));
+            }
+            match self.socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(mut parts) if parts.len() == 1 => return Ok(parts.pop().unwrap_or_default()),
+                Ok(_) => {
+                    tracing::debug!(url = %self.url, "zmq requester: multipart reply ignored")
+                }
+                // REQ_CORRELATE may have discarded a stale reply: keep waiting.
+                Err(zmq::Error::EAGAIN) => {}
+                Err(zmq::Error::ETERM) => return Err(TransportError::Closed),
+                Err(e) => return Err(backend("receive reply", e)),
+            }
+        }
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+// -------------------------------------------------------------- pub / sub
+
+struct ZmqPublisher {
+    socket: zmq::Socket,
+    max: usize,
+}
+
+impl Publisher for ZmqPublisher {
+    fn publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<(), TransportError> {
+        let size = topic.len() + 1 + payload.len();
+        if size > self.max {
+            return Err(TransportError::TooLarge {
+                size,
+                limit: self.max,
+            });
+        }
+        let frame = encode_signal(topic, payload);
+        match self.socket.send(frame, zmq::DONTWAIT) {
+            Ok(()) => Ok(()),
+            // At the high-water mark: drop, never block.
+            Err(zmq::Error::EAGAIN) => {
+                tracing::trace!("zmq publisher: message dropped");
+                Ok(())
+            }
+            Err(zmq::Error::ETERM) => Err(TransportError::Closed),
+            Err(e) => Err(backend("publish", e)),
+        }
+    }
+}
+
+struct ZmqSubscriber {
+    socket: zmq::Socket,
+}
+
+impl Subscriber for ZmqSubscriber {
+    fn recv(&mut self, timeout: Duration) -> Result<Option<(Vec<u8>, Vec<u8>)>, TransportError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.socket.poll(zmq::POLLIN, ms(remaining)) {
+                Ok(0) if remaining.is_zero() => return Ok(None),
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(zmq::Error::EINTR) => continue,
+                Err(zmq::Error::ETERM) => return Err(TransportError::Closed),
+                Err(e) => return Err(backend("poll", e)),
+            }
+            match self.socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(parts) if parts.len() == 1 => {
+                    if let Some((topic, payload)) = decode_signal(&parts[0]) {
+                        return Ok(Some((topic.to_vec(), payload.to_vec())));
+                    }
+                    tracing::debug!("zmq subscriber: frame without separator skipped");
+                }
+                Ok(_) => tracing::debug!("zmq subscriber: multipart message skipped"),
+                Err(zmq::Error::EAGAIN) => {}
+                Err(zmq::Error::ETERM) => return Err(TransportError::Closed),
+                Err(e) => return Err(backend("receive signal", e)),
+            }
+            // A stream of skipped frames must not keep us past the deadline.
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+}
