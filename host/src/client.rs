@@ -83,7 +83,10 @@ impl Client {
                 Err(other) => return Err(other),
             }
         }
-        Err(ClientError::Unreachable { tried: tried.join(", "), last })
+        Err(ClientError::Unreachable {
+            tried: tried.join(", "),
+            last,
+        })
     }
 
     fn send_to(&mut self, url: &str, frame: &[u8]) -> Result<Reply, ClientError> {
@@ -93,7 +96,10 @@ impl Client {
         }
         let requester = self.requesters.get_mut(url).ok_or(TransportError::Closed)?;
         match requester.request(frame, self.timeout) {
-            Ok(bytes) => from_cbor::<Reply>(&bytes).map_err(|reason| ClientError::Malformed { url: url.into(), reason }),
+            Ok(bytes) => from_cbor::<Reply>(&bytes).map_err(|reason| ClientError::Malformed {
+                url: url.into(),
+                reason,
+            }),
             Err(e) => {
                 // A fresh socket next time rather than one in an unknown state.
                 self.requesters.remove(url);

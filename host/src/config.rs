@@ -131,7 +131,9 @@ impl Default for TransportSection {
 
 impl Default for StorageSection {
     fn default() -> Self {
-        StorageSection { backend: StorageKind::Sqlite }
+        StorageSection {
+            backend: StorageKind::Sqlite,
+        }
     }
 }
 
@@ -147,7 +149,10 @@ impl Default for PluginsSection {
 
 impl Default for ClockSection {
     fn default() -> Self {
-        ClockSection { max_ahead_ms: 60_000, offset_ms: 0 }
+        ClockSection {
+            max_ahead_ms: 60_000,
+            offset_ms: 0,
+        }
     }
 }
 
@@ -165,13 +170,17 @@ impl Default for Config {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
     }
 
     /// The advertised request URL.
     pub fn advertise_url(&self) -> String {
-        self.node.advertise.clone().unwrap_or_else(|| self.node.listen.clone())
+        self.node
+            .advertise
+            .clone()
+            .unwrap_or_else(|| self.node.listen.clone())
     }
 
     /// The signal URL: configured, or the listen URL with port + 1.
@@ -179,8 +188,12 @@ impl Config {
         if let Some(s) = &self.node.signal {
             return Ok(s.clone());
         }
-        port_plus_one(&self.node.listen)
-            .with_context(|| format!("node.signal not set and cannot derive it from listen URL {}", self.node.listen))
+        port_plus_one(&self.node.listen).with_context(|| {
+            format!(
+                "node.signal not set and cannot derive it from listen URL {}",
+                self.node.listen
+            )
+        })
     }
 
     /// The signal URL others use: the advertised host with the signal port.
@@ -193,7 +206,9 @@ impl Config {
 
     pub fn node_id(&self) -> Result<u64> {
         match &self.node.id {
-            None => Ok(gestor_sdk::hash::ring_position(self.advertise_url().as_bytes())),
+            None => Ok(gestor_sdk::hash::ring_position(
+                self.advertise_url().as_bytes(),
+            )),
             Some(text) => parse_id(text),
         }
     }
@@ -213,8 +228,14 @@ impl Config {
 
 pub fn parse_id(text: &str) -> Result<u64> {
     let t = text.trim();
-    let parsed = if let Some(hex) = t.strip_prefix("0x") { u64::from_str_radix(hex, 16) } else { t.parse() };
-    parsed.with_context(|| format!("invalid node id {text:?}: expected a decimal or 0x-hex 64-bit number"))
+    let parsed = if let Some(hex) = t.strip_prefix("0x") {
+        u64::from_str_radix(hex, 16)
+    } else {
+        t.parse()
+    };
+    parsed.with_context(|| {
+        format!("invalid node id {text:?}: expected a decimal or 0x-hex 64-bit number")
+    })
 }
 
 /// `tcp://h:p` → `tcp://h:(p+1)`; other schemes get a `-signal` suffix.
@@ -222,7 +243,9 @@ pub fn port_plus_one(url: &str) -> Result<String> {
     if let Some(rest) = url.strip_prefix("tcp://") {
         let (host, port) = rest.rsplit_once(':').context("tcp URL without port")?;
         let port: u16 = port.parse().context("tcp URL with invalid port")?;
-        let next = port.checked_add(1).context("port 65535 has no successor for the signal endpoint")?;
+        let next = port
+            .checked_add(1)
+            .context("port 65535 has no successor for the signal endpoint")?;
         return Ok(format!("tcp://{host}:{next}"));
     }
     if url.starts_with("ipc://") || url.starts_with("inproc://") {
@@ -237,9 +260,15 @@ mod tests {
 
     #[test]
     fn signal_port_follows_listen_port() {
-        assert_eq!(port_plus_one("tcp://127.0.0.1:7100").unwrap(), "tcp://127.0.0.1:7101");
+        assert_eq!(
+            port_plus_one("tcp://127.0.0.1:7100").unwrap(),
+            "tcp://127.0.0.1:7101"
+        );
         assert!(port_plus_one("tcp://127.0.0.1:65535").is_err());
-        assert_eq!(port_plus_one("ipc:///tmp/g").unwrap(), "ipc:///tmp/g-signal");
+        assert_eq!(
+            port_plus_one("ipc:///tmp/g").unwrap(),
+            "ipc:///tmp/g-signal"
+        );
     }
 
     #[test]

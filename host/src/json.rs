@@ -17,7 +17,9 @@ pub fn cbor_to_json(v: &Value) -> Json {
                 Json::String(n.to_string())
             }
         }
-        Value::Float(f) => serde_json::Number::from_f64(*f).map(Json::Number).unwrap_or(Json::Null),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Json::Number)
+            .unwrap_or(Json::Null),
         Value::Text(s) => Json::String(s.clone()),
         Value::Bytes(b) => Json::String(b.iter().map(|x| format!("{x:02x}")).collect()),
         Value::Array(a) => Json::Array(a.iter().map(cbor_to_json).collect()),
@@ -52,7 +54,11 @@ pub fn json_to_cbor(j: &Json) -> Value {
         }
         Json::String(s) => Value::Text(s.clone()),
         Json::Array(a) => Value::Array(a.iter().map(json_to_cbor).collect()),
-        Json::Object(o) => Value::Map(o.iter().map(|(k, v)| (Value::Text(k.clone()), json_to_cbor(v))).collect()),
+        Json::Object(o) => Value::Map(
+            o.iter()
+                .map(|(k, v)| (Value::Text(k.clone()), json_to_cbor(v)))
+                .collect(),
+        ),
     }
 }
 

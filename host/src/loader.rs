@@ -20,9 +20,17 @@ pub enum LoadError {
     #[error("plugin {path}: not a gestor plugin (no GESTOR_PLUGIN symbol)")]
     NotAPlugin { path: PathBuf },
     #[error("plugin {path}: incompatible declaration layout (magic {found:#x}, host expects {expected:#x})")]
-    BadMagic { path: PathBuf, found: u64, expected: u64 },
+    BadMagic {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
     #[error("plugin {path}: incompatible ABI fingerprint: plugin [{plugin}] vs host [{host}]; rebuild it against this SDK with the same toolchain and profile")]
-    Fingerprint { path: PathBuf, plugin: String, host: String },
+    Fingerprint {
+        path: PathBuf,
+        plugin: String,
+        host: String,
+    },
     #[error("plugin {path}: constructor panicked")]
     ConstructorPanicked { path: PathBuf },
 }
@@ -40,7 +48,12 @@ pub fn resolve(entry: &str, dir: &Path) -> PathBuf {
     if looks_like_path {
         PathBuf::from(entry)
     } else {
-        dir.join(format!("{}{}{}", std::env::consts::DLL_PREFIX, entry, std::env::consts::DLL_SUFFIX))
+        dir.join(format!(
+            "{}{}{}",
+            std::env::consts::DLL_PREFIX,
+            entry,
+            std::env::consts::DLL_SUFFIX
+        ))
     }
 }
 
@@ -64,22 +77,31 @@ unsafe fn same_fingerprint(a: &AbiFingerprint, b: &AbiFingerprint) -> bool {
 /// Load the plugin at `path`: check, hook up logging, construct.
 pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
     if !path.exists() {
-        return Err(LoadError::NotFound { path: path.to_path_buf() });
+        return Err(LoadError::NotFound {
+            path: path.to_path_buf(),
+        });
     }
     // SAFETY: loading runs the library's initialisers; we only load files the
     // operator configured. Everything after is guarded by the checks below.
-    let library = unsafe { libloading::Library::new(path) }
-        .map_err(|e| LoadError::NotALibrary { path: path.to_path_buf(), reason: e.to_string() })?;
+    let library =
+        unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::NotALibrary {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     // Never unloaded: handlers, loops and tracing callsites point into it.
     let library: &'static libloading::Library = Box::leak(Box::new(library));
 
     let declaration: &'static PluginDeclaration = unsafe {
         let symbol = library
             .get::<*const PluginDeclaration>(b"GESTOR_PLUGIN\0")
-            .map_err(|_| LoadError::NotAPlugin { path: path.to_path_buf() })?;
+            .map_err(|_| LoadError::NotAPlugin {
+                path: path.to_path_buf(),
+            })?;
         let ptr: *const PluginDeclaration = *symbol;
         if ptr.is_null() {
-            return Err(LoadError::NotAPlugin { path: path.to_path_buf() });
+            return Err(LoadError::NotAPlugin {
+                path: path.to_path_buf(),
+            });
         }
         &*ptr
     };
@@ -88,7 +110,11 @@ pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
     // declaration can be trusted to have this layout.
     let magic = declaration.fingerprint.magic;
     if magic != ABI_MAGIC {
-        return Err(LoadError::BadMagic { path: path.to_path_buf(), found: magic, expected: ABI_MAGIC });
+        return Err(LoadError::BadMagic {
+            path: path.to_path_buf(),
+            found: magic,
+            expected: ABI_MAGIC,
+        });
     }
     let host = AbiFingerprint::CURRENT;
     unsafe {
@@ -105,15 +131,26 @@ pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
     // Hook the plugin's tracing up to ours before it can log anything.
     let dispatch = tracing::dispatcher::get_default(|d| d.clone());
     let level = level_to_u8(tracing::level_filters::LevelFilter::current());
-    unsafe { (declaration.install_logging)(&dispatch as *const tracing::Dispatch as *const c_void, level) };
+    unsafe {
+        (declaration.install_logging)(
+            &dispatch as *const tracing::Dispatch as *const c_void,
+            level,
+        )
+    };
 
     let raw = unsafe { (declaration.create)() };
     if raw.is_null() {
-        return Err(LoadError::ConstructorPanicked { path: path.to_path_buf() });
+        return Err(LoadError::ConstructorPanicked {
+            path: path.to_path_buf(),
+        });
     }
     // SAFETY: `create` returns Box<Box<dyn Plugin>> (see declare_plugin!), and
     // the fingerprint guarantees both sides agree on its layout.
     let plugin: Box<dyn Plugin> = unsafe { *Box::from_raw(raw as *mut Box<dyn Plugin>) };
     tracing::info!(plugin = %name, path = %path.display(), "plugin loaded");
-    Ok(LoadedPlugin { name, path: path.to_path_buf(), plugin })
+    Ok(LoadedPlugin {
+        name,
+        path: path.to_path_buf(),
+        plugin,
+    })
 }

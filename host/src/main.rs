@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "gestor", version, about = "Chord-based directory and presence service for peer-to-peer messaging")]
+#[command(
+    name = "gestor",
+    version,
+    about = "Chord-based directory and presence service for peer-to-peer messaging"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,7 +24,12 @@ struct Cli {
 #[derive(Args, Clone)]
 struct ClientArgs {
     /// Gestor to ask (any member of the ring); repeat to give fallbacks.
-    #[arg(long = "gestor", env = "GESTOR_URL", value_delimiter = ',', default_value = "tcp://127.0.0.1:7100")]
+    #[arg(
+        long = "gestor",
+        env = "GESTOR_URL",
+        value_delimiter = ',',
+        default_value = "tcp://127.0.0.1:7100"
+    )]
     gestores: Vec<String>,
     /// Transport backend the ring uses.
     #[arg(long, value_enum, env = "GESTOR_TRANSPORT", default_value_t = TransportKind::Nng)]
@@ -87,7 +96,10 @@ struct NodeArgs {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() {
@@ -148,11 +160,18 @@ fn node_config(args: NodeArgs) -> Result<Config> {
 
 fn run_node(args: NodeArgs) -> Result<()> {
     let config = node_config(args)?;
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("cannot install signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("cannot install signal handlers")?;
     let node = Node::start(&config)?;
     // One line on stdout so scripts know the node is serving.
-    println!("gestor node {:016x} serving on {}", config.node_id()?, config.advertise_url());
+    println!(
+        "gestor node {:016x} serving on {}",
+        config.node_id()?,
+        config.advertise_url()
+    );
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
     }
@@ -161,7 +180,11 @@ fn run_node(args: NodeArgs) -> Result<()> {
 }
 
 fn client(args: &ClientArgs) -> Client {
-    Client::new(build_transport(args.transport), args.gestores.clone(), Duration::from_millis(args.timeout_ms))
+    Client::new(
+        build_transport(args.transport),
+        args.gestores.clone(),
+        Duration::from_millis(args.timeout_ms),
+    )
 }
 
 fn describe(e: ClientError) -> anyhow::Error {
@@ -172,7 +195,9 @@ fn run_client_command(command: Command) -> Result<()> {
     match command {
         Command::Node(_) => unreachable!("handled in main"),
         Command::Status { client: args } => {
-            let reply = client(&args).call("node.status", Value::Null).map_err(describe)?;
+            let reply = client(&args)
+                .call("node.status", Value::Null)
+                .map_err(describe)?;
             let json = cbor_to_json(&reply);
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&json)?);
@@ -181,9 +206,16 @@ fn run_client_command(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Call { kind, body, client: args } => {
-            let body: serde_json::Value = serde_json::from_str(&body).context("--body is not valid JSON")?;
-            let reply = client(&args).call(&kind, json_to_cbor(&body)).map_err(describe)?;
+        Command::Call {
+            kind,
+            body,
+            client: args,
+        } => {
+            let body: serde_json::Value =
+                serde_json::from_str(&body).context("--body is not valid JSON")?;
+            let reply = client(&args)
+                .call(&kind, json_to_cbor(&body))
+                .map_err(describe)?;
             println!("{}", serde_json::to_string_pretty(&cbor_to_json(&reply))?);
             Ok(())
         }
@@ -191,9 +223,21 @@ fn run_client_command(command: Command) -> Result<()> {
 }
 
 fn print_status(s: &serde_json::Value) {
-    let field = |k: &str| s.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).unwrap_or_default();
+    let field = |k: &str| {
+        s.get(k)
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .unwrap_or_default()
+    };
     println!("node        {}  ({})", field("id_hex"), field("address"));
-    println!("backends    transport={} storage={}", field("transport"), field("storage"));
+    println!(
+        "backends    transport={} storage={}",
+        field("transport"),
+        field("storage")
+    );
     println!("plugins     {}", field("plugins"));
     println!("records     {}", field("records"));
     println!("initial     {}", field("initial_gestors"));

@@ -16,7 +16,10 @@ use gestor_sdk::hlc::system_ms;
 use gestor_sdk::plugin::{LoopFn, RequestFn, SignalFn};
 use gestor_sdk::transport::{Endpoint, Publisher, Replier, Requester, Transport, TransportOptions};
 use gestor_sdk::wire::{from_cbor, to_cbor, Reply, Request, PROTOCOL_VERSION};
-use gestor_sdk::{CallError, Clock, ErrorCode, HandlerError, Host, PluginContext, PluginError, RequestMeta, Store, Value};
+use gestor_sdk::{
+    CallError, Clock, ErrorCode, HandlerError, Host, PluginContext, PluginError, RequestMeta,
+    Store, Value,
+};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,9 +40,12 @@ pub fn build_transport(kind: TransportKind) -> Arc<dyn Transport> {
 }
 
 pub fn open_store(kind: StorageKind, data_dir: &std::path::Path) -> Result<Arc<dyn Store>> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     Ok(match kind {
-        StorageKind::Sqlite => Arc::new(gestor_store_sqlite::SqliteStore::open(&data_dir.join("gestor.db"))?),
+        StorageKind::Sqlite => Arc::new(gestor_store_sqlite::SqliteStore::open(
+            &data_dir.join("gestor.db"),
+        )?),
         StorageKind::Sled => Arc::new(gestor_store_sled::SledStore::open(&data_dir.join("sled"))?),
     })
 }
@@ -92,7 +98,11 @@ fn toml_to_cbor(v: &toml::Value) -> Value {
         toml::Value::Boolean(b) => Value::Bool(*b),
         toml::Value::Datetime(d) => Value::Text(d.to_string()),
         toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_cbor).collect()),
-        toml::Value::Table(t) => Value::Map(t.iter().map(|(k, v)| (Value::Text(k.clone()), toml_to_cbor(v))).collect()),
+        toml::Value::Table(t) => Value::Map(
+            t.iter()
+                .map(|(k, v)| (Value::Text(k.clone()), toml_to_cbor(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -104,13 +114,22 @@ impl HostCore {
     /// Decode, dispatch and encode one request frame. Never panics on input.
     pub fn handle_frame(&self, frame: &[u8]) -> Vec<u8> {
         let mut reply = if frame.len() > self.transport_options.max_message_bytes {
-            error_reply(ErrorCode::TooLarge, format!("request of {} bytes exceeds the limit", frame.len()))
+            error_reply(
+                ErrorCode::TooLarge,
+                format!("request of {} bytes exceeds the limit", frame.len()),
+            )
         } else {
             match from_cbor::<Request>(frame) {
-                Err(e) => error_reply(ErrorCode::Malformed, format!("not a CBOR request envelope: {e}")),
+                Err(e) => error_reply(
+                    ErrorCode::Malformed,
+                    format!("not a CBOR request envelope: {e}"),
+                ),
                 Ok(req) if req.v != PROTOCOL_VERSION => error_reply(
                     ErrorCode::BadRequest,
-                    format!("unsupported protocol version {} (this node speaks {PROTOCOL_VERSION})", req.v),
+                    format!(
+                        "unsupported protocol version {} (this node speaks {PROTOCOL_VERSION})",
+                        req.v
+                    ),
                 ),
                 Ok(req) => Reply::from_result(self.dispatch(&req.kind, &req.body)),
             }
@@ -131,14 +150,22 @@ impl HostCore {
             match handlers.get(kind) {
                 Some(r) => r.handler.clone(),
                 None => {
-                    return Err(HandlerError::new(ErrorCode::UnknownKind, format!("no handler for request kind {kind:?}")))
+                    return Err(HandlerError::new(
+                        ErrorCode::UnknownKind,
+                        format!("no handler for request kind {kind:?}"),
+                    ))
                 }
             }
         };
         if self.stopping() && !kind.starts_with("ring.") {
             return Err(HandlerError::unavailable("node is shutting down"));
         }
-        handler(&RequestMeta { kind: kind.to_string() }, body)
+        handler(
+            &RequestMeta {
+                kind: kind.to_string(),
+            },
+            body,
+        )
     }
 
     fn status(&self) -> Value {
@@ -161,23 +188,46 @@ impl HostCore {
             };
             sections.push((Value::Text(section), value));
         }
-        let records = self.store.count().map(|c| Value::Integer(c.into())).unwrap_or_else(|e| Value::Text(e.to_string()));
+        let records = self
+            .store
+            .count()
+            .map(|c| Value::Integer(c.into()))
+            .unwrap_or_else(|e| Value::Text(e.to_string()));
         let text = |s: &str| Value::Text(s.to_string());
         Value::Map(vec![
             (text("id"), Value::Integer(self.node_id.into())),
-            (text("id_hex"), Value::Text(format!("{:016x}", self.node_id))),
+            (
+                text("id_hex"),
+                Value::Text(format!("{:016x}", self.node_id)),
+            ),
             (text("address"), text(&self.request_url)),
             (text("signal"), text(&self.signal_url)),
             (text("transport"), text(&self.transport_name)),
             (text("storage"), text(&self.storage_name)),
             (
                 text("plugins"),
-                Value::Array(self.plugin_names.read().unwrap_or_else(|p| p.into_inner()).iter().map(|s| text(s)).collect()),
+                Value::Array(
+                    self.plugin_names
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .map(|s| text(s))
+                        .collect(),
+                ),
             ),
             (text("records"), records),
-            (text("initial_gestors"), Value::Array(self.initial_gestors().iter().map(|s| text(s)).collect())),
-            (text("uptime_ms"), Value::Integer(system_ms().saturating_sub(self.started_ms).into())),
-            (text("malformed_signals"), Value::Integer(self.malformed_signals.load(Ordering::Relaxed).into())),
+            (
+                text("initial_gestors"),
+                Value::Array(self.initial_gestors().iter().map(|s| text(s)).collect()),
+            ),
+            (
+                text("uptime_ms"),
+                Value::Integer(system_ms().saturating_sub(self.started_ms).into()),
+            ),
+            (
+                text("malformed_signals"),
+                Value::Integer(self.malformed_signals.load(Ordering::Relaxed).into()),
+            ),
             (text("sections"), Value::Map(sections)),
         ])
     }
@@ -194,7 +244,11 @@ impl HostCore {
         };
         let targets: Vec<SignalFn> = {
             let signals = self.signals.read().unwrap_or_else(|p| p.into_inner());
-            signals.iter().filter(|(prefix, _)| topic.starts_with(prefix.as_str())).map(|(_, r)| r.handler.clone()).collect()
+            signals
+                .iter()
+                .filter(|(prefix, _)| topic.starts_with(prefix.as_str()))
+                .map(|(_, r)| r.handler.clone())
+                .collect()
         };
         for handler in targets {
             handler(&topic, &body);
@@ -202,7 +256,13 @@ impl HostCore {
     }
 
     fn checkout_requester(&self, url: &str) -> Result<Box<dyn Requester>, CallError> {
-        if let Some(r) = self.requesters.lock().unwrap_or_else(|p| p.into_inner()).get_mut(url).and_then(|v| v.pop()) {
+        if let Some(r) = self
+            .requesters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(url)
+            .and_then(|v| v.pop())
+        {
             return Ok(r);
         }
         Ok(self.transport.requester(url, &self.transport_options)?)
@@ -237,13 +297,25 @@ impl Host for HostCore {
         self.clock.clone()
     }
     fn plugin_config(&self, plugin: &str) -> Value {
-        self.plugin_configs.get(plugin).cloned().unwrap_or(Value::Null)
+        self.plugin_configs
+            .get(plugin)
+            .cloned()
+            .unwrap_or(Value::Null)
     }
 
-    fn register_request(&self, plugin: &str, kind: &str, handler: RequestFn) -> Result<(), PluginError> {
+    fn register_request(
+        &self,
+        plugin: &str,
+        kind: &str,
+        handler: RequestFn,
+    ) -> Result<(), PluginError> {
         let mut handlers = self.handlers.write().unwrap_or_else(|p| p.into_inner());
         if kind.starts_with("node.") {
-            return Err(PluginError::DuplicateKind { plugin: plugin.into(), kind: kind.into(), owner: "host".into() });
+            return Err(PluginError::DuplicateKind {
+                plugin: plugin.into(),
+                kind: kind.into(),
+                owner: "host".into(),
+            });
         }
         if let Some(existing) = handlers.get(kind) {
             return Err(PluginError::DuplicateKind {
@@ -252,34 +324,63 @@ impl Host for HostCore {
                 owner: existing.plugin.clone(),
             });
         }
-        handlers.insert(kind.to_string(), Registered { plugin: plugin.to_string(), handler });
+        handlers.insert(
+            kind.to_string(),
+            Registered {
+                plugin: plugin.to_string(),
+                handler,
+            },
+        );
         tracing::debug!(plugin, kind, "request kind registered");
         Ok(())
     }
 
-    fn register_signal(&self, plugin: &str, topic_prefix: &str, handler: SignalFn) -> Result<(), PluginError> {
+    fn register_signal(
+        &self,
+        plugin: &str,
+        topic_prefix: &str,
+        handler: SignalFn,
+    ) -> Result<(), PluginError> {
         let mut signals = self.signals.write().unwrap_or_else(|p| p.into_inner());
-        signals.push((topic_prefix.to_string(), Registered { plugin: plugin.to_string(), handler }));
+        signals.push((
+            topic_prefix.to_string(),
+            Registered {
+                plugin: plugin.to_string(),
+                handler,
+            },
+        ));
         Ok(())
     }
 
     fn spawn_loop(&self, plugin: &str, name: &str, every: Duration, body: LoopFn) {
         let shutdown = self.shutdown_rx.clone();
         let thread_name = format!("{plugin}/{name}");
-        let spawned = std::thread::Builder::new().name(thread_name.clone()).spawn(move || loop {
-            body();
-            match shutdown.recv_timeout(every) {
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-                _ => break,
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name(thread_name.clone())
+            .spawn(move || loop {
+                body();
+                match shutdown.recv_timeout(every) {
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                    _ => break,
+                }
+            });
         match spawned {
-            Ok(handle) => self.loops.lock().unwrap_or_else(|p| p.into_inner()).push(handle),
+            Ok(handle) => self
+                .loops
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(handle),
             Err(e) => tracing::error!(task = %thread_name, "cannot spawn loop thread: {e}"),
         }
     }
 
-    fn request(&self, url: &str, kind: &str, body: Value, timeout: Duration) -> Result<Value, CallError> {
+    fn request(
+        &self,
+        url: &str,
+        kind: &str,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
         if url == self.request_url {
             return self.call_local(kind, body);
         }
@@ -299,7 +400,9 @@ impl Host for HostCore {
         let payload = to_cbor(&body);
         let mut publishers = self.publishers.lock().unwrap_or_else(|p| p.into_inner());
         if !publishers.contains_key(url) {
-            let publisher = self.transport.publisher(&Endpoint::Dial(url.to_string()), &self.transport_options)?;
+            let publisher = self
+                .transport
+                .publisher(&Endpoint::Dial(url.to_string()), &self.transport_options)?;
             publishers.insert(url.to_string(), publisher);
         }
         match publishers.get_mut(url) {
@@ -309,10 +412,16 @@ impl Host for HostCore {
     }
 
     fn initial_gestors(&self) -> Vec<String> {
-        self.initial_gestors.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.initial_gestors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     fn set_initial_gestors(&self, list: Vec<String>) {
-        *self.initial_gestors.write().unwrap_or_else(|p| p.into_inner()) = list;
+        *self
+            .initial_gestors
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = list;
     }
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
@@ -339,9 +448,14 @@ impl Node {
         let signal_url = config.advertised_signal_url()?;
         let bind_signal = config.signal_url()?;
 
-        let store = open_store(config.storage.backend, &config.node.data_dir).with_context(|| {
-            format!("refusing to start: the {} store in {} cannot be used", config.storage.backend, config.node.data_dir.display())
-        })?;
+        let store =
+            open_store(config.storage.backend, &config.node.data_dir).with_context(|| {
+                format!(
+                    "refusing to start: the {} store in {} cannot be used",
+                    config.storage.backend,
+                    config.node.data_dir.display()
+                )
+            })?;
         let transport = build_transport(config.transport.backend);
         let transport_options = transport_options(config);
         let offset = config.clock.offset_ms;
@@ -362,7 +476,12 @@ impl Node {
             storage_name: config.storage.backend.to_string(),
             store,
             clock,
-            plugin_configs: config.plugins.config.iter().map(|(k, v)| (k.clone(), toml_to_cbor(v))).collect(),
+            plugin_configs: config
+                .plugins
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), toml_to_cbor(v)))
+                .collect(),
             handlers: RwLock::new(HashMap::new()),
             signals: RwLock::new(Vec::new()),
             loops: Mutex::new(Vec::new()),
@@ -397,7 +516,11 @@ impl Node {
             )
             .with_context(|| format!("cannot serve requests on {}", config.node.listen))?;
         let mut subscriber = transport
-            .subscriber(&Endpoint::Bind(bind_signal.clone()), &[b""], &transport_options)
+            .subscriber(
+                &Endpoint::Bind(bind_signal.clone()),
+                &[b""],
+                &transport_options,
+            )
             .with_context(|| format!("cannot bind signal endpoint {bind_signal}"))?;
         let signal_core = core.clone();
         let signal_thread = std::thread::Builder::new()
@@ -416,7 +539,12 @@ impl Node {
             })
             .context("cannot spawn signal thread")?;
 
-        let mut node = Node { core: core.clone(), plugins: Vec::new(), replier: Some(replier), signal_thread: Some(signal_thread) };
+        let mut node = Node {
+            core: core.clone(),
+            plugins: Vec::new(),
+            replier: Some(replier),
+            signal_thread: Some(signal_thread),
+        };
         for loaded in plugins {
             let ctx = PluginContext::new(core.clone() as Arc<dyn Host>, loaded.name.clone());
             if let Err(e) = loaded.plugin.start(ctx) {
@@ -424,7 +552,10 @@ impl Node {
                 node.stop();
                 return Err(anyhow!(e).context("plugin failed to start"));
             }
-            core.plugin_names.write().unwrap_or_else(|p| p.into_inner()).push(loaded.name.clone());
+            core.plugin_names
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(loaded.name.clone());
             node.plugins.push(loaded);
         }
         tracing::info!(
@@ -448,8 +579,18 @@ impl Node {
             loaded.plugin.stop();
         }
         // Dropping the only sender wakes every loop at once.
-        self.core.shutdown_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let loops: Vec<_> = self.core.loops.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        self.core
+            .shutdown_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let loops: Vec<_> = self
+            .core
+            .loops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
         for handle in loops {
             let _ = handle.join();
         }
@@ -457,8 +598,16 @@ impl Node {
             let _ = t.join();
         }
         self.replier.take();
-        self.core.publishers.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        self.core.requesters.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.core
+            .publishers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.core
+            .requesters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         if let Err(e) = self.core.store.flush() {
             tracing::error!("store flush at shutdown failed: {e}");
         }
@@ -475,7 +624,10 @@ impl Drop for Node {
 /// The directory holding the running executable (cargo puts the plugins there).
 pub fn default_plugin_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate the gestor executable")?;
-    let dir = exe.parent().map(|p| p.to_path_buf()).context("executable has no parent directory")?;
+    let dir = exe
+        .parent()
+        .map(|p| p.to_path_buf())
+        .context("executable has no parent directory")?;
     // Test binaries live in target/<profile>/deps; plugins one level up.
     if dir.file_name().is_some_and(|n| n == "deps") {
         if let Some(up) = dir.parent() {

@@ -2,6 +2,7 @@
 //! instantiated per backend by the files in `tests/tests/`), and helpers that
 //! run real `gestor` processes.
 
+pub mod cluster;
 pub mod ports;
 pub mod store_suite;
 pub mod transport_suite;

@@ -63,12 +63,19 @@ impl Plugin for Echo {
         ctx.on("echo.say", move |req: Say| {
             let count = calls.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::info!(count, "echo.say called");
-            Ok(Said { text: req.text, greeting: greeting.clone(), count })
+            Ok(Said {
+                text: req.text,
+                greeting: greeting.clone(),
+                count,
+            })
         })?;
 
-        ctx.on("echo.boom", |_: serde::de::IgnoredAny| -> Result<(), HandlerError> {
-            panic!("echo.boom was asked to panic");
-        })?;
+        ctx.on(
+            "echo.boom",
+            |_: serde::de::IgnoredAny| -> Result<(), HandlerError> {
+                panic!("echo.boom was asked to panic");
+            },
+        )?;
 
         let store = ctx.store();
         ctx.on("echo.remember", move |req: Remember| {
@@ -83,7 +90,10 @@ impl Plugin for Echo {
 
         let calls = self.calls.clone();
         ctx.on("status.echo", move |_: serde::de::IgnoredAny| {
-            Ok(std::collections::BTreeMap::from([("calls", calls.load(Ordering::Relaxed))]))
+            Ok(std::collections::BTreeMap::from([(
+                "calls",
+                calls.load(Ordering::Relaxed),
+            )]))
         })?;
         tracing::info!("echo plugin started");
         Ok(())

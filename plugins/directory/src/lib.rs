@@ -19,7 +19,8 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use gestor_sdk::hash::ring_position;
 use gestor_sdk::hlc::system_ms;
 use gestor_sdk::{
-    declare_plugin, CallError, ErrorCode, HandlerError, Plugin, PluginContext, PluginError, Timestamp, UserRecord,
+    declare_plugin, CallError, ErrorCode, HandlerError, Plugin, PluginContext, PluginError,
+    Timestamp, UserRecord,
 };
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -147,11 +148,18 @@ fn err(code: ErrorCode, message: impl Into<String>) -> HandlerError {
 
 impl Shared {
     fn ctx(&self) -> Result<PluginContext, HandlerError> {
-        self.ctx.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| HandlerError::unavailable("directory not started"))
+        self.ctx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| HandlerError::unavailable("directory not started"))
     }
 
     fn config(&self) -> DirectoryConfig {
-        self.config.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Forward `kind` to the gestor responsible for `username`, retrying once
@@ -168,13 +176,17 @@ impl Shared {
         let key = ring_position(username.as_bytes());
         let mut last = HandlerError::unavailable("no attempt made");
         for _attempt in 0..3 {
-            let owner: Owner = ctx.call_local("ring.lookup", &KeyBody { key }).map_err(HandlerError::from)?;
+            let owner: Owner = ctx
+                .call_local("ring.lookup", &KeyBody { key })
+                .map_err(HandlerError::from)?;
             match ctx.call::<Req, Rep>(&owner.addr, kind, body, timeout) {
                 Ok(mut rep) => {
                     rep.set_hops(owner.hops);
                     return Ok(rep);
                 }
-                Err(CallError::Remote(e)) if e.code != ErrorCode::Unavailable && e.code != ErrorCode::Timeout => {
+                Err(CallError::Remote(e))
+                    if e.code != ErrorCode::Unavailable && e.code != ErrorCode::Timeout =>
+                {
                     return Err(e)
                 }
                 Err(e) => {
@@ -191,9 +203,14 @@ impl Shared {
     fn owner_check(&self, ctx: &PluginContext, username: &str) -> Result<u64, HandlerError> {
         rules::validate_username(username)?;
         let key = ring_position(username.as_bytes());
-        let responsible: bool = ctx.call_local("ring.responsible", &KeyBody { key }).map_err(HandlerError::from)?;
+        let responsible: bool = ctx
+            .call_local("ring.responsible", &KeyBody { key })
+            .map_err(HandlerError::from)?;
         if !responsible {
-            return Err(HandlerError::unavailable(format!("{} is not responsible for {username}", ctx.request_url())));
+            return Err(HandlerError::unavailable(format!(
+                "{} is not responsible for {username}",
+                ctx.request_url()
+            )));
         }
         Ok(key)
     }
@@ -207,8 +224,13 @@ impl Shared {
 
     fn hash_password(&self, password: &str) -> Result<String, HandlerError> {
         let config = self.config();
-        let params = Params::new(config.password_memory_kib, config.password_iterations, 1, None)
-            .map_err(|e| HandlerError::internal(format!("argon2 parameters: {e}")))?;
+        let params = Params::new(
+            config.password_memory_kib,
+            config.password_iterations,
+            1,
+            None,
+        )
+        .map_err(|e| HandlerError::internal(format!("argon2 parameters: {e}")))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let salt = SaltString::generate(&mut OsRng);
         argon
@@ -225,7 +247,12 @@ impl Shared {
             .map_err(|_| err(ErrorCode::Unauthorized, "wrong password"))
     }
 
-    fn check_token(&self, ctx: &PluginContext, username: &str, token: &str) -> Result<(), HandlerError> {
+    fn check_token(
+        &self,
+        ctx: &PluginContext,
+        username: &str,
+        token: &str,
+    ) -> Result<(), HandlerError> {
         let stored = ctx.store().kv_get(SESSIONS, username.as_bytes())?;
         match stored {
             Some(t) if !token.is_empty() && rules::constant_time_eq(&t, token.as_bytes()) => Ok(()),
@@ -234,19 +261,30 @@ impl Shared {
     }
 
     /// Write a new version of `record`, stamped now.
-    fn write(&self, ctx: &PluginContext, mut record: UserRecord) -> Result<UserRecord, HandlerError> {
+    fn write(
+        &self,
+        ctx: &PluginContext,
+        mut record: UserRecord,
+    ) -> Result<UserRecord, HandlerError> {
         record.version = ctx.clock().now();
         match ctx.store().put(&record)? {
             gestor_sdk::PutOutcome::Applied => Ok(record),
-            gestor_sdk::PutOutcome::Stale { current } => {
-                Err(err(ErrorCode::Conflict, format!("a newer version ({current}) is already stored")))
-            }
+            gestor_sdk::PutOutcome::Stale { current } => Err(err(
+                ErrorCode::Conflict,
+                format!("a newer version ({current}) is already stored"),
+            )),
         }
     }
 
     fn presence(&self, record: &UserRecord, now: u64) -> (bool, u64) {
         let timeout = self.config().presence_timeout_ms;
-        let last_alive = self.alive.lock().unwrap_or_else(|p| p.into_inner()).get(&record.username).copied().unwrap_or(0);
+        let last_alive = self
+            .alive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&record.username)
+            .copied()
+            .unwrap_or(0);
         let last_seen = record.last_seen_ms.max(last_alive);
         let online = record.online && now.saturating_sub(last_seen) <= timeout;
         (online, last_seen)
@@ -260,7 +298,10 @@ impl Shared {
         rules::validate_password(&req.password)?;
         if let Some(existing) = ctx.store().get(&req.username)? {
             if !existing.deleted {
-                return Err(err(ErrorCode::Conflict, format!("username {} is taken", req.username)));
+                return Err(err(
+                    ErrorCode::Conflict,
+                    format!("username {} is taken", req.username),
+                ));
             }
         }
         let address = match &req.address {
@@ -279,7 +320,11 @@ impl Shared {
         };
         self.write(&ctx, record)?;
         tracing::info!(username = %req.username, "registered");
-        Ok(Registered { username: req.username, gestor: ctx.request_url(), hops: 0 })
+        Ok(Registered {
+            username: req.username,
+            gestor: ctx.request_url(),
+            hops: 0,
+        })
     }
 
     fn login(&self, req: Credentials) -> Result<LoggedIn, HandlerError> {
@@ -291,13 +336,17 @@ impl Shared {
         let mut token_bytes = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut token_bytes);
         let token: String = token_bytes.iter().map(|b| format!("{b:02x}")).collect();
-        ctx.store().kv_put(SESSIONS, req.username.as_bytes(), token.as_bytes())?;
+        ctx.store()
+            .kv_put(SESSIONS, req.username.as_bytes(), token.as_bytes())?;
         let now = system_ms();
         record.address = address;
         record.online = true;
         record.last_seen_ms = now;
         self.write(&ctx, record)?;
-        self.alive.lock().unwrap_or_else(|p| p.into_inner()).insert(req.username.clone(), now);
+        self.alive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(req.username.clone(), now);
         let config = self.config();
         Ok(LoggedIn {
             username: req.username,
@@ -347,7 +396,10 @@ impl Shared {
         record.last_seen_ms = system_ms();
         self.write(&ctx, record)?;
         ctx.store().kv_delete(SESSIONS, req.username.as_bytes())?;
-        self.alive.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.username);
+        self.alive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req.username);
         Ok(Done { ok: true, hops: 0 })
     }
 
@@ -357,12 +409,19 @@ impl Shared {
             return;
         };
         let Ok(ctx) = self.ctx() else { return };
-        if self.check_token(&ctx, &alive.username, &alive.token).is_err() {
+        if self
+            .check_token(&ctx, &alive.username, &alive.token)
+            .is_err()
+        {
             tracing::debug!(username = %alive.username, "alive signal with invalid token dropped");
             return;
         }
         let now = system_ms();
-        let was_known = self.alive.lock().unwrap_or_else(|p| p.into_inner()).insert(alive.username.clone(), now);
+        let was_known = self
+            .alive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(alive.username.clone(), now);
         // A user who had been swept offline comes back with a versioned write.
         if let Ok(mut record) = self.live_record(&ctx, &alive.username) {
             if !record.online || was_known.is_none() {
@@ -382,10 +441,17 @@ impl Shared {
         let now = system_ms();
         let stale: Vec<(String, u64)> = {
             let alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
-            alive.iter().filter(|(_, t)| now.saturating_sub(**t) > timeout).map(|(u, t)| (u.clone(), *t)).collect()
+            alive
+                .iter()
+                .filter(|(_, t)| now.saturating_sub(**t) > timeout)
+                .map(|(u, t)| (u.clone(), *t))
+                .collect()
         };
         for (username, last) in stale {
-            self.alive.lock().unwrap_or_else(|p| p.into_inner()).remove(&username);
+            self.alive
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&username);
             if let Ok(mut record) = self.live_record(&ctx, &username) {
                 if record.online {
                     record.online = false;
@@ -424,15 +490,25 @@ impl Plugin for Directory {
 
         // Client-facing: any gestor, forwarded to the owner.
         let s = self.state.clone();
-        ctx.on("user.register", move |r: Credentials| s.route::<_, Registered>(&r.username.clone(), "dir.register", &r))?;
+        ctx.on("user.register", move |r: Credentials| {
+            s.route::<_, Registered>(&r.username.clone(), "dir.register", &r)
+        })?;
         let s = self.state.clone();
-        ctx.on("user.login", move |r: Credentials| s.route::<_, LoggedIn>(&r.username.clone(), "dir.login", &r))?;
+        ctx.on("user.login", move |r: Credentials| {
+            s.route::<_, LoggedIn>(&r.username.clone(), "dir.login", &r)
+        })?;
         let s = self.state.clone();
-        ctx.on("user.lookup", move |r: UserOnly| s.route::<_, Found>(&r.username.clone(), "dir.lookup", &r))?;
+        ctx.on("user.lookup", move |r: UserOnly| {
+            s.route::<_, Found>(&r.username.clone(), "dir.lookup", &r)
+        })?;
         let s = self.state.clone();
-        ctx.on("user.set_address", move |r: Authenticated| s.route::<_, Done>(&r.username.clone(), "dir.set_address", &r))?;
+        ctx.on("user.set_address", move |r: Authenticated| {
+            s.route::<_, Done>(&r.username.clone(), "dir.set_address", &r)
+        })?;
         let s = self.state.clone();
-        ctx.on("user.logout", move |r: Authenticated| s.route::<_, Done>(&r.username.clone(), "dir.logout", &r))?;
+        ctx.on("user.logout", move |r: Authenticated| {
+            s.route::<_, Done>(&r.username.clone(), "dir.logout", &r)
+        })?;
 
         // Owner side.
         let s = self.state.clone();
@@ -455,13 +531,20 @@ impl Plugin for Directory {
         let store = ctx.store();
         ctx.on("status.directory", move |_: serde::de::IgnoredAny| {
             let online = s.alive.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
-            Ok(std::collections::BTreeMap::from([("records", store.count()?), ("alive_users", online)]))
+            Ok(std::collections::BTreeMap::from([
+                ("records", store.count()?),
+                ("alive_users", online),
+            ]))
         })?;
         Ok(())
     }
 
     fn stop(&self) {
-        self.state.ctx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.state
+            .ctx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 }
 

@@ -16,8 +16,12 @@ pub fn validate_username(name: &str) -> Result<(), HandlerError> {
         )));
     }
     let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'));
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'));
     if !first_ok || !rest_ok {
         return Err(HandlerError::bad_request(
             "username may contain only a-z, 0-9, '_', '-', '.' and must start with a letter or digit",
@@ -28,7 +32,9 @@ pub fn validate_username(name: &str) -> Result<(), HandlerError> {
 
 pub fn validate_password(password: &str) -> Result<(), HandlerError> {
     if password.is_empty() || password.len() > PASSWORD_MAX {
-        return Err(HandlerError::bad_request(format!("password must be 1 to {PASSWORD_MAX} bytes")));
+        return Err(HandlerError::bad_request(format!(
+            "password must be 1 to {PASSWORD_MAX} bytes"
+        )));
     }
     Ok(())
 }
@@ -38,7 +44,11 @@ pub fn validate_address(address: &str) -> Result<&str, HandlerError> {
     let bad = || HandlerError::bad_request(format!("address {address:?} is not host:port"));
     let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
-    if port == 0 || host.is_empty() || host.len() > 253 || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if port == 0
+        || host.is_empty()
+        || host.len() > 253
+        || host.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(bad());
     }
     Ok(address)
@@ -58,7 +68,16 @@ mod tests {
         for ok in ["alice", "bob_2", "a.b-c", "007"] {
             assert!(validate_username(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "ab", "Alice", "_alice", "al ice", "x".repeat(33).as_str(), "añil", "a/b"] {
+        for bad in [
+            "",
+            "ab",
+            "Alice",
+            "_alice",
+            "al ice",
+            "x".repeat(33).as_str(),
+            "añil",
+            "a/b",
+        ] {
             assert!(validate_username(bad).is_err(), "{bad}");
         }
     }

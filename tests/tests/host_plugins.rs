@@ -1,0 +1,261 @@
+//! The plugin host, end to end: a real `gestor node` process loading real
+//! plugin libraries from disk, on both transports.
+
+use gestor::config::TransportKind;
+use gestor_sdk::wire::{from_cbor, Reply};
+use gestor_sdk::{ErrorCode, TransportOptions, Value};
+use gestor_tests::cluster::{
+    call, field, map, plugin_path, run_cli, wait_ready, wait_until, NodeProc,
+};
+use gestor_tests::ports::free_port;
+use std::time::Duration;
+
+fn echo_node(transport: TransportKind, dir: &std::path::Path, rust_log: &str) -> NodeProc {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let signal = format!("tcp://127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "--listen",
+        &url,
+        "--signal",
+        &signal,
+        "--transport",
+        &transport.to_string(),
+        "--data-dir",
+        &dir.join("data").display().to_string(),
+        "--plugin",
+        "gestor_echo_plugin",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let node = NodeProc::spawn(&url, transport, &args, dir, &[("RUST_LOG", rust_log)]);
+    assert!(
+        wait_ready(&url, transport, Duration::from_secs(20)),
+        "node did not come up:\n{}",
+        node.log()
+    );
+    node
+}
+
+fn text(v: &str) -> Value {
+    Value::Text(v.into())
+}
+
+fn loads_example_plugin_and_answers(transport: TransportKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = echo_node(transport, dir.path(), "info");
+    let reply = call(
+        &node.url,
+        transport,
+        "echo.say",
+        map(&[("text", text("hola"))]),
+    )
+    .unwrap();
+    assert_eq!(field(&reply, "text"), Some(&text("hola")));
+    assert_eq!(field(&reply, "greeting"), Some(&text("hello")));
+
+    // The plugin persists through the host's store without knowing the backend.
+    call(
+        &node.url,
+        transport,
+        "echo.remember",
+        map(&[("key", text("k")), ("value", text("v"))]),
+    )
+    .unwrap();
+    let recalled = call(
+        &node.url,
+        transport,
+        "echo.recall",
+        map(&[("key", text("k"))]),
+    )
+    .unwrap();
+    assert_eq!(recalled, text("v"));
+
+    // The plugin's tracing events reach the host's subscriber under its target.
+    assert!(
+        wait_until(Duration::from_secs(5), || node
+            .log()
+            .contains("echo.say called")),
+        "plugin log line missing:\n{}",
+        node.log()
+    );
+    assert!(
+        node.log().contains("gestor_echo_plugin"),
+        "events carry the plugin's target"
+    );
+
+    // SIGTERM stops the node cleanly, plugins included.
+    let code = node.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "clean exit expected:\n{}", node.log());
+    assert!(node.log().contains("echo plugin stopped"));
+}
+
+fn rust_log_filters_plugin_targets(transport: TransportKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = echo_node(transport, dir.path(), "info,gestor_echo_plugin=off");
+    call(
+        &node.url,
+        transport,
+        "echo.say",
+        map(&[("text", text("quiet"))]),
+    )
+    .unwrap();
+    // The host's own lines still appear, the plugin's do not.
+    assert!(wait_until(Duration::from_secs(5), || node
+        .log()
+        .contains("gestor node started")));
+    assert!(
+        !node.log().contains("echo.say called"),
+        "RUST_LOG should silence the plugin:\n{}",
+        node.log()
+    );
+}
+
+fn panicking_handler_gets_error_reply(transport: TransportKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = echo_node(transport, dir.path(), "info");
+    for _ in 0..3 {
+        let err = call(&node.url, transport, "echo.boom", Value::Null).unwrap_err();
+        match err {
+            gestor::client::ClientError::Remote(e) => {
+                assert_eq!(e.code, ErrorCode::Internal);
+                assert!(e.message.contains("panicked"), "{}", e.message);
+            }
+            other => panic!("expected an error reply, got {other}"),
+        }
+        // ...and the node keeps answering.
+        let reply = call(
+            &node.url,
+            transport,
+            "echo.say",
+            map(&[("text", text("still here"))]),
+        )
+        .unwrap();
+        assert_eq!(field(&reply, "text"), Some(&text("still here")));
+    }
+    assert!(
+        node.log().contains("panicked"),
+        "the panic is logged with the plugin's name"
+    );
+}
+
+fn garbage_frames_get_error_replies(transport: TransportKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = echo_node(transport, dir.path(), "info");
+    let t = gestor::runtime::build_transport(transport);
+    let mut requester = t
+        .requester(&node.url, &TransportOptions::default())
+        .unwrap();
+    let cases: Vec<(Vec<u8>, ErrorCode)> = vec![
+        (vec![0xff, 0xfe, 0x00], ErrorCode::Malformed),
+        (b"hello, not cbor".to_vec(), ErrorCode::Malformed),
+        (Vec::new(), ErrorCode::Malformed),
+        (
+            gestor_sdk::wire::to_cbor(&gestor_sdk::Request::new("no.such.kind", Value::Null)),
+            ErrorCode::UnknownKind,
+        ),
+        (
+            gestor_sdk::wire::to_cbor(&gestor_sdk::Request::new(
+                "echo.say",
+                Value::Integer(3.into()),
+            )),
+            ErrorCode::BadRequest,
+        ),
+    ];
+    for (frame, expected) in cases {
+        let bytes = requester.request(&frame, Duration::from_secs(5)).unwrap();
+        let reply: Reply = from_cbor(&bytes).unwrap();
+        assert!(!reply.ok);
+        assert_eq!(reply.error.unwrap().code, expected);
+    }
+    let reply = call(
+        &node.url,
+        transport,
+        "echo.say",
+        map(&[("text", text("ok"))]),
+    )
+    .unwrap();
+    assert_eq!(field(&reply, "text"), Some(&text("ok")));
+}
+
+fn refused(plugin: &str, transport: TransportKind) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("tcp://127.0.0.1:{}", free_port());
+    let signal = format!("tcp://127.0.0.1:{}", free_port());
+    let data = dir.path().join("data").display().to_string();
+    let (code, _out, err) = run_cli(
+        &[
+            "node",
+            "--listen",
+            &url,
+            "--signal",
+            &signal,
+            "--transport",
+            &transport.to_string(),
+            "--data-dir",
+            &data,
+            "--plugin",
+            plugin,
+        ],
+        &[("RUST_LOG", "off")],
+    );
+    (code, err)
+}
+
+fn refuses_a_file_that_is_not_a_plugin(transport: TransportKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("libfake.so");
+    std::fs::write(&fake, b"this is not an ELF file").unwrap();
+    let (code, err) = refused(&fake.display().to_string(), transport);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+    assert!(
+        err.contains(&fake.display().to_string()) && err.contains("not a loadable library"),
+        "{err}"
+    );
+
+    let missing = dir.path().join("libmissing.so");
+    let (code, err) = refused(&missing.display().to_string(), transport);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not found") && err.contains("libmissing.so"),
+        "{err}"
+    );
+}
+
+fn refuses_an_incompatible_plugin(transport: TransportKind) {
+    let bad = plugin_path("gestor_bad_abi_plugin");
+    let (code, err) = refused(&bad.display().to_string(), transport);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+    assert!(err.contains("incompatible ABI fingerprint"), "{err}");
+    assert!(
+        err.contains(&bad.display().to_string()),
+        "names the file: {err}"
+    );
+    assert!(
+        err.contains("rustc 1.0.0"),
+        "shows the plugin's fingerprint: {err}"
+    );
+    assert!(
+        err.contains(env!("CARGO_PKG_VERSION")),
+        "shows the host's fingerprint: {err}"
+    );
+}
+
+macro_rules! host_suite {
+    ($($backend:ident => $kind:expr),*) => { $(
+        mod $backend {
+            use super::*;
+            #[test] fn loads_example_plugin_and_answers() { super::loads_example_plugin_and_answers($kind) }
+            #[test] fn rust_log_filters_plugin_targets() { super::rust_log_filters_plugin_targets($kind) }
+            #[test] fn panicking_handler_gets_error_reply() { super::panicking_handler_gets_error_reply($kind) }
+            #[test] fn garbage_frames_get_error_replies() { super::garbage_frames_get_error_replies($kind) }
+            #[test] fn refuses_a_file_that_is_not_a_plugin() { super::refuses_a_file_that_is_not_a_plugin($kind) }
+            #[test] fn refuses_an_incompatible_plugin() { super::refuses_an_incompatible_plugin($kind) }
+        }
+    )* };
+}
+
+host_suite!(nng => TransportKind::Nng, zmq => TransportKind::Zmq);
