@@ -1,0 +1,351 @@
+//! The Chord ring at the network edge: seed process *Ring_update*.
+//!
+//! All ring rules live in `gestor-chord` as I/O-free code; this plugin only
+//! moves its messages. One loop thread calls `Node::tick` and performs the
+//! requests it returns as `ring.rpc` calls to other gestores, feeding each
+//! answer (or failure) back with `Node::on_reply`. Incoming `ring.rpc`
+//! requests go to `Node::handle`. Other plugins resolve keys through
+//! `ring.lookup` (a local call), which runs an iterative `Lookup`.
+//!
+//! Request kinds: `ring.rpc`, `ring.whoami`, `ring.lookup`, `ring.responsible`,
+//! `ring.neighbours`, and the status section `status.ring`.
+
+use gestor_chord::{
+    Config as ChordConfig, Failure, Lookup, LookupAction, Node, Outbound, Peer, Request, Response,
+};
+use gestor_sdk::{declare_plugin, CallError, HandlerError, Plugin, PluginContext, PluginError};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `[plugins.config.gestor_ring]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RingConfig {
+    /// Successor-list length r.
+    pub successors: usize,
+    pub stabilize_every_ms: u64,
+    pub fix_fingers_every_ms: u64,
+    pub check_predecessor_every_ms: u64,
+    /// Deadline for one ring RPC; a peer that misses it is treated as dead.
+    pub rpc_timeout_ms: u64,
+    /// How often the maintenance loop wakes.
+    pub tick_every_ms: u64,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            successors: 8,
+            stabilize_every_ms: 500,
+            fix_fingers_every_ms: 200,
+            check_predecessor_every_ms: 1000,
+            rpc_timeout_ms: 1000,
+            tick_every_ms: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RpcBody {
+    pub from: Option<Peer>,
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyBody {
+    pub key: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Owner {
+    pub id: u64,
+    pub addr: String,
+    pub hops: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Neighbours {
+    pub me: Peer,
+    pub predecessor: Option<Peer>,
+    pub successors: Vec<Peer>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct FingerEntry {
+    index: usize,
+    id: u64,
+    addr: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct RingStatus {
+    joined: bool,
+    id: u64,
+    predecessor: Option<Peer>,
+    successors: Vec<Peer>,
+    fingers: Vec<FingerEntry>,
+    lookups: u64,
+    lookup_hops: u64,
+}
+
+struct Shared {
+    node: Mutex<Node>,
+    ctx: PluginContext,
+    config: RingConfig,
+    epoch: Instant,
+    join_cursor: Mutex<usize>,
+    stats: Mutex<(u64, u64)>,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn node(&self) -> std::sync::MutexGuard<'_, Node> {
+        self.node.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.rpc_timeout_ms)
+    }
+
+    fn rpc(&self, to: &Peer, request: Request) -> Result<Response, Failure> {
+        let me = self.node().me().clone();
+        let body = RpcBody {
+            from: Some(me),
+            request,
+        };
+        match self
+            .ctx
+            .call::<_, Response>(&to.addr, "ring.rpc", &body, self.rpc_timeout())
+        {
+            Ok(Response::NotInRing) => Err(Failure::Unreachable),
+            Ok(r) => Ok(r),
+            Err(CallError::Transport(gestor_sdk::TransportError::Timeout { .. })) => {
+                Err(Failure::Timeout)
+            }
+            Err(e) => {
+                tracing::debug!(peer = %to.addr, "ring rpc failed: {e}");
+                Err(Failure::Unreachable)
+            }
+        }
+    }
+
+    /// Perform `outbound` and everything the answers lead to.
+    fn drive(&self, outbound: Vec<Outbound>) {
+        let mut queue: VecDeque<Outbound> = outbound.into();
+        // A bound against a node that keeps asking: more than a full
+        // maintenance round ever needs.
+        let mut budget = 256;
+        while let Some(out) = queue.pop_front() {
+            if budget == 0 || self.ctx.stopping() && !matches!(out.request, Request::Leaving { .. })
+            {
+                break;
+            }
+            budget -= 1;
+            let reply = self.rpc(&out.to, out.request.clone());
+            let more = self.node().on_reply(out.token, reply, self.now());
+            queue.extend(more);
+        }
+    }
+
+    fn maintain(&self) {
+        let (joined, joining) = {
+            let n = self.node();
+            (n.joined(), n.joining())
+        };
+        if !joined && !joining {
+            self.start_membership();
+        }
+        let out = self.node().tick(self.now());
+        self.drive(out);
+    }
+
+    /// Create a ring, or join one through the configured gestores.
+    fn start_membership(&self) {
+        let joins: Vec<String> = self
+            .ctx
+            .join_urls()
+            .into_iter()
+            .filter(|u| *u != self.ctx.request_url())
+            .collect();
+        if joins.is_empty() {
+            let now = self.now();
+            self.node().create(now);
+            tracing::info!("created a new ring");
+            return;
+        }
+        let url = {
+            let mut cursor = self.join_cursor.lock().unwrap_or_else(|p| p.into_inner());
+            *cursor = (*cursor + 1) % joins.len();
+            joins[*cursor].clone()
+        };
+        match self
+            .ctx
+            .call::<_, Peer>(&url, "ring.whoami", &(), self.rpc_timeout())
+        {
+            Ok(via) => {
+                tracing::info!(via = %url, "joining the ring");
+                let now = self.now();
+                let out = self.node().join(via, now);
+                self.drive(out);
+            }
+            Err(e) => tracing::warn!(via = %url, "cannot reach gestor to join through: {e}"),
+        }
+    }
+
+    fn lookup(&self, key: u64) -> Result<Owner, HandlerError> {
+        let mut lookup = {
+            let node = self.node();
+            if !node.joined() {
+                return Err(HandlerError::unavailable(
+                    "this gestor has not joined the ring yet",
+                ));
+            }
+            Lookup::start(&node, key)
+        };
+        // Each step moves strictly closer to the key, or drops a dead peer:
+        // 64 fingers plus retries bound it.
+        for _ in 0..128 {
+            match lookup.next() {
+                LookupAction::Done { owner, hops } => {
+                    let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+                    stats.0 += 1;
+                    stats.1 += hops as u64;
+                    return Ok(Owner {
+                        id: owner.id,
+                        addr: owner.addr,
+                        hops,
+                    });
+                }
+                LookupAction::Failed => break,
+                LookupAction::Ask(peer) => match self.rpc(&peer, Request::FindSuccessor { key }) {
+                    Ok(Response::Found(step)) => lookup.on_reply(step),
+                    _ => {
+                        let mut node = self.node();
+                        node.peer_failed(peer.id);
+                        lookup.on_failure(&node);
+                    }
+                },
+            }
+        }
+        Err(HandlerError::unavailable(format!(
+            "lookup of key {key:016x} failed: ring unreachable"
+        )))
+    }
+
+    fn status(&self) -> RingStatus {
+        let node = self.node();
+        let mut fingers = Vec::new();
+        let mut last: Option<u64> = None;
+        for (index, f) in node.fingers().into_iter().enumerate() {
+            if let Some(p) = f {
+                if last != Some(p.id) {
+                    last = Some(p.id);
+                    fingers.push(FingerEntry {
+                        index,
+                        id: p.id,
+                        addr: p.addr,
+                    });
+                }
+            }
+        }
+        let stats = *self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        RingStatus {
+            joined: node.joined(),
+            id: node.me().id,
+            predecessor: node.predecessor().cloned(),
+            successors: node.successors().to_vec(),
+            fingers,
+            lookups: stats.0,
+            lookup_hops: stats.1,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Ring {
+    shared: Mutex<Option<Arc<Shared>>>,
+}
+
+impl Plugin for Ring {
+    fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
+        let config: RingConfig = ctx.config()?;
+        let chord = ChordConfig {
+            successors: config.successors.max(1),
+            stabilize_every_ms: config.stabilize_every_ms,
+            fix_fingers_every_ms: config.fix_fingers_every_ms,
+            check_predecessor_every_ms: config.check_predecessor_every_ms,
+        };
+        let me = Peer::new(ctx.node_id(), ctx.request_url());
+        let shared = Arc::new(Shared {
+            node: Mutex::new(Node::new(me.clone(), chord)),
+            ctx: ctx.clone(),
+            config: config.clone(),
+            epoch: Instant::now(),
+            join_cursor: Mutex::new(0),
+            stats: Mutex::new((0, 0)),
+        });
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
+
+        let s = shared.clone();
+        ctx.on("ring.rpc", move |body: RpcBody| {
+            let now = s.now();
+            Ok(s.node().handle(body.from.as_ref(), body.request, now))
+        })?;
+        ctx.on(
+            "ring.whoami",
+            move |_: serde::de::IgnoredAny| Ok(me.clone()),
+        )?;
+        let s = shared.clone();
+        ctx.on("ring.lookup", move |body: KeyBody| s.lookup(body.key))?;
+        let s = shared.clone();
+        ctx.on("ring.responsible", move |body: KeyBody| {
+            Ok(s.node().is_responsible(body.key))
+        })?;
+        let s = shared.clone();
+        ctx.on("ring.neighbours", move |_: serde::de::IgnoredAny| {
+            let node = s.node();
+            Ok(Neighbours {
+                me: node.me().clone(),
+                predecessor: node.predecessor().cloned(),
+                successors: node.successors().to_vec(),
+            })
+        })?;
+        let s = shared.clone();
+        ctx.on(
+            "status.ring",
+            move |_: serde::de::IgnoredAny| Ok(s.status()),
+        )?;
+
+        let s = shared.clone();
+        ctx.every(
+            "maintain",
+            Duration::from_millis(config.tick_every_ms.max(10)),
+            move || s.maintain(),
+        );
+        Ok(())
+    }
+
+    /// Graceful leave: tell predecessor and successor so the ring closes at once.
+    fn stop(&self) {
+        let Some(shared) = self
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let out = shared.node().leave();
+        for o in out {
+            let _ = shared.rpc(&o.to, o.request);
+        }
+        tracing::info!("left the ring");
+    }
+}
+
+declare_plugin!("gestor_ring", Ring::default);
