@@ -1,0 +1,1126 @@
+//! The per-node state machine.
+
+use std::collections::BTreeMap;
+
+use crate::lookup::{Lookup, LookupAction};
+use crate::{
+    distance, finger_start, in_half_open, in_open, Config, Failure, FindStep, Id, Outbound, Peer,
+    Request, Response, View,
+};
+
+/// One finger per bit of the identifier space.
+pub(crate) const FINGERS: usize = 64;
+
+#[derive(Clone, Debug)]
+enum Phase {
+    /// Never joined, or left.
+    Outside,
+    /// Join in progress (or waiting to be retried) through `via`.
+    Joining { via: Peer },
+    Member,
+}
+
+/// What an outstanding request was for; the reply is interpreted in its light.
+#[derive(Clone, Debug)]
+enum Task {
+    JoinFind {
+        lookup: Lookup,
+    },
+    JoinState {
+        succ: Peer,
+    },
+    Stabilize {
+        succ: Peer,
+    },
+    /// The successor reported a closer predecessor `cand`; adopt it only if
+    /// it answers, else fall back to the successor's state we already have.
+    StabilizeCandidate {
+        cand: Peer,
+        fallback: Option<(Peer, Vec<Peer>)>,
+    },
+    FixFinger {
+        index: usize,
+        lookup: Lookup,
+    },
+    CheckPredecessor {
+        pred: Peer,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Join,
+    Stabilize,
+    FixFinger,
+    CheckPredecessor,
+}
+
+impl Task {
+    fn kind(&self) -> Kind {
+        match self {
+            Task::JoinFind { .. } | Task::JoinState { .. } => Kind::Join,
+            Task::Stabilize { .. } | Task::StabilizeCandidate { .. } => Kind::Stabilize,
+            Task::FixFinger { .. } => Kind::FixFinger,
+            Task::CheckPredecessor { .. } => Kind::CheckPredecessor,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    task: Task,
+    to: Peer,
+    sent_ms: u64,
+}
+
+/// Result of advancing a lookup owned by the node.
+enum Drive {
+    Sent(Outbound),
+    Done(Peer),
+    Failed,
+}
+
+/// A Chord node: pure state, driven by [`Node::tick`], [`Node::handle`] and
+/// [`Node::on_reply`]. See the crate docs for the protocol.
+#[derive(Clone, Debug)]
+pub struct Node {
+    me: Peer,
+    config: Config,
+    phase: Phase,
+    predecessor: Option<Peer>,
+    /// Never empty for a member: `[me]` when alone.
+    successors: Vec<Peer>,
+    fingers: Vec<Option<Peer>>,
+    next_finger: usize,
+    pending: BTreeMap<u64, Pending>,
+    next_token: u64,
+    last_stabilize: u64,
+    last_fix: u64,
+    last_check: u64,
+}
+
+impl Node {
+    /// A node that is not yet in a ring.
+    pub fn new(me: Peer, config: Config) -> Node {
+        Node {
+            me,
+            config,
+            phase: Phase::Outside,
+            predecessor: None,
+            successors: Vec::new(),
+            fingers: vec![None; FINGERS],
+            next_finger: 0,
+            pending: BTreeMap::new(),
+            next_token: 1,
+            last_stabilize: 0,
+            last_fix: 0,
+            last_check: 0,
+        }
+    }
+
+    fn r(&self) -> usize {
+        self.config.successors.max(1)
+    }
+
+    fn reset(&mut self, now_ms: u64) {
+        self.predecessor = None;
+        self.successors.clear();
+        self.fingers = vec![None; FINGERS];
+        self.next_finger = 0;
+        self.pending.clear();
+        self.last_stabilize = now_ms;
+        self.last_fix = now_ms;
+        self.last_check = now_ms;
+    }
+
+    /// Become the first node of a new ring (successor = self).
+    pub fn create(&mut self, now_ms: u64) {
+        self.reset(now_ms);
+        self.successors = vec![self.me.clone()];
+        self.phase = Phase::Member;
+    }
+
+    /// Join the ring `via` knows. Returns the first request. Ignored (empty)
+    /// if we already are a member or `via` is ourselves. If the join fails,
+    /// `tick` retries through `via` every stabilize period; calling `join`
+    /// again with another peer restarts it.
+    pub fn join(&mut self, via: Peer, now_ms: u64) -> Vec<Outbound> {
+        if self.joined() || via.id == self.me.id {
+            return Vec::new();
+        }
+        self.reset(now_ms);
+        self.phase = Phase::Joining { via };
+        self.start_join(now_ms)
+    }
+
+    fn start_join(&mut self, now_ms: u64) -> Vec<Outbound> {
+        let Phase::Joining { via } = &self.phase else {
+            return Vec::new();
+        };
+        let via = via.clone();
+        self.last_stabilize = now_ms;
+        let lookup = Lookup::via(via.clone(), self.me.id);
+        let req = Request::FindSuccessor { key: self.me.id };
+        vec![self.send(via, req, Task::JoinFind { lookup }, now_ms)]
+    }
+
+    /// Due maintenance: stabilize, fix one finger, check the predecessor. Also
+    /// expires requests in flight for more than 3× their period.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now_ms.saturating_sub(p.sent_ms) >= self.timeout(p.task.kind()))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in expired {
+            out.extend(self.on_reply(token, Err(Failure::Timeout), now_ms));
+        }
+        match self.phase {
+            Phase::Outside => {}
+            Phase::Joining { .. } => {
+                if !self.in_flight(Kind::Join)
+                    && now_ms.saturating_sub(self.last_stabilize) >= self.config.stabilize_every_ms
+                {
+                    out.extend(self.start_join(now_ms));
+                }
+            }
+            Phase::Member => {
+                if !self.in_flight(Kind::Stabilize)
+                    && now_ms.saturating_sub(self.last_stabilize) >= self.config.stabilize_every_ms
+                {
+                    self.last_stabilize = now_ms;
+                    out.extend(self.start_stabilize(now_ms));
+                }
+                if !self.in_flight(Kind::CheckPredecessor)
+                    && now_ms.saturating_sub(self.last_check)
+                        >= self.config.check_predecessor_every_ms
+                {
+                    self.last_check = now_ms;
+                    out.extend(self.start_check_predecessor(now_ms));
+                }
+                if !self.in_flight(Kind::FixFinger)
+                    && now_ms.saturating_sub(self.last_fix) >= self.config.fix_fingers_every_ms
+                {
+                    self.last_fix = now_ms;
+                    out.extend(self.start_fix_finger(now_ms));
+                }
+            }
+        }
+        out
+    }
+
+    fn timeout(&self, kind: Kind) -> u64 {
+        let every = match kind {
+            Kind::Join | Kind::Stabilize => self.config.stabilize_every_ms,
+            Kind::FixFinger => self.config.fix_fingers_every_ms,
+            Kind::CheckPredecessor => self.config.check_predecessor_every_ms,
+        };
+        every.saturating_mul(3).max(1)
+    }
+
+    fn in_flight(&self, kind: Kind) -> bool {
+        self.pending.values().any(|p| p.task.kind() == kind)
+    }
+
+    fn send(&mut self, to: Peer, request: Request, task: Task, now_ms: u64) -> Outbound {
+        let token = self.alloc_token();
+        self.pending.insert(
+            token,
+            Pending {
+                task,
+                to: to.clone(),
+                sent_ms: now_ms,
+            },
+        );
+        Outbound { token, to, request }
+    }
+
+    /// Fire-and-forget: the token is not remembered, so the reply is ignored.
+    fn notice(&mut self, to: Peer, request: Request) -> Outbound {
+        let token = self.alloc_token();
+        Outbound { token, to, request }
+    }
+
+    fn alloc_token(&mut self) -> u64 {
+        let token = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1);
+        token
+    }
+
+    /// Serve an incoming request. `from` is informational (the edge may not
+    /// know the caller's ring id) and is not trusted for anything.
+    pub fn handle(&mut self, from: Option<&Peer>, req: Request, now_ms: u64) -> Response {
+        let _ = (from, now_ms);
+        if !self.joined() {
+            return Response::NotInRing;
+        }
+        match req {
+            Request::Ping => Response::Ack,
+            Request::GetState => Response::State {
+                predecessor: self.predecessor.clone(),
+                successors: self.successors.clone(),
+            },
+            Request::FindSuccessor { key } => Response::Found(self.find_step(key)),
+            Request::Rectify { candidate } => {
+                self.rectify(candidate);
+                Response::Ack
+            }
+            Request::Leaving {
+                leaver,
+                predecessor,
+                successors,
+            } => {
+                self.on_leaving(leaver, predecessor, successors);
+                Response::Ack
+            }
+        }
+    }
+
+    /// Zave's rectify: accept the candidate if we have no (live) predecessor
+    /// or it is closer than the current one.
+    fn rectify(&mut self, candidate: Peer) {
+        if candidate.id == self.me.id {
+            return;
+        }
+        let accept = match &self.predecessor {
+            None => true,
+            // Same id: refresh (the address may have changed).
+            Some(p) if p.id == candidate.id => true,
+            Some(p) => in_open(candidate.id, p.id, self.me.id),
+        };
+        if accept {
+            self.predecessor = Some(candidate);
+        }
+    }
+
+    fn on_leaving(&mut self, leaver: Peer, their_pred: Option<Peer>, their_succs: Vec<Peer>) {
+        if leaver.id == self.me.id {
+            return;
+        }
+        // We are the leaver's successor: its predecessor becomes ours.
+        if self.predecessor.as_ref().map(|p| p.id) == Some(leaver.id) {
+            self.predecessor = their_pred.filter(|p| p.id != self.me.id && p.id != leaver.id);
+        }
+        // We are (one of) its predecessors: splice its successors in.
+        if self.successors.iter().any(|s| s.id == leaver.id) {
+            let me = self.me.id;
+            let mut merged: Vec<Peer> = self
+                .successors
+                .iter()
+                .chain(their_succs.iter())
+                .filter(|p| p.id != leaver.id && p.id != me)
+                .cloned()
+                .collect();
+            merged.sort_by_key(|p| distance(me, p.id));
+            merged.dedup_by_key(|p| p.id);
+            merged.truncate(self.r());
+            self.successors = merged;
+            if self.successors.is_empty() {
+                self.successors = vec![self.me.clone()];
+            }
+        }
+        self.drop_finger(leaver.id);
+    }
+
+    /// Feed the answer (or failure) for an [`Outbound`] we issued. Unknown or
+    /// stale tokens are ignored.
+    pub fn on_reply(
+        &mut self,
+        token: u64,
+        reply: Result<Response, Failure>,
+        now_ms: u64,
+    ) -> Vec<Outbound> {
+        let Some(pending) = self.pending.remove(&token) else {
+            return Vec::new();
+        };
+        let joining = matches!(self.phase, Phase::Joining { .. });
+        let member = self.joined();
+        match pending.task {
+            Task::JoinFind { mut lookup } if joining => {
+                match reply {
+                    Ok(Response::Found(step)) => lookup.on_reply(step),
+                    _ => lookup.on_failure(self),
+                }
+                match self.drive(lookup, |l| Task::JoinFind { lookup: l }, now_ms) {
+                    Drive::Sent(o) => vec![o],
+                    // Told that we already own our id: a stale entry for a
+                    // previous incarnation of us. Retry later (tick).
+                    Drive::Done(owner) if owner.id == self.me.id => Vec::new(),
+                    Drive::Done(owner) => {
+                        vec![self.send(
+                            owner.clone(),
+                            Request::GetState,
+                            Task::JoinState { succ: owner },
+                            now_ms,
+                        )]
+                    }
+                    Drive::Failed => Vec::new(),
+                }
+            }
+            Task::JoinState { succ } if joining => match reply {
+                Ok(Response::State { successors, .. }) => {
+                    let list = self.build_successors(&succ, &successors);
+                    if list.is_empty() {
+                        return Vec::new();
+                    }
+                    self.reset(now_ms);
+                    self.successors = list;
+                    self.phase = Phase::Member;
+                    self.rectify_successor()
+                }
+                _ => Vec::new(),
+            },
+            Task::Stabilize { succ } if member => match reply {
+                Ok(Response::State {
+                    predecessor,
+                    successors,
+                }) => self.after_successor_state(succ, predecessor, successors, now_ms),
+                _ => {
+                    // Dead successor: drop it and try the next one right away.
+                    self.forget(succ.id);
+                    self.start_stabilize(now_ms)
+                }
+            },
+            Task::StabilizeCandidate { cand, fallback } if member => match reply {
+                Ok(Response::State { successors, .. }) => self.adopt(&cand, &successors),
+                _ => {
+                    self.forget(cand.id);
+                    match fallback {
+                        Some((succ, list)) => self.adopt(&succ, &list),
+                        None => Vec::new(),
+                    }
+                }
+            },
+            Task::FixFinger { index, mut lookup } if member => {
+                match reply {
+                    Ok(Response::Found(step)) => lookup.on_reply(step),
+                    _ => {
+                        self.forget(pending.to.id);
+                        lookup.on_failure(self);
+                    }
+                }
+                match self.drive(lookup, |l| Task::FixFinger { index, lookup: l }, now_ms) {
+                    Drive::Sent(o) => vec![o],
+                    Drive::Done(owner) => {
+                        self.set_finger(index, &owner);
+                        Vec::new()
+                    }
+                    Drive::Failed => {
+                        self.next_finger = (index + 1) % FINGERS;
+                        Vec::new()
+                    }
+                }
+            }
+            Task::CheckPredecessor { pred } if member => {
+                if !matches!(reply, Ok(Response::Ack)) {
+                    self.forget(pred.id);
+                }
+                Vec::new()
+            }
+            // A reply for a phase we are no longer in.
+            _ => Vec::new(),
+        }
+    }
+
+    fn drive(&mut self, lookup: Lookup, task: impl FnOnce(Lookup) -> Task, now_ms: u64) -> Drive {
+        match lookup.next() {
+            LookupAction::Ask(peer) => {
+                let req = Request::FindSuccessor { key: lookup.key() };
+                Drive::Sent(self.send(peer, req, task(lookup), now_ms))
+            }
+            LookupAction::Done { owner, .. } => Drive::Done(owner),
+            LookupAction::Failed => Drive::Failed,
+        }
+    }
+
+    fn start_stabilize(&mut self, now_ms: u64) -> Vec<Outbound> {
+        if !self.joined() || self.in_flight(Kind::Stabilize) {
+            return Vec::new();
+        }
+        self.ensure_successors();
+        let Some(succ) = self.successors.first().cloned() else {
+            return Vec::new();
+        };
+        if succ.id == self.me.id {
+            // Alone: "asking ourselves" is local. A predecessor means someone
+            // joined behind us; it is also our successor once it answers.
+            match self.predecessor.clone() {
+                Some(p) if p.id != self.me.id => vec![self.send(
+                    p.clone(),
+                    Request::GetState,
+                    Task::StabilizeCandidate {
+                        cand: p,
+                        fallback: None,
+                    },
+                    now_ms,
+                )],
+                _ => Vec::new(),
+            }
+        } else {
+            vec![self.send(
+                succ.clone(),
+                Request::GetState,
+                Task::Stabilize { succ },
+                now_ms,
+            )]
+        }
+    }
+
+    fn after_successor_state(
+        &mut self,
+        succ: Peer,
+        pred: Option<Peer>,
+        list: Vec<Peer>,
+        now_ms: u64,
+    ) -> Vec<Outbound> {
+        match pred {
+            Some(p)
+                if p.id != self.me.id
+                    && p.id != succ.id
+                    && in_open(p.id, self.me.id, succ.id) =>
+            {
+                // Do not adopt p yet: it may be dead (Zave's fix).
+                vec![self.send(
+                    p.clone(),
+                    Request::GetState,
+                    Task::StabilizeCandidate {
+                        cand: p,
+                        fallback: Some((succ, list)),
+                    },
+                    now_ms,
+                )]
+            }
+            _ => self.adopt(&succ, &list),
+        }
+    }
+
+    /// Successor list := `[succ] ++ list` (ordered, trimmed); rectify succ.
+    fn adopt(&mut self, succ: &Peer, list: &[Peer]) -> Vec<Outbound> {
+        let new = self.build_successors(succ, list);
+        if new.is_empty() {
+            return Vec::new();
+        }
+        self.successors = new;
+        self.rectify_successor()
+    }
+
+    fn rectify_successor(&mut self) -> Vec<Outbound> {
+        match self.successors.first().cloned() {
+            Some(s) if s.id != self.me.id => {
+                let req = Request::Rectify {
+                    candidate: self.me.clone(),
+                };
+                vec![self.notice(s, req)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// `[first] ++ rest`, keeping only a prefix that is strictly increasing in
+    /// clockwise distance from us: stops at ourselves (the list has wrapped
+    /// round a small ring), at duplicates, and at anything out of order.
+    fn build_successors(&self, first: &Peer, rest: &[Peer]) -> Vec<Peer> {
+        let mut out: Vec<Peer> = Vec::new();
+        let mut last = 0u64;
+        for p in std::iter::once(first).chain(rest.iter()) {
+            let d = distance(self.me.id, p.id);
+            if d <= last || out.len() >= self.r() {
+                break;
+            }
+            out.push(p.clone());
+            last = d;
+        }
+        out
+    }
+
+    /// If every successor was dropped, rebuild the list from whatever else we
+    /// know; with nothing left we are alone.
+    fn ensure_successors(&mut self) {
+        if !self.successors.is_empty() || !self.joined() {
+            return;
+        }
+        let me = self.me.id;
+        let mut known: Vec<Peer> = self
+            .fingers
+            .iter()
+            .flatten()
+            .chain(self.predecessor.iter())
+            .filter(|p| p.id != me)
+            .cloned()
+            .collect();
+        known.sort_by_key(|p| distance(me, p.id));
+        known.dedup_by_key(|p| p.id);
+        known.truncate(self.r());
+        self.successors = if known.is_empty() {
+            vec![self.me.clone()]
+        } else {
+            known
+        };
+    }
+
+    fn start_check_predecessor(&mut self, now_ms: u64) -> Vec<Outbound> {
+        match self.predecessor.clone() {
+            Some(p) if p.id != self.me.id => vec![self.send(
+                p.clone(),
+                Request::Ping,
+                Task::CheckPredecessor { pred: p },
+                now_ms,
+            )],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Fix the next finger. Fingers resolvable from our own table are filled
+    /// without messages; at most one remote lookup is started.
+    fn start_fix_finger(&mut self, now_ms: u64) -> Vec<Outbound> {
+        for _ in 0..FINGERS {
+            let i = self.next_finger % FINGERS;
+            let lookup = Lookup::start(self, finger_start(self.me.id, i));
+            match self.drive(lookup, |l| Task::FixFinger { index: i, lookup: l }, now_ms) {
+                Drive::Sent(o) => return vec![o],
+                Drive::Done(owner) => self.set_finger(i, &owner),
+                Drive::Failed => {
+                    self.next_finger = (i + 1) % FINGERS;
+                    return Vec::new();
+                }
+            }
+            if self.next_finger <= i {
+                break; // wrapped: a full cycle done locally
+            }
+        }
+        Vec::new()
+    }
+
+    /// Finger `i` := owner, and every later finger whose start owner also
+    /// covers (saves ~log2(2^64 / N) lookups per cycle).
+    fn set_finger(&mut self, i: usize, owner: &Peer) {
+        let value = (owner.id != self.me.id).then(|| owner.clone());
+        let mut j = i;
+        while j < FINGERS {
+            if j > i && !in_half_open(finger_start(self.me.id, j), self.me.id, owner.id) {
+                break;
+            }
+            if let Some(slot) = self.fingers.get_mut(j) {
+                *slot = value.clone();
+            }
+            j += 1;
+        }
+        self.next_finger = j % FINGERS;
+    }
+
+    fn drop_finger(&mut self, id: Id) {
+        for f in self.fingers.iter_mut() {
+            if f.as_ref().map(|p| p.id) == Some(id) {
+                *f = None;
+            }
+        }
+    }
+
+    /// Drop a peer everywhere.
+    fn forget(&mut self, id: Id) {
+        if id == self.me.id {
+            return;
+        }
+        if self.predecessor.as_ref().map(|p| p.id) == Some(id) {
+            self.predecessor = None;
+        }
+        self.successors.retain(|p| p.id != id);
+        self.drop_finger(id);
+        self.ensure_successors();
+    }
+
+    /// Leave gracefully: notices to predecessor and successor (fire and
+    /// forget) so the ring closes at once. The node is then outside the ring.
+    pub fn leave(&mut self) -> Vec<Outbound> {
+        if !self.joined() {
+            return Vec::new();
+        }
+        let me = self.me.clone();
+        let req = Request::Leaving {
+            leaver: me.clone(),
+            predecessor: self.predecessor.clone(),
+            successors: self.successors.clone(),
+        };
+        let mut targets: Vec<Peer> = Vec::new();
+        for p in self.predecessor.iter().chain(self.successors.first()) {
+            if p.id != me.id && !targets.iter().any(|t| t.id == p.id) {
+                targets.push(p.clone());
+            }
+        }
+        let out = targets
+            .into_iter()
+            .map(|t| self.notice(t, req.clone()))
+            .collect();
+        self.reset(0);
+        self.phase = Phase::Outside;
+        out
+    }
+
+    /// Local routing decision: `Done(successor)` if `key` is in
+    /// `(me, successor]`, `Done(me)` when alone (or not a member), else
+    /// `Next(closest preceding finger or successor)`.
+    pub fn find_step(&self, key: Id) -> FindStep {
+        self.route(key, &[])
+            .unwrap_or_else(|| FindStep::Done(self.me.clone()))
+    }
+
+    /// Routing that avoids peers known to be dead. `None` when no live peer
+    /// is known (or not a member).
+    pub(crate) fn route(&self, key: Id, avoid: &[Id]) -> Option<FindStep> {
+        if !self.joined() {
+            return None;
+        }
+        if self.alone() {
+            return Some(FindStep::Done(self.me.clone()));
+        }
+        let me = self.me.id;
+        let usable = |p: &&Peer| p.id != me && !avoid.contains(&p.id);
+        let succ = self.successors.iter().find(usable);
+        if let Some(s) = succ {
+            if in_half_open(key, me, s.id) {
+                return Some(FindStep::Done(s.clone()));
+            }
+        }
+        let best = self
+            .fingers
+            .iter()
+            .flatten()
+            .chain(self.successors.iter())
+            .filter(usable)
+            .filter(|p| in_open(p.id, me, key))
+            .max_by_key(|p| distance(me, p.id));
+        match (best, succ) {
+            (Some(b), _) => Some(FindStep::Next(b.clone())),
+            // Unreachable in practice: a successor not preceding the key
+            // means the key is in (me, succ].
+            (None, Some(s)) => Some(FindStep::Done(s.clone())),
+            (None, None) => None,
+        }
+    }
+
+    fn alone(&self) -> bool {
+        matches!(self.successors.first(), Some(s) if s.id == self.me.id)
+    }
+
+    /// Does this node own `key`, i.e. is `key` in `(predecessor, me]`? Alone:
+    /// every key. Our own id: always. Without a predecessor (just joined, or
+    /// the predecessor died) we do not know where our range starts, so we
+    /// answer `false` for every other key: callers should route instead.
+    pub fn is_responsible(&self, key: Id) -> bool {
+        if !self.joined() {
+            return false;
+        }
+        if self.alone() || key == self.me.id {
+            return true;
+        }
+        match &self.predecessor {
+            Some(p) => in_half_open(key, p.id, self.me.id),
+            None => false,
+        }
+    }
+
+    /// The edge saw `id` dead elsewhere: drop it from fingers, successors and
+    /// predecessor.
+    pub fn peer_failed(&mut self, id: Id) {
+        self.forget(id);
+    }
+
+    pub fn me(&self) -> &Peer {
+        &self.me
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn predecessor(&self) -> Option<&Peer> {
+        self.predecessor.as_ref()
+    }
+
+    /// At most `r` entries; `[me]` when alone; empty when not a member.
+    pub fn successors(&self) -> &[Peer] {
+        &self.successors
+    }
+
+    /// All 64 fingers; `None` = unknown, or the finger's owner is ourselves.
+    pub fn fingers(&self) -> Vec<Option<Peer>> {
+        self.fingers.clone()
+    }
+
+    pub fn joined(&self) -> bool {
+        matches!(self.phase, Phase::Member)
+    }
+
+    /// True while a join is in progress or waiting to be retried.
+    pub fn joining(&self) -> bool {
+        matches!(self.phase, Phase::Joining { .. })
+    }
+
+    /// Number of requests awaiting a reply.
+    pub fn in_flight_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn view(&self) -> View {
+        View {
+            id: self.me.id,
+            predecessor: self.predecessor.as_ref().map(|p| p.id),
+            successors: self.successors.iter().map(|p| p.id).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(id: Id) -> Peer {
+        Peer::new(id, format!("n{id}"))
+    }
+
+    fn cfg(r: usize) -> Config {
+        Config {
+            successors: r,
+            stabilize_every_ms: 100,
+            fix_fingers_every_ms: 100,
+            check_predecessor_every_ms: 100,
+        }
+    }
+
+    /// A member with hand-set pointers.
+    fn member(id: Id, succs: &[Id], pred: Option<Id>) -> Node {
+        let mut n = Node::new(p(id), cfg(3));
+        n.create(0);
+        n.successors = succs.iter().map(|s| p(*s)).collect();
+        n.predecessor = pred.map(p);
+        n
+    }
+
+    fn state(pred: Option<Id>, succs: &[Id]) -> Result<Response, Failure> {
+        Ok(Response::State {
+            predecessor: pred.map(p),
+            successors: succs.iter().map(|s| p(*s)).collect(),
+        })
+    }
+
+    fn ids(n: &Node) -> Vec<Id> {
+        n.successors().iter().map(|s| s.id).collect()
+    }
+
+    fn only(out: Vec<Outbound>) -> Outbound {
+        assert_eq!(out.len(), 1, "{out:?}");
+        out.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn alone_owns_everything() {
+        let mut n = Node::new(p(7), cfg(3));
+        assert!(!n.joined());
+        assert_eq!(n.handle(None, Request::GetState, 0), Response::NotInRing);
+        n.create(0);
+        assert_eq!(ids(&n), vec![7]);
+        for k in [0, 7, 8, u64::MAX] {
+            assert_eq!(n.find_step(k), FindStep::Done(p(7)));
+            assert!(n.is_responsible(k));
+        }
+        assert!(n.tick(1000).is_empty(), "alone, nothing to ask");
+        assert!(n.leave().is_empty());
+    }
+
+    #[test]
+    fn find_step_routes_by_successor_then_fingers() {
+        let mut n = member(100, &[200, 300], Some(50));
+        n.fingers[10] = Some(p(500));
+        n.fingers[20] = Some(p(1000));
+        assert_eq!(n.find_step(150), FindStep::Done(p(200)));
+        assert_eq!(n.find_step(200), FindStep::Done(p(200)));
+        assert_eq!(n.find_step(250), FindStep::Next(p(200)));
+        assert_eq!(n.find_step(700), FindStep::Next(p(500)));
+        assert_eq!(n.find_step(1000), FindStep::Next(p(500)), "strictly preceding");
+        assert_eq!(n.find_step(1001), FindStep::Next(p(1000)));
+        // Wraps past 2^64: everything precedes key 50 going clockwise.
+        assert_eq!(n.find_step(50), FindStep::Next(p(1000)));
+        assert!(n.is_responsible(100) && n.is_responsible(51));
+        assert!(!n.is_responsible(50) && !n.is_responsible(101));
+        // With dead peers avoided, the next-best is used.
+        assert_eq!(n.route(700, &[500]), Some(FindStep::Next(p(300))));
+        assert_eq!(n.route(150, &[200]), Some(FindStep::Done(p(300))));
+    }
+
+    #[test]
+    fn find_step_wraps_around_max() {
+        let m = u64::MAX;
+        let n = member(m - 10, &[5, 20], Some(m - 100));
+        assert_eq!(n.find_step(m), FindStep::Done(p(5)));
+        assert_eq!(n.find_step(0), FindStep::Done(p(5)));
+        assert_eq!(n.find_step(5), FindStep::Done(p(5)));
+        assert_eq!(n.find_step(6), FindStep::Next(p(5)));
+        assert_eq!(n.find_step(21), FindStep::Next(p(20)));
+        assert!(n.is_responsible(m - 10) && n.is_responsible(m - 99));
+        assert!(!n.is_responsible(m) && !n.is_responsible(0));
+    }
+
+    #[test]
+    fn no_predecessor_means_not_responsible_except_own_id() {
+        let n = member(100, &[200], None);
+        assert!(n.is_responsible(100));
+        assert!(!n.is_responsible(99));
+    }
+
+    #[test]
+    fn rectify_rules() {
+        // Rule 1: no predecessor -> accept.
+        let mut n = member(100, &[200], None);
+        n.handle(None, Request::Rectify { candidate: p(10) }, 0);
+        assert_eq!(n.predecessor(), Some(&p(10)));
+        // Rule 3: candidate strictly between pred and us -> accept.
+        n.handle(None, Request::Rectify { candidate: p(50) }, 0);
+        assert_eq!(n.predecessor(), Some(&p(50)));
+        // ... otherwise reject (farther, or equal to us).
+        n.handle(None, Request::Rectify { candidate: p(20) }, 0);
+        n.handle(None, Request::Rectify { candidate: p(150) }, 0);
+        n.handle(None, Request::Rectify { candidate: p(100) }, 0);
+        assert_eq!(n.predecessor(), Some(&p(50)));
+        // Rule 2: check-predecessor finds it dead -> any candidate accepted.
+        let ping = n
+            .tick(100)
+            .into_iter()
+            .find(|o| o.request == Request::Ping)
+            .unwrap();
+        assert_eq!(ping.to, p(50));
+        assert!(n.on_reply(ping.token, Err(Failure::Unreachable), 100).is_empty());
+        assert_eq!(n.predecessor(), None);
+        n.handle(None, Request::Rectify { candidate: p(20) }, 0);
+        assert_eq!(n.predecessor(), Some(&p(20)));
+        // A live predecessor stays.
+        let _ = n.tick(200);
+        let ping = n
+            .pending
+            .iter()
+            .find(|(_, q)| q.task.kind() == Kind::CheckPredecessor)
+            .map(|(t, _)| *t)
+            .unwrap();
+        n.on_reply(ping, Ok(Response::Ack), 200);
+        assert_eq!(n.predecessor(), Some(&p(20)));
+    }
+
+    #[test]
+    fn rectify_wraps_around() {
+        let mut n = member(5, &[100], Some(u64::MAX - 5));
+        n.handle(None, Request::Rectify { candidate: p(u64::MAX) }, 0);
+        assert_eq!(n.predecessor(), Some(&p(u64::MAX)));
+        n.handle(None, Request::Rectify { candidate: p(0) }, 0);
+        assert_eq!(n.predecessor(), Some(&p(0)));
+        n.handle(None, Request::Rectify { candidate: p(u64::MAX) }, 0);
+        assert_eq!(n.predecessor(), Some(&p(0)));
+    }
+
+    fn stabilize_request(n: &mut Node, now: u64) -> Outbound {
+        n.tick(now)
+            .into_iter()
+            .find(|o| o.request == Request::GetState)
+            .unwrap()
+    }
+
+    #[test]
+    fn stabilize_adopts_closer_predecessor_only_after_it_answers() {
+        let mut n = member(100, &[300, 400], None);
+        let ask = stabilize_request(&mut n, 100);
+        assert_eq!(ask.to, p(300));
+        // 300 reports predecessor 200, between us and it.
+        let next = only(n.on_reply(ask.token, state(Some(200), &[400, 500]), 100));
+        assert_eq!(next.to, p(200));
+        assert_eq!(next.request, Request::GetState);
+        assert_eq!(ids(&n), vec![300, 400], "not adopted before it answers");
+        let rect = only(n.on_reply(next.token, state(Some(100), &[300, 400]), 100));
+        assert_eq!(ids(&n), vec![200, 300, 400]);
+        assert_eq!(rect.to, p(200));
+        assert_eq!(rect.request, Request::Rectify { candidate: p(100) });
+    }
+
+    #[test]
+    fn stabilize_ignores_dead_closer_predecessor() {
+        let mut n = member(100, &[300, 400], None);
+        let ask = stabilize_request(&mut n, 100);
+        let next = only(n.on_reply(ask.token, state(Some(200), &[400, 500]), 100));
+        let rect = only(n.on_reply(next.token, Err(Failure::Timeout), 100));
+        assert_eq!(ids(&n), vec![300, 400, 500]);
+        assert_eq!(rect.to, p(300));
+    }
+
+    #[test]
+    fn stabilize_skips_dead_successor_and_ignores_far_predecessor() {
+        let mut n = member(100, &[300, 400], None);
+        let ask = stabilize_request(&mut n, 100);
+        let retry = only(n.on_reply(ask.token, Err(Failure::Unreachable), 100));
+        assert_eq!(retry.to, p(400));
+        assert_eq!(ids(&n), vec![400]);
+        // 400's predecessor is 50: not between us and 400, so keep 400.
+        let rect = only(n.on_reply(retry.token, state(Some(50), &[500, 600, 700]), 100));
+        assert_eq!(ids(&n), vec![400, 500, 600], "trimmed to r = 3");
+        assert_eq!(rect.request, Request::Rectify { candidate: p(100) });
+    }
+
+    #[test]
+    fn successor_list_stops_at_self_in_small_rings() {
+        // Ring {100, 200, 300} with r = 3: 200's list wraps to us.
+        let mut n = member(100, &[200], None);
+        let ask = stabilize_request(&mut n, 100);
+        n.on_reply(ask.token, state(Some(100), &[300, 100, 200]), 100);
+        assert_eq!(ids(&n), vec![200, 300]);
+    }
+
+    #[test]
+    fn one_stabilize_in_flight_and_expiry_recovers() {
+        let mut n = member(100, &[300, 400], None);
+        let ask = stabilize_request(&mut n, 100);
+        // Due again, but the first is still in flight.
+        assert!(!n.tick(200).iter().any(|o| o.request == Request::GetState));
+        assert!(!n.tick(350).iter().any(|o| o.request == Request::GetState));
+        // 3x the period without an answer: treated as failed, next successor.
+        let out = n.tick(400);
+        let retry = out.iter().find(|o| o.request == Request::GetState).unwrap();
+        assert_eq!(retry.to, p(400));
+        // The late answer is stale and ignored.
+        assert!(n.on_reply(ask.token, state(None, &[]), 401).is_empty());
+        assert_eq!(ids(&n), vec![400]);
+    }
+
+    #[test]
+    fn unknown_tokens_and_odd_replies_are_harmless() {
+        let mut n = member(100, &[300], None);
+        assert!(n.on_reply(12345, Ok(Response::Ack), 0).is_empty());
+        let ask = stabilize_request(&mut n, 100);
+        // Wrong answer type counts as failure: 300 dropped, we are alone.
+        assert!(n.on_reply(ask.token, Ok(Response::Ack), 100).is_empty());
+        assert_eq!(ids(&n), vec![100]);
+    }
+
+    #[test]
+    fn join_walks_the_lookup_then_takes_successor_list() {
+        let mut j = Node::new(p(150), cfg(3));
+        let first = only(j.join(p(900), 0));
+        assert_eq!(first.to, p(900));
+        assert_eq!(first.request, Request::FindSuccessor { key: 150 });
+        let second = only(j.on_reply(first.token, Ok(Response::Found(FindStep::Next(p(100)))), 0));
+        assert_eq!(second.to, p(100));
+        let get = only(j.on_reply(
+            second.token,
+            Ok(Response::Found(FindStep::Done(p(200)))),
+            0,
+        ));
+        assert_eq!((get.to.clone(), get.request.clone()), (p(200), Request::GetState));
+        assert!(!j.joined());
+        let rect = only(j.on_reply(get.token, state(Some(100), &[300, 400, 500]), 0));
+        assert!(j.joined());
+        assert_eq!(ids(&j), vec![200, 300, 400]);
+        assert_eq!(j.predecessor(), None);
+        assert_eq!(rect.to, p(200));
+        assert_eq!(rect.request, Request::Rectify { candidate: p(150) });
+    }
+
+    #[test]
+    fn failed_join_is_retried_by_tick() {
+        let mut j = Node::new(p(150), cfg(3));
+        let first = only(j.join(p(900), 0));
+        assert!(j.on_reply(first.token, Err(Failure::Unreachable), 0).is_empty());
+        assert!(j.joining());
+        assert!(j.tick(50).is_empty());
+        let again = only(j.tick(100));
+        assert_eq!(again.to, p(900));
+    }
+
+    #[test]
+    fn two_nodes_form_a_ring() {
+        let mut a = Node::new(p(10), cfg(3));
+        a.create(0);
+        let mut b = Node::new(p(20), cfg(3));
+        let mut queue: Vec<(bool, Outbound)> =
+            b.join(a.me().clone(), 0).into_iter().map(|o| (true, o)).collect();
+        for now in [0, 100, 200, 300] {
+            if now > 0 {
+                queue.extend(a.tick(now).into_iter().map(|o| (false, o)));
+                queue.extend(b.tick(now).into_iter().map(|o| (true, o)));
+            }
+            while let Some((from_b, o)) = queue.pop() {
+                let (src, dst) = if from_b { (&mut b, &mut a) } else { (&mut a, &mut b) };
+                let resp = dst.handle(None, o.request, now);
+                for o2 in src.on_reply(o.token, Ok(resp), now) {
+                    queue.push((from_b, o2));
+                }
+            }
+        }
+        assert_eq!(ids(&a), vec![20]);
+        assert_eq!(ids(&b), vec![10]);
+        assert_eq!(a.predecessor(), Some(&p(20)));
+        assert_eq!(b.predecessor(), Some(&p(10)));
+        assert!(a.is_responsible(15) == false && b.is_responsible(15));
+        assert!(a.is_responsible(25) && a.is_responsible(5));
+    }
+
+    #[test]
+    fn leaving_notice_splices_both_sides() {
+        // Ring 100 -> 200 -> 300 -> 400; 200 leaves.
+        let mut pred = member(100, &[200, 300, 400], Some(400));
+        let mut succ = member(300, &[400, 100, 200], Some(200));
+        let mut leaver = member(200, &[300, 400, 100], Some(100));
+        let out = leaver.leave();
+        assert!(!leaver.joined());
+        assert_eq!(out.len(), 2);
+        for o in out {
+            let target = if o.to.id == 100 { &mut pred } else { &mut succ };
+            assert_eq!(target.handle(None, o.request, 0), Response::Ack);
+        }
+        assert_eq!(ids(&pred), vec![300, 400]);
+        assert_eq!(succ.predecessor(), Some(&p(100)));
+        assert_eq!(leaver.handle(None, Request::Ping, 0), Response::NotInRing);
+    }
+
+    #[test]
+    fn last_partner_leaving_leaves_us_alone() {
+        let mut a = member(10, &[20], Some(20));
+        let mut b = member(20, &[10], Some(10));
+        let o = only(b.leave());
+        a.handle(None, o.request, 0);
+        assert_eq!(ids(&a), vec![10]);
+        assert_eq!(a.predecessor(), None);
+        assert!(a.is_responsible(15));
+    }
+
+    #[test]
+    fn peer_failed_drops_everywhere_and_rebuilds() {
+        let mut n = member(100, &[200], Some(50));
+        n.fingers[5] = Some(p(200));
+        n.fingers[9] = Some(p(600));
+        n.peer_failed(200);
+        assert_eq!(ids(&n), vec![600, 50], "rebuilt from fingers and predecessor");
+        assert!(n.fingers.iter().flatten().all(|f| f.id != 200));
+        n.peer_failed(50);
+        assert_eq!(n.predecessor(), None);
+        n.peer_failed(100); // ourselves: ignored
+        assert!(n.joined());
+    }
+
+    #[test]
+    fn fix_fingers_fills_covered_fingers_locally() {
+        let mut n = member(0, &[1 << 40], None);
+        // Fingers 0..=40 are covered by the successor: no messages needed.
+        let out = n.tick(100);
+        let ff = out
+            .iter()
+            .find(|o| matches!(o.request, Request::FindSuccessor { .. }))
+            .unwrap();
+        assert_eq!(ff.request, Request::FindSuccessor { key: 1 << 41 });
+        assert_eq!(ff.to, p(1 << 40));
+        for i in 0..=40 {
+            assert_eq!(n.fingers[i], Some(p(1 << 40)), "finger {i}");
+        }
+        n.on_reply(ff.token, Ok(Response::Found(FindStep::Done(p(1 << 50)))), 100);
+        for i in 41..=50 {
+            assert_eq!(n.fingers[i], Some(p(1 << 50)), "finger {i}");
+        }
+        assert_eq!(n.next_finger, 51);
+    }
+}

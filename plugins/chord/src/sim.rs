@@ -1,0 +1,429 @@
+//! Deterministic in-process network for many [`Node`]s.
+//!
+//! Requests are delivered synchronously in FIFO order: the target's
+//! [`Node::handle`] runs, and its answer goes straight to the sender's
+//! [`Node::on_reply`] (or `Failure::Unreachable` when the target is dead or
+//! absent). Time advances in steps of the smallest configured period; each
+//! step ticks every node in a seeded-random order. Everything, including node
+//! ids, comes from one seeded RNG, so a seed reproduces a run exactly.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::{
+    check_invariants, finger_start, Config, Failure, FindStep, Id, Lookup, LookupAction, Node,
+    Outbound, Peer, Request, Response, View, Violation,
+};
+
+/// SplitMix64: tiny, seedable, good enough for simulations.
+#[derive(Clone, Debug)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    pub fn new(seed: u64) -> SimRng {
+        SimRng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`0` when `n == 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next_u64() % n as u64) as usize
+        }
+    }
+
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Result of a simulated lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupOutcome {
+    pub from: Id,
+    pub key: Id,
+    /// `None` if the lookup failed.
+    pub owner: Option<Id>,
+    pub hops: u32,
+    /// The true successor of `key` among live members.
+    pub expected: Option<Id>,
+}
+
+impl LookupOutcome {
+    pub fn correct(&self) -> bool {
+        self.owner.is_some() && self.owner == self.expected
+    }
+}
+
+/// The simulated network.
+pub struct Sim {
+    nodes: BTreeMap<Id, Node>,
+    rng: SimRng,
+    now_ms: u64,
+    step_ms: u64,
+    config: Config,
+    /// Requests delivered (including lookup requests).
+    pub messages: u64,
+}
+
+/// Safety valve against a message storm within one delivery.
+const MAX_DELIVERIES: usize = 1_000_000;
+
+impl Sim {
+    pub fn new(seed: u64, config: Config) -> Sim {
+        let step_ms = config
+            .stabilize_every_ms
+            .min(config.fix_fingers_every_ms)
+            .min(config.check_predecessor_every_ms)
+            .max(1);
+        Sim {
+            nodes: BTreeMap::new(),
+            rng: SimRng::new(seed),
+            now_ms: 0,
+            step_ms,
+            config,
+            messages: 0,
+        }
+    }
+
+    /// A config suited to simulation: every maintenance task on every step.
+    pub fn fast_config(successors: usize) -> Config {
+        Config {
+            successors,
+            stabilize_every_ms: 100,
+            fix_fingers_every_ms: 100,
+            check_predecessor_every_ms: 100,
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub fn rng(&mut self) -> &mut SimRng {
+        &mut self.rng
+    }
+
+    /// Nodes present (members and joining).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn node(&self, id: Id) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+
+    /// Ids of ring members, ascending.
+    pub fn members(&self) -> Vec<Id> {
+        self.nodes
+            .values()
+            .filter(|n| n.joined())
+            .map(|n| n.me().id)
+            .collect()
+    }
+
+    pub fn random_member(&mut self) -> Option<Id> {
+        let m = self.members();
+        if m.is_empty() {
+            None
+        } else {
+            let i = self.rng.below(m.len());
+            m.get(i).copied()
+        }
+    }
+
+    fn fresh_id(&mut self) -> Id {
+        loop {
+            let id = self.rng.next_u64();
+            if !self.nodes.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Add a node with a random id: creates the ring if there is no member,
+    /// else joins through a random member.
+    pub fn add_node(&mut self) -> Id {
+        let id = self.fresh_id();
+        self.add_node_with_id(id);
+        id
+    }
+
+    /// Add a node with a given id (replacing nothing: returns false if the id
+    /// is taken).
+    pub fn add_node_with_id(&mut self, id: Id) -> bool {
+        if self.nodes.contains_key(&id) {
+            return false;
+        }
+        let mut node = Node::new(Peer::new(id, format!("sim-{id:016x}")), self.config.clone());
+        match self.random_member() {
+            None => {
+                node.create(self.now_ms);
+                self.nodes.insert(id, node);
+            }
+            Some(via) => {
+                let via = self.nodes.get(&via).map(|n| n.me().clone());
+                let out = via.map(|v| node.join(v, self.now_ms)).unwrap_or_default();
+                self.nodes.insert(id, node);
+                self.deliver(id, out);
+            }
+        }
+        true
+    }
+
+    /// Crash a node: it vanishes without a word.
+    pub fn kill(&mut self, id: Id) -> bool {
+        self.nodes.remove(&id).is_some()
+    }
+
+    /// Graceful leave: deliver the node's notices, then remove it.
+    pub fn leave(&mut self, id: Id) -> bool {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return false;
+        };
+        let out = node.leave();
+        self.deliver(id, out);
+        self.nodes.remove(&id);
+        true
+    }
+
+    fn deliver(&mut self, from: Id, out: Vec<Outbound>) {
+        let mut queue: VecDeque<(Id, Outbound)> = out.into_iter().map(|o| (from, o)).collect();
+        let mut delivered = 0usize;
+        while let Some((src, ob)) = queue.pop_front() {
+            delivered += 1;
+            if delivered > MAX_DELIVERIES {
+                break;
+            }
+            self.messages += 1;
+            let src_peer = self.nodes.get(&src).map(|n| n.me().clone());
+            let reply = match self.nodes.get_mut(&ob.to.id) {
+                Some(target) if target.me().addr == ob.to.addr => {
+                    Ok(target.handle(src_peer.as_ref(), ob.request, self.now_ms))
+                }
+                _ => Err(Failure::Unreachable),
+            };
+            if let Some(node) = self.nodes.get_mut(&src) {
+                let more = node.on_reply(ob.token, reply, self.now_ms);
+                queue.extend(more.into_iter().map(|o| (src, o)));
+            }
+        }
+    }
+
+    /// Advance time one step and tick every node (random order).
+    pub fn step(&mut self) {
+        self.now_ms += self.step_ms;
+        let mut ids: Vec<Id> = self.nodes.keys().copied().collect();
+        self.rng.shuffle(&mut ids);
+        for id in ids {
+            let now = self.now_ms;
+            let out = match self.nodes.get_mut(&id) {
+                Some(n) => n.tick(now),
+                None => continue,
+            };
+            self.deliver(id, out);
+        }
+    }
+
+    pub fn views(&self) -> Vec<View> {
+        self.nodes
+            .values()
+            .filter(|n| n.joined())
+            .map(|n| n.view())
+            .collect()
+    }
+
+    pub fn check(&self) -> Result<(), Vec<Violation>> {
+        check_invariants(&self.views())
+    }
+
+    /// Step until the invariants hold and no join is pending. Returns the
+    /// steps taken, or the last violations after `max_steps`.
+    pub fn run_until_stable(&mut self, max_steps: u32) -> Result<u32, Vec<Violation>> {
+        let mut steps = 0;
+        loop {
+            let joining = self.nodes.values().any(|n| !n.joined());
+            match self.check() {
+                Ok(()) if !joining => return Ok(steps),
+                Err(v) if steps >= max_steps => return Err(v),
+                _ if steps >= max_steps => return Err(Vec::new()),
+                _ => {}
+            }
+            self.step();
+            steps += 1;
+        }
+    }
+
+    /// Step until the invariants hold and every finger of every member is
+    /// exact. Returns the steps taken, or a description of what is wrong.
+    pub fn settle(&mut self, max_steps: u32) -> Result<u32, String> {
+        let mut steps = 0;
+        loop {
+            let joining = self.nodes.values().any(|n| !n.joined());
+            let state = match self.check() {
+                Err(v) => Err(format!("{} violations, first: {}", v.len(), v[0])),
+                Ok(()) if joining => Err("joins pending".to_string()),
+                Ok(()) => match self.wrong_fingers() {
+                    0 => Ok(()),
+                    n => Err(format!("{n} wrong fingers")),
+                },
+            };
+            match state {
+                Ok(()) => return Ok(steps),
+                Err(e) if steps >= max_steps => return Err(e),
+                Err(_) => {}
+            }
+            self.step();
+            steps += 1;
+        }
+    }
+
+    /// Fingers (over all members) that differ from the true successor of
+    /// their start (`None` is right only when that successor is the node).
+    pub fn wrong_fingers(&self) -> usize {
+        let mut wrong = 0;
+        for n in self.nodes.values().filter(|n| n.joined()) {
+            let me = n.me().id;
+            for (i, f) in n.fingers().iter().enumerate() {
+                let truth = self.true_successor(finger_start(me, i));
+                let want = truth.filter(|t| *t != me);
+                if f.as_ref().map(|p| p.id) != want {
+                    wrong += 1;
+                }
+            }
+        }
+        wrong
+    }
+
+    /// The owner of `key` among live members: the first id at or after it.
+    pub fn true_successor(&self, key: Id) -> Option<Id> {
+        self.nodes
+            .range(key..)
+            .chain(self.nodes.range(..key))
+            .find(|(_, n)| n.joined())
+            .map(|(id, _)| *id)
+    }
+
+    /// Iterative lookup of `key` starting at member `from`, delivering the
+    /// `FindSuccessor` requests in-process. Dead peers met on the way are
+    /// reported to `from` via `peer_failed`, as an edge would.
+    pub fn lookup(&mut self, from: Id, key: Id) -> LookupOutcome {
+        let expected = self.true_successor(key);
+        let mut outcome = LookupOutcome {
+            from,
+            key,
+            owner: None,
+            hops: 0,
+            expected,
+        };
+        let Some(origin) = self.nodes.get(&from) else {
+            return outcome;
+        };
+        let origin_peer = origin.me().clone();
+        let mut lookup = Lookup::start(origin, key);
+        loop {
+            match lookup.next() {
+                LookupAction::Ask(peer) => {
+                    self.messages += 1;
+                    let now = self.now_ms;
+                    let step = match self.nodes.get_mut(&peer.id) {
+                        Some(t) if t.me().addr == peer.addr => {
+                            match t.handle(Some(&origin_peer), Request::FindSuccessor { key }, now)
+                            {
+                                Response::Found(step) => Some(step),
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    };
+                    match step {
+                        Some(s) => lookup.on_reply(s),
+                        None => {
+                            let Some(origin) = self.nodes.get_mut(&from) else {
+                                return outcome;
+                            };
+                            origin.peer_failed(peer.id);
+                            lookup.on_failure(origin);
+                        }
+                    }
+                }
+                LookupAction::Done { owner, hops } => {
+                    outcome.owner = Some(owner.id);
+                    outcome.hops = hops;
+                    return outcome;
+                }
+                LookupAction::Failed => {
+                    outcome.hops = lookup.hops();
+                    return outcome;
+                }
+            }
+        }
+    }
+
+    /// Lookup of a random key from a random member.
+    pub fn random_lookup(&mut self) -> Option<LookupOutcome> {
+        let from = self.random_member()?;
+        let key = self.rng.next_u64();
+        Some(self.lookup(from, key))
+    }
+
+    /// The local routing decision of one node (handy in tests).
+    pub fn find_step(&self, at: Id, key: Id) -> Option<FindStep> {
+        self.nodes.get(&at).map(|n| n.find_step(key))
+    }
+}
+
+/// Mean and max hops of `lookups` random lookups; panics (test helper) on a
+/// wrong or failed lookup.
+pub fn measure_hops(sim: &mut Sim, lookups: usize) -> (f64, u32) {
+    let mut total = 0u64;
+    let mut max = 0u32;
+    for _ in 0..lookups {
+        let Some(o) = sim.random_lookup() else {
+            break;
+        };
+        assert!(o.correct(), "wrong lookup: {o:?}");
+        total += u64::from(o.hops);
+        max = max.max(o.hops);
+    }
+    (total as f64 / lookups.max(1) as f64, max)
+}
+
+/// Grow a simulated ring to each size in `sizes` (ascending) by real joins
+/// (with a stabilize step every `batch` joins), settle it, and measure hops.
+/// Returns `(N, mean hops, max hops)` rows.
+pub fn hop_table(seed: u64, sizes: &[usize], lookups: usize, batch: usize) -> Vec<(usize, f64, u32)> {
+    let mut sim = Sim::new(seed, Sim::fast_config(8));
+    let mut rows = Vec::new();
+    for &n in sizes {
+        let mut added = 0usize;
+        while sim.len() < n {
+            sim.add_node();
+            added += 1;
+            if added % batch.max(1) == 0 {
+                sim.step();
+            }
+        }
+        if let Err(e) = sim.settle(10_000) {
+            panic!("ring of {n} did not settle: {e}");
+        }
+        let (mean, max) = measure_hops(&mut sim, lookups);
+        rows.push((n, mean, max));
+    }
+    rows
+}
