@@ -1,8 +1,12 @@
 //! The gestor host: configuration, plugin loading, the node runtime that
 //! implements the SDK's [`Host`](gestor_sdk::Host), and a client used by the CLI.
 
+pub mod bench;
 pub mod client;
 pub mod config;
+pub mod demo;
+pub mod directory;
 pub mod json;
 pub mod loader;
 pub mod runtime;
+pub mod sessions;

@@ -6,6 +6,7 @@ use gestor::client::{Client, ClientError};
 use gestor::config::{Config, StorageKind, TransportKind};
 use gestor::json::{cbor_to_json, json_to_cbor};
 use gestor::runtime::{build_transport, Node};
+use gestor::sessions;
 use gestor_sdk::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,6 +49,65 @@ enum Command {
     Node(NodeArgs),
     /// Show a node's view: id, ring neighbours, fingers, records, initial gestors.
     Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Create an account (name rules in docs/PROTOCOL.md).
+    Register {
+        user: String,
+        #[arg(long, env = "GESTOR_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Log in: set the address where this user receives messages, mark online.
+    Login {
+        user: String,
+        /// HOST:PORT where the user's client listens.
+        #[arg(long)]
+        address: String,
+        #[arg(long, env = "GESTOR_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Where is USER? Address, presence, last update, routing hops.
+    Lookup {
+        user: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Log out (offline at once). Uses the token saved by `gestor login`.
+    Logout {
+        user: String,
+        #[arg(long)]
+        token: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Start a local ring of gestor processes, register and look up users, print a summary.
+    Demo {
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        #[arg(long, value_enum, default_value_t = TransportKind::Nng)]
+        transport: TransportKind,
+        #[arg(long, value_enum, default_value_t = StorageKind::Sqlite)]
+        storage: StorageKind,
+        /// Keep the demo's data directories and logs.
+        #[arg(long)]
+        keep_data: bool,
+    },
+    /// Load generator: registrations, then lookups from several threads for a set time.
+    Bench {
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// Prefix of the bench accounts' names.
+        #[arg(long, default_value = "bench-")]
+        prefix: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -180,11 +240,28 @@ fn run_node(args: NodeArgs) -> Result<()> {
 }
 
 fn client(args: &ClientArgs) -> Client {
-    Client::new(
+    let mut c = Client::new(
         build_transport(args.transport),
         args.gestores.clone(),
         Duration::from_millis(args.timeout_ms),
-    )
+    );
+    // Seed §1: start from the initial gestors learned last time.
+    c.add_fallbacks(&sessions::load_initial_gestors());
+    c
+}
+
+fn remember(c: &Client) {
+    sessions::save_initial_gestors(c.initial_gestors());
+}
+
+fn password(p: Option<String>) -> Result<String> {
+    p.filter(|p| !p.is_empty())
+        .context("a password is required: --password or the GESTOR_PASSWORD environment variable")
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 fn describe(e: ClientError) -> anyhow::Error {
@@ -203,6 +280,140 @@ fn run_client_command(command: Command) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&json)?);
             } else {
                 print_status(&json);
+            }
+            Ok(())
+        }
+        Command::Register {
+            user,
+            password: pw,
+            client: args,
+        } => {
+            let pw = password(pw)?;
+            let mut c = client(&args);
+            let r = c.register(&user, &pw).map_err(describe)?;
+            remember(&c);
+            if args.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "registered {} (responsible gestor {})",
+                    r.username, r.gestor
+                );
+            }
+            Ok(())
+        }
+        Command::Login {
+            user,
+            address,
+            password: pw,
+            client: args,
+        } => {
+            let pw = password(pw)?;
+            let mut c = client(&args);
+            let s = c.login(&user, &pw, &address).map_err(describe)?;
+            remember(&c);
+            sessions::save_session(&s)?;
+            if args.json {
+                print_json(&s)?;
+            } else {
+                println!("logged in {} at {address}; responsible gestor {}; send alive signals to {} every {} ms", s.username, s.gestor, s.signal, s.alive_every_ms);
+            }
+            Ok(())
+        }
+        Command::Lookup { user, client: args } => {
+            let mut c = client(&args);
+            let f = c.lookup(&user).map_err(describe)?;
+            remember(&c);
+            if args.json {
+                print_json(&f)?;
+            } else {
+                println!(
+                    "{} at {} — {} (last seen {} ms since epoch, last update {}), {} hops via {}",
+                    f.user,
+                    if f.address.is_empty() {
+                        "(no address)"
+                    } else {
+                        &f.address
+                    },
+                    if f.online { "online" } else { "offline" },
+                    f.last_seen_ms,
+                    f.last_update,
+                    f.hops,
+                    f.gestor
+                );
+            }
+            Ok(())
+        }
+        Command::Logout {
+            user,
+            token,
+            client: args,
+        } => {
+            let token = match token {
+                Some(t) => t,
+                None => sessions::load_session(&user)?.token,
+            };
+            let mut c = client(&args);
+            let d = c.logout(&user, &token).map_err(describe)?;
+            remember(&c);
+            sessions::forget_session(&user);
+            if args.json {
+                print_json(&d)?;
+            } else {
+                println!("logged out {user}");
+            }
+            Ok(())
+        }
+        Command::Demo {
+            nodes,
+            transport,
+            storage,
+            keep_data,
+        } => gestor::demo::run(gestor::demo::DemoOptions {
+            nodes,
+            transport,
+            storage,
+            keep_data,
+        }),
+        Command::Bench {
+            threads,
+            duration_secs,
+            users,
+            prefix,
+            client: args,
+        } => {
+            let report = gestor::bench::run(gestor::bench::BenchOptions {
+                gestores: args.gestores.clone(),
+                transport: args.transport,
+                threads,
+                duration: Duration::from_secs(duration_secs),
+                users,
+                prefix,
+            })?;
+            if args.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "bench: {} threads, {} users, transport {}",
+                    report.threads, report.users, report.transport
+                );
+                println!(
+                    "  {:<9} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8} {:>6}",
+                    "phase", "ops", "errors", "ops/s", "p50 ms", "p99 ms", "max ms", "hops"
+                );
+                for (name, p) in [("register", &report.register), ("lookup", &report.lookup)] {
+                    println!(
+                        "  {:<9} {:>8} {:>7} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>6.2}",
+                        name,
+                        p.operations,
+                        p.errors,
+                        p.per_second,
+                        p.p50_ms,
+                        p.p99_ms,
+                        p.max_ms,
+                        p.mean_hops
+                    );
+                }
             }
             Ok(())
         }

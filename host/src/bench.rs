@@ -1,0 +1,145 @@
+//! `gestor bench`: load against a running ring, for operators sizing one.
+//!
+//! Registers `--users` accounts (unless they exist), then runs lookups of
+//! random users from `--threads` client threads for `--duration-secs`, and
+//! reports throughput and latency percentiles. Bounded by the duration.
+
+use crate::client::{Client, ClientError};
+use crate::config::TransportKind;
+use crate::runtime::build_transport;
+use anyhow::{bail, Result};
+use rand::Rng;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+pub struct BenchOptions {
+    pub gestores: Vec<String>,
+    pub transport: TransportKind,
+    pub threads: usize,
+    pub duration: Duration,
+    pub users: usize,
+    pub prefix: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Phase {
+    pub operations: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub mean_hops: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub transport: String,
+    pub threads: usize,
+    pub users: usize,
+    pub register: Phase,
+    pub lookup: Phase,
+}
+
+fn phase(mut latencies: Vec<Duration>, errors: u64, hops: u64, elapsed: Duration) -> Phase {
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pick = |q: f64| {
+        if latencies.is_empty() {
+            0.0
+        } else {
+            ms(latencies[((latencies.len() - 1) as f64 * q).round() as usize])
+        }
+    };
+    let n = latencies.len() as u64;
+    Phase {
+        operations: n,
+        errors,
+        seconds: elapsed.as_secs_f64(),
+        per_second: n as f64 / elapsed.as_secs_f64().max(1e-9),
+        p50_ms: pick(0.50),
+        p99_ms: pick(0.99),
+        max_ms: latencies.last().map(|d| ms(*d)).unwrap_or(0.0),
+        mean_hops: if n == 0 { 0.0 } else { hops as f64 / n as f64 },
+    }
+}
+
+fn run_threads<F>(o: &BenchOptions, duration: Duration, work: F) -> Phase
+where
+    F: Fn(&mut Client, usize, u64) -> Option<Result<u32, ClientError>> + Send + Sync + Copy,
+{
+    let started = Instant::now();
+    let results: Vec<(Vec<Duration>, u64, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..o.threads)
+            .map(|t| {
+                let gestores = o.gestores.clone();
+                let transport = o.transport;
+                scope.spawn(move || {
+                    let mut client =
+                        Client::new(build_transport(transport), gestores, Duration::from_secs(5));
+                    let (mut lat, mut errors, mut hops) = (Vec::new(), 0u64, 0u64);
+                    let mut i = 0u64;
+                    while started.elapsed() < duration {
+                        let t0 = Instant::now();
+                        match work(&mut client, t, i) {
+                            None => break,
+                            Some(Ok(h)) => {
+                                lat.push(t0.elapsed());
+                                hops += h as u64;
+                            }
+                            Some(Err(_)) => errors += 1,
+                        }
+                        i += 1;
+                    }
+                    (lat, errors, hops)
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    let elapsed = started.elapsed();
+    let mut lat = Vec::new();
+    let (mut errors, mut hops) = (0, 0);
+    for (l, e, h) in results {
+        lat.extend(l);
+        errors += e;
+        hops += h;
+    }
+    phase(lat, errors, hops, elapsed)
+}
+
+pub fn run(o: BenchOptions) -> Result<BenchReport> {
+    if o.threads == 0 || o.users == 0 {
+        bail!("--threads and --users must be at least 1");
+    }
+    let users = o.users;
+    let threads = o.threads;
+    let prefix = o.prefix.clone();
+    let prefix_ref = prefix.as_str();
+    // Registration: each thread takes every threads-th user until all exist.
+    // Bounded by the user count, with a generous time cap.
+    let register = run_threads(&o, Duration::from_secs(600), move |c, t, i| {
+        let n = t as u64 + i * threads as u64;
+        if n >= users as u64 {
+            return None;
+        }
+        let name = format!("{prefix_ref}{n}");
+        Some(match c.register(&name, "bench-password") {
+            Ok(r) => Ok(r.hops),
+            Err(ClientError::Remote(e)) if e.code == gestor_sdk::ErrorCode::Conflict => Ok(0),
+            Err(e) => Err(e),
+        })
+    });
+    let lookup = run_threads(&o, o.duration, move |c, _t, _i| {
+        let n = rand::thread_rng().gen_range(0..users);
+        Some(c.lookup(&format!("{prefix_ref}{n}")).map(|f| f.hops))
+    });
+    Ok(BenchReport {
+        transport: o.transport.to_string(),
+        threads: o.threads,
+        users: o.users,
+        register,
+        lookup,
+    })
+}
