@@ -1,6 +1,6 @@
 //! Iterative lookup, driven by whoever does the I/O.
 
-use crate::{FindStep, Id, Node, Peer};
+use crate::{distance, in_half_open, in_open, FindStep, Id, Node, Peer};
 
 /// Give up after this many requests: a correct ring needs O(log N), and
 /// routing loops through stale state must terminate.
@@ -36,13 +36,20 @@ pub struct Lookup {
     failures: u32,
     /// Peers found unreachable during this lookup.
     dead: Vec<Id>,
+    /// Live peers whose answer was useless (named a dead peer): not asked
+    /// again, but still counted as ring members when deciding `Done`.
+    unhelpful: Vec<Id>,
+    /// The starting node and a snapshot of its routing table (sorted by
+    /// distance from it), for falling back when a reply is useless.
+    origin: Id,
+    table: Vec<Peer>,
 }
 
 impl Lookup {
     /// Start at `node`: the first decision is local (`node.find_step`).
     /// Fails at once if `node` is not a ring member.
     pub fn start(node: &Node, key: Id) -> Lookup {
-        let state = match node.route(key, &[]) {
+        let state = match node.route(key, &[], &[]) {
             Some(FindStep::Done(p)) => State::Done(p),
             Some(FindStep::Next(p)) => State::Asking(p),
             None => State::Failed,
@@ -53,6 +60,9 @@ impl Lookup {
             hops: 0,
             failures: 0,
             dead: Vec::new(),
+            unhelpful: Vec::new(),
+            origin: node.me().id,
+            table: node.known_peers(),
         }
     }
 
@@ -64,6 +74,9 @@ impl Lookup {
             hops: 0,
             failures: 0,
             dead: Vec::new(),
+            unhelpful: Vec::new(),
+            origin: key,
+            table: Vec::new(),
         }
     }
 
@@ -82,24 +95,59 @@ impl Lookup {
         }
     }
 
-    /// The peer we asked answered with `step`. Ignored unless asking.
+    /// The peer we asked answered with `step`. Ignored unless asking. An
+    /// answer naming a peer this lookup already found dead (or the asked
+    /// peer itself) is useless: we then avoid the asked peer too and fall
+    /// back to the starting node's table.
     pub fn on_reply(&mut self, step: FindStep) {
         let State::Asking(asked) = &self.state else {
             return;
         };
+        let asked = asked.id;
         self.hops = self.hops.saturating_add(1);
-        self.state = match step {
-            FindStep::Done(owner) => State::Done(owner),
-            // No progress (pointing at itself, or at a peer we know is dead)
-            // or too long: stale routing state somewhere, give up rather
-            // than loop.
-            FindStep::Next(n)
-                if n.id == asked.id || self.dead.contains(&n.id) || self.hops >= MAX_HOPS =>
-            {
-                State::Failed
-            }
-            FindStep::Next(n) => State::Asking(n),
+        let named = match &step {
+            FindStep::Done(p) | FindStep::Next(p) => p.id,
         };
+        if self.hops >= MAX_HOPS {
+            self.state = State::Failed;
+        } else if self.dead.contains(&named)
+            || matches!(step, FindStep::Next(_))
+                && (named == asked || self.unhelpful.contains(&named))
+        {
+            self.unhelpful.push(asked);
+            self.failures += 1;
+            self.state = if self.failures > MAX_FAILURES {
+                State::Failed
+            } else {
+                self.route_snapshot()
+            };
+        } else {
+            self.state = match step {
+                FindStep::Done(owner) => State::Done(owner),
+                FindStep::Next(n) => State::Asking(n),
+            };
+        }
+    }
+
+    /// `Node::route` over the snapshot taken at start, avoiding `dead`.
+    fn route_snapshot(&self) -> State {
+        let live: Vec<&Peer> = self
+            .table
+            .iter()
+            .filter(|p| !self.dead.contains(&p.id))
+            .collect();
+        let Some(first) = live.first() else {
+            return State::Failed;
+        };
+        if in_half_open(self.key, self.origin, first.id) {
+            return State::Done((*first).clone());
+        }
+        live.iter()
+            .filter(|p| !self.unhelpful.contains(&p.id))
+            .filter(|p| in_open(p.id, self.origin, self.key))
+            .max_by_key(|p| distance(self.origin, p.id))
+            .map(|p| State::Asking((*p).clone()))
+            .unwrap_or(State::Failed)
     }
 
     /// The peer we asked was unreachable: fall back to `node`'s own table,
@@ -115,7 +163,7 @@ impl Lookup {
         self.state = if self.failures > MAX_FAILURES || self.hops >= MAX_HOPS {
             State::Failed
         } else {
-            match node.route(self.key, &self.dead) {
+            match node.route(self.key, &self.dead, &self.unhelpful) {
                 Some(FindStep::Done(p)) => State::Done(p),
                 Some(FindStep::Next(p)) => State::Asking(p),
                 None => State::Failed,

@@ -303,20 +303,16 @@ impl Node {
         if self.predecessor.as_ref().map(|p| p.id) == Some(leaver.id) {
             self.predecessor = their_pred.filter(|p| p.id != self.me.id && p.id != leaver.id);
         }
-        // We are (one of) its predecessors: splice its successors in.
-        if self.successors.iter().any(|s| s.id == leaver.id) {
-            let me = self.me.id;
-            let mut merged: Vec<Peer> = self
-                .successors
-                .iter()
-                .chain(their_succs.iter())
-                .filter(|p| p.id != leaver.id && p.id != me)
-                .cloned()
+        // We are (one of) its predecessors: our entries before it, then its
+        // (fresher) list. The ordered-prefix rule cuts the part of its list
+        // that wraps past us.
+        if let Some(pos) = self.successors.iter().position(|s| s.id == leaver.id) {
+            let head: Vec<Peer> = self.successors.iter().take(pos).cloned().collect();
+            let tail: Vec<Peer> = their_succs
+                .into_iter()
+                .filter(|p| p.id != leaver.id)
                 .collect();
-            merged.sort_by_key(|p| distance(me, p.id));
-            merged.dedup_by_key(|p| p.id);
-            merged.truncate(self.r());
-            self.successors = merged;
+            self.successors = self.ordered_prefix(head.iter().chain(tail.iter()));
             if self.successors.is_empty() {
                 self.successors = vec![self.me.clone()];
             }
@@ -522,9 +518,15 @@ impl Node {
     /// clockwise distance from us: stops at ourselves (the list has wrapped
     /// round a small ring), at duplicates, and at anything out of order.
     fn build_successors(&self, first: &Peer, rest: &[Peer]) -> Vec<Peer> {
+        self.ordered_prefix(std::iter::once(first).chain(rest.iter()))
+    }
+
+    /// The longest prefix (at most `r`) that is strictly increasing in
+    /// clockwise distance from us.
+    fn ordered_prefix<'a>(&self, peers: impl Iterator<Item = &'a Peer>) -> Vec<Peer> {
         let mut out: Vec<Peer> = Vec::new();
         let mut last = 0u64;
-        for p in std::iter::once(first).chain(rest.iter()) {
+        for p in peers {
             let d = distance(self.me.id, p.id);
             if d <= last || out.len() >= self.r() {
                 break;
@@ -577,7 +579,16 @@ impl Node {
     fn start_fix_finger(&mut self, now_ms: u64) -> Vec<Outbound> {
         for _ in 0..FINGERS {
             let i = self.next_finger % FINGERS;
-            let lookup = Lookup::start(self, finger_start(self.me.id, i));
+            let start = finger_start(self.me.id, i);
+            // Cheap local answer first; a Lookup snapshots our table.
+            if let Some(FindStep::Done(owner)) = self.route(start, &[], &[]) {
+                self.set_finger(i, &owner);
+                if self.next_finger <= i {
+                    break;
+                }
+                continue;
+            }
+            let lookup = Lookup::start(self, start);
             match self.drive(lookup, |l| Task::FixFinger { index: i, lookup: l }, now_ms) {
                 Drive::Sent(o) => return vec![o],
                 Drive::Done(owner) => self.set_finger(i, &owner),
@@ -662,13 +673,14 @@ impl Node {
     /// `(me, successor]`, `Done(me)` when alone (or not a member), else
     /// `Next(closest preceding finger or successor)`.
     pub fn find_step(&self, key: Id) -> FindStep {
-        self.route(key, &[])
+        self.route(key, &[], &[])
             .unwrap_or_else(|| FindStep::Done(self.me.clone()))
     }
 
-    /// Routing that avoids peers known to be dead. `None` when no live peer
-    /// is known (or not a member).
-    pub(crate) fn route(&self, key: Id, avoid: &[Id]) -> Option<FindStep> {
+    /// Routing that avoids peers known to be dead (`dead`), and does not
+    /// send the lookup to `skip` (live but useless). `None` when no live
+    /// peer is known (or not a member).
+    pub(crate) fn route(&self, key: Id, dead: &[Id], skip: &[Id]) -> Option<FindStep> {
         if !self.joined() {
             return None;
         }
@@ -676,7 +688,7 @@ impl Node {
             return Some(FindStep::Done(self.me.clone()));
         }
         let me = self.me.id;
-        let usable = |p: &&Peer| p.id != me && !avoid.contains(&p.id);
+        let usable = |p: &&Peer| p.id != me && !dead.contains(&p.id);
         let succ = self.successors.iter().find(usable);
         if let Some(s) = succ {
             if in_half_open(key, me, s.id) {
@@ -689,15 +701,27 @@ impl Node {
             .flatten()
             .chain(self.successors.iter())
             .filter(usable)
+            .filter(|p| !skip.contains(&p.id))
             .filter(|p| in_open(p.id, me, key))
             .max_by_key(|p| distance(me, p.id));
-        match (best, succ) {
-            (Some(b), _) => Some(FindStep::Next(b.clone())),
-            // Unreachable in practice: a successor not preceding the key
-            // means the key is in (me, succ].
-            (None, Some(s)) => Some(FindStep::Done(s.clone())),
-            (None, None) => None,
-        }
+        // Without a candidate (all preceding ones skipped) there is no safe
+        // answer.
+        best.map(|b| FindStep::Next(b.clone()))
+    }
+
+    /// Successors and fingers, distinct, sorted by distance from us.
+    pub(crate) fn known_peers(&self) -> Vec<Peer> {
+        let me = self.me.id;
+        let mut all: Vec<Peer> = self
+            .successors
+            .iter()
+            .chain(self.fingers.iter().flatten())
+            .filter(|p| p.id != me)
+            .cloned()
+            .collect();
+        all.sort_by_key(|p| distance(me, p.id));
+        all.dedup_by_key(|p| p.id);
+        all
     }
 
     fn alone(&self) -> bool {
@@ -845,8 +869,8 @@ mod tests {
         assert!(n.is_responsible(100) && n.is_responsible(51));
         assert!(!n.is_responsible(50) && !n.is_responsible(101));
         // With dead peers avoided, the next-best is used.
-        assert_eq!(n.route(700, &[500]), Some(FindStep::Next(p(300))));
-        assert_eq!(n.route(150, &[200]), Some(FindStep::Done(p(300))));
+        assert_eq!(n.route(700, &[500], &[]), Some(FindStep::Next(p(300))));
+        assert_eq!(n.route(150, &[200], &[]), Some(FindStep::Done(p(300))));
     }
 
     #[test]

@@ -232,9 +232,23 @@ impl Sim {
         self.rng.shuffle(&mut ids);
         for id in ids {
             let now = self.now_ms;
-            let out = match self.nodes.get_mut(&id) {
-                Some(n) => n.tick(now),
-                None => continue,
+            // A join whose bootstrap peer died never completes: like an
+            // edge, pick another bootstrap peer.
+            let stalled = self
+                .nodes
+                .get(&id)
+                .is_some_and(|n| n.joining() && n.in_flight_requests() == 0);
+            let via = if stalled {
+                self.random_member()
+                    .and_then(|v| self.nodes.get(&v))
+                    .map(|n| n.me().clone())
+            } else {
+                None
+            };
+            let out = match (self.nodes.get_mut(&id), via) {
+                (Some(n), Some(via)) => n.join(via, now),
+                (Some(n), None) => n.tick(now),
+                (None, _) => continue,
             };
             self.deliver(id, out);
         }
@@ -269,8 +283,9 @@ impl Sim {
         }
     }
 
-    /// Step until the invariants hold and every finger of every member is
-    /// exact. Returns the steps taken, or a description of what is wrong.
+    /// Step until the ring is fully repaired: invariants hold, no join is
+    /// pending, and every member's successor list (the next `min(r, N-1)`
+    /// live ids), predecessor and fingers are exact. Returns the steps taken, or a description of what is wrong.
     pub fn settle(&mut self, max_steps: u32) -> Result<u32, String> {
         let mut steps = 0;
         loop {
@@ -278,9 +293,9 @@ impl Sim {
             let state = match self.check() {
                 Err(v) => Err(format!("{} violations, first: {}", v.len(), v[0])),
                 Ok(()) if joining => Err("joins pending".to_string()),
-                Ok(()) => match self.wrong_fingers() {
-                    0 => Ok(()),
-                    n => Err(format!("{n} wrong fingers")),
+                Ok(()) => match (self.wrong_pointers(), self.wrong_fingers()) {
+                    (0, 0) => Ok(()),
+                    (p, f) => Err(format!("{p} wrong successor lists/predecessors, {f} wrong fingers")),
                 },
             };
             match state {
@@ -291,6 +306,34 @@ impl Sim {
             self.step();
             steps += 1;
         }
+    }
+
+    /// Members whose successor list or predecessor differs from the truth.
+    pub fn wrong_pointers(&self) -> usize {
+        let live = self.members();
+        let n = live.len();
+        let r = self.config.successors.max(1).min(n.saturating_sub(1));
+        let mut wrong = 0;
+        for (i, id) in live.iter().enumerate() {
+            let Some(node) = self.nodes.get(id) else {
+                continue;
+            };
+            let v = node.view();
+            let want_succ: Vec<Id> = if n == 1 {
+                vec![*id]
+            } else {
+                (1..=r).filter_map(|k| live.get((i + k) % n).copied()).collect()
+            };
+            let want_pred = if n == 1 {
+                None
+            } else {
+                live.get((i + n - 1) % n).copied()
+            };
+            if v.successors != want_succ || v.predecessor != want_pred {
+                wrong += 1;
+            }
+        }
+        wrong
     }
 
     /// Fingers (over all members) that differ from the true successor of
@@ -388,26 +431,46 @@ impl Sim {
     }
 }
 
-/// Mean and max hops of `lookups` random lookups; panics (test helper) on a
-/// wrong or failed lookup.
-pub fn measure_hops(sim: &mut Sim, lookups: usize) -> (f64, u32) {
+/// Mean and max hops of `lookups` random lookups, or the first wrong or
+/// failed lookup.
+pub fn measure_hops(sim: &mut Sim, lookups: usize) -> Result<(f64, u32), LookupOutcome> {
     let mut total = 0u64;
     let mut max = 0u32;
+    let mut done = 0usize;
     for _ in 0..lookups {
         let Some(o) = sim.random_lookup() else {
             break;
         };
-        assert!(o.correct(), "wrong lookup: {o:?}");
+        if !o.correct() {
+            return Err(o);
+        }
         total += u64::from(o.hops);
         max = max.max(o.hops);
+        done += 1;
     }
-    (total as f64 / lookups.max(1) as f64, max)
+    Ok((total as f64 / done.max(1) as f64, max))
 }
 
-/// Grow a simulated ring to each size in `sizes` (ascending) by real joins
-/// (with a stabilize step every `batch` joins), settle it, and measure hops.
-/// Returns `(N, mean hops, max hops)` rows.
-pub fn hop_table(seed: u64, sizes: &[usize], lookups: usize, batch: usize) -> Vec<(usize, f64, u32)> {
+/// One row of [`hop_table`].
+#[derive(Clone, Debug)]
+pub struct HopRow {
+    pub nodes: usize,
+    pub mean_hops: f64,
+    pub max_hops: u32,
+    /// Steps `settle` needed after the growth phase.
+    pub settle_steps: u32,
+}
+
+/// Grow one simulated ring through each size in `sizes` (ascending) by real
+/// joins (a maintenance step after every `batch` joins), settle it (ring
+/// invariants and all fingers exact), then run `lookups` random lookups,
+/// all of which must be correct.
+pub fn hop_table(
+    seed: u64,
+    sizes: &[usize],
+    lookups: usize,
+    batch: usize,
+) -> Result<Vec<HopRow>, String> {
     let mut sim = Sim::new(seed, Sim::fast_config(8));
     let mut rows = Vec::new();
     for &n in sizes {
@@ -419,11 +482,246 @@ pub fn hop_table(seed: u64, sizes: &[usize], lookups: usize, batch: usize) -> Ve
                 sim.step();
             }
         }
-        if let Err(e) = sim.settle(10_000) {
-            panic!("ring of {n} did not settle: {e}");
-        }
-        let (mean, max) = measure_hops(&mut sim, lookups);
-        rows.push((n, mean, max));
+        let settle_steps = sim
+            .settle(10_000)
+            .map_err(|e| format!("ring of {n} did not settle: {e}"))?;
+        let (mean_hops, max_hops) =
+            measure_hops(&mut sim, lookups).map_err(|o| format!("N = {n}: bad lookup {o:?}"))?;
+        rows.push(HopRow {
+            nodes: n,
+            mean_hops,
+            max_hops,
+            settle_steps,
+        });
     }
-    rows
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grow(seed: u64, r: usize, n: usize) -> Sim {
+        let mut sim = Sim::new(seed, Sim::fast_config(r));
+        for _ in 0..n {
+            sim.add_node();
+            sim.step();
+        }
+        sim
+    }
+
+    fn all_lookups_correct(sim: &mut Sim, count: usize) {
+        for _ in 0..count {
+            let o = sim.random_lookup().unwrap();
+            assert!(o.correct(), "{o:?}");
+        }
+    }
+
+    /// Every lookup that answers names the true owner or a dead node; most
+    /// answer (the rest fail over dead fingers, which an edge retries; after
+    /// a fix-finger cycle all succeed).
+    fn lookups_safe(sim: &mut Sim, count: usize) {
+        let mut ok = 0;
+        for _ in 0..count {
+            let o = sim.random_lookup().unwrap();
+            match o.owner {
+                Some(owner) if Some(owner) == o.expected => ok += 1,
+                Some(owner) => assert!(sim.node(owner).is_none(), "live wrong owner: {o:?}"),
+                None => {}
+            }
+        }
+        assert!(ok * 2 >= count, "only {ok} of {count} lookups answered");
+    }
+
+    #[test]
+    fn grow_to_64_by_joins() {
+        let mut sim = grow(1, 8, 64);
+        let steps = sim.run_until_stable(200).unwrap();
+        assert_eq!(sim.members().len(), 64);
+        sim.settle(200).unwrap();
+        all_lookups_correct(&mut sim, 500);
+        // Every list is full length, ordered, without self.
+        for v in sim.views() {
+            assert_eq!(v.successors.len(), 8);
+            assert!(!v.successors.contains(&v.id));
+        }
+        let _ = steps;
+    }
+
+    #[test]
+    fn batch_joins_converge() {
+        let mut sim = Sim::new(2, Sim::fast_config(4));
+        for _ in 0..40 {
+            sim.add_node();
+        }
+        sim.run_until_stable(300).unwrap();
+        sim.settle(300).unwrap();
+        all_lookups_correct(&mut sim, 300);
+    }
+
+    #[test]
+    fn crash_adjacent_and_random_nodes() {
+        let mut sim = grow(3, 8, 64);
+        sim.settle(300).unwrap();
+        let members = sim.members();
+        // Two adjacent nodes, including the wrap (last, first) pair.
+        sim.kill(members[20]);
+        sim.kill(members[21]);
+        sim.kill(members[63]);
+        sim.kill(members[0]);
+        for _ in 0..6 {
+            let victim = sim.random_member().unwrap();
+            sim.kill(victim);
+        }
+        assert_eq!(sim.members().len(), 54);
+        sim.run_until_stable(100).unwrap();
+        // As soon as the invariants hold, no lookup names a wrong live owner
+        // (a dead owner is possible until the answering node notices).
+        lookups_safe(&mut sim, 500);
+        sim.settle(300).unwrap();
+        all_lookups_correct(&mut sim, 500);
+    }
+
+    #[test]
+    fn crash_r_minus_one_adjacent_nodes() {
+        let mut sim = grow(4, 4, 32);
+        sim.settle(300).unwrap();
+        let members = sim.members();
+        for m in &members[10..13] {
+            sim.kill(*m);
+        }
+        sim.run_until_stable(100).unwrap();
+        lookups_safe(&mut sim, 300);
+        sim.settle(300).unwrap();
+        all_lookups_correct(&mut sim, 300);
+    }
+
+    #[test]
+    fn graceful_leaves_close_the_ring_at_once() {
+        let mut sim = grow(5, 8, 40);
+        sim.settle(300).unwrap();
+        for _ in 0..15 {
+            let victim = sim.random_member().unwrap();
+            sim.leave(victim);
+            // No maintenance step in between: the notices alone fix it.
+            sim.check().unwrap();
+        }
+        lookups_safe(&mut sim, 300);
+        sim.settle(300).unwrap();
+        all_lookups_correct(&mut sim, 300);
+    }
+
+    #[test]
+    fn leave_down_to_one_node() {
+        let mut sim = grow(6, 3, 6);
+        sim.settle(300).unwrap();
+        while sim.members().len() > 1 {
+            let victim = sim.random_member().unwrap();
+            sim.leave(victim);
+            sim.check().unwrap();
+        }
+        let last = sim.members()[0];
+        assert_eq!(sim.node(last).unwrap().successors()[0].id, last);
+        // And the ring can grow again from the survivor.
+        for _ in 0..5 {
+            sim.add_node();
+        }
+        sim.settle(300).unwrap();
+        all_lookups_correct(&mut sim, 100);
+    }
+
+    #[test]
+    fn r_larger_than_ring() {
+        let mut sim = grow(7, 8, 5);
+        sim.settle(300).unwrap();
+        for v in sim.views() {
+            assert_eq!(v.successors.len(), 4, "{v:?}");
+            assert!(!v.successors.contains(&v.id));
+        }
+        all_lookups_correct(&mut sim, 200);
+        // Crash down to two nodes: lists shrink, never contain self.
+        let m = sim.members();
+        sim.kill(m[0]);
+        sim.kill(m[2]);
+        sim.kill(m[3]);
+        sim.settle(300).unwrap();
+        for v in sim.views() {
+            assert_eq!(v.successors.len(), 1, "{v:?}");
+        }
+        all_lookups_correct(&mut sim, 50);
+    }
+
+    #[test]
+    fn ids_near_the_wrap_point() {
+        let mut sim = Sim::new(8, Sim::fast_config(3));
+        for id in [u64::MAX, 0, u64::MAX - 1, 1, u64::MAX / 2, 2] {
+            assert!(sim.add_node_with_id(id));
+            sim.step();
+        }
+        sim.settle(300).unwrap();
+        for key in [u64::MAX, 0, 1, 2, 3, u64::MAX - 2, u64::MAX / 2 + 1] {
+            for from in sim.members() {
+                let o = sim.lookup(from, key);
+                assert!(o.correct(), "{o:?}");
+            }
+        }
+        assert_eq!(sim.true_successor(3), Some(u64::MAX / 2));
+        assert_eq!(sim.true_successor(u64::MAX / 2 + 1), Some(u64::MAX - 1));
+        let v = sim.node(u64::MAX).unwrap().view();
+        assert_eq!(v.successors, vec![0, 1, 2]);
+        assert_eq!(v.predecessor, Some(u64::MAX - 1));
+    }
+
+    #[test]
+    fn churn_mixed() {
+        let mut sim = grow(9, 6, 30);
+        for round in 0..20 {
+            match round % 4 {
+                0 | 1 => {
+                    sim.add_node();
+                }
+                2 => {
+                    let v = sim.random_member().unwrap();
+                    sim.kill(v);
+                }
+                _ => {
+                    let v = sim.random_member().unwrap();
+                    sim.leave(v);
+                }
+            }
+            sim.step();
+        }
+        sim.run_until_stable(200).unwrap();
+        sim.settle(300).unwrap();
+        all_lookups_correct(&mut sim, 300);
+    }
+
+    #[test]
+    fn deterministic_for_a_seed() {
+        let a = grow(11, 4, 20).views();
+        let b = grow(11, 4, 20).views();
+        assert_eq!(a, b);
+    }
+
+    /// Mean hops within 1 of ½·log2 N. Debug builds stop at 256 nodes to
+    /// keep the test fast; release (and `examples/hops.rs`) go to 1024.
+    #[test]
+    fn hop_counts_are_logarithmic() {
+        let sizes: &[usize] = if cfg!(debug_assertions) {
+            &[16, 32, 64, 128, 256]
+        } else {
+            &[16, 32, 64, 128, 256, 512, 1024]
+        };
+        let rows = hop_table(42, sizes, 1000, 8).unwrap();
+        for row in rows {
+            let half_log = 0.5 * (row.nodes as f64).log2();
+            assert!(
+                (row.mean_hops - half_log).abs() <= 1.0,
+                "N = {}: mean {} vs {}",
+                row.nodes,
+                row.mean_hops,
+                half_log
+            );
+        }
+    }
 }
