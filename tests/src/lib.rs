@@ -4,5 +4,6 @@
 
 pub mod cluster;
 pub mod ports;
+pub mod ring;
 pub mod store_suite;
 pub mod transport_suite;

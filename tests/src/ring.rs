@@ -1,0 +1,172 @@
+//! A ring of real `gestor node` processes for integration tests.
+
+use crate::cluster::{call, wait_ready, wait_until, NodeProc};
+use crate::ports::free_port;
+use gestor::config::{StorageKind, TransportKind};
+use gestor::demo::view_of;
+use gestor::json::cbor_to_json;
+use gestor_chord::{check_invariants, View};
+use gestor_sdk::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Settings that make a test ring converge and notice things quickly, and
+/// hash passwords cheaply (argon2id's cost is not under test here).
+pub const TEST_CONFIG: &str = r#"
+[plugins.config.gestor_directory]
+presence_timeout_ms = 1500
+alive_every_ms = 300
+password_memory_kib = 64
+password_iterations = 1
+
+[plugins.config.gestor_ring]
+stabilize_every_ms = 200
+fix_fingers_every_ms = 50
+check_predecessor_every_ms = 400
+rpc_timeout_ms = 500
+tick_every_ms = 50
+
+[plugins.config.gestor_initial]
+gossip_every_ms = 300
+"#;
+
+pub struct Ring {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+    pub transport: TransportKind,
+    pub storage: StorageKind,
+    pub config_path: PathBuf,
+}
+
+impl Ring {
+    /// Start `n` gestores; the first creates the ring, the others join through it.
+    pub fn start(n: usize, transport: TransportKind, storage: StorageKind) -> Ring {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("gestor.toml");
+        std::fs::write(&config_path, TEST_CONFIG).expect("write config");
+        let mut ring = Ring {
+            dir,
+            nodes: Vec::new(),
+            transport,
+            storage,
+            config_path,
+        };
+        for _ in 0..n {
+            ring.add_node();
+        }
+        ring
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url.clone()).collect()
+    }
+
+    /// Start one more gestor, joining through the first.
+    pub fn add_node(&mut self) -> &NodeProc {
+        let url = format!("tcp://127.0.0.1:{}", free_port());
+        let signal = format!("tcp://127.0.0.1:{}", free_port());
+        let data = self.dir.path().join(format!("data-{}", self.nodes.len()));
+        let mut args: Vec<String> = vec![
+            "--config".into(),
+            self.config_path.display().to_string(),
+            "--listen".into(),
+            url.clone(),
+            "--signal".into(),
+            signal,
+            "--transport".into(),
+            self.transport.to_string(),
+            "--storage".into(),
+            self.storage.to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ];
+        if let Some(first) = self.nodes.first() {
+            args.push("--join".into());
+            args.push(first.url.clone());
+        }
+        let node = NodeProc::spawn(
+            &url,
+            self.transport,
+            &args,
+            self.dir.path(),
+            &[("RUST_LOG", "info")],
+        );
+        assert!(
+            wait_ready(&url, self.transport, Duration::from_secs(30)),
+            "gestor did not start:\n{}",
+            node.log()
+        );
+        self.nodes.push(node);
+        self.nodes.last().expect("just pushed")
+    }
+
+    pub fn status(&self, url: &str) -> Option<serde_json::Value> {
+        call(url, self.transport, "node.status", Value::Null)
+            .ok()
+            .map(|v| cbor_to_json(&v))
+    }
+
+    /// Ring views of every running node that answers.
+    pub fn views(&self) -> Vec<View> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .filter_map(|n| self.status(&n.url))
+            .filter_map(|s| view_of(&s))
+            .collect()
+    }
+
+    /// Wait until every live node is in one ordered ring with full successor lists.
+    pub fn wait_stable(&self, deadline: Duration) -> Result<Vec<View>, String> {
+        let live = self.nodes.iter().filter(|n| n.child.is_some()).count();
+        let mut last = String::new();
+        let ok = wait_until(deadline, || {
+            let views = self.views();
+            if views.len() != live {
+                last = format!("{} of {live} nodes report a joined ring", views.len());
+                return false;
+            }
+            let want = (live - 1).clamp(1, 8);
+            if let Some(v) = views.iter().find(|v| v.successors.len() < want) {
+                last = format!(
+                    "node {:016x} has {} successors, want {want}",
+                    v.id,
+                    v.successors.len()
+                );
+                return false;
+            }
+            match check_invariants(&views) {
+                Ok(()) => true,
+                Err(v) => {
+                    last = format!("{v:?}");
+                    false
+                }
+            }
+        });
+        if ok {
+            Ok(self.views())
+        } else {
+            Err(last)
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("==== {}\n{}", n.url, tail(&n.log(), 40)))
+            .collect()
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("data-{i}"))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

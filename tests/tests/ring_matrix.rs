@@ -1,0 +1,226 @@
+//! The directory on a ring of 8 real `gestor node` processes, for every
+//! backend combination (nng/zmq × sqlite/sled).
+
+use gestor::client::{Client, ClientError};
+use gestor::config::{StorageKind, TransportKind};
+use gestor::directory::AliveSender;
+use gestor::runtime::build_transport;
+use gestor_chord::check_invariants;
+use gestor_sdk::wire::{from_cbor, Reply};
+use gestor_sdk::{ErrorCode, TransportOptions};
+use gestor_tests::cluster::wait_until;
+use gestor_tests::ring::Ring;
+use rand::{Rng, SeedableRng};
+use std::time::Duration;
+
+const NODES: usize = 8;
+const USERS_VIA_ONE: usize = 200;
+const USERS_VIA_RANDOM: usize = 800;
+
+fn client(ring: &Ring, url: &str) -> Client {
+    Client::new(
+        build_transport(ring.transport),
+        vec![url.to_string()],
+        Duration::from_secs(10),
+    )
+}
+
+fn address_of(i: usize) -> String {
+    format!("127.0.0.1:{}", 20_000 + i)
+}
+
+fn remote_code(e: ClientError) -> ErrorCode {
+    match e {
+        ClientError::Remote(h) => h.code,
+        other => panic!("expected an error reply, got: {other}"),
+    }
+}
+
+fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
+    let ring = Ring::start(NODES, transport, storage);
+    let views = ring
+        .wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
+    assert_eq!(views.len(), NODES);
+    check_invariants(&views).expect("one ordered ring");
+    let urls = ring.urls();
+
+    // 200 users registered and logged in through one gestor, 800 more through
+    // random gestores, from 4 client threads.
+    let total = USERS_VIA_ONE + USERS_VIA_RANDOM;
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let ring = &ring;
+            let urls = &urls;
+            scope.spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64);
+                for i in (t..total).step_by(4) {
+                    let entry = if i < USERS_VIA_ONE {
+                        &urls[0]
+                    } else {
+                        &urls[rng.gen_range(0..urls.len())]
+                    };
+                    let mut c = client(ring, entry);
+                    let name = format!("user{i}");
+                    c.register(&name, &format!("pw-{i}"))
+                        .unwrap_or_else(|e| panic!("register {name} via {entry}: {e}"));
+                    c.login(&name, &format!("pw-{i}"), &address_of(i))
+                        .unwrap_or_else(|e| panic!("login {name}: {e}"));
+                }
+            });
+        }
+    });
+
+    // Every user is found, with the right data, through another gestor.
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let ring = &ring;
+            let urls = &urls;
+            scope.spawn(move || {
+                for i in (t..total).step_by(4) {
+                    let entry = &urls[1 + i % (urls.len() - 1)];
+                    let name = format!("user{i}");
+                    let found = client(ring, entry)
+                        .lookup(&name)
+                        .unwrap_or_else(|e| panic!("lookup {name} via {entry}: {e}"));
+                    assert_eq!(found.user, name);
+                    assert_eq!(found.address, address_of(i), "{name} via {entry}");
+                    assert!(found.last_update.wall_ms > 0);
+                    assert!(found.hops <= 8, "{name}: {} hops", found.hops);
+                }
+            });
+        }
+    });
+
+    // Records are spread over the ring and each is held by its owner.
+    let records: u64 = urls
+        .iter()
+        .filter_map(|u| ring.status(u))
+        .filter_map(|s| s.get("records")?.as_u64())
+        .sum();
+    assert_eq!(
+        records, total as u64,
+        "every record stored exactly once (no replication yet)"
+    );
+
+    // Authentication: wrong password, a taken name, another user's token.
+    let mut c = client(&ring, &urls[3]);
+    assert_eq!(
+        remote_code(c.login("user1", "wrong", "127.0.0.1:1").unwrap_err()),
+        ErrorCode::Unauthorized
+    );
+    assert_eq!(
+        remote_code(c.register("user1", "x").unwrap_err()),
+        ErrorCode::Conflict
+    );
+    assert_eq!(
+        remote_code(c.lookup("nobody-here").unwrap_err()),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        remote_code(c.lookup("Bad Name").unwrap_err()),
+        ErrorCode::BadRequest
+    );
+    let s1 = c.login("user1", "pw-1", &address_of(1)).unwrap();
+    let s2 = c.login("user2", "pw-2", &address_of(2)).unwrap();
+    assert_eq!(
+        remote_code(c.logout("user1", &s2.token).unwrap_err()),
+        ErrorCode::Unauthorized
+    );
+    assert_eq!(
+        remote_code(
+            c.set_address("user1", &s2.token, "127.0.0.1:666")
+                .unwrap_err()
+        ),
+        ErrorCode::Unauthorized
+    );
+    assert_eq!(
+        c.lookup("user1").unwrap().address,
+        address_of(1),
+        "refused writes change nothing"
+    );
+    c.set_address("user1", &s1.token, "127.0.0.1:777").unwrap();
+    assert_eq!(
+        client(&ring, &urls[5]).lookup("user1").unwrap().address,
+        "127.0.0.1:777"
+    );
+
+    // Every reply carries the initial-gestors list; the ring fills it to 5.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let mut c = client(&ring, &urls[6]);
+            c.lookup("user3").is_ok() && c.initial_gestors().len() == 5
+        }),
+        "initial gestors list never reached 5 entries"
+    );
+
+    // Presence: online while alive signals flow, offline when they stop,
+    // online again when they resume.
+    let transport_impl = build_transport(transport);
+    let mut alive = AliveSender::new(transport_impl.as_ref(), &s2).unwrap();
+    let mut online = |want: bool| {
+        wait_until(Duration::from_secs(15), || {
+            if want {
+                let _ = alive.beat();
+            }
+            client(&ring, &urls[4])
+                .lookup("user2")
+                .map(|f| f.online == want)
+                .unwrap_or(false)
+        })
+    };
+    assert!(online(true), "user2 should be online while signalling");
+    assert!(online(false), "user2 should go offline once signals stop");
+    let mut alive2 = AliveSender::new(transport_impl.as_ref(), &s2).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let _ = alive2.beat();
+            client(&ring, &urls[4])
+                .lookup("user2")
+                .map(|f| f.online)
+                .unwrap_or(false)
+        }),
+        "user2 should come back online when signals resume"
+    );
+    c.logout("user2", &s2.token).unwrap();
+    assert!(
+        !client(&ring, &urls[2]).lookup("user2").unwrap().online,
+        "offline at once after logout"
+    );
+
+    // Garbage frames on a ring node get error replies; the node keeps serving.
+    let mut raw = transport_impl
+        .requester(&urls[7], &TransportOptions::default())
+        .unwrap();
+    let reply: Reply = from_cbor(
+        &raw.request(&[0x9f, 0xff, 0x42], Duration::from_secs(5))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reply.error.unwrap().code, ErrorCode::Malformed);
+    assert!(
+        !reply.initial_gestors.is_empty(),
+        "even error replies carry the initial gestors"
+    );
+    assert_eq!(
+        client(&ring, &urls[7]).lookup("user9").unwrap().address,
+        address_of(9)
+    );
+
+    // The ring is still one ordered ring after all that.
+    check_invariants(&ring.views()).expect("ring still ordered");
+}
+
+macro_rules! matrix {
+    ($($name:ident => ($t:expr, $s:expr)),*) => { $(
+        #[test]
+        fn $name() { directory_on_ring($t, $s) }
+    )* };
+}
+
+matrix!(
+    nng_sqlite => (TransportKind::Nng, StorageKind::Sqlite),
+    nng_sled => (TransportKind::Nng, StorageKind::Sled),
+    zmq_sqlite => (TransportKind::Zmq, StorageKind::Sqlite),
+    zmq_sled => (TransportKind::Zmq, StorageKind::Sled)
+);
