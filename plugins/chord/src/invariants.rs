@@ -29,11 +29,7 @@ pub enum Violation {
     /// AtMostOneRing: the first-live-successor graph has several cycles.
     MultipleRings { rings: usize },
     /// OrderedRing: the first live successor is not the next live id.
-    WrongSuccessor {
-        node: Id,
-        expected: Id,
-        found: Id,
-    },
+    WrongSuccessor { node: Id, expected: Id, found: Id },
     /// OrderedSuccessorLists: not in ring order after the owner, or with
     /// duplicates.
     UnorderedSuccessors { node: Id, successors: Vec<Id> },
@@ -69,7 +65,10 @@ impl fmt::Display for Violation {
                 write!(f, "]")
             }
             Violation::SelfInSuccessors { node } => {
-                write!(f, "{node:#018x} lists itself as a successor but is not alone")
+                write!(
+                    f,
+                    "{node:#018x} lists itself as a successor but is not alone"
+                )
             }
         }
     }

@@ -21,7 +21,10 @@ pub enum LookupAction {
     /// Send `Request::FindSuccessor { key }` to this peer.
     Ask(Peer),
     /// The key's successor, and how many hops it took.
-    Done { owner: Peer, hops: u32 },
+    Done {
+        owner: Peer,
+        hops: u32,
+    },
     Failed,
 }
 

@@ -16,7 +16,9 @@ enum Phase {
     /// Never joined, or left.
     Outside,
     /// Join in progress (or waiting to be retried) through `via`.
-    Joining { via: Peer },
+    Joining {
+        via: Peer,
+    },
     Member,
 }
 
@@ -473,9 +475,7 @@ impl Node {
     ) -> Vec<Outbound> {
         match pred {
             Some(p)
-                if p.id != self.me.id
-                    && p.id != succ.id
-                    && in_open(p.id, self.me.id, succ.id) =>
+                if p.id != self.me.id && p.id != succ.id && in_open(p.id, self.me.id, succ.id) =>
             {
                 // Do not adopt p yet: it may be dead (Zave's fix).
                 vec![self.send(
@@ -589,7 +589,14 @@ impl Node {
                 continue;
             }
             let lookup = Lookup::start(self, start);
-            match self.drive(lookup, |l| Task::FixFinger { index: i, lookup: l }, now_ms) {
+            match self.drive(
+                lookup,
+                |l| Task::FixFinger {
+                    index: i,
+                    lookup: l,
+                },
+                now_ms,
+            ) {
                 Drive::Sent(o) => return vec![o],
                 Drive::Done(owner) => self.set_finger(i, &owner),
                 Drive::Failed => {
@@ -862,7 +869,11 @@ mod tests {
         assert_eq!(n.find_step(200), FindStep::Done(p(200)));
         assert_eq!(n.find_step(250), FindStep::Next(p(200)));
         assert_eq!(n.find_step(700), FindStep::Next(p(500)));
-        assert_eq!(n.find_step(1000), FindStep::Next(p(500)), "strictly preceding");
+        assert_eq!(
+            n.find_step(1000),
+            FindStep::Next(p(500)),
+            "strictly preceding"
+        );
         assert_eq!(n.find_step(1001), FindStep::Next(p(1000)));
         // Wraps past 2^64: everything precedes key 50 going clockwise.
         assert_eq!(n.find_step(50), FindStep::Next(p(1000)));
@@ -914,7 +925,9 @@ mod tests {
             .find(|o| o.request == Request::Ping)
             .unwrap();
         assert_eq!(ping.to, p(50));
-        assert!(n.on_reply(ping.token, Err(Failure::Unreachable), 100).is_empty());
+        assert!(n
+            .on_reply(ping.token, Err(Failure::Unreachable), 100)
+            .is_empty());
         assert_eq!(n.predecessor(), None);
         n.handle(None, Request::Rectify { candidate: p(20) }, 0);
         assert_eq!(n.predecessor(), Some(&p(20)));
@@ -933,11 +946,23 @@ mod tests {
     #[test]
     fn rectify_wraps_around() {
         let mut n = member(5, &[100], Some(u64::MAX - 5));
-        n.handle(None, Request::Rectify { candidate: p(u64::MAX) }, 0);
+        n.handle(
+            None,
+            Request::Rectify {
+                candidate: p(u64::MAX),
+            },
+            0,
+        );
         assert_eq!(n.predecessor(), Some(&p(u64::MAX)));
         n.handle(None, Request::Rectify { candidate: p(0) }, 0);
         assert_eq!(n.predecessor(), Some(&p(0)));
-        n.handle(None, Request::Rectify { candidate: p(u64::MAX) }, 0);
+        n.handle(
+            None,
+            Request::Rectify {
+                candidate: p(u64::MAX),
+            },
+            0,
+        );
         assert_eq!(n.predecessor(), Some(&p(0)));
     }
 
@@ -1030,12 +1055,11 @@ mod tests {
         assert_eq!(first.request, Request::FindSuccessor { key: 150 });
         let second = only(j.on_reply(first.token, Ok(Response::Found(FindStep::Next(p(100)))), 0));
         assert_eq!(second.to, p(100));
-        let get = only(j.on_reply(
-            second.token,
-            Ok(Response::Found(FindStep::Done(p(200)))),
-            0,
-        ));
-        assert_eq!((get.to.clone(), get.request.clone()), (p(200), Request::GetState));
+        let get = only(j.on_reply(second.token, Ok(Response::Found(FindStep::Done(p(200)))), 0));
+        assert_eq!(
+            (get.to.clone(), get.request.clone()),
+            (p(200), Request::GetState)
+        );
         assert!(!j.joined());
         let rect = only(j.on_reply(get.token, state(Some(100), &[300, 400, 500]), 0));
         assert!(j.joined());
@@ -1049,7 +1073,9 @@ mod tests {
     fn failed_join_is_retried_by_tick() {
         let mut j = Node::new(p(150), cfg(3));
         let first = only(j.join(p(900), 0));
-        assert!(j.on_reply(first.token, Err(Failure::Unreachable), 0).is_empty());
+        assert!(j
+            .on_reply(first.token, Err(Failure::Unreachable), 0)
+            .is_empty());
         assert!(j.joining());
         assert!(j.tick(50).is_empty());
         let again = only(j.tick(100));
@@ -1061,15 +1087,22 @@ mod tests {
         let mut a = Node::new(p(10), cfg(3));
         a.create(0);
         let mut b = Node::new(p(20), cfg(3));
-        let mut queue: Vec<(bool, Outbound)> =
-            b.join(a.me().clone(), 0).into_iter().map(|o| (true, o)).collect();
+        let mut queue: Vec<(bool, Outbound)> = b
+            .join(a.me().clone(), 0)
+            .into_iter()
+            .map(|o| (true, o))
+            .collect();
         for now in [0, 100, 200, 300] {
             if now > 0 {
                 queue.extend(a.tick(now).into_iter().map(|o| (false, o)));
                 queue.extend(b.tick(now).into_iter().map(|o| (true, o)));
             }
             while let Some((from_b, o)) = queue.pop() {
-                let (src, dst) = if from_b { (&mut b, &mut a) } else { (&mut a, &mut b) };
+                let (src, dst) = if from_b {
+                    (&mut b, &mut a)
+                } else {
+                    (&mut a, &mut b)
+                };
                 let resp = dst.handle(None, o.request, now);
                 for o2 in src.on_reply(o.token, Ok(resp), now) {
                     queue.push((from_b, o2));
@@ -1080,7 +1113,7 @@ mod tests {
         assert_eq!(ids(&b), vec![10]);
         assert_eq!(a.predecessor(), Some(&p(20)));
         assert_eq!(b.predecessor(), Some(&p(10)));
-        assert!(a.is_responsible(15) == false && b.is_responsible(15));
+        assert!(!a.is_responsible(15) && b.is_responsible(15));
         assert!(a.is_responsible(25) && a.is_responsible(5));
     }
 
@@ -1119,7 +1152,11 @@ mod tests {
         n.fingers[5] = Some(p(200));
         n.fingers[9] = Some(p(600));
         n.peer_failed(200);
-        assert_eq!(ids(&n), vec![600, 50], "rebuilt from fingers and predecessor");
+        assert_eq!(
+            ids(&n),
+            vec![600, 50],
+            "rebuilt from fingers and predecessor"
+        );
         assert!(n.fingers.iter().flatten().all(|f| f.id != 200));
         n.peer_failed(50);
         assert_eq!(n.predecessor(), None);
@@ -1141,7 +1178,11 @@ mod tests {
         for i in 0..=40 {
             assert_eq!(n.fingers[i], Some(p(1 << 40)), "finger {i}");
         }
-        n.on_reply(ff.token, Ok(Response::Found(FindStep::Done(p(1 << 50)))), 100);
+        n.on_reply(
+            ff.token,
+            Ok(Response::Found(FindStep::Done(p(1 << 50)))),
+            100,
+        );
         for i in 41..=50 {
             assert_eq!(n.fingers[i], Some(p(1 << 50)), "finger {i}");
         }
