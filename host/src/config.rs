@@ -40,6 +40,7 @@ impl std::fmt::Display for StorageKind {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct Config {
     pub node: NodeSection,
     pub transport: TransportSection,
@@ -152,18 +153,6 @@ impl Default for ClockSection {
         ClockSection {
             max_ahead_ms: 60_000,
             offset_ms: 0,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            node: NodeSection::default(),
-            transport: TransportSection::default(),
-            storage: StorageSection::default(),
-            plugins: PluginsSection::default(),
-            clock: ClockSection::default(),
         }
     }
 }

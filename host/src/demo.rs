@@ -226,8 +226,8 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
     println!();
     println!("lookups from other gestores:");
     println!(
-        "  {:<6}  {:<22}  {:<22}  {:<16}  {:<6}  {}",
-        "user", "asked", "responsible", "address", "online", "hops"
+        "  {:<6}  {:<22}  {:<22}  {:<16}  {:<6}  hops",
+        "user", "asked", "responsible", "address", "online"
     );
     let mut total_hops = 0;
     for (i, user) in users.iter().enumerate() {
@@ -249,8 +249,8 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
     println!();
     println!("the ring (in id order):");
     println!(
-        "  {:<16}  {:<22}  {:<16}  {:<16}  {}",
-        "id", "address", "predecessor", "successor", "records"
+        "  {:<16}  {:<22}  {:<16}  {:<16}  records",
+        "id", "address", "predecessor", "successor"
     );
     let mut rows: Vec<serde_json::Value> = Vec::new();
     for n in nodes.iter() {

@@ -15,6 +15,9 @@ use crate::error::StoreError;
 use crate::hlc::Timestamp;
 use serde::{Deserialize, Serialize};
 
+/// Key-value pairs returned by a prefix scan, in key order.
+pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One directory entry (or its tombstone).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
@@ -98,11 +101,7 @@ pub trait Store: Send + Sync {
     /// Returns whether the key existed.
     fn kv_delete(&self, namespace: &str, key: &[u8]) -> Result<bool, StoreError>;
     /// Pairs whose key starts with `prefix`, in key order.
-    fn kv_scan_prefix(
-        &self,
-        namespace: &str,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn kv_scan_prefix(&self, namespace: &str, prefix: &[u8]) -> Result<KvPairs, StoreError>;
 }
 
 /// Whether `pos` lies in the ring interval `(start, end]` (whole ring when `start == end`).

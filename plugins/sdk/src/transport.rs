@@ -145,7 +145,10 @@ pub trait Publisher: Send {
     fn publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<(), TransportError>;
 }
 
+/// A received signal: `(topic, payload)`.
+pub type Signal = (Vec<u8>, Vec<u8>);
+
 pub trait Subscriber: Send {
     /// The next matching message as `(topic, payload)`, or `None` after `timeout`.
-    fn recv(&mut self, timeout: Duration) -> Result<Option<(Vec<u8>, Vec<u8>)>, TransportError>;
+    fn recv(&mut self, timeout: Duration) -> Result<Option<Signal>, TransportError>;
 }
