@@ -64,21 +64,57 @@
 //!   [`Lookup::on_reply`] (or call [`Lookup::on_failure`] if the peer is
 //!   unreachable — ideally also [`Node::peer_failed`]).
 //!
+//! * Lookups never name a wrong *live* owner: a peer that answers with a
+//!   peer already found dead is not asked again, and `Done` decisions made
+//!   from our own table skip only peers known dead. Right after crashes a
+//!   lookup may still fail (dead fingers) or name a dead owner (the answering
+//!   node has not noticed yet); the edge should report the dead peer with
+//!   [`Node::peer_failed`] and retry. Once fix-fingers has run a cycle every
+//!   lookup succeeds.
+//! * [`Node::is_responsible`] is `key ∈ (predecessor, me]`. Alone: every key.
+//!   Our own id: always. Without a predecessor (just joined, or it died) it
+//!   is `false` for every other key, because we do not know where our range
+//!   starts: the edge should route (or retry) instead of answering.
+//!
 //! # Hops
 //!
 //! A *hop* is one `FindSuccessor` request sent to a remote node during a
 //! lookup, whether it is answered or fails. A lookup the starting node
-//! answers from its own table (key in `(me, successor]`) has 0 hops. With
-//! correct fingers the mean is about ½·log2 N (see `examples/hops.rs`).
+//! answers from its own table (key in `(me, successor]`) has 0 hops; the
+//! owner itself is never asked, so a path `origin → a → b`, where `b` answers
+//! `Done(owner)`, is 2 hops. With exact fingers the mean is a bit under
+//! ½·log2 N (`cargo run -p gestor-chord --release --example hops`):
+//!
+//! ```text
+//!     N | mean hops | ½·log2 N | max
+//!    16 |     1.310 |      2.0 |   2
+//!    64 |     2.330 |      3.0 |   5
+//!   256 |     3.293 |      4.0 |   6
+//!  1024 |     4.279 |      5.0 |   8
+//! ```
+//!
+//! # Invariants and the simulator
+//!
+//! [`check_invariants`] checks Zave's invariants over [`View`]s of the live
+//! nodes (ids without a view are dead): AtLeastOneRing, AtMostOneRing,
+//! OrderedRing (each node's first live successor is the next live id),
+//! OrderedSuccessorLists and a live entry in every list. [`sim::Sim`] runs
+//! thousands of nodes in-process from one seed: joins, crashes, graceful
+//! leaves, maintenance steps, [`sim::Sim::settle`] (until every pointer and
+//! finger is exact) and lookups checked against the true owner.
 //!
 //! # Naming deviations from the design sketch
 //!
 //! * [`Response::NotInRing`] is an extra variant: a non-member must not
-//!   pretend to own keys.
+//!   pretend to own keys, so `handle` on a non-member answers this to every
+//!   request.
 //! * [`Failure`] is an enum (`Unreachable`, `Timeout`).
-//! * [`Lookup::key`] is an extra accessor, [`LookupAction`] is
-//!   `Ask(Peer) | Done { owner, hops } | Failed`.
-//! * [`Node::fingers`] returns all 64 entries (`None` = unknown or self).
+//! * [`LookupAction`] is `Ask(Peer) | Done { owner, hops } | Failed`;
+//!   [`Lookup::key`] is an extra accessor.
+//! * [`Node::fingers`] returns all 64 entries (`None` = unknown, or the
+//!   finger's owner is the node itself).
+//! * Extras: [`Node::joining`], [`Node::in_flight_requests`],
+//!   [`Node::config`], [`finger_start`], [`Peer::new`].
 
 mod invariants;
 mod lookup;

@@ -1188,4 +1188,80 @@ mod tests {
         }
         assert_eq!(n.next_finger, 51);
     }
+
+    /// Arbitrary requests, replies (right, wrong, stale or unknown tokens),
+    /// ticks and failure reports never panic, and the local pointers stay
+    /// well-formed: ordered successor list of at most r without ourselves
+    /// (unless alone), never empty for a member.
+    #[test]
+    fn random_messages_never_panic_and_keep_state_well_formed() {
+        let m = u64::MAX;
+        let pool = [0, 1, 2, 50, 100, 150, 200, 1 << 63, m - 1, m];
+        let mut rng = crate::sim::SimRng::new(99);
+        for start in [100, 0, m] {
+            let mut n = member(start, &[200, 1 << 63, m - 1], Some(50));
+            let mut tokens: Vec<u64> = Vec::new();
+            let mut now = 0;
+            for _ in 0..20_000 {
+                let pick = |rng: &mut crate::sim::SimRng| p(pool[rng.below(pool.len())]);
+                let peers: Vec<Peer> = (0..rng.below(5)).map(|_| pick(&mut rng)).collect();
+                let maybe = |rng: &mut crate::sim::SimRng, x: Peer| (rng.below(3) > 0).then_some(x);
+                let a = pick(&mut rng);
+                let b = pick(&mut rng);
+                match rng.below(9) {
+                    0 => {
+                        now += rng.below(400) as u64;
+                        tokens.extend(n.tick(now).iter().map(|o| o.token));
+                    }
+                    1 => {
+                        n.handle(None, Request::Rectify { candidate: a }, now);
+                    }
+                    2 => {
+                        let pred = maybe(&mut rng, b);
+                        let req = Request::Leaving {
+                            leaver: a,
+                            predecessor: pred,
+                            successors: peers,
+                        };
+                        n.handle(None, req, now);
+                    }
+                    3 => {
+                        let key = rng.next_u64();
+                        let _ = n.handle(None, Request::FindSuccessor { key }, now);
+                        let _ = n.is_responsible(key);
+                    }
+                    4 => n.peer_failed(a.id),
+                    _ => {
+                        let token = if tokens.is_empty() || rng.below(4) == 0 {
+                            rng.next_u64() % 64
+                        } else {
+                            tokens.swap_remove(rng.below(tokens.len()))
+                        };
+                        let reply = match rng.below(6) {
+                            0 => Err(Failure::Timeout),
+                            1 => Ok(Response::Ack),
+                            2 => Ok(Response::NotInRing),
+                            3 => Ok(Response::Found(FindStep::Done(a))),
+                            4 => Ok(Response::Found(FindStep::Next(a))),
+                            _ => Ok(Response::State {
+                                predecessor: maybe(&mut rng, b),
+                                successors: peers,
+                            }),
+                        };
+                        tokens.extend(n.on_reply(token, reply, now).iter().map(|o| o.token));
+                    }
+                }
+                assert!(n.joined());
+                let list = ids(&n);
+                assert!(!list.is_empty() && list.len() <= 3, "{list:?}");
+                if list != [start] {
+                    assert!(!list.contains(&start), "{list:?}");
+                    let d: Vec<u64> = list.iter().map(|x| x.wrapping_sub(start)).collect();
+                    assert!(d.windows(2).all(|w| w[0] < w[1]), "{list:?}");
+                }
+                assert_ne!(n.predecessor().map(|p| p.id), Some(start));
+                assert!(n.in_flight_requests() <= 4);
+            }
+        }
+    }
 }

@@ -291,7 +291,11 @@ impl Sim {
         loop {
             let joining = self.nodes.values().any(|n| !n.joined());
             let state = match self.check() {
-                Err(v) => Err(format!("{} violations, first: {}", v.len(), v[0])),
+                Err(v) => Err(format!(
+                    "{} violations, first: {}",
+                    v.len(),
+                    v.first().map(|x| x.to_string()).unwrap_or_default()
+                )),
                 Ok(()) if joining => Err("joins pending".to_string()),
                 Ok(()) => match (self.wrong_pointers(), self.wrong_fingers()) {
                     (0, 0) => Ok(()),
