@@ -13,8 +13,10 @@
 //! back to the requester that sent the request, so up to `replier_workers`
 //! requests are served at once and a slow handler only occupies its own
 //! worker. Aio callbacks never block: they only push into a channel.
-//! Dropping the replier closes the socket (which completes every pending
-//! operation with `Closed`) and joins the workers.
+//! Dropping the replier cancels the workers' pending operations, joins them
+//! (waiting for handlers already running), and only then closes the socket,
+//! because nng 1.4 aborts when a context operation races with its socket's
+//! close.
 //!
 //! A [`Requester`] is a REQ0 socket dialled without blocking, so it can be
 //! created before anyone listens and reconnects by itself. `request` sends
@@ -237,6 +239,8 @@ struct NngReplier {
     url: String,
     socket: Socket,
     stop: Arc<AtomicBool>,
+    /// Handles on the workers' Aios, to cancel their waits on drop.
+    aios: Vec<Aio>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -291,6 +295,8 @@ impl Slot {
                 None => return,
                 Some(AioResult::Recv(Ok(msg))) => msg,
                 Some(AioResult::Recv(Err(nng::Error::Closed))) => return,
+                // Cancelled by drop: the loop condition ends the worker.
+                Some(AioResult::Recv(Err(nng::Error::Canceled))) => continue,
                 Some(AioResult::Recv(Err(e))) => {
                     tracing::debug!(%url, error = %e, "nng replier: receive failed");
                     continue;
@@ -356,6 +362,7 @@ impl NngReplier {
             url: url.to_string(),
             socket,
             stop,
+            aios: slots.iter().map(|s| s.aio.clone()).collect(),
             workers: Vec::with_capacity(workers),
         };
         for (i, slot) in slots.into_iter().enumerate() {
@@ -391,14 +398,22 @@ impl Replier for NngReplier {
 impl Drop for NngReplier {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        // Closing completes every pending context operation with `Closed`
-        // and releases the listening address.
-        self.socket.close();
+        // Wake the workers; one that started a new operation after this
+        // sees the stop flag within 100 ms.
+        for aio in &self.aios {
+            aio.cancel();
+        }
+        // Join before closing: nng 1.4 crashes when a context operation
+        // races with the close of its socket, so every context must be
+        // idle and closed (by its worker) first.
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {
                 tracing::error!(url = %self.url, "nng replier worker panicked");
             }
         }
+        self.aios.clear();
+        // Releases the listening address.
+        self.socket.close();
         tracing::debug!(url = %self.url, "nng replier stopped");
     }
 }

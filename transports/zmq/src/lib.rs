@@ -40,7 +40,12 @@
 //! ## Limits
 //!
 //! Sends over `max_message_bytes` fail with `TooLarge` before touching the
-//! socket; `MAXMSGSIZE` makes zmq disconnect a peer that sends a bigger frame.
+//! socket. On receive, bound sockets set `MAXMSGSIZE`, so zmq disconnects a
+//! peer that sends a bigger frame (the peer reconnects). Dialing sockets
+//! (REQ, dialing SUB) cannot: libzmq never reconnects a connecting socket
+//! after a `MAXMSGSIZE` violation, so they receive the frame and discard it
+//! in `request`/`recv` instead — the limit holds for the application, but
+//! such a frame is buffered in memory once.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use gestor_sdk::transport::{decode_signal, encode_signal};
@@ -65,6 +70,8 @@ const RECONNECT_IVL_MAX_MS: i32 = 500;
 
 /// Names the internal inproc reply channel of each replier uniquely.
 static REPLIER_SEQ: AtomicU64 = AtomicU64::new(0);
+/// Names the inproc endpoint of each listener's close monitor uniquely.
+static MONITOR_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// The ZeroMQ backend: a factory of sockets sharing one `zmq::Context`.
 #[derive(Clone)]
@@ -154,12 +161,116 @@ fn attach(socket: &zmq::Socket, endpoint: &Endpoint) -> Result<(), TransportErro
     }
 }
 
+/// A bound address, and a monitor on its socket that reports when the
+/// listener is really closed. zmq tears listeners down asynchronously; the
+/// monitor lets `release` wait for that, so the same URL can be bound again
+/// as soon as the owner has been dropped.
+struct Listener {
+    url: String,
+    monitor: Option<zmq::Socket>,
+}
+
+/// Upper bound on waiting for a listener to close; normally well under 1 ms.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
+
+impl Listener {
+    fn new(ctx: &zmq::Context, socket: &zmq::Socket, url: &str) -> Listener {
+        // Only network listeners hold an OS resource worth waiting for.
+        let monitor = if url.starts_with("tcp://") || url.starts_with("ipc://") {
+            match watch_close(ctx, socket) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::debug!(%url, error = %e, "zmq: no close monitor; unbind is async");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Listener {
+            url: url.to_string(),
+            monitor,
+        }
+    }
+
+    /// Unbind and wait (bounded) until zmq reports the listener closed.
+    fn release(&self, socket: &zmq::Socket) {
+        if let Err(e) = socket.unbind(&self.url) {
+            tracing::debug!(url = %self.url, error = %e, "zmq: unbind failed");
+            return;
+        }
+        let Some(monitor) = &self.monitor else { return };
+        let deadline = Instant::now() + RELEASE_WAIT;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match monitor.poll(zmq::POLLIN, ms(remaining)) {
+                Ok(n) if n > 0 => {}
+                Err(zmq::Error::EINTR) => continue,
+                _ => break,
+            }
+            // An event is two frames: u16 event id + u32 value, then the address.
+            match monitor.recv_multipart(zmq::DONTWAIT) {
+                Ok(parts) => {
+                    let id = parts
+                        .first()
+                        .and_then(|f| f.get(..2))
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]));
+                    if id == Some(zmq::SocketEvent::CLOSED.to_raw()) {
+                        return;
+                    }
+                }
+                Err(zmq::Error::EAGAIN) => {}
+                Err(_) => break,
+            }
+        }
+        tracing::debug!(url = %self.url, "zmq: listener close not confirmed in time");
+    }
+}
+
+fn watch_close(ctx: &zmq::Context, socket: &zmq::Socket) -> Result<zmq::Socket, zmq::Error> {
+    let endpoint = format!(
+        "inproc://gestor-zmq-monitor-{}",
+        MONITOR_SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    socket.monitor(&endpoint, zmq::SocketEvent::CLOSED.to_raw() as i32)?;
+    let pair = ctx.socket(zmq::PAIR)?;
+    pair.set_linger(0)?;
+    pair.connect(&endpoint)?;
+    Ok(pair)
+}
+
+/// `attach`, keeping a [`Listener`] when the endpoint binds.
+fn attach_listening(
+    ctx: &zmq::Context,
+    socket: &zmq::Socket,
+    endpoint: &Endpoint,
+) -> Result<Option<Listener>, TransportError> {
+    attach(socket, endpoint)?;
+    Ok(match endpoint {
+        Endpoint::Bind(url) => Some(Listener::new(ctx, socket, url)),
+        Endpoint::Dial(_) => None,
+    })
+}
+
+/// libzmq (4.3) treats a frame over MAXMSGSIZE as a protocol error, and a
+/// *connecting* socket never reconnects after one: the link would be dead
+/// for good. So sockets that dial do not set MAXMSGSIZE; they receive the
+/// frame and drop it themselves (see `recv`/`request`), keeping the link.
+/// Bound sockets keep MAXMSGSIZE: the offending connection is closed and
+/// the remote dialer, seeing a plain disconnect, reconnects.
+fn dialing_without_size_cap(socket: &zmq::Socket) -> Result<(), TransportError> {
+    socket
+        .set_maxmsgsize(-1)
+        .map_err(|e| backend("set MAXMSGSIZE", e))
+}
+
 fn hwm(queue_depth: usize) -> i32 {
     i32::try_from(queue_depth.max(1)).unwrap_or(i32::MAX)
 }
 
+/// Whole milliseconds, rounded up so a poll never returns early and spins.
 fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    i64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i64::MAX)
 }
 
 impl ZmqTransport {
@@ -211,6 +322,7 @@ impl Transport for ZmqTransport {
         socket
             .set_req_correlate(true)
             .map_err(|e| backend("set REQ_CORRELATE", e))?;
+        dialing_without_size_cap(&socket)?;
         connect(&socket, url)?;
         Ok(Box::new(ZmqRequester {
             socket,
@@ -228,9 +340,10 @@ impl Transport for ZmqTransport {
         socket
             .set_sndhwm(hwm(options.queue_depth))
             .map_err(|e| backend("set SNDHWM", e))?;
-        attach(&socket, endpoint)?;
+        let listener = attach_listening(&self.ctx, &socket, endpoint)?;
         Ok(Box::new(ZmqPublisher {
             socket,
+            listener,
             max: options.max_message_bytes,
         }))
     }
@@ -250,8 +363,15 @@ impl Transport for ZmqTransport {
                 .set_subscribe(prefix)
                 .map_err(|e| backend("subscribe", e))?;
         }
-        attach(&socket, endpoint)?;
-        Ok(Box::new(ZmqSubscriber { socket }))
+        if matches!(endpoint, Endpoint::Dial(_)) {
+            dialing_without_size_cap(&socket)?;
+        }
+        let listener = attach_listening(&self.ctx, &socket, endpoint)?;
+        Ok(Box::new(ZmqSubscriber {
+            socket,
+            listener,
+            max: options.max_message_bytes,
+        }))
     }
 }
 
@@ -279,6 +399,7 @@ impl ZmqReplier {
     ) -> Result<ZmqReplier, TransportError> {
         let router = t.socket(zmq::ROUTER, options)?;
         bind(&router, url)?;
+        let listener = Listener::new(&t.ctx, &router, url);
 
         let reply_url = format!(
             "inproc://gestor-zmq-replies-{}",
@@ -321,8 +442,7 @@ impl ZmqReplier {
         let url_owned = replier.url.clone();
         replier.spawn("zmq-rep-io".to_string(), move || {
             io_loop(&router, &pull, &jobs_tx, &stop, &url_owned);
-            // Release the address before the socket is closed by drop.
-            let _ = router.unbind(&url_owned);
+            listener.release(&router);
         })?;
         tracing::debug!(url, workers, "zmq replier serving");
         Ok(replier)
@@ -511,6 +631,10 @@ impl Requester for ZmqRequester {
                 return Err(timeout_error(&self.url, timeout));
             }
             match self.socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(parts) if parts.len() == 1 && parts[0].len() > self.max => {
+                    tracing::warn!(url = %self.url, size = parts[0].len(), limit = self.max,
+                        "zmq requester: oversize reply dropped");
+                }
                 Ok(mut parts) if parts.len() == 1 => return Ok(parts.pop().unwrap_or_default()),
                 Ok(_) => {
                     tracing::debug!(url = %self.url, "zmq requester: multipart reply ignored")
@@ -532,7 +656,16 @@ impl Requester for ZmqRequester {
 
 struct ZmqPublisher {
     socket: zmq::Socket,
+    listener: Option<Listener>,
     max: usize,
+}
+
+impl Drop for ZmqPublisher {
+    fn drop(&mut self) {
+        if let Some(l) = &self.listener {
+            l.release(&self.socket);
+        }
+    }
 }
 
 impl Publisher for ZmqPublisher {
@@ -560,6 +693,16 @@ impl Publisher for ZmqPublisher {
 
 struct ZmqSubscriber {
     socket: zmq::Socket,
+    listener: Option<Listener>,
+    max: usize,
+}
+
+impl Drop for ZmqSubscriber {
+    fn drop(&mut self) {
+        if let Some(l) = &self.listener {
+            l.release(&self.socket);
+        }
+    }
 }
 
 impl Subscriber for ZmqSubscriber {
@@ -576,6 +719,13 @@ impl Subscriber for ZmqSubscriber {
                 Err(e) => return Err(backend("poll", e)),
             }
             match self.socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(parts) if parts.len() == 1 && parts[0].len() > self.max => {
+                    tracing::debug!(
+                        size = parts[0].len(),
+                        limit = self.max,
+                        "zmq subscriber: oversize frame dropped"
+                    );
+                }
                 Ok(parts) if parts.len() == 1 => {
                     if let Some((topic, payload)) = decode_signal(&parts[0]) {
                         return Ok(Some((topic.to_vec(), payload.to_vec())));
