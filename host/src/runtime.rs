@@ -508,11 +508,18 @@ impl Node {
         }
 
         let handler_core = core.clone();
+        // The replier accepts frames up to twice the limit so that a
+        // moderately oversize request gets a `too_large` error reply from
+        // `handle_frame` instead of silence; beyond that the transport drops it.
+        let replier_options = TransportOptions {
+            max_message_bytes: transport_options.max_message_bytes.saturating_mul(2),
+            ..transport_options.clone()
+        };
         let replier = transport
             .replier(
                 &config.node.listen,
                 Arc::new(move |frame: &[u8]| handler_core.handle_frame(frame)),
-                &transport_options,
+                &replier_options,
             )
             .with_context(|| format!("cannot serve requests on {}", config.node.listen))?;
         let mut subscriber = transport

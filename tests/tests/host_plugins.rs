@@ -11,6 +11,15 @@ use gestor_tests::ports::free_port;
 use std::time::Duration;
 
 fn echo_node(transport: TransportKind, dir: &std::path::Path, rust_log: &str) -> NodeProc {
+    echo_node_with(transport, dir, rust_log, "sqlite")
+}
+
+fn echo_node_with(
+    transport: TransportKind,
+    dir: &std::path::Path,
+    rust_log: &str,
+    storage: &str,
+) -> NodeProc {
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
     let signal = format!("tcp://127.0.0.1:{}", free_port());
@@ -21,6 +30,8 @@ fn echo_node(transport: TransportKind, dir: &std::path::Path, rust_log: &str) ->
         &signal,
         "--transport",
         &transport.to_string(),
+        "--storage",
+        storage,
         "--data-dir",
         &dir.join("data").display().to_string(),
         "--plugin",
@@ -169,6 +180,20 @@ fn garbage_frames_get_error_replies(transport: TransportKind) {
         assert!(!reply.ok);
         assert_eq!(reply.error.unwrap().code, expected);
     }
+    // An oversize request (5 MiB against the default 4 MiB limit) gets a
+    // too_large reply; the node keeps serving.
+    let big_options = TransportOptions {
+        max_message_bytes: 16 * 1024 * 1024,
+        ..TransportOptions::default()
+    };
+    let mut big = t.requester(&node.url, &big_options).unwrap();
+    let huge = gestor_sdk::wire::to_cbor(&gestor_sdk::Request::new(
+        "echo.say",
+        map(&[("text", Value::Text("x".repeat(5 * 1024 * 1024)))]),
+    ));
+    let reply: Reply = from_cbor(&big.request(&huge, Duration::from_secs(10)).unwrap()).unwrap();
+    assert_eq!(reply.error.unwrap().code, ErrorCode::TooLarge);
+
     let reply = call(
         &node.url,
         transport,
@@ -177,6 +202,51 @@ fn garbage_frames_get_error_replies(transport: TransportKind) {
     )
     .unwrap();
     assert_eq!(field(&reply, "text"), Some(&text("ok")));
+}
+
+fn refuses_to_start_on_a_corrupt_data_file(transport: TransportKind) {
+    for storage in ["sqlite", "sled"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        // Create a valid store first, then damage it.
+        {
+            let mut node = echo_node_with(transport, dir.path(), "info", storage);
+            assert_eq!(node.terminate(Duration::from_secs(10)), Some(0));
+        }
+        let victim = if storage == "sqlite" {
+            data.join("gestor.db")
+        } else {
+            data.join("sled").join("db")
+        };
+        assert!(victim.exists(), "{} should exist", victim.display());
+        std::fs::write(&victim, vec![0x5a; 8192]).unwrap();
+        let url = format!("tcp://127.0.0.1:{}", free_port());
+        let signal = format!("tcp://127.0.0.1:{}", free_port());
+        let (code, _out, err) = run_cli(
+            &[
+                "node",
+                "--listen",
+                &url,
+                "--signal",
+                &signal,
+                "--transport",
+                &transport.to_string(),
+                "--storage",
+                storage,
+                "--data-dir",
+                &data.display().to_string(),
+                "--plugin",
+                "gestor_echo_plugin",
+            ],
+            &[("RUST_LOG", "off")],
+        );
+        assert_ne!(code, 0, "{storage}: must refuse to start");
+        assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+        assert!(
+            err.contains("refusing to start") && err.contains(&data.display().to_string()),
+            "{storage}: {err}"
+        );
+    }
 }
 
 fn refused(plugin: &str, transport: TransportKind) -> (i32, String) {
@@ -254,6 +324,7 @@ macro_rules! host_suite {
             #[test] fn garbage_frames_get_error_replies() { super::garbage_frames_get_error_replies($kind) }
             #[test] fn refuses_a_file_that_is_not_a_plugin() { super::refuses_a_file_that_is_not_a_plugin($kind) }
             #[test] fn refuses_an_incompatible_plugin() { super::refuses_an_incompatible_plugin($kind) }
+            #[test] fn refuses_to_start_on_a_corrupt_data_file() { super::refuses_to_start_on_a_corrupt_data_file($kind) }
         }
     )* };
 }
