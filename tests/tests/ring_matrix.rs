@@ -208,7 +208,51 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
     );
 
     // The ring is still one ordered ring after all that.
-    check_invariants(&ring.views()).expect("ring still ordered");
+    let views = ring.views();
+    check_invariants(&views).expect("ring still ordered");
+
+    // Graceful leave: on SIGTERM a gestor tells its neighbours, so the ring
+    // closes at once — no failure detection involved.
+    let mut ring = ring;
+    let victim = 5;
+    let victim_id = id_of(&ring, victim);
+    let victim_view = views.iter().find(|v| v.id == victim_id).unwrap().clone();
+    let pred = victim_view.predecessor.expect("victim has a predecessor");
+    let succ = victim_view.successors[0];
+    assert_eq!(
+        ring.nodes[victim].terminate(Duration::from_secs(10)),
+        Some(0),
+        "clean exit on SIGTERM"
+    );
+    let pred_url = ring
+        .urls()
+        .into_iter()
+        .find(|u| id_of_url(&ring, u) == Some(pred))
+        .unwrap();
+    let succ_url = ring
+        .urls()
+        .into_iter()
+        .find(|u| id_of_url(&ring, u) == Some(succ))
+        .unwrap();
+    let pred_view = gestor::demo::view_of(&ring.status(&pred_url).unwrap()).unwrap();
+    let succ_view = gestor::demo::view_of(&ring.status(&succ_url).unwrap()).unwrap();
+    assert_eq!(
+        pred_view.successors[0], succ,
+        "predecessor skips the leaver at once"
+    );
+    assert_eq!(
+        succ_view.predecessor,
+        Some(pred),
+        "successor adopts the leaver's predecessor at once"
+    );
+}
+
+fn id_of_url(ring: &Ring, url: &str) -> Option<u64> {
+    ring.status(url)?.get("id")?.as_u64()
+}
+
+fn id_of(ring: &Ring, i: usize) -> u64 {
+    id_of_url(ring, &ring.nodes[i].url).expect("node answers status")
 }
 
 macro_rules! matrix {
