@@ -521,6 +521,13 @@ impl Plugin for Directory {
         ctx.on("dir.set_address", move |r: Authenticated| s.set_address(r))?;
         let s = self.state.clone();
         ctx.on("dir.logout", move |r: Authenticated| s.logout(r))?;
+        // For other plugins on the owner (e.g. a mailbox): is this token the
+        // user's current session? Answers a bool; never forwards.
+        let s = self.state.clone();
+        ctx.on("dir.authenticate", move |r: Authenticated| {
+            let ctx = s.ctx()?;
+            Ok(s.check_token(&ctx, &r.username, &r.token).is_ok())
+        })?;
 
         let s = self.state.clone();
         ctx.on_signal("alive", move |_topic, body| s.on_alive(body))?;
