@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod copies;
 pub mod demo;
 pub mod directory;
 pub mod json;

@@ -111,6 +111,14 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Count, for every record, on how many distinct gestores its newest version is held.
+    Copies {
+        /// Copies configured besides the owner (the replica plugin's `copies`).
+        #[arg(long, default_value_t = 3)]
+        copies: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Send any request kind with a JSON body (e.g. to a plugin) and print the reply.
     Call {
         /// Request kind, e.g. `echo.say`.
@@ -413,6 +421,35 @@ fn run_client_command(command: Command) -> Result<()> {
                         p.max_ms,
                         p.mean_hops
                     );
+                }
+            }
+            Ok(())
+        }
+        Command::Copies {
+            copies,
+            client: args,
+        } => {
+            let start = args.gestores.first().cloned().unwrap_or_default();
+            let report = gestor::copies::run(args.transport, &start, copies)?;
+            if args.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "{} gestores, {} records, wanted on {} gestores each",
+                    report.gestores.len(),
+                    report.records,
+                    report.wanted
+                );
+                for (n, count) in &report.histogram {
+                    println!("  held on {n} gestores: {count} records");
+                }
+                if report.under.is_empty() {
+                    println!("  no record below the wanted count");
+                } else {
+                    println!("  {} records below the wanted count", report.under.len());
+                }
+                if !report.unreachable.is_empty() {
+                    println!("  unreachable: {}", report.unreachable.join(", "));
                 }
             }
             Ok(())
