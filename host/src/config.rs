@@ -104,7 +104,7 @@ pub struct ClockSection {
 }
 
 /// The plugins a node loads when the configuration names none.
-pub const DEFAULT_PLUGINS: &[&str] = &["gestor_ring", "gestor_directory", "gestor_initial"];
+pub const DEFAULT_PLUGINS: &[&str] = &["gestor_ring", "gestor_directory", "gestor_initial", "gestor_mailbox"];
 
 impl Default for NodeSection {
     fn default() -> Self {

@@ -1,0 +1,761 @@
+//! Offline mailboxes and presence push for chat clients, built against the
+//! SDK only (the proof that a plugin adds a service to the ring).
+//!
+//! **Mailbox.** A message for a user who is offline is left with the gestor
+//! responsible for the *recipient* (the same gestor that holds the user's
+//! directory record), which copies it to its first `copies` successors. The
+//! recipient fetches it at its next login (authenticated through the local
+//! `dir.authenticate`) and acknowledges it; the ack deletes the message on
+//! the owner and on the copies and leaves a tombstone so that a late copy
+//! cannot bring it back. When the owner fails its successor becomes
+//! responsible for the recipient and already holds the copy. Messages are
+//! bounded per user and in size, and expire after `ttl_ms`; an expired
+//! message is not dropped silently — a *bounce* is left in the sender's own
+//! mailbox.
+//!
+//! **Presence push** ([`presence`]): a client subscribes to its contacts; the
+//! gestor responsible for each contact watches that contact's directory
+//! record and pushes `chat.presence` to the subscriber's own address when the
+//! contact comes online, goes offline or changes address.
+//!
+//! Client-facing kinds (`mail.put`, `mail.fetch`, `mail.ack`,
+//! `presence.watch`) may reach any gestor; it routes them with `ring.lookup`
+//! like the directory routes `user.*`. See docs/PROTOCOL.md, "Chat, mailbox
+//! and presence".
+
+pub mod presence;
+pub mod rules;
+
+use gestor_sdk::hash::ring_position;
+use gestor_sdk::hlc::system_ms;
+use gestor_sdk::{
+    declare_plugin, CallError, ErrorCode, HandlerError, Plugin, PluginContext, PluginError,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// `[plugins.config.gestor_mailbox]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailboxConfig {
+    /// Messages (and bounces) held per user; a put beyond answers `conflict`.
+    pub max_per_user: usize,
+    /// Largest message text in bytes; larger answers `bad_request`.
+    pub max_text_bytes: usize,
+    /// A message not fetched within this many ms expires and bounces to its sender.
+    pub ttl_ms: u64,
+    /// Successors that hold a copy of the owner's mailboxes.
+    pub copies: usize,
+    /// How often expired messages are looked for.
+    pub expire_every_ms: u64,
+    /// How often the owner re-sends its mailboxes to its current successors
+    /// (repairs copies after the ring changed or a copy was lost).
+    pub resync_every_ms: u64,
+    /// Deadline of a forwarded request to the responsible gestor.
+    pub forward_timeout_ms: u64,
+    /// A presence subscription lasts this long unless renewed.
+    pub watch_ttl_ms: u64,
+    /// How often watched users' presence is checked on their owner; 0 means a
+    /// third of the directory's `alive_every_ms` (clamped to 50–2000 ms).
+    pub presence_poll_ms: u64,
+    /// Deadline of a presence push to a client.
+    pub notify_timeout_ms: u64,
+    /// Contacts per subscription.
+    pub max_contacts: usize,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        MailboxConfig {
+            max_per_user: 1000,
+            max_text_bytes: 16 * 1024,
+            ttl_ms: 7 * 24 * 3600 * 1000,
+            copies: 2,
+            expire_every_ms: 5_000,
+            resync_every_ms: 10_000,
+            forward_timeout_ms: 5_000,
+            watch_ttl_ms: 30_000,
+            presence_poll_ms: 0,
+            notify_timeout_ms: 500,
+            max_contacts: 256,
+        }
+    }
+}
+
+/// A chat message as clients exchange it (peer to peer and through the mailbox).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mail {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub seq: u64,
+    pub sent_ms: u64,
+    pub text: String,
+}
+
+/// What a mailbox holds: a message for `to`, or (with `bounce`) the notice,
+/// held for the original sender `from`, that a message to `to` expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    #[serde(flatten)]
+    pub mail: Mail,
+    /// When the holding gestor first stored it (wall ms); expiry counts from here.
+    #[serde(default)]
+    pub stored_ms: u64,
+    /// Why the message could not be delivered; set on bounces only.
+    #[serde(default)]
+    pub bounce: Option<String>,
+}
+
+impl Held {
+    /// The user whose mailbox holds this item.
+    pub fn holder(&self) -> &str {
+        if self.bounce.is_some() {
+            &self.mail.from
+        } else {
+            &self.mail.to
+        }
+    }
+
+    /// Store key: mail sorts by sender then sequence, so a prefix scan is the
+    /// delivery order; bounces sort after mail.
+    fn key(&self) -> String {
+        if self.bounce.is_some() {
+            format!("{}/b/{}", self.mail.from, self.mail.id)
+        } else {
+            format!(
+                "{}/m/{}/{:020}/{}",
+                self.mail.to, self.mail.from, self.mail.seq, self.mail.id
+            )
+        }
+    }
+}
+
+// ---- request and reply bodies ----------------------------------------------
+
+/// `mail.put`: the sender leaves `mail` in the recipient's mailbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutMail {
+    pub token: String,
+    #[serde(flatten)]
+    pub mail: Mail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutDone {
+    /// False when the mailbox already held (or had delivered) this id.
+    pub stored: bool,
+    /// Request URL of the gestor holding the recipient's mailbox.
+    pub holder: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Auth {
+    pub username: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fetched {
+    /// Messages for the user, ordered by sender, then sequence number.
+    pub messages: Vec<Mail>,
+    /// Notices of the user's own messages that expired undelivered.
+    pub bounces: Vec<Bounce>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Bounce {
+    #[serde(flatten)]
+    pub mail: Mail,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AckBody {
+    pub username: String,
+    pub token: String,
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Acked {
+    pub removed: u64,
+}
+
+/// `mailbox.copy`: the owner's changes, applied by a successor.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CopyBody {
+    #[serde(default)]
+    pub puts: Vec<Held>,
+    /// `(holder, id)` pairs acknowledged on the owner.
+    #[serde(default)]
+    pub removed: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Owner {
+    pub id: u64,
+    pub addr: String,
+    pub hops: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Peer {
+    pub id: u64,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Neighbours {
+    pub me: Peer,
+    pub predecessor: Option<Peer>,
+    pub successors: Vec<Peer>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct KeyBody {
+    pub key: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct UserOnly {
+    pub username: String,
+}
+
+/// The part of the directory's `dir.lookup` reply this plugin reads.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Found {
+    pub address: String,
+    pub online: bool,
+    pub last_seen_ms: u64,
+}
+
+const ITEMS: &str = "mailbox";
+/// `holder/id` → expiry (wall ms, 8 bytes big-endian) of an acknowledged message.
+const ACKED: &str = "mailbox.acked";
+/// Items per `mailbox.copy` request.
+const COPY_BATCH: usize = 200;
+
+pub(crate) struct Shared {
+    pub config: Mutex<MailboxConfig>,
+    pub ctx: Mutex<Option<PluginContext>>,
+    /// Changes not yet pushed to the successors.
+    pending: Mutex<CopyBody>,
+    pub presence: presence::Watches,
+}
+
+impl Shared {
+    pub fn ctx(&self) -> Result<PluginContext, HandlerError> {
+        self.ctx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| HandlerError::unavailable("mailbox not started"))
+    }
+
+    pub fn config(&self) -> MailboxConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Forward `kind` to the gestor responsible for `username`, with a fresh
+    /// lookup on each of 3 attempts when the ring moved under us.
+    pub fn route<Req: Serialize, Rep: DeserializeOwned>(
+        &self,
+        username: &str,
+        kind: &str,
+        body: &Req,
+    ) -> Result<Rep, HandlerError> {
+        rules::validate_username(username)?;
+        let ctx = self.ctx()?;
+        let timeout = Duration::from_millis(self.config().forward_timeout_ms);
+        let key = ring_position(username.as_bytes());
+        let mut last = HandlerError::unavailable("no attempt made");
+        for _attempt in 0..3 {
+            let owner: Owner = ctx
+                .call_local("ring.lookup", &KeyBody { key })
+                .map_err(HandlerError::from)?;
+            match ctx.call::<Req, Rep>(&owner.addr, kind, body, timeout) {
+                Ok(rep) => return Ok(rep),
+                Err(CallError::Remote(e))
+                    if e.code != ErrorCode::Unavailable && e.code != ErrorCode::Timeout =>
+                {
+                    return Err(e)
+                }
+                Err(e) => {
+                    tracing::debug!(%username, owner = %owner.addr, kind, "forward failed, retrying: {e}");
+                    last = e.into();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        Err(last)
+    }
+
+    pub fn responsible(&self, ctx: &PluginContext, username: &str) -> Result<bool, HandlerError> {
+        let key = ring_position(username.as_bytes());
+        ctx.call_local("ring.responsible", &KeyBody { key })
+            .map_err(HandlerError::from)
+    }
+
+    /// Owner side: refuse unless this node is responsible for `username`.
+    pub fn owner_check(&self, ctx: &PluginContext, username: &str) -> Result<(), HandlerError> {
+        rules::validate_username(username)?;
+        if !self.responsible(ctx, username)? {
+            return Err(HandlerError::unavailable(format!(
+                "{} is not responsible for {username}",
+                ctx.request_url()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn authenticate(
+        &self,
+        ctx: &PluginContext,
+        username: &str,
+        token: &str,
+    ) -> Result<(), HandlerError> {
+        let ok: bool = ctx
+            .call_local(
+                "dir.authenticate",
+                &Auth {
+                    username: username.to_string(),
+                    token: token.to_string(),
+                },
+            )
+            .map_err(HandlerError::from)?;
+        if ok {
+            Ok(())
+        } else {
+            Err(HandlerError::new(
+                ErrorCode::Unauthorized,
+                "invalid session token",
+            ))
+        }
+    }
+
+    fn tombstoned(&self, ctx: &PluginContext, holder: &str, id: &str) -> Result<bool, HandlerError> {
+        Ok(ctx
+            .store()
+            .kv_get(ACKED, format!("{holder}/{id}").as_bytes())?
+            .is_some())
+    }
+
+    fn items_of(&self, ctx: &PluginContext, holder: &str) -> Result<Vec<Held>, HandlerError> {
+        let pairs = ctx
+            .store()
+            .kv_scan_prefix(ITEMS, format!("{holder}/").as_bytes())?;
+        Ok(pairs
+            .into_iter()
+            .filter_map(|(k, v)| match gestor_sdk::wire::from_cbor::<Held>(&v) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&k), "unreadable mailbox item skipped: {e}");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    fn queue_copy(&self, f: impl FnOnce(&mut CopyBody)) {
+        f(&mut self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    // ---- owner-side handlers ---------------------------------------------------
+
+    /// On the sender's owner: authenticate the sender, then hand the message
+    /// to the recipient's owner.
+    fn send(&self, req: PutMail) -> Result<PutDone, HandlerError> {
+        let ctx = self.ctx()?;
+        self.owner_check(&ctx, &req.mail.from)?;
+        self.authenticate(&ctx, &req.mail.from, &req.token)?;
+        let held = Held {
+            mail: req.mail,
+            stored_ms: 0,
+            bounce: None,
+        };
+        self.route(&held.mail.to.clone(), "mailbox.put", &held)
+    }
+
+    /// On the holder's owner: store one item (mail or bounce).
+    fn put(&self, mut held: Held) -> Result<PutDone, HandlerError> {
+        let ctx = self.ctx()?;
+        let config = self.config();
+        let holder = held.holder().to_string();
+        self.owner_check(&ctx, &holder)?;
+        rules::validate_username(&held.mail.from)?;
+        rules::validate_username(&held.mail.to)?;
+        rules::validate_id(&held.mail.id)?;
+        if held.mail.text.len() > config.max_text_bytes {
+            return Err(HandlerError::bad_request(format!(
+                "message text of {} bytes exceeds the limit of {}",
+                held.mail.text.len(),
+                config.max_text_bytes
+            )));
+        }
+        // The holder must exist; dir.lookup answers not_found otherwise.
+        let _: Found = ctx
+            .call_local(
+                "dir.lookup",
+                &UserOnly {
+                    username: holder.clone(),
+                },
+            )
+            .map_err(HandlerError::from)?;
+        let done = |stored| PutDone {
+            stored,
+            holder: ctx.request_url(),
+        };
+        let key = held.key();
+        if self.tombstoned(&ctx, &holder, &held.mail.id)?
+            || ctx.store().kv_get(ITEMS, key.as_bytes())?.is_some()
+        {
+            return Ok(done(false));
+        }
+        let count = ctx
+            .store()
+            .kv_scan_prefix(ITEMS, format!("{holder}/").as_bytes())?
+            .len();
+        if count >= config.max_per_user {
+            return Err(HandlerError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "the mailbox of {holder} is full ({} messages)",
+                    config.max_per_user
+                ),
+            ));
+        }
+        held.stored_ms = system_ms();
+        ctx.store()
+            .kv_put(ITEMS, key.as_bytes(), &gestor_sdk::wire::to_cbor(&held))?;
+        tracing::debug!(%holder, id = %held.mail.id, bounce = held.bounce.is_some(), "mail held");
+        self.queue_copy(|c| c.puts.push(held));
+        Ok(done(true))
+    }
+
+    fn fetch(&self, req: Auth) -> Result<Fetched, HandlerError> {
+        let ctx = self.ctx()?;
+        self.owner_check(&ctx, &req.username)?;
+        self.authenticate(&ctx, &req.username, &req.token)?;
+        let mut out = Fetched {
+            messages: Vec::new(),
+            bounces: Vec::new(),
+        };
+        // Key order is (sender, seq) for mail.
+        for h in self.items_of(&ctx, &req.username)? {
+            match h.bounce {
+                Some(reason) => out.bounces.push(Bounce {
+                    mail: h.mail,
+                    reason,
+                }),
+                None => out.messages.push(h.mail),
+            }
+        }
+        Ok(out)
+    }
+
+    fn ack(&self, req: AckBody) -> Result<Acked, HandlerError> {
+        let ctx = self.ctx()?;
+        self.owner_check(&ctx, &req.username)?;
+        self.authenticate(&ctx, &req.username, &req.token)?;
+        let removed = self.remove(&ctx, &req.username, &req.ids)?;
+        let pairs: Vec<(String, String)> = req
+            .ids
+            .iter()
+            .map(|id| (req.username.clone(), id.clone()))
+            .collect();
+        self.queue_copy(|c| c.removed.extend(pairs));
+        Ok(Acked { removed })
+    }
+
+    /// Delete `ids` from `holder`'s mailbox and tombstone them until they
+    /// would have expired anyway.
+    fn remove(
+        &self,
+        ctx: &PluginContext,
+        holder: &str,
+        ids: &[String],
+    ) -> Result<u64, HandlerError> {
+        let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+        let store = ctx.store();
+        let until = system_ms().saturating_add(self.config().ttl_ms);
+        for id in &wanted {
+            store.kv_put(
+                ACKED,
+                format!("{holder}/{id}").as_bytes(),
+                &until.to_be_bytes(),
+            )?;
+        }
+        let mut removed = 0;
+        for h in self.items_of(ctx, holder)? {
+            if wanted.contains(h.mail.id.as_str()) && store.kv_delete(ITEMS, h.key().as_bytes())? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// On a successor: apply the owner's changes.
+    fn copy(&self, body: CopyBody) -> Result<u64, HandlerError> {
+        let ctx = self.ctx()?;
+        let mut applied = 0;
+        for (holder, id) in &body.removed {
+            applied += self.remove(&ctx, holder, std::slice::from_ref(id))?;
+        }
+        for held in body.puts {
+            if self.tombstoned(&ctx, held.holder(), &held.mail.id)? {
+                continue;
+            }
+            ctx.store().kv_put(
+                ITEMS,
+                held.key().as_bytes(),
+                &gestor_sdk::wire::to_cbor(&held),
+            )?;
+            applied += 1;
+        }
+        Ok(applied)
+    }
+
+    // ---- loops -------------------------------------------------------------
+
+    fn successors(&self, ctx: &PluginContext) -> Vec<String> {
+        let copies = self.config().copies;
+        match ctx.call_local::<_, Neighbours>("ring.neighbours", &()) {
+            Ok(n) => {
+                let mut out: Vec<String> = Vec::new();
+                for p in n.successors {
+                    if p.id != n.me.id && !out.contains(&p.addr) && out.len() < copies {
+                        out.push(p.addr);
+                    }
+                }
+                out
+            }
+            Err(e) => {
+                tracing::debug!("ring.neighbours: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    fn push(&self, ctx: &PluginContext, body: &CopyBody) {
+        if body.puts.is_empty() && body.removed.is_empty() {
+            return;
+        }
+        let timeout = Duration::from_millis(self.config().forward_timeout_ms.min(2_000));
+        for url in self.successors(ctx) {
+            for chunk in batches(body) {
+                if let Err(e) = ctx.call::<_, u64>(&url, "mailbox.copy", &chunk, timeout) {
+                    // The resync loop repairs what a failed push missed.
+                    tracing::debug!(successor = %url, "mailbox copy failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Push queued changes to the successors.
+    fn flush_copies(&self) {
+        let Ok(ctx) = self.ctx() else { return };
+        let body = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        self.push(&ctx, &body);
+    }
+
+    /// Re-send every mailbox this node is responsible for to its successors.
+    fn resync(&self) {
+        let Ok(ctx) = self.ctx() else { return };
+        let Ok(all) = ctx.store().kv_scan_prefix(ITEMS, b"") else {
+            return;
+        };
+        let mut mine: BTreeMap<String, bool> = BTreeMap::new();
+        let mut body = CopyBody::default();
+        for (_, v) in all {
+            let Ok(held) = gestor_sdk::wire::from_cbor::<Held>(&v) else {
+                continue;
+            };
+            let holder = held.holder().to_string();
+            let is_mine = match mine.get(&holder) {
+                Some(b) => *b,
+                None => {
+                    let b = self.responsible(&ctx, &holder).unwrap_or(false);
+                    mine.insert(holder, b);
+                    b
+                }
+            };
+            if is_mine {
+                body.puts.push(held);
+            }
+        }
+        self.push(&ctx, &body);
+    }
+
+    /// Drop expired items; the holder's owner bounces expired mail to its sender.
+    fn expire(&self) {
+        let Ok(ctx) = self.ctx() else { return };
+        let ttl = self.config().ttl_ms;
+        let now = system_ms();
+        let store = ctx.store();
+        if let Ok(all) = store.kv_scan_prefix(ITEMS, b"") {
+            for (k, v) in all {
+                let Ok(held) = gestor_sdk::wire::from_cbor::<Held>(&v) else {
+                    continue;
+                };
+                if now.saturating_sub(held.stored_ms) <= ttl {
+                    continue;
+                }
+                let owner = self.responsible(&ctx, held.holder()).unwrap_or(false);
+                if owner && held.bounce.is_none() {
+                    let bounce = Held {
+                        mail: held.mail.clone(),
+                        stored_ms: 0,
+                        bounce: Some(format!(
+                            "not fetched by {} within {} ms",
+                            held.mail.to, ttl
+                        )),
+                    };
+                    // Keep the message until its bounce is held somewhere.
+                    if let Err(e) =
+                        self.route::<_, PutDone>(&held.mail.from, "mailbox.put", &bounce)
+                    {
+                        tracing::warn!(id = %held.mail.id, from = %held.mail.from, "cannot bounce expired mail yet: {e}");
+                        continue;
+                    }
+                    tracing::info!(id = %held.mail.id, from = %held.mail.from, to = %held.mail.to, "expired mail bounced to its sender");
+                }
+                if let Err(e) = self.remove(&ctx, held.holder(), std::slice::from_ref(&held.mail.id))
+                {
+                    tracing::warn!(key = %String::from_utf8_lossy(&k), "cannot expire: {e}");
+                } else if owner {
+                    let pair = (held.holder().to_string(), held.mail.id.clone());
+                    self.queue_copy(|c| c.removed.push(pair));
+                }
+            }
+        }
+        if let Ok(tombs) = store.kv_scan_prefix(ACKED, b"") {
+            for (k, v) in tombs {
+                let until = v
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                if until < now {
+                    let _ = store.kv_delete(ACKED, &k);
+                }
+            }
+        }
+    }
+}
+
+/// Split a change set into requests of at most [`COPY_BATCH`] items.
+fn batches(body: &CopyBody) -> Vec<CopyBody> {
+    let mut out = Vec::new();
+    for chunk in body.removed.chunks(COPY_BATCH) {
+        out.push(CopyBody {
+            puts: Vec::new(),
+            removed: chunk.to_vec(),
+        });
+    }
+    for chunk in body.puts.chunks(COPY_BATCH) {
+        out.push(CopyBody {
+            puts: chunk.to_vec(),
+            removed: Vec::new(),
+        });
+    }
+    out
+}
+
+struct Mailbox {
+    state: Arc<Shared>,
+}
+
+impl Plugin for Mailbox {
+    fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
+        let config: MailboxConfig = ctx.config()?;
+        *self.state.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        *self.state.ctx.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
+
+        // Client-facing: any gestor.
+        let s = self.state.clone();
+        ctx.on("mail.put", move |r: PutMail| {
+            s.route::<_, PutDone>(&r.mail.from.clone(), "mailbox.send", &r)
+        })?;
+        let s = self.state.clone();
+        ctx.on("mail.fetch", move |r: Auth| {
+            s.route::<_, Fetched>(&r.username.clone(), "mailbox.fetch", &r)
+        })?;
+        let s = self.state.clone();
+        ctx.on("mail.ack", move |r: AckBody| {
+            s.route::<_, Acked>(&r.username.clone(), "mailbox.ack", &r)
+        })?;
+
+        // Owner and successor side.
+        let s = self.state.clone();
+        ctx.on("mailbox.send", move |r: PutMail| s.send(r))?;
+        let s = self.state.clone();
+        ctx.on("mailbox.put", move |r: Held| s.put(r))?;
+        let s = self.state.clone();
+        ctx.on("mailbox.fetch", move |r: Auth| s.fetch(r))?;
+        let s = self.state.clone();
+        ctx.on("mailbox.ack", move |r: AckBody| s.ack(r))?;
+        let s = self.state.clone();
+        ctx.on("mailbox.copy", move |r: CopyBody| s.copy(r))?;
+
+        let s = self.state.clone();
+        ctx.every("mailbox-copy", Duration::from_millis(100), move || {
+            s.flush_copies()
+        });
+        let s = self.state.clone();
+        ctx.every(
+            "mailbox-resync",
+            Duration::from_millis(config.resync_every_ms.max(100)),
+            move || s.resync(),
+        );
+        let s = self.state.clone();
+        ctx.every(
+            "mailbox-expire",
+            Duration::from_millis(config.expire_every_ms.max(50)),
+            move || s.expire(),
+        );
+
+        presence::start(&self.state, &ctx, &config)?;
+
+        let s = self.state.clone();
+        let store = ctx.store();
+        ctx.on("status.mailbox", move |_: serde::de::IgnoredAny| {
+            let held = store.kv_scan_prefix(ITEMS, b"")?.len() as u64;
+            let (watched, watchers) = s.presence.counts();
+            Ok(BTreeMap::from([
+                ("held", held),
+                ("watched_users", watched),
+                ("watchers", watchers),
+            ]))
+        })?;
+        Ok(())
+    }
+
+    fn stop(&self) {
+        self.state
+            .ctx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+}
+
+fn make() -> Mailbox {
+    Mailbox {
+        state: Arc::new(Shared {
+            config: Mutex::new(MailboxConfig::default()),
+            ctx: Mutex::new(None),
+            pending: Mutex::new(CopyBody::default()),
+            presence: presence::Watches::default(),
+        }),
+    }
+}
+
+declare_plugin!("gestor_mailbox", make);
