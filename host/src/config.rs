@@ -72,8 +72,6 @@ pub struct TransportSection {
     pub backend: TransportKind,
     pub max_message_bytes: usize,
     pub replier_workers: usize,
-    /// Deadline for requests this node sends to other gestores.
-    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,7 +102,13 @@ pub struct ClockSection {
 }
 
 /// The plugins a node loads when the configuration names none.
-pub const DEFAULT_PLUGINS: &[&str] = &["gestor_ring", "gestor_directory", "gestor_initial", "gestor_mailbox"];
+pub const DEFAULT_PLUGINS: &[&str] = &[
+    "gestor_ring",
+    "gestor_directory",
+    "gestor_initial",
+    "gestor_replica",
+    "gestor_mailbox",
+];
 
 impl Default for NodeSection {
     fn default() -> Self {
@@ -125,7 +129,6 @@ impl Default for TransportSection {
             backend: TransportKind::Nng,
             max_message_bytes: 4 * 1024 * 1024,
             replier_workers: 8,
-            request_timeout_ms: 2000,
         }
     }
 }

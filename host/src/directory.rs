@@ -33,6 +33,9 @@ pub struct Found {
     pub last_seen_ms: u64,
     pub last_update: Timestamp,
     pub gestor: String,
+    /// Signal URL of the responsible gestor (where alive signals go).
+    #[serde(default)]
+    pub signal: String,
     pub hops: u32,
 }
 
@@ -113,6 +116,18 @@ impl Client {
                 username,
                 token,
                 address: Some(address),
+            }),
+        )?)
+    }
+
+    /// Delete the account (password required); leaves a tombstone on the ring.
+    pub fn delete(&mut self, username: &str, password: &str) -> Result<Done, ClientError> {
+        typed(self.call(
+            "user.delete",
+            to_value(&Credentials {
+                username,
+                password,
+                address: None,
             }),
         )?)
     }

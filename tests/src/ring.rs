@@ -28,6 +28,12 @@ tick_every_ms = 50
 
 [plugins.config.gestor_initial]
 gossip_every_ms = 300
+
+[plugins.config.gestor_replica]
+sync_every_ms = 300
+heartbeat_every_ms = 200
+heartbeat_timeout_ms = 2000
+rpc_timeout_ms = 1000
 "#;
 
 pub struct Ring {

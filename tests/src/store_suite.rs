@@ -113,6 +113,7 @@ pub fn record(username: &str, ring_pos: u64, version: Timestamp) -> UserRecord {
         last_seen_ms: version.wall_ms,
         version,
         deleted: false,
+        session_hash: format!("{:064x}", version.logical),
     }
 }
 
@@ -144,6 +145,7 @@ pub fn round_trip_every_field(open: Factory) {
         last_seen_ms: u64::MAX,
         version: ts(u64::MAX, u32::MAX, u64::MAX - 1),
         deleted: false,
+        session_hash: "ab".repeat(32),
     };
     assert_eq!(store.put(&full).unwrap(), PutOutcome::Applied);
     assert_eq!(store.get(&full.username).unwrap(), Some(full.clone()));
@@ -157,6 +159,7 @@ pub fn round_trip_every_field(open: Factory) {
         last_seen_ms: 0,
         version: ts(1, 0, 0),
         deleted: false,
+        session_hash: String::new(),
     };
     assert!(store.put(&plain).unwrap().applied());
     assert_eq!(store.get("bob").unwrap(), Some(plain));

@@ -92,16 +92,15 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
         }
     });
 
-    // Records are spread over the ring and each is held by its owner.
-    let records: u64 = urls
-        .iter()
-        .filter_map(|u| ring.status(u))
-        .filter_map(|s| s.get("records")?.as_u64())
-        .sum();
-    assert_eq!(
-        records, total as u64,
-        "every record stored exactly once (no replication yet)"
-    );
+    // Every record ends up on its owner and 3 successors (4 distinct gestores).
+    let mut last = None;
+    let copied = wait_until(Duration::from_secs(30), || {
+        let report = gestor::copies::run(transport, &urls[0], 3).expect("copies report");
+        let ok = report.records == total && report.under.is_empty() && report.wanted == 4;
+        last = Some((report.records, report.under.len(), report.histogram));
+        ok
+    });
+    assert!(copied, "copy counts never reached 4 per record: {last:?}");
 
     // Authentication: wrong password, a taken name, another user's token.
     let mut c = client(&ring, &urls[3]);

@@ -24,9 +24,10 @@ use gestor_sdk::{
 };
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `[plugins.config.gestor_directory]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -112,7 +113,12 @@ pub struct Found {
     pub online: bool,
     pub last_seen_ms: u64,
     pub last_update: Timestamp,
+    /// Request URL of the responsible gestor.
     pub gestor: String,
+    /// Its signal URL: where the user's alive signals go. Clients refresh it
+    /// from lookups of themselves, since the responsible gestor can change.
+    #[serde(default)]
+    pub signal: String,
     pub hops: u32,
 }
 
@@ -138,9 +144,19 @@ struct Shared {
     ctx: Mutex<Option<PluginContext>>,
     /// Last alive signal per user, wall ms (owner side, memory only).
     alive: Mutex<HashMap<String, u64>>,
+    locks: Vec<Mutex<()>>,
 }
 
-const SESSIONS: &str = "directory.sessions";
+/// Striped locks serialising read-modify-write per user on the owner.
+const USER_LOCKS: usize = 64;
+
+/// Hex SHA-256 of a session token: what the record stores and replicates.
+fn session_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 fn err(code: ErrorCode, message: impl Into<String>) -> HandlerError {
     HandlerError::new(code, message)
@@ -172,31 +188,44 @@ impl Shared {
     ) -> Result<Rep, HandlerError> {
         rules::validate_username(username)?;
         let ctx = self.ctx()?;
-        let timeout = Duration::from_millis(self.config().forward_timeout_ms);
+        let config = self.config();
+        // One attempt may hit a dead owner or a gestor still taking over a
+        // range; retry with fresh lookups until the deadline.
+        let deadline = Instant::now() + Duration::from_millis(config.forward_timeout_ms);
+        let attempt_timeout = Duration::from_millis(config.forward_timeout_ms.clamp(100, 2_000));
         let key = ring_position(username.as_bytes());
-        let mut last = HandlerError::unavailable("no attempt made");
-        for _attempt in 0..3 {
-            let owner: Owner = ctx
-                .call_local("ring.lookup", &KeyBody { key })
-                .map_err(HandlerError::from)?;
-            match ctx.call::<Req, Rep>(&owner.addr, kind, body, timeout) {
-                Ok(mut rep) => {
-                    rep.set_hops(owner.hops);
-                    return Ok(rep);
-                }
-                Err(CallError::Remote(e))
-                    if e.code != ErrorCode::Unavailable && e.code != ErrorCode::Timeout =>
-                {
-                    return Err(e)
-                }
-                Err(e) => {
-                    tracing::debug!(%username, owner = %owner.addr, "forward failed, retrying: {e}");
-                    last = e.into();
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+        let mut last;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match ctx.call_local::<_, Owner>("ring.lookup", &KeyBody { key }) {
+                Ok(owner) => match ctx.call::<Req, Rep>(&owner.addr, kind, body, attempt_timeout) {
+                    Ok(mut rep) => {
+                        rep.set_hops(owner.hops);
+                        return Ok(rep);
+                    }
+                    Err(CallError::Remote(e))
+                        if e.code != ErrorCode::Unavailable && e.code != ErrorCode::Timeout =>
+                    {
+                        return Err(e)
+                    }
+                    Err(e) => {
+                        tracing::debug!(%username, owner = %owner.addr, "forward failed, retrying: {e}");
+                        if matches!(e, CallError::Transport(_)) {
+                            // Route around it before our own failure detection does.
+                            let _ = ctx
+                                .call_local::<_, bool>("ring.suspect", &KeyBody { key: owner.id });
+                        }
+                        last = e.into();
+                    }
+                },
+                Err(e) => last = e.into(),
             }
+            if Instant::now() + backoff > deadline {
+                return Err(last);
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
-        Err(last)
     }
 
     /// Owner side: refuse unless this node is responsible for `username`.
@@ -211,6 +240,20 @@ impl Shared {
                 "{} is not responsible for {username}",
                 ctx.request_url()
             )));
+        }
+        // A gestor that just took over a range (join, or a failed
+        // predecessor) first merges it with its successor's copies.
+        match ctx.call_local::<_, bool>("replica.ready", &KeyBody { key }) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(HandlerError::unavailable(format!(
+                    "{} is still receiving the records for {username}",
+                    ctx.request_url()
+                )))
+            }
+            // Without the replica plugin there is nothing to wait for.
+            Err(CallError::Remote(e)) if e.code == ErrorCode::UnknownKind => {}
+            Err(e) => return Err(e.into()),
         }
         Ok(key)
     }
@@ -253,27 +296,55 @@ impl Shared {
         username: &str,
         token: &str,
     ) -> Result<(), HandlerError> {
-        let stored = ctx.store().kv_get(SESSIONS, username.as_bytes())?;
-        match stored {
-            Some(t) if !token.is_empty() && rules::constant_time_eq(&t, token.as_bytes()) => Ok(()),
-            _ => Err(err(ErrorCode::Unauthorized, "invalid session token")),
+        let record = self.live_record(ctx, username)?;
+        let presented = session_hash(token);
+        if token.is_empty()
+            || record.session_hash.is_empty()
+            || !rules::constant_time_eq(record.session_hash.as_bytes(), presented.as_bytes())
+        {
+            return Err(err(ErrorCode::Unauthorized, "invalid session token"));
         }
+        Ok(())
     }
 
-    /// Write a new version of `record`, stamped now.
+    /// Write a new version of `record` (which holds the version it replaces),
+    /// then have it copied; returns once the replication rule is met
+    /// (docs/ARCHITECTURE.md, "Replication rule").
     fn write(
         &self,
         ctx: &PluginContext,
         mut record: UserRecord,
     ) -> Result<UserRecord, HandlerError> {
-        record.version = ctx.clock().now();
-        match ctx.store().put(&record)? {
-            gestor_sdk::PutOutcome::Applied => Ok(record),
-            gestor_sdk::PutOutcome::Stale { current } => Err(err(
-                ErrorCode::Conflict,
-                format!("a newer version ({current}) is already stored"),
-            )),
+        // The new stamp must exceed the one it replaces even if that came
+        // from a gestor whose clock runs ahead of ours.
+        if record.version != Timestamp::ZERO {
+            ctx.clock()
+                .observe(record.version)
+                .map_err(|e| err(ErrorCode::ClockSkew, e.to_string()))?;
         }
+        record.version = ctx.clock().now();
+        let store = ctx.store();
+        match store.put(&record)? {
+            gestor_sdk::PutOutcome::Applied => {}
+            gestor_sdk::PutOutcome::Stale { current } => {
+                return Err(err(
+                    ErrorCode::Conflict,
+                    format!("a newer version ({current}) is already stored"),
+                ))
+            }
+        }
+        store.flush()?;
+        match ctx.call_local::<_, gestor_sdk::Value>("replica.replicate", &record) {
+            Ok(_) => Ok(record),
+            Err(CallError::Remote(e)) if e.code == ErrorCode::UnknownKind => Ok(record),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Serialise read-modify-write of one user on this owner.
+    fn lock_user(&self, username: &str) -> std::sync::MutexGuard<'_, ()> {
+        let slot = (ring_position(username.as_bytes()) % USER_LOCKS as u64) as usize;
+        self.locks[slot].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn presence(&self, record: &UserRecord, now: u64) -> (bool, u64) {
@@ -296,6 +367,8 @@ impl Shared {
         let ctx = self.ctx()?;
         let ring_pos = self.owner_check(&ctx, &req.username)?;
         rules::validate_password(&req.password)?;
+        let _guard = self.lock_user(&req.username);
+        let mut replaces = Timestamp::ZERO;
         if let Some(existing) = ctx.store().get(&req.username)? {
             if !existing.deleted {
                 return Err(err(
@@ -303,6 +376,8 @@ impl Shared {
                     format!("username {} is taken", req.username),
                 ));
             }
+            // Re-registering a deleted name must outrank its tombstone.
+            replaces = existing.version;
         }
         let address = match &req.address {
             Some(a) => rules::validate_address(a)?.to_string(),
@@ -315,8 +390,9 @@ impl Shared {
             password_hash: self.hash_password(&req.password)?,
             online: false,
             last_seen_ms: 0,
-            version: Timestamp::ZERO,
+            version: replaces,
             deleted: false,
+            session_hash: String::new(),
         };
         self.write(&ctx, record)?;
         tracing::info!(username = %req.username, "registered");
@@ -331,14 +407,15 @@ impl Shared {
         let ctx = self.ctx()?;
         self.owner_check(&ctx, &req.username)?;
         let address = rules::validate_address(req.address.as_deref().unwrap_or(""))?.to_string();
+        let _guard = self.lock_user(&req.username);
         let mut record = self.live_record(&ctx, &req.username)?;
         self.check_password(&record, &req.password)?;
         let mut token_bytes = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut token_bytes);
         let token: String = token_bytes.iter().map(|b| format!("{b:02x}")).collect();
-        ctx.store()
-            .kv_put(SESSIONS, req.username.as_bytes(), token.as_bytes())?;
         let now = system_ms();
+        // Only the hash travels and is stored; a new login replaces the session.
+        record.session_hash = session_hash(&token);
         record.address = address;
         record.online = true;
         record.last_seen_ms = now;
@@ -371,6 +448,7 @@ impl Shared {
             last_seen_ms,
             last_update: record.version,
             gestor: ctx.request_url(),
+            signal: ctx.signal_url(),
             hops: 0,
         })
     }
@@ -380,6 +458,7 @@ impl Shared {
         self.owner_check(&ctx, &req.username)?;
         self.check_token(&ctx, &req.username, &req.token)?;
         let address = rules::validate_address(req.address.as_deref().unwrap_or(""))?.to_string();
+        let _guard = self.lock_user(&req.username);
         let mut record = self.live_record(&ctx, &req.username)?;
         record.address = address;
         record.last_seen_ms = system_ms();
@@ -390,16 +469,39 @@ impl Shared {
     fn logout(&self, req: Authenticated) -> Result<Done, HandlerError> {
         let ctx = self.ctx()?;
         self.owner_check(&ctx, &req.username)?;
+        let _guard = self.lock_user(&req.username);
         self.check_token(&ctx, &req.username, &req.token)?;
         let mut record = self.live_record(&ctx, &req.username)?;
         record.online = false;
         record.last_seen_ms = system_ms();
+        record.session_hash.clear();
         self.write(&ctx, record)?;
-        ctx.store().kv_delete(SESSIONS, req.username.as_bytes())?;
         self.alive
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&req.username);
+        Ok(Done { ok: true, hops: 0 })
+    }
+
+    /// Remove the account: a tombstone, copied like any write, so an older
+    /// copy can never bring the user back.
+    fn delete(&self, req: Credentials) -> Result<Done, HandlerError> {
+        let ctx = self.ctx()?;
+        self.owner_check(&ctx, &req.username)?;
+        let _guard = self.lock_user(&req.username);
+        let mut record = self.live_record(&ctx, &req.username)?;
+        self.check_password(&record, &req.password)?;
+        record.deleted = true;
+        record.online = false;
+        record.address.clear();
+        record.password_hash.clear();
+        record.session_hash.clear();
+        self.write(&ctx, record)?;
+        self.alive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req.username);
+        tracing::info!(username = %req.username, "deleted");
         Ok(Done { ok: true, hops: 0 })
     }
 
@@ -423,6 +525,7 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .insert(alive.username.clone(), now);
         // A user who had been swept offline comes back with a versioned write.
+        let _guard = self.lock_user(&alive.username);
         if let Ok(mut record) = self.live_record(&ctx, &alive.username) {
             if !record.online || was_known.is_none() {
                 record.online = true;
@@ -452,6 +555,7 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&username);
+            let _guard = self.lock_user(&username);
             if let Ok(mut record) = self.live_record(&ctx, &username) {
                 if record.online {
                     record.online = false;
@@ -521,6 +625,12 @@ impl Plugin for Directory {
         ctx.on("dir.set_address", move |r: Authenticated| s.set_address(r))?;
         let s = self.state.clone();
         ctx.on("dir.logout", move |r: Authenticated| s.logout(r))?;
+        let s = self.state.clone();
+        ctx.on("dir.delete", move |r: Credentials| s.delete(r))?;
+        let s = self.state.clone();
+        ctx.on("user.delete", move |r: Credentials| {
+            s.route::<_, Done>(&r.username.clone(), "dir.delete", &r)
+        })?;
         // For other plugins on the owner (e.g. a mailbox): is this token the
         // user's current session? Answers a bool; never forwards.
         let s = self.state.clone();
@@ -561,6 +671,7 @@ fn make() -> Directory {
             config: Mutex::new(DirectoryConfig::default()),
             ctx: Mutex::new(None),
             alive: Mutex::new(HashMap::new()),
+            locks: (0..USER_LOCKS).map(|_| Mutex::new(())).collect(),
         }),
     }
 }

@@ -8,7 +8,8 @@
 //! `ring.lookup` (a local call), which runs an iterative `Lookup`.
 //!
 //! Request kinds: `ring.rpc`, `ring.whoami`, `ring.lookup`, `ring.responsible`,
-//! `ring.neighbours`, and the status section `status.ring`.
+//! `ring.neighbours`, `ring.suspect` (local: a peer seen dead elsewhere), and
+//! the status section `status.ring`.
 
 use gestor_chord::{
     Config as ChordConfig, Failure, Lookup, LookupAction, Node, Outbound, Peer, Request, Response,
@@ -314,6 +315,16 @@ impl Plugin for Ring {
                 predecessor: node.predecessor().cloned(),
                 successors: node.successors().to_vec(),
             })
+        })?;
+        // Another plugin found this peer unreachable: stop routing through it
+        // now rather than after our own failure detection notices.
+        let s = shared.clone();
+        ctx.on("ring.suspect", move |body: KeyBody| {
+            let mut node = s.node();
+            if body.key != node.me().id {
+                node.peer_failed(body.key);
+            }
+            Ok(true)
         })?;
         let s = shared.clone();
         ctx.on(

@@ -35,6 +35,11 @@ pub struct UserRecord {
     pub version: Timestamp,
     /// Tombstone marker.
     pub deleted: bool,
+    /// SHA-256 (hex) of the user's current session token; empty when logged
+    /// out. Replicated with the record so a gestor that takes over a user's
+    /// range also recognises the session.
+    #[serde(default)]
+    pub session_hash: String,
 }
 
 /// Result of a last-writer-wins write.
@@ -80,6 +85,7 @@ pub trait Store: Send + Sync {
             last_seen_ms: 0,
             version,
             deleted: true,
+            session_hash: String::new(),
         })
     }
 

@@ -16,7 +16,8 @@
 //!     online        INTEGER NOT NULL,      -- 0 / 1
 //!     last_seen_ms  INTEGER NOT NULL,      -- u64 bits stored as i64
 //!     version       BLOB NOT NULL,         -- HLC: wall_ms(8) logical(4) node(8), big-endian
-//!     deleted       INTEGER NOT NULL       -- 1 = tombstone
+//!     deleted       INTEGER NOT NULL,      -- 1 = tombstone
+//!     session_hash  TEXT NOT NULL          -- SHA-256 (hex) of the session token, or ''
 //! );
 //! CREATE INDEX users_ring_pos ON users(ring_pos);
 //! CREATE TABLE kv (
@@ -66,7 +67,8 @@ CREATE TABLE IF NOT EXISTS users (
     online        INTEGER NOT NULL,
     last_seen_ms  INTEGER NOT NULL,
     version       BLOB NOT NULL,
-    deleted       INTEGER NOT NULL
+    deleted       INTEGER NOT NULL,
+    session_hash  TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS users_ring_pos ON users(ring_pos);
 CREATE TABLE IF NOT EXISTS kv (
@@ -78,7 +80,7 @@ CREATE TABLE IF NOT EXISTS kv (
 ";
 
 const USER_COLUMNS: &str =
-    "username, ring_pos, address, password_hash, online, last_seen_ms, version, deleted";
+    "username, ring_pos, address, password_hash, online, last_seen_ms, version, deleted, session_hash";
 
 /// SQLite-backed [`Store`]. One connection behind a mutex: SQLite serialises
 /// writers anyway, and the directory's reads are short point lookups.
@@ -158,6 +160,7 @@ struct RawUser {
     last_seen_ms: i64,
     version: Vec<u8>,
     deleted: i64,
+    session_hash: String,
 }
 
 fn raw_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawUser> {
@@ -170,6 +173,7 @@ fn raw_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawUser> {
         last_seen_ms: row.get(5)?,
         version: row.get(6)?,
         deleted: row.get(7)?,
+        session_hash: row.get(8)?,
     })
 }
 
@@ -312,6 +316,7 @@ impl SqliteStore {
             last_seen_ms: raw.last_seen_ms as u64,
             version,
             deleted: raw.deleted != 0,
+            session_hash: raw.session_hash,
         })
     }
 
@@ -350,7 +355,7 @@ impl Store for SqliteStore {
         // One statement: the LWW comparison and the write are atomic.
         let changed = conn
             .prepare_cached(&format!(
-                "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(username) DO UPDATE SET
                      ring_pos = excluded.ring_pos,
                      address = excluded.address,
@@ -358,7 +363,8 @@ impl Store for SqliteStore {
                      online = excluded.online,
                      last_seen_ms = excluded.last_seen_ms,
                      version = excluded.version,
-                     deleted = excluded.deleted
+                     deleted = excluded.deleted,
+                     session_hash = excluded.session_hash
                  WHERE excluded.version > users.version"
             ))
             .and_then(|mut stmt| {
@@ -371,6 +377,7 @@ impl Store for SqliteStore {
                     record.last_seen_ms as i64,
                     &version_blob(&record.version)[..],
                     record.deleted as i64,
+                    record.session_hash,
                 ])
             })
             .map_err(backend_err)?;
