@@ -2,6 +2,7 @@
 //! implements the SDK's [`Host`](gestor_sdk::Host), and a client used by the CLI.
 
 pub mod bench;
+pub mod chat;
 pub mod client;
 pub mod config;
 pub mod copies;

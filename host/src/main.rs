@@ -119,6 +119,12 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Interactive chat: log in, receive on --address, send, watch contacts (/help).
+    Chat(gestor::chat::cli::ChatArgs),
+    /// Send one chat message: directly if TO is online, else to TO's mailbox (or the outbox).
+    Send(gestor::chat::cli::SendArgs),
+    /// Fetch USER's mailbox and print every message received, in order per sender.
+    Inbox(gestor::chat::cli::InboxArgs),
     /// Send any request kind with a JSON body (e.g. to a plugin) and print the reply.
     Call {
         /// Request kind, e.g. `echo.say`.
@@ -279,6 +285,9 @@ fn describe(e: ClientError) -> anyhow::Error {
 fn run_client_command(command: Command) -> Result<()> {
     match command {
         Command::Node(_) => unreachable!("handled in main"),
+        Command::Chat(args) => gestor::chat::cli::chat(args),
+        Command::Send(args) => gestor::chat::cli::send(args),
+        Command::Inbox(args) => gestor::chat::cli::inbox(args),
         Command::Status { client: args } => {
             let reply = client(&args)
                 .call("node.status", Value::Null)

@@ -1,0 +1,946 @@
+//! The chat client library, used by `gestor chat`/`send`/`inbox`, the tests
+//! and the examples.
+//!
+//! A [`ChatClient`] logs a user in with the address it listens on and runs
+//! the three client processes of the seed:
+//!
+//! * **send-alive** — a thread publishing alive signals to the user's
+//!   responsible gestor (PUB-SUB, [`AliveSender`]) and renewing the presence
+//!   subscription to the user's contacts (`presence.watch`);
+//! * **receive** — a replier bound on `tcp://ADDRESS`, with the ring's
+//!   transport, serving `chat.message` (store, de-duplicate by id, keep order
+//!   per sender, acknowledge) and `chat.presence` (pushed by gestores);
+//! * **send-pending** — a thread draining the on-disk outbox in order per
+//!   recipient: directly to an online recipient, else into the recipient's
+//!   mailbox on the ring (unless disabled). It sleeps until woken by a new
+//!   message or a presence event; a slow timer is only the fallback.
+//!
+//! The pieces the CLI uses one-shot ([`ChatStore`], [`Session`] handling,
+//! [`deliver_pending`], [`fetch_mailbox`]) are public too. Wire formats are
+//! in docs/PROTOCOL.md, "Chat, mailbox and presence".
+
+pub mod cli;
+pub mod store;
+
+pub use store::{Accepted, ChatStore, Outgoing};
+
+use crate::client::{Client, ClientError};
+use crate::config::TransportKind;
+use crate::directory::{AliveSender, Found, Session};
+use crate::runtime::build_transport;
+use crossbeam_channel::{Receiver, Sender};
+use gestor_sdk::hlc::system_ms;
+use gestor_sdk::transport::{Replier, Transport, TransportOptions};
+use gestor_sdk::wire::{from_cbor, to_cbor, to_value, Reply, Request};
+use gestor_sdk::{ErrorCode, HandlerError, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A chat message, as sent peer to peer (`chat.message`) and through mailboxes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// 32 lowercase hex digits, random; the de-duplication key.
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    /// 1, 2, 3… per sender→recipient pair.
+    pub seq: u64,
+    /// Sender's wall clock when written (ms since the Unix epoch).
+    pub sent_ms: u64,
+    pub text: String,
+}
+
+/// A message of ours that could not be delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    #[serde(flatten)]
+    pub message: ChatMessage,
+    pub reason: String,
+    pub reported_ms: u64,
+}
+
+/// A contact's presence, as `presence.watch` answers and `chat.presence` pushes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub user: String,
+    pub exists: bool,
+    pub online: bool,
+    pub address: String,
+    pub last_seen_ms: u64,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// How a message left the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    Direct,
+    Mailbox,
+}
+
+/// What a running client reports to its user interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatEvent {
+    /// Delivered to our inbox (in order per sender).
+    Message(ChatMessage),
+    /// A contact came online, went offline or changed address.
+    Presence(Presence),
+    /// One of our messages left the outbox.
+    Sent {
+        id: String,
+        to: String,
+        seq: u64,
+        via: Via,
+    },
+    /// One of our messages will not be delivered.
+    Undeliverable(Failure),
+    /// Something went wrong in a background thread (already logged).
+    Problem(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("chat state: {0}")]
+    Io(String),
+    #[error("transport: {0}")]
+    Transport(#[from] gestor_sdk::TransportError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl ChatError {
+    /// The wire error code when a gestor answered with an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ChatError::Client(ClientError::Remote(h)) => Some(h.code),
+            _ => None,
+        }
+    }
+}
+
+/// A new random message id.
+pub fn new_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `tcp://ADDRESS`: where a client with login address `ADDRESS` listens.
+pub fn listen_url(address: &str) -> String {
+    format!("tcp://{address}")
+}
+
+/// Settings of a [`ChatClient`] and of the one-shot helpers.
+#[derive(Debug, Clone)]
+pub struct ChatOptions {
+    pub username: String,
+    pub password: String,
+    /// `host:port` this client listens on; sent as the login address.
+    pub address: String,
+    pub transport: TransportKind,
+    /// Gestor request URLs to start from.
+    pub gestores: Vec<String>,
+    /// `$GESTOR_HOME`: sessions and `chat/USER/` live here.
+    pub home: PathBuf,
+    /// Deadline of one request to a gestor or a peer.
+    pub timeout: Duration,
+    /// Leave messages for offline recipients in their mailbox.
+    pub use_mailbox: bool,
+    /// A message still in the outbox after this long is reported undeliverable.
+    pub max_age: Duration,
+    /// Fallback: retry the outbox this often even without a presence event.
+    pub retry_every: Duration,
+    /// Fallback: fetch the mailbox this often while online.
+    pub mailbox_every: Duration,
+    /// How long a message that arrived out of order waits for the missing ones.
+    pub gap_wait: Duration,
+    /// Users to watch (added to the saved contacts).
+    pub contacts: Vec<String>,
+}
+
+impl ChatOptions {
+    pub fn new(username: &str, password: &str, address: &str, gestores: Vec<String>) -> Self {
+        ChatOptions {
+            username: username.to_string(),
+            password: password.to_string(),
+            address: address.to_string(),
+            transport: TransportKind::Nng,
+            gestores,
+            home: crate::sessions::home(),
+            timeout: Duration::from_secs(5),
+            use_mailbox: true,
+            max_age: Duration::from_secs(24 * 3600),
+            retry_every: Duration::from_secs(5),
+            mailbox_every: Duration::from_secs(30),
+            gap_wait: Duration::from_secs(5),
+            contacts: Vec::new(),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        let mut c = Client::new(
+            build_transport(self.transport),
+            self.gestores.clone(),
+            self.timeout,
+        );
+        c.add_fallbacks(&load_json::<Vec<String>>(&self.home.join("initial_gestors.json")).unwrap_or_default());
+        c
+    }
+}
+
+fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+// ---- sessions (same files as `gestor login`) ---------------------------------
+
+fn session_path(home: &Path, user: &str) -> PathBuf {
+    home.join("sessions").join(format!("{user}.json"))
+}
+
+pub fn load_session(home: &Path, user: &str) -> Option<Session> {
+    load_json(&session_path(home, user))
+}
+
+pub fn save_session(home: &Path, session: &Session) -> Result<(), ChatError> {
+    store::write_atomic(&session_path(home, &session.username), session)
+}
+
+/// Remember the newest initial-gestors list, as the CLI does.
+pub fn remember_gestores(home: &Path, client: &Client) {
+    if !client.initial_gestors().is_empty() {
+        let _ = store::write_atomic(&home.join("initial_gestors.json"), &client.initial_gestors());
+    }
+}
+
+/// Log in with `address` and save the session.
+pub fn login(
+    client: &mut Client,
+    home: &Path,
+    user: &str,
+    password: &str,
+    address: &str,
+) -> Result<Session, ChatError> {
+    if password.is_empty() {
+        return Err(ChatError::Usage(format!(
+            "{user} must log in: a password is required (--password or GESTOR_PASSWORD)"
+        )));
+    }
+    let session = client.login(user, password, address)?;
+    save_session(home, &session)?;
+    remember_gestores(home, client);
+    Ok(session)
+}
+
+// ---- requests ----------------------------------------------------------------
+
+#[derive(Serialize)]
+struct AuthBody<'a> {
+    username: &'a str,
+    token: &'a str,
+}
+
+#[derive(Serialize)]
+struct PutBody<'a> {
+    token: &'a str,
+    #[serde(flatten)]
+    message: &'a ChatMessage,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Fetched {
+    messages: Vec<ChatMessage>,
+    bounces: Vec<Bounced>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Bounced {
+    #[serde(flatten)]
+    message: ChatMessage,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Watching {
+    contacts: Vec<Presence>,
+    ttl_ms: u64,
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ChatError> {
+    v.deserialized().map_err(|e| {
+        ChatError::Client(ClientError::Malformed {
+            url: "reply body".into(),
+            reason: e.to_string(),
+        })
+    })
+}
+
+/// Leave `message` in its recipient's mailbox (`mail.put`).
+pub fn put_in_mailbox(
+    client: &mut Client,
+    session: &Session,
+    message: &ChatMessage,
+) -> Result<bool, ChatError> {
+    #[derive(Deserialize)]
+    struct PutDone {
+        stored: bool,
+    }
+    let done: PutDone = typed(client.call(
+        "mail.put",
+        to_value(&PutBody {
+            token: &session.token,
+            message,
+        }),
+    )?)?;
+    Ok(done.stored)
+}
+
+/// Send `message` straight to the recipient's client at `address`; true when
+/// the recipient acknowledged it (stored, held or already had it).
+pub fn send_direct(
+    transport: Arc<dyn Transport>,
+    address: &str,
+    message: &ChatMessage,
+    timeout: Duration,
+) -> Result<Accepted, ChatError> {
+    #[derive(Deserialize)]
+    struct Ack {
+        status: Accepted,
+    }
+    let mut peer = Client::new(transport, vec![listen_url(address)], timeout);
+    let ack: Ack = typed(peer.call("chat.message", to_value(message))?)?;
+    Ok(ack.status)
+}
+
+/// What one pass over the outbox did.
+#[derive(Debug, Default, Clone)]
+pub struct PassReport {
+    pub sent: Vec<(ChatMessage, Via)>,
+    pub failed: Vec<Failure>,
+    /// Messages still waiting.
+    pub waiting: usize,
+    /// The session token was refused: log in again.
+    pub unauthorized: bool,
+}
+
+/// One send-pending pass: hand off the outbox, in order per recipient
+/// (optionally only messages to `only`). Stops at the first message to a
+/// recipient that cannot be handed off, so a later one never overtakes it.
+pub fn deliver_pending(
+    client: &mut Client,
+    transport: Arc<dyn Transport>,
+    store: &ChatStore,
+    session: &Session,
+    opts: &ChatOptions,
+    only: Option<&str>,
+) -> Result<PassReport, ChatError> {
+    let mut report = PassReport::default();
+    let now = system_ms();
+    let max_age = opts.max_age.as_millis() as u64;
+    let mut by_peer: BTreeMap<String, Vec<Outgoing>> = BTreeMap::new();
+    for m in store.outbox()? {
+        if now.saturating_sub(m.message.sent_ms) > max_age {
+            let reason = format!("not delivered within {} ms", max_age);
+            report.failed.push(store.give_up(&m.message, &reason, now)?);
+            continue;
+        }
+        by_peer.entry(m.message.to.clone()).or_default().push(m);
+    }
+    for (peer, messages) in by_peer {
+        if only.is_some_and(|o| o != peer) {
+            report.waiting += messages.len();
+            continue;
+        }
+        let found = match client.lookup(&peer) {
+            Ok(f) => Some(f),
+            Err(ClientError::Remote(h)) if h.code == ErrorCode::NotFound => {
+                for m in &messages {
+                    let reason = format!("no such user {peer}");
+                    report.failed.push(store.give_up(&m.message, &reason, now)?);
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "lookup failed: {e}");
+                None
+            }
+        };
+        let mut remaining = messages.len();
+        for m in &messages {
+            let mut via = None;
+            if let Some(f) = found.as_ref().filter(|f| f.online && !f.address.is_empty()) {
+                match send_direct(transport.clone(), &f.address, &m.message, opts.timeout) {
+                    Ok(_) => via = Some(Via::Direct),
+                    Err(e) => tracing::debug!(%peer, address = %f.address, "direct send failed: {e}"),
+                }
+            }
+            if via.is_none() && m.mailbox && found.is_some() {
+                match put_in_mailbox(client, session, &m.message) {
+                    Ok(_) => via = Some(Via::Mailbox),
+                    Err(e) if e.code() == Some(ErrorCode::Unauthorized) => {
+                        report.unauthorized = true;
+                    }
+                    Err(e) => tracing::debug!(%peer, "mailbox put failed: {e}"),
+                }
+            }
+            let Some(via) = via else { break };
+            store.sent(&m.message.id)?;
+            remaining -= 1;
+            report.sent.push((m.message.clone(), via));
+        }
+        report.waiting += remaining;
+        if report.unauthorized {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// What a mailbox fetch did.
+#[derive(Debug, Default, Clone)]
+pub struct FetchReport {
+    /// Newly delivered to the inbox, in order.
+    pub delivered: Vec<ChatMessage>,
+    pub fetched: usize,
+    /// Bounces of our own messages, newly recorded.
+    pub bounced: Vec<Failure>,
+}
+
+/// Fetch the user's mailbox, deliver its messages to the inbox (de-duplicated,
+/// in order) and acknowledge them.
+pub fn fetch_mailbox(
+    client: &mut Client,
+    store: &ChatStore,
+    session: &Session,
+) -> Result<FetchReport, ChatError> {
+    let fetched: Fetched = typed(client.call(
+        "mail.fetch",
+        to_value(&AuthBody {
+            username: &session.username,
+            token: &session.token,
+        }),
+    )?)?;
+    let now = system_ms();
+    let mut report = FetchReport {
+        fetched: fetched.messages.len(),
+        ..FetchReport::default()
+    };
+    let mut ids = Vec::new();
+    for m in &fetched.messages {
+        if m.to != session.username {
+            continue;
+        }
+        let (_, delivered) = store.accept(m, now)?;
+        report.delivered.extend(delivered);
+        ids.push(m.id.clone());
+    }
+    for b in fetched.bounces {
+        let failure = Failure {
+            message: b.message,
+            reason: b.reason,
+            reported_ms: now,
+        };
+        ids.push(failure.message.id.clone());
+        if store.record_failure(&failure)? {
+            report.bounced.push(failure);
+        }
+    }
+    if !ids.is_empty() {
+        #[derive(Serialize)]
+        struct Ack<'a> {
+            username: &'a str,
+            token: &'a str,
+            ids: &'a [String],
+        }
+        client.call(
+            "mail.ack",
+            to_value(&Ack {
+                username: &session.username,
+                token: &session.token,
+                ids: &ids,
+            }),
+        )?;
+    }
+    Ok(report)
+}
+
+/// Subscribe `session`'s user to presence events about `contacts`.
+pub fn watch(
+    client: &mut Client,
+    session: &Session,
+    contacts: &[String],
+) -> Result<(Vec<Presence>, Duration), ChatError> {
+    #[derive(Serialize)]
+    struct W<'a> {
+        username: &'a str,
+        token: &'a str,
+        contacts: &'a [String],
+    }
+    let w: Watching = typed(client.call(
+        "presence.watch",
+        to_value(&W {
+            username: &session.username,
+            token: &session.token,
+            contacts,
+        }),
+    )?)?;
+    Ok((w.contacts, Duration::from_millis(w.ttl_ms.max(300))))
+}
+
+// ---- the running client ------------------------------------------------------
+
+struct Inner {
+    opts: ChatOptions,
+    store: ChatStore,
+    transport: Arc<dyn Transport>,
+    session: Mutex<Session>,
+    events: Sender<ChatEvent>,
+    stop: AtomicBool,
+    /// Set when send-pending should run now.
+    wake: (Mutex<bool>, Condvar),
+    /// Set when the presence subscription must be renewed now.
+    rewatch: AtomicBool,
+    presence: Mutex<HashMap<String, Presence>>,
+}
+
+impl Inner {
+    fn emit(&self, e: ChatEvent) {
+        let _ = self.events.send(e);
+    }
+
+    fn wake_sender(&self) {
+        let (lock, cv) = &self.wake;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+
+    /// Sleep until woken or `timeout`; returns early on stop.
+    fn wait(&self, timeout: Duration) {
+        let (lock, cv) = &self.wake;
+        let mut woken = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let until = Instant::now() + timeout;
+        while !*woken && !self.stop.load(Ordering::SeqCst) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            woken = cv
+                .wait_timeout(woken, left.min(Duration::from_millis(200)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        *woken = false;
+    }
+
+    fn session(&self) -> Session {
+        self.session.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn relogin(&self, client: &mut Client) -> Result<(), ChatError> {
+        let s = login(
+            client,
+            &self.opts.home,
+            &self.opts.username,
+            &self.opts.password,
+            &self.opts.address,
+        )?;
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = s;
+        self.rewatch.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The receive side: one request from a peer or a gestor.
+    fn handle(&self, frame: &[u8]) -> Vec<u8> {
+        let result = match from_cbor::<Request>(frame) {
+            Err(e) => Err(HandlerError::new(ErrorCode::Malformed, e)),
+            Ok(req) => self.dispatch(&req.kind, &req.body),
+        };
+        to_cbor(&Reply::from_result(result))
+    }
+
+    fn dispatch(&self, kind: &str, body: &Value) -> Result<Value, HandlerError> {
+        match kind {
+            "chat.message" => {
+                let m: ChatMessage = gestor_sdk::wire::from_value(body)?;
+                if m.to != self.opts.username {
+                    // The address now belongs to someone else: not delivered.
+                    return Err(HandlerError::new(
+                        ErrorCode::NotFound,
+                        format!("this is {}, not {}", self.opts.username, m.to),
+                    ));
+                }
+                let (status, delivered) = self
+                    .store
+                    .accept(&m, system_ms())
+                    .map_err(|e| HandlerError::internal(e.to_string()))?;
+                if status == Accepted::Held {
+                    // A gap: the missing ones may be in the mailbox.
+                    self.wake_sender();
+                }
+                let _ = self.store.add_contacts(std::slice::from_ref(&m.from));
+                for d in delivered {
+                    self.emit(ChatEvent::Message(d));
+                }
+                #[derive(Serialize)]
+                struct Ack<'a> {
+                    id: &'a str,
+                    status: Accepted,
+                }
+                Ok(to_value(&Ack {
+                    id: &m.id,
+                    status,
+                }))
+            }
+            "chat.presence" => {
+                let p: Presence = gestor_sdk::wire::from_value(body)?;
+                self.presence
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(p.user.clone(), p.clone());
+                if p.online {
+                    // Act on it now instead of waiting for the fallback timer.
+                    self.wake_sender();
+                }
+                self.emit(ChatEvent::Presence(p));
+                Ok(Value::Bool(true))
+            }
+            "node.ping" => Ok(Value::Text("pong".into())),
+            other => Err(HandlerError::new(
+                ErrorCode::UnknownKind,
+                format!("a chat client does not serve {other:?}"),
+            )),
+        }
+    }
+
+    fn send_alive_loop(&self) {
+        let mut alive: Option<AliveSender> = None;
+        let mut client = self.opts.client();
+        let mut next_watch = Instant::now();
+        let mut token = String::new();
+        while !self.stop.load(Ordering::SeqCst) {
+            let session = self.session();
+            if token != session.token {
+                token = session.token.clone();
+                alive = match AliveSender::new(self.transport.as_ref(), &session) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        tracing::warn!("cannot open the alive publisher: {e}");
+                        None
+                    }
+                };
+            }
+            if let Some(a) = alive.as_mut() {
+                if let Err(e) = a.beat() {
+                    tracing::debug!("alive signal: {e}");
+                }
+            }
+            if self.rewatch.swap(false, Ordering::SeqCst) || Instant::now() >= next_watch {
+                let contacts = self.store.contacts().unwrap_or_default();
+                next_watch = Instant::now() + Duration::from_secs(5);
+                if !contacts.is_empty() {
+                    match watch(&mut client, &session, &contacts) {
+                        Ok((list, ttl)) => {
+                            next_watch = Instant::now() + ttl / 3;
+                            let mut known = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+                            for p in list {
+                                let changed = known.get(&p.user).map(|k| (k.online, &k.address))
+                                    != Some((p.online, &p.address));
+                                known.insert(p.user.clone(), p.clone());
+                                if changed {
+                                    if p.online {
+                                        self.wake_sender();
+                                    }
+                                    self.emit(ChatEvent::Presence(p));
+                                }
+                            }
+                        }
+                        Err(e) => tracing::debug!("presence.watch: {e}"),
+                    }
+                }
+            }
+            let every = Duration::from_millis(session.alive_every_ms.max(50));
+            let until = Instant::now() + every;
+            while Instant::now() < until
+                && !self.stop.load(Ordering::SeqCst)
+                && !self.rewatch.load(Ordering::SeqCst)
+            {
+                std::thread::sleep(Duration::from_millis(25).min(every));
+            }
+        }
+    }
+
+    fn send_pending_loop(&self) {
+        let mut client = self.opts.client();
+        let mut last_fetch = Instant::now();
+        while !self.stop.load(Ordering::SeqCst) {
+            self.send_pending_pass(&mut client);
+            let held = self.store.held_count().unwrap_or(0);
+            if held > 0 || last_fetch.elapsed() >= self.opts.mailbox_every {
+                last_fetch = Instant::now();
+                self.fetch(&mut client);
+            }
+            if held > 0 {
+                match self
+                    .store
+                    .release_held(self.opts.gap_wait.as_millis() as u64, system_ms())
+                {
+                    Ok(list) => list
+                        .into_iter()
+                        .for_each(|m| self.emit(ChatEvent::Message(m))),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+            let wait = if held > 0 {
+                Duration::from_millis(500).min(self.opts.retry_every)
+            } else {
+                self.opts.retry_every
+            };
+            self.wait(wait);
+        }
+    }
+
+    fn send_pending_pass(&self, client: &mut Client) -> usize {
+        let session = self.session();
+        match deliver_pending(
+            client,
+            self.transport.clone(),
+            &self.store,
+            &session,
+            &self.opts,
+            None,
+        ) {
+            Ok(report) => {
+                for (m, via) in report.sent {
+                    self.emit(ChatEvent::Sent {
+                        id: m.id,
+                        to: m.to,
+                        seq: m.seq,
+                        via,
+                    });
+                }
+                for f in report.failed {
+                    self.emit(ChatEvent::Undeliverable(f));
+                }
+                if report.unauthorized {
+                    if let Err(e) = self.relogin(client) {
+                        self.emit(ChatEvent::Problem(format!("log in again: {e}")));
+                    }
+                }
+                report.waiting
+            }
+            Err(e) => {
+                tracing::warn!("send-pending: {e}");
+                self.emit(ChatEvent::Problem(e.to_string()));
+                usize::MAX
+            }
+        }
+    }
+
+    fn fetch(&self, client: &mut Client) {
+        match fetch_mailbox(client, &self.store, &self.session()) {
+            Ok(r) => {
+                r.delivered
+                    .into_iter()
+                    .for_each(|m| self.emit(ChatEvent::Message(m)));
+                r.bounced
+                    .into_iter()
+                    .for_each(|f| self.emit(ChatEvent::Undeliverable(f)));
+            }
+            Err(e) => tracing::debug!("mailbox fetch: {e}"),
+        }
+    }
+}
+
+/// A logged-in chat user with its three threads running.
+pub struct ChatClient {
+    inner: Arc<Inner>,
+    events: Receiver<ChatEvent>,
+    threads: Vec<JoinHandle<()>>,
+    replier: Option<Box<dyn Replier>>,
+    /// Delivered from the mailbox at login, before the threads started.
+    pub initial: FetchReport,
+}
+
+impl ChatClient {
+    /// Log in with `opts.address`, deliver the mailbox, bind the receiver on
+    /// `tcp://ADDRESS` and start send-alive and send-pending.
+    pub fn start(opts: ChatOptions) -> Result<ChatClient, ChatError> {
+        let store = ChatStore::open(&opts.home, &opts.username)?;
+        store.add_contacts(&opts.contacts)?;
+        store.set_address(&opts.address)?;
+        let transport = build_transport(opts.transport);
+        let mut client = opts.client();
+        let session = login(
+            &mut client,
+            &opts.home,
+            &opts.username,
+            &opts.password,
+            &opts.address,
+        )?;
+        // The mailbox first, then the receiver: what waited for us comes
+        // before anything sent to us directly from now on.
+        let initial = fetch_mailbox(&mut client, &store, &session)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let inner = Arc::new(Inner {
+            opts: opts.clone(),
+            store,
+            transport: transport.clone(),
+            session: Mutex::new(session),
+            events: tx,
+            stop: AtomicBool::new(false),
+            wake: (Mutex::new(true), Condvar::new()),
+            rewatch: AtomicBool::new(true),
+            presence: Mutex::new(HashMap::new()),
+        });
+        let handler_inner = inner.clone();
+        let handler = Arc::new(move |frame: &[u8]| handler_inner.handle(frame));
+        let replier = transport.replier(
+            &listen_url(&opts.address),
+            handler,
+            &TransportOptions {
+                replier_workers: 2,
+                ..TransportOptions::default()
+            },
+        )?;
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: fn(&Inner), inner: Arc<Inner>| {
+            std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || f(&inner))
+                .map_err(|e| ChatError::Io(format!("cannot start thread {}: {e}", name)))
+        };
+        threads.push(spawn("send-alive", Inner::send_alive_loop, inner.clone())?);
+        threads.push(spawn("send-pending", Inner::send_pending_loop, inner.clone())?);
+        Ok(ChatClient {
+            inner,
+            events: rx,
+            threads,
+            replier: Some(replier),
+            initial,
+        })
+    }
+
+    pub fn username(&self) -> &str {
+        &self.inner.opts.username
+    }
+
+    pub fn session(&self) -> Session {
+        self.inner.session()
+    }
+
+    pub fn store(&self) -> &ChatStore {
+        &self.inner.store
+    }
+
+    /// Events for the user interface (messages, presence, sent, undeliverable).
+    pub fn events(&self) -> &Receiver<ChatEvent> {
+        &self.events
+    }
+
+    /// Queue `text` for `to` and wake send-pending; returns the message.
+    pub fn send(&self, to: &str, text: &str) -> Result<ChatMessage, ChatError> {
+        let m = self
+            .inner
+            .store
+            .enqueue(to, text, self.inner.opts.use_mailbox, system_ms())?;
+        self.add_contact(to)?;
+        self.inner.wake_sender();
+        Ok(m)
+    }
+
+    /// Watch `user` from now on (saved in the contacts).
+    pub fn add_contact(&self, user: &str) -> Result<(), ChatError> {
+        if self.inner.store.add_contacts(&[user.to_string()])? {
+            self.inner.rewatch.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Ask the ring where `user` is now.
+    pub fn lookup(&self, user: &str) -> Result<Found, ChatError> {
+        Ok(self.inner.opts.client().lookup(user)?)
+    }
+
+    /// Contacts with their last known presence (from events or the subscription).
+    pub fn contacts(&self) -> Result<Vec<(String, Option<Presence>)>, ChatError> {
+        let known = self
+            .inner
+            .presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(self
+            .inner
+            .store
+            .contacts()?
+            .into_iter()
+            .map(|c| {
+                let p = known.get(&c).cloned();
+                (c, p)
+            })
+            .collect())
+    }
+
+    pub fn inbox(&self) -> Result<Vec<ChatMessage>, ChatError> {
+        self.inner.store.inbox()
+    }
+
+    pub fn outbox_len(&self) -> Result<usize, ChatError> {
+        Ok(self.inner.store.outbox()?.len())
+    }
+
+    /// Wait until the outbox is empty or `deadline` passes; true when empty.
+    pub fn flush(&self, deadline: Duration) -> bool {
+        let until = Instant::now() + deadline;
+        loop {
+            if self.outbox_len().map(|n| n == 0).unwrap_or(false) {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            self.inner.wake_sender();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop the threads and the receiver, without logging out (the user
+    /// then goes offline when its alive signals lapse — like a crash).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    /// Log out (offline at once) and stop.
+    pub fn quit(mut self) -> Result<(), ChatError> {
+        self.shutdown();
+        let session = self.inner.session();
+        let mut client = self.inner.opts.client();
+        client.logout(&session.username, &session.token)?;
+        let _ = std::fs::remove_file(session_path(&self.inner.opts.home, &session.username));
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        self.inner.wake_sender();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.replier.take();
+    }
+}
+
+impl Drop for ChatClient {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
