@@ -2,6 +2,7 @@
 //! instantiated per backend by the files in `tests/tests/`), and helpers that
 //! run real `gestor` processes.
 
+pub mod chat;
 pub mod cluster;
 pub mod ports;
 pub mod ring;
