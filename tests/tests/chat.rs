@@ -101,7 +101,9 @@ fn chat_on_ring(transport: TransportKind, storage: StorageKind) {
     );
     assert_eq!(
         texts(&b.inbox().expect("inbox"), "ana"),
-        (1..=5).map(|i| format!("hello ben {i}")).collect::<Vec<_>>(),
+        (1..=5)
+            .map(|i| format!("hello ben {i}"))
+            .collect::<Vec<_>>(),
         "[{tag}] ana→ben once each, in order"
     );
     let direct = poll(Duration::from_secs(5), || {
@@ -125,7 +127,12 @@ fn chat_on_ring(transport: TransportKind, storage: StorageKind) {
     let first = send_direct(t.clone(), &ben.address, &dup, Duration::from_secs(5)).expect("send");
     let second = send_direct(t.clone(), &ben.address, &dup, Duration::from_secs(5)).expect("send");
     assert_eq!((first, second), (Accepted::Delivered, Accepted::Duplicate));
-    let count = b.inbox().expect("inbox").iter().filter(|m| m.id == dup.id).count();
+    let count = b
+        .inbox()
+        .expect("inbox")
+        .iter()
+        .filter(|m| m.id == dup.id)
+        .count();
     assert_eq!(count, 1, "[{tag}] duplicate shown once");
     // The wrong recipient refuses (an address reused by another user).
     assert!(send_direct(t, &ana.address, &dup, Duration::from_secs(5)).is_err());
@@ -147,7 +154,10 @@ fn chat_on_ring(transport: TransportKind, storage: StorageKind) {
     let b = ben.start(&ring, |o| o.address = new_address.clone());
     let (p, at) = wait_presence(&a, "ben", |p| p.online)
         .unwrap_or_else(|| panic!("[{tag}] no online event for ben"));
-    assert_eq!(p.address, new_address, "[{tag}] the event carries the new address");
+    assert_eq!(
+        p.address, new_address,
+        "[{tag}] the event carries the new address"
+    );
     println!(
         "[{tag}] presence: ben online at a new address, event after {:?} (two alive periods = {} ms)",
         at.duration_since(t0),
@@ -175,10 +185,18 @@ fn chat_on_ring(transport: TransportKind, storage: StorageKind) {
         c.send("dan", &format!("queued {i}")).expect("send");
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(c.outbox_len().expect("outbox"), 3, "[{tag}] dan offline: kept");
+    assert_eq!(
+        c.outbox_len().expect("outbox"),
+        3,
+        "[{tag}] dan offline: kept"
+    );
     let d = dan.start(&ring, |_| {});
     let want: Vec<String> = (1..=3).map(|i| format!("queued {i}")).collect();
-    assert_eq!(wait_inbox(&d, "cora", &want), want, "[{tag}] outbox delivered in order");
+    assert_eq!(
+        wait_inbox(&d, "cora", &want),
+        want,
+        "[{tag}] outbox delivered in order"
+    );
     d.quit().expect("dan logs out");
     // Wait until cora knows dan is gone, so the next ones stay in her outbox.
     poll(DEADLINE, || {
@@ -196,7 +214,11 @@ fn chat_on_ring(transport: TransportKind, storage: StorageKind) {
     c.stop(); // like a crash: the outbox stays on disk
     let d = dan.start(&ring, |_| {});
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(texts(&d.inbox().expect("inbox"), "cora").len(), 3, "[{tag}] nothing while cora is away");
+    assert_eq!(
+        texts(&d.inbox().expect("inbox"), "cora").len(),
+        3,
+        "[{tag}] nothing while cora is away"
+    );
     let c = cora.start(&ring, outbox_only);
     let want: Vec<String> = (1..=6).map(|i| format!("queued {i}")).collect();
     assert_eq!(
@@ -238,13 +260,22 @@ fn chat_on_ring(transport: TransportKind, storage: StorageKind) {
         chat.say(&format!("/send bob message {i}"));
     }
     chat.say("/quit");
-    assert_eq!(chat.finish(DEADLINE), Some(0), "[{tag}] chat exit: {}", chat.stderr());
+    assert_eq!(
+        chat.finish(DEADLINE),
+        Some(0),
+        "[{tag}] chat exit: {}",
+        chat.stderr()
+    );
     let mailboxed = chat
         .seen
         .iter()
         .filter(|l| l.contains("to bob: left in the mailbox"))
         .count();
-    assert_eq!(mailboxed, 20, "[{tag}] all 20 in bob's mailbox: {:?}", chat.seen);
+    assert_eq!(
+        mailboxed, 20,
+        "[{tag}] all 20 in bob's mailbox: {:?}",
+        chat.seen
+    );
     // Held by bob's gestor and copied to its successors.
     let held = poll(Duration::from_secs(10), || {
         let total: u64 = ring
@@ -255,17 +286,26 @@ fn chat_on_ring(transport: TransportKind, storage: StorageKind) {
             .sum();
         (total >= 60).then_some(total)
     });
-    println!("[{tag}] bob's 20 messages are held {held:?} times across the ring (owner + 2 copies)");
+    println!(
+        "[{tag}] bob's 20 messages are held {held:?} times across the ring (owner + 2 copies)"
+    );
     assert!(held.is_some(), "[{tag}] mailbox copies on the successors");
     let (code, _, err) = bob.cli(&ring, &["login", "bob", "--address", &bob.address]);
     assert_eq!(code, 0, "{err}");
     let (list, raw) = bob.inbox_json(&ring);
-    println!("[{tag}] gestor inbox bob --json (first 2 of {}):", list.len());
+    println!(
+        "[{tag}] gestor inbox bob --json (first 2 of {}):",
+        list.len()
+    );
     for m in list.iter().take(2) {
         println!("  {}", serde_json::to_string(m).unwrap_or_default());
     }
     let want: Vec<String> = (1..=20).map(|i| format!("message {i}")).collect();
-    assert_eq!(texts(&list, "alice"), want, "[{tag}] 20, once each, in order:\n{raw}");
+    assert_eq!(
+        texts(&list, "alice"),
+        want,
+        "[{tag}] 20, once each, in order:\n{raw}"
+    );
     let seqs: Vec<u64> = list.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
     let (again, _) = bob.inbox_json(&ring);
@@ -277,10 +317,28 @@ fn chat_on_ring(transport: TransportKind, storage: StorageKind) {
     let t0 = Instant::now();
     a.send("bob", "are you there?").expect("send");
     let at = poll(DEADLINE, || {
-        b.inbox().ok()?.iter().any(|m| m.text == "are you there?").then(Instant::now)
+        b.inbox()
+            .ok()?
+            .iter()
+            .any(|m| m.text == "are you there?")
+            .then(Instant::now)
     })
     .unwrap_or_else(|| panic!("[{tag}] bob never got the live message"));
-    println!("[{tag}] alice→bob with both online: in bob's inbox after {:?}", at.duration_since(t0));
+    println!(
+        "[{tag}] alice→bob with both online: in bob's inbox after {:?}",
+        at.duration_since(t0)
+    );
+    // The scriptable twin: `gestor send` while bob's chat client runs.
+    let (code, out, err) = bob.cli(
+        &ring,
+        &["send", "bob", "alice", "sent with gestor send", "--json"],
+    );
+    assert_eq!(code, 0, "gestor send: {err}");
+    assert!(
+        out.contains("\"status\": \"direct\""),
+        "[{tag}] alice online → direct: {out}"
+    );
+    assert!(wait_inbox(&a, "bob", &[String::new()]).contains(&"sent with gestor send".to_string()));
     a.stop();
     b.stop();
 }

@@ -116,16 +116,32 @@ fn address(store: &ChatStore, conn: &Conn) -> Result<String> {
 }
 
 /// The saved session, or a fresh login.
-fn session(client: &mut Client, store: &ChatStore, opts: &ChatOptions, conn: &Conn) -> Result<Session> {
+fn session(
+    client: &mut Client,
+    store: &ChatStore,
+    opts: &ChatOptions,
+    conn: &Conn,
+) -> Result<Session> {
     if let Some(s) = load_session(&opts.home, &opts.username) {
         return Ok(s);
     }
     relogin(client, store, opts, conn)
 }
 
-fn relogin(client: &mut Client, store: &ChatStore, opts: &ChatOptions, conn: &Conn) -> Result<Session> {
+fn relogin(
+    client: &mut Client,
+    store: &ChatStore,
+    opts: &ChatOptions,
+    conn: &Conn,
+) -> Result<Session> {
     let address = address(store, conn)?;
-    Ok(login(client, &opts.home, &opts.username, &opts.password, &address)?)
+    Ok(login(
+        client,
+        &opts.home,
+        &opts.username,
+        &opts.password,
+        &address,
+    )?)
 }
 
 fn via_text(via: Via) -> &'static str {
@@ -165,7 +181,14 @@ pub fn send(args: SendArgs) -> Result<()> {
     let mut client = opts.client();
     let transport = build_transport(opts.transport);
     let mut s = session(&mut client, &store, &opts, &args.conn)?;
-    let mut report = deliver_pending(&mut client, transport.clone(), &store, &s, &opts, Some(&args.to))?;
+    let mut report = deliver_pending(
+        &mut client,
+        transport.clone(),
+        &store,
+        &s,
+        &opts,
+        Some(&args.to),
+    )?;
     if report.unauthorized {
         s = relogin(&mut client, &store, &opts, &args.conn)?;
         report = deliver_pending(&mut client, transport, &store, &s, &opts, Some(&args.to))?;
@@ -324,7 +347,9 @@ fn run_command(client: &ChatClient, line: &str) -> Result<bool, ChatError> {
         "/quit" | "/exit" => return Ok(false),
         "/help" => println!("{HELP}"),
         "/send" | "/msg" => {
-            let (to, text) = rest.split_once(char::is_whitespace).ok_or_else(|| usage("/send USER TEXT"))?;
+            let (to, text) = rest
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| usage("/send USER TEXT"))?;
             let m = client.send(to, text.trim())?;
             println!("#{} to {to}: queued", m.seq);
         }
@@ -341,7 +366,11 @@ fn run_command(client: &ChatClient, line: &str) -> Result<bool, ChatError> {
                 "{} is {}{} (last seen {} ms since epoch; gestor {})",
                 f.user,
                 if f.online { "online" } else { "offline" },
-                if f.address.is_empty() { String::new() } else { format!(" at {}", f.address) },
+                if f.address.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at {}", f.address)
+                },
                 f.last_seen_ms,
                 f.gestor
             );

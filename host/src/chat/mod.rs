@@ -190,7 +190,9 @@ impl ChatOptions {
             self.gestores.clone(),
             self.timeout,
         );
-        c.add_fallbacks(&load_json::<Vec<String>>(&self.home.join("initial_gestors.json")).unwrap_or_default());
+        c.add_fallbacks(
+            &load_json::<Vec<String>>(&self.home.join("initial_gestors.json")).unwrap_or_default(),
+        );
         c
     }
 }
@@ -218,7 +220,10 @@ pub fn save_session(home: &Path, session: &Session) -> Result<(), ChatError> {
 /// Remember the newest initial-gestors list, as the CLI does.
 pub fn remember_gestores(home: &Path, client: &Client) {
     if !client.initial_gestors().is_empty() {
-        let _ = store::write_atomic(&home.join("initial_gestors.json"), &client.initial_gestors());
+        let _ = store::write_atomic(
+            &home.join("initial_gestors.json"),
+            &client.initial_gestors(),
+        );
     }
 }
 
@@ -380,7 +385,9 @@ pub fn deliver_pending(
             if let Some(f) = found.as_ref().filter(|f| f.online && !f.address.is_empty()) {
                 match send_direct(transport.clone(), &f.address, &m.message, opts.timeout) {
                     Ok(_) => via = Some(Via::Direct),
-                    Err(e) => tracing::debug!(%peer, address = %f.address, "direct send failed: {e}"),
+                    Err(e) => {
+                        tracing::debug!(%peer, address = %f.address, "direct send failed: {e}")
+                    }
                 }
             }
             if via.is_none() && m.mailbox && found.is_some() {
@@ -542,7 +549,10 @@ impl Inner {
     }
 
     fn session(&self) -> Session {
-        self.session.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn relogin(&self, client: &mut Client) -> Result<(), ChatError> {
@@ -595,10 +605,7 @@ impl Inner {
                     id: &'a str,
                     status: Accepted,
                 }
-                Ok(to_value(&Ack {
-                    id: &m.id,
-                    status,
-                }))
+                Ok(to_value(&Ack { id: &m.id, status }))
             }
             "chat.presence" => {
                 let p: Presence = gestor_sdk::wire::from_value(body)?;
@@ -819,7 +826,11 @@ impl ChatClient {
                 .map_err(|e| ChatError::Io(format!("cannot start thread {}: {e}", name)))
         };
         threads.push(spawn("send-alive", Inner::send_alive_loop, inner.clone())?);
-        threads.push(spawn("send-pending", Inner::send_pending_loop, inner.clone())?);
+        threads.push(spawn(
+            "send-pending",
+            Inner::send_pending_loop,
+            inner.clone(),
+        )?);
         Ok(ChatClient {
             inner,
             events: rx,

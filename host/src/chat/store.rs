@@ -238,7 +238,12 @@ impl ChatStore {
     }
 
     /// Move a message out of the outbox into `failed.jsonl`.
-    pub fn give_up(&self, message: &ChatMessage, reason: &str, now_ms: u64) -> Result<Failure, ChatError> {
+    pub fn give_up(
+        &self,
+        message: &ChatMessage,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Failure, ChatError> {
         let failure = Failure {
             message: message.clone(),
             reason: reason.to_string(),
@@ -339,7 +344,9 @@ impl ChatStore {
             .into_iter()
             .partition(|h| overdue.contains(&h.message.from));
         state.held = keep;
-        release.sort_by(|a, b| (&a.message.from, a.message.seq).cmp(&(&b.message.from, b.message.seq)));
+        release.sort_by(|a, b| {
+            (&a.message.from, a.message.seq).cmp(&(&b.message.from, b.message.seq))
+        });
         let delivered: Vec<ChatMessage> = release.into_iter().map(|h| h.message).collect();
         for m in &delivered {
             tracing::warn!(from = %m.from, seq = m.seq, "earlier messages missing; delivering out of the gap");
@@ -433,10 +440,19 @@ mod tests {
     fn order_dedupe_and_gaps() {
         let dir = tempfile_dir();
         let s = ChatStore::open(&dir, "bob").unwrap();
-        assert_eq!(s.accept(&msg("al", 1, "a1"), 0).unwrap().0, Accepted::Delivered);
-        assert_eq!(s.accept(&msg("al", 1, "a1"), 0).unwrap().0, Accepted::Duplicate);
+        assert_eq!(
+            s.accept(&msg("al", 1, "a1"), 0).unwrap().0,
+            Accepted::Delivered
+        );
+        assert_eq!(
+            s.accept(&msg("al", 1, "a1"), 0).unwrap().0,
+            Accepted::Duplicate
+        );
         assert_eq!(s.accept(&msg("al", 3, "a3"), 0).unwrap().0, Accepted::Held);
-        assert_eq!(s.accept(&msg("al", 3, "a3"), 0).unwrap().0, Accepted::Duplicate);
+        assert_eq!(
+            s.accept(&msg("al", 3, "a3"), 0).unwrap().0,
+            Accepted::Duplicate
+        );
         let (a, d) = s.accept(&msg("al", 2, "a2"), 0).unwrap();
         assert_eq!(a, Accepted::Delivered);
         assert_eq!(d.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);

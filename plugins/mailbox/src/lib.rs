@@ -340,7 +340,12 @@ impl Shared {
         }
     }
 
-    fn tombstoned(&self, ctx: &PluginContext, holder: &str, id: &str) -> Result<bool, HandlerError> {
+    fn tombstoned(
+        &self,
+        ctx: &PluginContext,
+        holder: &str,
+        id: &str,
+    ) -> Result<bool, HandlerError> {
         Ok(ctx
             .store()
             .kv_get(ACKED, format!("{holder}/{id}").as_bytes())?
@@ -613,10 +618,7 @@ impl Shared {
                     let bounce = Held {
                         mail: held.mail.clone(),
                         stored_ms: 0,
-                        bounce: Some(format!(
-                            "not fetched by {} within {} ms",
-                            held.mail.to, ttl
-                        )),
+                        bounce: Some(format!("not fetched by {} within {} ms", held.mail.to, ttl)),
                     };
                     // Keep the message until its bounce is held somewhere.
                     if let Err(e) =
@@ -627,7 +629,8 @@ impl Shared {
                     }
                     tracing::info!(id = %held.mail.id, from = %held.mail.from, to = %held.mail.to, "expired mail bounced to its sender");
                 }
-                if let Err(e) = self.remove(&ctx, held.holder(), std::slice::from_ref(&held.mail.id))
+                if let Err(e) =
+                    self.remove(&ctx, held.holder(), std::slice::from_ref(&held.mail.id))
                 {
                     tracing::warn!(key = %String::from_utf8_lossy(&k), "cannot expire: {e}");
                 } else if owner {

@@ -173,7 +173,11 @@ impl Shared {
         let found = lookup(&ctx, &req.contact)?;
         let presence = presence_of(&req.contact, Ok(found));
         let ttl = req.ttl_ms.min(self.config().watch_ttl_ms.max(1));
-        let mut w = self.presence.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self
+            .presence
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let entry = w.entry(req.contact.clone()).or_default();
         entry
             .last
@@ -194,7 +198,11 @@ impl Shared {
         let Ok(ctx) = self.ctx() else { return };
         let now = system_ms();
         let users: Vec<String> = {
-            let mut w = self.presence.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = self
+                .presence
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             w.retain(|_, watched| {
                 watched.watchers.retain(|_, x| x.expires_ms >= now);
                 !watched.watchers.is_empty()
@@ -213,7 +221,11 @@ impl Shared {
             }
             let event = presence_of(&user, found);
             let targets: Vec<(String, String)> = {
-                let mut w = self.presence.inner.lock().unwrap_or_else(|p| p.into_inner());
+                let mut w = self
+                    .presence
+                    .inner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 let Some(watched) = w.get_mut(&user) else {
                     continue;
                 };
@@ -231,7 +243,11 @@ impl Shared {
             tracing::debug!(%user, online = event.online, address = %event.address, watchers = targets.len(), "presence changed");
             for (watcher, url) in targets {
                 let result = ctx.call::<_, Value>(&url, "chat.presence", &event, timeout);
-                let mut w = self.presence.inner.lock().unwrap_or_else(|p| p.into_inner());
+                let mut w = self
+                    .presence
+                    .inner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 let Some(watched) = w.get_mut(&user) else {
                     break;
                 };
@@ -292,7 +308,10 @@ pub(crate) fn start(
     ctx.on("presence.add", move |r: AddWatch| s.add_watch(r))?;
     let s = state.clone();
     let every = poll_every(ctx, config);
-    tracing::debug!(poll_ms = every.as_millis() as u64, "presence watches polled");
+    tracing::debug!(
+        poll_ms = every.as_millis() as u64,
+        "presence watches polled"
+    );
     ctx.every("presence-poll", every, move || s.poll_presence());
     Ok(())
 }
