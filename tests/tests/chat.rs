@@ -362,3 +362,70 @@ fn chat_zmq_sqlite() {
 fn chat_zmq_sled() {
     chat_on_ring(TransportKind::Zmq, StorageKind::Sled);
 }
+
+/// The mailbox outlives the gestor holding it: its successor has the copy.
+fn mailbox_after_owner_failure(transport: TransportKind, storage: StorageKind) {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let tag = format!("{transport}/{storage}");
+    let mut ring = Ring::start(NODES, transport, storage);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
+    let alice = ChatUser::register(&ring, "alice");
+    let bob = ChatUser::register(&ring, "bob");
+    let a = alice.start(&ring, |_| {});
+    for i in 1..=5 {
+        a.send("bob", &format!("before the failure {i}"))
+            .expect("send");
+    }
+    assert!(a.flush(DEADLINE), "[{tag}] handed off to the mailbox");
+    a.quit().expect("alice logs out");
+    let held = poll(Duration::from_secs(10), || {
+        let total: u64 = ring
+            .urls()
+            .iter()
+            .filter_map(|u| ring.status(u))
+            .filter_map(|s| s.pointer("/sections/mailbox/held")?.as_u64())
+            .sum();
+        (total >= 15).then_some(total)
+    });
+    assert!(held.is_some(), "[{tag}] copies on the successors");
+    let mut c = gestor::client::Client::new(build_transport(transport), ring.urls(), DEADLINE);
+    let owner = c.lookup("bob").expect("lookup bob").gestor;
+    let victim = ring
+        .nodes
+        .iter()
+        .position(|n| n.url == owner)
+        .expect("bob's gestor is a ring member");
+    ring.nodes[victim].kill();
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not recover: {e}\n{}", ring.logs()));
+    let logged_in = poll(Duration::from_secs(30), || {
+        let (code, _, _) = bob.cli(&ring, &["login", "bob", "--address", &bob.address]);
+        (code == 0).then_some(())
+    });
+    assert!(logged_in.is_some(), "[{tag}] bob logs in after the failure");
+    let (list, raw) = bob.inbox_json(&ring);
+    let want: Vec<String> = (1..=5).map(|i| format!("before the failure {i}")).collect();
+    assert_eq!(texts(&list, "alice"), want, "[{tag}] from the copy:\n{raw}");
+    println!("[{tag}] bob's gestor {owner} killed; its successor delivered all 5 from its copy");
+}
+
+#[test]
+fn mailbox_after_owner_failure_nng_sqlite() {
+    mailbox_after_owner_failure(TransportKind::Nng, StorageKind::Sqlite);
+}
+
+#[test]
+fn mailbox_after_owner_failure_zmq_sled() {
+    mailbox_after_owner_failure(TransportKind::Zmq, StorageKind::Sled);
+}
+
+#[test]
+fn mailbox_after_owner_failure_nng_sled() {
+    mailbox_after_owner_failure(TransportKind::Nng, StorageKind::Sled);
+}
+
+#[test]
+fn mailbox_after_owner_failure_zmq_sqlite() {
+    mailbox_after_owner_failure(TransportKind::Zmq, StorageKind::Sqlite);
+}
