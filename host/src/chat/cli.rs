@@ -16,6 +16,15 @@ use gestor_sdk::ErrorCode;
 use std::io::BufRead;
 use std::time::Duration;
 
+/// `println!` that ignores a closed stdout (`gestor inbox bob | head`)
+/// instead of panicking.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 /// Connection flags shared by the chat commands (same as the other client commands).
 #[derive(Args, Clone, Debug)]
 pub struct Conn {
@@ -203,7 +212,7 @@ pub fn send(args: SendArgs) -> Result<()> {
         (None, None) => "queued",
     };
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "id": message.id, "to": message.to, "seq": message.seq, "status": status,
@@ -212,9 +221,9 @@ pub fn send(args: SendArgs) -> Result<()> {
         );
     } else {
         match (sent, failed) {
-            (Some((_, via)), _) => println!("#{} to {}: {}", message.seq, args.to, via_text(*via)),
-            (None, Some(f)) => println!("{}", failure_line(f)),
-            (None, None) => println!(
+            (Some((_, via)), _) => say!("#{} to {}: {}", message.seq, args.to, via_text(*via)),
+            (None, Some(f)) => say!("{}", failure_line(f)),
+            (None, None) => say!(
                 "#{} to {}: queued in the outbox ({} waiting); `gestor chat {}` delivers it when {} is online",
                 message.seq, args.to, report.waiting, args.user, args.to
             ),
@@ -247,13 +256,13 @@ pub fn inbox(args: InboxArgs) -> Result<()> {
     store.release_held(opts.gap_wait.as_millis() as u64, system_ms())?;
     let messages = store.inbox()?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&messages)?);
+        say!("{}", serde_json::to_string_pretty(&messages)?);
     } else {
         for m in &messages {
-            println!("{}", message_line(m));
+            say!("{}", message_line(m));
         }
         for f in &bounced {
-            println!("{}", failure_line(f));
+            say!("{}", failure_line(f));
         }
     }
     let held = store.held_count()?;
@@ -281,12 +290,13 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     opts.retry_every = Duration::from_millis(args.retry_ms.max(100));
     drop(store);
     let client = ChatClient::start(opts.clone()).map_err(anyhow::Error::from)?;
-    println!(
+    say!(
         "chat: {} listening on {}; /help for commands",
-        args.user, opts.address
+        args.user,
+        opts.address
     );
     for m in &client.initial.delivered {
-        println!("{}", message_line(m));
+        say!("{}", message_line(m));
     }
     let events = client.events().clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -304,12 +314,12 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         match run_command(&client, line.trim()) {
             Ok(true) => {}
             Ok(false) => break,
-            Err(e) => println!("error: {e}"),
+            Err(e) => say!("error: {e}"),
         }
     }
     let flushed = client.flush(Duration::from_millis(args.flush_ms));
     if !flushed {
-        println!(
+        say!(
             "{} message(s) stay in the outbox for the next `gestor chat {}`",
             client.outbox_len().unwrap_or(0),
             args.user
@@ -319,17 +329,17 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = printer.join();
     result.map_err(anyhow::Error::from)?;
-    println!("bye");
+    say!("bye");
     Ok(())
 }
 
 fn print_event(e: &ChatEvent) {
     match e {
-        ChatEvent::Message(m) => println!("{}", message_line(m)),
-        ChatEvent::Presence(p) => println!("{}", presence_line(p)),
-        ChatEvent::Sent { to, seq, via, .. } => println!("#{seq} to {to}: {}", via_text(*via)),
-        ChatEvent::Undeliverable(f) => println!("{}", failure_line(f)),
-        ChatEvent::Problem(p) => println!("! {p}"),
+        ChatEvent::Message(m) => say!("{}", message_line(m)),
+        ChatEvent::Presence(p) => say!("{}", presence_line(p)),
+        ChatEvent::Sent { to, seq, via, .. } => say!("#{seq} to {to}: {}", via_text(*via)),
+        ChatEvent::Undeliverable(f) => say!("{}", failure_line(f)),
+        ChatEvent::Problem(p) => say!("! {p}"),
     }
 }
 
@@ -345,24 +355,24 @@ fn run_command(client: &ChatClient, line: &str) -> Result<bool, ChatError> {
     };
     match cmd {
         "/quit" | "/exit" => return Ok(false),
-        "/help" => println!("{HELP}"),
+        "/help" => say!("{HELP}"),
         "/send" | "/msg" => {
             let (to, text) = rest
                 .split_once(char::is_whitespace)
                 .ok_or_else(|| usage("/send USER TEXT"))?;
             let m = client.send(to, text.trim())?;
-            println!("#{} to {to}: queued", m.seq);
+            say!("#{} to {to}: queued", m.seq);
         }
         c if c.starts_with('@') && c.len() > 1 => {
             let m = client.send(&c[1..], rest)?;
-            println!("#{} to {}: queued", m.seq, &c[1..]);
+            say!("#{} to {}: queued", m.seq, &c[1..]);
         }
         "/presence" | "/who" => {
             if rest.is_empty() {
                 return Err(usage("/presence USER"));
             }
             let f = client.lookup(rest)?;
-            println!(
+            say!(
                 "{} is {}{} (last seen {} ms since epoch; gestor {})",
                 f.user,
                 if f.online { "online" } else { "offline" },
@@ -378,8 +388,8 @@ fn run_command(client: &ChatClient, line: &str) -> Result<bool, ChatError> {
         "/contacts" => {
             for (user, p) in client.contacts()? {
                 match p {
-                    Some(p) => println!("{}", presence_line(&p)),
-                    None => println!("* {user}: presence not known yet"),
+                    Some(p) => say!("{}", presence_line(&p)),
+                    None => say!("* {user}: presence not known yet"),
                 }
             }
         }
@@ -388,19 +398,19 @@ fn run_command(client: &ChatClient, line: &str) -> Result<bool, ChatError> {
                 return Err(usage("/add USER"));
             }
             client.add_contact(rest)?;
-            println!("watching {rest}");
+            say!("watching {rest}");
         }
         "/inbox" => {
             for m in client.inbox()? {
-                println!("{}", message_line(&m));
+                say!("{}", message_line(&m));
             }
         }
         "/outbox" => {
             for m in client.store().outbox()? {
-                println!("#{} to {}: {}", m.message.seq, m.message.to, m.message.text);
+                say!("#{} to {}: {}", m.message.seq, m.message.to, m.message.text);
             }
         }
-        _ => println!("unknown command; /help lists them"),
+        _ => say!("unknown command; /help lists them"),
     }
     Ok(true)
 }
