@@ -154,7 +154,7 @@ impl Default for PluginsSection {
 impl Default for ClockSection {
     fn default() -> Self {
         ClockSection {
-            max_ahead_ms: 60_000,
+            max_ahead_ms: 600_000,
             offset_ms: 0,
         }
     }

@@ -67,14 +67,28 @@ impl Ring {
         self.nodes.iter().map(|n| n.url.clone()).collect()
     }
 
-    /// Start one more gestor, joining through the first.
+    /// Start one more gestor, joining through the first live one.
     pub fn add_node(&mut self) -> &NodeProc {
+        self.add_node_with(&[], "")
+    }
+
+    /// Start one more gestor with extra flags and extra TOML appended to its config.
+    pub fn add_node_with(&mut self, extra_args: &[&str], extra_config: &str) -> &NodeProc {
         let url = format!("tcp://127.0.0.1:{}", free_port());
         let signal = format!("tcp://127.0.0.1:{}", free_port());
-        let data = self.dir.path().join(format!("data-{}", self.nodes.len()));
+        let i = self.nodes.len();
+        let data = self.dir.path().join(format!("data-{i}"));
+        let config = if extra_config.is_empty() {
+            self.config_path.clone()
+        } else {
+            let path = self.dir.path().join(format!("gestor-{i}.toml"));
+            std::fs::write(&path, format!("{TEST_CONFIG}\n{extra_config}\n"))
+                .expect("write config");
+            path
+        };
         let mut args: Vec<String> = vec![
             "--config".into(),
-            self.config_path.display().to_string(),
+            config.display().to_string(),
             "--listen".into(),
             url.clone(),
             "--signal".into(),
@@ -86,9 +100,10 @@ impl Ring {
             "--data-dir".into(),
             data.display().to_string(),
         ];
-        if let Some(first) = self.nodes.first() {
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        if let Some(via) = self.nodes.iter().find(|n| n.child.is_some()) {
             args.push("--join".into());
-            args.push(first.url.clone());
+            args.push(via.url.clone());
         }
         let node = NodeProc::spawn(
             &url,
@@ -104,6 +119,104 @@ impl Ring {
         );
         self.nodes.push(node);
         self.nodes.last().expect("just pushed")
+    }
+
+    /// Restart node `i` with its original arguments (same URL, same data
+    /// directory), joining through another live node.
+    pub fn restart(&mut self, i: usize) {
+        let mut args = self.nodes[i].args.clone();
+        if let Some(pos) = args.iter().position(|a| a == "--join") {
+            args.drain(pos..pos + 2);
+        }
+        if let Some(via) = self
+            .nodes
+            .iter()
+            .enumerate()
+            .find(|(j, n)| *j != i && n.child.is_some())
+        {
+            args.push("--join".into());
+            args.push(via.1.url.clone());
+        }
+        let url = self.nodes[i].url.clone();
+        let node = NodeProc::spawn(
+            &url,
+            self.transport,
+            &args,
+            self.dir.path(),
+            &[("RUST_LOG", "info")],
+        );
+        assert!(
+            wait_ready(&url, self.transport, Duration::from_secs(30)),
+            "gestor did not restart:\n{}",
+            node.log()
+        );
+        self.nodes[i] = node;
+    }
+
+    /// SIGKILL several nodes as close to the same moment as we can.
+    pub fn kill(&mut self, which: &[usize]) {
+        for &i in which {
+            if let Some(c) = self.nodes[i].child.as_mut() {
+                let _ = c.kill();
+            }
+        }
+        for &i in which {
+            self.nodes[i].kill();
+        }
+    }
+
+    pub fn live_urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.url.clone())
+            .collect()
+    }
+
+    /// Node indices in ring (id) order.
+    pub fn ring_order(&self) -> Vec<usize> {
+        let mut ids: Vec<(u64, usize)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.child.is_some())
+            .filter_map(|(i, n)| Some((self.status(&n.url)?.get("id")?.as_u64()?, i)))
+            .collect();
+        ids.sort();
+        ids.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// Wait until no record is held on fewer than `wanted` gestores.
+    pub fn wait_copies(
+        &self,
+        copies: usize,
+        expect_records: usize,
+        deadline: Duration,
+    ) -> Result<(), String> {
+        let mut last = String::new();
+        let start = self.live_urls().first().cloned().unwrap_or_default();
+        let ok = wait_until(deadline, || {
+            match gestor::copies::run(self.transport, &start, copies) {
+                Ok(r) => {
+                    last = format!(
+                        "records {} (want {expect_records}), under {:?}, histogram {:?}",
+                        r.records,
+                        r.under.len(),
+                        r.histogram
+                    );
+                    r.records == expect_records && r.under.is_empty() && r.unreachable.is_empty()
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            }
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(last)
+        }
     }
 
     pub fn status(&self, url: &str) -> Option<serde_json::Value> {

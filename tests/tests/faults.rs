@@ -1,0 +1,401 @@
+//! Fault tolerance with real `gestor node` processes killed with SIGKILL,
+//! for every backend combination (nng/zmq × sqlite/sled).
+
+use gestor::client::Client;
+use gestor::config::{StorageKind, TransportKind};
+use gestor::runtime::build_transport;
+use gestor_sdk::hash::ring_position;
+use gestor_tests::cluster::wait_until;
+use gestor_tests::ring::Ring;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const COPIES: usize = 3;
+
+fn client(ring: &Ring, url: &str) -> Client {
+    Client::new(
+        build_transport(ring.transport),
+        vec![url.to_string()],
+        Duration::from_secs(10),
+    )
+}
+
+fn address_of(i: usize) -> String {
+    format!("127.0.0.1:{}", 30_000 + i)
+}
+
+/// Register and log in `n` users from 4 threads; every call must succeed
+/// (an acknowledged write). Returns name → session token.
+fn populate(ring: &Ring, n: usize) -> HashMap<String, String> {
+    let urls = ring.live_urls();
+    let tokens = std::sync::Mutex::new(HashMap::new());
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (urls, tokens) = (&urls, &tokens);
+            scope.spawn(move || {
+                for i in (t..n).step_by(4) {
+                    let entry = &urls[i % urls.len()];
+                    let name = format!("user{i}");
+                    let mut c = client(ring, entry);
+                    c.register(&name, "pw")
+                        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+                    let s = c
+                        .login(&name, "pw", &address_of(i))
+                        .unwrap_or_else(|e| panic!("login {name}: {e}"));
+                    tokens.lock().unwrap().insert(name, s.token);
+                }
+            });
+        }
+    });
+    tokens.into_inner().unwrap()
+}
+
+/// Every user answers with its expected address through surviving gestores,
+/// within `deadline` (lookups may fail while the ring heals).
+fn all_found(
+    ring: &Ring,
+    expected: &HashMap<String, String>,
+    deadline: Duration,
+) -> Result<(), String> {
+    let urls = ring.live_urls();
+    let mut missing: Vec<String> = expected.keys().cloned().collect();
+    missing.sort();
+    let mut last = String::new();
+    let ok = wait_until(deadline, || {
+        let mut still = Vec::new();
+        for (k, name) in missing.iter().enumerate() {
+            let entry = &urls[k % urls.len()];
+            match client(ring, entry).lookup(name) {
+                Ok(f) if f.address == expected[name] => {}
+                Ok(f) => {
+                    last = format!("{name}: address {} != {}", f.address, expected[name]);
+                    still.push(name.clone());
+                }
+                Err(e) => {
+                    last = format!("{name} via {entry}: {e}");
+                    still.push(name.clone());
+                }
+            }
+        }
+        missing = still;
+        missing.is_empty()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{} users not found; last: {last}", missing.len()))
+    }
+}
+
+fn addresses(n: usize) -> HashMap<String, String> {
+    (0..n)
+        .map(|i| (format!("user{i}"), address_of(i)))
+        .collect()
+}
+
+/// 8 gestores, 500 users; two adjacent gestores killed at once, then two
+/// others: every acknowledged record survives, copies come back to 4.
+fn kill_two_at_once(transport: TransportKind, storage: StorageKind) {
+    let mut ring = Ring::start(8, transport, storage);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
+    let n = 500;
+    populate(&ring, n);
+    let expected = addresses(n);
+    ring.wait_copies(COPIES, n, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("initial copies: {e}"));
+
+    let order = ring.ring_order();
+    let adjacent = [order[2], order[3]];
+    ring.kill(&adjacent);
+    all_found(&ring, &expected, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("after killing 2 adjacent: {e}\n{}", ring.logs()));
+    ring.wait_stable(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("ring did not heal: {e}"));
+    ring.wait_copies(COPIES, n, Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("copies after 2 adjacent: {e}"));
+
+    // Two more, not adjacent this time.
+    let order = ring.ring_order();
+    let apart = [order[0], order[3]];
+    ring.kill(&apart);
+    all_found(&ring, &expected, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("after killing 2 apart: {e}\n{}", ring.logs()));
+    ring.wait_stable(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("ring did not heal: {e}"));
+    ring.wait_copies(COPIES, n, Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("copies after 2 apart: {e}"));
+}
+
+/// With the default 3 copies (4 holders), three adjacent gestores may die at once.
+fn kill_three_adjacent(transport: TransportKind, storage: StorageKind) {
+    let mut ring = Ring::start(8, transport, storage);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let n = 200;
+    populate(&ring, n);
+    let expected = addresses(n);
+    ring.wait_copies(COPIES, n, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("initial copies: {e}"));
+    let order = ring.ring_order();
+    ring.kill(&[order[4], order[5], order[6]]);
+    all_found(&ring, &expected, Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("after killing 3 adjacent: {e}\n{}", ring.logs()));
+    ring.wait_stable(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("ring did not heal: {e}"));
+    ring.wait_copies(COPIES, n, Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("copies after 3 adjacent: {e}"));
+}
+
+/// Every gestor restarted in turn on its own data directory: nothing lost.
+fn rolling_restart(transport: TransportKind, storage: StorageKind) {
+    let mut ring = Ring::start(6, transport, storage);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let n = 200;
+    populate(&ring, n);
+    let expected = addresses(n);
+    for i in 0..ring.nodes.len() {
+        assert_eq!(
+            ring.nodes[i].terminate(Duration::from_secs(10)),
+            Some(0),
+            "clean stop of node {i}"
+        );
+        ring.restart(i);
+        ring.wait_stable(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("after restarting node {i}: {e}"));
+        all_found(&ring, &expected, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("after restarting node {i}: {e}"));
+    }
+    ring.wait_copies(COPIES, n, Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("copies after rolling restart: {e}"));
+}
+
+/// A killed gestor restarted on its data directory rejoins; a user whose
+/// address changed while it was down keeps the new address everywhere, and a
+/// user deleted meanwhile stays deleted.
+fn rejoin_keeps_newer_writes(transport: TransportKind, storage: StorageKind) {
+    let mut ring = Ring::start(6, transport, storage);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let n = 120;
+    let tokens = populate(&ring, n);
+    let mut expected = addresses(n);
+    ring.wait_copies(COPIES, n, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("initial copies: {e}"));
+
+    // The victim: the owner of user7.
+    let owner_url = client(&ring, &ring.live_urls()[0])
+        .lookup("user7")
+        .unwrap()
+        .gestor;
+    let victim = ring.nodes.iter().position(|n| n.url == owner_url).unwrap();
+    ring.kill(&[victim]);
+    let survivor = ring.live_urls()[0].clone();
+    // Change addresses of users owned by the victim and others, delete one.
+    assert!(
+        wait_until(Duration::from_secs(30), || client(&ring, &survivor)
+            .set_address("user7", &tokens["user7"], "127.0.0.1:7777")
+            .is_ok()),
+        "address change while the owner is down"
+    );
+    expected.insert("user7".into(), "127.0.0.1:7777".into());
+    for i in 20..40 {
+        let name = format!("user{i}");
+        let addr = format!("127.0.0.1:{}", 40_000 + i);
+        assert!(
+            wait_until(Duration::from_secs(30), || client(&ring, &survivor)
+                .set_address(&name, &tokens[&name], &addr)
+                .is_ok()),
+            "address change of {name}"
+        );
+        expected.insert(name, addr);
+    }
+    assert!(wait_until(Duration::from_secs(30), || client(
+        &ring, &survivor
+    )
+    .delete("user8", "pw")
+    .is_ok()));
+    expected.remove("user8");
+
+    ring.restart(victim);
+    ring.wait_stable(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("rejoin: {e}"));
+    all_found(&ring, &expected, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("after rejoin: {e}"));
+    // Through the restarted gestor itself, too.
+    let restarted = ring.nodes[victim].url.clone();
+    assert_eq!(
+        client(&ring, &restarted).lookup("user7").unwrap().address,
+        "127.0.0.1:7777"
+    );
+    let gone = client(&ring, &restarted).lookup("user8").unwrap_err();
+    assert!(
+        gone.to_string().contains("not_found"),
+        "deleted user resurrected: {gone}"
+    );
+    ring.wait_copies(COPIES, n - 1, Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("copies after rejoin: {e}"));
+}
+
+/// Four gestores join while lookups run: once the ring settles no lookup
+/// fails, every record has its copies, and surplus copies are dropped.
+fn four_joins_under_lookups(transport: TransportKind, storage: StorageKind) {
+    let mut ring = Ring::start(4, transport, storage);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let n = 200;
+    populate(&ring, n);
+    let expected = addresses(n);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looker = {
+        let (stop, urls, expected) = (stop.clone(), ring.live_urls(), expected.clone());
+        std::thread::spawn(move || {
+            let t = build_transport(transport);
+            let (mut ok, mut failed) = (0u64, 0u64);
+            // Bounded: stops when the joins are done, or after 100,000 lookups.
+            for k in 0..100_000usize {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let name = format!("user{}", k % n);
+                let mut c = Client::new(
+                    t.clone(),
+                    vec![urls[k % urls.len()].clone()],
+                    Duration::from_secs(10),
+                );
+                match c.lookup(&name) {
+                    Ok(f) if f.address == expected[&name] => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for _ in 0..4 {
+        ring.add_node();
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = looker.join().unwrap();
+    eprintln!("lookups during joins: {ok} ok, {failed} failed or not yet settled");
+    ring.wait_stable(Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("ring after joins: {e}"));
+    all_found(&ring, &expected, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("after joins: {e}"));
+    // Settled: now every lookup must succeed at once.
+    for (k, name) in expected.keys().enumerate() {
+        let entry = &ring.live_urls()[k % ring.nodes.len()];
+        let f = client(&ring, entry)
+            .lookup(name)
+            .unwrap_or_else(|e| panic!("{name} via {entry} after settling: {e}"));
+        assert_eq!(&f.address, &expected[name]);
+    }
+    ring.wait_copies(COPIES, n, Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("copies after joins: {e}"));
+    // Surplus copies go once safe: every record ends on exactly 4 gestores.
+    let start = ring.live_urls()[0].clone();
+    let mut last = None;
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            let r = gestor::copies::run(transport, &start, COPIES).unwrap();
+            let exact = r.histogram.keys().all(|k| *k == COPIES + 1);
+            last = Some(r.histogram);
+            exact
+        }),
+        "surplus copies not dropped: {last:?}"
+    );
+}
+
+/// A gestor whose clock is five minutes behind takes over a range; writes
+/// it makes still outrank the older versions it holds, and the newer address
+/// survives the old owner's return.
+fn lagging_clock_cannot_win_with_old_write(transport: TransportKind, storage: StorageKind) {
+    // Ids place the lagging gestor right after `owner`, so it takes over.
+    let mut ring = Ring::start(0, transport, storage);
+    ring.add_node_with(&["--id", "0x1000000000000000"], "");
+    ring.add_node_with(&["--id", "0x5000000000000000"], "");
+    let owner = ring.nodes.len() - 1;
+    ring.add_node_with(
+        &["--id", "0x6000000000000000"],
+        "[clock]\noffset_ms = -300000",
+    );
+    ring.add_node_with(&["--id", "0xa000000000000000"], "");
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    // Users owned by `owner`: positions in (0x1000…, 0x5000…].
+    let names: Vec<String> = (0..2000)
+        .map(|i| format!("skew{i}"))
+        .filter(|u| {
+            (0x1000_0000_0000_0001..=0x5000_0000_0000_0000).contains(&ring_position(u.as_bytes()))
+        })
+        .take(10)
+        .collect();
+    assert_eq!(names.len(), 10);
+    let url0 = ring.nodes[0].url.clone();
+    let mut tokens = HashMap::new();
+    for u in &names {
+        let mut c = client(&ring, &url0);
+        c.register(u, "pw").unwrap();
+        tokens.insert(u.clone(), c.login(u, "pw", "127.0.0.1:1111").unwrap().token);
+    }
+    ring.wait_copies(COPIES, names.len(), Duration::from_secs(30))
+        .unwrap();
+    ring.kill(&[owner]);
+    // The lagging gestor now owns these users; its writes must win.
+    for u in &names {
+        let mut last = String::new();
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                match client(&ring, &url0).set_address(u, &tokens[u], "127.0.0.1:2222") {
+                    Ok(_) => true,
+                    Err(e) => {
+                        last = e.to_string();
+                        false
+                    }
+                }
+            }),
+            "address change of {u} through the lagging owner: {last}"
+        );
+        let f = client(&ring, &url0).lookup(u).unwrap();
+        assert_eq!(
+            f.address, "127.0.0.1:2222",
+            "{u}: the lagging owner's newer write must win"
+        );
+    }
+    ring.restart(owner);
+    ring.wait_stable(Duration::from_secs(30)).unwrap();
+    let expected: HashMap<String, String> = names
+        .iter()
+        .map(|u| (u.clone(), "127.0.0.1:2222".to_string()))
+        .collect();
+    all_found(&ring, &expected, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("after the old owner returned: {e}"));
+    assert_eq!(
+        client(&ring, &ring.nodes[owner].url.clone())
+            .lookup(&names[0])
+            .unwrap()
+            .address,
+        "127.0.0.1:2222"
+    );
+}
+
+macro_rules! matrix {
+    ($($test:ident),*) => { $(
+        mod $test {
+            use super::*;
+            #[test] fn nng_sqlite() { super::$test(TransportKind::Nng, StorageKind::Sqlite) }
+            #[test] fn nng_sled() { super::$test(TransportKind::Nng, StorageKind::Sled) }
+            #[test] fn zmq_sqlite() { super::$test(TransportKind::Zmq, StorageKind::Sqlite) }
+            #[test] fn zmq_sled() { super::$test(TransportKind::Zmq, StorageKind::Sled) }
+        }
+    )* };
+}
+
+matrix!(
+    kill_two_at_once,
+    kill_three_adjacent,
+    rolling_restart,
+    rejoin_keeps_newer_writes,
+    four_joins_under_lookups,
+    lagging_clock_cannot_win_with_old_write
+);
