@@ -72,6 +72,9 @@ pub struct TransportSection {
     pub backend: TransportKind,
     pub max_message_bytes: usize,
     pub replier_workers: usize,
+    /// Testing only: a file listing URLs this node must not reach (one per
+    /// line, re-read when it changes) — simulates a network partition.
+    pub fault_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,6 +132,7 @@ impl Default for TransportSection {
             backend: TransportKind::Nng,
             max_message_bytes: 4 * 1024 * 1024,
             replier_workers: 8,
+            fault_file: None,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod copies;
 pub mod demo;
 pub mod directory;
+pub mod faults;
 pub mod json;
 pub mod loader;
 pub mod runtime;

@@ -456,7 +456,14 @@ impl Node {
                     config.node.data_dir.display()
                 )
             })?;
-        let transport = build_transport(config.transport.backend);
+        let mut transport = build_transport(config.transport.backend);
+        if let Some(path) = &config.transport.fault_file {
+            tracing::warn!(file = %path.display(), "fault injection enabled: URLs listed there are unreachable");
+            transport = Arc::new(crate::faults::FaultyTransport::new(
+                transport,
+                crate::faults::FaultRules::new(path.clone()),
+            ));
+        }
         let transport_options = transport_options(config);
         let offset = config.clock.offset_ms;
         let clock = Arc::new(Clock::with_wall_clock(

@@ -25,6 +25,7 @@ fix_fingers_every_ms = 50
 check_predecessor_every_ms = 400
 rpc_timeout_ms = 500
 tick_every_ms = 50
+rejoin_check_every_ms = 500
 
 [plugins.config.gestor_initial]
 gossip_every_ms = 300
@@ -42,20 +43,33 @@ pub struct Ring {
     pub transport: TransportKind,
     pub storage: StorageKind,
     pub config_path: PathBuf,
+    /// The configuration every node starts from (TEST_CONFIG unless changed).
+    pub config_text: String,
 }
 
 impl Ring {
     /// Start `n` gestores; the first creates the ring, the others join through it.
     pub fn start(n: usize, transport: TransportKind, storage: StorageKind) -> Ring {
+        Self::start_with_config(n, transport, storage, TEST_CONFIG)
+    }
+
+    /// Like [`Ring::start`] with another base configuration.
+    pub fn start_with_config(
+        n: usize,
+        transport: TransportKind,
+        storage: StorageKind,
+        config: &str,
+    ) -> Ring {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("gestor.toml");
-        std::fs::write(&config_path, TEST_CONFIG).expect("write config");
+        std::fs::write(&config_path, config).expect("write config");
         let mut ring = Ring {
             dir,
             nodes: Vec::new(),
             transport,
             storage,
             config_path,
+            config_text: config.to_string(),
         };
         for _ in 0..n {
             ring.add_node();
@@ -82,7 +96,7 @@ impl Ring {
             self.config_path.clone()
         } else {
             let path = self.dir.path().join(format!("gestor-{i}.toml"));
-            std::fs::write(&path, format!("{TEST_CONFIG}\n{extra_config}\n"))
+            std::fs::write(&path, format!("{}\n{extra_config}\n", self.config_text))
                 .expect("write config");
             path
         };
@@ -163,6 +177,16 @@ impl Ring {
         for &i in which {
             self.nodes[i].kill();
         }
+    }
+
+    /// The signal URL node `i` was started with.
+    pub fn signal_url(&self, i: usize) -> String {
+        let args = &self.nodes[i].args;
+        let pos = args
+            .iter()
+            .position(|a| a == "--signal")
+            .expect("--signal given");
+        args[pos + 1].clone()
     }
 
     pub fn live_urls(&self) -> Vec<String> {

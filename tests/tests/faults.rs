@@ -379,6 +379,184 @@ fn lagging_clock_cannot_win_with_old_write(transport: TransportKind, storage: St
     );
 }
 
+/// A partition isolates one gestor; both sides accept conflicting updates to
+/// the same users; after healing, the isolated gestor rejoins and every copy
+/// holds the newest version.
+fn partition_then_heal(transport: TransportKind, storage: StorageKind) {
+    // Conflicts are resolved per record: a presence sweep (offline, a
+    // versioned write) after the updates would itself be the newest
+    // version. Keep presence out of this test so it measures only the
+    // conflicting address changes.
+    let config = gestor_tests::ring::TEST_CONFIG
+        .replace("presence_timeout_ms = 1500", "presence_timeout_ms = 600000");
+    let mut ring = Ring::start_with_config(0, transport, storage, &config);
+    let faults: Vec<std::path::PathBuf> = (0..5)
+        .map(|i| ring.path().join(format!("fault-{i}")))
+        .collect();
+    for f in &faults {
+        std::fs::write(f, "").unwrap();
+        ring.add_node_with(
+            &[],
+            &format!("[transport]\nfault_file = {:?}", f.display().to_string()),
+        );
+    }
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let n = 40;
+    let tokens = populate(&ring, n);
+    ring.wait_copies(COPIES, n, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("initial copies: {e}"));
+
+    // Isolate node 4. Users it holds a copy of can be written on both sides.
+    let x = 4;
+    let x_url = ring.nodes[x].url.clone();
+    let inventory: Vec<String> = client(&ring, &x_url)
+        .call("replica.inventory", gestor_sdk::Value::Null)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| {
+            gestor_tests::cluster::field(h, "username")?
+                .as_text()
+                .map(str::to_string)
+        })
+        .collect();
+    let mut both: Vec<String> = inventory
+        .into_iter()
+        .filter(|u| tokens.contains_key(u))
+        .collect();
+    both.sort();
+    both.truncate(8);
+    assert!(both.len() >= 4, "node {x} holds too few records: {both:?}");
+    let others: Vec<usize> = (0..5).filter(|i| *i != x).collect();
+    let cut_x: String = others
+        .iter()
+        .flat_map(|i| [ring.nodes[*i].url.clone(), ring.signal_url(*i)])
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&faults[x], cut_x).unwrap();
+    for i in &others {
+        std::fs::write(&faults[*i], format!("{}\n{}", x_url, ring.signal_url(x))).unwrap();
+    }
+    // Each side settles on its own: x alone, the others a ring of four.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let alone = ring
+                .status(&x_url)
+                .and_then(|s| gestor::demo::view_of(&s))
+                .is_some_and(|v| v.successors.iter().all(|s| *s == v.id));
+            let majority: Vec<_> = others
+                .iter()
+                .filter_map(|i| ring.status(&ring.nodes[*i].url))
+                .filter_map(|s| gestor::demo::view_of(&s))
+                .collect();
+            alone && majority.len() == 4 && gestor_chord::check_invariants(&majority).is_ok()
+        }),
+        "the partition did not split the ring"
+    );
+
+    let majority_url = ring.nodes[others[0]].url.clone();
+    let set = |url: &str, user: &str, addr: &str| {
+        let mut last = String::new();
+        let ok = wait_until(Duration::from_secs(30), || {
+            match client(&ring, url).set_address(user, &tokens[user], addr) {
+                Ok(_) => true,
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            }
+        });
+        assert!(ok, "set {user} to {addr} via {url}: {last}");
+        let seen = client(&ring, url).lookup(user).unwrap();
+        assert_eq!(
+            seen.address, addr,
+            "{user} via {url} right after the write (owner {})",
+            seen.gestor
+        );
+        // Distinct wall-clock milliseconds, so "newest" is unambiguous.
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut expected = HashMap::new();
+    for (k, user) in both.iter().enumerate() {
+        if k % 2 == 0 {
+            set(&x_url, user, "127.0.0.1:1001");
+            set(&majority_url, user, "127.0.0.1:2002");
+            expected.insert(user.clone(), "127.0.0.1:2002".to_string());
+        } else {
+            set(&majority_url, user, "127.0.0.1:3003");
+            set(&x_url, user, "127.0.0.1:4004");
+            expected.insert(user.clone(), "127.0.0.1:4004".to_string());
+        }
+    }
+
+    // Heal.
+    for f in &faults {
+        std::fs::write(f, "").unwrap();
+    }
+    ring.wait_stable(Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("ring did not merge after healing: {e}\n{}", ring.logs()));
+    if let Err(e) = all_found(&ring, &expected, Duration::from_secs(30)) {
+        let mut dump = String::new();
+        for url in ring.live_urls() {
+            let inv = client(&ring, &url)
+                .call("replica.inventory", gestor_sdk::Value::Null)
+                .unwrap();
+            for h in inv.as_array().unwrap() {
+                let user = gestor_tests::cluster::field(h, "username")
+                    .and_then(|v| v.as_text())
+                    .unwrap_or("");
+                if expected.contains_key(user) {
+                    dump.push_str(&format!(
+                        "{url} {user} {:?}\n",
+                        gestor_tests::cluster::field(h, "version")
+                    ));
+                }
+            }
+        }
+        panic!("after healing: {e}\n{dump}\n{}", ring.logs());
+    }
+    // Every copy anywhere holds the newest version.
+    let newest: HashMap<String, gestor_sdk::Timestamp> = expected
+        .keys()
+        .map(|u| {
+            (
+                u.clone(),
+                client(&ring, &majority_url).lookup(u).unwrap().last_update,
+            )
+        })
+        .collect();
+    let mut stale = Vec::new();
+    let converged = wait_until(Duration::from_secs(40), || {
+        stale.clear();
+        for url in ring.live_urls() {
+            let inv = client(&ring, &url)
+                .call("replica.inventory", gestor_sdk::Value::Null)
+                .unwrap();
+            for h in inv.as_array().unwrap() {
+                let user = gestor_tests::cluster::field(h, "username")
+                    .and_then(|v| v.as_text())
+                    .unwrap_or("")
+                    .to_string();
+                if let Some(want) = newest.get(&user) {
+                    let v: gestor_sdk::Timestamp = gestor_tests::cluster::field(h, "version")
+                        .unwrap()
+                        .deserialized()
+                        .unwrap();
+                    if v != *want {
+                        stale.push(format!("{user}@{url}"));
+                    }
+                }
+            }
+        }
+        stale.is_empty()
+    });
+    assert!(converged, "stale copies remain: {stale:?}");
+    ring.wait_copies(COPIES, n, Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("copies after healing: {e}"));
+}
+
 macro_rules! matrix {
     ($($test:ident),*) => { $(
         mod $test {
@@ -397,5 +575,6 @@ matrix!(
     rolling_restart,
     rejoin_keeps_newer_writes,
     four_joins_under_lookups,
-    lagging_clock_cannot_win_with_old_write
+    lagging_clock_cannot_win_with_old_write,
+    partition_then_heal
 );

@@ -487,62 +487,120 @@ impl Shared {
         }
     }
 
-    /// Drop copies we no longer have to hold, once every designated holder
-    /// has the same or a newer version.
+    /// For records outside our own range: hand a newer version we hold to
+    /// its owner (it may have been written here during a partition), and
+    /// drop copies we no longer have to hold once the owner and every
+    /// designated holder have the same or a newer version.
     fn collect_surplus(&self, nb: &Neighbours, start: u64, end: u64) {
         let store = self.ctx.store();
         let Ok(all) = store.scan_ring(0, 0) else {
             return;
         };
-        let outside: Vec<UserRecord> = all
+        let mut outside: Vec<UserRecord> = all
             .into_iter()
             .filter(|r| !in_ring_interval(r.ring_pos, start, end))
             .collect();
-        let mut purged = 0;
-        let mut neighbours_of: HashMap<String, Option<Neighbours>> = HashMap::new();
-        for r in outside.into_iter().take(256) {
-            let Ok(owner) = self
-                .ctx
-                .call_local::<_, PeerRef>("ring.lookup", &KeyBody { key: r.ring_pos })
-            else {
+        let (mut purged, mut handed) = (0u64, 0usize);
+        // One owner at a time: its range (pred, owner] covers many records,
+        // so lookups and version queries are per owner, not per record.
+        for _ in 0..64 {
+            let Some(first) = outside.first().cloned() else {
+                break;
+            };
+            let Ok(owner) = self.ctx.call_local::<_, PeerRef>(
+                "ring.lookup",
+                &KeyBody {
+                    key: first.ring_pos,
+                },
+            ) else {
+                break;
+            };
+            let owner_nb = if owner.id == nb.me.id {
+                None
+            } else {
+                self.ctx
+                    .call::<_, Neighbours>(&owner.addr, "ring.neighbours", &(), self.timeout())
+                    .ok()
+            };
+            let Some(owner_nb) = owner_nb.filter(|o| o.predecessor.is_some()) else {
+                // Unknown range: leave these records for a later round.
+                outside.retain(|r| r.username != first.username);
                 continue;
             };
-            if owner.id == nb.me.id {
+            let from = owner_nb
+                .predecessor
+                .as_ref()
+                .map(|p| p.id)
+                .unwrap_or(owner.id);
+            let (batch, rest): (Vec<UserRecord>, Vec<UserRecord>) = outside
+                .into_iter()
+                .partition(|r| in_ring_interval(r.ring_pos, from, owner.id));
+            outside = rest;
+            if batch.is_empty() {
+                // The first record was not in the owner's range after all
+                // (the ring is moving); try again next round.
+                outside.retain(|r| r.username != first.username);
                 continue;
             }
-            let owner_nb = neighbours_of
-                .entry(owner.addr.clone())
-                .or_insert_with(|| {
-                    self.ctx
-                        .call::<_, Neighbours>(&owner.addr, "ring.neighbours", &(), self.timeout())
-                        .ok()
-                })
-                .clone();
-            let Some(owner_nb) = owner_nb else { continue };
-            let designated = self.holders(&owner_nb);
-            if designated.iter().any(|h| h.id == nb.me.id) {
-                continue;
-            }
-            let mut everyone = designated.clone();
-            everyone.push(owner.clone());
-            let safe = everyone.iter().all(|p| {
+            let names = Names {
+                usernames: batch.iter().map(|r| r.username.clone()).collect(),
+            };
+            let versions_at = |p: &PeerRef| -> Option<HashMap<String, Option<Timestamp>>> {
                 self.ctx
                     .call::<_, Vec<(String, Option<Timestamp>)>>(
                         &p.addr,
                         "replica.versions",
-                        &Names {
-                            usernames: vec![r.username.clone()],
-                        },
+                        &names,
                         self.timeout(),
                     )
                     .ok()
-                    .and_then(|v| v.into_iter().next())
-                    .and_then(|(_, v)| v)
-                    .is_some_and(|v| v >= r.version)
-            });
-            if safe && store.purge(&r.username).unwrap_or(false) {
-                purged += 1;
+                    .map(|v| v.into_iter().collect())
+            };
+            let Some(at_owner) = versions_at(&owner) else {
+                continue;
+            };
+            let newer_here: Vec<UserRecord> = batch
+                .iter()
+                .filter(|r| {
+                    at_owner
+                        .get(&r.username)
+                        .copied()
+                        .flatten()
+                        .is_none_or(|v| v < r.version)
+                })
+                .cloned()
+                .collect();
+            if !newer_here.is_empty() && self.send_copy(&owner, &newer_here).is_ok() {
+                handed += newer_here.len();
             }
+            let designated = self.holders(&owner_nb);
+            if designated.iter().any(|h| h.id == nb.me.id) {
+                continue;
+            }
+            let mut at_holders = vec![at_owner];
+            for h in &designated {
+                match versions_at(h) {
+                    Some(v) => at_holders.push(v),
+                    None => break,
+                }
+            }
+            if at_holders.len() != designated.len() + 1 {
+                continue;
+            }
+            for r in &batch {
+                let safe = at_holders.iter().all(|held| {
+                    held.get(&r.username)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|v| v >= r.version)
+                });
+                if safe && store.purge(&r.username).unwrap_or(false) {
+                    purged += 1;
+                }
+            }
+        }
+        if handed > 0 {
+            tracing::info!(records = handed, "handed newer versions to their owners");
         }
         if purged > 0 {
             tracing::info!(purged, "surplus copies dropped");
@@ -619,6 +677,11 @@ impl Plugin for Replica {
         let s = shared.clone();
         ctx.on("replica.ready", move |body: KeyBody| {
             Ok(match *lock(&s.ready) {
+                // Ready as a ring of one; no longer true once others are back
+                // (a healed partition): merge first.
+                Some((start, end)) if start == end => s
+                    .neighbours()
+                    .is_some_and(|nb| nb.successors.iter().all(|p| p.id == nb.me.id)),
                 Some((start, end)) => in_ring_interval(body.key, start, end),
                 None => false,
             })

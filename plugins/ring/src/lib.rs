@@ -33,6 +33,10 @@ pub struct RingConfig {
     pub rpc_timeout_ms: u64,
     /// How often the maintenance loop wakes.
     pub tick_every_ms: u64,
+    /// How often a gestor that finds itself alone (every successor lost, as
+    /// after a partition) tries to rejoin through its join URLs and the
+    /// initial gestors.
+    pub rejoin_check_every_ms: u64,
 }
 
 impl Default for RingConfig {
@@ -44,6 +48,7 @@ impl Default for RingConfig {
             check_predecessor_every_ms: 1000,
             rpc_timeout_ms: 1000,
             tick_every_ms: 100,
+            rejoin_check_every_ms: 5_000,
         }
     }
 }
@@ -97,6 +102,8 @@ struct Shared {
     config: RingConfig,
     epoch: Instant,
     join_cursor: Mutex<usize>,
+    last_rejoin_check: Mutex<u64>,
+    chord_config: ChordConfig,
     stats: Mutex<(u64, u64)>,
 }
 
@@ -163,6 +170,55 @@ impl Shared {
         }
         let out = self.node().tick(self.now());
         self.drive(out);
+        self.rejoin_if_alone();
+    }
+
+    /// A member whose successors all failed is a ring of one. If that is
+    /// because of a partition that has healed, the gestores it knows of are
+    /// reachable again: start over and join through one of them.
+    fn rejoin_if_alone(&self) {
+        let now = self.now();
+        {
+            let mut last = self
+                .last_rejoin_check
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if now.saturating_sub(*last) < self.config.rejoin_check_every_ms {
+                return;
+            }
+            *last = now;
+        }
+        let me = {
+            let node = self.node();
+            let alone = node.joined() && node.successors().iter().all(|p| p.id == node.me().id);
+            if !alone {
+                return;
+            }
+            node.me().clone()
+        };
+        let mut candidates = self.ctx.join_urls();
+        candidates.extend(self.ctx.initial_gestors());
+        candidates.retain(|u| *u != me.addr);
+        candidates.dedup();
+        for url in candidates {
+            let Ok(via) = self
+                .ctx
+                .call::<_, Peer>(&url, "ring.whoami", &(), self.rpc_timeout())
+            else {
+                continue;
+            };
+            if via.id == me.id {
+                continue;
+            }
+            tracing::info!(via = %url, "alone in the ring; rejoining");
+            let out = {
+                let mut node = self.node();
+                *node = Node::new(me.clone(), self.chord_config.clone());
+                node.join(via, now)
+            };
+            self.drive(out);
+            return;
+        }
     }
 
     /// Create a ring, or join one through the configured gestores.
@@ -283,11 +339,13 @@ impl Plugin for Ring {
         };
         let me = Peer::new(ctx.node_id(), ctx.request_url());
         let shared = Arc::new(Shared {
-            node: Mutex::new(Node::new(me.clone(), chord)),
+            node: Mutex::new(Node::new(me.clone(), chord.clone())),
             ctx: ctx.clone(),
             config: config.clone(),
             epoch: Instant::now(),
             join_cursor: Mutex::new(0),
+            last_rejoin_check: Mutex::new(0),
+            chord_config: chord.clone(),
             stats: Mutex::new((0, 0)),
         });
         *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
