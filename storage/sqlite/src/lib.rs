@@ -619,6 +619,7 @@ mod tests {
                 node: 3,
             },
             deleted: false,
+            session_hash: String::new(),
         };
         store.put(&r).unwrap();
         store.kv_put("chord", b"k", b"v").unwrap();
