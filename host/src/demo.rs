@@ -282,5 +282,35 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
         Ok(()) => println!("  ring invariants (one ordered ring, ordered successor lists): hold"),
         Err(v) => bail!("ring invariants violated: {v:?}"),
     }
+
+    // Copies: every record on its owner and the owner's successors.
+    let wanted = 4.min(nodes.len());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let r = crate::copies::run(o.transport, &nodes[0].url, 3)?;
+        if (r.under.is_empty() && r.records == users.len()) || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let spread: Vec<String> = report
+        .histogram
+        .iter()
+        .map(|(n, c)| format!("{c} on {n}"))
+        .collect();
+    println!(
+        "  copies: {} records, held on {} gestores each as wanted (owner + 3 successors): {}",
+        report.records,
+        wanted,
+        if report.under.is_empty() {
+            "yes"
+        } else {
+            "not yet"
+        }
+    );
+    println!(
+        "  records by number of gestores holding them: {}",
+        spread.join(", ")
+    );
     Ok(())
 }
