@@ -629,14 +629,34 @@ impl Inner {
     }
 
     fn send_alive_loop(&self) {
+        /// How often the client checks which gestor is responsible for it.
+        const SELF_CHECK_EVERY: Duration = Duration::from_secs(10);
         let mut alive: Option<AliveSender> = None;
         let mut client = self.opts.client();
         let mut next_watch = Instant::now();
         let mut token = String::new();
+        let mut signal = String::new();
+        let mut next_self_check = Instant::now() + SELF_CHECK_EVERY;
         while !self.stop.load(Ordering::SeqCst) {
-            let session = self.session();
+            let mut session = self.session();
+            // The responsible gestor can change (failure, join): a lookup of
+            // ourselves names the current one's signal endpoint.
+            if Instant::now() >= next_self_check {
+                next_self_check = Instant::now() + SELF_CHECK_EVERY;
+                if let Ok(me) = client.lookup(&session.username) {
+                    if !me.signal.is_empty() && !signal.is_empty() && me.signal != signal {
+                        tracing::info!(signal = %me.signal, "responsible gestor changed; alive signals follow it");
+                        signal = me.signal;
+                        token.clear();
+                    }
+                }
+            }
+            if !signal.is_empty() {
+                session.signal = signal.clone();
+            }
             if token != session.token {
                 token = session.token.clone();
+                signal = session.signal.clone();
                 alive = match AliveSender::new(self.transport.as_ref(), &session) {
                     Ok(a) => Some(a),
                     Err(e) => {

@@ -18,6 +18,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use gestor_sdk::hash::ring_position;
 use gestor_sdk::hlc::system_ms;
+use gestor_sdk::routing;
 use gestor_sdk::{
     declare_plugin, CallError, ErrorCode, HandlerError, Plugin, PluginContext, PluginError,
     Timestamp, UserRecord,
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `[plugins.config.gestor_directory]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,14 +56,6 @@ impl Default for DirectoryConfig {
             forward_timeout_ms: 5_000,
         }
     }
-}
-
-/// What the ring plugin answers to `ring.lookup`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Owner {
-    pub id: u64,
-    pub addr: String,
-    pub hops: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,64 +171,25 @@ impl Shared {
             .clone()
     }
 
-    /// Forward `kind` to the gestor responsible for `username`, retrying once
-    /// with a fresh lookup if the ring moved under us.
+    /// Forward `kind` to the gestor responsible for `username` (see
+    /// `gestor_sdk::routing::forward`), recording the lookup's hops.
     fn route<Req: Serialize, Rep: serde::de::DeserializeOwned + WithHops>(
         &self,
         username: &str,
         kind: &str,
         body: &Req,
     ) -> Result<Rep, HandlerError> {
-        rules::validate_username(username)?;
         let ctx = self.ctx()?;
-        let config = self.config();
-        // One attempt may hit a dead owner or a gestor still taking over a
-        // range; retry with fresh lookups until the deadline.
-        let deadline = Instant::now() + Duration::from_millis(config.forward_timeout_ms);
-        let attempt_timeout = Duration::from_millis(config.forward_timeout_ms.clamp(100, 2_000));
-        let key = ring_position(username.as_bytes());
-        let mut last;
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match ctx.call_local::<_, Owner>("ring.lookup", &KeyBody { key }) {
-                Ok(owner) => match ctx.call::<Req, Rep>(&owner.addr, kind, body, attempt_timeout) {
-                    Ok(mut rep) => {
-                        rep.set_hops(owner.hops);
-                        return Ok(rep);
-                    }
-                    Err(CallError::Remote(e))
-                        if e.code != ErrorCode::Unavailable && e.code != ErrorCode::Timeout =>
-                    {
-                        return Err(e)
-                    }
-                    Err(e) => {
-                        tracing::debug!(%username, owner = %owner.addr, "forward failed, retrying: {e}");
-                        if matches!(e, CallError::Transport(_)) {
-                            // Route around it before our own failure detection does.
-                            let _ = ctx
-                                .call_local::<_, bool>("ring.suspect", &KeyBody { key: owner.id });
-                        }
-                        last = e.into();
-                    }
-                },
-                Err(e) => last = e.into(),
-            }
-            if Instant::now() + backoff > deadline {
-                return Err(last);
-            }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(500));
-        }
+        let deadline = Duration::from_millis(self.config().forward_timeout_ms);
+        let (mut rep, hops) = routing::forward::<Req, Rep>(&ctx, username, kind, body, deadline)?;
+        rep.set_hops(hops);
+        Ok(rep)
     }
 
     /// Owner side: refuse unless this node is responsible for `username`.
     fn owner_check(&self, ctx: &PluginContext, username: &str) -> Result<u64, HandlerError> {
-        rules::validate_username(username)?;
         let key = ring_position(username.as_bytes());
-        let responsible: bool = ctx
-            .call_local("ring.responsible", &KeyBody { key })
-            .map_err(HandlerError::from)?;
-        if !responsible {
+        if !routing::is_responsible(ctx, username)? {
             return Err(HandlerError::unavailable(format!(
                 "{} is not responsible for {username}",
                 ctx.request_url()

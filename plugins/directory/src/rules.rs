@@ -2,33 +2,9 @@
 
 use gestor_sdk::HandlerError;
 
-pub const USERNAME_MIN: usize = 3;
-pub const USERNAME_MAX: usize = 32;
-pub const PASSWORD_MAX: usize = 1024;
+pub use gestor_sdk::routing::{validate_username, USERNAME_MAX, USERNAME_MIN};
 
-/// 3–32 characters of `a-z`, `0-9`, `_`, `-`, `.`, starting with a letter or
-/// digit. Lowercase only, so `Alice` and `alice` cannot be two people.
-pub fn validate_username(name: &str) -> Result<(), HandlerError> {
-    let len = name.chars().count();
-    if !(USERNAME_MIN..=USERNAME_MAX).contains(&len) {
-        return Err(HandlerError::bad_request(format!(
-            "username must be {USERNAME_MIN} to {USERNAME_MAX} characters, got {len}"
-        )));
-    }
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'));
-    if !first_ok || !rest_ok {
-        return Err(HandlerError::bad_request(
-            "username may contain only a-z, 0-9, '_', '-', '.' and must start with a letter or digit",
-        ));
-    }
-    Ok(())
-}
+pub const PASSWORD_MAX: usize = 1024;
 
 pub fn validate_password(password: &str) -> Result<(), HandlerError> {
     if password.is_empty() || password.len() > PASSWORD_MAX {
@@ -62,25 +38,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn usernames() {
-        for ok in ["alice", "bob_2", "a.b-c", "007"] {
-            assert!(validate_username(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "ab",
-            "Alice",
-            "_alice",
-            "al ice",
-            "x".repeat(33).as_str(),
-            "añil",
-            "a/b",
-        ] {
-            assert!(validate_username(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn addresses() {

@@ -26,11 +26,9 @@
 pub mod presence;
 pub mod rules;
 
-use gestor_sdk::hash::ring_position;
 use gestor_sdk::hlc::system_ms;
-use gestor_sdk::{
-    declare_plugin, CallError, ErrorCode, HandlerError, Plugin, PluginContext, PluginError,
-};
+use gestor_sdk::routing;
+use gestor_sdk::{declare_plugin, ErrorCode, HandlerError, Plugin, PluginContext, PluginError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -196,13 +194,6 @@ pub struct CopyBody {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Owner {
-    pub id: u64,
-    pub addr: String,
-    pub hops: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Peer {
     pub id: u64,
     pub addr: String,
@@ -213,11 +204,6 @@ pub struct Neighbours {
     pub me: Peer,
     pub predecessor: Option<Peer>,
     pub successors: Vec<Peer>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct KeyBody {
-    pub key: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -263,44 +249,21 @@ impl Shared {
             .clone()
     }
 
-    /// Forward `kind` to the gestor responsible for `username`, with a fresh
-    /// lookup on each of 3 attempts when the ring moved under us.
+    /// Forward `kind` to the gestor responsible for `username`
+    /// (`gestor_sdk::routing::forward`: fresh lookups with backoff).
     pub fn route<Req: Serialize, Rep: DeserializeOwned>(
         &self,
         username: &str,
         kind: &str,
         body: &Req,
     ) -> Result<Rep, HandlerError> {
-        rules::validate_username(username)?;
         let ctx = self.ctx()?;
-        let timeout = Duration::from_millis(self.config().forward_timeout_ms);
-        let key = ring_position(username.as_bytes());
-        let mut last = HandlerError::unavailable("no attempt made");
-        for _attempt in 0..3 {
-            let owner: Owner = ctx
-                .call_local("ring.lookup", &KeyBody { key })
-                .map_err(HandlerError::from)?;
-            match ctx.call::<Req, Rep>(&owner.addr, kind, body, timeout) {
-                Ok(rep) => return Ok(rep),
-                Err(CallError::Remote(e))
-                    if e.code != ErrorCode::Unavailable && e.code != ErrorCode::Timeout =>
-                {
-                    return Err(e)
-                }
-                Err(e) => {
-                    tracing::debug!(%username, owner = %owner.addr, kind, "forward failed, retrying: {e}");
-                    last = e.into();
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-        Err(last)
+        let deadline = Duration::from_millis(self.config().forward_timeout_ms);
+        routing::forward::<Req, Rep>(&ctx, username, kind, body, deadline).map(|(rep, _hops)| rep)
     }
 
     pub fn responsible(&self, ctx: &PluginContext, username: &str) -> Result<bool, HandlerError> {
-        let key = ring_position(username.as_bytes());
-        ctx.call_local("ring.responsible", &KeyBody { key })
-            .map_err(HandlerError::from)
+        routing::is_responsible(ctx, username)
     }
 
     /// Owner side: refuse unless this node is responsible for `username`.

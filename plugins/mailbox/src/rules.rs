@@ -3,23 +3,7 @@
 
 use gestor_sdk::HandlerError;
 
-pub fn validate_username(name: &str) -> Result<(), HandlerError> {
-    let ok_len = (3..=32).contains(&name.len());
-    let ok_first = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'));
-    if ok_len && ok_first && ok_chars {
-        Ok(())
-    } else {
-        Err(HandlerError::bad_request(format!(
-            "invalid username {name:?}: 3-32 of a-z 0-9 _ - . starting with a letter or digit"
-        )))
-    }
-}
+pub use gestor_sdk::routing::validate_username;
 
 /// Message ids: 1-64 characters of `[A-Za-z0-9_-]` (clients use 32 hex digits).
 pub fn validate_id(id: &str) -> Result<(), HandlerError> {

@@ -17,6 +17,7 @@ pub mod hash;
 pub mod hlc;
 pub mod logging;
 pub mod plugin;
+pub mod routing;
 pub mod store;
 pub mod transport;
 pub mod wire;
