@@ -436,8 +436,8 @@ impl Shared {
         };
         stats.confirmed_holders = confirmed;
         stats.last_round_ms = now;
-        let gc_due =
-            self.config.gc_every_rounds > 0 && stats.rounds.is_multiple_of(self.config.gc_every_rounds);
+        let gc_due = self.config.gc_every_rounds > 0
+            && stats.rounds.is_multiple_of(self.config.gc_every_rounds);
         drop(stats);
         if gc_due {
             self.collect_surplus(&nb, start, end);
