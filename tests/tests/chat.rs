@@ -429,3 +429,63 @@ fn mailbox_after_owner_failure_nng_sled() {
 fn mailbox_after_owner_failure_zmq_sqlite() {
     mailbox_after_owner_failure(TransportKind::Zmq, StorageKind::Sqlite);
 }
+
+/// A message left in a mailbox and never fetched expires after the
+/// configured age and comes back to its sender as a bounce (reported, not
+/// dropped silently) — even though the sender had quit meanwhile.
+fn mailbox_expiry_bounces(transport: TransportKind, storage: StorageKind) {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let tag = format!("{transport}/{storage}");
+    let config = format!(
+        "{}\n[plugins.config.gestor_mailbox]\nttl_ms = 1000\nexpire_every_ms = 200\n",
+        gestor_tests::ring::TEST_CONFIG
+    );
+    let ring = Ring::start_with_config(3, transport, storage, &config);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
+    let alice = ChatUser::register(&ring, "alice");
+    let _bob = ChatUser::register(&ring, "bob"); // never logs in
+    let a = alice.start(&ring, |_| {});
+    let sent = a.send("bob", "nobody reads this").expect("send");
+    assert!(a.flush(DEADLINE), "[{tag}] handed off to the mailbox");
+    a.quit().expect("alice logs out");
+
+    // Alice comes back; her own mailbox holds the bounce.
+    let a = alice.start(&ring, |_| {});
+    let bounced = poll(Duration::from_secs(30), || {
+        a.store()
+            .failures()
+            .ok()?
+            .into_iter()
+            .find(|f| f.message.id == sent.id)
+    });
+    let failure =
+        bounced.unwrap_or_else(|| panic!("[{tag}] the expired message never came back to alice"));
+    assert_eq!(failure.message.text, "nobody reads this");
+    assert!(!failure.reason.is_empty(), "[{tag}] the bounce says why");
+    println!(
+        "[{tag}] expired mail reported to its sender: {}",
+        failure.reason
+    );
+    a.quit().expect("alice logs out");
+}
+
+#[test]
+fn mailbox_expiry_bounces_nng_sqlite() {
+    mailbox_expiry_bounces(TransportKind::Nng, StorageKind::Sqlite);
+}
+
+#[test]
+fn mailbox_expiry_bounces_nng_sled() {
+    mailbox_expiry_bounces(TransportKind::Nng, StorageKind::Sled);
+}
+
+#[test]
+fn mailbox_expiry_bounces_zmq_sqlite() {
+    mailbox_expiry_bounces(TransportKind::Zmq, StorageKind::Sqlite);
+}
+
+#[test]
+fn mailbox_expiry_bounces_zmq_sled() {
+    mailbox_expiry_bounces(TransportKind::Zmq, StorageKind::Sled);
+}

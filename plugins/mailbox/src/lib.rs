@@ -573,7 +573,9 @@ impl Shared {
                 let Ok(held) = gestor_sdk::wire::from_cbor::<Held>(&v) else {
                     continue;
                 };
-                if now.saturating_sub(held.stored_ms) <= ttl {
+                // A bounce is the only trace of an undelivered message: it
+                // stays until its sender fetches it (bounded by max_per_user).
+                if held.bounce.is_some() || now.saturating_sub(held.stored_ms) <= ttl {
                     continue;
                 }
                 let owner = self.responsible(&ctx, held.holder()).unwrap_or(false);
