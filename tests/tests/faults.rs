@@ -106,10 +106,56 @@ fn kill_two_at_once(transport: TransportKind, storage: StorageKind) {
         .unwrap_or_else(|e| panic!("initial copies: {e}"));
 
     let order = ring.ring_order();
-    let adjacent = [order[2], order[3]];
+    // Two neighbours, the first of them an initial gestor, so that the list
+    // must change.
+    let initial: Vec<String> = ring
+        .status(&ring.live_urls()[0])
+        .and_then(|s| s.get("initial_gestors")?.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let k = (0..order.len())
+        .find(|k| initial.contains(&ring.nodes[order[*k]].url))
+        .expect("an initial gestor");
+    let adjacent = [order[k], order[(k + 1) % order.len()]];
+    let dead: Vec<String> = adjacent
+        .iter()
+        .map(|i| ring.nodes[*i].url.clone())
+        .collect();
     ring.kill(&adjacent);
     all_found(&ring, &expected, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("after killing 2 adjacent: {e}\n{}", ring.logs()));
+    // Dead initial gestors are replaced; every gestor and every reply carry
+    // the new list.
+    let mut last = Vec::new();
+    let replaced = wait_until(Duration::from_secs(30), || {
+        let lists: Vec<Vec<String>> = ring
+            .live_urls()
+            .iter()
+            .filter_map(|u| ring.status(u))
+            .map(|s| {
+                s.get("initial_gestors")
+                    .and_then(|l| l.as_array())
+                    .map(|l| {
+                        l.iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut c = client(&ring, &ring.live_urls()[0]);
+        let _ = c.lookup("user1");
+        let replied = c.initial_gestors().to_vec();
+        let good = |l: &Vec<String>| l.len() == 5 && !l.iter().any(|u| dead.contains(u));
+        last = replied.clone();
+        lists.len() == 6 && lists.iter().all(|l| good(l) && *l == lists[0]) && replied == lists[0]
+    });
+    assert!(
+        replaced,
+        "initial gestors not replaced everywhere: last reply carried {last:?}, dead {dead:?}"
+    );
     ring.wait_stable(Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("ring did not heal: {e}"));
     ring.wait_copies(COPIES, n, Duration::from_secs(40))
