@@ -112,6 +112,8 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
         remote_code(c.register("user1", "x").unwrap_err()),
         ErrorCode::Conflict
     );
+    // The same name with its own password is a retry: answered as the first time.
+    assert_eq!(c.register("user1", "pw-1").unwrap().username, "user1");
     assert_eq!(
         remote_code(c.lookup("nobody-here").unwrap_err()),
         ErrorCode::NotFound

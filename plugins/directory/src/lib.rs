@@ -288,9 +288,16 @@ impl Shared {
             }
         }
         store.flush()?;
-        match ctx.call_local::<_, gestor_sdk::Value>("replica.replicate", &record) {
-            Ok(_) => Ok(record),
-            Err(CallError::Remote(e)) if e.code == ErrorCode::UnknownKind => Ok(record),
+        self.replicate(ctx, &record)?;
+        Ok(record)
+    }
+
+    /// Have `record` copied per the replication rule (a no-op without the
+    /// replica plugin).
+    fn replicate(&self, ctx: &PluginContext, record: &UserRecord) -> Result<(), HandlerError> {
+        match ctx.call_local::<_, gestor_sdk::Value>("replica.replicate", record) {
+            Ok(_) => Ok(()),
+            Err(CallError::Remote(e)) if e.code == ErrorCode::UnknownKind => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -325,6 +332,17 @@ impl Shared {
         let mut replaces = Timestamp::ZERO;
         if let Some(existing) = ctx.store().get(&req.username)? {
             if !existing.deleted {
+                // The same name and password again is a retry of a register
+                // whose answer was lost (or whose copies were still being
+                // made): make sure it is copied, and answer as the first time.
+                if self.check_password(&existing, &req.password).is_ok() {
+                    self.replicate(&ctx, &existing)?;
+                    return Ok(Registered {
+                        username: req.username,
+                        gestor: ctx.request_url(),
+                        hops: 0,
+                    });
+                }
                 return Err(err(
                     ErrorCode::Conflict,
                     format!("username {} is taken", req.username),
