@@ -188,6 +188,15 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
         !client(&ring, &urls[2]).lookup("user2").unwrap().online,
         "offline at once after logout"
     );
+    // A repeated logout (a retry) is harmless, and the old token is dead.
+    c.logout("user2", &s2.token).unwrap();
+    assert_eq!(
+        remote_code(
+            c.set_address("user2", &s2.token, "127.0.0.1:9")
+                .unwrap_err()
+        ),
+        ErrorCode::Unauthorized
+    );
 
     // Garbage frames on a ring node get error replies; the node keeps serving.
     let mut raw = transport_impl

@@ -442,8 +442,15 @@ impl Shared {
         let ctx = self.ctx()?;
         self.owner_check(&ctx, &req.username)?;
         let _guard = self.lock_user(&req.username);
+        let existing = self.live_record(&ctx, &req.username)?;
+        if existing.session_hash.is_empty() && !existing.online {
+            // Already logged out: a repeated logout (a retry whose first
+            // answer was lost) changes nothing; make sure it is copied.
+            self.replicate(&ctx, &existing)?;
+            return Ok(Done { ok: true, hops: 0 });
+        }
         self.check_token(&ctx, &req.username, &req.token)?;
-        let mut record = self.live_record(&ctx, &req.username)?;
+        let mut record = existing;
         record.online = false;
         record.last_seen_ms = system_ms();
         record.session_hash.clear();

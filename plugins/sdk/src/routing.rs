@@ -54,10 +54,12 @@ struct KeyBody {
     key: u64,
 }
 
-/// The longest a single forwarded attempt may take. Long enough for the
-/// owner to finish a replicated write (so a slow write is not sent twice),
-/// short enough that a dead owner is given up on quickly.
-const MAX_ATTEMPT: Duration = Duration::from_secs(4);
+/// The longest a single forwarded attempt may take: short, so a dead owner
+/// is given up on quickly. A write slower than this (a copy holder being
+/// replaced) is forwarded again, which the directory's writes tolerate
+/// (register, set_address and logout are idempotent; login issues a new
+/// token, and the caller keeps the last one it receives).
+const MAX_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// Send `kind` with `body` to the gestor responsible for `username`; return
 /// its reply and the lookup's hop count. Error replies other than
