@@ -429,6 +429,22 @@ fn lagging_clock_cannot_win_with_old_write(transport: TransportKind, storage: St
 /// the same users; after healing, the isolated gestor rejoins and every copy
 /// holds the newest version.
 fn partition_then_heal(transport: TransportKind, storage: StorageKind) {
+    partition_and_heal(transport, storage, 5, &[4]);
+}
+
+/// A partition splits six gestores into two rings of three; both accept
+/// conflicting updates; after healing the rings merge into one and every
+/// copy holds the newest version.
+fn partition_into_two_rings_then_heal(transport: TransportKind, storage: StorageKind) {
+    partition_and_heal(transport, storage, 6, &[3, 4, 5]);
+}
+
+fn partition_and_heal(
+    transport: TransportKind,
+    storage: StorageKind,
+    nodes: usize,
+    isolated: &[usize],
+) {
     // Conflicts are resolved per record: a presence sweep (offline, a
     // versioned write) after the updates would itself be the newest
     // version. Keep presence out of this test so it measures only the
@@ -436,7 +452,7 @@ fn partition_then_heal(transport: TransportKind, storage: StorageKind) {
     let config = gestor_tests::ring::TEST_CONFIG
         .replace("presence_timeout_ms = 1500", "presence_timeout_ms = 600000");
     let mut ring = Ring::start_with_config(0, transport, storage, &config);
-    let faults: Vec<std::path::PathBuf> = (0..5)
+    let faults: Vec<std::path::PathBuf> = (0..nodes)
         .map(|i| ring.path().join(format!("fault-{i}")))
         .collect();
     for f in &faults {
@@ -453,55 +469,60 @@ fn partition_then_heal(transport: TransportKind, storage: StorageKind) {
     ring.wait_copies(COPIES, n, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("initial copies: {e}"));
 
-    // Isolate node 4. Users it holds a copy of can be written on both sides.
-    let x = 4;
-    let x_url = ring.nodes[x].url.clone();
-    let inventory: Vec<String> = client(&ring, &x_url)
-        .call("replica.inventory", gestor_sdk::Value::Null)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|h| {
-            gestor_tests::cluster::field(h, "username")?
-                .as_text()
-                .map(str::to_string)
-        })
-        .collect();
-    let mut both: Vec<String> = inventory
-        .into_iter()
-        .filter(|u| tokens.contains_key(u))
-        .collect();
+    // Cut `isolated` off. Users they hold copies of can be written on both
+    // sides (with 4 holders, the other side holds every record too).
+    let mut both: Vec<String> = Vec::new();
+    for &i in isolated {
+        let inv = client(&ring, &ring.nodes[i].url.clone())
+            .call("replica.inventory", gestor_sdk::Value::Null)
+            .unwrap();
+        for h in inv.as_array().unwrap() {
+            if let Some(u) = gestor_tests::cluster::field(h, "username").and_then(|v| v.as_text()) {
+                if tokens.contains_key(u) && !both.iter().any(|b| b == u) {
+                    both.push(u.to_string());
+                }
+            }
+        }
+    }
     both.sort();
     both.truncate(8);
-    assert!(both.len() >= 4, "node {x} holds too few records: {both:?}");
-    let others: Vec<usize> = (0..5).filter(|i| *i != x).collect();
-    let cut_x: String = others
-        .iter()
-        .flat_map(|i| [ring.nodes[*i].url.clone(), ring.signal_url(*i)])
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&faults[x], cut_x).unwrap();
-    for i in &others {
-        std::fs::write(&faults[*i], format!("{}\n{}", x_url, ring.signal_url(x))).unwrap();
-    }
-    // Each side settles on its own: x alone, the others a ring of four.
     assert!(
-        wait_until(Duration::from_secs(30), || {
-            let alone = ring
-                .status(&x_url)
-                .and_then(|s| gestor::demo::view_of(&s))
-                .is_some_and(|v| v.successors.iter().all(|s| *s == v.id));
-            let majority: Vec<_> = others
+        both.len() >= 4,
+        "the isolated side holds too few records: {both:?}"
+    );
+    let others: Vec<usize> = (0..nodes).filter(|i| !isolated.contains(i)).collect();
+    let urls_of = |side: &[usize]| -> String {
+        side.iter()
+            .flat_map(|i| [ring.nodes[*i].url.clone(), ring.signal_url(*i)])
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for &i in isolated {
+        std::fs::write(&faults[i], urls_of(&others)).unwrap();
+    }
+    for &i in &others {
+        std::fs::write(&faults[i], urls_of(isolated)).unwrap();
+    }
+    // Each side settles into a ring of its own.
+    let side_is_a_ring = |side: &[usize]| {
+        let views: Vec<_> = side
+            .iter()
+            .filter_map(|i| ring.status(&ring.nodes[*i].url))
+            .filter_map(|s| gestor::demo::view_of(&s))
+            .collect();
+        let ids: Vec<u64> = views.iter().map(|v| v.id).collect();
+        views.len() == side.len()
+            && views
                 .iter()
-                .filter_map(|i| ring.status(&ring.nodes[*i].url))
-                .filter_map(|s| gestor::demo::view_of(&s))
-                .collect();
-            alone && majority.len() == 4 && gestor_chord::check_invariants(&majority).is_ok()
-        }),
+                .all(|v| v.successors.iter().all(|s| ids.contains(s)))
+            && gestor_chord::check_invariants(&views).is_ok()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || side_is_a_ring(isolated)
+            && side_is_a_ring(&others)),
         "the partition did not split the ring"
     );
-
+    let x_url = ring.nodes[isolated[0]].url.clone();
     let majority_url = ring.nodes[others[0]].url.clone();
     let set = |url: &str, user: &str, addr: &str| {
         let mut last = String::new();
@@ -622,5 +643,6 @@ matrix!(
     rejoin_keeps_newer_writes,
     four_joins_under_lookups,
     lagging_clock_cannot_win_with_old_write,
-    partition_then_heal
+    partition_then_heal,
+    partition_into_two_rings_then_heal
 );

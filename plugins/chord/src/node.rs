@@ -493,6 +493,26 @@ impl Node {
     }
 
     /// Successor list := `[succ] ++ list` (ordered, trimmed); rectify succ.
+    /// Merging rings after a partition heals: `candidate` — found through a
+    /// gestor of another ring, and alive (it answered `GetState` with
+    /// `list`) — is adopted as our successor if it lies strictly between us
+    /// and our current successor. Stabilize and rectify then zip the two
+    /// rings together, one closer pointer at a time. Returns the rectify
+    /// notice for the new successor, or nothing if it was not closer.
+    pub fn offer_successor(&mut self, candidate: Peer, list: &[Peer]) -> Vec<Outbound> {
+        if !self.joined() || candidate.id == self.me.id {
+            return Vec::new();
+        }
+        let closer = match self.successors.first() {
+            Some(s) if s.id != self.me.id => in_open(candidate.id, self.me.id, s.id),
+            _ => true,
+        };
+        if !closer {
+            return Vec::new();
+        }
+        self.adopt(&candidate, list)
+    }
+
     fn adopt(&mut self, succ: &Peer, list: &[Peer]) -> Vec<Outbound> {
         let new = self.build_successors(succ, list);
         if new.is_empty() {
@@ -843,6 +863,22 @@ mod tests {
     fn only(out: Vec<Outbound>) -> Outbound {
         assert_eq!(out.len(), 1, "{out:?}");
         out.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn offered_successor_from_another_ring_is_adopted_only_if_closer() {
+        // Ring A: 10 -> 50 -> 90; ring B holds 30 and 70.
+        let mut n = member(10, &[50, 90], Some(90));
+        assert!(
+            n.offer_successor(p(70), &[p(10), p(30)]).is_empty(),
+            "70 is past our successor 50"
+        );
+        assert_eq!(ids(&n), vec![50, 90]);
+        let out = only(n.offer_successor(p(30), &[p(70), p(10)]));
+        assert_eq!(out.to.id, 30);
+        assert_eq!(out.request, Request::Rectify { candidate: p(10) });
+        assert_eq!(ids(&n), vec![30, 70]);
+        assert!(n.offer_successor(p(10), &[]).is_empty(), "never ourselves");
     }
 
     #[test]

@@ -17,6 +17,9 @@ use gestor_chord::{
 use gestor_sdk::{declare_plugin, CallError, HandlerError, Plugin, PluginContext, PluginError};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+
+/// How many past successors are remembered as probes for ring merging.
+const SEEN_PEERS: usize = 64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -103,6 +106,9 @@ struct Shared {
     epoch: Instant,
     join_cursor: Mutex<usize>,
     last_rejoin_check: Mutex<u64>,
+    probe_cursor: Mutex<usize>,
+    /// Gestores seen in our successor list (bounded), for ring merging.
+    seen: Mutex<VecDeque<String>>,
     chord_config: ChordConfig,
     stats: Mutex<(u64, u64)>,
 }
@@ -170,12 +176,14 @@ impl Shared {
         }
         let out = self.node().tick(self.now());
         self.drive(out);
+        self.remember_peers();
         self.rejoin_if_alone();
     }
 
-    /// A member whose successors all failed is a ring of one. If that is
-    /// because of a partition that has healed, the gestores it knows of are
-    /// reachable again: start over and join through one of them.
+    /// After a partition: a member whose successors all failed is a ring of
+    /// one, and once the gestores it knows of are reachable again it starts
+    /// over and joins through one of them; a member of a larger ring probes
+    /// for another ring to merge with (`probe_other_rings`).
     fn rejoin_if_alone(&self) {
         let now = self.now();
         {
@@ -188,14 +196,18 @@ impl Shared {
             }
             *last = now;
         }
-        let me = {
+        let (me, alone, successors) = {
             let node = self.node();
-            let alone = node.joined() && node.successors().iter().all(|p| p.id == node.me().id);
-            if !alone {
+            if !node.joined() {
                 return;
             }
-            node.me().clone()
+            let alone = node.successors().iter().all(|p| p.id == node.me().id);
+            (node.me().clone(), alone, node.successors().to_vec())
         };
+        if !alone {
+            self.probe_other_rings(&me, &successors);
+            return;
+        }
         let mut candidates = self.ctx.join_urls();
         candidates.extend(self.ctx.initial_gestors());
         candidates.retain(|u| *u != me.addr);
@@ -218,6 +230,87 @@ impl Shared {
             };
             self.drive(out);
             return;
+        }
+    }
+
+    /// After a partition the two sides may each have formed a ring. Ask one
+    /// gestor we know of (join URLs, initial gestors, peers seen before)
+    /// where our own id belongs in *its* ring. If the answer is not us, that
+    /// ring does not contain us: offer its node to Chord as a closer
+    /// successor and announce ourselves to it (rectify). Stabilization then
+    /// zips the rings together. In one healthy ring the answer is us, or a
+    /// node we had not met yet between us and our successor — adopting that
+    /// is right too.
+    fn probe_other_rings(&self, me: &Peer, successors: &[Peer]) {
+        let mut candidates = self.ctx.join_urls();
+        candidates.extend(self.ctx.initial_gestors());
+        candidates.extend(
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        candidates.retain(|u| *u != me.addr && !successors.iter().any(|s| s.addr == *u));
+        candidates.sort();
+        candidates.dedup();
+        if candidates.is_empty() {
+            return;
+        }
+        let url = {
+            let mut cursor = self.probe_cursor.lock().unwrap_or_else(|p| p.into_inner());
+            *cursor = (*cursor + 1) % candidates.len();
+            candidates[*cursor].clone()
+        };
+        let Ok(owner) = self.ctx.call::<_, Owner>(
+            &url,
+            "ring.lookup",
+            &KeyBody { key: me.id },
+            self.rpc_timeout(),
+        ) else {
+            return;
+        };
+        if owner.id == me.id {
+            return;
+        }
+        let candidate = Peer::new(owner.id, owner.addr);
+        let Ok(Response::State {
+            successors: list, ..
+        }) = self.rpc(&candidate, Request::GetState)
+        else {
+            return;
+        };
+        let out = self.node().offer_successor(candidate.clone(), &list);
+        if !out.is_empty() {
+            tracing::info!(peer = %candidate.addr, via = %url, "found a closer successor through another gestor; merging rings");
+            self.drive(out);
+        }
+        // Let the other side learn of us too, in case we are its closer predecessor.
+        let _ = self.rpc(
+            &candidate,
+            Request::Rectify {
+                candidate: me.clone(),
+            },
+        );
+    }
+
+    /// Remember gestores seen in our successor list, as probes for
+    /// `probe_other_rings` after they have left our view.
+    fn remember_peers(&self) {
+        let addrs: Vec<String> = self
+            .node()
+            .successors()
+            .iter()
+            .map(|p| p.addr.clone())
+            .collect();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for a in addrs {
+            if !seen.contains(&a) {
+                seen.push_back(a);
+                if seen.len() > SEEN_PEERS {
+                    seen.pop_front();
+                }
+            }
         }
     }
 
@@ -345,6 +438,8 @@ impl Plugin for Ring {
             epoch: Instant::now(),
             join_cursor: Mutex::new(0),
             last_rejoin_check: Mutex::new(0),
+            probe_cursor: Mutex::new(0),
+            seen: Mutex::new(VecDeque::new()),
             chord_config: chord.clone(),
             stats: Mutex::new((0, 0)),
         });
