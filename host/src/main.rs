@@ -77,6 +77,14 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete an account (its password is required); the name becomes free.
+    Delete {
+        user: String,
+        #[arg(long, env = "GESTOR_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Log out (offline at once). Uses the token saved by `gestor login`.
     Logout {
         user: String,
@@ -358,6 +366,23 @@ fn run_client_command(command: Command) -> Result<()> {
                     f.hops,
                     f.gestor
                 );
+            }
+            Ok(())
+        }
+        Command::Delete {
+            user,
+            password: pw,
+            client: args,
+        } => {
+            let pw = password(pw)?;
+            let mut c = client(&args);
+            let d = c.delete(&user, &pw).map_err(describe)?;
+            remember(&c);
+            sessions::forget_session(&user);
+            if args.json {
+                print_json(&d)?;
+            } else {
+                println!("deleted {user}");
             }
             Ok(())
         }
