@@ -277,6 +277,33 @@ impl Shared {
                 .map_err(|e| err(ErrorCode::ClockSkew, e.to_string()))?;
         }
         record.version = ctx.clock().now();
+        self.store_and_copy(ctx, record)
+    }
+
+    /// Write a presence-only change (online or offline from alive signals).
+    /// Its stamp is the replaced version's own instant plus one logical
+    /// tick: newer than what it replaces, but older than any change made
+    /// elsewhere meanwhile. So when both sides of a partition wrote, an
+    /// address or session change beats a presence flip. Losing one is
+    /// harmless: presence is recomputed from alive signals and the timeout.
+    fn write_presence(
+        &self,
+        ctx: &PluginContext,
+        mut record: UserRecord,
+    ) -> Result<UserRecord, HandlerError> {
+        record.version = Timestamp {
+            wall_ms: record.version.wall_ms,
+            logical: record.version.logical.saturating_add(1),
+            node: ctx.node_id(),
+        };
+        self.store_and_copy(ctx, record)
+    }
+
+    fn store_and_copy(
+        &self,
+        ctx: &PluginContext,
+        record: UserRecord,
+    ) -> Result<UserRecord, HandlerError> {
         let store = ctx.store();
         match store.put(&record)? {
             gestor_sdk::PutOutcome::Applied => {}
@@ -509,7 +536,7 @@ impl Shared {
             if !record.online || was_known.is_none() {
                 record.online = true;
                 record.last_seen_ms = now;
-                if let Err(e) = self.write(&ctx, record) {
+                if let Err(e) = self.write_presence(&ctx, record) {
                     tracing::debug!(username = %alive.username, "cannot mark online: {e}");
                 }
             }
@@ -539,7 +566,7 @@ impl Shared {
                 if record.online {
                     record.online = false;
                     record.last_seen_ms = record.last_seen_ms.max(last);
-                    if let Err(e) = self.write(&ctx, record) {
+                    if let Err(e) = self.write_presence(&ctx, record) {
                         tracing::debug!(%username, "cannot mark offline: {e}");
                     } else {
                         tracing::debug!(%username, "offline: alive signals stopped");
