@@ -343,26 +343,6 @@ fn chat_on_ring(transport: TransportKind, storage: StorageKind) {
     b.stop();
 }
 
-#[test]
-fn chat_nng_sqlite() {
-    chat_on_ring(TransportKind::Nng, StorageKind::Sqlite);
-}
-
-#[test]
-fn chat_nng_sled() {
-    chat_on_ring(TransportKind::Nng, StorageKind::Sled);
-}
-
-#[test]
-fn chat_zmq_sqlite() {
-    chat_on_ring(TransportKind::Zmq, StorageKind::Sqlite);
-}
-
-#[test]
-fn chat_zmq_sled() {
-    chat_on_ring(TransportKind::Zmq, StorageKind::Sled);
-}
-
 /// The mailbox outlives the gestor holding it: its successor has the copy.
 fn mailbox_after_owner_failure(transport: TransportKind, storage: StorageKind) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -410,26 +390,6 @@ fn mailbox_after_owner_failure(transport: TransportKind, storage: StorageKind) {
     println!("[{tag}] bob's gestor {owner} killed; its successor delivered all 5 from its copy");
 }
 
-#[test]
-fn mailbox_after_owner_failure_nng_sqlite() {
-    mailbox_after_owner_failure(TransportKind::Nng, StorageKind::Sqlite);
-}
-
-#[test]
-fn mailbox_after_owner_failure_zmq_sled() {
-    mailbox_after_owner_failure(TransportKind::Zmq, StorageKind::Sled);
-}
-
-#[test]
-fn mailbox_after_owner_failure_nng_sled() {
-    mailbox_after_owner_failure(TransportKind::Nng, StorageKind::Sled);
-}
-
-#[test]
-fn mailbox_after_owner_failure_zmq_sqlite() {
-    mailbox_after_owner_failure(TransportKind::Zmq, StorageKind::Sqlite);
-}
-
 /// A message left in a mailbox and never fetched expires after the
 /// configured age and comes back to its sender as a bounce (reported, not
 /// dropped silently) — even though the sender had quit meanwhile.
@@ -470,22 +430,20 @@ fn mailbox_expiry_bounces(transport: TransportKind, storage: StorageKind) {
     a.quit().expect("alice logs out");
 }
 
-#[test]
-fn mailbox_expiry_bounces_nng_sqlite() {
-    mailbox_expiry_bounces(TransportKind::Nng, StorageKind::Sqlite);
+macro_rules! matrix {
+    ($($name:ident => $test:ident),*) => { $(
+        mod $name {
+            use super::*;
+            #[test] fn nng_sqlite() { super::$test(TransportKind::Nng, StorageKind::Sqlite) }
+            #[test] fn nng_sled() { super::$test(TransportKind::Nng, StorageKind::Sled) }
+            #[test] fn zmq_sqlite() { super::$test(TransportKind::Zmq, StorageKind::Sqlite) }
+            #[test] fn zmq_sled() { super::$test(TransportKind::Zmq, StorageKind::Sled) }
+        }
+    )* };
 }
 
-#[test]
-fn mailbox_expiry_bounces_nng_sled() {
-    mailbox_expiry_bounces(TransportKind::Nng, StorageKind::Sled);
-}
-
-#[test]
-fn mailbox_expiry_bounces_zmq_sqlite() {
-    mailbox_expiry_bounces(TransportKind::Zmq, StorageKind::Sqlite);
-}
-
-#[test]
-fn mailbox_expiry_bounces_zmq_sled() {
-    mailbox_expiry_bounces(TransportKind::Zmq, StorageKind::Sled);
-}
+matrix!(
+    chat => chat_on_ring,
+    mailbox_after_owner_failure => mailbox_after_owner_failure,
+    mailbox_expiry_bounces => mailbox_expiry_bounces
+);

@@ -93,17 +93,40 @@ fn addresses(n: usize) -> HashMap<String, String> {
         .collect()
 }
 
+/// A ring of `nodes` gestores with `n` users registered and logged in, every
+/// record already on its 4 gestores. Returns the ring and the users' tokens.
+fn populated_ring(
+    nodes: usize,
+    n: usize,
+    transport: TransportKind,
+    storage: StorageKind,
+) -> (Ring, HashMap<String, String>) {
+    let ring = Ring::start(nodes, transport, storage);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
+    let tokens = populate(&ring, n);
+    ring.wait_copies(COPIES, n, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("initial copies: {e}"));
+    (ring, tokens)
+}
+
+/// After `what` happened: every user found with its address, one ring again,
+/// and every record back on its 4 gestores.
+fn recovered(ring: &Ring, expected: &HashMap<String, String>, records: usize, what: &str) {
+    all_found(ring, expected, Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("after {what}: {e}\n{}", ring.logs()));
+    ring.wait_stable(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("ring did not heal after {what}: {e}"));
+    ring.wait_copies(COPIES, records, Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("copies after {what}: {e}"));
+}
+
 /// 8 gestores, 500 users; two adjacent gestores killed at once, then two
 /// others: every acknowledged record survives, copies come back to 4.
 fn kill_two_at_once(transport: TransportKind, storage: StorageKind) {
-    let mut ring = Ring::start(8, transport, storage);
-    ring.wait_stable(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
     let n = 500;
-    populate(&ring, n);
+    let (mut ring, _) = populated_ring(8, n, transport, storage);
     let expected = addresses(n);
-    ring.wait_copies(COPIES, n, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("initial copies: {e}"));
 
     let order = ring.ring_order();
     // Two neighbours, the first of them an initial gestor, so that the list
@@ -156,50 +179,27 @@ fn kill_two_at_once(transport: TransportKind, storage: StorageKind) {
         replaced,
         "initial gestors not replaced everywhere: last reply carried {last:?}, dead {dead:?}"
     );
-    ring.wait_stable(Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("ring did not heal: {e}"));
-    ring.wait_copies(COPIES, n, Duration::from_secs(40))
-        .unwrap_or_else(|e| panic!("copies after 2 adjacent: {e}"));
+    recovered(&ring, &expected, n, "killing 2 adjacent");
 
     // Two more, not adjacent this time.
     let order = ring.ring_order();
-    let apart = [order[0], order[3]];
-    ring.kill(&apart);
-    all_found(&ring, &expected, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("after killing 2 apart: {e}\n{}", ring.logs()));
-    ring.wait_stable(Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("ring did not heal: {e}"));
-    ring.wait_copies(COPIES, n, Duration::from_secs(40))
-        .unwrap_or_else(|e| panic!("copies after 2 apart: {e}"));
+    ring.kill(&[order[0], order[3]]);
+    recovered(&ring, &expected, n, "killing 2 apart");
 }
 
 /// With the default 3 copies (4 holders), three adjacent gestores may die at once.
 fn kill_three_adjacent(transport: TransportKind, storage: StorageKind) {
-    let mut ring = Ring::start(8, transport, storage);
-    ring.wait_stable(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
     let n = 200;
-    populate(&ring, n);
-    let expected = addresses(n);
-    ring.wait_copies(COPIES, n, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("initial copies: {e}"));
+    let (mut ring, _) = populated_ring(8, n, transport, storage);
     let order = ring.ring_order();
     ring.kill(&[order[4], order[5], order[6]]);
-    all_found(&ring, &expected, Duration::from_secs(40))
-        .unwrap_or_else(|e| panic!("after killing 3 adjacent: {e}\n{}", ring.logs()));
-    ring.wait_stable(Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("ring did not heal: {e}"));
-    ring.wait_copies(COPIES, n, Duration::from_secs(40))
-        .unwrap_or_else(|e| panic!("copies after 3 adjacent: {e}"));
+    recovered(&ring, &addresses(n), n, "killing 3 adjacent");
 }
 
 /// Every gestor restarted in turn on its own data directory: nothing lost.
 fn rolling_restart(transport: TransportKind, storage: StorageKind) {
-    let mut ring = Ring::start(6, transport, storage);
-    ring.wait_stable(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
     let n = 200;
-    populate(&ring, n);
+    let (mut ring, _) = populated_ring(6, n, transport, storage);
     let expected = addresses(n);
     for i in 0..ring.nodes.len() {
         assert_eq!(
@@ -221,14 +221,9 @@ fn rolling_restart(transport: TransportKind, storage: StorageKind) {
 /// address changed while it was down keeps the new address everywhere, and a
 /// user deleted meanwhile stays deleted.
 fn rejoin_keeps_newer_writes(transport: TransportKind, storage: StorageKind) {
-    let mut ring = Ring::start(6, transport, storage);
-    ring.wait_stable(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
     let n = 120;
-    let tokens = populate(&ring, n);
+    let (mut ring, tokens) = populated_ring(6, n, transport, storage);
     let mut expected = addresses(n);
-    ring.wait_copies(COPIES, n, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("initial copies: {e}"));
 
     // The victim: the owner of user7.
     let owner_url = client(&ring, &ring.live_urls()[0])
@@ -287,11 +282,8 @@ fn rejoin_keeps_newer_writes(transport: TransportKind, storage: StorageKind) {
 /// Four gestores join while lookups run: once the ring settles no lookup
 /// fails, every record has its copies, and surplus copies are dropped.
 fn four_joins_under_lookups(transport: TransportKind, storage: StorageKind) {
-    let mut ring = Ring::start(4, transport, storage);
-    ring.wait_stable(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
     let n = 200;
-    populate(&ring, n);
+    let (mut ring, _) = populated_ring(4, n, transport, storage);
     let expected = addresses(n);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let looker = {
