@@ -14,16 +14,16 @@ fn echo_node(transport: TransportKind, dir: &std::path::Path, rust_log: &str) ->
     echo_node_with(transport, dir, rust_log, "sqlite")
 }
 
-fn echo_node_with(
+/// `gestor node` arguments for one node on fresh loopback ports: (url, args).
+fn node_args(
     transport: TransportKind,
-    dir: &std::path::Path,
-    rust_log: &str,
     storage: &str,
-) -> NodeProc {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
+    data: &std::path::Path,
+    plugin: &str,
+) -> (String, Vec<String>) {
+    let url = format!("tcp://127.0.0.1:{}", free_port());
     let signal = format!("tcp://127.0.0.1:{}", free_port());
-    let args: Vec<String> = [
+    let args = [
         "--listen",
         &url,
         "--signal",
@@ -33,13 +33,31 @@ fn echo_node_with(
         "--storage",
         storage,
         "--data-dir",
-        &dir.join("data").display().to_string(),
+        &data.display().to_string(),
         "--plugin",
-        "gestor_echo_plugin",
+        plugin,
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    (url, args)
+}
+
+/// Run `gestor node` expecting it to refuse to start: (exit code, stderr).
+fn refused_with(args: &[String]) -> (i32, String) {
+    let mut full: Vec<&str> = vec!["node"];
+    full.extend(args.iter().map(String::as_str));
+    let (code, _out, err) = run_cli(&full, &[("RUST_LOG", "off")]);
+    (code, err)
+}
+
+fn echo_node_with(
+    transport: TransportKind,
+    dir: &std::path::Path,
+    rust_log: &str,
+    storage: &str,
+) -> NodeProc {
+    let (url, args) = node_args(transport, storage, &dir.join("data"), "gestor_echo_plugin");
     let node = NodeProc::spawn(&url, transport, &args, dir, &[("RUST_LOG", rust_log)]);
     assert!(
         wait_ready(&url, transport, Duration::from_secs(20)),
@@ -220,26 +238,8 @@ fn refuses_to_start_on_a_corrupt_data_file(transport: TransportKind) {
         };
         assert!(victim.exists(), "{} should exist", victim.display());
         std::fs::write(&victim, vec![0x5a; 8192]).unwrap();
-        let url = format!("tcp://127.0.0.1:{}", free_port());
-        let signal = format!("tcp://127.0.0.1:{}", free_port());
-        let (code, _out, err) = run_cli(
-            &[
-                "node",
-                "--listen",
-                &url,
-                "--signal",
-                &signal,
-                "--transport",
-                &transport.to_string(),
-                "--storage",
-                storage,
-                "--data-dir",
-                &data.display().to_string(),
-                "--plugin",
-                "gestor_echo_plugin",
-            ],
-            &[("RUST_LOG", "off")],
-        );
+        let (_url, args) = node_args(transport, storage, &data, "gestor_echo_plugin");
+        let (code, err) = refused_with(&args);
         assert_ne!(code, 0, "{storage}: must refuse to start");
         assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
         assert!(
@@ -251,26 +251,8 @@ fn refuses_to_start_on_a_corrupt_data_file(transport: TransportKind) {
 
 fn refused(plugin: &str, transport: TransportKind) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("tcp://127.0.0.1:{}", free_port());
-    let signal = format!("tcp://127.0.0.1:{}", free_port());
-    let data = dir.path().join("data").display().to_string();
-    let (code, _out, err) = run_cli(
-        &[
-            "node",
-            "--listen",
-            &url,
-            "--signal",
-            &signal,
-            "--transport",
-            &transport.to_string(),
-            "--data-dir",
-            &data,
-            "--plugin",
-            plugin,
-        ],
-        &[("RUST_LOG", "off")],
-    );
-    (code, err)
+    let (_url, args) = node_args(transport, "sqlite", &dir.path().join("data"), plugin);
+    refused_with(&args)
 }
 
 fn refuses_a_file_that_is_not_a_plugin(transport: TransportKind) {
