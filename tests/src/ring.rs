@@ -119,20 +119,26 @@ impl Ring {
             args.push("--join".into());
             args.push(via.url.clone());
         }
+        let node = self.spawn_ready(&url, &args);
+        self.nodes.push(node);
+        self.nodes.last().expect("just pushed")
+    }
+
+    /// Start `gestor node ARGS` serving at `url` and wait until it answers.
+    fn spawn_ready(&self, url: &str, args: &[String]) -> NodeProc {
         let node = NodeProc::spawn(
-            &url,
+            url,
             self.transport,
-            &args,
+            args,
             self.dir.path(),
             &[("RUST_LOG", "info")],
         );
         assert!(
-            wait_ready(&url, self.transport, Duration::from_secs(30)),
-            "gestor did not start:\n{}",
+            wait_ready(url, self.transport, Duration::from_secs(30)),
+            "gestor at {url} did not start:\n{}",
             node.log()
         );
-        self.nodes.push(node);
-        self.nodes.last().expect("just pushed")
+        node
     }
 
     /// Restart node `i` with its original arguments (same URL, same data
@@ -152,19 +158,7 @@ impl Ring {
             args.push(via.1.url.clone());
         }
         let url = self.nodes[i].url.clone();
-        let node = NodeProc::spawn(
-            &url,
-            self.transport,
-            &args,
-            self.dir.path(),
-            &[("RUST_LOG", "info")],
-        );
-        assert!(
-            wait_ready(&url, self.transport, Duration::from_secs(30)),
-            "gestor did not restart:\n{}",
-            node.log()
-        );
-        self.nodes[i] = node;
+        self.nodes[i] = self.spawn_ready(&url, &args);
     }
 
     /// SIGKILL several nodes as close to the same moment as we can.
