@@ -29,6 +29,13 @@ pub enum ErrorCode {
     ClockSkew,
     /// A bug: a handler panicked or failed unexpectedly.
     Internal,
+    /// The caller may not use this kind (an internal kind from a non-gestor,
+    /// a local kind from the network).
+    Forbidden,
+    /// Too many attempts from this source or on this account; retry later.
+    RateLimited,
+    /// The node is saturated (e.g. the password-hashing queue is full); retry later.
+    Busy,
 }
 
 impl ErrorCode {
@@ -45,6 +52,9 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::ClockSkew => "clock_skew",
             ErrorCode::Internal => "internal",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Busy => "busy",
         }
     }
 }
@@ -117,6 +127,12 @@ pub enum TransportError {
         backend: &'static str,
         reason: String,
     },
+    /// The peer did not prove that it belongs to the cluster (secure layer).
+    #[error("refusing {url}: it does not prove admission to this cluster ({reason})")]
+    Untrusted { url: String, reason: String },
+    /// The secure session failed: refused handshake, altered or replayed frame.
+    #[error("secure channel to {url}: {reason}")]
+    Secure { url: String, reason: String },
 }
 
 /// Failure of a call made through the host to another gestor or plugin.

@@ -1,0 +1,398 @@
+//! The layer over real nng and ZeroMQ sockets on 127.0.0.1, plus frame-level
+//! attacks replayed through `serve` directly.
+
+use super::*;
+use std::net::TcpListener;
+use std::sync::atomic::AtomicUsize;
+
+const T: Duration = Duration::from_secs(5);
+
+fn tcp_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!("tcp://127.0.0.1:{}", l.local_addr().expect("addr").port())
+}
+
+fn transports() -> Vec<Arc<dyn Transport>> {
+    vec![
+        Arc::new(gestor_transport_nng::NngTransport::new()),
+        Arc::new(gestor_transport_zmq::ZmqTransport::new()),
+    ]
+}
+
+struct Cluster {
+    key: ClusterKey,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Cluster {
+            key: ClusterKey::generate(),
+        }
+    }
+    fn gestor(&self, t: &Arc<dyn Transport>, name: &str) -> SecureLayer {
+        SecureLayer::new(
+            t.clone(),
+            SecureConfig::gestor(self.key.admit(name).unwrap(), self.key.public()),
+        )
+    }
+    fn client(&self, t: &Arc<dyn Transport>) -> SecureLayer {
+        SecureLayer::new(t.clone(), SecureConfig::client(self.key.public()))
+    }
+}
+
+/// A replier answering `who:REQUEST` and counting calls.
+fn echo_server(layer: &SecureLayer, url: &str, calls: Arc<AtomicUsize>) -> Box<dyn Replier> {
+    layer
+        .replier(
+            url,
+            Arc::new(move |req: &[u8], peer: &Peer| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let who = if peer.is_gestor() { "gestor" } else { "client" };
+                let mut out = format!("{who}:").into_bytes();
+                out.extend_from_slice(req);
+                out
+            }),
+            &TransportOptions::default(),
+        )
+        .expect("replier")
+}
+
+#[test]
+fn clients_and_gestores_are_told_apart_on_both_transports() {
+    for t in transports() {
+        let cluster = Cluster::new();
+        let server = cluster.gestor(&t, "a");
+        let url = tcp_url();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let _rep = echo_server(&server, &url, calls.clone());
+
+        let client = cluster.client(&t);
+        let mut r = client
+            .requester(&url, &TransportOptions::default())
+            .unwrap();
+        assert_eq!(r.request(b"hi", T).unwrap(), b"client:hi", "{}", t.name());
+        assert_eq!(r.request(b"again", T).unwrap(), b"client:again");
+
+        let peer = cluster.gestor(&t, "b");
+        let mut r = peer.requester(&url, &TransportOptions::default()).unwrap();
+        assert_eq!(r.request(b"x", T).unwrap(), b"gestor:x", "{}", t.name());
+        // Large frames (past Noise's 64 KiB message cap) go through whole.
+        let big = vec![7u8; 300_000];
+        let reply = r.request(&big, T).unwrap();
+        assert_eq!(&reply[7..], &big[..]);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        assert_eq!(server.stats().handshakes, 2);
+    }
+}
+
+#[test]
+fn a_client_of_another_cluster_refuses_before_sending_anything() {
+    for t in transports() {
+        let ours = Cluster::new();
+        let theirs = Cluster::new();
+        let server = ours.gestor(&t, "a");
+        let url = tcp_url();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let _rep = echo_server(&server, &url, calls.clone());
+
+        let client = theirs.client(&t);
+        let mut r = client
+            .requester(&url, &TransportOptions::default())
+            .unwrap();
+        let err = r.request(b"password=hunter2", T).unwrap_err();
+        assert!(
+            matches!(err, TransportError::Untrusted { .. }),
+            "{}: {err}",
+            t.name()
+        );
+        assert!(err.to_string().contains("another cluster"), "{err}");
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "request reached a handler");
+        // The server only ever saw a first handshake message: no session.
+        assert_eq!(server.stats().handshakes, 0);
+    }
+}
+
+#[test]
+fn a_gestor_of_another_cluster_is_refused_and_an_uncredentialed_server_is_not_trusted() {
+    let t: Arc<dyn Transport> = Arc::new(gestor_transport_nng::NngTransport::new());
+    let ours = Cluster::new();
+    let theirs = Cluster::new();
+    let server = ours.gestor(&t, "a");
+    let url = tcp_url();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _rep = echo_server(&server, &url, calls.clone());
+
+    // A gestor admitted elsewhere, which does trust our cluster: refused by us.
+    let mut cred = theirs.key.admit("intruder").unwrap();
+    cred.credential.cluster = *ours.key.public().as_bytes();
+    let intruder = SecureLayer::new(t.clone(), SecureConfig::gestor(cred, ours.key.public()));
+    let mut r = intruder
+        .requester(&url, &TransportOptions::default())
+        .unwrap();
+    let err = r.request(b"replica.put", T).unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(server.stats().handshakes_refused, 1);
+
+    // A node with no credential (insecure) is not a gestor to a client.
+    let fake = SecureLayer::new(t.clone(), SecureConfig::insecure());
+    let fake_url = tcp_url();
+    let _fake_rep = echo_server(&fake, &fake_url, calls.clone());
+    let client = ours.client(&t);
+    let mut r = client
+        .requester(&fake_url, &TransportOptions::default())
+        .unwrap();
+    let err = r.request(b"login", T).unwrap_err();
+    assert!(matches!(err, TransportError::Untrusted { .. }), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+/// Drives `serve` directly, keeping every frame, to replay and alter them.
+struct Wire {
+    server: SecureLayer,
+    frames: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Requester for Wire {
+    fn request(&mut self, payload: &[u8], _: Duration) -> Result<Vec<u8>, TransportError> {
+        self.frames.lock().unwrap().push(payload.to_vec());
+        Ok(self
+            .server
+            .serve(payload, |req, _| [b"ok:".as_slice(), req].concat()))
+    }
+    fn url(&self) -> &str {
+        "wire"
+    }
+}
+
+#[test]
+fn altered_and_replayed_frames_are_refused_and_counted() {
+    let t: Arc<dyn Transport> = Arc::new(gestor_transport_nng::NngTransport::new());
+    let cluster = Cluster::new();
+    let server = cluster.gestor(&t, "a");
+    let client = cluster.client(&t);
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let mut wire = SecureRequester {
+        layer: client.clone(),
+        inner: Box::new(Wire {
+            server: server.clone(),
+            frames: frames.clone(),
+        }),
+        url: "wire".into(),
+    };
+    assert_eq!(wire.request(b"secret", T).unwrap(), b"ok:secret");
+    let sealed = frames.lock().unwrap().last().unwrap().clone();
+    assert_eq!(sealed[0], frame::REQUEST);
+    assert!(
+        !sealed.windows(6).any(|w| w == b"secret"),
+        "plaintext visible in the frame"
+    );
+
+    // Replay: refused, counted, handler not run.
+    let reply = server.serve(&sealed, |_, _| panic!("replay reached the handler"));
+    assert_eq!(parse_refusal(&reply).unwrap().0, refusal::REPLAYED);
+    assert_eq!(server.stats().replayed, 1);
+
+    // Alteration of the body, and of the header (the counter), both refused.
+    // (An altered copy of a frame already accepted is simply a replay; use
+    // a fresh frame the server has not seen.)
+    let session = client
+        .shared
+        .by_request_url
+        .lock()
+        .unwrap()
+        .get("wire")
+        .cloned()
+        .unwrap();
+    let (fresh, _) = session.seal(frame::REQUEST, b"fresh", &[]).unwrap();
+    let mut altered = fresh.clone();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    let reply = server.serve(&altered, |_, _| panic!("altered frame reached the handler"));
+    assert_eq!(parse_refusal(&reply).unwrap().0, refusal::TAMPERED);
+    let mut recounted = fresh.clone();
+    recounted[HEADER_LEN - 1] ^= 0x40;
+    let reply = server.serve(&recounted, |_, _| {
+        panic!("altered header reached the handler")
+    });
+    assert_eq!(parse_refusal(&reply).unwrap().0, refusal::TAMPERED);
+    assert_eq!(server.stats().tampered, 2);
+
+    // Plaintext envelopes and garbage are refused with a reason.
+    let reply = server.serve(&[0xa1, 0x61, 0x76, 0x01], |_, _| {
+        panic!("plaintext handled")
+    });
+    assert_eq!(parse_refusal(&reply).unwrap().0, refusal::MALFORMED);
+    let reply = server.serve(&[], |_, _| panic!("empty handled"));
+    assert_eq!(parse_refusal(&reply).unwrap().0, refusal::MALFORMED);
+
+    // The session still works after all that.
+    assert_eq!(wire.request(b"more", T).unwrap(), b"ok:more");
+}
+
+#[test]
+fn a_forgotten_session_is_remade_transparently() {
+    let t: Arc<dyn Transport> = Arc::new(gestor_transport_nng::NngTransport::new());
+    let cluster = Cluster::new();
+    let url = tcp_url();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let client = cluster.client(&t);
+    let mut r = client
+        .requester(&url, &TransportOptions::default())
+        .unwrap();
+    {
+        let server = cluster.gestor(&t, "a");
+        let _rep = echo_server(&server, &url, calls.clone());
+        assert_eq!(r.request(b"one", T).unwrap(), b"client:one");
+    }
+    // "Restart": a new layer on the same URL knows nothing of the old session.
+    let server = cluster.gestor(&t, "a");
+    let rep = echo_server(&server, &url, calls.clone());
+    assert_eq!(r.request(b"two", T).unwrap(), b"client:two");
+    assert_eq!(server.stats().unknown_session, 1);
+    drop(rep);
+}
+
+#[test]
+fn revoked_gestores_lose_their_sessions_and_cannot_handshake() {
+    let t: Arc<dyn Transport> = Arc::new(gestor_transport_nng::NngTransport::new());
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new();
+    let revoked_path = dir.path().join("revoked.toml");
+    let mut config = SecureConfig::gestor(cluster.key.admit("a").unwrap(), cluster.key.public());
+    config.revocations_file = Some(revoked_path.clone());
+    let server = SecureLayer::new(t.clone(), config);
+    let url = tcp_url();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _rep = echo_server(&server, &url, calls.clone());
+
+    let bad_cred = cluster.key.admit("bad").unwrap();
+    let bad_key = bad_cred.credential.static_public;
+    let bad = SecureLayer::new(
+        t.clone(),
+        SecureConfig::gestor(bad_cred, cluster.key.public()),
+    );
+    let good = cluster.gestor(&t, "good");
+    let mut rb = bad.requester(&url, &TransportOptions::default()).unwrap();
+    let mut rg = good.requester(&url, &TransportOptions::default()).unwrap();
+    assert_eq!(rb.request(b"1", T).unwrap(), b"gestor:1");
+    assert_eq!(rg.request(b"1", T).unwrap(), b"gestor:1");
+
+    cluster
+        .key
+        .sign_revocations(&[bad_key])
+        .save(&revoked_path)
+        .unwrap();
+    assert_eq!(server.refresh_revocations().unwrap(), 1);
+    let err = rb.request(b"2", T).unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+    assert_eq!(
+        rg.request(b"2", T).unwrap(),
+        b"gestor:2",
+        "others unaffected"
+    );
+
+    // A list signed by another cluster is refused and changes nothing.
+    Cluster::new()
+        .key
+        .sign_revocations(&[])
+        .save(&revoked_path)
+        .unwrap();
+    // Make sure the modification time differs from the last read.
+    let later = SystemTime::now() + Duration::from_secs(5);
+    let f = std::fs::File::options()
+        .append(true)
+        .open(&revoked_path)
+        .unwrap();
+    f.set_modified(later).unwrap();
+    assert!(server.refresh_revocations().is_err());
+    assert!(rb.request(b"3", T).is_err());
+}
+
+#[test]
+fn signals_are_sealed_and_replays_dropped() {
+    for t in transports() {
+        let cluster = Cluster::new();
+        let url = tcp_url();
+        let sig = tcp_url();
+        let server = SecureLayer::new(
+            t.clone(),
+            SecureConfig::gestor(cluster.key.admit("a").unwrap(), cluster.key.public())
+                .with_urls(&url, &sig),
+        );
+        let _rep = echo_server(&server, &url, Arc::new(AtomicUsize::new(0)));
+        let mut sub = server
+            .subscriber(&Endpoint::Bind(sig.clone()), &TransportOptions::default())
+            .unwrap();
+
+        // A client seals its signals with the session it made with the gestor.
+        let client = cluster.client(&t);
+        let mut publisher = client
+            .publisher_via(&url, &sig, &TransportOptions::default(), T)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            publisher.publish(b"alive", b"me").unwrap();
+            if let Some(s) = sub.recv_from(Duration::from_millis(100)).unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "{}: no signal", t.name());
+        };
+        assert_eq!(
+            (got.0.as_slice(), got.1.as_slice()),
+            (&b"alive"[..], &b"me"[..])
+        );
+        assert!(!got.2.is_gestor());
+
+        // A gestor that handshook with us can signal back through the responder side.
+        let peer_url = tcp_url();
+        let peer_sig = tcp_url();
+        let peer = SecureLayer::new(
+            t.clone(),
+            SecureConfig::gestor(cluster.key.admit("b").unwrap(), cluster.key.public())
+                .with_urls(&peer_url, &peer_sig),
+        );
+        let mut r = peer.requester(&url, &TransportOptions::default()).unwrap();
+        r.request(b"hello", T).unwrap();
+        let mut back = server
+            .publisher_to(&peer_sig, &TransportOptions::default())
+            .unwrap();
+        let mut peer_sub = peer
+            .subscriber(
+                &Endpoint::Bind(peer_sig.clone()),
+                &TransportOptions::default(),
+            )
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let got = loop {
+            back.publish(b"replica.hb", b"x").unwrap();
+            if let Some(s) = peer_sub.recv_from(Duration::from_millis(100)).unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "{}: no signal back", t.name());
+        };
+        assert!(got.2.is_gestor());
+        assert_eq!(got.0, b"replica.hb");
+
+        // Replaying a captured sealed signal changes nothing.
+        let client_session = client
+            .shared
+            .by_request_url
+            .lock()
+            .unwrap()
+            .get(&url)
+            .cloned()
+            .unwrap();
+        let (sealed, _) = client_session
+            .seal(
+                frame::SIGNAL_FROM_INITIATOR,
+                &encode_signal(b"alive", b"r"),
+                &[],
+            )
+            .unwrap();
+        assert!(server.open_signal(&sealed).is_some());
+        let before = server.stats().replayed;
+        assert!(server.open_signal(&sealed).is_none());
+        assert_eq!(server.stats().replayed, before + 1);
+    }
+}
