@@ -757,6 +757,7 @@ impl SecureLayer {
         url: &str,
         requester: &mut dyn Requester,
         timeout: Duration,
+        require_gestor: bool,
     ) -> Result<Arc<Session>, TransportError> {
         if let Some(sess) = self
             .shared
@@ -766,9 +767,15 @@ impl SecureLayer {
             .get(url)
             .cloned()
         {
+            if require_gestor && !sess.peer.is_gestor() {
+                return Err(TransportError::Untrusted {
+                    url: url.to_string(),
+                    reason: "it presented no gestor credential".into(),
+                });
+            }
             return Ok(sess);
         }
-        self.handshake(url, requester, timeout)
+        self.handshake(url, requester, timeout, require_gestor)
     }
 
     fn handshake(
@@ -776,6 +783,7 @@ impl SecureLayer {
         url: &str,
         requester: &mut dyn Requester,
         timeout: Duration,
+        require_gestor: bool,
     ) -> Result<Arc<Session>, TransportError> {
         let s = &self.shared;
         let secure_err = |reason: String| TransportError::Secure {
@@ -810,7 +818,7 @@ impl SecureLayer {
             .ok_or_else(|| secure_err("no static key in handshake".into()))?;
         // Decide before sending anything of ours: an unadmitted peer learns nothing.
         let peer = match &s.cluster {
-            Some(_) if identity.credential.is_none() => {
+            Some(_) if require_gestor && identity.credential.is_none() => {
                 return Err(TransportError::Untrusted {
                     url: url.to_string(),
                     reason: "it presented no gestor credential".into(),
@@ -882,11 +890,32 @@ impl SecureLayer {
             .replier(url, Arc::new(inner), &with_overhead(options))
     }
 
-    /// A requester to the gestor at `url`; the handshake happens on first use.
+    /// A requester to the gestor at `url`; the handshake happens on first
+    /// use and fails unless the responder proves admission to the cluster.
     pub fn requester(
         &self,
         url: &str,
         options: &TransportOptions,
+    ) -> Result<Box<dyn Requester>, TransportError> {
+        self.make_requester(url, options, true)
+    }
+
+    /// A requester to a client endpoint (a chat client's receiver): sealed
+    /// the same way, but the responder need not be a gestor. Its identity
+    /// is then only a key, so nothing secret of the cluster may go there.
+    pub fn requester_to_client(
+        &self,
+        url: &str,
+        options: &TransportOptions,
+    ) -> Result<Box<dyn Requester>, TransportError> {
+        self.make_requester(url, options, false)
+    }
+
+    fn make_requester(
+        &self,
+        url: &str,
+        options: &TransportOptions,
+        require_gestor: bool,
     ) -> Result<Box<dyn Requester>, TransportError> {
         let inner = self
             .shared
@@ -896,6 +925,7 @@ impl SecureLayer {
             layer: self.clone(),
             inner,
             url: url.to_string(),
+            require_gestor: require_gestor && self.shared.cluster.is_some(),
         }))
     }
 
@@ -933,7 +963,7 @@ impl SecureLayer {
             .shared
             .transport
             .requester(request_url, &with_overhead(options))?;
-        let session = self.session_with(request_url, requester.as_mut(), timeout)?;
+        let session = self.session_with(request_url, requester.as_mut(), timeout, true)?;
         let inner = self.shared.transport.publisher(
             &Endpoint::Dial(signal_url.to_string()),
             &with_overhead(options),
@@ -1033,6 +1063,9 @@ struct SecureRequester {
     layer: SecureLayer,
     inner: Box<dyn Requester>,
     url: String,
+    /// Refuse a responder that proves no gestor credential (clients and
+    /// gestores talking to gestores); off for client endpoints (chat peers).
+    require_gestor: bool,
 }
 
 impl Requester for SecureRequester {
@@ -1044,9 +1077,12 @@ impl Requester for SecureRequester {
         // A second round only when the gestor forgot our session (it was
         // restarted or evicted us): the request was not processed, so resend.
         for _ in 0..2 {
-            let session = self
-                .layer
-                .session_with(&self.url, self.inner.as_mut(), timeout)?;
+            let session = self.layer.session_with(
+                &self.url,
+                self.inner.as_mut(),
+                timeout,
+                self.require_gestor,
+            )?;
             let (frame, counter) = session
                 .seal(frame::REQUEST, payload, &[])
                 .map_err(&secure_err)?;

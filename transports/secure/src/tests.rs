@@ -145,6 +145,19 @@ fn a_gestor_of_another_cluster_is_refused_and_an_uncredentialed_server_is_not_tr
     let err = r.request(b"login", T).unwrap_err();
     assert!(matches!(err, TransportError::Untrusted { .. }), "{err}");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    // A client endpoint (e.g. a chat peer) is reachable when asked for as one,
+    // and the session made that way never passes for a gestor afterwards.
+    let mut peer = client
+        .requester_to_client(&fake_url, &TransportOptions::default())
+        .unwrap();
+    // (The fake is an insecure node: it takes everyone for a gestor.)
+    assert_eq!(peer.request(b"msg", T).unwrap(), b"gestor:msg");
+    let mut r = client.requester(&fake_url, &TransportOptions::default()).unwrap();
+    assert!(matches!(
+        r.request(b"login", T).unwrap_err(),
+        TransportError::Untrusted { .. }
+    ));
 }
 
 /// Drives `serve` directly, keeping every frame, to replay and alter them.
@@ -179,6 +192,7 @@ fn altered_and_replayed_frames_are_refused_and_counted() {
             frames: frames.clone(),
         }),
         url: "wire".into(),
+        require_gestor: true,
     };
     assert_eq!(wire.request(b"secret", T).unwrap(), b"ok:secret");
     let sealed = frames.lock().unwrap().last().unwrap().clone();
