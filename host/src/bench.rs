@@ -6,7 +6,7 @@
 
 use crate::client::{Client, ClientError};
 use crate::config::TransportKind;
-use crate::runtime::build_transport;
+use crate::security::Trust;
 use anyhow::{bail, Result};
 use rand::Rng;
 use serde::Serialize;
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub struct BenchOptions {
     pub gestores: Vec<String>,
     pub transport: TransportKind,
+    pub trust: Trust,
     pub threads: usize,
     pub duration: Duration,
     pub users: usize,
@@ -74,10 +75,9 @@ where
         let handles: Vec<_> = (0..o.threads)
             .map(|t| {
                 let gestores = o.gestores.clone();
-                let transport = o.transport;
+                let secure = o.trust.layer(o.transport);
                 scope.spawn(move || {
-                    let mut client =
-                        Client::new(build_transport(transport), gestores, Duration::from_secs(5));
+                    let mut client = Client::new(secure, gestores, Duration::from_secs(5));
                     let (mut lat, mut errors, mut hops) = (Vec::new(), 0u64, 0u64);
                     let mut i = 0u64;
                     while started.elapsed() < duration {

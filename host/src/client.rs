@@ -3,12 +3,15 @@
 //! A client knows one or more gestor URLs. Every reply carries the current
 //! list of initial gestors (seed §1), which the client keeps: when the gestor
 //! it asked does not answer, it tries the others it knows, in order.
+//! Every request goes through the secure layer: a gestor that cannot prove
+//! admission to the trusted cluster gets nothing but a handshake's first
+//! message — that holds for URLs learned from the initial-gestors list too.
 
-use gestor_sdk::transport::{Requester, Transport, TransportOptions};
+use gestor_sdk::transport::{Requester, TransportOptions};
 use gestor_sdk::wire::{from_cbor, to_cbor, Reply, Request};
 use gestor_sdk::{HandlerError, TransportError, Value};
+use gestor_secure::SecureLayer;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +29,9 @@ pub enum ClientError {
 }
 
 pub struct Client {
-    transport: Arc<dyn Transport>,
+    secure: SecureLayer,
+    /// The other side is a client endpoint (a chat peer), not a gestor.
+    to_client_endpoint: bool,
     options: TransportOptions,
     /// Gestores to try, preferred first.
     gestores: Vec<String>,
@@ -37,15 +42,24 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(transport: Arc<dyn Transport>, gestores: Vec<String>, timeout: Duration) -> Self {
+    pub fn new(secure: SecureLayer, gestores: Vec<String>, timeout: Duration) -> Self {
         Client {
-            transport,
+            secure,
+            to_client_endpoint: false,
             options: TransportOptions::default(),
             gestores,
             initial_gestors: Vec::new(),
             timeout,
             requesters: HashMap::new(),
         }
+    }
+
+    /// A client of another client's endpoint (a chat peer's receiver):
+    /// sealed, but the peer need not hold a gestor credential.
+    pub fn to_client_endpoint(secure: SecureLayer, url: String, timeout: Duration) -> Self {
+        let mut c = Client::new(secure, vec![url], timeout);
+        c.to_client_endpoint = true;
+        c
     }
 
     pub fn initial_gestors(&self) -> &[String] {
@@ -76,6 +90,11 @@ impl Client {
                     }
                     return reply.into_result().map_err(ClientError::Remote);
                 }
+                // A gestor that is not one of ours is never a fallback to
+                // skip past quietly: say so and stop.
+                Err(ClientError::Transport(e @ TransportError::Untrusted { .. })) => {
+                    return Err(ClientError::Transport(e))
+                }
                 Err(ClientError::Transport(e)) => {
                     tried.push(url.clone());
                     last = e;
@@ -91,7 +110,11 @@ impl Client {
 
     fn send_to(&mut self, url: &str, frame: &[u8]) -> Result<Reply, ClientError> {
         if !self.requesters.contains_key(url) {
-            let r = self.transport.requester(url, &self.options)?;
+            let r = if self.to_client_endpoint {
+                self.secure.requester_to_client(url, &self.options)?
+            } else {
+                self.secure.requester(url, &self.options)?
+            };
             self.requesters.insert(url.to_string(), r);
         }
         let requester = self.requesters.get_mut(url).ok_or(TransportError::Closed)?;

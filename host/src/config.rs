@@ -47,6 +47,22 @@ pub struct Config {
     pub storage: StorageSection,
     pub plugins: PluginsSection,
     pub clock: ClockSection,
+    pub security: SecuritySection,
+}
+
+/// Admission to the cluster (docs/ARCHITECTURE.md, "Threat model").
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    /// This gestor's credential, from `gestor cluster admit`.
+    pub credential: Option<PathBuf>,
+    /// The cluster public key, `cluster.pub` from `gestor cluster init`.
+    pub cluster_pub: Option<PathBuf>,
+    /// Signed revocation list from `gestor cluster revoke`, re-read when it changes.
+    pub revocations: Option<PathBuf>,
+    /// Development only: run without a credential; every peer is taken for
+    /// a gestor. Logged loudly at every start.
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,6 +234,15 @@ impl Config {
         }
         self.signal_url()?;
         self.node_id()?;
+        let sec = &self.security;
+        if !sec.insecure {
+            if sec.credential.is_none() {
+                bail!("security.credential is not set: a gestor needs a credential from `gestor cluster admit` (or --insecure, for development only)");
+            }
+            if sec.cluster_pub.is_none() {
+                bail!("security.cluster_pub is not set: a gestor needs the cluster public key (cluster.pub from `gestor cluster init`)");
+            }
+        }
         Ok(())
     }
 }

@@ -6,11 +6,10 @@
 //! holding its newest version.
 
 use crate::client::Client;
-use crate::config::TransportKind;
 use crate::json::cbor_to_json;
-use crate::runtime::build_transport;
 use anyhow::{Context, Result};
 use gestor_sdk::{Timestamp, Value};
+use gestor_secure::SecureLayer;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -37,8 +36,7 @@ pub struct CopyReport {
 }
 
 /// Every ring member reachable from `start`, following successor lists.
-pub fn ring_members(transport: TransportKind, start: &str) -> Result<(Vec<String>, Vec<String>)> {
-    let t = build_transport(transport);
+pub fn ring_members(secure: &SecureLayer, start: &str) -> Result<(Vec<String>, Vec<String>)> {
     let mut seen = BTreeSet::new();
     let mut unreachable = Vec::new();
     let mut queue = VecDeque::from([start.to_string()]);
@@ -46,7 +44,7 @@ pub fn ring_members(transport: TransportKind, start: &str) -> Result<(Vec<String
         if !seen.insert(url.clone()) {
             continue;
         }
-        let mut c = Client::new(t.clone(), vec![url.clone()], Duration::from_secs(3));
+        let mut c = Client::new(secure.clone(), vec![url.clone()], Duration::from_secs(3));
         match c.call("node.status", Value::Null) {
             Ok(status) => {
                 let json = cbor_to_json(&status);
@@ -71,13 +69,13 @@ pub fn ring_members(transport: TransportKind, start: &str) -> Result<(Vec<String
     Ok((members, unreachable))
 }
 
-pub fn run(transport: TransportKind, start: &str, copies: usize) -> Result<CopyReport> {
-    let (members, unreachable) = ring_members(transport, start)?;
-    let t = build_transport(transport);
+/// `secure` must hold a gestor credential: inventories are internal.
+pub fn run(secure: &SecureLayer, start: &str, copies: usize) -> Result<CopyReport> {
+    let (members, unreachable) = ring_members(secure, start)?;
     let mut newest: BTreeMap<String, (Timestamp, bool)> = BTreeMap::new();
     let mut held: Vec<(String, Vec<Held>)> = Vec::new();
     for url in &members {
-        let mut c = Client::new(t.clone(), vec![url.clone()], Duration::from_secs(10));
+        let mut c = Client::new(secure.clone(), vec![url.clone()], Duration::from_secs(10));
         let inv = c
             .call("replica.inventory", Value::Null)
             .with_context(|| format!("inventory of {url}"))?;

@@ -5,9 +5,11 @@ use crate::client::Client;
 use crate::config::{StorageKind, TransportKind};
 use crate::json::cbor_to_json;
 use crate::runtime::build_transport;
+use crate::security::{cluster_admit, cluster_init, Trust};
 use anyhow::{bail, Context, Result};
 use gestor_chord::{check_invariants, View};
 use gestor_sdk::Value;
+use gestor_secure::{ClusterPub, CredentialFile, SecureConfig, SecureLayer};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -67,6 +69,8 @@ fn spawn_node(
     let url = format!("tcp://127.0.0.1:{}", free_port()?);
     let signal = format!("tcp://127.0.0.1:{}", free_port()?);
     let data = dir.join(format!("node{i}"));
+    let credential = dir.join(format!("node{i}.cred"));
+    cluster_admit(&dir.join("cluster"), &credential, &format!("node{i}"))?;
     let log = std::fs::File::create(dir.join(format!("node{i}.log")))?;
     let mut cmd = Command::new(exe);
     cmd.args(["node", "--listen", &url, "--signal", &signal])
@@ -78,6 +82,10 @@ fn spawn_node(
         ])
         .arg("--data-dir")
         .arg(&data)
+        .arg("--credential")
+        .arg(&credential)
+        .arg("--cluster-pub")
+        .arg(dir.join("cluster").join("cluster.pub"))
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -144,10 +152,18 @@ pub fn run(o: DemoOptions) -> Result<()> {
 }
 
 fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>) -> Result<()> {
-    let transport = build_transport(o.transport);
+    // The operator's flow (docs/DEPLOY in README): one cluster key, one
+    // credential per gestor, clients trusting the cluster's public key.
+    let (_, pub_path) = cluster_init(&dir.join("cluster"))?;
+    let cluster = ClusterPub::load(&pub_path)?;
+    println!(
+        "  secure ring: cluster key {}…; every gestor gets its own credential; clients trust cluster.pub",
+        cluster.fingerprint()
+    );
+    let secure = Trust::Cluster(cluster).layer(o.transport);
     let client_for = |url: &str| {
         Client::new(
-            transport.clone(),
+            secure.clone(),
             vec![url.to_string()],
             Duration::from_secs(5),
         )
@@ -285,9 +301,16 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
 
     // Copies: every record on its owner and the owner's successors.
     let wanted = 4.min(nodes.len());
+    // Inventories are gestor-internal: the count runs with an operator credential.
+    let operator_cred = dir.join("operator.cred");
+    cluster_admit(&dir.join("cluster"), &operator_cred, "operator")?;
+    let operator = SecureLayer::new(
+        build_transport(o.transport),
+        SecureConfig::gestor(CredentialFile::load(&operator_cred)?, cluster),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let report = loop {
-        let r = crate::copies::run(o.transport, &nodes[0].url, 3)?;
+        let r = crate::copies::run(&operator, &nodes[0].url, 3)?;
         if (r.under.is_empty() && r.records == users.len()) || Instant::now() > deadline {
             break r;
         }

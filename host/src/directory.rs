@@ -1,7 +1,7 @@
 //! Typed client side of the directory protocol (docs/PROTOCOL.md, `user.*`).
 
 use crate::client::{Client, ClientError};
-use gestor_sdk::transport::{Endpoint, Transport, TransportOptions};
+use gestor_sdk::transport::TransportOptions;
 use gestor_sdk::wire::{to_cbor, to_value};
 use gestor_sdk::{Timestamp, TransportError, Value};
 use serde::de::DeserializeOwned;
@@ -152,8 +152,10 @@ pub struct AliveSender {
 }
 
 impl AliveSender {
+    /// Signals are sealed with a session made with the responsible gestor
+    /// (`session.gestor`), so nobody else can send or replay them.
     pub fn new(
-        transport: &dyn Transport,
+        secure: &gestor_secure::SecureLayer,
         session: &Session,
     ) -> Result<AliveSender, TransportError> {
         #[derive(Serialize)]
@@ -161,9 +163,11 @@ impl AliveSender {
             username: &'a str,
             token: &'a str,
         }
-        let publisher = transport.publisher(
-            &Endpoint::Dial(session.signal.clone()),
+        let publisher = secure.publisher_via(
+            &session.gestor,
+            &session.signal,
             &TransportOptions::default(),
+            std::time::Duration::from_secs(5),
         )?;
         let payload = to_cbor(&Alive {
             username: &session.username,

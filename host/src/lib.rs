@@ -12,4 +12,5 @@ pub mod faults;
 pub mod json;
 pub mod loader;
 pub mod runtime;
+pub mod security;
 pub mod sessions;

@@ -41,6 +41,8 @@ struct ClientArgs {
     /// Print machine-readable JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    trust: gestor::security::TrustArgs,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +126,9 @@ enum Command {
         /// Copies configured besides the owner (the replica plugin's `copies`).
         #[arg(long, default_value_t = 3)]
         copies: usize,
+        /// An operator credential (`gestor cluster admit`): inventories are gestor-internal.
+        #[arg(long, env = "GESTOR_CREDENTIAL")]
+        credential: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -133,6 +138,9 @@ enum Command {
     Send(gestor::chat::cli::SendArgs),
     /// Fetch USER's mailbox and print every message received, in order per sender.
     Inbox(gestor::chat::cli::InboxArgs),
+    /// Operator: the cluster key, gestor credentials, revocations.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Send any request kind with a JSON body (e.g. to a plugin) and print the reply.
     Call {
         /// Request kind, e.g. `echo.say`.
@@ -142,6 +150,36 @@ enum Command {
         body: String,
         #[command(flatten)]
         client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Create a cluster: DIR/cluster.key (keep it offline) and DIR/cluster.pub (give it to everyone).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue one gestor credential (its own key pair, signed by the cluster key).
+    Admit {
+        /// The directory of `gestor cluster init`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where to write the credential (secret: give it to that gestor only).
+        #[arg(long)]
+        out: PathBuf,
+        /// A name for the gestor, shown in logs and status.
+        #[arg(long, default_value = "gestor")]
+        name: String,
+    },
+    /// Revoke a credential: add it to the signed list DIR/revoked.toml, then
+    /// copy that file to every gestor's `security.revocations` path.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The credential file to revoke.
+        #[arg(long)]
+        credential: PathBuf,
     },
 }
 
@@ -173,6 +211,18 @@ struct NodeArgs {
     /// Ring id override (decimal or 0x-hex).
     #[arg(long)]
     id: Option<String>,
+    /// This gestor's credential (from `gestor cluster admit`).
+    #[arg(long)]
+    credential: Option<PathBuf>,
+    /// The cluster public key (cluster.pub).
+    #[arg(long)]
+    cluster_pub: Option<PathBuf>,
+    /// Signed revocation list (from `gestor cluster revoke`), re-read when it changes.
+    #[arg(long)]
+    revocations: Option<PathBuf>,
+    /// Development only: run without a credential; the ring is open to anyone.
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn init_logging(default: &str) {
@@ -237,6 +287,18 @@ fn node_config(args: NodeArgs) -> Result<Config> {
     if let Some(v) = args.id {
         config.node.id = Some(v);
     }
+    if let Some(v) = args.credential {
+        config.security.credential = Some(v);
+    }
+    if let Some(v) = args.cluster_pub {
+        config.security.cluster_pub = Some(v);
+    }
+    if let Some(v) = args.revocations {
+        config.security.revocations = Some(v);
+    }
+    if args.insecure {
+        config.security.insecure = true;
+    }
     Ok(config)
 }
 
@@ -261,15 +323,48 @@ fn run_node(args: NodeArgs) -> Result<()> {
     Ok(())
 }
 
-fn client(args: &ClientArgs) -> Client {
+fn client(args: &ClientArgs) -> Result<Client> {
     let mut c = Client::new(
-        build_transport(args.transport),
+        args.trust.trust()?.layer(args.transport),
         args.gestores.clone(),
         Duration::from_millis(args.timeout_ms),
     );
-    // Seed §1: start from the initial gestors learned last time.
+    // Seed §1: start from the initial gestors learned last time (each must
+    // still prove admission before it is sent anything).
     c.add_fallbacks(&sessions::load_initial_gestors());
-    c
+    Ok(c)
+}
+
+fn run_cluster_command(command: ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::Init { dir } => {
+            let (key, public) = gestor::security::cluster_init(&dir)?;
+            println!(
+                "cluster key    {}  (secret: keep it offline)",
+                key.display()
+            );
+            println!(
+                "cluster public {}  (give it to every gestor and client)",
+                public.display()
+            );
+        }
+        ClusterCommand::Admit { dir, out, name } => {
+            gestor::security::cluster_admit(&dir, &out, &name)?;
+            println!(
+                "credential for {name} written to {} (secret: give it to that gestor only)",
+                out.display()
+            );
+        }
+        ClusterCommand::Revoke { dir, credential } => {
+            let (path, n) = gestor::security::cluster_revoke(&dir, &credential)?;
+            println!(
+                "{} revoked; {} now lists {n} key(s): copy it to every gestor's security.revocations file",
+                credential.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn remember(c: &Client) {
@@ -296,8 +391,9 @@ fn run_client_command(command: Command) -> Result<()> {
         Command::Chat(args) => gestor::chat::cli::chat(args),
         Command::Send(args) => gestor::chat::cli::send(args),
         Command::Inbox(args) => gestor::chat::cli::inbox(args),
+        Command::Cluster(command) => run_cluster_command(command),
         Command::Status { client: args } => {
-            let reply = client(&args)
+            let reply = client(&args)?
                 .call("node.status", Value::Null)
                 .map_err(describe)?;
             let json = cbor_to_json(&reply);
@@ -314,7 +410,7 @@ fn run_client_command(command: Command) -> Result<()> {
             client: args,
         } => {
             let pw = password(pw)?;
-            let mut c = client(&args);
+            let mut c = client(&args)?;
             let r = c.register(&user, &pw).map_err(describe)?;
             remember(&c);
             if args.json {
@@ -334,7 +430,7 @@ fn run_client_command(command: Command) -> Result<()> {
             client: args,
         } => {
             let pw = password(pw)?;
-            let mut c = client(&args);
+            let mut c = client(&args)?;
             let s = c.login(&user, &pw, &address).map_err(describe)?;
             remember(&c);
             sessions::save_session(&s)?;
@@ -346,7 +442,7 @@ fn run_client_command(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Lookup { user, client: args } => {
-            let mut c = client(&args);
+            let mut c = client(&args)?;
             let f = c.lookup(&user).map_err(describe)?;
             remember(&c);
             if args.json {
@@ -375,7 +471,7 @@ fn run_client_command(command: Command) -> Result<()> {
             client: args,
         } => {
             let pw = password(pw)?;
-            let mut c = client(&args);
+            let mut c = client(&args)?;
             let d = c.delete(&user, &pw).map_err(describe)?;
             remember(&c);
             sessions::forget_session(&user);
@@ -395,7 +491,7 @@ fn run_client_command(command: Command) -> Result<()> {
                 Some(t) => t,
                 None => sessions::load_session(&user)?.token,
             };
-            let mut c = client(&args);
+            let mut c = client(&args)?;
             let d = c.logout(&user, &token).map_err(describe)?;
             remember(&c);
             sessions::forget_session(&user);
@@ -427,6 +523,7 @@ fn run_client_command(command: Command) -> Result<()> {
             let report = gestor::bench::run(gestor::bench::BenchOptions {
                 gestores: args.gestores.clone(),
                 transport: args.transport,
+                trust: args.trust.trust()?,
                 threads,
                 duration: Duration::from_secs(duration_secs),
                 users,
@@ -461,10 +558,22 @@ fn run_client_command(command: Command) -> Result<()> {
         }
         Command::Copies {
             copies,
+            credential,
             client: args,
         } => {
             let start = args.gestores.first().cloned().unwrap_or_default();
-            let report = gestor::copies::run(args.transport, &start, copies)?;
+            let (Some(credential), Some(cluster_pub)) = (credential, &args.trust.cluster_pub)
+            else {
+                anyhow::bail!("gestor copies needs --credential FILE (an operator credential from `gestor cluster admit`) and --cluster-pub FILE: inventories are gestor-internal");
+            };
+            let operator = gestor_secure::SecureLayer::new(
+                build_transport(args.transport),
+                gestor_secure::SecureConfig::gestor(
+                    gestor_secure::CredentialFile::load(&credential)?,
+                    gestor_secure::ClusterPub::load(cluster_pub)?,
+                ),
+            );
+            let report = gestor::copies::run(&operator, &start, copies)?;
             if args.json {
                 print_json(&report)?;
             } else {
@@ -495,7 +604,7 @@ fn run_client_command(command: Command) -> Result<()> {
         } => {
             let body: serde_json::Value =
                 serde_json::from_str(&body).context("--body is not valid JSON")?;
-            let reply = client(&args)
+            let reply = client(&args)?
                 .call(&kind, json_to_cbor(&body))
                 .map_err(describe)?;
             println!("{}", serde_json::to_string_pretty(&cbor_to_json(&reply))?);

@@ -20,6 +20,7 @@ use gestor_sdk::{
     CallError, Clock, ErrorCode, HandlerError, Host, PluginContext, PluginError, RequestMeta,
     Store, Value,
 };
+use gestor_secure::{Peer, SecureLayer};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +32,22 @@ use std::time::Duration;
 const POOLED_REQUESTERS_PER_PEER: usize = 8;
 /// How often blocking waits wake to check for shutdown.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+/// Peers with pooled requesters or cached publishers; beyond this the cache
+/// is emptied (sockets are cheap to reopen, unbounded fds are not).
+const MAX_CACHED_PEERS: usize = 256;
+/// How often the revocation list file is checked for changes.
+const REVOCATION_CHECK: Duration = Duration::from_secs(1);
+/// Signal topics a client (not a gestor) may send; everything else must
+/// come from an admitted gestor.
+const CLIENT_SIGNAL_TOPICS: &[&str] = &["alive"];
+
+/// Where a request came from: this process, or the network through a
+/// secure session whose peer is proven.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Local,
+    Network(Peer),
+}
 
 pub fn build_transport(kind: TransportKind) -> Arc<dyn Transport> {
     match kind {
@@ -69,7 +86,7 @@ pub struct HostCore {
     request_url: String,
     signal_url: String,
     join_urls: Vec<String>,
-    transport: Arc<dyn Transport>,
+    secure: SecureLayer,
     transport_options: TransportOptions,
     transport_name: String,
     storage_name: String,
@@ -87,6 +104,8 @@ pub struct HostCore {
     shutdown_tx: Mutex<Option<Sender<()>>>,
     shutdown_rx: Receiver<()>,
     malformed_signals: AtomicU64,
+    forbidden_requests: AtomicU64,
+    forbidden_signals: AtomicU64,
     started_ms: u64,
 }
 
@@ -111,8 +130,8 @@ fn error_reply(code: ErrorCode, message: impl Into<String>) -> Reply {
 }
 
 impl HostCore {
-    /// Decode, dispatch and encode one request frame. Never panics on input.
-    pub fn handle_frame(&self, frame: &[u8]) -> Vec<u8> {
+    /// Decode, dispatch and encode one request frame from `origin`. Never panics on input.
+    pub fn handle_frame(&self, frame: &[u8], origin: &Origin) -> Vec<u8> {
         let mut reply = if frame.len() > self.transport_options.max_message_bytes {
             error_reply(
                 ErrorCode::TooLarge,
@@ -131,14 +150,14 @@ impl HostCore {
                         req.v
                     ),
                 ),
-                Ok(req) => Reply::from_result(self.dispatch(&req.kind, &req.body)),
+                Ok(req) => Reply::from_result(self.dispatch(&req.kind, &req.body, origin)),
             }
         };
         reply.initial_gestors = self.initial_gestors();
         to_cbor(&reply)
     }
 
-    fn dispatch(&self, kind: &str, body: &Value) -> Result<Value, HandlerError> {
+    fn dispatch(&self, kind: &str, body: &Value, origin: &Origin) -> Result<Value, HandlerError> {
         if kind == "node.status" {
             return Ok(self.status());
         }
@@ -228,12 +247,63 @@ impl HostCore {
                 text("malformed_signals"),
                 Value::Integer(self.malformed_signals.load(Ordering::Relaxed).into()),
             ),
+            (text("security"), self.security_status()),
             (text("sections"), Value::Map(sections)),
         ])
     }
 
-    fn deliver_signal(&self, topic: &[u8], payload: &[u8]) {
+    fn security_status(&self) -> Value {
+        let text = |s: &str| Value::Text(s.to_string());
+        let int = |n: u64| Value::Integer(n.into());
+        let stats = self.secure.stats();
+        Value::Map(vec![
+            (
+                text("mode"),
+                text(if self.secure.is_insecure() {
+                    "insecure"
+                } else {
+                    "secure"
+                }),
+            ),
+            (
+                text("credential"),
+                self.secure
+                    .credential_name()
+                    .map(text)
+                    .unwrap_or(Value::Null),
+            ),
+            (
+                text("cluster"),
+                self.secure
+                    .cluster_fingerprint()
+                    .map(|f| text(&f))
+                    .unwrap_or(Value::Null),
+            ),
+            (text("sessions"), int(stats.sessions)),
+            (text("handshakes"), int(stats.handshakes)),
+            (text("handshakes_refused"), int(stats.handshakes_refused)),
+            (text("tampered"), int(stats.tampered)),
+            (text("replayed"), int(stats.replayed)),
+            (text("unknown_session"), int(stats.unknown_session)),
+            (text("malformed_frames"), int(stats.malformed)),
+            (
+                text("forbidden_requests"),
+                int(self.forbidden_requests.load(Ordering::Relaxed)),
+            ),
+            (
+                text("forbidden_signals"),
+                int(self.forbidden_signals.load(Ordering::Relaxed)),
+            ),
+        ])
+    }
+
+    fn deliver_signal(&self, topic: &[u8], payload: &[u8], from: &Peer) {
         let topic = String::from_utf8_lossy(topic);
+        if !from.is_gestor() && !CLIENT_SIGNAL_TOPICS.contains(&topic.as_ref()) {
+            self.forbidden_signals.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%topic, "dropping a gestor signal sent by a non-gestor");
+            return;
+        }
         let body: Value = match from_cbor(payload) {
             Ok(v) => v,
             Err(e) => {
@@ -265,11 +335,14 @@ impl HostCore {
         {
             return Ok(r);
         }
-        Ok(self.transport.requester(url, &self.transport_options)?)
+        Ok(self.secure.requester(url, &self.transport_options)?)
     }
 
     fn checkin_requester(&self, url: &str, requester: Box<dyn Requester>) {
         let mut pool = self.requesters.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() >= MAX_CACHED_PEERS && !pool.contains_key(url) {
+            pool.clear();
+        }
         let slot = pool.entry(url.to_string()).or_default();
         if slot.len() < POOLED_REQUESTERS_PER_PEER {
             slot.push(requester);
@@ -392,17 +465,49 @@ impl Host for HostCore {
         reply.into_result().map_err(CallError::Remote)
     }
 
+    fn request_client(
+        &self,
+        url: &str,
+        kind: &str,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let frame = to_cbor(&Request::new(kind, body));
+        // Pooled apart from gestor requesters: these sessions prove nothing.
+        let pool_key = format!("client:{url}");
+        let pooled = self
+            .requesters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&pool_key)
+            .and_then(|v| v.pop());
+        let mut requester = match pooled {
+            Some(r) => r,
+            None => self
+                .secure
+                .requester_to_client(url, &self.transport_options)?,
+        };
+        let bytes = requester.request(&frame, timeout)?;
+        self.checkin_requester(&pool_key, requester);
+        let reply: Reply = from_cbor(&bytes).map_err(CallError::MalformedReply)?;
+        reply.into_result().map_err(CallError::Remote)
+    }
+
     fn call_local(&self, kind: &str, body: Value) -> Result<Value, CallError> {
-        self.dispatch(kind, &body).map_err(CallError::Remote)
+        self.dispatch(kind, &body, &Origin::Local)
+            .map_err(CallError::Remote)
     }
 
     fn signal(&self, url: &str, topic: &str, body: Value) -> Result<(), CallError> {
         let payload = to_cbor(&body);
         let mut publishers = self.publishers.lock().unwrap_or_else(|p| p.into_inner());
         if !publishers.contains_key(url) {
-            let publisher = self
-                .transport
-                .publisher(&Endpoint::Dial(url.to_string()), &self.transport_options)?;
+            // Sealed with the session this node shares with that gestor;
+            // fails (and nothing is cached) until one exists.
+            let publisher = self.secure.publisher_to(url, &self.transport_options)?;
+            if publishers.len() >= MAX_CACHED_PEERS {
+                publishers.clear();
+            }
             publishers.insert(url.to_string(), publisher);
         }
         match publishers.get_mut(url) {
@@ -465,6 +570,7 @@ impl Node {
             ));
         }
         let transport_options = transport_options(config);
+        let secure = crate::security::node_layer(config, transport, &request_url, &signal_url)?;
         let offset = config.clock.offset_ms;
         let clock = Arc::new(Clock::with_wall_clock(
             node_id,
@@ -477,7 +583,7 @@ impl Node {
             request_url: request_url.clone(),
             signal_url: signal_url.clone(),
             join_urls: config.node.join.clone(),
-            transport: transport.clone(),
+            secure: secure.clone(),
             transport_options: transport_options.clone(),
             transport_name: config.transport.backend.to_string(),
             storage_name: config.storage.backend.to_string(),
@@ -500,6 +606,8 @@ impl Node {
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             shutdown_rx,
             malformed_signals: AtomicU64::new(0),
+            forbidden_requests: AtomicU64::new(0),
+            forbidden_signals: AtomicU64::new(0),
             started_ms: system_ms(),
         });
 
@@ -522,27 +630,27 @@ impl Node {
             max_message_bytes: transport_options.max_message_bytes.saturating_mul(2),
             ..transport_options.clone()
         };
-        let replier = transport
+        let replier = secure
             .replier(
                 &config.node.listen,
-                Arc::new(move |frame: &[u8]| handler_core.handle_frame(frame)),
+                Arc::new(move |frame: &[u8], peer: &Peer| {
+                    handler_core.handle_frame(frame, &Origin::Network(peer.clone()))
+                }),
                 &replier_options,
             )
             .with_context(|| format!("cannot serve requests on {}", config.node.listen))?;
-        let mut subscriber = transport
-            .subscriber(
-                &Endpoint::Bind(bind_signal.clone()),
-                &[b""],
-                &transport_options,
-            )
+        let mut subscriber = secure
+            .subscriber(&Endpoint::Bind(bind_signal.clone()), &transport_options)
             .with_context(|| format!("cannot bind signal endpoint {bind_signal}"))?;
         let signal_core = core.clone();
         let signal_thread = std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 while !signal_core.stopping() {
-                    match subscriber.recv(SHUTDOWN_POLL) {
-                        Ok(Some((topic, payload))) => signal_core.deliver_signal(&topic, &payload),
+                    match subscriber.recv_from(SHUTDOWN_POLL) {
+                        Ok(Some((topic, payload, peer))) => {
+                            signal_core.deliver_signal(&topic, &payload, &peer)
+                        }
                         Ok(None) => {}
                         Err(e) => {
                             tracing::warn!("signal endpoint: {e}");
@@ -552,6 +660,22 @@ impl Node {
                 }
             })
             .context("cannot spawn signal thread")?;
+
+        if secure.is_insecure() {
+            // Every start says it again, so nobody runs this way by accident.
+            tracing::warn!("running INSECURE: this ring is open to anyone who can reach its ports");
+        }
+        let revocation_layer = secure.clone();
+        core.spawn_loop(
+            "host",
+            "revocations",
+            REVOCATION_CHECK,
+            Arc::new(move || {
+                if let Err(e) = revocation_layer.refresh_revocations() {
+                    tracing::error!("revocation list not applied: {e}");
+                }
+            }),
+        );
 
         let mut node = Node {
             core: core.clone(),

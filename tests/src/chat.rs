@@ -6,7 +6,6 @@ use crate::ports::free_port;
 use crate::ring::Ring;
 use gestor::chat::{ChatClient, ChatMessage, ChatOptions};
 use gestor::client::Client;
-use gestor::runtime::build_transport;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -25,7 +24,7 @@ impl ChatUser {
     pub fn register(ring: &Ring, name: &str) -> ChatUser {
         let password = format!("pw-{name}");
         let mut c = Client::new(
-            build_transport(ring.transport),
+            crate::cluster::client_layer(ring.transport),
             ring.urls(),
             Duration::from_secs(10),
         );
@@ -43,6 +42,7 @@ impl ChatUser {
     pub fn options(&self, ring: &Ring) -> ChatOptions {
         let mut o = ChatOptions::new(&self.name, &self.password, &self.address, ring.urls());
         o.transport = ring.transport;
+        o.trust = gestor::security::Trust::Cluster(crate::cluster::test_cluster().public);
         o.home = self.home.path().to_path_buf();
         o.timeout = Duration::from_secs(5);
         o.retry_every = Duration::from_secs(3);
@@ -65,6 +65,13 @@ impl ChatUser {
             ("GESTOR_URL".into(), ring.urls().join(",")),
             ("GESTOR_TRANSPORT".into(), ring.transport.to_string()),
             ("RUST_LOG".into(), "warn".into()),
+            (
+                gestor::security::CLUSTER_PUB_ENV.into(),
+                crate::cluster::test_cluster()
+                    .pub_path()
+                    .display()
+                    .to_string(),
+            ),
         ]
     }
 

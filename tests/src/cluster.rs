@@ -8,11 +8,101 @@
 use gestor::client::{Client, ClientError};
 use gestor::config::TransportKind;
 use gestor::runtime::build_transport;
+use gestor::security::Trust;
 use gestor_sdk::Value;
+use gestor_secure::{ClusterPub, CredentialFile, SecureConfig, SecureLayer};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
+
+/// The cluster every test gestor of this process is admitted to (the suite
+/// runs secure, as the README demo does).
+pub struct TestCluster {
+    dir: tempfile::TempDir,
+    pub public: ClusterPub,
+    issued: AtomicUsize,
+    operators: std::sync::Mutex<Vec<(TransportKind, SecureLayer)>>,
+}
+
+impl TestCluster {
+    /// A new cluster in its own temporary directory.
+    pub fn new() -> TestCluster {
+        let dir = tempfile::tempdir().expect("cluster dir");
+        let (_, pub_path) = gestor::security::cluster_init(dir.path()).expect("cluster init");
+        TestCluster {
+            public: ClusterPub::load(&pub_path).expect("cluster.pub"),
+            dir,
+            issued: AtomicUsize::new(0),
+            operators: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pub_path(&self) -> PathBuf {
+        self.dir.path().join("cluster.pub")
+    }
+
+    /// A fresh credential file for a gestor (or an operator) named `name`.
+    pub fn admit(&self, name: &str) -> PathBuf {
+        let n = self.issued.fetch_add(1, Ordering::SeqCst);
+        let out = self.dir.path().join(format!("{name}-{n}.cred"));
+        gestor::security::cluster_admit(self.dir.path(), &out, name).expect("admit");
+        out
+    }
+
+    /// Flags that run `gestor node` as an admitted member of this cluster.
+    pub fn node_flags(&self) -> Vec<String> {
+        vec![
+            "--credential".into(),
+            self.admit("node").display().to_string(),
+            "--cluster-pub".into(),
+            self.pub_path().display().to_string(),
+        ]
+    }
+
+    /// A client's secure layer trusting this cluster.
+    pub fn client_layer(&self, transport: TransportKind) -> SecureLayer {
+        Trust::Cluster(self.public).layer(transport)
+    }
+
+    /// A layer holding a credential of this cluster (for gestor-internal
+    /// kinds); one per transport, so its sessions are reused.
+    pub fn operator_layer(&self, transport: TransportKind) -> SecureLayer {
+        let mut cached = self.operators.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, layer)) = cached.iter().find(|(t, _)| *t == transport) {
+            return layer.clone();
+        }
+        let cred = CredentialFile::load(&self.admit("operator")).expect("operator credential");
+        let layer = SecureLayer::new(
+            build_transport(transport),
+            SecureConfig::gestor(cred, self.public),
+        );
+        cached.push((transport, layer.clone()));
+        layer
+    }
+}
+
+impl Default for TestCluster {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The cluster shared by this test process.
+pub fn test_cluster() -> &'static TestCluster {
+    static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+    CLUSTER.get_or_init(TestCluster::new)
+}
+
+/// A client layer trusting [`test_cluster`].
+pub fn client_layer(transport: TransportKind) -> SecureLayer {
+    test_cluster().client_layer(transport)
+}
 
 /// `target/<profile>` of the running test binary.
 pub fn target_dir() -> PathBuf {
@@ -85,9 +175,17 @@ impl NodeProc {
             .append(true)
             .open(&stderr_path)
             .expect("log file");
+        // Admitted to the test cluster unless the test chose otherwise.
+        let mut args = args.to_vec();
+        if !args
+            .iter()
+            .any(|a| a == "--insecure" || a == "--credential")
+        {
+            args.extend(test_cluster().node_flags());
+        }
         let mut cmd = Command::new(gestor_bin());
         cmd.arg("node")
-            .args(args)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -100,7 +198,7 @@ impl NodeProc {
             url: url.to_string(),
             transport,
             stderr_path,
-            args: args.to_vec(),
+            args,
         }
     }
 
@@ -162,7 +260,7 @@ pub fn call(
     body: Value,
 ) -> Result<Value, ClientError> {
     let mut client = Client::new(
-        build_transport(transport),
+        client_layer(transport),
         vec![url.to_string()],
         Duration::from_secs(5),
     );
@@ -187,7 +285,7 @@ pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn wait_ready(url: &str, transport: TransportKind, deadline: Duration) -> bool {
     wait_until(deadline, || {
         let mut client = Client::new(
-            build_transport(transport),
+            client_layer(transport),
             vec![url.to_string()],
             Duration::from_millis(300),
         );
@@ -199,6 +297,7 @@ pub fn wait_ready(url: &str, transport: TransportKind, deadline: Duration) -> bo
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(gestor_bin());
     cmd.args(args).stdin(Stdio::null());
+    cmd.env(gestor::security::CLUSTER_PUB_ENV, test_cluster().pub_path());
     for (k, v) in env {
         cmd.env(k, v);
     }

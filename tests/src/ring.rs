@@ -77,6 +77,11 @@ impl Ring {
         ring
     }
 
+    /// A layer with an operator credential (gestor-internal kinds, e.g. inventories).
+    pub fn operator(&self) -> gestor_secure::SecureLayer {
+        crate::cluster::test_cluster().operator_layer(self.transport)
+    }
+
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.url.clone()).collect()
     }
@@ -214,7 +219,7 @@ impl Ring {
         let mut last = String::new();
         let start = self.live_urls().first().cloned().unwrap_or_default();
         let ok = wait_until(deadline, || {
-            match gestor::copies::run(self.transport, &start, copies) {
+            match gestor::copies::run(&self.operator(), &start, copies) {
                 Ok(r) => {
                     last = format!(
                         "records {} (want {expect_records}), under {:?}, histogram {:?}",

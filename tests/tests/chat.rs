@@ -9,8 +9,8 @@
 
 use gestor::chat::{send_direct, Accepted, ChatClient, ChatEvent, ChatMessage, Presence, Via};
 use gestor::config::{StorageKind, TransportKind};
-use gestor::runtime::build_transport;
 use gestor_tests::chat::{poll, ChatUser};
+use gestor_tests::cluster::client_layer;
 use gestor_tests::ring::Ring;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -123,7 +123,7 @@ fn chat_on_ring(transport: TransportKind, storage: StorageKind) {
         sent_ms: 1,
         text: "only once".into(),
     };
-    let t = build_transport(transport);
+    let t = client_layer(transport);
     let first = send_direct(t.clone(), &ben.address, &dup, Duration::from_secs(5)).expect("send");
     let second = send_direct(t.clone(), &ben.address, &dup, Duration::from_secs(5)).expect("send");
     assert_eq!((first, second), (Accepted::Delivered, Accepted::Duplicate));
@@ -369,7 +369,7 @@ fn mailbox_after_owner_failure(transport: TransportKind, storage: StorageKind) {
         (total >= 15).then_some(total)
     });
     assert!(held.is_some(), "[{tag}] copies on the successors");
-    let mut c = gestor::client::Client::new(build_transport(transport), ring.urls(), DEADLINE);
+    let mut c = gestor::client::Client::new(client_layer(transport), ring.urls(), DEADLINE);
     let owner = c.lookup("bob").expect("lookup bob").gestor;
     let victim = ring
         .nodes

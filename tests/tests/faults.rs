@@ -3,8 +3,8 @@
 
 use gestor::client::Client;
 use gestor::config::{StorageKind, TransportKind};
-use gestor::runtime::build_transport;
 use gestor_sdk::hash::ring_position;
+use gestor_tests::cluster::client_layer;
 use gestor_tests::cluster::wait_until;
 use gestor_tests::ring::Ring;
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ const COPIES: usize = 3;
 
 fn client(ring: &Ring, url: &str) -> Client {
     Client::new(
-        build_transport(ring.transport),
+        client_layer(ring.transport),
         vec![url.to_string()],
         Duration::from_secs(10),
     )
@@ -289,7 +289,7 @@ fn four_joins_under_lookups(transport: TransportKind, storage: StorageKind) {
     let looker = {
         let (stop, urls, expected) = (stop.clone(), ring.live_urls(), expected.clone());
         std::thread::spawn(move || {
-            let t = build_transport(transport);
+            let t = client_layer(transport);
             let (mut ok, mut failed) = (0u64, 0u64);
             // Bounded: stops when the joins are done, or after 100,000 lookups.
             for k in 0..100_000usize {
@@ -335,7 +335,7 @@ fn four_joins_under_lookups(transport: TransportKind, storage: StorageKind) {
     let mut last = None;
     assert!(
         wait_until(Duration::from_secs(40), || {
-            let r = gestor::copies::run(transport, &start, COPIES).unwrap();
+            let r = gestor::copies::run(&ring.operator(), &start, COPIES).unwrap();
             let exact = r.histogram.keys().all(|k| *k == COPIES + 1);
             last = Some(r.histogram);
             exact

@@ -47,6 +47,8 @@ fn node_args(
 fn refused_with(args: &[String]) -> (i32, String) {
     let mut full: Vec<&str> = vec!["node"];
     full.extend(args.iter().map(String::as_str));
+    let admitted = gestor_tests::cluster::test_cluster().node_flags();
+    full.extend(admitted.iter().map(String::as_str));
     let (code, _out, err) = run_cli(&full, &[("RUST_LOG", "off")]);
     (code, err)
 }
@@ -172,7 +174,8 @@ fn panicking_handler_gets_error_reply(transport: TransportKind) {
 fn garbage_frames_get_error_replies(transport: TransportKind) {
     let dir = tempfile::tempdir().unwrap();
     let node = echo_node(transport, dir.path(), "info");
-    let t = gestor::runtime::build_transport(transport);
+    // Inside a secure session (the layer's own refusals are tested in gestor-secure).
+    let t = gestor_tests::cluster::client_layer(transport);
     let mut requester = t
         .requester(&node.url, &TransportOptions::default())
         .unwrap();

@@ -8,6 +8,7 @@ use gestor::runtime::build_transport;
 use gestor_chord::check_invariants;
 use gestor_sdk::wire::{from_cbor, Reply};
 use gestor_sdk::{ErrorCode, TransportOptions};
+use gestor_tests::cluster::client_layer;
 use gestor_tests::cluster::wait_until;
 use gestor_tests::ring::Ring;
 use rand::{Rng, SeedableRng};
@@ -19,7 +20,7 @@ const USERS_VIA_RANDOM: usize = 800;
 
 fn client(ring: &Ring, url: &str) -> Client {
     Client::new(
-        build_transport(ring.transport),
+        client_layer(ring.transport),
         vec![url.to_string()],
         Duration::from_secs(10),
     )
@@ -95,7 +96,7 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
     // Every record ends up on its owner and 3 successors (4 distinct gestores).
     let mut last = None;
     let copied = wait_until(Duration::from_secs(30), || {
-        let report = gestor::copies::run(transport, &urls[0], 3).expect("copies report");
+        let report = gestor::copies::run(&ring.operator(), &urls[0], 3).expect("copies report");
         let ok = report.records == total && report.under.is_empty() && report.wanted == 4;
         last = Some((report.records, report.under.len(), report.histogram));
         ok
@@ -157,8 +158,8 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
 
     // Presence: online while alive signals flow, offline when they stop,
     // online again when they resume.
-    let transport_impl = build_transport(transport);
-    let mut alive = AliveSender::new(transport_impl.as_ref(), &s2).unwrap();
+    let secure = client_layer(transport);
+    let mut alive = AliveSender::new(&secure, &s2).unwrap();
     let mut online = |want: bool| {
         wait_until(Duration::from_secs(15), || {
             if want {
@@ -172,7 +173,7 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
     };
     assert!(online(true), "user2 should be online while signalling");
     assert!(online(false), "user2 should go offline once signals stop");
-    let mut alive2 = AliveSender::new(transport_impl.as_ref(), &s2).unwrap();
+    let mut alive2 = AliveSender::new(&secure, &s2).unwrap();
     assert!(
         wait_until(Duration::from_secs(15), || {
             let _ = alive2.beat();
@@ -199,11 +200,27 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
     );
 
     // Garbage frames on a ring node get error replies; the node keeps serving.
-    let mut raw = transport_impl
+    // Outside a secure session: a plaintext refusal from the secure layer.
+    let mut raw = build_transport(transport)
+        .requester(&urls[7], &TransportOptions::default())
+        .unwrap();
+    let refusal = raw
+        .request(&[0x9f, 0xff, 0x42], Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(
+        &refusal[..2],
+        &[
+            gestor_secure::frame::ERROR,
+            gestor_secure::refusal::MALFORMED
+        ]
+    );
+    // Inside one: the envelope is malformed, and the reply says so.
+    let mut sealed = secure
         .requester(&urls[7], &TransportOptions::default())
         .unwrap();
     let reply: Reply = from_cbor(
-        &raw.request(&[0x9f, 0xff, 0x42], Duration::from_secs(5))
+        &sealed
+            .request(&[0x9f, 0xff, 0x42], Duration::from_secs(5))
             .unwrap(),
     )
     .unwrap();

@@ -8,7 +8,6 @@ use super::{
 use crate::client::Client;
 use crate::config::TransportKind;
 use crate::directory::Session;
-use crate::runtime::build_transport;
 use anyhow::{Context, Result};
 use clap::Args;
 use gestor_sdk::hlc::system_ms;
@@ -55,6 +54,8 @@ pub struct Conn {
     /// Report a message as undeliverable once it is this old and still in the outbox.
     #[arg(long, default_value_t = 24 * 3600 * 1000)]
     pub max_age_ms: u64,
+    #[command(flatten)]
+    pub trust: crate::security::TrustArgs,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -97,7 +98,7 @@ pub struct InboxArgs {
     pub conn: Conn,
 }
 
-fn options(user: &str, conn: &Conn) -> ChatOptions {
+fn options(user: &str, conn: &Conn) -> Result<ChatOptions> {
     let mut o = ChatOptions::new(
         user,
         conn.password.as_deref().unwrap_or(""),
@@ -108,7 +109,8 @@ fn options(user: &str, conn: &Conn) -> ChatOptions {
     o.timeout = Duration::from_millis(conn.timeout_ms);
     o.use_mailbox = !conn.no_mailbox;
     o.max_age = Duration::from_millis(conn.max_age_ms);
-    o
+    o.trust = conn.trust.trust()?;
+    Ok(o)
 }
 
 /// The login address: `--address`, else the one saved by the last `gestor chat`.
@@ -183,16 +185,16 @@ fn presence_line(p: &Presence) -> String {
 
 /// `gestor send USER TO TEXT`.
 pub fn send(args: SendArgs) -> Result<()> {
-    let opts = options(&args.user, &args.conn);
+    let opts = options(&args.user, &args.conn)?;
     let store = ChatStore::open(&opts.home, &args.user)?;
     let message = store.enqueue(&args.to, &args.text, opts.use_mailbox, system_ms())?;
     store.add_contacts(std::slice::from_ref(&args.to))?;
     let mut client = opts.client();
-    let transport = build_transport(opts.transport);
+    let secure = opts.layer();
     let mut s = session(&mut client, &store, &opts, &args.conn)?;
     let mut report = deliver_pending(
         &mut client,
-        transport.clone(),
+        secure.clone(),
         &store,
         &s,
         &opts,
@@ -200,7 +202,7 @@ pub fn send(args: SendArgs) -> Result<()> {
     )?;
     if report.unauthorized {
         s = relogin(&mut client, &store, &opts, &args.conn)?;
-        report = deliver_pending(&mut client, transport, &store, &s, &opts, Some(&args.to))?;
+        report = deliver_pending(&mut client, secure, &store, &s, &opts, Some(&args.to))?;
     }
     remember_gestores(&opts.home, &client);
     let sent = report.sent.iter().find(|(m, _)| m.id == message.id);
@@ -237,7 +239,7 @@ pub fn send(args: SendArgs) -> Result<()> {
 
 /// `gestor inbox USER`.
 pub fn inbox(args: InboxArgs) -> Result<()> {
-    let opts = options(&args.user, &args.conn);
+    let opts = options(&args.user, &args.conn)?;
     let store = ChatStore::open(&opts.home, &args.user)?;
     let mut bounced = Vec::new();
     if !args.no_fetch {
@@ -283,7 +285,7 @@ const HELP: &str = "commands:
 
 /// `gestor chat USER`: interactive; reads commands from stdin, prints events.
 pub fn chat(args: ChatArgs) -> Result<()> {
-    let mut opts = options(&args.user, &args.conn);
+    let mut opts = options(&args.user, &args.conn)?;
     let store = ChatStore::open(&opts.home, &args.user)?;
     opts.address = address(&store, &args.conn)?;
     opts.contacts = args.contacts.clone();

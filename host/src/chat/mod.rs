@@ -27,12 +27,13 @@ pub use store::{Accepted, ChatStore, Outgoing};
 use crate::client::{Client, ClientError};
 use crate::config::TransportKind;
 use crate::directory::{AliveSender, Found, Session};
-use crate::runtime::build_transport;
+use crate::security::Trust;
 use crossbeam_channel::{Receiver, Sender};
 use gestor_sdk::hlc::system_ms;
-use gestor_sdk::transport::{Replier, Transport, TransportOptions};
+use gestor_sdk::transport::{Replier, TransportOptions};
 use gestor_sdk::wire::{from_cbor, to_cbor, to_value, Reply, Request};
 use gestor_sdk::{ErrorCode, HandlerError, Value};
+use gestor_secure::{Peer, SecureLayer};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -145,6 +146,8 @@ pub struct ChatOptions {
     /// `host:port` this client listens on; sent as the login address.
     pub address: String,
     pub transport: TransportKind,
+    /// Which gestores to believe (default: `GESTOR_CLUSTER_PUB`).
+    pub trust: Trust,
     /// Gestor request URLs to start from.
     pub gestores: Vec<String>,
     /// `$GESTOR_HOME`: sessions and `chat/USER/` live here.
@@ -172,6 +175,7 @@ impl ChatOptions {
             password: password.to_string(),
             address: address.to_string(),
             transport: TransportKind::Nng,
+            trust: Trust::from_env(),
             gestores,
             home: crate::sessions::home(),
             timeout: Duration::from_secs(5),
@@ -184,12 +188,13 @@ impl ChatOptions {
         }
     }
 
+    /// A secure layer for this client (its own key; sessions made on use).
+    pub fn layer(&self) -> SecureLayer {
+        self.trust.layer(self.transport)
+    }
+
     pub fn client(&self) -> Client {
-        let mut c = Client::new(
-            build_transport(self.transport),
-            self.gestores.clone(),
-            self.timeout,
-        );
+        let mut c = Client::new(self.layer(), self.gestores.clone(), self.timeout);
         c.add_fallbacks(
             &load_json::<Vec<String>>(&self.home.join("initial_gestors.json")).unwrap_or_default(),
         );
@@ -312,7 +317,7 @@ pub fn put_in_mailbox(
 /// Send `message` straight to the recipient's client at `address`; true when
 /// the recipient acknowledged it (stored, held or already had it).
 pub fn send_direct(
-    transport: Arc<dyn Transport>,
+    secure: SecureLayer,
     address: &str,
     message: &ChatMessage,
     timeout: Duration,
@@ -321,7 +326,7 @@ pub fn send_direct(
     struct Ack {
         status: Accepted,
     }
-    let mut peer = Client::new(transport, vec![listen_url(address)], timeout);
+    let mut peer = Client::to_client_endpoint(secure, listen_url(address), timeout);
     let ack: Ack = typed(peer.call("chat.message", to_value(message))?)?;
     Ok(ack.status)
 }
@@ -342,7 +347,7 @@ pub struct PassReport {
 /// recipient that cannot be handed off, so a later one never overtakes it.
 pub fn deliver_pending(
     client: &mut Client,
-    transport: Arc<dyn Transport>,
+    secure: SecureLayer,
     store: &ChatStore,
     session: &Session,
     opts: &ChatOptions,
@@ -383,7 +388,7 @@ pub fn deliver_pending(
         for m in &messages {
             let mut via = None;
             if let Some(f) = found.as_ref().filter(|f| f.online && !f.address.is_empty()) {
-                match send_direct(transport.clone(), &f.address, &m.message, opts.timeout) {
+                match send_direct(secure.clone(), &f.address, &m.message, opts.timeout) {
                     Ok(_) => via = Some(Via::Direct),
                     Err(e) => {
                         tracing::debug!(%peer, address = %f.address, "direct send failed: {e}")
@@ -508,7 +513,7 @@ pub fn watch(
 struct Inner {
     opts: ChatOptions,
     store: ChatStore,
-    transport: Arc<dyn Transport>,
+    secure: SecureLayer,
     session: Mutex<Session>,
     events: Sender<ChatEvent>,
     stop: AtomicBool,
@@ -569,9 +574,14 @@ impl Inner {
     }
 
     /// The receive side: one request from a peer or a gestor.
-    fn handle(&self, frame: &[u8]) -> Vec<u8> {
+    fn handle(&self, frame: &[u8], peer: &Peer) -> Vec<u8> {
         let result = match from_cbor::<Request>(frame) {
             Err(e) => Err(HandlerError::new(ErrorCode::Malformed, e)),
+            // Presence comes from the ring; another client cannot fake it.
+            Ok(req) if req.kind == "chat.presence" && !peer.is_gestor() => Err(HandlerError::new(
+                ErrorCode::Forbidden,
+                "presence events are accepted only from admitted gestores",
+            )),
             Ok(req) => self.dispatch(&req.kind, &req.body),
         };
         to_cbor(&Reply::from_result(result))
@@ -657,7 +667,7 @@ impl Inner {
             if token != session.token {
                 token = session.token.clone();
                 signal = session.signal.clone();
-                alive = match AliveSender::new(self.transport.as_ref(), &session) {
+                alive = match AliveSender::new(&self.secure, &session) {
                     Ok(a) => Some(a),
                     Err(e) => {
                         tracing::warn!("cannot open the alive publisher: {e}");
@@ -739,7 +749,7 @@ impl Inner {
         let session = self.session();
         match deliver_pending(
             client,
-            self.transport.clone(),
+            self.secure.clone(),
             &self.store,
             &session,
             &self.opts,
@@ -804,8 +814,8 @@ impl ChatClient {
         let store = ChatStore::open(&opts.home, &opts.username)?;
         store.add_contacts(&opts.contacts)?;
         store.set_address(&opts.address)?;
-        let transport = build_transport(opts.transport);
         let mut client = opts.client();
+        let secure = opts.layer();
         let session = login(
             &mut client,
             &opts.home,
@@ -820,7 +830,7 @@ impl ChatClient {
         let inner = Arc::new(Inner {
             opts: opts.clone(),
             store,
-            transport: transport.clone(),
+            secure: secure.clone(),
             session: Mutex::new(session),
             events: tx,
             stop: AtomicBool::new(false),
@@ -829,8 +839,8 @@ impl ChatClient {
             presence: Mutex::new(HashMap::new()),
         });
         let handler_inner = inner.clone();
-        let handler = Arc::new(move |frame: &[u8]| handler_inner.handle(frame));
-        let replier = transport.replier(
+        let handler = Arc::new(move |frame: &[u8], peer: &Peer| handler_inner.handle(frame, peer));
+        let replier = secure.replier(
             &listen_url(&opts.address),
             handler,
             &TransportOptions {

@@ -242,7 +242,7 @@ impl Shared {
             };
             tracing::debug!(%user, online = event.online, address = %event.address, watchers = targets.len(), "presence changed");
             for (watcher, url) in targets {
-                let result = ctx.call::<_, Value>(&url, "chat.presence", &event, timeout);
+                let result = ctx.call_client::<_, Value>(&url, "chat.presence", &event, timeout);
                 let mut w = self
                     .presence
                     .inner

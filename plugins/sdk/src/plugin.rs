@@ -151,6 +151,16 @@ pub trait Host: Send + Sync {
         body: Value,
         timeout: Duration,
     ) -> Result<Value, CallError>;
+    /// Send a request to a *client* endpoint at `url` (e.g. a chat client's
+    /// receiver): sealed like every frame, but the peer need not be an
+    /// admitted gestor, so send nothing there that only gestores may see.
+    fn request_client(
+        &self,
+        url: &str,
+        kind: &str,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallError>;
     /// Dispatch a request to a handler of this node without the network.
     fn call_local(&self, kind: &str, body: Value) -> Result<Value, CallError>;
     /// Publish a signal to the signal endpoint at `url`; never blocks, may be lost.
@@ -312,6 +322,21 @@ impl PluginContext {
         timeout: Duration,
     ) -> Result<Rep, CallError> {
         let v = self.host.request(url, kind, to_value(body), timeout)?;
+        v.deserialized()
+            .map_err(|e| CallError::MalformedReply(e.to_string()))
+    }
+
+    /// Typed request to a client endpoint (see [`Host::request_client`]).
+    pub fn call_client<Req: Serialize, Rep: DeserializeOwned>(
+        &self,
+        url: &str,
+        kind: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Rep, CallError> {
+        let v = self
+            .host
+            .request_client(url, kind, to_value(body), timeout)?;
         v.deserialized()
             .map_err(|e| CallError::MalformedReply(e.to_string()))
     }

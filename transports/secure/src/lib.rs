@@ -153,6 +153,9 @@ pub struct SecureConfig {
     pub max_pending: usize,
     /// A half-done handshake is forgotten after this long.
     pub pending_timeout: Duration,
+    /// When set, this side trusts nobody yet: every handshake it would start
+    /// fails at once with this reason (a client given no cluster key).
+    pub unconfigured: Option<String>,
 }
 
 impl Clone for CredentialFile {
@@ -175,6 +178,15 @@ impl SecureConfig {
             max_sessions: 16_384,
             max_pending: 1024,
             pending_timeout: Duration::from_secs(10),
+            unconfigured: None,
+        }
+    }
+    /// A client that has not been told which cluster to trust: it refuses
+    /// to talk to anyone, with `reason`, before sending a byte.
+    pub fn unconfigured(reason: &str) -> Self {
+        SecureConfig {
+            unconfigured: Some(reason.to_string()),
+            ..Self::base()
         }
     }
     /// An admitted gestor.
@@ -373,6 +385,7 @@ struct Shared {
     max_sessions: usize,
     max_pending: usize,
     pending_timeout: Duration,
+    unconfigured: Option<String>,
     pending: Mutex<HashMap<Sid, (snow::HandshakeState, Instant)>>,
     sessions: RwLock<HashMap<Sid, Arc<Session>>>,
     /// Sessions this side initiated, by the peer's request URL.
@@ -418,6 +431,7 @@ impl SecureLayer {
                 max_sessions: config.max_sessions.max(1),
                 max_pending: config.max_pending.max(1),
                 pending_timeout: config.pending_timeout,
+                unconfigured: config.unconfigured,
                 pending: Mutex::new(HashMap::new()),
                 sessions: RwLock::new(HashMap::new()),
                 by_request_url: Mutex::new(HashMap::new()),
@@ -442,7 +456,17 @@ impl SecureLayer {
 
     /// True when nobody's admission is checked (development mode).
     pub fn is_insecure(&self) -> bool {
-        self.shared.cluster.is_none()
+        self.shared.cluster.is_none() && self.shared.unconfigured.is_none()
+    }
+
+    /// The name in this side's credential, if it has one.
+    pub fn credential_name(&self) -> Option<&str> {
+        self.shared.credential.as_ref().map(|c| c.name.as_str())
+    }
+
+    /// Short fingerprint of the trusted cluster key.
+    pub fn cluster_fingerprint(&self) -> Option<String> {
+        self.shared.cluster.map(|c| c.fingerprint())
     }
 
     pub fn stats(&self) -> SecureStats {
@@ -786,6 +810,12 @@ impl SecureLayer {
         require_gestor: bool,
     ) -> Result<Arc<Session>, TransportError> {
         let s = &self.shared;
+        if let Some(reason) = &s.unconfigured {
+            return Err(TransportError::Untrusted {
+                url: url.to_string(),
+                reason: reason.clone(),
+            });
+        }
         let secure_err = |reason: String| TransportError::Secure {
             url: url.to_string(),
             reason,

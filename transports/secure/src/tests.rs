@@ -153,7 +153,9 @@ fn a_gestor_of_another_cluster_is_refused_and_an_uncredentialed_server_is_not_tr
         .unwrap();
     // (The fake is an insecure node: it takes everyone for a gestor.)
     assert_eq!(peer.request(b"msg", T).unwrap(), b"gestor:msg");
-    let mut r = client.requester(&fake_url, &TransportOptions::default()).unwrap();
+    let mut r = client
+        .requester(&fake_url, &TransportOptions::default())
+        .unwrap();
     assert!(matches!(
         r.request(b"login", T).unwrap_err(),
         TransportError::Untrusted { .. }
