@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod cluster;
 pub mod ports;
+pub mod relay;
 pub mod ring;
 pub mod store_suite;
 pub mod transport_suite;

@@ -45,6 +45,8 @@ pub struct Ring {
     pub config_path: PathBuf,
     /// The configuration every node starts from (TEST_CONFIG unless changed).
     pub config_text: String,
+    /// Recording relays in front of nodes started with [`Ring::add_relayed_node`].
+    pub relays: Vec<crate::relay::Relay>,
 }
 
 impl Ring {
@@ -70,6 +72,7 @@ impl Ring {
             storage,
             config_path,
             config_text: config.to_string(),
+            relays: Vec::new(),
         };
         for _ in 0..n {
             ring.add_node();
@@ -127,6 +130,51 @@ impl Ring {
         let node = self.spawn_ready(&url, &args);
         self.nodes.push(node);
         self.nodes.last().expect("just pushed")
+    }
+
+    /// Start one more gestor behind two recording relays (requests and
+    /// signals): it advertises the relay's URL, so every client and gestor
+    /// that talks to it goes through the relays.
+    pub fn add_relayed_node(&mut self) -> &NodeProc {
+        use crate::relay::{consecutive_listeners, Relay};
+        let (l1, l2) = consecutive_listeners();
+        let listen_port = l1.local_addr().expect("addr").port();
+        drop((l1, l2));
+        let listen = format!("tcp://127.0.0.1:{listen_port}");
+        let (r1, r2) = consecutive_listeners();
+        let requests = Relay::start(r1, &listen);
+        let signals = Relay::start(r2, &format!("tcp://127.0.0.1:{}", listen_port + 1));
+        let url = requests.url.clone();
+        let i = self.nodes.len();
+        let data = self.dir.path().join(format!("data-{i}"));
+        let mut args: Vec<String> = vec![
+            "--config".into(),
+            self.config_path.display().to_string(),
+            "--listen".into(),
+            listen,
+            "--advertise".into(),
+            url.clone(),
+            "--transport".into(),
+            self.transport.to_string(),
+            "--storage".into(),
+            self.storage.to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ];
+        if let Some(via) = self.nodes.iter().find(|n| n.child.is_some()) {
+            args.push("--join".into());
+            args.push(via.url.clone());
+        }
+        self.relays.push(requests);
+        self.relays.push(signals);
+        let node = self.spawn_ready(&url, &args);
+        self.nodes.push(node);
+        self.nodes.last().expect("just pushed")
+    }
+
+    /// Everything every relay of this ring has recorded.
+    pub fn captured(&self) -> Vec<u8> {
+        self.relays.iter().flat_map(|r| r.captured()).collect()
     }
 
     /// Start `gestor node ARGS` serving at `url` and wait until it answers.

@@ -80,8 +80,12 @@ fn cli_against_ring(transport: TransportKind, storage: StorageKind) {
     );
     assert!(status["initial_gestors"].as_array().is_some());
 
-    let (code, out, _) = run(&["copies", "--json"], None);
-    assert_eq!(code, 0);
+    // Inventories are gestor-internal: without a credential, one clear line.
+    one_line_error(run(&["copies", "--json"], None), "needs --credential");
+    let operator = gestor_tests::cluster::test_cluster().admit("operator");
+    let operator = operator.display().to_string();
+    let (code, out, err) = run(&["copies", "--json", "--credential", &operator], None);
+    assert_eq!(code, 0, "{err}");
     let copies: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(copies["gestores"].as_array().unwrap().len(), 3);
 
