@@ -1,0 +1,43 @@
+//! `node.*`: answered by the host itself, whatever plugins it loaded. No
+//! plugin may register a kind starting with [`PREFIX`].
+
+use crate::Empty;
+use gestor_sdk::Value;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Reserved for the host.
+pub const PREFIX: &str = "node.";
+
+/// `node.status` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub id_hex: String,
+    /// Request URL.
+    pub address: String,
+    /// Signal URL.
+    pub signal: String,
+    pub transport: String,
+    pub storage: String,
+    pub plugins: Vec<String>,
+    /// Records in the store, or the text of the error counting them.
+    pub records: Value,
+    pub initial_gestors: Vec<String>,
+    pub uptime_ms: u64,
+    pub malformed_signals: u64,
+    /// Every plugin's status section (`status.NAME` → `NAME`), or the text
+    /// `error: …` when a section failed.
+    pub sections: BTreeMap<String, Value>,
+}
+
+kinds! {
+    /// `node.status` — **client**: what this gestor is (id, URLs,
+    /// backends, plugins, record count, initial gestors) and every plugin's
+    /// status section. Used by `gestor status`, `gestor copies`, the demo
+    /// and the tests; gestores ask it of each other for the signal URL.
+    Status = "node.status", Client, Empty => NodeStatus;
+    /// `node.ping` — **client**: liveness; answers `"pong"`. Chat clients
+    /// answer it too.
+    Ping = "node.ping", Client, Empty => String;
+}
