@@ -3,6 +3,7 @@
 //! other directly, and the mailbox plugin pushes `chat.presence`.
 
 use crate::presence;
+use gestor_sdk::Value;
 use serde::{Deserialize, Serialize};
 
 /// A chat message, as sent peer to peer (`chat.message`) and through mailboxes.
@@ -44,6 +45,8 @@ kinds! {
     Message = "chat.message", Client, ChatMessage => MessageAck;
     /// `chat.presence` — **client**: a watched contact's presence changed;
     /// pushed by the contact's gestor to the watcher's chat client (a
-    /// client endpoint, which accepts it from anyone).
-    Presence = "chat.presence", Client, presence::Presence => bool;
+    /// client endpoint, which accepts it from anyone). The chat client
+    /// answers `true`; the gestor accepts any body, it only needs a
+    /// non-error reply.
+    Presence = "chat.presence", Client, presence::Presence => Value;
 }

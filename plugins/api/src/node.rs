@@ -1,7 +1,7 @@
 //! `node.*`: answered by the host itself, whatever plugins it loaded. No
 //! plugin may register a kind starting with [`PREFIX`].
 
-use crate::Empty;
+use crate::{Empty, Kind};
 use gestor_sdk::Value;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,6 +29,15 @@ pub struct NodeStatus {
     /// Every plugin's status section (`status.NAME` → `NAME`), or the text
     /// `error: …` when a section failed.
     pub sections: BTreeMap<String, Value>,
+}
+
+impl NodeStatus {
+    /// The section served by the status kind `K` (e.g. [`crate::status::Ring`]),
+    /// if this gestor has it and it reads as `K::Reply`.
+    pub fn section<K: Kind>(&self) -> Option<K::Reply> {
+        let name = K::NAME.strip_prefix(crate::status::PREFIX)?;
+        self.sections.get(name)?.deserialized().ok()
+    }
 }
 
 kinds! {

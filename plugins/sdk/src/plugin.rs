@@ -246,11 +246,13 @@ impl PluginContext {
     /// `K::Request` (a `bad_request` reply if it does not fit) and the reply
     /// written from `K::Reply`. A panic in `handler` becomes an `internal`
     /// error reply.
-    pub fn serve<K, F>(&self, handler: F) -> Result<(), PluginError>
-    where
-        K: Kind,
-        F: Fn(&RequestMeta, K::Request) -> Result<K::Reply, HandlerError> + Send + Sync + 'static,
-    {
+    pub fn serve<K: Kind>(
+        &self,
+        handler: impl Fn(&RequestMeta, K::Request) -> Result<K::Reply, HandlerError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Result<(), PluginError> {
         self.on_request(K::NAME, K::CLASS, move |meta, body| {
             let req: K::Request = from_value(body)?;
             handler(meta, req).map(|rep| to_value(&rep))
