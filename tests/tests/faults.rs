@@ -4,7 +4,9 @@
 use gestor::client::Client;
 use gestor::config::{StorageKind, TransportKind};
 use gestor::runtime::build_transport;
+use gestor_api::replica;
 use gestor_sdk::hash::ring_position;
+use gestor_sdk::Empty;
 use gestor_tests::cluster::wait_until;
 use gestor_tests::ring::Ring;
 use std::collections::HashMap;
@@ -463,13 +465,11 @@ fn partition_and_heal(
     let mut both: Vec<String> = Vec::new();
     for &i in isolated {
         let inv = client(&ring, &ring.nodes[i].url.clone())
-            .call("replica.inventory", gestor_sdk::Value::Null)
+            .request::<replica::Inventory>(&Empty)
             .unwrap();
-        for h in inv.as_array().unwrap() {
-            if let Some(u) = gestor_tests::cluster::field(h, "username").and_then(|v| v.as_text()) {
-                if tokens.contains_key(u) && !both.iter().any(|b| b == u) {
-                    both.push(u.to_string());
-                }
+        for h in inv {
+            if tokens.contains_key(&h.username) && !both.contains(&h.username) {
+                both.push(h.username);
             }
         }
     }
@@ -557,17 +557,11 @@ fn partition_and_heal(
         let mut dump = String::new();
         for url in ring.live_urls() {
             let inv = client(&ring, &url)
-                .call("replica.inventory", gestor_sdk::Value::Null)
+                .request::<replica::Inventory>(&Empty)
                 .unwrap();
-            for h in inv.as_array().unwrap() {
-                let user = gestor_tests::cluster::field(h, "username")
-                    .and_then(|v| v.as_text())
-                    .unwrap_or("");
-                if expected.contains_key(user) {
-                    dump.push_str(&format!(
-                        "{url} {user} {:?}\n",
-                        gestor_tests::cluster::field(h, "version")
-                    ));
+            for h in inv {
+                if expected.contains_key(&h.username) {
+                    dump.push_str(&format!("{url} {} {:?}\n", h.username, h.version));
                 }
             }
         }
@@ -593,21 +587,14 @@ fn partition_and_heal(
         }
         for url in ring.live_urls() {
             let inv = client(&ring, &url)
-                .call("replica.inventory", gestor_sdk::Value::Null)
+                .request::<replica::Inventory>(&Empty)
                 .unwrap();
-            for h in inv.as_array().unwrap() {
-                let user = gestor_tests::cluster::field(h, "username")
-                    .and_then(|v| v.as_text())
-                    .unwrap_or("")
-                    .to_string();
-                if let Some(want) = newest.get(&user) {
-                    let v: gestor_sdk::Timestamp = gestor_tests::cluster::field(h, "version")
-                        .unwrap()
-                        .deserialized()
-                        .unwrap();
-                    if v != *want {
-                        stale.push(format!("{user}@{url}"));
-                    }
+            for h in inv {
+                if newest
+                    .get(&h.username)
+                    .is_some_and(|want| h.version != *want)
+                {
+                    stale.push(format!("{}@{url}", h.username));
                 }
             }
         }
