@@ -144,3 +144,119 @@ mod tests {
         }
     }
 }
+
+/// The merged message types keep the wire shapes of the copies they replace.
+#[cfg(test)]
+mod wire_shapes {
+    use crate::chat::ChatMessage;
+    use crate::mail::PutMail;
+    use crate::mailbox::Held;
+    use crate::presence::Presence;
+    use crate::user::{Credentials, Found};
+    use gestor_sdk::wire::{from_value, to_value};
+    use gestor_sdk::Value;
+
+    fn map(pairs: &[(&str, Value)]) -> Value {
+        Value::Map(
+            pairs
+                .iter()
+                .map(|(k, v)| (Value::Text(k.to_string()), v.clone()))
+                .collect(),
+        )
+    }
+    fn text(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+    fn uint(n: u64) -> Value {
+        Value::Integer(n.into())
+    }
+    fn message() -> ChatMessage {
+        ChatMessage {
+            id: "0a".into(),
+            from: "alice".into(),
+            to: "bob".into(),
+            seq: 1,
+            sent_ms: 2,
+            text: "hi".into(),
+        }
+    }
+
+    #[test]
+    fn credentials_address_is_optional_both_ways() {
+        let c = Credentials {
+            username: "alice".into(),
+            password: "pw".into(),
+            address: None,
+        };
+        // Absent, as the CLI always sent it.
+        assert_eq!(
+            to_value(&c),
+            map(&[("username", text("alice")), ("password", text("pw"))])
+        );
+        // Absent or null are both accepted.
+        let with_null = map(&[
+            ("username", text("alice")),
+            ("password", text("pw")),
+            ("address", Value::Null),
+        ]);
+        assert_eq!(from_value::<Credentials>(&with_null).unwrap(), c);
+    }
+
+    #[test]
+    fn found_without_signal_reads() {
+        let v = map(&[
+            ("user", text("alice")),
+            ("address", text("h:1")),
+            ("online", Value::Bool(true)),
+            ("last_seen_ms", uint(5)),
+            (
+                "last_update",
+                map(&[
+                    ("wall_ms", uint(1)),
+                    ("logical", uint(0)),
+                    ("node", uint(7)),
+                ]),
+            ),
+            ("gestor", text("tcp://g")),
+            ("hops", uint(0)),
+        ]);
+        let f: Found = from_value(&v).unwrap();
+        assert_eq!(f.signal, "");
+    }
+
+    #[test]
+    fn flattened_messages_are_flat() {
+        let put = PutMail {
+            token: "t".into(),
+            mail: message(),
+        };
+        let v = to_value(&put);
+        let keys: Vec<&str> = v
+            .as_map()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.as_text().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            ["token", "id", "from", "to", "seq", "sent_ms", "text"]
+        );
+        // An item stored before `stored_ms`/`bounce` existed still reads.
+        let held: Held = from_value(&to_value(&message())).unwrap();
+        assert_eq!(held.stored_ms, 0);
+        assert_eq!(held.bounce, None);
+        assert_eq!(held.holder(), "bob");
+    }
+
+    #[test]
+    fn presence_error_defaults() {
+        let v = map(&[
+            ("user", text("bob")),
+            ("exists", Value::Bool(true)),
+            ("online", Value::Bool(false)),
+            ("address", text("")),
+            ("last_seen_ms", uint(0)),
+        ]);
+        assert_eq!(from_value::<Presence>(&v).unwrap().error, None);
+    }
+}
