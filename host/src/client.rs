@@ -8,8 +8,8 @@
 //! message — that holds for URLs learned from the initial-gestors list too.
 
 use gestor_sdk::transport::{Requester, TransportOptions};
-use gestor_sdk::wire::{from_cbor, to_cbor, Reply, Request};
-use gestor_sdk::{HandlerError, TransportError, Value};
+use gestor_sdk::wire::{from_cbor, to_cbor, to_value, Reply, Request};
+use gestor_sdk::{HandlerError, Kind, TransportError, Value};
 use gestor_secure::SecureLayer;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -75,7 +75,17 @@ impl Client {
         }
     }
 
-    /// Send `kind` with `body` to the first gestor that answers.
+    /// Send the typed kind `K` to the first gestor that answers.
+    pub fn request<K: Kind>(&mut self, body: &K::Request) -> Result<K::Reply, ClientError> {
+        let reply = self.call(K::NAME, to_value(body))?;
+        reply.deserialized().map_err(|e| ClientError::Malformed {
+            url: "reply body".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Send `kind` with an untyped `body` to the first gestor that answers
+    /// (`gestor call`, and kinds this crate has no type for).
     pub fn call(&mut self, kind: &str, body: Value) -> Result<Value, ClientError> {
         let frame = to_cbor(&Request::new(kind, body));
         let mut tried = Vec::new();

@@ -6,20 +6,14 @@
 //! holding its newest version.
 
 use crate::client::Client;
-use crate::json::cbor_to_json;
 use anyhow::{Context, Result};
-use gestor_sdk::{Timestamp, Value};
+use gestor_api::replica::{self, Held};
+use gestor_api::{node, status};
+use gestor_sdk::{Empty, Timestamp};
 use gestor_secure::SecureLayer;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
-
-#[derive(Debug, Deserialize)]
-struct Held {
-    username: String,
-    version: Timestamp,
-    deleted: bool,
-}
 
 #[derive(Debug, Serialize)]
 pub struct CopyReport {
@@ -45,18 +39,14 @@ pub fn ring_members(secure: &SecureLayer, start: &str) -> Result<(Vec<String>, V
             continue;
         }
         let mut c = Client::new(secure.clone(), vec![url.clone()], Duration::from_secs(3));
-        match c.call("node.status", Value::Null) {
+        match c.request::<node::Status>(&Empty) {
             Ok(status) => {
-                let json = cbor_to_json(&status);
-                let succ = json
-                    .pointer("/sections/ring/successors")
-                    .and_then(|v| v.as_array())
-                    .cloned()
+                let succ = status
+                    .section::<status::Ring>()
+                    .map(|r| r.successors)
                     .unwrap_or_default();
                 for p in succ {
-                    if let Some(addr) = p.get("addr").and_then(|a| a.as_str()) {
-                        queue.push_back(addr.to_string());
-                    }
+                    queue.push_back(p.addr);
                 }
             }
             Err(_) => unreachable.push(url),
@@ -76,12 +66,9 @@ pub fn run(secure: &SecureLayer, start: &str, copies: usize) -> Result<CopyRepor
     let mut held: Vec<(String, Vec<Held>)> = Vec::new();
     for url in &members {
         let mut c = Client::new(secure.clone(), vec![url.clone()], Duration::from_secs(10));
-        let inv = c
-            .call("replica.inventory", Value::Null)
+        let list: Vec<Held> = c
+            .request::<replica::Inventory>(&Empty)
             .with_context(|| format!("inventory of {url}"))?;
-        let list: Vec<Held> = inv
-            .deserialized()
-            .with_context(|| format!("inventory of {url} unreadable"))?;
         for h in &list {
             let e = newest
                 .entry(h.username.clone())

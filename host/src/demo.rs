@@ -7,8 +7,10 @@ use crate::json::cbor_to_json;
 use crate::runtime::build_transport;
 use crate::security::{cluster_admit, cluster_init, Trust};
 use anyhow::{bail, Context, Result};
+use gestor_api::node;
 use gestor_chord::{check_invariants, View};
-use gestor_sdk::Value;
+use gestor_sdk::wire::to_value;
+use gestor_sdk::Empty;
 use gestor_secure::{ClusterPub, CredentialFile, SecureConfig, SecureLayer};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -32,7 +34,9 @@ fn free_port() -> Result<u16> {
 }
 
 fn status(client: &mut Client) -> Result<serde_json::Value> {
-    Ok(cbor_to_json(&client.call("node.status", Value::Null)?))
+    Ok(cbor_to_json(&to_value(
+        &client.request::<node::Status>(&Empty)?,
+    )))
 }
 
 /// Views of every node's ring state, for the invariant checker.

@@ -1,83 +1,23 @@
 //! Typed client side of the directory protocol (docs/PROTOCOL.md, `user.*`).
 
 use crate::client::{Client, ClientError};
+use gestor_api::topics;
+use gestor_api::user::{self, Alive, Authenticated, Credentials, UserOnly};
+pub use gestor_api::user::{Done, Found, Registered};
 use gestor_sdk::transport::TransportOptions;
-use gestor_sdk::wire::{to_cbor, to_value};
-use gestor_sdk::{Timestamp, TransportError, Value};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use gestor_sdk::wire::to_cbor;
+use gestor_sdk::TransportError;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Registered {
-    pub username: String,
-    pub gestor: String,
-    pub hops: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Session {
-    pub username: String,
-    pub token: String,
-    pub gestor: String,
-    pub signal: String,
-    pub alive_every_ms: u64,
-    pub presence_timeout_ms: u64,
-    pub hops: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Found {
-    pub user: String,
-    pub address: String,
-    pub online: bool,
-    pub last_seen_ms: u64,
-    pub last_update: Timestamp,
-    pub gestor: String,
-    /// Signal URL of the responsible gestor (where alive signals go).
-    #[serde(default)]
-    pub signal: String,
-    pub hops: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Done {
-    pub ok: bool,
-    pub hops: u32,
-}
-
-fn typed<T: DeserializeOwned>(v: Value) -> Result<T, ClientError> {
-    v.deserialized().map_err(|e| ClientError::Malformed {
-        url: "reply body".into(),
-        reason: e.to_string(),
-    })
-}
-
-#[derive(Serialize)]
-struct Credentials<'a> {
-    username: &'a str,
-    password: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    address: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Authenticated<'a> {
-    username: &'a str,
-    token: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    address: Option<&'a str>,
-}
+/// A logged-in user's session, as `user.login` answers it (saved by the CLI).
+pub type Session = gestor_api::user::LoggedIn;
 
 impl Client {
     pub fn register(&mut self, username: &str, password: &str) -> Result<Registered, ClientError> {
-        typed(self.call(
-            "user.register",
-            to_value(&Credentials {
-                username,
-                password,
-                address: None,
-            }),
-        )?)
+        self.request::<user::Register>(&Credentials {
+            username: username.into(),
+            password: password.into(),
+            address: None,
+        })
     }
 
     pub fn login(
@@ -86,22 +26,17 @@ impl Client {
         password: &str,
         address: &str,
     ) -> Result<Session, ClientError> {
-        typed(self.call(
-            "user.login",
-            to_value(&Credentials {
-                username,
-                password,
-                address: Some(address),
-            }),
-        )?)
+        self.request::<user::Login>(&Credentials {
+            username: username.into(),
+            password: password.into(),
+            address: Some(address.into()),
+        })
     }
 
     pub fn lookup(&mut self, username: &str) -> Result<Found, ClientError> {
-        #[derive(Serialize)]
-        struct U<'a> {
-            username: &'a str,
-        }
-        typed(self.call("user.lookup", to_value(&U { username }))?)
+        self.request::<user::Lookup>(&UserOnly {
+            username: username.into(),
+        })
     }
 
     pub fn set_address(
@@ -110,37 +45,28 @@ impl Client {
         token: &str,
         address: &str,
     ) -> Result<Done, ClientError> {
-        typed(self.call(
-            "user.set_address",
-            to_value(&Authenticated {
-                username,
-                token,
-                address: Some(address),
-            }),
-        )?)
+        self.request::<user::SetAddress>(&Authenticated {
+            username: username.into(),
+            token: token.into(),
+            address: Some(address.into()),
+        })
     }
 
     /// Delete the account (password required); leaves a tombstone on the ring.
     pub fn delete(&mut self, username: &str, password: &str) -> Result<Done, ClientError> {
-        typed(self.call(
-            "user.delete",
-            to_value(&Credentials {
-                username,
-                password,
-                address: None,
-            }),
-        )?)
+        self.request::<user::Delete>(&Credentials {
+            username: username.into(),
+            password: password.into(),
+            address: None,
+        })
     }
 
     pub fn logout(&mut self, username: &str, token: &str) -> Result<Done, ClientError> {
-        typed(self.call(
-            "user.logout",
-            to_value(&Authenticated {
-                username,
-                token,
-                address: None,
-            }),
-        )?)
+        self.request::<user::Logout>(&Authenticated {
+            username: username.into(),
+            token: token.into(),
+            address: None,
+        })
     }
 }
 
@@ -158,11 +84,6 @@ impl AliveSender {
         secure: &gestor_secure::SecureLayer,
         session: &Session,
     ) -> Result<AliveSender, TransportError> {
-        #[derive(Serialize)]
-        struct Alive<'a> {
-            username: &'a str,
-            token: &'a str,
-        }
         let publisher = secure.publisher_via(
             &session.gestor,
             &session.signal,
@@ -170,14 +91,15 @@ impl AliveSender {
             std::time::Duration::from_secs(5),
         )?;
         let payload = to_cbor(&Alive {
-            username: &session.username,
-            token: &session.token,
+            username: session.username.clone(),
+            token: session.token.clone(),
         });
         Ok(AliveSender { publisher, payload })
     }
 
     /// Send one alive signal (topic `alive`).
     pub fn beat(&mut self) -> Result<(), TransportError> {
-        self.publisher.publish(b"alive", &self.payload)
+        self.publisher
+            .publish(topics::ALIVE.as_bytes(), &self.payload)
     }
 }

@@ -7,7 +7,9 @@ use gestor::config::{Config, StorageKind, TransportKind};
 use gestor::json::{cbor_to_json, json_to_cbor};
 use gestor::runtime::{build_transport, Node};
 use gestor::sessions;
-use gestor_sdk::Value;
+use gestor_api::node;
+use gestor_sdk::wire::to_value;
+use gestor_sdk::Empty;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -394,9 +396,9 @@ fn run_client_command(command: Command) -> Result<()> {
         Command::Cluster(command) => run_cluster_command(command),
         Command::Status { client: args } => {
             let reply = client(&args)?
-                .call("node.status", Value::Null)
+                .request::<node::Status>(&Empty)
                 .map_err(describe)?;
-            let json = cbor_to_json(&reply);
+            let json = cbor_to_json(&to_value(&reply));
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&json)?);
             } else {

@@ -12,16 +12,19 @@ use crate::config::{Config, StorageKind, TransportKind};
 use crate::loader::{self, LoadedPlugin};
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
+use gestor_api::node::{self, NodeStatus, SecurityStatus};
+use gestor_api::{ring, status};
 use gestor_sdk::hlc::system_ms;
 use gestor_sdk::plugin::{LoopFn, RequestFn, SignalFn};
 use gestor_sdk::transport::{Endpoint, Publisher, Replier, Requester, Transport, TransportOptions};
+use gestor_sdk::wire::to_value;
 use gestor_sdk::wire::{from_cbor, to_cbor, Reply, Request, PROTOCOL_VERSION};
 use gestor_sdk::{
-    CallError, Clock, ErrorCode, HandlerError, Host, PluginContext, PluginError, RequestMeta,
-    Store, Value,
+    CallError, Clock, ErrorCode, HandlerError, Host, Kind, KindClass, PluginContext, PluginError,
+    RequestMeta, Store, Value,
 };
 use gestor_secure::{Peer, SecureLayer};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -75,9 +78,12 @@ pub fn transport_options(config: &Config) -> TransportOptions {
     }
 }
 
-struct Registered<F> {
+/// A request handler and what it was registered with.
+struct Registered {
     plugin: String,
-    handler: F,
+    /// Who may send this kind (stored, not enforced here).
+    class: KindClass,
+    handler: RequestFn,
 }
 
 /// Everything plugins reach through [`Host`].
@@ -93,8 +99,9 @@ pub struct HostCore {
     store: Arc<dyn Store>,
     clock: Arc<Clock>,
     plugin_configs: HashMap<String, Value>,
-    handlers: RwLock<HashMap<String, Registered<RequestFn>>>,
-    signals: RwLock<Vec<(String, Registered<SignalFn>)>>,
+    handlers: RwLock<HashMap<String, Registered>>,
+    /// Signal handlers by topic prefix.
+    signals: RwLock<Vec<(String, SignalFn)>>,
     loops: Mutex<Vec<JoinHandle<()>>>,
     requesters: Mutex<HashMap<String, Vec<Box<dyn Requester>>>>,
     publishers: Mutex<HashMap<String, Box<dyn Publisher>>>,
@@ -157,17 +164,33 @@ impl HostCore {
         to_cbor(&reply)
     }
 
+    /// The class `kind` was registered with (the host's own `node.*` kinds
+    /// are `client`); `None` for a kind nobody serves.
+    pub fn class_of(&self, kind: &str) -> Option<KindClass> {
+        if kind == node::Status::NAME {
+            return Some(node::Status::CLASS);
+        }
+        if kind == node::Ping::NAME {
+            return Some(node::Ping::CLASS);
+        }
+        self.handlers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(kind)
+            .map(|r| r.class)
+    }
+
     fn dispatch(&self, kind: &str, body: &Value, origin: &Origin) -> Result<Value, HandlerError> {
-        if kind == "node.status" {
-            return Ok(self.status());
+        if kind == node::Status::NAME {
+            return Ok(to_value(&self.status()));
         }
-        if kind == "node.ping" {
-            return Ok(Value::Text("pong".into()));
+        if kind == node::Ping::NAME {
+            return Ok(to_value("pong"));
         }
-        let handler = {
+        let (handler, class) = {
             let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
             match handlers.get(kind) {
-                Some(r) => r.handler.clone(),
+                Some(r) => (r.handler.clone(), r.class),
                 None => {
                     return Err(HandlerError::new(
                         ErrorCode::UnknownKind,
@@ -176,125 +199,104 @@ impl HostCore {
                 }
             }
         };
-        if self.stopping() && !kind.starts_with("ring.") {
+        // Authorization, before any plugin sees the request.
+        if let Origin::Network(peer) = origin {
+            let refusal = match class {
+                KindClass::Local => Some("is local to each gestor and never served to the network"),
+                KindClass::Internal if !peer.is_gestor() => {
+                    Some("is gestor-internal: only admitted gestores may call it")
+                }
+                _ => None,
+            };
+            if let Some(why) = refusal {
+                self.forbidden_requests.fetch_add(1, Ordering::Relaxed);
+                return Err(HandlerError::new(
+                    ErrorCode::Forbidden,
+                    format!("{kind} {why}"),
+                ));
+            }
+        }
+        if self.stopping() && !kind.starts_with(ring::PREFIX) {
             return Err(HandlerError::unavailable("node is shutting down"));
         }
         handler(
             &RequestMeta {
                 kind: kind.to_string(),
+                class,
             },
             body,
         )
     }
 
-    fn status(&self) -> Value {
-        let mut sections = Vec::new();
-        let status_kinds: Vec<(String, RequestFn)> = {
+    fn status(&self) -> NodeStatus {
+        let status_kinds: Vec<(String, KindClass, RequestFn)> = {
             let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
-            let mut v: Vec<_> = handlers
+            handlers
                 .iter()
-                .filter(|(k, _)| k.starts_with("status."))
-                .map(|(k, r)| (k.clone(), r.handler.clone()))
-                .collect();
-            v.sort_by(|a, b| a.0.cmp(&b.0));
-            v
+                .filter(|(k, _)| k.starts_with(status::PREFIX))
+                .map(|(k, r)| (k.clone(), r.class, r.handler.clone()))
+                .collect()
         };
-        for (kind, handler) in status_kinds {
-            let section = kind.trim_start_matches("status.").to_string();
-            let value = match handler(&RequestMeta { kind: kind.clone() }, &Value::Null) {
+        let mut sections = BTreeMap::new();
+        for (kind, class, handler) in status_kinds {
+            let section = kind.trim_start_matches(status::PREFIX).to_string();
+            let meta = RequestMeta {
+                kind: kind.clone(),
+                class,
+            };
+            let value = match handler(&meta, &Value::Null) {
                 Ok(v) => v,
                 Err(e) => Value::Text(format!("error: {e}")),
             };
-            sections.push((Value::Text(section), value));
+            sections.insert(section, value);
         }
         let records = self
             .store
             .count()
             .map(|c| Value::Integer(c.into()))
             .unwrap_or_else(|e| Value::Text(e.to_string()));
-        let text = |s: &str| Value::Text(s.to_string());
-        Value::Map(vec![
-            (text("id"), Value::Integer(self.node_id.into())),
-            (
-                text("id_hex"),
-                Value::Text(format!("{:016x}", self.node_id)),
-            ),
-            (text("address"), text(&self.request_url)),
-            (text("signal"), text(&self.signal_url)),
-            (text("transport"), text(&self.transport_name)),
-            (text("storage"), text(&self.storage_name)),
-            (
-                text("plugins"),
-                Value::Array(
-                    self.plugin_names
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .iter()
-                        .map(|s| text(s))
-                        .collect(),
-                ),
-            ),
-            (text("records"), records),
-            (
-                text("initial_gestors"),
-                Value::Array(self.initial_gestors().iter().map(|s| text(s)).collect()),
-            ),
-            (
-                text("uptime_ms"),
-                Value::Integer(system_ms().saturating_sub(self.started_ms).into()),
-            ),
-            (
-                text("malformed_signals"),
-                Value::Integer(self.malformed_signals.load(Ordering::Relaxed).into()),
-            ),
-            (text("security"), self.security_status()),
-            (text("sections"), Value::Map(sections)),
-        ])
+        NodeStatus {
+            id: self.node_id,
+            id_hex: format!("{:016x}", self.node_id),
+            address: self.request_url.clone(),
+            signal: self.signal_url.clone(),
+            transport: self.transport_name.clone(),
+            storage: self.storage_name.clone(),
+            plugins: self
+                .plugin_names
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            records,
+            initial_gestors: self.initial_gestors(),
+            uptime_ms: system_ms().saturating_sub(self.started_ms),
+            malformed_signals: self.malformed_signals.load(Ordering::Relaxed),
+            security: self.security_status(),
+            sections,
+        }
     }
 
-    fn security_status(&self) -> Value {
-        let text = |s: &str| Value::Text(s.to_string());
-        let int = |n: u64| Value::Integer(n.into());
+    fn security_status(&self) -> SecurityStatus {
         let stats = self.secure.stats();
-        Value::Map(vec![
-            (
-                text("mode"),
-                text(if self.secure.is_insecure() {
-                    "insecure"
-                } else {
-                    "secure"
-                }),
-            ),
-            (
-                text("credential"),
-                self.secure
-                    .credential_name()
-                    .map(text)
-                    .unwrap_or(Value::Null),
-            ),
-            (
-                text("cluster"),
-                self.secure
-                    .cluster_fingerprint()
-                    .map(|f| text(&f))
-                    .unwrap_or(Value::Null),
-            ),
-            (text("sessions"), int(stats.sessions)),
-            (text("handshakes"), int(stats.handshakes)),
-            (text("handshakes_refused"), int(stats.handshakes_refused)),
-            (text("tampered"), int(stats.tampered)),
-            (text("replayed"), int(stats.replayed)),
-            (text("unknown_session"), int(stats.unknown_session)),
-            (text("malformed_frames"), int(stats.malformed)),
-            (
-                text("forbidden_requests"),
-                int(self.forbidden_requests.load(Ordering::Relaxed)),
-            ),
-            (
-                text("forbidden_signals"),
-                int(self.forbidden_signals.load(Ordering::Relaxed)),
-            ),
-        ])
+        SecurityStatus {
+            mode: if self.secure.is_insecure() {
+                "insecure"
+            } else {
+                "secure"
+            }
+            .into(),
+            credential: self.secure.credential_name().map(str::to_string),
+            cluster: self.secure.cluster_fingerprint(),
+            sessions: stats.sessions,
+            handshakes: stats.handshakes,
+            handshakes_refused: stats.handshakes_refused,
+            tampered: stats.tampered,
+            replayed: stats.replayed,
+            unknown_session: stats.unknown_session,
+            malformed_frames: stats.malformed,
+            forbidden_requests: self.forbidden_requests.load(Ordering::Relaxed),
+            forbidden_signals: self.forbidden_signals.load(Ordering::Relaxed),
+        }
     }
 
     fn deliver_signal(&self, topic: &[u8], payload: &[u8], from: &Peer) {
@@ -317,7 +319,7 @@ impl HostCore {
             signals
                 .iter()
                 .filter(|(prefix, _)| topic.starts_with(prefix.as_str()))
-                .map(|(_, r)| r.handler.clone())
+                .map(|(_, handler)| handler.clone())
                 .collect()
         };
         for handler in targets {
@@ -380,10 +382,11 @@ impl Host for HostCore {
         &self,
         plugin: &str,
         kind: &str,
+        class: KindClass,
         handler: RequestFn,
     ) -> Result<(), PluginError> {
         let mut handlers = self.handlers.write().unwrap_or_else(|p| p.into_inner());
-        if kind.starts_with("node.") {
+        if kind.starts_with(node::PREFIX) {
             return Err(PluginError::DuplicateKind {
                 plugin: plugin.into(),
                 kind: kind.into(),
@@ -401,10 +404,11 @@ impl Host for HostCore {
             kind.to_string(),
             Registered {
                 plugin: plugin.to_string(),
+                class,
                 handler,
             },
         );
-        tracing::debug!(plugin, kind, "request kind registered");
+        tracing::debug!(plugin, kind, %class, "request kind registered");
         Ok(())
     }
 
@@ -415,13 +419,8 @@ impl Host for HostCore {
         handler: SignalFn,
     ) -> Result<(), PluginError> {
         let mut signals = self.signals.write().unwrap_or_else(|p| p.into_inner());
-        signals.push((
-            topic_prefix.to_string(),
-            Registered {
-                plugin: plugin.to_string(),
-                handler,
-            },
-        ));
+        signals.push((topic_prefix.to_string(), handler));
+        tracing::debug!(plugin, topic_prefix, "signal handler registered");
         Ok(())
     }
 

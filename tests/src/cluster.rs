@@ -9,7 +9,8 @@ use gestor::client::{Client, ClientError};
 use gestor::config::TransportKind;
 use gestor::runtime::build_transport;
 use gestor::security::Trust;
-use gestor_sdk::Value;
+use gestor_api::node;
+use gestor_sdk::{Empty, Kind, Value};
 use gestor_secure::{ClusterPub, CredentialFile, SecureConfig, SecureLayer};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -252,7 +253,22 @@ impl Drop for NodeProc {
     }
 }
 
-/// One request through the real client library.
+/// One typed request through the real client library.
+pub fn request<K: Kind>(
+    url: &str,
+    transport: TransportKind,
+    body: &K::Request,
+) -> Result<K::Reply, ClientError> {
+    let mut client = Client::new(
+        client_layer(transport),
+        vec![url.to_string()],
+        Duration::from_secs(5),
+    );
+    client.request::<K>(body)
+}
+
+/// One untyped request through the real client library (kinds of plugins
+/// outside `gestor-api`, such as the echo example).
 pub fn call(
     url: &str,
     transport: TransportKind,
@@ -289,7 +305,7 @@ pub fn wait_ready(url: &str, transport: TransportKind, deadline: Duration) -> bo
             vec![url.to_string()],
             Duration::from_millis(300),
         );
-        client.call("node.ping", Value::Null).is_ok()
+        client.request::<node::Ping>(&Empty).is_ok()
     })
 }
 

@@ -1,12 +1,14 @@
 //! A ring of real `gestor node` processes for integration tests.
 
-use crate::cluster::{call, wait_ready, wait_until, NodeProc};
+use crate::cluster::{request, wait_ready, wait_until, NodeProc};
 use crate::ports::free_port;
 use gestor::config::{StorageKind, TransportKind};
 use gestor::demo::view_of;
 use gestor::json::cbor_to_json;
+use gestor_api::node;
 use gestor_chord::{check_invariants, View};
-use gestor_sdk::Value;
+use gestor_sdk::wire::to_value;
+use gestor_sdk::Empty;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -291,9 +293,9 @@ impl Ring {
     }
 
     pub fn status(&self, url: &str) -> Option<serde_json::Value> {
-        call(url, self.transport, "node.status", Value::Null)
+        request::<node::Status>(url, self.transport, &Empty)
             .ok()
-            .map(|v| cbor_to_json(&v))
+            .map(|v| cbor_to_json(&to_value(&v)))
     }
 
     /// Ring views of every running node that answers.

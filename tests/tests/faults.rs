@@ -3,7 +3,9 @@
 
 use gestor::client::Client;
 use gestor::config::{StorageKind, TransportKind};
+use gestor_api::replica;
 use gestor_sdk::hash::ring_position;
+use gestor_sdk::Empty;
 use gestor_tests::cluster::client_layer;
 use gestor_tests::cluster::wait_until;
 use gestor_tests::ring::Ring;
@@ -15,6 +17,15 @@ const COPIES: usize = 3;
 fn client(ring: &Ring, url: &str) -> Client {
     Client::new(
         client_layer(ring.transport),
+        vec![url.to_string()],
+        Duration::from_secs(10),
+    )
+}
+
+/// A client holding an operator credential: inventories are gestor-internal.
+fn operator(ring: &Ring, url: &str) -> Client {
+    Client::new(
+        ring.operator(),
         vec![url.to_string()],
         Duration::from_secs(10),
     )
@@ -462,14 +473,12 @@ fn partition_and_heal(
     // sides (with 4 holders, the other side holds every record too).
     let mut both: Vec<String> = Vec::new();
     for &i in isolated {
-        let inv = client(&ring, &ring.nodes[i].url.clone())
-            .call("replica.inventory", gestor_sdk::Value::Null)
+        let inv = operator(&ring, &ring.nodes[i].url.clone())
+            .request::<replica::Inventory>(&Empty)
             .unwrap();
-        for h in inv.as_array().unwrap() {
-            if let Some(u) = gestor_tests::cluster::field(h, "username").and_then(|v| v.as_text()) {
-                if tokens.contains_key(u) && !both.iter().any(|b| b == u) {
-                    both.push(u.to_string());
-                }
+        for h in inv {
+            if tokens.contains_key(&h.username) && !both.contains(&h.username) {
+                both.push(h.username);
             }
         }
     }
@@ -556,18 +565,12 @@ fn partition_and_heal(
     if let Err(e) = all_found(&ring, &expected, Duration::from_secs(30)) {
         let mut dump = String::new();
         for url in ring.live_urls() {
-            let inv = client(&ring, &url)
-                .call("replica.inventory", gestor_sdk::Value::Null)
+            let inv = operator(&ring, &url)
+                .request::<replica::Inventory>(&Empty)
                 .unwrap();
-            for h in inv.as_array().unwrap() {
-                let user = gestor_tests::cluster::field(h, "username")
-                    .and_then(|v| v.as_text())
-                    .unwrap_or("");
-                if expected.contains_key(user) {
-                    dump.push_str(&format!(
-                        "{url} {user} {:?}\n",
-                        gestor_tests::cluster::field(h, "version")
-                    ));
+            for h in inv {
+                if expected.contains_key(&h.username) {
+                    dump.push_str(&format!("{url} {} {:?}\n", h.username, h.version));
                 }
             }
         }
@@ -592,22 +595,15 @@ fn partition_and_heal(
             return false;
         }
         for url in ring.live_urls() {
-            let inv = client(&ring, &url)
-                .call("replica.inventory", gestor_sdk::Value::Null)
+            let inv = operator(&ring, &url)
+                .request::<replica::Inventory>(&Empty)
                 .unwrap();
-            for h in inv.as_array().unwrap() {
-                let user = gestor_tests::cluster::field(h, "username")
-                    .and_then(|v| v.as_text())
-                    .unwrap_or("")
-                    .to_string();
-                if let Some(want) = newest.get(&user) {
-                    let v: gestor_sdk::Timestamp = gestor_tests::cluster::field(h, "version")
-                        .unwrap()
-                        .deserialized()
-                        .unwrap();
-                    if v != *want {
-                        stale.push(format!("{user}@{url}"));
-                    }
+            for h in inv {
+                if newest
+                    .get(&h.username)
+                    .is_some_and(|want| h.version != *want)
+                {
+                    stale.push(format!("{}@{url}", h.username));
                 }
             }
         }

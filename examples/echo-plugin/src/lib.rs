@@ -12,8 +12,11 @@
 //!   host's store without knowing which backend it is;
 //! * `status.echo` → appears under `sections.echo` in `gestor status`.
 
-use gestor_sdk::{declare_plugin, HandlerError, Plugin, PluginContext, PluginError};
+use gestor_sdk::{
+    declare_plugin, Empty, HandlerError, Kind, KindClass, Plugin, PluginContext, PluginError,
+};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -24,27 +27,79 @@ struct EchoConfig {
     greeting: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Say {
-    text: String,
+// ---- the request kinds this plugin serves ----------------------------------
+//
+// A plugin outside the gestor workspace cannot add to `gestor-api`: it
+// declares its own kinds, each a zero-sized type implementing `Kind` (wire
+// name, class, request and reply types), and serves them with
+// `ctx.serve::<K>`. Clients send the wire names (`gestor call echo.say`).
+
+#[derive(Serialize, Deserialize)]
+pub struct Say {
+    pub text: String,
 }
 
-#[derive(Serialize)]
-struct Said {
-    text: String,
-    greeting: String,
-    count: u64,
+#[derive(Serialize, Deserialize)]
+pub struct Said {
+    pub text: String,
+    pub greeting: String,
+    pub count: u64,
 }
 
-#[derive(Deserialize)]
-struct Remember {
-    key: String,
-    value: String,
+#[derive(Serialize, Deserialize)]
+pub struct Remember {
+    pub key: String,
+    pub value: String,
 }
 
-#[derive(Deserialize)]
-struct Recall {
-    key: String,
+#[derive(Serialize, Deserialize)]
+pub struct Recall {
+    pub key: String,
+}
+
+/// `echo.say` — client: anyone may call it.
+pub struct EchoSay;
+impl Kind for EchoSay {
+    const NAME: &'static str = "echo.say";
+    const CLASS: KindClass = KindClass::Client;
+    type Request = Say;
+    type Reply = Said;
+}
+
+/// `echo.boom` — client: panics on purpose.
+pub struct EchoBoom;
+impl Kind for EchoBoom {
+    const NAME: &'static str = "echo.boom";
+    const CLASS: KindClass = KindClass::Client;
+    type Request = Empty;
+    type Reply = ();
+}
+
+/// `echo.remember` — client.
+pub struct EchoRemember;
+impl Kind for EchoRemember {
+    const NAME: &'static str = "echo.remember";
+    const CLASS: KindClass = KindClass::Client;
+    type Request = Remember;
+    type Reply = bool;
+}
+
+/// `echo.recall` — client.
+pub struct EchoRecall;
+impl Kind for EchoRecall {
+    const NAME: &'static str = "echo.recall";
+    const CLASS: KindClass = KindClass::Client;
+    type Request = Recall;
+    type Reply = Option<String>;
+}
+
+/// `status.echo` — local: the host gathers it into `node.status`.
+pub struct EchoStatus;
+impl Kind for EchoStatus {
+    const NAME: &'static str = "status.echo";
+    const CLASS: KindClass = KindClass::Local;
+    type Request = Empty;
+    type Reply = BTreeMap<String, u64>;
 }
 
 #[derive(Default)]
@@ -60,7 +115,7 @@ impl Plugin for Echo {
         let greeting = config.greeting.unwrap_or_else(|| "hello".to_string());
 
         let calls = self.calls.clone();
-        ctx.on("echo.say", move |req: Say| {
+        ctx.serve::<EchoSay>(move |_, req| {
             let count = calls.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::info!(count, "echo.say called");
             Ok(Said {
@@ -70,28 +125,25 @@ impl Plugin for Echo {
             })
         })?;
 
-        ctx.on(
-            "echo.boom",
-            |_: serde::de::IgnoredAny| -> Result<(), HandlerError> {
-                panic!("echo.boom was asked to panic");
-            },
-        )?;
+        ctx.serve::<EchoBoom>(|_, _| -> Result<(), HandlerError> {
+            panic!("echo.boom was asked to panic");
+        })?;
 
         let store = ctx.store();
-        ctx.on("echo.remember", move |req: Remember| {
+        ctx.serve::<EchoRemember>(move |_, req| {
             store.kv_put(NAMESPACE, req.key.as_bytes(), req.value.as_bytes())?;
             Ok(true)
         })?;
         let store = ctx.store();
-        ctx.on("echo.recall", move |req: Recall| {
+        ctx.serve::<EchoRecall>(move |_, req| {
             let value = store.kv_get(NAMESPACE, req.key.as_bytes())?;
             Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
         })?;
 
         let calls = self.calls.clone();
-        ctx.on("status.echo", move |_: serde::de::IgnoredAny| {
-            Ok(std::collections::BTreeMap::from([(
-                "calls",
+        ctx.serve::<EchoStatus>(move |_, _| {
+            Ok(BTreeMap::from([(
+                "calls".to_string(),
                 calls.load(Ordering::Relaxed),
             )]))
         })?;

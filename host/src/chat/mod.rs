@@ -29,10 +29,15 @@ use crate::config::TransportKind;
 use crate::directory::{AliveSender, Found, Session};
 use crate::security::Trust;
 use crossbeam_channel::{Receiver, Sender};
+use gestor_api::chat::MessageAck;
+use gestor_api::mail::{self, AckBody, Fetched, PutMail};
+use gestor_api::presence::{self as presence_api, WatchBody};
+use gestor_api::user::Auth;
+use gestor_api::{chat, node};
 use gestor_sdk::hlc::system_ms;
 use gestor_sdk::transport::{Replier, TransportOptions};
-use gestor_sdk::wire::{from_cbor, to_cbor, to_value, Reply, Request};
-use gestor_sdk::{ErrorCode, HandlerError, Value};
+use gestor_sdk::wire::{from_cbor, from_value, to_cbor, to_value, Reply, Request};
+use gestor_sdk::{ErrorCode, HandlerError, Kind, Value};
 use gestor_secure::{Peer, SecureLayer};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -42,19 +47,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A chat message, as sent peer to peer (`chat.message`) and through mailboxes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    /// 32 lowercase hex digits, random; the de-duplication key.
-    pub id: String,
-    pub from: String,
-    pub to: String,
-    /// 1, 2, 3… per sender→recipient pair.
-    pub seq: u64,
-    /// Sender's wall clock when written (ms since the Unix epoch).
-    pub sent_ms: u64,
-    pub text: String,
-}
+pub use gestor_api::chat::ChatMessage;
+pub use gestor_api::presence::Presence;
 
 /// A message of ours that could not be delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,18 +57,6 @@ pub struct Failure {
     pub message: ChatMessage,
     pub reason: String,
     pub reported_ms: u64,
-}
-
-/// A contact's presence, as `presence.watch` answers and `chat.presence` pushes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Presence {
-    pub user: String,
-    pub exists: bool,
-    pub online: bool,
-    pub address: String,
-    pub last_seen_ms: u64,
-    #[serde(default)]
-    pub error: Option<String>,
 }
 
 /// How a message left the outbox.
@@ -253,64 +235,16 @@ pub fn login(
 
 // ---- requests ----------------------------------------------------------------
 
-#[derive(Serialize)]
-struct AuthBody<'a> {
-    username: &'a str,
-    token: &'a str,
-}
-
-#[derive(Serialize)]
-struct PutBody<'a> {
-    token: &'a str,
-    #[serde(flatten)]
-    message: &'a ChatMessage,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Fetched {
-    messages: Vec<ChatMessage>,
-    bounces: Vec<Bounced>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Bounced {
-    #[serde(flatten)]
-    message: ChatMessage,
-    reason: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Watching {
-    contacts: Vec<Presence>,
-    ttl_ms: u64,
-}
-
-fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ChatError> {
-    v.deserialized().map_err(|e| {
-        ChatError::Client(ClientError::Malformed {
-            url: "reply body".into(),
-            reason: e.to_string(),
-        })
-    })
-}
-
 /// Leave `message` in its recipient's mailbox (`mail.put`).
 pub fn put_in_mailbox(
     client: &mut Client,
     session: &Session,
     message: &ChatMessage,
 ) -> Result<bool, ChatError> {
-    #[derive(Deserialize)]
-    struct PutDone {
-        stored: bool,
-    }
-    let done: PutDone = typed(client.call(
-        "mail.put",
-        to_value(&PutBody {
-            token: &session.token,
-            message,
-        }),
-    )?)?;
+    let done = client.request::<mail::Put>(&PutMail {
+        token: session.token.clone(),
+        mail: message.clone(),
+    })?;
     Ok(done.stored)
 }
 
@@ -322,12 +256,8 @@ pub fn send_direct(
     message: &ChatMessage,
     timeout: Duration,
 ) -> Result<Accepted, ChatError> {
-    #[derive(Deserialize)]
-    struct Ack {
-        status: Accepted,
-    }
     let mut peer = Client::to_client_endpoint(secure, listen_url(address), timeout);
-    let ack: Ack = typed(peer.call("chat.message", to_value(message))?)?;
+    let ack = peer.request::<chat::Message>(message)?;
     Ok(ack.status)
 }
 
@@ -434,13 +364,10 @@ pub fn fetch_mailbox(
     store: &ChatStore,
     session: &Session,
 ) -> Result<FetchReport, ChatError> {
-    let fetched: Fetched = typed(client.call(
-        "mail.fetch",
-        to_value(&AuthBody {
-            username: &session.username,
-            token: &session.token,
-        }),
-    )?)?;
+    let fetched: Fetched = client.request::<mail::Fetch>(&Auth {
+        username: session.username.clone(),
+        token: session.token.clone(),
+    })?;
     let now = system_ms();
     let mut report = FetchReport {
         fetched: fetched.messages.len(),
@@ -457,7 +384,7 @@ pub fn fetch_mailbox(
     }
     for b in fetched.bounces {
         let failure = Failure {
-            message: b.message,
+            message: b.mail,
             reason: b.reason,
             reported_ms: now,
         };
@@ -467,20 +394,11 @@ pub fn fetch_mailbox(
         }
     }
     if !ids.is_empty() {
-        #[derive(Serialize)]
-        struct Ack<'a> {
-            username: &'a str,
-            token: &'a str,
-            ids: &'a [String],
-        }
-        client.call(
-            "mail.ack",
-            to_value(&Ack {
-                username: &session.username,
-                token: &session.token,
-                ids: &ids,
-            }),
-        )?;
+        client.request::<mail::Ack>(&AckBody {
+            username: session.username.clone(),
+            token: session.token.clone(),
+            ids,
+        })?;
     }
     Ok(report)
 }
@@ -491,20 +409,11 @@ pub fn watch(
     session: &Session,
     contacts: &[String],
 ) -> Result<(Vec<Presence>, Duration), ChatError> {
-    #[derive(Serialize)]
-    struct W<'a> {
-        username: &'a str,
-        token: &'a str,
-        contacts: &'a [String],
-    }
-    let w: Watching = typed(client.call(
-        "presence.watch",
-        to_value(&W {
-            username: &session.username,
-            token: &session.token,
-            contacts,
-        }),
-    )?)?;
+    let w = client.request::<presence_api::Watch>(&WatchBody {
+        username: session.username.clone(),
+        token: session.token.clone(),
+        contacts: contacts.to_vec(),
+    })?;
     Ok((w.contacts, Duration::from_millis(w.ttl_ms.max(300))))
 }
 
@@ -578,10 +487,12 @@ impl Inner {
         let result = match from_cbor::<Request>(frame) {
             Err(e) => Err(HandlerError::new(ErrorCode::Malformed, e)),
             // Presence comes from the ring; another client cannot fake it.
-            Ok(req) if req.kind == "chat.presence" && !peer.is_gestor() => Err(HandlerError::new(
-                ErrorCode::Forbidden,
-                "presence events are accepted only from admitted gestores",
-            )),
+            Ok(req) if req.kind == chat::Presence::NAME && !peer.is_gestor() => {
+                Err(HandlerError::new(
+                    ErrorCode::Forbidden,
+                    "presence events are accepted only from admitted gestores",
+                ))
+            }
             Ok(req) => self.dispatch(&req.kind, &req.body),
         };
         to_cbor(&Reply::from_result(result))
@@ -589,8 +500,8 @@ impl Inner {
 
     fn dispatch(&self, kind: &str, body: &Value) -> Result<Value, HandlerError> {
         match kind {
-            "chat.message" => {
-                let m: ChatMessage = gestor_sdk::wire::from_value(body)?;
+            chat::Message::NAME => {
+                let m: ChatMessage = from_value(body)?;
                 if m.to != self.opts.username {
                     // The address now belongs to someone else: not delivered.
                     return Err(HandlerError::new(
@@ -610,15 +521,10 @@ impl Inner {
                 for d in delivered {
                     self.emit(ChatEvent::Message(d));
                 }
-                #[derive(Serialize)]
-                struct Ack<'a> {
-                    id: &'a str,
-                    status: Accepted,
-                }
-                Ok(to_value(&Ack { id: &m.id, status }))
+                Ok(to_value(&MessageAck { id: m.id, status }))
             }
-            "chat.presence" => {
-                let p: Presence = gestor_sdk::wire::from_value(body)?;
+            chat::Presence::NAME => {
+                let p: Presence = from_value(body)?;
                 self.presence
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -628,9 +534,9 @@ impl Inner {
                     self.wake_sender();
                 }
                 self.emit(ChatEvent::Presence(p));
-                Ok(Value::Bool(true))
+                Ok(to_value(&true))
             }
-            "node.ping" => Ok(Value::Text("pong".into())),
+            node::Ping::NAME => Ok(to_value("pong")),
             other => Err(HandlerError::new(
                 ErrorCode::UnknownKind,
                 format!("a chat client does not serve {other:?}"),

@@ -60,17 +60,8 @@ pub struct Profile {
     pub address: Option<String>,
 }
 
-/// What became of one received message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Accepted {
-    /// Delivered to the inbox (possibly with held successors).
-    Delivered,
-    /// Kept until the messages before it arrive.
-    Held,
-    /// Seen before; not delivered again.
-    Duplicate,
-}
+/// What became of one received message (the `chat.message` reply status).
+pub use gestor_api::chat::Accepted;
 
 pub struct ChatStore {
     dir: PathBuf,

@@ -16,15 +16,20 @@ pub mod rules;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use gestor_api::ring::KeyBody;
+use gestor_api::status::{self, DirectoryStatus};
+use gestor_api::user::{
+    self, Alive, Auth, Authenticated, Credentials, Done, Found, LoggedIn, Registered, UserOnly,
+};
+use gestor_api::{dir, replica, routing, topics};
 use gestor_sdk::hash::ring_position;
 use gestor_sdk::hlc::system_ms;
-use gestor_sdk::routing;
 use gestor_sdk::{
-    declare_plugin, CallError, ErrorCode, HandlerError, Plugin, PluginContext, PluginError,
+    declare_plugin, CallError, ErrorCode, HandlerError, Kind, Plugin, PluginContext, PluginError,
     Timestamp, UserRecord,
 };
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,76 +61,6 @@ impl Default for DirectoryConfig {
             forward_timeout_ms: 5_000,
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-    #[serde(default)]
-    pub address: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UserOnly {
-    pub username: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Authenticated {
-    pub username: String,
-    pub token: String,
-    #[serde(default)]
-    pub address: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Registered {
-    pub username: String,
-    pub gestor: String,
-    pub hops: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LoggedIn {
-    pub username: String,
-    pub token: String,
-    /// Request URL of the gestor responsible for this user.
-    pub gestor: String,
-    /// Where to publish alive signals.
-    pub signal: String,
-    pub alive_every_ms: u64,
-    pub presence_timeout_ms: u64,
-    pub hops: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Found {
-    pub user: String,
-    pub address: String,
-    pub online: bool,
-    pub last_seen_ms: u64,
-    pub last_update: Timestamp,
-    /// Request URL of the responsible gestor.
-    pub gestor: String,
-    /// Its signal URL: where the user's alive signals go. Clients refresh it
-    /// from lookups of themselves, since the responsible gestor can change.
-    #[serde(default)]
-    pub signal: String,
-    pub hops: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Done {
-    pub ok: bool,
-    pub hops: u32,
-}
-
-/// Alive signal body (topic `alive`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Alive {
-    pub username: String,
-    pub token: String,
 }
 
 struct Directory {
@@ -171,17 +106,15 @@ impl Shared {
             .clone()
     }
 
-    /// Forward `kind` to the gestor responsible for `username` (see
-    /// `gestor_sdk::routing::forward`), recording the lookup's hops.
-    fn route<Req: Serialize, Rep: serde::de::DeserializeOwned + WithHops>(
-        &self,
-        username: &str,
-        kind: &str,
-        body: &Req,
-    ) -> Result<Rep, HandlerError> {
+    /// Forward `K` to the gestor responsible for `username` (see
+    /// `gestor_api::routing::forward`), recording the lookup's hops.
+    fn route<K: Kind>(&self, username: &str, body: &K::Request) -> Result<K::Reply, HandlerError>
+    where
+        K::Reply: WithHops,
+    {
         let ctx = self.ctx()?;
         let deadline = Duration::from_millis(self.config().forward_timeout_ms);
-        let (mut rep, hops) = routing::forward::<Req, Rep>(&ctx, username, kind, body, deadline)?;
+        let (mut rep, hops) = routing::forward::<K>(&ctx, username, body, deadline)?;
         rep.set_hops(hops);
         Ok(rep)
     }
@@ -197,7 +130,7 @@ impl Shared {
         }
         // A gestor that just took over a range (join, or a failed
         // predecessor) first merges it with its successor's copies.
-        match ctx.call_local::<_, bool>("replica.ready", &KeyBody { key }) {
+        match ctx.call_local::<replica::Ready>(&KeyBody { key }) {
             Ok(true) => {}
             Ok(false) => {
                 return Err(HandlerError::unavailable(format!(
@@ -322,7 +255,7 @@ impl Shared {
     /// Have `record` copied per the replication rule (a no-op without the
     /// replica plugin).
     fn replicate(&self, ctx: &PluginContext, record: &UserRecord) -> Result<(), HandlerError> {
-        match ctx.call_local::<_, gestor_sdk::Value>("replica.replicate", record) {
+        match ctx.call_local::<replica::Replicate>(record) {
             Ok(_) => Ok(()),
             Err(CallError::Remote(e)) if e.code == ErrorCode::UnknownKind => Ok(()),
             Err(e) => Err(e.into()),
@@ -577,11 +510,6 @@ impl Shared {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct KeyBody {
-    key: u64,
-}
-
 /// Replies that carry the routing hop count, filled in by the entry gestor.
 pub trait WithHops {
     fn set_hops(&mut self, hops: u32);
@@ -600,64 +528,52 @@ impl Plugin for Directory {
 
         // Client-facing: any gestor, forwarded to the owner.
         let s = self.state.clone();
-        ctx.on("user.register", move |r: Credentials| {
-            s.route::<_, Registered>(&r.username.clone(), "dir.register", &r)
-        })?;
+        ctx.serve::<user::Register>(move |_, r| s.route::<dir::Register>(&r.username, &r))?;
         let s = self.state.clone();
-        ctx.on("user.login", move |r: Credentials| {
-            s.route::<_, LoggedIn>(&r.username.clone(), "dir.login", &r)
-        })?;
+        ctx.serve::<user::Login>(move |_, r| s.route::<dir::Login>(&r.username, &r))?;
         let s = self.state.clone();
-        ctx.on("user.lookup", move |r: UserOnly| {
-            s.route::<_, Found>(&r.username.clone(), "dir.lookup", &r)
-        })?;
+        ctx.serve::<user::Lookup>(move |_, r| s.route::<dir::Lookup>(&r.username, &r))?;
         let s = self.state.clone();
-        ctx.on("user.set_address", move |r: Authenticated| {
-            s.route::<_, Done>(&r.username.clone(), "dir.set_address", &r)
-        })?;
+        ctx.serve::<user::SetAddress>(move |_, r| s.route::<dir::SetAddress>(&r.username, &r))?;
         let s = self.state.clone();
-        ctx.on("user.logout", move |r: Authenticated| {
-            s.route::<_, Done>(&r.username.clone(), "dir.logout", &r)
-        })?;
+        ctx.serve::<user::Logout>(move |_, r| s.route::<dir::Logout>(&r.username, &r))?;
 
         // Owner side.
         let s = self.state.clone();
-        ctx.on("dir.register", move |r: Credentials| s.register(r))?;
+        ctx.serve::<dir::Register>(move |_, r| s.register(r))?;
         let s = self.state.clone();
-        ctx.on("dir.login", move |r: Credentials| s.login(r))?;
+        ctx.serve::<dir::Login>(move |_, r| s.login(r))?;
         let s = self.state.clone();
-        ctx.on("dir.lookup", move |r: UserOnly| s.lookup(r))?;
+        ctx.serve::<dir::Lookup>(move |_, r| s.lookup(r))?;
         let s = self.state.clone();
-        ctx.on("dir.set_address", move |r: Authenticated| s.set_address(r))?;
+        ctx.serve::<dir::SetAddress>(move |_, r| s.set_address(r))?;
         let s = self.state.clone();
-        ctx.on("dir.logout", move |r: Authenticated| s.logout(r))?;
+        ctx.serve::<dir::Logout>(move |_, r| s.logout(r))?;
         let s = self.state.clone();
-        ctx.on("dir.delete", move |r: Credentials| s.delete(r))?;
+        ctx.serve::<dir::Delete>(move |_, r| s.delete(r))?;
         let s = self.state.clone();
-        ctx.on("user.delete", move |r: Credentials| {
-            s.route::<_, Done>(&r.username.clone(), "dir.delete", &r)
-        })?;
+        ctx.serve::<user::Delete>(move |_, r| s.route::<dir::Delete>(&r.username, &r))?;
         // For other plugins on the owner (e.g. a mailbox): is this token the
         // user's current session? Answers a bool; never forwards.
         let s = self.state.clone();
-        ctx.on("dir.authenticate", move |r: Authenticated| {
+        ctx.serve::<dir::Authenticate>(move |_, r: Auth| {
             let ctx = s.ctx()?;
             Ok(s.check_token(&ctx, &r.username, &r.token).is_ok())
         })?;
 
         let s = self.state.clone();
-        ctx.on_signal("alive", move |_topic, body| s.on_alive(body))?;
+        ctx.on_signal(topics::ALIVE, move |_topic, body| s.on_alive(body))?;
         let s = self.state.clone();
         ctx.every("presence-sweep", sweep_every, move || s.sweep());
 
         let s = self.state.clone();
         let store = ctx.store();
-        ctx.on("status.directory", move |_: serde::de::IgnoredAny| {
-            let online = s.alive.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
-            Ok(std::collections::BTreeMap::from([
-                ("records", store.count()?),
-                ("alive_users", online),
-            ]))
+        ctx.serve::<status::Directory>(move |_, _| {
+            let alive_users = s.alive.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+            Ok(DirectoryStatus {
+                alive_users,
+                records: store.count()?,
+            })
         })?;
         Ok(())
     }

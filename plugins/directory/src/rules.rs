@@ -2,7 +2,7 @@
 
 use gestor_sdk::HandlerError;
 
-pub use gestor_sdk::routing::{validate_username, USERNAME_MAX, USERNAME_MIN};
+pub use gestor_api::routing::{validate_username, USERNAME_MAX, USERNAME_MIN};
 
 pub const PASSWORD_MAX: usize = 1024;
 

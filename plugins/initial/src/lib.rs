@@ -12,8 +12,10 @@
 //! 4. publishes the list (topic `initial`) to the signal endpoints of its
 //!    successors, so it spreads around the ring.
 
-use gestor_sdk::{declare_plugin, Plugin, PluginContext, PluginError, Timestamp, Value};
-use serde::{Deserialize, Serialize};
+use gestor_api::initial::{self, InitialList};
+use gestor_api::{node, ring, status, topics};
+use gestor_sdk::{declare_plugin, Empty, Plugin, PluginContext, PluginError};
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,22 +40,6 @@ impl Default for InitialConfig {
             ping_timeout_ms: 1000,
         }
     }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct InitialList {
-    pub version: Timestamp,
-    pub gestores: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct PeerRef {
-    addr: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Neighbours {
-    successors: Vec<PeerRef>,
 }
 
 struct Shared {
@@ -103,18 +89,11 @@ impl Shared {
             return Some(u.clone());
         }
         let timeout = Duration::from_millis(self.config.ping_timeout_ms);
-        let status: Value = self
+        let url = self
             .ctx
-            .host()
-            .request(addr, "node.status", Value::Null, timeout)
-            .ok()?;
-        let url = status
-            .as_map()?
-            .iter()
-            .find(|(k, _)| k.as_text() == Some("signal"))?
-            .1
-            .as_text()?
-            .to_string();
+            .call::<node::Status>(addr, &Empty, timeout)
+            .ok()?
+            .signal;
         self.signal_urls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -127,17 +106,14 @@ impl Shared {
         let timeout = Duration::from_millis(self.config.ping_timeout_ms);
         if self.current().gestores.is_empty() {
             for url in self.ctx.join_urls() {
-                if let Ok(offer) =
-                    self.ctx
-                        .call::<_, InitialList>(&url, "initial.get", &(), timeout)
-                {
+                if let Ok(offer) = self.ctx.call::<initial::Get>(&url, &Empty, timeout) {
                     self.adopt(offer);
                     break;
                 }
             }
         }
         // Only ring members take part; a node still joining has nothing to say.
-        let Ok(neighbours) = self.ctx.call_local::<_, Neighbours>("ring.neighbours", &()) else {
+        let Ok(neighbours) = self.ctx.call_local::<ring::Neighbours>(&Empty) else {
             return;
         };
         if neighbours.successors.is_empty() {
@@ -147,11 +123,7 @@ impl Shared {
         let list = self.current();
         let mut dead = Vec::new();
         for member in list.gestores.iter().filter(|m| **m != me) {
-            let alive = self
-                .ctx
-                .host()
-                .request(member, "node.ping", Value::Null, timeout)
-                .is_ok();
+            let alive = self.ctx.call::<node::Ping>(member, &Empty, timeout).is_ok();
             let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
             if alive {
                 failures.remove(member);
@@ -182,7 +154,7 @@ impl Shared {
         let offer = self.current();
         for peer in neighbours.successors.iter().filter(|p| p.addr != me) {
             if let Some(url) = self.signal_url(&peer.addr) {
-                if let Err(e) = self.ctx.signal(&url, "initial", &offer) {
+                if let Err(e) = self.ctx.signal(&url, topics::INITIAL, &offer) {
                     tracing::debug!(peer = %peer.addr, "cannot gossip initial gestors: {e}");
                 }
             }
@@ -208,11 +180,9 @@ impl Plugin for Initial {
         });
         *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
         let s = shared.clone();
-        ctx.on("initial.get", move |_: serde::de::IgnoredAny| {
-            Ok(s.current())
-        })?;
+        ctx.serve::<initial::Get>(move |_, _| Ok(s.current()))?;
         let s = shared.clone();
-        ctx.on_signal("initial", move |_topic, body| {
+        ctx.on_signal(topics::INITIAL, move |_topic, body| {
             match body.deserialized::<InitialList>() {
                 Ok(offer) => {
                     s.adopt(offer);
@@ -221,9 +191,7 @@ impl Plugin for Initial {
             }
         })?;
         let s = shared.clone();
-        ctx.on("status.initial", move |_: serde::de::IgnoredAny| {
-            Ok(s.current())
-        })?;
+        ctx.serve::<status::Initial>(move |_, _| Ok(s.current()))?;
         let s = shared;
         ctx.every("gossip", every, move || s.round());
         Ok(())

@@ -26,11 +26,16 @@
 pub mod presence;
 pub mod rules;
 
+use gestor_api::mail::{self, AckBody, Acked, Bounce, Fetched, PutDone, PutMail};
+use gestor_api::mailbox::{self, CopyBody, Held};
+use gestor_api::status::{self, MailboxStatus};
+use gestor_api::user::{Auth, Found, UserOnly};
+use gestor_api::{dir, ring, routing};
 use gestor_sdk::hlc::system_ms;
-use gestor_sdk::routing;
-use gestor_sdk::{declare_plugin, ErrorCode, HandlerError, Plugin, PluginContext, PluginError};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use gestor_sdk::{
+    declare_plugin, Empty, ErrorCode, HandlerError, Kind, Plugin, PluginContext, PluginError,
+};
+use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,140 +88,17 @@ impl Default for MailboxConfig {
     }
 }
 
-/// A chat message as clients exchange it (peer to peer and through the mailbox).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Mail {
-    pub id: String,
-    pub from: String,
-    pub to: String,
-    pub seq: u64,
-    pub sent_ms: u64,
-    pub text: String,
-}
-
-/// What a mailbox holds: a message for `to`, or (with `bounce`) the notice,
-/// held for the original sender `from`, that a message to `to` expired.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Held {
-    #[serde(flatten)]
-    pub mail: Mail,
-    /// When the holding gestor first stored it (wall ms); expiry counts from here.
-    #[serde(default)]
-    pub stored_ms: u64,
-    /// Why the message could not be delivered; set on bounces only.
-    #[serde(default)]
-    pub bounce: Option<String>,
-}
-
-impl Held {
-    /// The user whose mailbox holds this item.
-    pub fn holder(&self) -> &str {
-        if self.bounce.is_some() {
-            &self.mail.from
-        } else {
-            &self.mail.to
-        }
+/// Store key of a mailbox item: mail sorts by sender then sequence, so a
+/// prefix scan is the delivery order; bounces sort after mail.
+fn item_key(held: &Held) -> String {
+    if held.bounce.is_some() {
+        format!("{}/b/{}", held.mail.from, held.mail.id)
+    } else {
+        format!(
+            "{}/m/{}/{:020}/{}",
+            held.mail.to, held.mail.from, held.mail.seq, held.mail.id
+        )
     }
-
-    /// Store key: mail sorts by sender then sequence, so a prefix scan is the
-    /// delivery order; bounces sort after mail.
-    fn key(&self) -> String {
-        if self.bounce.is_some() {
-            format!("{}/b/{}", self.mail.from, self.mail.id)
-        } else {
-            format!(
-                "{}/m/{}/{:020}/{}",
-                self.mail.to, self.mail.from, self.mail.seq, self.mail.id
-            )
-        }
-    }
-}
-
-// ---- request and reply bodies ----------------------------------------------
-
-/// `mail.put`: the sender leaves `mail` in the recipient's mailbox.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PutMail {
-    pub token: String,
-    #[serde(flatten)]
-    pub mail: Mail,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PutDone {
-    /// False when the mailbox already held (or had delivered) this id.
-    pub stored: bool,
-    /// Request URL of the gestor holding the recipient's mailbox.
-    pub holder: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Auth {
-    pub username: String,
-    pub token: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Fetched {
-    /// Messages for the user, ordered by sender, then sequence number.
-    pub messages: Vec<Mail>,
-    /// Notices of the user's own messages that expired undelivered.
-    pub bounces: Vec<Bounce>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Bounce {
-    #[serde(flatten)]
-    pub mail: Mail,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AckBody {
-    pub username: String,
-    pub token: String,
-    pub ids: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Acked {
-    pub removed: u64,
-}
-
-/// `mailbox.copy`: the owner's changes, applied by a successor.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CopyBody {
-    #[serde(default)]
-    pub puts: Vec<Held>,
-    /// `(holder, id)` pairs acknowledged on the owner.
-    #[serde(default)]
-    pub removed: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Peer {
-    pub id: u64,
-    pub addr: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Neighbours {
-    pub me: Peer,
-    pub predecessor: Option<Peer>,
-    pub successors: Vec<Peer>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct UserOnly {
-    pub username: String,
-}
-
-/// The part of the directory's `dir.lookup` reply this plugin reads.
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct Found {
-    pub address: String,
-    pub online: bool,
-    pub last_seen_ms: u64,
 }
 
 const ITEMS: &str = "mailbox";
@@ -249,17 +131,16 @@ impl Shared {
             .clone()
     }
 
-    /// Forward `kind` to the gestor responsible for `username`
-    /// (`gestor_sdk::routing::forward`: fresh lookups with backoff).
-    pub fn route<Req: Serialize, Rep: DeserializeOwned>(
+    /// Forward `K` to the gestor responsible for `username`
+    /// (`gestor_api::routing::forward`: fresh lookups with backoff).
+    pub fn route<K: Kind>(
         &self,
         username: &str,
-        kind: &str,
-        body: &Req,
-    ) -> Result<Rep, HandlerError> {
+        body: &K::Request,
+    ) -> Result<K::Reply, HandlerError> {
         let ctx = self.ctx()?;
         let deadline = Duration::from_millis(self.config().forward_timeout_ms);
-        routing::forward::<Req, Rep>(&ctx, username, kind, body, deadline).map(|(rep, _hops)| rep)
+        routing::forward::<K>(&ctx, username, body, deadline).map(|(rep, _hops)| rep)
     }
 
     pub fn responsible(&self, ctx: &PluginContext, username: &str) -> Result<bool, HandlerError> {
@@ -284,14 +165,11 @@ impl Shared {
         username: &str,
         token: &str,
     ) -> Result<(), HandlerError> {
-        let ok: bool = ctx
-            .call_local(
-                "dir.authenticate",
-                &Auth {
-                    username: username.to_string(),
-                    token: token.to_string(),
-                },
-            )
+        let ok = ctx
+            .call_local::<dir::Authenticate>(&Auth {
+                username: username.to_string(),
+                token: token.to_string(),
+            })
             .map_err(HandlerError::from)?;
         if ok {
             Ok(())
@@ -348,7 +226,7 @@ impl Shared {
             stored_ms: 0,
             bounce: None,
         };
-        self.route(&held.mail.to.clone(), "mailbox.put", &held)
+        self.route::<mailbox::Put>(&held.mail.to, &held)
     }
 
     /// On the holder's owner: store one item (mail or bounce).
@@ -369,18 +247,15 @@ impl Shared {
         }
         // The holder must exist; dir.lookup answers not_found otherwise.
         let _: Found = ctx
-            .call_local(
-                "dir.lookup",
-                &UserOnly {
-                    username: holder.clone(),
-                },
-            )
+            .call_local::<dir::Lookup>(&UserOnly {
+                username: holder.clone(),
+            })
             .map_err(HandlerError::from)?;
         let done = |stored| PutDone {
             stored,
             holder: ctx.request_url(),
         };
-        let key = held.key();
+        let key = item_key(&held);
         if self.tombstoned(&ctx, &holder, &held.mail.id)?
             || ctx.store().kv_get(ITEMS, key.as_bytes())?.is_some()
         {
@@ -462,7 +337,9 @@ impl Shared {
         }
         let mut removed = 0;
         for h in self.items_of(ctx, holder)? {
-            if wanted.contains(h.mail.id.as_str()) && store.kv_delete(ITEMS, h.key().as_bytes())? {
+            if wanted.contains(h.mail.id.as_str())
+                && store.kv_delete(ITEMS, item_key(&h).as_bytes())?
+            {
                 removed += 1;
             }
         }
@@ -482,7 +359,7 @@ impl Shared {
             }
             ctx.store().kv_put(
                 ITEMS,
-                held.key().as_bytes(),
+                item_key(&held).as_bytes(),
                 &gestor_sdk::wire::to_cbor(&held),
             )?;
             applied += 1;
@@ -494,7 +371,7 @@ impl Shared {
 
     fn successors(&self, ctx: &PluginContext) -> Vec<String> {
         let copies = self.config().copies;
-        match ctx.call_local::<_, Neighbours>("ring.neighbours", &()) {
+        match ctx.call_local::<ring::Neighbours>(&Empty) {
             Ok(n) => {
                 let mut out: Vec<String> = Vec::new();
                 for p in n.successors {
@@ -518,7 +395,7 @@ impl Shared {
         let timeout = Duration::from_millis(self.config().forward_timeout_ms.min(2_000));
         for url in self.successors(ctx) {
             for chunk in batches(body) {
-                if let Err(e) = ctx.call::<_, u64>(&url, "mailbox.copy", &chunk, timeout) {
+                if let Err(e) = ctx.call::<mailbox::Copy>(&url, &chunk, timeout) {
                     // The resync loop repairs what a failed push missed.
                     tracing::debug!(successor = %url, "mailbox copy failed: {e}");
                     break;
@@ -586,9 +463,7 @@ impl Shared {
                         bounce: Some(format!("not fetched by {} within {} ms", held.mail.to, ttl)),
                     };
                     // Keep the message until its bounce is held somewhere.
-                    if let Err(e) =
-                        self.route::<_, PutDone>(&held.mail.from, "mailbox.put", &bounce)
-                    {
+                    if let Err(e) = self.route::<mailbox::Put>(&held.mail.from, &bounce) {
                         tracing::warn!(id = %held.mail.id, from = %held.mail.from, "cannot bounce expired mail yet: {e}");
                         continue;
                     }
@@ -649,29 +524,23 @@ impl Plugin for Mailbox {
 
         // Client-facing: any gestor.
         let s = self.state.clone();
-        ctx.on("mail.put", move |r: PutMail| {
-            s.route::<_, PutDone>(&r.mail.from.clone(), "mailbox.send", &r)
-        })?;
+        ctx.serve::<mail::Put>(move |_, r| s.route::<mailbox::Send>(&r.mail.from, &r))?;
         let s = self.state.clone();
-        ctx.on("mail.fetch", move |r: Auth| {
-            s.route::<_, Fetched>(&r.username.clone(), "mailbox.fetch", &r)
-        })?;
+        ctx.serve::<mail::Fetch>(move |_, r| s.route::<mailbox::Fetch>(&r.username, &r))?;
         let s = self.state.clone();
-        ctx.on("mail.ack", move |r: AckBody| {
-            s.route::<_, Acked>(&r.username.clone(), "mailbox.ack", &r)
-        })?;
+        ctx.serve::<mail::Ack>(move |_, r| s.route::<mailbox::Ack>(&r.username, &r))?;
 
         // Owner and successor side.
         let s = self.state.clone();
-        ctx.on("mailbox.send", move |r: PutMail| s.send(r))?;
+        ctx.serve::<mailbox::Send>(move |_, r| s.send(r))?;
         let s = self.state.clone();
-        ctx.on("mailbox.put", move |r: Held| s.put(r))?;
+        ctx.serve::<mailbox::Put>(move |_, r| s.put(r))?;
         let s = self.state.clone();
-        ctx.on("mailbox.fetch", move |r: Auth| s.fetch(r))?;
+        ctx.serve::<mailbox::Fetch>(move |_, r| s.fetch(r))?;
         let s = self.state.clone();
-        ctx.on("mailbox.ack", move |r: AckBody| s.ack(r))?;
+        ctx.serve::<mailbox::Ack>(move |_, r| s.ack(r))?;
         let s = self.state.clone();
-        ctx.on("mailbox.copy", move |r: CopyBody| s.copy(r))?;
+        ctx.serve::<mailbox::Copy>(move |_, r| s.copy(r))?;
 
         let s = self.state.clone();
         ctx.every("mailbox-copy", Duration::from_millis(100), move || {
@@ -694,14 +563,14 @@ impl Plugin for Mailbox {
 
         let s = self.state.clone();
         let store = ctx.store();
-        ctx.on("status.mailbox", move |_: serde::de::IgnoredAny| {
+        ctx.serve::<status::Mailbox>(move |_, _| {
             let held = store.kv_scan_prefix(ITEMS, b"")?.len() as u64;
-            let (watched, watchers) = s.presence.counts();
-            Ok(BTreeMap::from([
-                ("held", held),
-                ("watched_users", watched),
-                ("watchers", watchers),
-            ]))
+            let (watched_users, watchers) = s.presence.counts();
+            Ok(MailboxStatus {
+                held,
+                watched_users,
+                watchers,
+            })
         })?;
         Ok(())
     }

@@ -11,54 +11,16 @@
 //! clients renew them. Leases live in memory: after a gestor restart or a
 //! ring change the next renewal puts them on the right gestor again.
 
-use crate::{rules, Found, MailboxConfig, Shared, UserOnly};
+use crate::{rules, MailboxConfig, Shared};
+use gestor_api::presence::{self, AddWatch, Presence, WatchBody, Watching};
+use gestor_api::user::{Found, UserOnly};
+use gestor_api::{chat, dir};
 use gestor_sdk::hlc::system_ms;
-use gestor_sdk::{ErrorCode, HandlerError, PluginContext, PluginError, Value};
-use serde::{Deserialize, Serialize};
+use gestor_sdk::{ErrorCode, HandlerError, PluginContext, PluginError};
+use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// `presence.watch` request body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WatchBody {
-    pub username: String,
-    pub token: String,
-    pub contacts: Vec<String>,
-}
-
-/// `presence.watch` reply body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Watching {
-    /// Current presence of each contact, in request order.
-    pub contacts: Vec<Presence>,
-    /// Renew before this many ms have passed.
-    pub ttl_ms: u64,
-}
-
-/// A contact's presence: the reply entries and the pushed event body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Presence {
-    pub user: String,
-    /// False when no such user exists (then `online` is false).
-    pub exists: bool,
-    pub online: bool,
-    pub address: String,
-    pub last_seen_ms: u64,
-    /// Why the contact could not be watched (e.g. its owner was unreachable).
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-/// `presence.add`, contact owner side.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AddWatch {
-    pub contact: String,
-    pub watcher: String,
-    /// Where to push: the watcher's own request URL.
-    pub notify: String,
-    pub ttl_ms: u64,
-}
 
 struct Watcher {
     notify: String,
@@ -92,12 +54,9 @@ impl Watches {
 }
 
 fn lookup(ctx: &PluginContext, user: &str) -> Result<Found, HandlerError> {
-    ctx.call_local(
-        "dir.lookup",
-        &UserOnly {
-            username: user.to_string(),
-        },
-    )
+    ctx.call_local::<dir::Lookup>(&UserOnly {
+        username: user.to_string(),
+    })
     .map_err(HandlerError::from)
 }
 
@@ -154,7 +113,7 @@ impl Shared {
                 continue;
             }
             rules::validate_username(contact)?;
-            let found = self.route::<_, Presence>(contact, "presence.add", &add(contact));
+            let found = self.route::<presence::Add>(contact, &add(contact));
             out.push(match found {
                 Ok(p) => p,
                 Err(e) => presence_of(contact, Err(e)),
@@ -242,7 +201,7 @@ impl Shared {
             };
             tracing::debug!(%user, online = event.online, address = %event.address, watchers = targets.len(), "presence changed");
             for (watcher, url) in targets {
-                let result = ctx.call_client::<_, Value>(&url, "chat.presence", &event, timeout);
+                let result = ctx.call_client::<chat::Presence>(&url, &event, timeout);
                 let mut w = self
                     .presence
                     .inner
@@ -299,13 +258,11 @@ pub(crate) fn start(
     config: &MailboxConfig,
 ) -> Result<(), PluginError> {
     let s = state.clone();
-    ctx.on("presence.watch", move |r: WatchBody| {
-        s.route::<_, Watching>(&r.username.clone(), "presence.subscribe", &r)
-    })?;
+    ctx.serve::<presence::Watch>(move |_, r| s.route::<presence::Subscribe>(&r.username, &r))?;
     let s = state.clone();
-    ctx.on("presence.subscribe", move |r: WatchBody| s.subscribe(r))?;
+    ctx.serve::<presence::Subscribe>(move |_, r| s.subscribe(r))?;
     let s = state.clone();
-    ctx.on("presence.add", move |r: AddWatch| s.add_watch(r))?;
+    ctx.serve::<presence::Add>(move |_, r| s.add_watch(r))?;
     let s = state.clone();
     let every = poll_every(ctx, config);
     tracing::debug!(

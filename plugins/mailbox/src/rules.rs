@@ -3,7 +3,7 @@
 
 use gestor_sdk::HandlerError;
 
-pub use gestor_sdk::routing::validate_username;
+pub use gestor_api::routing::validate_username;
 
 /// Message ids: 1-64 characters of `[A-Za-z0-9_-]` (clients use 32 hex digits).
 pub fn validate_id(id: &str) -> Result<(), HandlerError> {

@@ -23,14 +23,20 @@
 //!   purged only after the owner and every designated holder report the same
 //!   or a newer version.
 
+use gestor_api::replica::{
+    self, CopySource, Heartbeat, Held, Names, PutBody, PutReply, SyncBody, SyncReply,
+};
+use gestor_api::ring::{self, KeyBody, Neighbourhood as Neighbours, PeerRef};
+use gestor_api::status::{self, ReplicaStats as Stats, ReplicaStatus};
+use gestor_api::topics;
 use gestor_sdk::store::in_ring_interval;
 use gestor_sdk::{
-    declare_plugin, CallError, ErrorCode, HandlerError, Plugin, PluginContext, PluginError,
+    declare_plugin, CallError, Empty, ErrorCode, HandlerError, Plugin, PluginContext, PluginError,
     Timestamp, UserRecord,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,87 +70,6 @@ impl Default for ReplicaConfig {
             gc_every_rounds: 5,
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct PeerRef {
-    id: u64,
-    addr: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Neighbours {
-    me: PeerRef,
-    predecessor: Option<PeerRef>,
-    successors: Vec<PeerRef>,
-}
-
-/// Who is sending copies, so the holder can heartbeat back.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct From {
-    addr: String,
-    signal: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct PutBody {
-    from: From,
-    records: Vec<UserRecord>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct PutReply {
-    applied: u32,
-    stale: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SyncBody {
-    from: From,
-    start: u64,
-    end: u64,
-    digest: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SyncReply {
-    in_sync: bool,
-    versions: Vec<(String, Timestamp)>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Names {
-    usernames: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct KeyBody {
-    key: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Held {
-    username: String,
-    version: Timestamp,
-    deleted: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Heartbeat {
-    addr: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-struct Stats {
-    rounds: u64,
-    primary_records: u64,
-    /// Live records of our range held by fewer gestores than wanted, as of
-    /// the last round.
-    under_replicated: u64,
-    wanted_holders: u64,
-    confirmed_holders: Vec<String>,
-    purged: u64,
-    last_round_ms: u64,
 }
 
 struct Shared {
@@ -192,17 +117,15 @@ impl Shared {
         Duration::from_millis(self.config.rpc_timeout_ms)
     }
 
-    fn from(&self) -> From {
-        From {
+    fn from(&self) -> CopySource {
+        CopySource {
             addr: self.ctx.request_url(),
             signal: self.ctx.signal_url(),
         }
     }
 
     fn neighbours(&self) -> Option<Neighbours> {
-        self.ctx
-            .call_local::<_, Neighbours>("ring.neighbours", &())
-            .ok()
+        self.ctx.call_local::<ring::Neighbours>(&Empty).ok()
     }
 
     /// The gestores that should hold copies of our range, in order.
@@ -250,7 +173,7 @@ impl Shared {
                 records: chunk.to_vec(),
             };
             self.ctx
-                .call::<_, PutReply>(&to.addr, "replica.put", &body, self.timeout())?;
+                .call::<replica::Put>(&to.addr, &body, self.timeout())?;
         }
         Ok(())
     }
@@ -294,9 +217,7 @@ impl Shared {
             }
             for p in &failed {
                 tracing::info!(holder = %p.addr, "copy holder unreachable; routing around it");
-                let _ = self
-                    .ctx
-                    .call_local::<_, bool>("ring.suspect", &KeyBody { key: p.id });
+                let _ = self.ctx.call_local::<ring::Suspect>(&KeyBody { key: p.id });
             }
             if Instant::now() >= deadline {
                 return Err(HandlerError::unavailable(format!(
@@ -323,7 +244,7 @@ impl Shared {
         })
     }
 
-    fn remember_owner(&self, from: &From) {
+    fn remember_owner(&self, from: &CopySource) {
         if from.addr != self.ctx.request_url() {
             let now = self.now();
             lock(&self.owners).insert(from.addr.clone(), (from.signal.clone(), now));
@@ -344,7 +265,7 @@ impl Shared {
         };
         let reply: SyncReply =
             self.ctx
-                .call(&holder.addr, "replica.sync", &body, self.timeout())?;
+                .call::<replica::Sync>(&holder.addr, &body, self.timeout())?;
         if reply.in_sync {
             return Ok(());
         }
@@ -370,9 +291,8 @@ impl Shared {
         if !pull.is_empty() {
             tracing::debug!(holder = %holder.addr, records = pull.len(), "anti-entropy: pulling");
             for chunk in pull.chunks(256) {
-                let got: Vec<UserRecord> = self.ctx.call(
+                let got: Vec<UserRecord> = self.ctx.call::<replica::Get>(
                     &holder.addr,
-                    "replica.get",
                     &Names {
                         usernames: chunk.to_vec(),
                     },
@@ -454,9 +374,7 @@ impl Shared {
             let last = heard.get(&h.addr).copied().unwrap_or(since).max(since);
             if now.saturating_sub(last) > self.config.heartbeat_timeout_ms {
                 tracing::warn!(holder = %h.addr, "copy holder silent; reporting it dead");
-                let _ = self
-                    .ctx
-                    .call_local::<_, bool>("ring.suspect", &KeyBody { key: h.id });
+                let _ = self.ctx.call_local::<ring::Suspect>(&KeyBody { key: h.id });
                 expected.insert(h.addr.clone(), now);
             }
         }
@@ -481,7 +399,7 @@ impl Shared {
             addr: self.ctx.request_url(),
         };
         for (owner, signal) in owners {
-            if let Err(e) = self.ctx.signal(&signal, "replica.hb", &hb) {
+            if let Err(e) = self.ctx.signal(&signal, topics::REPLICA_HB, &hb) {
                 tracing::debug!(%owner, "heartbeat not sent: {e}");
             }
         }
@@ -507,19 +425,20 @@ impl Shared {
             let Some(first) = outside.first().cloned() else {
                 break;
             };
-            let Ok(owner) = self.ctx.call_local::<_, PeerRef>(
-                "ring.lookup",
-                &KeyBody {
+            let Ok(owner) = self
+                .ctx
+                .call_local::<ring::Lookup>(&KeyBody {
                     key: first.ring_pos,
-                },
-            ) else {
+                })
+                .map(|o| o.peer())
+            else {
                 break;
             };
             let owner_nb = if owner.id == nb.me.id {
                 None
             } else {
                 self.ctx
-                    .call::<_, Neighbours>(&owner.addr, "ring.neighbours", &(), self.timeout())
+                    .call::<ring::Neighbours>(&owner.addr, &Empty, self.timeout())
                     .ok()
             };
             let Some(owner_nb) = owner_nb.filter(|o| o.predecessor.is_some()) else {
@@ -547,12 +466,7 @@ impl Shared {
             };
             let versions_at = |p: &PeerRef| -> Option<HashMap<String, Option<Timestamp>>> {
                 self.ctx
-                    .call::<_, Vec<(String, Option<Timestamp>)>>(
-                        &p.addr,
-                        "replica.versions",
-                        &names,
-                        self.timeout(),
-                    )
+                    .call::<replica::Versions>(&p.addr, &names, self.timeout())
                     .ok()
                     .map(|v| v.into_iter().collect())
             };
@@ -631,18 +545,16 @@ impl Plugin for Replica {
         *lock(&self.shared) = Some(shared.clone());
 
         let s = shared.clone();
-        ctx.on("replica.replicate", move |record: UserRecord| {
-            s.replicate(record)
-        })?;
+        ctx.serve::<replica::Replicate>(move |_, record| s.replicate(record))?;
         let s = shared.clone();
-        ctx.on("replica.put", move |body: PutBody| {
+        ctx.serve::<replica::Put>(move |_, body| {
             s.remember_owner(&body.from);
             s.apply(body.records)
         })?;
         let s = shared.clone();
-        ctx.on("replica.sync", move |body: SyncBody| s.serve_sync(body))?;
+        ctx.serve::<replica::Sync>(move |_, body| s.serve_sync(body))?;
         let s = shared.clone();
-        ctx.on("replica.get", move |body: Names| {
+        ctx.serve::<replica::Get>(move |_, body| {
             let store = s.ctx.store();
             let mut out = Vec::new();
             for u in body.usernames {
@@ -653,7 +565,7 @@ impl Plugin for Replica {
             Ok(out)
         })?;
         let s = shared.clone();
-        ctx.on("replica.versions", move |body: Names| {
+        ctx.serve::<replica::Versions>(move |_, body| {
             let store = s.ctx.store();
             let mut out: Vec<(String, Option<Timestamp>)> = Vec::new();
             for u in body.usernames {
@@ -663,7 +575,7 @@ impl Plugin for Replica {
             Ok(out)
         })?;
         let s = shared.clone();
-        ctx.on("replica.inventory", move |_: serde::de::IgnoredAny| {
+        ctx.serve::<replica::Inventory>(move |_, _| {
             let all = s.ctx.store().scan_ring(0, 0)?;
             Ok(all
                 .into_iter()
@@ -672,10 +584,10 @@ impl Plugin for Replica {
                     version: r.version,
                     deleted: r.deleted,
                 })
-                .collect::<Vec<_>>())
+                .collect())
         })?;
         let s = shared.clone();
-        ctx.on("replica.ready", move |body: KeyBody| {
+        ctx.serve::<replica::Ready>(move |_, body| {
             Ok(match *lock(&s.ready) {
                 // Ready as a ring of one; no longer true once others are back
                 // (a healed partition): merge first.
@@ -687,22 +599,16 @@ impl Plugin for Replica {
             })
         })?;
         let s = shared.clone();
-        ctx.on("status.replica", move |_: serde::de::IgnoredAny| {
-            let stats = lock(&s.stats).clone();
+        ctx.serve::<status::Replica>(move |_, _| {
             let ready = *lock(&s.ready);
-            let mut out = BTreeMap::new();
-            out.insert("copies", gestor_sdk::wire::to_value(&s.config.copies));
-            out.insert("stats", gestor_sdk::wire::to_value(&stats));
-            out.insert(
-                "ready_range",
-                gestor_sdk::wire::to_value(
-                    &ready.map(|(a, b)| (format!("{a:016x}"), format!("{b:016x}"))),
-                ),
-            );
-            Ok(out)
+            Ok(ReplicaStatus {
+                copies: s.config.copies,
+                ready_range: ready.map(|(a, b)| (format!("{a:016x}"), format!("{b:016x}"))),
+                stats: lock(&s.stats).clone(),
+            })
         })?;
         let s = shared.clone();
-        ctx.on_signal("replica.hb", move |_topic, body| {
+        ctx.on_signal(topics::REPLICA_HB, move |_topic, body| {
             if let Ok(hb) = body.deserialized::<Heartbeat>() {
                 let now = s.now();
                 lock(&s.heard).insert(hb.addr, now);

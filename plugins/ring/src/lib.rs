@@ -7,15 +7,20 @@
 //! requests go to `Node::handle`. Other plugins resolve keys through
 //! `ring.lookup` (a local call), which runs an iterative `Lookup`.
 //!
-//! Request kinds: `ring.rpc`, `ring.whoami`, `ring.lookup`, `ring.responsible`,
-//! `ring.neighbours`, `ring.suspect` (local: a peer seen dead elsewhere), and
-//! the status section `status.ring`.
+//! Request kinds (declared in `gestor_api::ring`): `ring.rpc`,
+//! `ring.whoami`, `ring.lookup`, `ring.responsible`, `ring.neighbours`,
+//! `ring.suspect` (local: a peer seen dead elsewhere), and the status
+//! section `status.ring`.
 
+use gestor_api::ring::{self, KeyBody, Neighbourhood, Owner, PeerRef, RpcBody};
+use gestor_api::status::{self, FingerEntry, RingStatus};
 use gestor_chord::{
     Config as ChordConfig, Failure, Lookup, LookupAction, Node, Outbound, Peer, Request, Response,
 };
-use gestor_sdk::{declare_plugin, CallError, HandlerError, Plugin, PluginContext, PluginError};
-use serde::{Deserialize, Serialize};
+use gestor_sdk::{
+    declare_plugin, CallError, Empty, HandlerError, Plugin, PluginContext, PluginError,
+};
+use serde::Deserialize;
 use std::collections::VecDeque;
 
 /// How many past successors are remembered as probes for ring merging.
@@ -56,47 +61,19 @@ impl Default for RingConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RpcBody {
-    pub from: Option<Peer>,
-    pub request: Request,
+/// `ring.rpc` with the Chord messages it carries.
+type Rpc = ring::Rpc<Request, Response>;
+
+/// The API's view of a Chord peer (the same fields on the wire).
+fn peer_ref(p: &Peer) -> PeerRef {
+    PeerRef {
+        id: p.id,
+        addr: p.addr.clone(),
+    }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KeyBody {
-    pub key: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Owner {
-    pub id: u64,
-    pub addr: String,
-    pub hops: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Neighbours {
-    pub me: Peer,
-    pub predecessor: Option<Peer>,
-    pub successors: Vec<Peer>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct FingerEntry {
-    index: usize,
-    id: u64,
-    addr: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct RingStatus {
-    joined: bool,
-    id: u64,
-    predecessor: Option<Peer>,
-    successors: Vec<Peer>,
-    fingers: Vec<FingerEntry>,
-    lookups: u64,
-    lookup_hops: u64,
+fn chord_peer(p: PeerRef) -> Peer {
+    Peer::new(p.id, p.addr)
 }
 
 struct Shared {
@@ -129,13 +106,10 @@ impl Shared {
     fn rpc(&self, to: &Peer, request: Request) -> Result<Response, Failure> {
         let me = self.node().me().clone();
         let body = RpcBody {
-            from: Some(me),
+            from: Some(peer_ref(&me)),
             request,
         };
-        match self
-            .ctx
-            .call::<_, Response>(&to.addr, "ring.rpc", &body, self.rpc_timeout())
-        {
+        match self.ctx.call::<Rpc>(&to.addr, &body, self.rpc_timeout()) {
             Ok(Response::NotInRing) => Err(Failure::Unreachable),
             Ok(r) => Ok(r),
             Err(CallError::Transport(gestor_sdk::TransportError::Timeout { .. })) => {
@@ -215,7 +189,8 @@ impl Shared {
         for url in candidates {
             let Ok(via) = self
                 .ctx
-                .call::<_, Peer>(&url, "ring.whoami", &(), self.rpc_timeout())
+                .call::<ring::Whoami>(&url, &Empty, self.rpc_timeout())
+                .map(chord_peer)
             else {
                 continue;
             };
@@ -262,12 +237,10 @@ impl Shared {
             *cursor = (*cursor + 1) % candidates.len();
             candidates[*cursor].clone()
         };
-        let Ok(owner) = self.ctx.call::<_, Owner>(
-            &url,
-            "ring.lookup",
-            &KeyBody { key: me.id },
-            self.rpc_timeout(),
-        ) else {
+        let Ok(owner) =
+            self.ctx
+                .call::<ring::Lookup>(&url, &KeyBody { key: me.id }, self.rpc_timeout())
+        else {
             return;
         };
         if owner.id == me.id {
@@ -335,7 +308,8 @@ impl Shared {
         };
         match self
             .ctx
-            .call::<_, Peer>(&url, "ring.whoami", &(), self.rpc_timeout())
+            .call::<ring::Whoami>(&url, &Empty, self.rpc_timeout())
+            .map(chord_peer)
         {
             Ok(via) => {
                 tracing::info!(via = %url, "joining the ring");
@@ -407,8 +381,8 @@ impl Shared {
         RingStatus {
             joined: node.joined(),
             id: node.me().id,
-            predecessor: node.predecessor().cloned(),
-            successors: node.successors().to_vec(),
+            predecessor: node.predecessor().map(peer_ref),
+            successors: node.successors().iter().map(peer_ref).collect(),
             fingers,
             lookups: stats.0,
             lookup_hops: stats.1,
@@ -446,33 +420,30 @@ impl Plugin for Ring {
         *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
 
         let s = shared.clone();
-        ctx.on("ring.rpc", move |body: RpcBody| {
+        ctx.serve::<Rpc>(move |_, body| {
             let now = s.now();
-            Ok(s.node().handle(body.from.as_ref(), body.request, now))
+            let from = body.from.map(chord_peer);
+            Ok(s.node().handle(from.as_ref(), body.request, now))
         })?;
-        ctx.on(
-            "ring.whoami",
-            move |_: serde::de::IgnoredAny| Ok(me.clone()),
-        )?;
+        let whoami = peer_ref(&me);
+        ctx.serve::<ring::Whoami>(move |_, _| Ok(whoami.clone()))?;
         let s = shared.clone();
-        ctx.on("ring.lookup", move |body: KeyBody| s.lookup(body.key))?;
+        ctx.serve::<ring::Lookup>(move |_, body| s.lookup(body.key))?;
         let s = shared.clone();
-        ctx.on("ring.responsible", move |body: KeyBody| {
-            Ok(s.node().is_responsible(body.key))
-        })?;
+        ctx.serve::<ring::Responsible>(move |_, body| Ok(s.node().is_responsible(body.key)))?;
         let s = shared.clone();
-        ctx.on("ring.neighbours", move |_: serde::de::IgnoredAny| {
+        ctx.serve::<ring::Neighbours>(move |_, _| {
             let node = s.node();
-            Ok(Neighbours {
-                me: node.me().clone(),
-                predecessor: node.predecessor().cloned(),
-                successors: node.successors().to_vec(),
+            Ok(Neighbourhood {
+                me: peer_ref(node.me()),
+                predecessor: node.predecessor().map(peer_ref),
+                successors: node.successors().iter().map(peer_ref).collect(),
             })
         })?;
         // Another plugin found this peer unreachable: stop routing through it
         // now rather than after our own failure detection notices.
         let s = shared.clone();
-        ctx.on("ring.suspect", move |body: KeyBody| {
+        ctx.serve::<ring::Suspect>(move |_, body| {
             let mut node = s.node();
             if body.key != node.me().id {
                 node.peer_failed(body.key);
@@ -480,10 +451,7 @@ impl Plugin for Ring {
             Ok(true)
         })?;
         let s = shared.clone();
-        ctx.on(
-            "status.ring",
-            move |_: serde::de::IgnoredAny| Ok(s.status()),
-        )?;
+        ctx.serve::<status::Ring>(move |_, _| Ok(s.status()))?;
 
         let s = shared.clone();
         ctx.every(

@@ -8,6 +8,8 @@
 //! * [`store`] — the directory table and per-plugin key-value space (SQLite, sled).
 //! * [`plugin`] — the plugin trait, the context a plugin gets from the host,
 //!   the declaration macro and the ABI fingerprint.
+//! * [`kind`] — typed request kinds ([`Kind`]) and who may send them
+//!   ([`KindClass`]); the gestor's own kinds are declared in `gestor-api`.
 //! * [`wire`] — the CBOR request/reply envelope every endpoint speaks.
 //! * [`hlc`] — hybrid logical clock stamps that version every record.
 //! * [`logging`] — forwards a plugin's `tracing` events to the host.
@@ -15,9 +17,9 @@
 pub mod error;
 pub mod hash;
 pub mod hlc;
+pub mod kind;
 pub mod logging;
 pub mod plugin;
-pub mod routing;
 pub mod store;
 pub mod transport;
 pub mod wire;
@@ -26,6 +28,7 @@ pub use ciborium;
 pub use ciborium::Value;
 pub use error::{CallError, ErrorCode, HandlerError, PluginError, StoreError, TransportError};
 pub use hlc::{Clock, ClockError, Timestamp};
+pub use kind::{Empty, Kind, KindClass};
 pub use plugin::{
     AbiFingerprint, Host, Plugin, PluginContext, PluginDeclaration, RequestMeta, ABI_MAGIC,
 };

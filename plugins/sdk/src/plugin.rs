@@ -14,6 +14,7 @@
 
 use crate::error::{CallError, ErrorCode, HandlerError, PluginError};
 use crate::hlc::Clock;
+use crate::kind::{Kind, KindClass};
 use crate::store::Store;
 use crate::wire::{from_value, to_value};
 use ciborium::Value;
@@ -109,6 +110,8 @@ pub trait Plugin: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct RequestMeta {
     pub kind: String,
+    /// The class the handler was registered with.
+    pub class: KindClass,
 }
 
 pub type RequestFn = Arc<dyn Fn(&RequestMeta, &Value) -> Result<Value, HandlerError> + Send + Sync>;
@@ -130,10 +133,13 @@ pub trait Host: Send + Sync {
     fn clock(&self) -> Arc<Clock>;
     /// The `[plugins.config.NAME]` table of the configuration, as CBOR.
     fn plugin_config(&self, plugin: &str) -> Value;
+    /// Serve request `kind`; `class` says who may send it (the host keeps
+    /// it beside the handler).
     fn register_request(
         &self,
         plugin: &str,
         kind: &str,
+        class: KindClass,
         handler: RequestFn,
     ) -> Result<(), PluginError>;
     fn register_signal(
@@ -246,8 +252,27 @@ impl PluginContext {
         })
     }
 
-    /// Serve request `kind` with `handler`; a panic in it becomes an `internal` error reply.
-    pub fn on_request<F>(&self, kind: &str, handler: F) -> Result<(), PluginError>
+    /// Serve the typed kind `K` with `handler`: the body is read into
+    /// `K::Request` (a `bad_request` reply if it does not fit) and the reply
+    /// written from `K::Reply`. A panic in `handler` becomes an `internal`
+    /// error reply.
+    pub fn serve<K: Kind>(
+        &self,
+        handler: impl Fn(&RequestMeta, K::Request) -> Result<K::Reply, HandlerError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Result<(), PluginError> {
+        self.on_request(K::NAME, K::CLASS, move |meta, body| {
+            let req: K::Request = from_value(body)?;
+            handler(meta, req).map(|rep| to_value(&rep))
+        })
+    }
+
+    /// Serve request `kind` of class `class` with an untyped `handler`, for
+    /// kinds only known at run time; prefer [`serve`](Self::serve). A panic
+    /// in `handler` becomes an `internal` error reply.
+    pub fn on_request<F>(&self, kind: &str, class: KindClass, handler: F) -> Result<(), PluginError>
     where
         F: Fn(&RequestMeta, &Value) -> Result<Value, HandlerError> + Send + Sync + 'static,
     {
@@ -267,20 +292,8 @@ impl PluginContext {
                 }
             },
         );
-        self.host.register_request(&self.plugin, kind, guarded)
-    }
-
-    /// Typed variant of [`on_request`](Self::on_request): body and reply via serde.
-    pub fn on<Req, Rep, F>(&self, kind: &str, handler: F) -> Result<(), PluginError>
-    where
-        Req: DeserializeOwned,
-        Rep: Serialize,
-        F: Fn(Req) -> Result<Rep, HandlerError> + Send + Sync + 'static,
-    {
-        self.on_request(kind, move |_meta, body| {
-            let req: Req = from_value(body)?;
-            handler(req).map(|rep| to_value(&rep))
-        })
+        self.host
+            .register_request(&self.plugin, kind, class, guarded)
     }
 
     /// Handle signals whose topic starts with `topic_prefix`.
@@ -313,45 +326,40 @@ impl PluginContext {
         self.host.spawn_loop(&self.plugin, name, every, guarded)
     }
 
-    /// Typed request to another gestor.
-    pub fn call<Req: Serialize, Rep: DeserializeOwned>(
+    /// Send `K` to the gestor at `url` and wait for its reply.
+    pub fn call<K: Kind>(
         &self,
         url: &str,
-        kind: &str,
-        body: &Req,
+        body: &K::Request,
         timeout: Duration,
-    ) -> Result<Rep, CallError> {
-        let v = self.host.request(url, kind, to_value(body), timeout)?;
+    ) -> Result<K::Reply, CallError> {
+        let v = self.host.request(url, K::NAME, to_value(body), timeout)?;
         v.deserialized()
             .map_err(|e| CallError::MalformedReply(e.to_string()))
     }
 
-    /// Typed request to a client endpoint (see [`Host::request_client`]).
-    pub fn call_client<Req: Serialize, Rep: DeserializeOwned>(
+    /// Typed request `K` to a client endpoint (see [`Host::request_client`]).
+    pub fn call_client<K: Kind>(
         &self,
         url: &str,
-        kind: &str,
-        body: &Req,
+        body: &K::Request,
         timeout: Duration,
-    ) -> Result<Rep, CallError> {
+    ) -> Result<K::Reply, CallError> {
         let v = self
             .host
-            .request_client(url, kind, to_value(body), timeout)?;
+            .request_client(url, K::NAME, to_value(body), timeout)?;
         v.deserialized()
             .map_err(|e| CallError::MalformedReply(e.to_string()))
     }
 
-    /// Typed request to a handler on this node.
-    pub fn call_local<Req: Serialize, Rep: DeserializeOwned>(
-        &self,
-        kind: &str,
-        body: &Req,
-    ) -> Result<Rep, CallError> {
-        let v = self.host.call_local(kind, to_value(body))?;
+    /// Dispatch `K` to its handler on this node, without the network.
+    pub fn call_local<K: Kind>(&self, body: &K::Request) -> Result<K::Reply, CallError> {
+        let v = self.host.call_local(K::NAME, to_value(body))?;
         v.deserialized()
             .map_err(|e| CallError::MalformedReply(e.to_string()))
     }
 
+    /// Publish `body` under `topic` to the signal endpoint at `url`.
     pub fn signal<T: Serialize>(&self, url: &str, topic: &str, body: &T) -> Result<(), CallError> {
         self.host.signal(url, topic, to_value(body))
     }

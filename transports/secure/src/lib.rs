@@ -1025,11 +1025,11 @@ impl SecureLayer {
         endpoint: &Endpoint,
         options: &TransportOptions,
     ) -> Result<SecureSubscriber, TransportError> {
-        let inner = self.shared.transport.subscriber(
-            endpoint,
-            &[frame::SIGNAL_TOPIC],
-            &with_overhead(options),
-        )?;
+        // Everything, not only sealed signals, so plaintext ones are counted.
+        let inner = self
+            .shared
+            .transport
+            .subscriber(endpoint, &[b""], &with_overhead(options))?;
         Ok(SecureSubscriber {
             layer: self.clone(),
             inner,
@@ -1196,8 +1196,10 @@ impl SecureSubscriber {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.inner.recv(left)? {
                 None => return Ok(None),
-                Some((_, sealed)) => {
-                    if let Some(signal) = self.layer.open_signal(&sealed) {
+                Some((topic, sealed)) => {
+                    if topic != frame::SIGNAL_TOPIC {
+                        self.layer.shared.malformed.fetch_add(1, Ordering::Relaxed);
+                    } else if let Some(signal) = self.layer.open_signal(&sealed) {
                         return Ok(Some(signal));
                     }
                     if left.is_zero() {

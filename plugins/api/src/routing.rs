@@ -1,17 +1,14 @@
 //! Reaching the gestor responsible for a user, for plugins that keep
 //! per-user data (the directory, the mailbox).
 //!
-//! By convention the ring plugin serves three local kinds: `ring.lookup
-//! {key} -> {id, addr, hops}`, `ring.responsible {key} -> bool` and
-//! `ring.suspect {key}`. These helpers wrap them so every plugin routes the
-//! same way: look the owner up, forward, and on a dead or not-yet-ready owner
-//! look up again with backoff until a deadline.
+//! The ring plugin serves [`ring::Lookup`], [`ring::Responsible`] and
+//! [`ring::Suspect`]; these helpers call them locally so every plugin
+//! routes the same way: look the owner up, forward, and on a dead or
+//! not-yet-ready owner look up again with backoff until a deadline.
 
-use crate::error::{CallError, ErrorCode, HandlerError};
-use crate::hash::ring_position;
-use crate::plugin::PluginContext;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use crate::ring::{self, KeyBody};
+use gestor_sdk::hash::ring_position;
+use gestor_sdk::{CallError, ErrorCode, HandlerError, Kind, PluginContext};
 use std::time::{Duration, Instant};
 
 pub const USERNAME_MIN: usize = 3;
@@ -41,19 +38,6 @@ pub fn validate_username(name: &str) -> Result<(), HandlerError> {
     Ok(())
 }
 
-/// What `ring.lookup` answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Owner {
-    pub id: u64,
-    pub addr: String,
-    pub hops: u32,
-}
-
-#[derive(Serialize, Deserialize)]
-struct KeyBody {
-    key: u64,
-}
-
 /// The longest a single forwarded attempt may take: short, so a dead owner
 /// is given up on quickly. A write slower than this (a copy holder being
 /// replaced) is forwarded again, which the directory's writes tolerate
@@ -61,26 +45,25 @@ struct KeyBody {
 /// token, and the caller keeps the last one it receives).
 const MAX_ATTEMPT: Duration = Duration::from_secs(2);
 
-/// Send `kind` with `body` to the gestor responsible for `username`; return
+/// Send `K` with `body` to the gestor responsible for `username`; return
 /// its reply and the lookup's hop count. Error replies other than
 /// `unavailable`/`timeout` are final; those two, and transport failures,
 /// are retried with a fresh lookup (the ring moved, or the owner is taking
 /// over a range) until `deadline` has passed.
-pub fn forward<Req: Serialize, Rep: DeserializeOwned>(
+pub fn forward<K: Kind>(
     ctx: &PluginContext,
     username: &str,
-    kind: &str,
-    body: &Req,
+    body: &K::Request,
     deadline: Duration,
-) -> Result<(Rep, u32), HandlerError> {
+) -> Result<(K::Reply, u32), HandlerError> {
     validate_username(username)?;
     let key = ring_position(username.as_bytes());
     let until = Instant::now() + deadline;
     let attempt = deadline.clamp(Duration::from_millis(100), MAX_ATTEMPT);
     let mut backoff = Duration::from_millis(50);
     loop {
-        let last: HandlerError = match ctx.call_local::<_, Owner>("ring.lookup", &KeyBody { key }) {
-            Ok(owner) => match ctx.call::<Req, Rep>(&owner.addr, kind, body, attempt) {
+        let last: HandlerError = match ctx.call_local::<ring::Lookup>(&KeyBody { key }) {
+            Ok(owner) => match ctx.call::<K>(&owner.addr, body, attempt) {
                 Ok(rep) => return Ok((rep, owner.hops)),
                 Err(CallError::Remote(e))
                     if e.code != ErrorCode::Unavailable && e.code != ErrorCode::Timeout =>
@@ -88,11 +71,10 @@ pub fn forward<Req: Serialize, Rep: DeserializeOwned>(
                     return Err(e)
                 }
                 Err(e) => {
-                    tracing::debug!(%username, owner = %owner.addr, kind, "forward failed, retrying: {e}");
+                    tracing::debug!(%username, owner = %owner.addr, kind = K::NAME, "forward failed, retrying: {e}");
                     if matches!(e, CallError::Transport(_)) {
                         // Route around it before the ring's own failure detection does.
-                        let _ =
-                            ctx.call_local::<_, bool>("ring.suspect", &KeyBody { key: owner.id });
+                        let _ = ctx.call_local::<ring::Suspect>(&KeyBody { key: owner.id });
                     }
                     e.into()
                 }
@@ -111,7 +93,7 @@ pub fn forward<Req: Serialize, Rep: DeserializeOwned>(
 pub fn is_responsible(ctx: &PluginContext, username: &str) -> Result<bool, HandlerError> {
     validate_username(username)?;
     let key = ring_position(username.as_bytes());
-    ctx.call_local("ring.responsible", &KeyBody { key })
+    ctx.call_local::<ring::Responsible>(&KeyBody { key })
         .map_err(HandlerError::from)
 }
 

@@ -1,0 +1,113 @@
+//! `ring.*`: the Chord ring (served by the ring plugin, `gestor_ring`).
+
+use crate::{Empty, Kind, KindClass};
+use gestor_sdk::Value;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
+
+/// Kinds starting with this are the ring's own traffic: the host keeps
+/// serving them while it shuts down, so a leaving gestor can say goodbye.
+pub const PREFIX: &str = "ring.";
+
+/// A ring member: its identifier and its request URL. The same shape as
+/// `gestor_chord::Peer` on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PeerRef {
+    pub id: u64,
+    pub addr: String,
+}
+
+/// A position on the ring (a node id or the hash of a username).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyBody {
+    pub key: u64,
+}
+
+/// The gestor responsible for a key, and the hops its lookup took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub id: u64,
+    pub addr: String,
+    pub hops: u32,
+}
+
+impl Owner {
+    pub fn peer(&self) -> PeerRef {
+        PeerRef {
+            id: self.id,
+            addr: self.addr.clone(),
+        }
+    }
+}
+
+/// A gestor's place in the ring: itself, its predecessor, its successor list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Neighbourhood {
+    pub me: PeerRef,
+    pub predecessor: Option<PeerRef>,
+    pub successors: Vec<PeerRef>,
+}
+
+/// The body of `ring.rpc`: who asks (none while joining) and one Chord
+/// protocol message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcBody<Q = Value> {
+    pub from: Option<PeerRef>,
+    pub request: Q,
+}
+
+/// `ring.rpc` — **internal**: one Chord protocol message (stabilize,
+/// rectify, find-successor step, ping, leaving notice) from one gestor's
+/// ring plugin to another's. Only ring members may move the ring.
+///
+/// The messages are `gestor_chord::Request` and `gestor_chord::Response`,
+/// which this crate does not depend on; the ring plugin names them as
+/// `Rpc<chord::Request, chord::Response>`. Anyone else sees CBOR values.
+pub struct Rpc<Q = Value, R = Value>(PhantomData<fn() -> (Q, R)>);
+
+impl<Q, R> Kind for Rpc<Q, R>
+where
+    Q: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    const NAME: &'static str = "ring.rpc";
+    const CLASS: KindClass = KindClass::Internal;
+    type Request = RpcBody<Q>;
+    type Reply = R;
+}
+
+kinds! {
+    @extra [Rpc];
+
+    /// `ring.whoami` — **internal**: a gestor's own id and URL. Asked over
+    /// the network by a gestor that joins (or rejoins after a partition)
+    /// through this one.
+    Whoami = "ring.whoami", Internal, Empty => PeerRef;
+
+    /// `ring.lookup` — **internal**: the gestor responsible for `key`
+    /// (an iterative Chord lookup). Other plugins call it locally to route
+    /// per-user requests ([`crate::routing`]); the ring plugin also asks
+    /// other gestores over the network, to find and merge a ring it was
+    /// partitioned from. No client or tool sends it.
+    Lookup = "ring.lookup", Internal, KeyBody => Owner;
+
+    /// `ring.responsible` — **local**: whether this gestor is responsible
+    /// for `key` now. Only asked by plugins of the same gestor (the owner
+    /// check of the directory and the mailbox).
+    Responsible = "ring.responsible", Local, KeyBody => bool;
+
+    /// `ring.neighbours` — **internal**: this gestor's predecessor and
+    /// successor list. Called locally by the replica, mailbox and initial
+    /// plugins, and over the network by the replica plugin (the range of
+    /// another record's owner, before it drops a surplus copy). No client
+    /// or tool sends it (`gestor status` shows the same through
+    /// `node.status`).
+    Neighbours = "ring.neighbours", Internal, Empty => Neighbourhood;
+
+    /// `ring.suspect` — **local**: a plugin of this gestor found the peer
+    /// `key` (a node id) unreachable; stop routing through it now. Only
+    /// ever sent with `call_local` (routing, the replica plugin); a remote
+    /// caller must not be able to make a gestor drop its peers.
+    Suspect = "ring.suspect", Local, KeyBody => bool;
+}

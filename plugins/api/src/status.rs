@@ -1,0 +1,83 @@
+//! `status.*`: each plugin's section of `node.status`. The host gathers
+//! them itself, by calling every handler registered under [`PREFIX`]; they
+//! are **local**: nobody sends them over the network (`node.status` is the
+//! way to read them).
+
+use crate::initial::InitialList;
+use crate::ring::PeerRef;
+use crate::Empty;
+use serde::{Deserialize, Serialize};
+
+/// A status section is the handler of `status.NAME`, shown as `NAME`.
+pub const PREFIX: &str = "status.";
+
+/// One distinct entry of the finger table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FingerEntry {
+    pub index: usize,
+    pub id: u64,
+    pub addr: String,
+}
+
+/// `status.ring`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingStatus {
+    pub joined: bool,
+    pub id: u64,
+    pub predecessor: Option<PeerRef>,
+    pub successors: Vec<PeerRef>,
+    pub fingers: Vec<FingerEntry>,
+    pub lookups: u64,
+    pub lookup_hops: u64,
+}
+
+/// `status.directory`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryStatus {
+    pub alive_users: u64,
+    pub records: u64,
+}
+
+/// `status.mailbox`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxStatus {
+    pub held: u64,
+    pub watched_users: u64,
+    pub watchers: u64,
+}
+
+/// The replica plugin's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStats {
+    pub rounds: u64,
+    pub primary_records: u64,
+    /// Live records of our range held by fewer gestores than wanted, as of
+    /// the last round.
+    pub under_replicated: u64,
+    pub wanted_holders: u64,
+    pub confirmed_holders: Vec<String>,
+    pub purged: u64,
+    pub last_round_ms: u64,
+}
+
+/// `status.replica`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub copies: usize,
+    /// `(start, end]` of the range merged with the successor, in hex.
+    pub ready_range: Option<(String, String)>,
+    pub stats: ReplicaStats,
+}
+
+kinds! {
+    /// `status.ring` — **local**: section `ring` of `node.status`.
+    Ring = "status.ring", Local, Empty => RingStatus;
+    /// `status.directory` — **local**: section `directory`.
+    Directory = "status.directory", Local, Empty => DirectoryStatus;
+    /// `status.replica` — **local**: section `replica`.
+    Replica = "status.replica", Local, Empty => ReplicaStatus;
+    /// `status.mailbox` — **local**: section `mailbox`.
+    Mailbox = "status.mailbox", Local, Empty => MailboxStatus;
+    /// `status.initial` — **local**: section `initial`.
+    Initial = "status.initial", Local, Empty => InitialList;
+}

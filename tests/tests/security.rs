@@ -1,0 +1,420 @@
+//! The closed ring, attacked as an outsider would, on every backend
+//! combination (nng/zmq × sqlite/sled), with real `gestor node` processes.
+
+use gestor::client::{Client, ClientError};
+use gestor::config::{StorageKind, TransportKind};
+use gestor::directory::AliveSender;
+use gestor_sdk::{Empty, ErrorCode, KindClass, Value};
+use gestor_secure::{ClusterKey, CredentialFile};
+use gestor_tests::cluster::{
+    client_layer, run_cli, test_cluster, wait_until, NodeProc, TestCluster,
+};
+use gestor_tests::relay::contains;
+use gestor_tests::ring::Ring;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn client(ring: &Ring, url: &str) -> Client {
+    Client::new(
+        client_layer(ring.transport),
+        vec![url.to_string()],
+        Duration::from_secs(10),
+    )
+}
+
+/// Every byte of register, login, lookup, alive, replication and mail
+/// traffic crosses recording relays; none of the secrets may show.
+fn nothing_readable_on_the_wire(transport: TransportKind, storage: StorageKind) {
+    let mut ring = Ring::start(0, transport, storage);
+    for _ in 0..3 {
+        ring.add_relayed_node();
+    }
+    ring.wait_stable(DEADLINE)
+        .unwrap_or_else(|e| panic!("relayed ring did not form: {e}"));
+    let urls = ring.urls();
+    let users = ["zqxwvuser1", "zqxwvuser2", "zqxwvuser3"];
+    let passwords = ["pw-Kq7Yt3Lm", "pw-Hs8Zr2Np", "pw-Ux4Wd9Jc"];
+    let mut secrets: Vec<Vec<u8>> = Vec::new();
+    for (i, (user, pw)) in users.iter().zip(passwords).enumerate() {
+        let mut c = client(&ring, &urls[i % urls.len()]);
+        c.register(user, pw).expect("register");
+        let address = format!("127.0.0.1:{}", 47_110 + i);
+        let session = c.login(user, pw, &address).expect("login");
+        let found = client(&ring, &urls[(i + 1) % urls.len()])
+            .lookup(user)
+            .expect("lookup");
+        assert_eq!(found.address, address);
+        // Alive signals, sealed with a session made with the responsible gestor.
+        let secure = client_layer(transport);
+        let mut alive = AliveSender::new(&secure, &session).expect("alive sender");
+        assert!(
+            wait_until(Duration::from_secs(15), || {
+                let _ = alive.beat();
+                client(&ring, &urls[i % urls.len()])
+                    .lookup(user)
+                    .map(|f| f.online)
+                    .unwrap_or(false)
+            }),
+            "{user} never went online through the relays"
+        );
+        secrets.extend([
+            user.as_bytes().to_vec(),
+            pw.as_bytes().to_vec(),
+            address.as_bytes().to_vec(),
+            session.token.as_bytes().to_vec(),
+        ]);
+    }
+    // Mail to an offline user (logged out), left in the mailbox on the ring.
+    let last = client(&ring, &urls[0])
+        .login(users[2], passwords[2], "127.0.0.1:47112")
+        .expect("login");
+    client(&ring, &urls[0])
+        .logout(users[2], &last.token)
+        .expect("logout");
+    secrets.push(last.token.as_bytes().to_vec());
+    let mail_text = "zqxwv-mail-body-Rt5Pk";
+    let home = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_cli(
+        &[
+            "send",
+            users[0],
+            users[2],
+            mail_text,
+            "--address",
+            "127.0.0.1:47120",
+            "--gestor",
+            &urls[0],
+            "--transport",
+            &transport.to_string(),
+        ],
+        &[
+            ("GESTOR_HOME", &home.path().display().to_string()),
+            ("GESTOR_PASSWORD", passwords[0]),
+            ("RUST_LOG", "off"),
+        ],
+    );
+    assert_eq!(code, 0, "gestor send: {err}");
+    secrets.push(mail_text.as_bytes().to_vec());
+    secrets.push(b"$argon2id$".to_vec());
+    // Replication has run (every record on 3 gestores) before we look.
+    ring.wait_copies(3, users.len(), DEADLINE)
+        .unwrap_or_else(|e| panic!("copies: {e}"));
+
+    let captured = ring.captured();
+    assert!(
+        captured.len() > 10_000,
+        "[{transport}/{storage}] the relays saw only {} bytes: traffic bypassed them",
+        captured.len()
+    );
+    for secret in &secrets {
+        assert!(
+            !contains(&captured, secret),
+            "[{transport}/{storage}] {:?} readable on the wire",
+            String::from_utf8_lossy(secret)
+        );
+    }
+}
+
+/// Internal kinds from a client answer `forbidden`; so do local kinds.
+fn clients_cannot_call_internal_kinds(transport: TransportKind, storage: StorageKind) {
+    let ring = Ring::start(3, transport, storage);
+    ring.wait_stable(DEADLINE)
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let url = ring.urls()[0].clone();
+    let mut c = client(&ring, &url);
+    c.register("victim", "pw-victim-1").expect("register");
+    let guarded: Vec<&str> = gestor_api::all()
+        .into_iter()
+        .filter(|k| k.class != KindClass::Client)
+        .map(|k| k.name)
+        .collect();
+    assert!(guarded.len() > 20, "the api declares the internal kinds");
+    for kind in &guarded {
+        match c.call(kind, Value::Null) {
+            Err(ClientError::Remote(e)) => assert_eq!(
+                e.code,
+                ErrorCode::Forbidden,
+                "[{transport}/{storage}] {kind} from a client: {e}"
+            ),
+            other => panic!("[{transport}/{storage}] {kind} from a client answered {other:?}"),
+        }
+    }
+    // Nothing of the above changed the victim's account.
+    c.login("victim", "pw-victim-1", "127.0.0.1:4000")
+        .expect("the real password still works");
+    let status = ring.status(&url).expect("status");
+    assert!(
+        status["security"]["forbidden_requests"]
+            .as_u64()
+            .unwrap_or(0)
+            >= guarded.len() as u64,
+        "forbidden requests are counted: {}",
+        status["security"]
+    );
+    // The same kinds from an admitted gestor's credential are served.
+    let mut operator = Client::new(ring.operator(), vec![url.clone()], Duration::from_secs(10));
+    operator
+        .request::<gestor_api::replica::Inventory>(&Empty)
+        .expect("an admitted gestor may read an inventory");
+}
+
+/// A gestor of another cluster cannot join, be adopted or enter the
+/// initial-gestors list; a client trusting another cluster refuses to send
+/// its password to ours.
+fn other_clusters_stay_out(transport: TransportKind, storage: StorageKind) {
+    let ring = Ring::start(3, transport, storage);
+    ring.wait_stable(DEADLINE)
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let urls = ring.urls();
+
+    let other = TestCluster::new();
+    let url = format!("tcp://127.0.0.1:{}", gestor_tests::ports::free_port());
+    let signal = format!("tcp://127.0.0.1:{}", gestor_tests::ports::free_port());
+    let data = ring.path().join("intruder-data");
+    let args: Vec<String> = [
+        "--listen",
+        &url,
+        "--signal",
+        &signal,
+        "--transport",
+        &transport.to_string(),
+        "--storage",
+        &storage.to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--join",
+        &urls[0],
+        "--config",
+        &ring.config_path.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(other.node_flags())
+    .collect();
+    let intruder = NodeProc::spawn(&url, transport, &args, ring.path(), &[("RUST_LOG", "info")]);
+    // Give it time to try: many stabilize rounds and gossip periods.
+    std::thread::sleep(Duration::from_secs(6));
+    let mut own = Client::new(
+        other.client_layer(transport),
+        vec![url.clone()],
+        Duration::from_secs(5),
+    );
+    let own_status = own
+        .request::<gestor_api::node::Status>(&Empty)
+        .unwrap_or_else(|e| panic!("the intruder does not answer its own cluster: {e}"));
+    let own_ring = own_status
+        .section::<gestor_api::status::Ring>()
+        .expect("intruder ring section");
+    assert!(
+        !own_ring.joined,
+        "[{transport}/{storage}] the intruder joined our ring:\n{}",
+        intruder.log()
+    );
+    for u in &urls {
+        let status = ring.status(u).expect("status");
+        let text = status.to_string();
+        assert!(
+            !text.contains(&url),
+            "[{transport}/{storage}] {u} adopted or lists the intruder: {text}"
+        );
+    }
+    ring.wait_stable(DEADLINE)
+        .unwrap_or_else(|e| panic!("the ring was disturbed: {e}"));
+    drop(intruder);
+
+    // A client given the other cluster's key: one line, non-zero, no password sent.
+    let home = tempfile::tempdir().unwrap();
+    let (code, out, err) = run_cli(
+        &[
+            "login",
+            "someone",
+            "--address",
+            "127.0.0.1:4001",
+            "--gestor",
+            &urls[1],
+            "--transport",
+            &transport.to_string(),
+            "--cluster-pub",
+            &other.pub_path().display().to_string(),
+        ],
+        &[
+            ("GESTOR_HOME", &home.path().display().to_string()),
+            ("GESTOR_PASSWORD", "pw-never-sent"),
+            ("RUST_LOG", "off"),
+        ],
+    );
+    assert_ne!(code, 0, "login against another cluster succeeded: {out}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("does not prove admission"),
+        "the error names the reason: {err}"
+    );
+}
+
+/// A revoked gestor is dropped by every member; the others keep working.
+fn revoked_gestor_is_dropped(transport: TransportKind, storage: StorageKind) {
+    let mut ring = Ring::start(0, transport, storage);
+    let list = ring.path().join("revoked.toml");
+    let list_s = list.display().to_string();
+    for _ in 0..5 {
+        ring.add_node_with(&["--revocations", &list_s], "");
+    }
+    ring.wait_stable(DEADLINE)
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let mut c = client(&ring, &ring.urls()[0]);
+    for i in 0..20 {
+        c.register(&format!("r{i:02}"), "pw-revocation")
+            .expect("register");
+    }
+    let victim = 4;
+    let victim_url = ring.nodes[victim].url.clone();
+    let args = &ring.nodes[victim].args;
+    let cred_path = args
+        .iter()
+        .position(|a| a == "--credential")
+        .map(|p| args[p + 1].clone())
+        .expect("credential flag");
+    let victim_key = CredentialFile::load(std::path::Path::new(&cred_path))
+        .unwrap()
+        .credential
+        .static_public;
+    let cluster_key =
+        ClusterKey::load(&test_cluster().dir().join("cluster.key")).expect("cluster key");
+    cluster_key
+        .sign_revocations(&[victim_key])
+        .save(&list)
+        .unwrap();
+
+    let others: Vec<String> = ring
+        .urls()
+        .into_iter()
+        .filter(|u| *u != victim_url)
+        .collect();
+    let dropped = wait_until(DEADLINE, || {
+        others.iter().all(|u| {
+            ring.status(u)
+                .map(|s| !s["sections"]["ring"].to_string().contains(&victim_url))
+                .unwrap_or(false)
+        })
+    });
+    assert!(
+        dropped,
+        "[{transport}/{storage}] some member still uses the revoked gestor:\n{}",
+        others
+            .iter()
+            .filter_map(|u| ring.status(u))
+            .map(|s| s["sections"]["ring"].to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The revoked gestor can no longer serve clients either: nobody answers it.
+    for i in 0..20 {
+        let name = format!("r{i:02}");
+        client(&ring, &others[i % others.len()])
+            .lookup(&name)
+            .unwrap_or_else(|e| panic!("{name} after the revocation: {e}"));
+    }
+}
+
+/// Plaintext frames and signals are refused; a forged alive signal (no
+/// session, or a wrong token) changes nothing.
+fn forged_signals_change_nothing(transport: TransportKind, storage: StorageKind) {
+    let ring = Ring::start(3, transport, storage);
+    ring.wait_stable(DEADLINE)
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let urls = ring.urls();
+    let mut c = client(&ring, &urls[0]);
+    c.register("sigvictim", "pw-sig").expect("register");
+    let session = c
+        .login("sigvictim", "pw-sig", "127.0.0.1:4002")
+        .expect("login");
+    c.logout("sigvictim", &session.token).expect("logout");
+    let session = c
+        .login("sigvictim", "pw-sig", "127.0.0.1:4002")
+        .expect("login again");
+    // Let it go offline: no alive signals from its owner.
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            !client(&ring, &urls[1])
+                .lookup("sigvictim")
+                .map(|f| f.online)
+                .unwrap_or(true)
+        }),
+        "never went offline"
+    );
+    // A plaintext alive signal with the right token, straight to the signal
+    // endpoint (no session): dropped.
+    let raw = gestor::runtime::build_transport(transport);
+    let mut publisher = raw
+        .publisher(
+            &gestor_sdk::Endpoint::Dial(session.signal.clone()),
+            &gestor_sdk::TransportOptions::default(),
+        )
+        .unwrap();
+    #[derive(serde::Serialize)]
+    struct Alive<'a> {
+        username: &'a str,
+        token: &'a str,
+    }
+    let payload = gestor_sdk::wire::to_cbor(&Alive {
+        username: "sigvictim",
+        token: &session.token,
+    });
+    // A sealed alive with a wrong token, over a real session: dropped too.
+    let mut forged = session.clone();
+    forged.token = "0".repeat(session.token.len());
+    let secure = client_layer(transport);
+    let mut forged_alive = AliveSender::new(&secure, &forged).expect("sender");
+    for _ in 0..30 {
+        let _ = publisher.publish(b"alive", &payload);
+        let _ = forged_alive.beat();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !client(&ring, &urls[2]).lookup("sigvictim").unwrap().online,
+        "[{transport}/{storage}] a forged alive signal made the user online"
+    );
+    let owner_status = ring.status(&session.gestor).expect("owner status");
+    assert!(
+        owner_status["security"]["malformed_frames"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+            || owner_status["security"]["unknown_session"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0,
+        "plaintext signals are counted: {}",
+        owner_status["security"]
+    );
+    // The real session's signals still work.
+    let mut alive = AliveSender::new(&secure, &session).expect("sender");
+    assert!(wait_until(Duration::from_secs(15), || {
+        let _ = alive.beat();
+        client(&ring, &urls[2])
+            .lookup("sigvictim")
+            .map(|f| f.online)
+            .unwrap_or(false)
+    }));
+}
+
+macro_rules! matrix {
+    ($($name:ident => $test:ident),*) => { $(
+        mod $name {
+            use super::*;
+            #[test] fn nng_sqlite() { super::$test(TransportKind::Nng, StorageKind::Sqlite) }
+            #[test] fn nng_sled() { super::$test(TransportKind::Nng, StorageKind::Sled) }
+            #[test] fn zmq_sqlite() { super::$test(TransportKind::Zmq, StorageKind::Sqlite) }
+            #[test] fn zmq_sled() { super::$test(TransportKind::Zmq, StorageKind::Sled) }
+        }
+    )* };
+}
+
+matrix!(
+    wire => nothing_readable_on_the_wire,
+    internal_kinds => clients_cannot_call_internal_kinds,
+    other_clusters => other_clusters_stay_out,
+    revocation => revoked_gestor_is_dropped,
+    forged_signals => forged_signals_change_nothing
+);
