@@ -41,6 +41,85 @@ pub struct BenchReport {
     pub users: usize,
     pub register: Phase,
     pub lookup: Phase,
+    /// The secure layer's own cost, measured side by side in this run.
+    pub channel: ChannelCost,
+}
+
+/// Serial round trips of a lookup-sized frame on 127.0.0.1, in this
+/// process: the bare transport (plaintext, the floor) against the same
+/// transport through the secure layer (session already made).
+#[derive(Debug, Serialize)]
+pub struct ChannelCost {
+    pub round_trips: usize,
+    pub plain_p50_ms: f64,
+    pub secure_p50_ms: f64,
+    /// secure p50 ÷ plaintext p50.
+    pub ratio: f64,
+}
+
+/// Frame size of a typical lookup request envelope.
+const CHANNEL_FRAME: usize = 96;
+const CHANNEL_ROUND_TRIPS: usize = 2_000;
+
+fn p50(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// Measure [`ChannelCost`] for `transport` (interleaved, so both see the
+/// same machine load).
+pub fn channel_cost(transport: TransportKind) -> Result<ChannelCost> {
+    use gestor_sdk::transport::TransportOptions;
+    let free = || -> Result<String> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Ok(format!("tcp://127.0.0.1:{}", l.local_addr()?.port()))
+    };
+    let options = TransportOptions::default();
+    let raw = crate::runtime::build_transport(transport);
+    let plain_url = free()?;
+    let _plain = raw.replier(
+        &plain_url,
+        std::sync::Arc::new(|f: &[u8]| f.to_vec()),
+        &options,
+    )?;
+    // A throwaway cluster: the server is admitted, the client trusts it.
+    let cluster = gestor_secure::ClusterKey::generate();
+    let server = gestor_secure::SecureLayer::new(
+        crate::runtime::build_transport(transport),
+        gestor_secure::SecureConfig::gestor(cluster.admit("bench")?, cluster.public()),
+    );
+    let secure_url = free()?;
+    let _secure = server.replier(
+        &secure_url,
+        std::sync::Arc::new(|f: &[u8], _: &gestor_secure::Peer| f.to_vec()),
+        &options,
+    )?;
+    let client = Trust::Cluster(cluster.public()).layer(transport);
+    let mut plain = raw.requester(&plain_url, &options)?;
+    let mut secure = client.requester(&secure_url, &options)?;
+    let frame = vec![0x5au8; CHANNEL_FRAME];
+    let timeout = Duration::from_secs(5);
+    // Warm up both (connection set-up, the handshake).
+    for _ in 0..50 {
+        plain.request(&frame, timeout)?;
+        secure.request(&frame, timeout)?;
+    }
+    let (mut p, mut s) = (Vec::new(), Vec::new());
+    for _ in 0..CHANNEL_ROUND_TRIPS {
+        let t = Instant::now();
+        plain.request(&frame, timeout)?;
+        p.push(t.elapsed());
+        let t = Instant::now();
+        secure.request(&frame, timeout)?;
+        s.push(t.elapsed());
+    }
+    let (plain_p50_ms, secure_p50_ms) = (p50(p), p50(s));
+    Ok(ChannelCost {
+        round_trips: CHANNEL_ROUND_TRIPS,
+        plain_p50_ms,
+        secure_p50_ms,
+        ratio: secure_p50_ms / plain_p50_ms.max(1e-9),
+    })
 }
 
 fn phase(mut latencies: Vec<Duration>, errors: u64, hops: u64, elapsed: Duration) -> Phase {
@@ -141,5 +220,6 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
         users: o.users,
         register,
         lookup,
+        channel: channel_cost(o.transport)?,
     })
 }

@@ -86,13 +86,33 @@ impl Client {
 
     /// Send `kind` with an untyped `body` to the first gestor that answers
     /// (`gestor call`, and kinds this crate has no type for).
+    /// A `busy` answer (the gestor's password-hashing slots are full) is
+    /// retried with jittered, doubling backoff until the request deadline.
     pub fn call(&mut self, kind: &str, body: Value) -> Result<Value, ClientError> {
         let frame = to_cbor(&Request::new(kind, body));
+        let deadline = std::time::Instant::now() + self.timeout;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.call_once(&frame) {
+                Err(ClientError::Remote(e)) if e.code == gestor_sdk::ErrorCode::Busy => {
+                    let jitter = Duration::from_millis(rand::random::<u64>() % 50);
+                    if std::time::Instant::now() + backoff + jitter >= deadline {
+                        return Err(ClientError::Remote(e));
+                    }
+                    std::thread::sleep(backoff + jitter);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn call_once(&mut self, frame: &[u8]) -> Result<Value, ClientError> {
         let mut tried = Vec::new();
         let mut last = TransportError::Closed;
         let candidates: Vec<String> = self.gestores.clone();
         for url in candidates {
-            match self.send_to(&url, &frame) {
+            match self.send_to(&url, frame) {
                 Ok(reply) => {
                     if !reply.initial_gestors.is_empty() {
                         self.initial_gestors = reply.initial_gestors.clone();

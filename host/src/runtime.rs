@@ -40,9 +40,6 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
 const MAX_CACHED_PEERS: usize = 256;
 /// How often the revocation list file is checked for changes.
 const REVOCATION_CHECK: Duration = Duration::from_secs(1);
-/// Signal topics a client (not a gestor) may send; everything else must
-/// come from an admitted gestor.
-const CLIENT_SIGNAL_TOPICS: &[&str] = &["alive"];
 
 /// Where a request came from: this process, or the network through a
 /// secure session whose peer is proven.
@@ -301,7 +298,7 @@ impl HostCore {
 
     fn deliver_signal(&self, topic: &[u8], payload: &[u8], from: &Peer) {
         let topic = String::from_utf8_lossy(topic);
-        if !from.is_gestor() && !CLIENT_SIGNAL_TOPICS.contains(&topic.as_ref()) {
+        if !from.is_gestor() && !gestor_api::topics::FROM_CLIENTS.contains(&topic.as_ref()) {
             self.forbidden_signals.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%topic, "dropping a gestor signal sent by a non-gestor");
             return;

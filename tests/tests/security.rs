@@ -399,6 +399,138 @@ fn forged_signals_change_nothing(transport: TransportKind, storage: StorageKind)
     }));
 }
 
+/// Even an admitted gestor (an operator credential here) cannot plant a
+/// record no client could have made: a stamp pinned at `u32::MAX`, a
+/// reserved node id, a record whose ring position lies. Writes keep working.
+fn absurd_records_are_refused(transport: TransportKind, storage: StorageKind) {
+    use gestor_api::replica::{CopySource, Put, PutBody};
+    let ring = Ring::start(3, transport, storage);
+    ring.wait_stable(DEADLINE)
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let urls = ring.urls();
+    let mut c = client(&ring, &urls[0]);
+    c.register("stampvictim", "pw-stamp").expect("register");
+    let found = c.lookup("stampvictim").expect("lookup");
+    let mut operator = Client::new(ring.operator(), vec![found.gestor.clone()], DEADLINE);
+    let base = gestor_sdk::UserRecord {
+        username: "stampvictim".into(),
+        ring_pos: gestor_sdk::hash::ring_position(b"stampvictim"),
+        address: "10.6.6.6:666".into(),
+        password_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA".into(),
+        online: true,
+        last_seen_ms: 1,
+        version: gestor_sdk::Timestamp {
+            wall_ms: found.last_update.wall_ms,
+            logical: u32::MAX,
+            node: u64::MAX,
+        },
+        deleted: false,
+        session_hash: String::new(),
+    };
+    let mut lying = base.clone();
+    lying.version.logical = 0;
+    lying.version.node = 1;
+    lying.ring_pos ^= 1;
+    let mut pinned = base.clone();
+    pinned.version.node = 1;
+    for (what, record) in [
+        ("u32::MAX + reserved node", base),
+        ("lying position", lying),
+        ("u32::MAX logical", pinned),
+    ] {
+        let body = PutBody {
+            from: CopySource {
+                addr: "tcp://127.0.0.1:1".into(),
+                signal: "tcp://127.0.0.1:2".into(),
+            },
+            records: vec![record],
+        };
+        match operator.request::<Put>(&body) {
+            Err(ClientError::Remote(e)) => assert!(
+                matches!(e.code, ErrorCode::BadRequest | ErrorCode::ClockSkew),
+                "[{transport}/{storage}] {what}: {e}"
+            ),
+            other => panic!("[{transport}/{storage}] {what} accepted: {other:?}"),
+        }
+    }
+    // Nothing changed, and the owner's next writes still win.
+    for i in 0..3 {
+        let s = c
+            .login(
+                "stampvictim",
+                "pw-stamp",
+                &format!("127.0.0.1:{}", 5000 + i),
+            )
+            .unwrap_or_else(|e| panic!("[{transport}/{storage}] login {i} after the attack: {e}"));
+        assert!(!s.token.is_empty());
+    }
+    let after = client(&ring, &urls[1]).lookup("stampvictim").unwrap();
+    assert_eq!(after.address, "127.0.0.1:5002");
+}
+
+/// Mail: nobody can send as someone else, or remove someone else's mail.
+fn mail_cannot_be_spoofed_or_deleted(transport: TransportKind, storage: StorageKind) {
+    use gestor_api::chat::ChatMessage;
+    use gestor_api::mail::{Ack, AckBody, Fetch, Put, PutMail};
+    let ring = Ring::start(3, transport, storage);
+    ring.wait_stable(DEADLINE)
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let urls = ring.urls();
+    let mut c = client(&ring, &urls[0]);
+    for u in ["mallory", "bobmail", "carolmail"] {
+        c.register(u, &format!("pw-{u}")).expect("register");
+    }
+    let mallory = c.login("mallory", "pw-mallory", "127.0.0.1:6001").unwrap();
+    let carol = c
+        .login("carolmail", "pw-carolmail", "127.0.0.1:6003")
+        .unwrap();
+    let mail = |from: &str, id: &str| ChatMessage {
+        id: id.into(),
+        from: from.into(),
+        to: "carolmail".into(),
+        seq: 1,
+        sent_ms: 1,
+        text: "hello".into(),
+    };
+    // Mallory sends as bob with her own token: refused.
+    let spoof = PutMail {
+        token: mallory.token.clone(),
+        mail: mail("bobmail", "0123456789abcdef0123456789abcdef"),
+    };
+    match c.request::<Put>(&spoof) {
+        Err(ClientError::Remote(e)) => assert_eq!(e.code, ErrorCode::Unauthorized, "{e}"),
+        other => panic!("[{transport}/{storage}] spoofed mail accepted: {other:?}"),
+    }
+    // A real message from mallory to carol…
+    let real = PutMail {
+        token: mallory.token.clone(),
+        mail: mail("mallory", "fedcba9876543210fedcba9876543210"),
+    };
+    c.request::<Put>(&real).expect("mail from mallory");
+    // …which mallory cannot remove from carol's mailbox (only carol acks).
+    let foreign_ack = AckBody {
+        username: "carolmail".into(),
+        token: mallory.token.clone(),
+        ids: vec!["fedcba9876543210fedcba9876543210".into()],
+    };
+    match c.request::<Ack>(&foreign_ack) {
+        Err(ClientError::Remote(e)) => assert_eq!(e.code, ErrorCode::Unauthorized, "{e}"),
+        other => panic!("[{transport}/{storage}] foreign ack accepted: {other:?}"),
+    }
+    let fetched = c
+        .request::<Fetch>(&gestor_api::user::Auth {
+            username: "carolmail".into(),
+            token: carol.token.clone(),
+        })
+        .expect("carol fetches");
+    let text = format!("{fetched:?}");
+    assert!(
+        text.contains("fedcba9876543210fedcba9876543210")
+            && !text.contains("0123456789abcdef0123456789abcdef"),
+        "[{transport}/{storage}] carol's mailbox: {text}"
+    );
+}
+
 macro_rules! matrix {
     ($($name:ident => $test:ident),*) => { $(
         mod $name {
@@ -416,5 +548,7 @@ matrix!(
     internal_kinds => clients_cannot_call_internal_kinds,
     other_clusters => other_clusters_stay_out,
     revocation => revoked_gestor_is_dropped,
-    forged_signals => forged_signals_change_nothing
+    forged_signals => forged_signals_change_nothing,
+    absurd_records => absurd_records_are_refused,
+    mail_spoofing => mail_cannot_be_spoofed_or_deleted
 );

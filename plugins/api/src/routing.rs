@@ -120,3 +120,92 @@ mod tests {
         }
     }
 }
+
+/// Longest stored address (`host:port`; a DNS name is at most 253 bytes).
+pub const ADDRESS_MAX: usize = 260;
+/// Longest stored password hash (a PHC argon2id string is ~100 bytes).
+pub const PASSWORD_HASH_MAX: usize = 256;
+
+/// Why a record that arrived from another gestor cannot be stored, if it
+/// cannot: every write path checks this, so a buggy or compromised member
+/// cannot plant what no client request could have produced.
+pub fn validate_record(record: &gestor_sdk::UserRecord) -> Result<(), String> {
+    validate_username(&record.username).map_err(|e| e.message)?;
+    if record.ring_pos != ring_position(record.username.as_bytes()) {
+        return Err(format!(
+            "ring position of {} does not match its name",
+            record.username
+        ));
+    }
+    if let Some(why) = record.version.implausible() {
+        return Err(format!("version {}: {why}", record.version));
+    }
+    if record.address.len() > ADDRESS_MAX
+        || record
+            .address
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err("address too long or not printable".into());
+    }
+    if record.password_hash.len() > PASSWORD_HASH_MAX {
+        return Err("password hash too long".into());
+    }
+    if !record.deleted && !record.password_hash.starts_with("$argon2id$") {
+        return Err("a live record must carry an argon2id hash".into());
+    }
+    let hex64 = record.session_hash.len() == 64
+        && record.session_hash.bytes().all(|b| b.is_ascii_hexdigit());
+    if !record.session_hash.is_empty() && !hex64 {
+        return Err("session hash is not a SHA-256 hex digest".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+    use gestor_sdk::{Timestamp, UserRecord};
+
+    fn good() -> UserRecord {
+        UserRecord {
+            username: "alice".into(),
+            ring_pos: ring_position(b"alice"),
+            address: "127.0.0.1:9000".into(),
+            password_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA".into(),
+            online: true,
+            last_seen_ms: 1,
+            version: Timestamp {
+                wall_ms: 1,
+                logical: 0,
+                node: 7,
+            },
+            deleted: false,
+            session_hash: "ab".repeat(32),
+        }
+    }
+
+    #[test]
+    fn only_records_a_client_could_have_made_pass() {
+        assert!(validate_record(&good()).is_ok());
+        let cases: Vec<Box<dyn Fn(&mut UserRecord)>> = vec![
+            Box::new(|r| r.ring_pos ^= 1),
+            Box::new(|r| r.username = "Alice".into()),
+            Box::new(|r| r.version.logical = u32::MAX),
+            Box::new(|r| r.version.node = u64::MAX),
+            Box::new(|r| r.address = "x".repeat(1000)),
+            Box::new(|r| r.password_hash = "plain".into()),
+            Box::new(|r| r.session_hash = "zz".into()),
+        ];
+        for (i, mutate) in cases.iter().enumerate() {
+            let mut r = good();
+            mutate(&mut r);
+            assert!(validate_record(&r).is_err(), "case {i} accepted");
+        }
+        let mut tomb = good();
+        tomb.deleted = true;
+        tomb.password_hash.clear();
+        tomb.session_hash.clear();
+        assert!(validate_record(&tomb).is_ok());
+    }
+}

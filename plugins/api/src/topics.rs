@@ -15,3 +15,7 @@ pub const REPLICA_HB: &str = "replica.hb";
 
 /// Every topic above.
 pub const ALL: &[&str] = &[ALIVE, INITIAL, REPLICA_HB];
+
+/// Topics a client (no gestor credential) may send; a gestor drops any other
+/// signal from a non-gestor and counts it (`security.forbidden_signals`).
+pub const FROM_CLIENTS: &[&str] = &[ALIVE];

@@ -11,6 +11,7 @@
 //! signal, seed §6) and a sweeper turns users offline — a versioned write —
 //! once their signals stop for `presence_timeout_ms`.
 
+pub mod limits;
 pub mod rules;
 
 use argon2::password_hash::rand_core::OsRng;
@@ -49,6 +50,12 @@ pub struct DirectoryConfig {
     pub password_iterations: u32,
     /// Deadline for a forwarded request to the responsible gestor.
     pub forward_timeout_ms: u64,
+    /// Password hashes computed at once; 0 = one per core. As many more may
+    /// wait for one; beyond that a request answers `busy` at once.
+    pub hash_slots: usize,
+    /// Wrong passwords per account per minute before further attempts on it
+    /// answer `rate_limited` for the rest of the minute; 0 = no limit.
+    pub login_failures_per_minute: u32,
 }
 
 impl Default for DirectoryConfig {
@@ -59,6 +66,8 @@ impl Default for DirectoryConfig {
             password_memory_kib: 19_456,
             password_iterations: 2,
             forward_timeout_ms: 5_000,
+            hash_slots: 0,
+            login_failures_per_minute: 10,
         }
     }
 }
@@ -73,7 +82,15 @@ struct Shared {
     /// Last alive signal per user, wall ms (owner side, memory only).
     alive: Mutex<HashMap<String, u64>>,
     locks: Vec<Mutex<()>>,
+    /// Set at start from the configuration.
+    hash_slots: std::sync::OnceLock<limits::HashSlots>,
+    failures: Mutex<limits::FailureLimiter>,
 }
+
+/// How long a password check waits for a hashing slot before `busy`.
+const HASH_SLOT_WAIT: Duration = Duration::from_secs(2);
+/// Accounts whose recent failures are remembered.
+const FAILURE_ACCOUNTS: usize = 100_000;
 
 /// Striped locks serialising read-modify-write per user on the owner.
 const USER_LOCKS: usize = 64;
@@ -163,18 +180,47 @@ impl Shared {
         .map_err(|e| HandlerError::internal(format!("argon2 parameters: {e}")))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let salt = SaltString::generate(&mut OsRng);
-        argon
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| HandlerError::internal(format!("argon2: {e}")))
+        self.slots().run(HASH_SLOT_WAIT, || {
+            argon
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| HandlerError::internal(format!("argon2: {e}")))
+        })?
     }
 
+    fn slots(&self) -> &limits::HashSlots {
+        self.hash_slots
+            .get_or_init(|| match self.config().hash_slots {
+                0 => limits::HashSlots::per_core(),
+                n => limits::HashSlots::new(n, n),
+            })
+    }
+
+    /// Check `password` against `record`: refused early (`rate_limited`) for
+    /// an account with too many recent failures, run in a hashing slot
+    /// (`busy` when none frees up), and counted.
     fn check_password(&self, record: &UserRecord, password: &str) -> Result<(), HandlerError> {
+        let account = &record.username;
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(account, system_ms())?;
         let parsed = PasswordHash::new(&record.password_hash)
             .map_err(|e| HandlerError::internal(format!("stored hash unreadable: {e}")))?;
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .map_err(|_| err(ErrorCode::Unauthorized, "wrong password"))
+        let verified = self.slots().run(HASH_SLOT_WAIT, || {
+            Argon2::default().verify_password(password.as_bytes(), &parsed)
+        })?;
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match verified {
+            Ok(()) => {
+                failures.succeeded(account);
+                Ok(())
+            }
+            Err(_) => {
+                failures.failed(account, system_ms());
+                Err(err(ErrorCode::Unauthorized, "wrong password"))
+            }
+        }
     }
 
     fn check_token(
@@ -523,6 +569,12 @@ impl Plugin for Directory {
     fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
         let config: DirectoryConfig = ctx.config()?;
         let sweep_every = Duration::from_millis((config.presence_timeout_ms / 4).clamp(50, 5_000));
+        *self
+            .state
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
+            limits::FailureLimiter::new(config.login_failures_per_minute, 60_000, FAILURE_ACCOUNTS);
         *self.state.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
         *self.state.ctx.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
 
@@ -594,6 +646,8 @@ fn make() -> Directory {
             ctx: Mutex::new(None),
             alive: Mutex::new(HashMap::new()),
             locks: (0..USER_LOCKS).map(|_| Mutex::new(())).collect(),
+            hash_slots: std::sync::OnceLock::new(),
+            failures: Mutex::new(limits::FailureLimiter::new(0, 60_000, FAILURE_ACCOUNTS)),
         }),
     }
 }

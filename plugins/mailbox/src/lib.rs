@@ -349,6 +349,31 @@ impl Shared {
     /// On a successor: apply the owner's changes.
     fn copy(&self, body: CopyBody) -> Result<u64, HandlerError> {
         let ctx = self.ctx()?;
+        let config = self.config();
+        // Defence in depth: copies come only from admitted gestores, but a
+        // buggy or compromised one must not do what a client cannot.
+        if body.puts.len() + body.removed.len() > 2 * COPY_BATCH {
+            return Err(HandlerError::bad_request(format!(
+                "a mailbox copy carries at most {} items",
+                2 * COPY_BATCH
+            )));
+        }
+        for (holder, id) in &body.removed {
+            rules::validate_username(holder)?;
+            rules::validate_id(id)?;
+        }
+        for held in &body.puts {
+            rules::validate_username(&held.mail.from)?;
+            rules::validate_username(&held.mail.to)?;
+            rules::validate_id(&held.mail.id)?;
+            if held.mail.text.len() > config.max_text_bytes {
+                return Err(HandlerError::bad_request(format!(
+                    "copied message text of {} bytes exceeds the limit of {}",
+                    held.mail.text.len(),
+                    config.max_text_bytes
+                )));
+            }
+        }
         let mut applied = 0;
         for (holder, id) in &body.removed {
             applied += self.remove(&ctx, holder, std::slice::from_ref(id))?;
@@ -357,11 +382,20 @@ impl Shared {
             if self.tombstoned(&ctx, held.holder(), &held.mail.id)? {
                 continue;
             }
-            ctx.store().kv_put(
-                ITEMS,
-                item_key(&held).as_bytes(),
-                &gestor_sdk::wire::to_cbor(&held),
-            )?;
+            let key = item_key(&held);
+            let known = ctx.store().kv_get(ITEMS, key.as_bytes())?.is_some();
+            if !known
+                && ctx
+                    .store()
+                    .kv_scan_prefix(ITEMS, format!("{}/", held.holder()).as_bytes())?
+                    .len()
+                    >= config.max_per_user
+            {
+                // The same quota as the owner's: a copy can never hold more.
+                continue;
+            }
+            ctx.store()
+                .kv_put(ITEMS, key.as_bytes(), &gestor_sdk::wire::to_cbor(&held))?;
             applied += 1;
         }
         Ok(applied)

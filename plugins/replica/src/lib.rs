@@ -148,7 +148,15 @@ impl Shared {
         let clock = self.ctx.clock();
         let (mut applied, mut stale) = (0, 0);
         let mut refused = None;
+        let mut invalid = None;
         for r in records {
+            // Defence in depth: even an admitted gestor cannot plant a
+            // record no client request could have produced.
+            if let Err(why) = gestor_api::routing::validate_record(&r) {
+                tracing::warn!(username = %r.username, "refusing a copied record: {why}");
+                invalid = Some(why);
+                continue;
+            }
             if let Err(e) = clock.observe(r.version) {
                 refused = Some(e);
                 continue;
@@ -162,6 +170,9 @@ impl Shared {
         store.flush()?;
         if let Some(e) = refused {
             return Err(HandlerError::new(ErrorCode::ClockSkew, e.to_string()));
+        }
+        if let Some(why) = invalid {
+            return Err(HandlerError::bad_request(format!("invalid record: {why}")));
         }
         Ok(PutReply { applied, stale })
     }

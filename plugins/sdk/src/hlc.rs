@@ -45,6 +45,30 @@ pub struct ClockError {
     pub limit_ms: u64,
 }
 
+/// Largest logical counter a stamp may carry. Honest clocks stay far below
+/// it (the counter restarts at every new millisecond, and only counts events
+/// within one); a remote stamp above it could otherwise saturate every
+/// clock that observes it and freeze their versions (a stamp pinned at
+/// `u32::MAX` used to make every later write lose).
+pub const MAX_LOGICAL: u32 = 1 << 20;
+
+/// A node id no gestor has: a stamp carrying it would win every tie.
+pub const RESERVED_NODE: u64 = u64::MAX;
+
+impl Timestamp {
+    /// Why a stamp from elsewhere cannot be believed, if it cannot (bounds
+    /// that hold for every stamp an honest gestor makes).
+    pub fn implausible(&self) -> Option<&'static str> {
+        if self.logical > MAX_LOGICAL {
+            Some("logical counter out of range")
+        } else if self.node == RESERVED_NODE {
+            Some("reserved node id")
+        } else {
+            None
+        }
+    }
+}
+
 /// Source of physical time in milliseconds; injectable for tests.
 pub type WallClock = Box<dyn Fn() -> u64 + Send + Sync>;
 
@@ -91,8 +115,11 @@ impl Clock {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if pt > last.0 {
             *last = (pt, 0);
+        } else if last.1 >= MAX_LOGICAL {
+            // Never saturate: move on to the next millisecond instead.
+            *last = (last.0 + 1, 0);
         } else {
-            last.1 = last.1.saturating_add(1);
+            last.1 += 1;
         }
         Timestamp {
             wall_ms: last.0,
@@ -105,10 +132,10 @@ impl Clock {
     /// Stamps too far ahead of our wall clock are refused and not merged.
     pub fn observe(&self, remote: Timestamp) -> Result<(), ClockError> {
         let pt = (self.wall)();
-        if remote.wall_ms > pt.saturating_add(self.max_ahead_ms) {
+        if remote.implausible().is_some() || remote.wall_ms > pt.saturating_add(self.max_ahead_ms) {
             return Err(ClockError {
                 stamp: remote,
-                ahead_ms: remote.wall_ms - pt,
+                ahead_ms: remote.wall_ms.saturating_sub(pt),
                 limit_ms: self.max_ahead_ms,
             });
         }
@@ -124,7 +151,11 @@ impl Clock {
         } else {
             0
         };
-        *last = (wall, logical);
+        *last = if logical > MAX_LOGICAL {
+            (wall + 1, 0)
+        } else {
+            (wall, logical)
+        };
         Ok(())
     }
 }
@@ -144,6 +175,37 @@ mod tests {
             Box::new(move || t2.load(Ordering::SeqCst)),
         );
         (t, clock)
+    }
+
+    #[test]
+    fn absurd_remote_stamps_are_refused_and_cannot_saturate() {
+        let (_t, clock) = manual(1_000);
+        for bad in [
+            Timestamp {
+                wall_ms: 1_000,
+                logical: u32::MAX,
+                node: 5,
+            },
+            Timestamp {
+                wall_ms: 1_000,
+                logical: 0,
+                node: u64::MAX,
+            },
+        ] {
+            assert!(clock.observe(bad).is_err(), "{bad} accepted");
+        }
+        // The largest believable counter is accepted, and local stamps keep
+        // increasing past it instead of sticking.
+        let edge = Timestamp {
+            wall_ms: 1_000,
+            logical: MAX_LOGICAL,
+            node: 5,
+        };
+        clock.observe(edge).unwrap();
+        let a = clock.now();
+        let b = clock.now();
+        assert!(edge < a && a < b, "{edge} {a} {b}");
+        assert!(a.implausible().is_none() && b.implausible().is_none());
     }
 
     #[test]

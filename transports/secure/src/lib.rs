@@ -691,7 +691,18 @@ impl SecureLayer {
         let timeout = s.pending_timeout;
         pending.retain(|_, (_, at)| at.elapsed() < timeout);
         if pending.len() >= s.max_pending {
-            return refusal_frame(refusal::BUSY, "too many handshakes in progress");
+            // Drop the oldest half-done handshake rather than refuse the new
+            // one: a flood of first messages then only displaces itself, as
+            // long as an honest client answers within the time the flood
+            // takes to fill the table (each first message costs its sender
+            // a round trip and this side two Diffie-Hellman operations).
+            if let Some(oldest) = pending
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(sid, _)| *sid)
+            {
+                pending.remove(&oldest);
+            }
         }
         drop(pending);
         let mut hs = match self.responder_state() {

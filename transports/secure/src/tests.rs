@@ -412,3 +412,40 @@ fn signals_are_sealed_and_replays_dropped() {
         assert_eq!(server.stats().replayed, before + 1);
     }
 }
+
+#[test]
+fn a_flood_of_first_messages_does_not_lock_out_real_clients() {
+    let t: Arc<dyn Transport> = Arc::new(gestor_transport_nng::NngTransport::new());
+    let cluster = Cluster::new();
+    let mut config = SecureConfig::gestor(cluster.key.admit("a").unwrap(), cluster.key.public());
+    config.max_pending = 4;
+    let server = SecureLayer::new(t.clone(), config);
+    // Half-open handshakes, never finished.
+    for _ in 0..50 {
+        let key = snow::Builder::new(noise_params())
+            .generate_keypair()
+            .unwrap();
+        let mut hs = snow::Builder::new(noise_params())
+            .local_private_key(&key.private)
+            .unwrap()
+            .prologue(PROLOGUE)
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut buf = vec![0u8; 128];
+        let n = hs.write_message(&[], &mut buf).unwrap();
+        let reply = server.serve(&[&[frame::HELLO], &buf[..n]].concat(), |_, _| Vec::new());
+        assert_eq!(reply[0], frame::HELLO_REPLY);
+    }
+    assert!(server.shared.pending.lock().unwrap().len() <= 4, "bounded");
+    let mut wire = SecureRequester {
+        layer: cluster.client(&t),
+        inner: Box::new(Wire {
+            server: server.clone(),
+            frames: Arc::new(Mutex::new(Vec::new())),
+        }),
+        url: "wire".into(),
+        require_gestor: true,
+    };
+    assert_eq!(wire.request(b"hi", T).unwrap(), b"ok:hi");
+}

@@ -1,0 +1,174 @@
+//! A register flood from one source does not stop another client's lookups,
+//! on every backend combination. Password hashing runs at its production cost
+//! here (argon2id, 19 MiB, 2 passes): that is what the flood is made of.
+//! The four combinations run one after another (each floods both cores).
+
+use gestor::client::{Client, ClientError};
+use gestor::config::{StorageKind, TransportKind};
+use gestor_sdk::ErrorCode;
+use gestor_tests::cluster::client_layer;
+use gestor_tests::ring::{Ring, TEST_CONFIG};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const FLOOD_THREADS: usize = 32;
+const FLOOD: Duration = Duration::from_secs(60);
+const USERS: usize = 200;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn client(transport: TransportKind, url: &str) -> Client {
+    Client::new(
+        client_layer(transport),
+        vec![url.to_string()],
+        Duration::from_secs(10),
+    )
+}
+
+fn register_flood_leaves_lookups_alone(transport: TransportKind, storage: StorageKind) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let config = TEST_CONFIG
+        .replace("password_memory_kib = 64", "password_memory_kib = 19456")
+        .replace("password_iterations = 1", "password_iterations = 2");
+    let ring = Ring::start_with_config(5, transport, storage, &config);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let urls = ring.urls();
+    // 200 users to look up, registered before the flood (busy answers retried).
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let urls = urls.clone();
+            s.spawn(move || {
+                let mut c = client(transport, &urls[1 + t % 4]);
+                for i in (t..USERS).step_by(4) {
+                    let name = format!("known{i:03}");
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    loop {
+                        match c.register(&name, "pw-known") {
+                            Ok(_) => break,
+                            Err(ClientError::Remote(e))
+                                if e.code == ErrorCode::Busy && Instant::now() < deadline =>
+                            {
+                                std::thread::sleep(Duration::from_millis(50))
+                            }
+                            Err(e) => panic!("register {name}: {e}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, busy, failed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let flood: Vec<_> = (0..FLOOD_THREADS)
+        .map(|t| {
+            let (stop, ok, busy, failed) = (stop.clone(), ok.clone(), busy.clone(), failed.clone());
+            let entry = urls[0].clone();
+            std::thread::spawn(move || {
+                let mut c = client(transport, &entry);
+                // Bounded: stops at the flag, or after 100,000 attempts.
+                for i in 0..100_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match c.register(&format!("flood{t:02}x{i}"), "pw-flood") {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(ClientError::Remote(e))
+                            if matches!(e.code, ErrorCode::Busy | ErrorCode::RateLimited) =>
+                        {
+                            busy.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+
+    // Meanwhile another client looks the known users up through the others.
+    let started = Instant::now();
+    let (mut found, mut busy_lookups, mut errors) = (0u64, 0u64, Vec::new());
+    let mut last_success = Instant::now();
+    let mut longest_gap = Duration::ZERO;
+    let mut lookups = client(transport, &urls[1]);
+    let mut k = 0usize;
+    while started.elapsed() < FLOOD {
+        let name = format!("known{:03}", k % USERS);
+        if k % 50 == 0 {
+            lookups = client(transport, &urls[1 + (k / 50) % 4]);
+        }
+        match lookups.lookup(&name) {
+            Ok(f) => {
+                assert_eq!(f.user, name);
+                found += 1;
+                longest_gap = longest_gap.max(last_success.elapsed());
+                last_success = Instant::now();
+            }
+            Err(ClientError::Remote(e)) if e.code == ErrorCode::Busy => busy_lookups += 1,
+            Err(e) => errors.push(format!("{name}: {e}")),
+        }
+        k += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for f in flood {
+        let _ = f.join();
+    }
+    println!(
+        "[{transport}/{storage}] flood: {} registered, {} busy/rate-limited, {} failed; \
+         lookups meanwhile: {found} found, {busy_lookups} busy, {} errors, longest gap {:?}",
+        ok.load(Ordering::Relaxed),
+        busy.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        errors.len(),
+        longest_gap
+    );
+    assert!(
+        errors.is_empty(),
+        "[{transport}/{storage}] lookups failed during the flood (only busy is acceptable): {:?}",
+        &errors[..errors.len().min(10)]
+    );
+    assert!(
+        found >= 100,
+        "[{transport}/{storage}] only {found} lookups succeeded in {FLOOD:?}"
+    );
+    assert!(
+        longest_gap < Duration::from_secs(10),
+        "[{transport}/{storage}] lookups stalled for {longest_gap:?}"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 0,
+        "the flood registered nobody: the test did not flood"
+    );
+    // Afterwards the ring is whole and every known user is found.
+    ring.wait_stable(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("ring after the flood: {e}"));
+    for i in 0..USERS {
+        let name = format!("known{i:03}");
+        client(transport, &urls[i % urls.len()])
+            .lookup(&name)
+            .unwrap_or_else(|e| panic!("{name} after the flood: {e}"));
+    }
+}
+
+#[test]
+fn nng_sqlite() {
+    register_flood_leaves_lookups_alone(TransportKind::Nng, StorageKind::Sqlite)
+}
+#[test]
+fn nng_sled() {
+    register_flood_leaves_lookups_alone(TransportKind::Nng, StorageKind::Sled)
+}
+#[test]
+fn zmq_sqlite() {
+    register_flood_leaves_lookups_alone(TransportKind::Zmq, StorageKind::Sqlite)
+}
+#[test]
+fn zmq_sled() {
+    register_flood_leaves_lookups_alone(TransportKind::Zmq, StorageKind::Sled)
+}
