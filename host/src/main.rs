@@ -58,6 +58,7 @@ enum Command {
     },
     /// Create an account (name rules in docs/PROTOCOL.md).
     Register {
+        /// The username to create (3-32 of a-z 0-9 _ . -, starting with a letter or digit).
         user: String,
         #[arg(long, env = "GESTOR_PASSWORD", hide_env_values = true)]
         password: Option<String>,
@@ -66,6 +67,7 @@ enum Command {
     },
     /// Log in: set the address where this user receives messages, mark online.
     Login {
+        /// The user logging in.
         user: String,
         /// HOST:PORT where the user's client listens.
         #[arg(long)]
@@ -77,12 +79,14 @@ enum Command {
     },
     /// Where is USER? Address, presence, last update, routing hops.
     Lookup {
+        /// The user to find.
         user: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Delete an account (its password is required); the name becomes free.
     Delete {
+        /// The account to delete.
         user: String,
         #[arg(long, env = "GESTOR_PASSWORD", hide_env_values = true)]
         password: Option<String>,
@@ -91,6 +95,7 @@ enum Command {
     },
     /// Log out (offline at once). Uses the token saved by `gestor login`.
     Logout {
+        /// The user logging out.
         user: String,
         #[arg(long)]
         token: Option<String>,
@@ -645,6 +650,7 @@ fn print_status(s: &serde_json::Value) {
     println!("plugins     {}", field("plugins"));
     println!("records     {}", field("records"));
     println!("initial     {}", field("initial_gestors"));
+    println!("security    {}", field("security"));
     if let Some(sections) = s.get("sections").and_then(|v| v.as_object()) {
         for (name, section) in sections {
             println!("[{name}]");

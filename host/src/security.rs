@@ -29,8 +29,12 @@ pub struct TrustArgs {
 }
 
 impl TrustArgs {
+    /// The trust these flags give; an error naming the flags when none was given.
     pub fn trust(&self) -> Result<Trust> {
-        Trust::from_args(self.cluster_pub.as_deref(), self.insecure)
+        match Trust::from_args(self.cluster_pub.as_deref(), self.insecure)? {
+            Trust::Unset => bail!("{NO_TRUST}"),
+            t => Ok(t),
+        }
     }
 }
 

@@ -18,6 +18,9 @@ fn plugins_register_kinds_with_their_declared_class() {
     config.node.signal = Some(format!("tcp://127.0.0.1:{}", free_port()));
     config.node.data_dir = dir.path().join("data");
     config.plugins.dir = Some(target_dir());
+    let cluster = gestor_tests::cluster::test_cluster();
+    config.security.credential = Some(cluster.admit("classes"));
+    config.security.cluster_pub = Some(cluster.pub_path());
     let node = Node::start(&config).expect("node starts with the default plugins");
     let core = node.core();
     let mut checked = 0;

@@ -60,6 +60,7 @@ pub struct Conn {
 
 #[derive(Args, Clone, Debug)]
 pub struct ChatArgs {
+    /// The user to chat as (logs in with --address).
     pub user: String,
     /// Watch this user's presence (repeatable; saved with the contacts).
     #[arg(long = "contact")]
@@ -76,8 +77,11 @@ pub struct ChatArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct SendArgs {
+    /// The sender (its saved session is used, or it logs in).
     pub user: String,
+    /// The recipient.
     pub to: String,
+    /// The message text (one argument; quote it).
     pub text: String,
     #[arg(long)]
     pub json: bool,
@@ -87,6 +91,7 @@ pub struct SendArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct InboxArgs {
+    /// The user whose mailbox to fetch.
     pub user: String,
     /// Print the messages as a JSON array.
     #[arg(long)]

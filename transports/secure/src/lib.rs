@@ -15,7 +15,7 @@
 //! It knows nothing of Chord or of request kinds; it tells the host *who*
 //! sent each request ([`Peer`]): a gestor that proved a credential signed by
 //! the cluster key, or an anonymous client. The host decides what each may
-//! call. Frame formats: docs/PROTOCOL.md §2.
+//! call. Frame formats: docs/PROTOCOL.md §3.1.
 
 pub mod keys;
 mod window;
@@ -56,6 +56,10 @@ pub mod frame {
     pub const SIGNAL_FROM_INITIATOR: u8 = 0x07;
     /// A sealed signal sent by the session's responder.
     pub const SIGNAL_FROM_RESPONDER: u8 = 0x08;
+    /// Initiator → responder: does session `sid` still exist? `[0x09] ++ sid`.
+    pub const PROBE: u8 = 0x09;
+    /// Responder → initiator: it does. `[0x0a] ++ sid`.
+    pub const PROBE_REPLY: u8 = 0x0a;
     /// A plaintext refusal: `[0x0f, code, utf-8 reason]`.
     pub const ERROR: u8 = 0x0f;
     /// Outer PUB-SUB topic of every sealed signal (the real topic is inside).
@@ -156,6 +160,9 @@ pub struct SecureConfig {
     /// When set, this side trusts nobody yet: every handshake it would start
     /// fails at once with this reason (a client given no cluster key).
     pub unconfigured: Option<String>,
+    /// How often a client's signal session is checked with its gestor
+    /// (signals get no answer, so a forgotten session shows no other way).
+    pub signal_probe_every: Duration,
 }
 
 impl Clone for CredentialFile {
@@ -179,6 +186,7 @@ impl SecureConfig {
             max_pending: 1024,
             pending_timeout: Duration::from_secs(10),
             unconfigured: None,
+            signal_probe_every: Duration::from_secs(10),
         }
     }
     /// A client that has not been told which cluster to trust: it refuses
@@ -386,6 +394,7 @@ struct Shared {
     max_pending: usize,
     pending_timeout: Duration,
     unconfigured: Option<String>,
+    signal_probe_every: Duration,
     pending: Mutex<HashMap<Sid, (snow::HandshakeState, Instant)>>,
     sessions: RwLock<HashMap<Sid, Arc<Session>>>,
     /// Sessions this side initiated, by the peer's request URL.
@@ -432,6 +441,7 @@ impl SecureLayer {
                 max_pending: config.max_pending.max(1),
                 pending_timeout: config.pending_timeout,
                 unconfigured: config.unconfigured,
+                signal_probe_every: config.signal_probe_every,
                 pending: Mutex::new(HashMap::new()),
                 sessions: RwLock::new(HashMap::new()),
                 by_request_url: Mutex::new(HashMap::new()),
@@ -638,6 +648,17 @@ impl SecureLayer {
         match frame.first() {
             Some(&frame::HELLO) => self.serve_hello(&frame[1..]),
             Some(&frame::AUTH) => self.serve_auth(&frame[1..]),
+            Some(&frame::PROBE) if frame.len() == 1 + SID_LEN => {
+                let sid: Sid = frame[1..].try_into().unwrap_or([0; SID_LEN]);
+                if self.session(&sid).is_some_and(|x| !x.initiator) {
+                    let mut out = vec![frame::PROBE_REPLY];
+                    out.extend_from_slice(&sid);
+                    out
+                } else {
+                    s.unknown_session.fetch_add(1, Ordering::Relaxed);
+                    refusal_frame(refusal::UNKNOWN_SESSION, "unknown session; handshake again")
+                }
+            }
             Some(&frame::REQUEST) => {
                 let Some((_, sid, _, _)) = parse_sealed(frame) else {
                     s.malformed.fetch_add(1, Ordering::Relaxed);
@@ -664,7 +685,7 @@ impl SecureLayer {
                 s.malformed.fetch_add(1, Ordering::Relaxed);
                 refusal_frame(
                     refusal::MALFORMED,
-                    "not a secure frame: this gestor accepts only Noise-secured sessions (docs/PROTOCOL.md §2)",
+                    "not a secure frame: this gestor accepts only Noise-secured sessions (docs/PROTOCOL.md §3.1)",
                 )
             }
         }
@@ -987,6 +1008,7 @@ impl SecureLayer {
             inner,
             signal_url: signal_url.to_string(),
             pinned: None,
+            via: None,
         }))
     }
 
@@ -1014,6 +1036,7 @@ impl SecureLayer {
             inner,
             signal_url: signal_url.to_string(),
             pinned: Some(session),
+            via: Some((request_url.to_string(), requester, Instant::now())),
         }))
     }
 
@@ -1167,10 +1190,46 @@ struct SecurePublisher {
     signal_url: String,
     /// The session a client made for its signals; nodes look theirs up each time.
     pinned: Option<Arc<Session>>,
+    /// For a client's publisher: the gestor's request URL, a requester to
+    /// it, and when the session was last known good. Signals get no answer,
+    /// so the session is probed now and then and made again if the gestor
+    /// forgot it (it restarted): otherwise every signal would be dropped.
+    via: Option<(String, Box<dyn Requester>, Instant)>,
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl SecurePublisher {
+    /// The pinned session, re-made if the gestor no longer knows it.
+    fn refresh(&mut self) -> Result<(), TransportError> {
+        let (Some(session), Some((url, requester, checked))) = (&self.pinned, &mut self.via) else {
+            return Ok(());
+        };
+        if checked.elapsed() < self.layer.shared.signal_probe_every {
+            return Ok(());
+        }
+        let mut probe = vec![frame::PROBE];
+        probe.extend_from_slice(&session.sid);
+        match requester.request(&probe, PROBE_TIMEOUT) {
+            Ok(r) if r.first() == Some(&frame::PROBE_REPLY) => {}
+            Ok(r) if parse_refusal(&r).is_some_and(|(c, _)| c == refusal::UNKNOWN_SESSION) => {
+                self.layer.forget_url(url, &session.sid);
+                let fresh =
+                    self.layer
+                        .session_with(url, requester.as_mut(), PROBE_TIMEOUT, true)?;
+                self.pinned = Some(fresh);
+            }
+            // Unreachable or odd: keep sending; try again next period.
+            _ => {}
+        }
+        *checked = Instant::now();
+        Ok(())
+    }
 }
 
 impl Publisher for SecurePublisher {
     fn publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<(), TransportError> {
+        self.refresh()?;
         let session = match &self.pinned {
             Some(s) => s.clone(),
             None => self.layer.known_signal_session(&self.signal_url)?,

@@ -449,3 +449,53 @@ fn a_flood_of_first_messages_does_not_lock_out_real_clients() {
     };
     assert_eq!(wire.request(b"hi", T).unwrap(), b"ok:hi");
 }
+
+#[test]
+fn a_client_signal_session_is_remade_after_the_gestor_restarts() {
+    let t: Arc<dyn Transport> = Arc::new(gestor_transport_nng::NngTransport::new());
+    let cluster = Cluster::new();
+    let (url, sig) = (tcp_url(), tcp_url());
+    let gestor = || {
+        SecureLayer::new(
+            t.clone(),
+            SecureConfig::gestor(cluster.key.admit("a").unwrap(), cluster.key.public())
+                .with_urls(&url, &sig),
+        )
+    };
+    let mut config = SecureConfig::client(cluster.key.public());
+    config.signal_probe_every = Duration::from_millis(100);
+    let client = SecureLayer::new(t.clone(), config);
+    let receive = |server: &SecureLayer, publisher: &mut Box<dyn Publisher>| {
+        let _rep = echo_server(server, &url, Arc::new(AtomicUsize::new(0)));
+        let mut sub = server
+            .subscriber(&Endpoint::Bind(sig.clone()), &TransportOptions::default())
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            publisher.publish(b"alive", b"me").unwrap();
+            if sub.recv_from(Duration::from_millis(100)).unwrap().is_some() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+        }
+    };
+    let first = gestor();
+    let _rep = echo_server(&first, &url, Arc::new(AtomicUsize::new(0)));
+    let mut publisher = client
+        .publisher_via(&url, &sig, &TransportOptions::default(), T)
+        .unwrap();
+    drop(_rep);
+    assert!(
+        receive(&first, &mut publisher),
+        "signals before the restart"
+    );
+    drop(first);
+    // The gestor restarts: same URLs, no memory of the session.
+    let second = gestor();
+    assert!(
+        receive(&second, &mut publisher),
+        "signals never resumed after the restart"
+    );
+}
