@@ -2,16 +2,26 @@
 """A minimal gestor client in Python, written only from docs/PROTOCOL.md.
 
 It speaks to a ring that runs the ZeroMQ transport (`--transport zmq`), using
-nothing but pyzmq and cbor2:
+pyzmq and cbor2 for the wire, and noiseprotocol and cryptography for the
+secure layer that every frame goes through (PROTOCOL.md section 3.1):
 
-    pip install pyzmq cbor2
+    pip install pyzmq cbor2 noiseprotocol cryptography
+
+Gestores talk only through Noise-secured sessions. Before this client sends
+anything that matters (in particular a password), each gestor must prove in
+the handshake that it holds a credential signed by the ring's cluster key.
+Give it the operator's `cluster.pub` file with `--cluster-pub FILE` or the
+environment variable GESTOR_CLUSTER_PUB; without one it refuses to talk to
+anybody. (`--insecure` talks to a development ring started with --insecure:
+still encrypted, but nobody's identity is checked.)
 
 Single steps:
 
     client.py ping
     client.py register alice --password pw [--address 10.0.0.1:4000]
-    client.py login alice --password pw --address 10.0.0.1:4000   # prints token and signal URL
-    client.py alive alice --token T --signal tcp://127.0.0.1:7812 --count 3
+    client.py login alice --password pw --address 10.0.0.1:4000   # prints token, gestor, signal
+    client.py alive alice --token T --count 3   # gestor and signal looked up, or given as
+                                                # --responsible URL --signal URL (login reply)
     client.py lookup alice
     client.py set-address alice --token T --address 10.0.0.1:4001
     client.py logout alice --token T
@@ -20,15 +30,19 @@ Single steps:
 The whole flow, with checks (exit status 0 only if every step behaved as the
 protocol document says):
 
-    client.py --gestor tcp://127.0.0.1:7811 demo
+    client.py --gestor tcp://127.0.0.1:7811 --cluster-pub cluster.pub demo
 
 `--gestor` may be repeated. Gestores are tried in order, and the
 initial-gestors list from each reply is appended as fallbacks (PROTOCOL.md
-section 11).
+section 11). A gestor that fails the credential check is never skipped
+quietly: the client stops with one line saying why, before the handshake's
+third message, so that gestor learns nothing from it.
 """
 
 import argparse
 import json
+import os
+import re
 import secrets
 import sys
 import time
@@ -36,16 +50,50 @@ import time
 try:
     import cbor2
     import zmq
+    from cryptography.exceptions import InvalidSignature, InvalidTag
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from noise.connection import Keypair, NoiseConnection
 except ImportError as missing:  # pragma: no cover - depends on the machine
     sys.stderr.write(
-        f"error: this client needs the 'pyzmq' and 'cbor2' packages ({missing}).\n"
-        "Install them with:  pip install pyzmq cbor2\n"
+        f"error: this client needs the packages pyzmq, cbor2, noiseprotocol and cryptography "
+        f"({missing}); install them with: pip install pyzmq cbor2 noiseprotocol cryptography\n"
     )
     sys.exit(2)
+
+try:
+    import tomllib  # Python 3.11+
+except ImportError:  # pragma: no cover - older Pythons
+    tomllib = None
 
 PROTOCOL_VERSION = 1
 ALIVE_TOPIC = b"alive"
 SEPARATOR = b"\x00"
+CLUSTER_PUB_ENV = "GESTOR_CLUSTER_PUB"
+
+# ---- the secure layer (PROTOCOL.md section 3.1) --------------------------------
+
+NOISE_PROTOCOL = b"Noise_XX_25519_ChaChaPoly_BLAKE2s"
+PROLOGUE = b"gestor secure v1"
+HELLO, HELLO_REPLY, AUTH, AUTH_REPLY = 0x01, 0x02, 0x03, 0x04
+REQUEST, REPLY, SIGNAL_FROM_INITIATOR = 0x05, 0x06, 0x07
+REFUSAL = 0x0F
+SIGNAL_TOPIC = b"s"  # outer PUB topic of every sealed signal
+SID_LEN = 16
+HEADER_LEN = 1 + SID_LEN + 8
+TAG_LEN = 16
+REPLAY_WINDOW = 1024
+UNKNOWN_SESSION = 1
+REFUSALS = {
+    1: "unknown session",
+    2: "replayed or too old counter",
+    3: "authentication failed",
+    4: "handshake refused",
+    5: "not a secure frame",
+    6: "too many handshakes in progress",
+}
+CREDENTIAL_CONTEXT = b"gestor credential v1\x00"
+NAME_RULE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class GestorError(Exception):
@@ -61,15 +109,177 @@ class Unreachable(Exception):
     """No gestor answered within the deadline."""
 
 
-class Client:
-    """Requests over ZeroMQ REQ sockets, with fallback across gestores."""
+class Untrusted(Exception):
+    """A gestor did not prove admission to the cluster: never a fallback to skip past."""
 
-    def __init__(self, gestores, timeout_ms=5000):
+    def __init__(self, url, reason):
+        super().__init__(f"refusing {url}: it does not prove admission to this cluster ({reason})")
+
+
+class SecureError(Exception):
+    """The secure session with one gestor failed (refused, altered or replayed frame)."""
+
+    def __init__(self, url, reason):
+        super().__init__(f"secure channel to {url}: {reason}")
+
+
+class ConfigError(Exception):
+    """Bad or missing trust configuration (cluster.pub)."""
+
+
+def load_cluster_pub(path):
+    """The 32-byte Ed25519 cluster key from a `cluster.pub` TOML file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot use the cluster public key {path}: {e.strerror}") from None
+    try:
+        if tomllib is not None:
+            doc = tomllib.loads(raw.decode("utf-8"))
+        else:  # the file is two `key = "value"` lines: enough without a TOML library
+            doc = dict(re.findall(r'^\s*(\w+)\s*=\s*"([^"]*)"', raw.decode("utf-8"), re.M))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"cannot use the cluster public key {path}: not TOML ({e})") from None
+    if doc.get("kind") != "gestor-cluster-pub":
+        raise ConfigError(
+            f"cannot use the cluster public key {path}: is a {doc.get('kind')!r} file, "
+            "expected 'gestor-cluster-pub'"
+        )
+    try:
+        key = bytes.fromhex(doc.get("public", ""))
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(
+            f"cannot use the cluster public key {path}: public: expected 64 hex digits"
+        )
+    try:
+        Ed25519PublicKey.from_public_bytes(key)
+    except ValueError as e:
+        raise ConfigError(f"cannot use the cluster public key {path}: {e}") from None
+    return key
+
+
+def check_credential(cluster_key, identity, remote_static):
+    """Why the gestor's handshake identity does not admit it to the cluster, or None.
+
+    `remote_static` is the static key the gestor proved in Noise message 2.
+    """
+    cred = identity.get("credential") if isinstance(identity, dict) else None
+    if cred is None:
+        return "it presented no gestor credential"
+    if not isinstance(cred, dict):
+        return "malformed credential"
+    name = cred.get("name")
+    static_public = cred.get("static_public")
+    cluster = cred.get("cluster")
+    signature = cred.get("signature")
+    if not (
+        isinstance(name, str)
+        and isinstance(static_public, bytes)
+        and len(static_public) == 32
+        and isinstance(cluster, bytes)
+        and len(cluster) == 32
+        and isinstance(signature, bytes)
+        and len(signature) == 64
+    ):
+        return "malformed credential"
+    if cluster != cluster_key:
+        return (
+            f"credential of another cluster ({cluster[:8].hex()}…, "
+            f"this is {cluster_key[:8].hex()}…)"
+        )
+    if not NAME_RULE.fullmatch(name):
+        return f"credential with an invalid gestor name {name!r}"
+    encoded = name.encode("utf-8")
+    message = (
+        CREDENTIAL_CONTEXT + cluster + static_public + len(encoded).to_bytes(2, "big") + encoded
+    )
+    try:
+        Ed25519PublicKey.from_public_bytes(cluster_key).verify(signature, message)
+    except InvalidSignature:
+        return "credential signature does not verify"
+    if static_public != remote_static:
+        return "credential belongs to another static key"
+    return None
+
+
+def nonce(counter):
+    """Noise's ChaChaPoly nonce: 4 zero bytes, then the counter little-endian."""
+    return b"\x00" * 4 + counter.to_bytes(8, "little")
+
+
+def parse_refusal(frame):
+    if len(frame) >= 2 and frame[0] == REFUSAL:
+        return frame[1], frame[2:].decode("utf-8", "replace")
+    return None
+
+
+def describe_refusal(code, reason):
+    return f"refused ({code}, {REFUSALS.get(code, 'unknown code')}): {reason}"
+
+
+class Session:
+    """One secure session with one gestor: id, split keys, counters."""
+
+    def __init__(self, url, sid, k1, k2, gestor_name, signal_url):
+        self.url = url
+        self.sid = sid
+        self.send = ChaCha20Poly1305(bytes(k1))  # initiator -> responder
+        self.recv = ChaCha20Poly1305(bytes(k2))  # responder -> initiator
+        self.counter = 0  # next counter we send: requests and signals share it
+        self.highest = None  # highest counter accepted from the gestor
+        self.seen = set()  # accepted counters within the window
+        self.gestor_name = gestor_name
+        self.signal_url = signal_url
+
+    def seal(self, kind, plaintext, extra_ad=b""):
+        counter = self.counter
+        self.counter += 1
+        header = bytes([kind]) + self.sid + counter.to_bytes(8, "big")
+        return header + self.send.encrypt(nonce(counter), plaintext, header + extra_ad), counter
+
+    def _fresh(self, counter):
+        if self.highest is None or counter > self.highest:
+            return True
+        return self.highest - counter < REPLAY_WINDOW and counter not in self.seen
+
+    def open_reply(self, frame, request_counter):
+        """The inner reply of a sealed REPLY to the request numbered `request_counter`."""
+        if len(frame) < HEADER_LEN + TAG_LEN or frame[0] != REPLY or frame[1:17] != self.sid:
+            raise SecureError(self.url, "reply is not a sealed reply of this session")
+        counter = int.from_bytes(frame[17:HEADER_LEN], "big")
+        if not self._fresh(counter):
+            raise SecureError(self.url, "reply failed authentication or was replayed")
+        ad = frame[:HEADER_LEN] + request_counter.to_bytes(8, "big")
+        try:
+            plain = self.recv.decrypt(nonce(counter), frame[HEADER_LEN:], ad)
+        except InvalidTag:
+            raise SecureError(self.url, "reply failed authentication or was replayed") from None
+        self.seen.add(counter)
+        if self.highest is None or counter > self.highest:
+            self.highest = counter
+            self.seen = {c for c in self.seen if self.highest - c < REPLAY_WINDOW}
+        return plain
+
+
+class Client:
+    """Sealed requests over ZeroMQ REQ sockets, with fallback across gestores.
+
+    `cluster_key` is the trusted cluster's Ed25519 public key (32 bytes), or
+    None for a development ring started with --insecure.
+    """
+
+    def __init__(self, gestores, cluster_key, timeout_ms=5000):
         self.ctx = zmq.Context.instance()
         self.candidates = list(dict.fromkeys(gestores))
         self.initial_gestors = []
         self.timeout_ms = timeout_ms
+        self.cluster_key = cluster_key
+        self.static_secret = secrets.token_bytes(32)  # fresh X25519 static key per process
         self.sockets = {}
+        self.sessions = {}  # request URL -> Session
 
     def _socket(self, url):
         sock = self.sockets.get(url)
@@ -86,26 +296,108 @@ class Client:
         if sock is not None:
             sock.close(linger=0)
 
-    def request_to(self, url, kind, body=None):
-        """One request to one gestor; returns the decoded reply envelope, or None on timeout."""
-        frame = cbor2.dumps({"v": PROTOCOL_VERSION, "kind": kind, "body": body})
+    def _exchange(self, url, frame):
+        """One frame out, one frame back; None on timeout."""
         sock = self._socket(url)
         sock.send(frame)
         if not sock.poll(self.timeout_ms, zmq.POLLIN):
             self._discard(url)
             return None
-        reply = cbor2.loads(sock.recv())
-        if not isinstance(reply, dict) or "ok" not in reply:
-            raise GestorError("malformed", f"reply from {url} is not an envelope: {reply!r}")
-        return reply
+        return sock.recv()
+
+    def _handshake(self, url):
+        """Noise XX with the gestor at `url`; the Session, or None on timeout."""
+        noise = NoiseConnection.from_name(NOISE_PROTOCOL)
+        noise.set_as_initiator()
+        noise.set_keypair_from_private_bytes(Keypair.STATIC, self.static_secret)
+        noise.set_prologue(PROLOGUE)
+        noise.start_handshake()
+        reply = self._exchange(url, bytes([HELLO]) + bytes(noise.write_message(b"")))
+        if reply is None:
+            return None
+        refused = parse_refusal(reply)
+        if refused:
+            raise SecureError(url, "handshake " + describe_refusal(*refused))
+        if len(reply) < 1 + SID_LEN or reply[0] != HELLO_REPLY:
+            raise Untrusted(url, "it does not speak the secure protocol")
+        sid = reply[1 : 1 + SID_LEN]
+        try:
+            payload = bytes(noise.read_message(reply[1 + SID_LEN :]))
+        except Exception as e:  # noise raises several kinds for a bad message
+            raise SecureError(url, f"bad handshake reply: {e or type(e).__name__}") from None
+        remote_static = noise.noise_protocol.handshake_state.rs.public_bytes
+        try:
+            identity = cbor2.loads(payload)
+        except Exception:
+            identity = {}
+        if not isinstance(identity, dict):
+            identity = {}
+        # Decide before message 3: a gestor that is not ours learns nothing of us.
+        if self.cluster_key is not None:
+            why_not = check_credential(self.cluster_key, identity, remote_static)
+            if why_not:
+                raise Untrusted(url, why_not)
+        cred = identity.get("credential")
+        name = cred.get("name") if isinstance(cred, dict) else None
+        ours = cbor2.dumps({"credential": None, "request_url": None, "signal_url": None})
+        msg3 = bytes(noise.write_message(ours))
+        # Noise's Split(): k1 protects initiator -> responder, k2 the other way.
+        k1 = noise.noise_protocol.cipher_state_encrypt.k
+        k2 = noise.noise_protocol.cipher_state_decrypt.k
+        reply = self._exchange(url, bytes([AUTH]) + sid + msg3)
+        if reply is None:
+            return None
+        refused = parse_refusal(reply)
+        if refused:
+            raise SecureError(url, "handshake " + describe_refusal(*refused))
+        if reply != bytes([AUTH_REPLY]) + sid:
+            raise SecureError(url, "bad handshake confirmation")
+        signal_url = identity.get("signal_url")
+        if not isinstance(signal_url, str):
+            signal_url = None
+        session = Session(url, sid, k1, k2, name, signal_url)
+        self.sessions[url] = session
+        return session
+
+    def session_with(self, url):
+        """The session with the gestor at `url`, handshaking if needed; None on timeout."""
+        return self.sessions.get(url) or self._handshake(url)
+
+    def request_to(self, url, kind, body=None):
+        """One request to one gestor; returns the decoded reply envelope, or None on timeout."""
+        inner = cbor2.dumps({"v": PROTOCOL_VERSION, "kind": kind, "body": body})
+        for _ in range(2):  # twice only if the gestor forgot our session
+            session = self.session_with(url)
+            if session is None:
+                return None
+            frame, counter = session.seal(REQUEST, inner)
+            reply = self._exchange(url, frame)
+            if reply is None:
+                return None
+            refused = parse_refusal(reply)
+            if refused and refused[0] == UNKNOWN_SESSION:
+                # Expired, evicted or the gestor restarted: the request was not run.
+                self.sessions.pop(url, None)
+                continue
+            if refused:
+                raise SecureError(url, describe_refusal(*refused))
+            envelope = cbor2.loads(session.open_reply(reply, counter))
+            if not isinstance(envelope, dict) or "ok" not in envelope:
+                raise GestorError("malformed", f"reply from {url} is not an envelope: {envelope!r}")
+            return envelope
+        raise SecureError(url, "the gestor keeps forgetting the session")
 
     def call(self, kind, body=None):
         """Send to the first gestor that answers; return the reply body or raise GestorError."""
         tried = []
         for url in list(self.candidates):
-            reply = self.request_to(url, kind, body)
+            try:
+                reply = self.request_to(url, kind, body)
+            except SecureError as e:
+                tried.append(f"{url} ({e})")
+                continue
             if reply is None:
-                tried.append(url)
+                tried.append(f"{url} (no reply within {self.timeout_ms} ms)")
                 continue
             learned = reply.get("initial_gestors") or []
             if learned:  # an empty list means "not known yet": ignore it
@@ -117,7 +409,7 @@ class Client:
                 return reply["body"]
             err = reply.get("error") or {}
             raise GestorError(err.get("code", "?"), err.get("message", ""))
-        raise Unreachable(f"no reply within {self.timeout_ms} ms from {', '.join(tried)}")
+        raise Unreachable("; ".join(tried))
 
     # ---- the user.* kinds (PROTOCOL.md section 7) ---------------------------
 
@@ -149,18 +441,28 @@ class Client:
 
 
 class AliveSender:
-    """A PUB socket connected to the responsible gestor's signal endpoint (section 8)."""
+    """A PUB socket connected to the responsible gestor's signal endpoint (section 8).
 
-    def __init__(self, signal_url, username, token, settle_s=0.5):
+    Each signal is sealed (type 0x07) with the session made with the
+    responsible gestor: `gestor_url` is the `gestor` field of the login reply,
+    `signal_url` its `signal` field.
+    """
+
+    def __init__(self, client, gestor_url, signal_url, username, token, settle_s=0.5):
+        self.session = client.session_with(gestor_url)
+        if self.session is None:
+            raise Unreachable(f"{gestor_url} (no reply within {client.timeout_ms} ms)")
+        self.signal_url = signal_url
+        self.inner = ALIVE_TOPIC + SEPARATOR + cbor2.dumps({"username": username, "token": token})
         self.sock = zmq.Context.instance().socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(signal_url)
-        self.frame = ALIVE_TOPIC + SEPARATOR + cbor2.dumps({"username": username, "token": token})
         # A PUB drops what it sends before its connection is up: give it a moment.
         time.sleep(settle_s)
 
     def beat(self):
-        self.sock.send(self.frame)
+        sealed, _ = self.session.seal(SIGNAL_FROM_INITIATOR, self.inner)
+        self.sock.send(SIGNAL_TOPIC + SEPARATOR + sealed)  # one frame, outer topic "s"
 
     def close(self):
         self.sock.close(linger=0)
@@ -170,7 +472,7 @@ class AliveSender:
 
 
 def show(value):
-    print(json.dumps(value, indent=2, sort_keys=False))
+    print(json.dumps(value, indent=2, sort_keys=False, default=lambda b: b.hex()))
 
 
 def step(text):
@@ -196,6 +498,18 @@ def expect_error(code, fn, *args):
     raise DemoFailure(f"expected error {code}, got success")
 
 
+def describe_session(client, url):
+    session = client.sessions.get(url)
+    if session is None:
+        return f"no session with {url}"
+    if client.cluster_key is None:
+        return f"session with {url} (INSECURE: identity not checked)"
+    return (
+        f"session with {url}: gestor {session.gestor_name!r}, credential signed by "
+        f"cluster {client.cluster_key[:8].hex()}…"
+    )
+
+
 # ---- the demo flow ---------------------------------------------------------------
 
 
@@ -204,15 +518,19 @@ def demo(client, args):
     password = args.password or secrets.token_urlsafe(12)
     address = args.address
 
-    step("ping")
+    step("ping (the first request makes a secure session)")
     expect(client.call("node.ping") == "pong", "node.ping answers \"pong\"")
+    first = next(iter(client.sessions))
+    print(f"    {describe_session(client, first)}")
     print(f"    initial gestors: {client.initial_gestors}")
 
     step(f"register {user}")
     reg = client.register(user, password)
     show(reg)
     expect(reg["username"] == user, "reply names the user")
-    expect_error("conflict", client.register, user, password)
+    again = client.register(user, password)
+    expect(again["username"] == user, "registering again with the password is a retry (section 7)")
+    expect_error("conflict", client.register, user, password + "x")
     expect_error("bad_request", client.register, "Bad Name", password)
 
     step(f"login {user} at {address}")
@@ -229,7 +547,8 @@ def demo(client, args):
     beats = args.beats
     every_s = (args.beat_ms or session["alive_every_ms"]) / 1000.0
     step(f"{beats} alive signals to {session['signal']}, every {every_s:.1f} s")
-    sender = AliveSender(session["signal"], user, session["token"])
+    sender = AliveSender(client, session["gestor"], session["signal"], user, session["token"])
+    print(f"    sealed with the {describe_session(client, session['gestor'])}")
     try:
         for i in range(beats):
             sender.beat()
@@ -275,9 +594,14 @@ def demo(client, args):
     show(client.logout(user, session["token"]))
     after = client.lookup(user)
     expect(after["online"] is False, "offline right after logout")
-    expect_error("unauthorized", client.logout, user, session["token"])
+    expect(
+        client.logout(user, session["token"])["ok"] is True,
+        "a repeated logout answers ok (section 7)",
+    )
+    expect_error("unauthorized", client.set_address, user, session["token"], address)
     expect_error("not_found", client.lookup, f"nobody-{secrets.token_hex(4)}")
-    print(f"demo passed for {user}")
+    n = len(client.sessions)
+    print(f"demo passed for {user} ({n} secure session{'' if n == 1 else 's'})")
 
 
 # ---- command line ---------------------------------------------------------------------
@@ -285,12 +609,24 @@ def demo(client, args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(
-        description="gestor client over ZeroMQ + CBOR (see docs/PROTOCOL.md)"
+        description="gestor client over ZeroMQ + CBOR, Noise-secured (see docs/PROTOCOL.md)"
     )
     p.add_argument(
         "--gestor",
         action="append",
         help="request URL of any gestor; repeat for fallbacks (default tcp://127.0.0.1:7811)",
+    )
+    p.add_argument(
+        "--cluster-pub",
+        metavar="FILE",
+        default=os.environ.get(CLUSTER_PUB_ENV) or None,
+        help="the ring's cluster.pub (from `gestor cluster init`): only gestores admitted to "
+        f"that cluster get a request (default: ${CLUSTER_PUB_ENV})",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="development only: talk to a ring started with --insecure (no identity checked)",
     )
     p.add_argument("--timeout-ms", type=int, default=5000, help="per-request deadline")
     sub = p.add_subparsers(dest="command", required=True)
@@ -311,7 +647,14 @@ def main(argv=None):
     s = sub.add_parser("alive", help="publish alive signals for a logged-in user")
     s.add_argument("user")
     s.add_argument("--token", required=True)
-    s.add_argument("--signal", required=True, help="the 'signal' URL from the login reply")
+    s.add_argument(
+        "--responsible",
+        metavar="URL",
+        help="the 'gestor' URL from the login reply (default: looked up)",
+    )
+    s.add_argument(
+        "--signal", help="the 'signal' URL from the login reply (default: looked up)"
+    )
     s.add_argument("--count", type=int, default=3)
     s.add_argument("--every-ms", type=int, default=5000)
 
@@ -341,7 +684,24 @@ def main(argv=None):
     )
 
     args = p.parse_args(argv)
-    client = Client(args.gestor or ["tcp://127.0.0.1:7811"], args.timeout_ms)
+    try:
+        if args.cluster_pub:
+            cluster_key = load_cluster_pub(args.cluster_pub)
+        elif args.insecure:
+            cluster_key = None
+            print(
+                "warning: --insecure: no gestor's identity is checked (development rings only)",
+                file=sys.stderr,
+            )
+        else:
+            raise ConfigError(
+                f"no cluster public key: pass --cluster-pub FILE or set {CLUSTER_PUB_ENV} "
+                "(or --insecure, for a development ring)"
+            )
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    client = Client(args.gestor or ["tcp://127.0.0.1:7811"], cluster_key, args.timeout_ms)
     try:
         if args.command == "ping":
             show(client.call("node.ping"))
@@ -352,10 +712,15 @@ def main(argv=None):
         elif args.command == "login":
             show(client.login(args.user, args.password, args.address))
         elif args.command == "alive":
-            sender = AliveSender(args.signal, args.user, args.token)
+            responsible, signal = args.responsible, args.signal
+            if responsible is None or signal is None:
+                found = client.lookup(args.user)
+                responsible = responsible or found["gestor"]
+                signal = signal or found["signal"]
+            sender = AliveSender(client, responsible, signal, args.user, args.token)
             for i in range(args.count):
                 sender.beat()
-                print(f"alive #{i + 1} sent to {args.signal}")
+                print(f"alive #{i + 1} sent to {signal} (sealed for {responsible})")
                 if i + 1 < args.count:
                     time.sleep(args.every_ms / 1000.0)
             time.sleep(0.3)
@@ -373,7 +738,10 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Unreachable as e:
-        print(f"error: gestor unreachable: {e}", file=sys.stderr)
+        print(f"error: no gestor answered: {e}", file=sys.stderr)
+        return 1
+    except (Untrusted, SecureError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     except DemoFailure as e:
         print(f"DEMO FAILED: {e}", file=sys.stderr)
