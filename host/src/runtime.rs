@@ -220,6 +220,10 @@ impl HostCore {
             &RequestMeta {
                 kind: kind.to_string(),
                 class,
+                source: match origin {
+                    Origin::Network(Peer::Client { source, .. }) => source.clone(),
+                    _ => None,
+                },
             },
             body,
         )
@@ -240,6 +244,7 @@ impl HostCore {
             let meta = RequestMeta {
                 kind: kind.clone(),
                 class,
+                source: None,
             };
             let value = match handler(&meta, &Value::Null) {
                 Ok(v) => v,

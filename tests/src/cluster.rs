@@ -25,6 +25,7 @@ pub struct TestCluster {
     pub public: ClusterPub,
     issued: AtomicUsize,
     operators: std::sync::Mutex<Vec<(TransportKind, SecureLayer)>>,
+    clients: std::sync::Mutex<Vec<(TransportKind, SecureLayer)>>,
 }
 
 impl TestCluster {
@@ -37,6 +38,7 @@ impl TestCluster {
             dir,
             issued: AtomicUsize::new(0),
             operators: std::sync::Mutex::new(Vec::new()),
+            clients: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -66,9 +68,18 @@ impl TestCluster {
         ]
     }
 
-    /// A client's secure layer trusting this cluster.
+    /// A client's secure layer trusting this cluster; one per transport, so
+    /// the many short-lived clients of a test reuse their sessions instead
+    /// of each making a handshake (a restarted gestor's forgotten session is
+    /// made again by the layer itself).
     pub fn client_layer(&self, transport: TransportKind) -> SecureLayer {
-        Trust::Cluster(self.public).layer(transport)
+        let mut cached = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, layer)) = cached.iter().find(|(t, _)| *t == transport) {
+            return layer.clone();
+        }
+        let layer = Trust::Cluster(self.public).layer(transport);
+        cached.push((transport, layer.clone()));
+        layer
     }
 
     /// A layer holding a credential of this cluster (for gestor-internal

@@ -100,7 +100,7 @@ fn register_flood_leaves_lookups_alone(transport: TransportKind, storage: Storag
     let mut k = 0usize;
     while started.elapsed() < FLOOD {
         let name = format!("known{:03}", k % USERS);
-        if k % 50 == 0 {
+        if k.is_multiple_of(50) {
             lookups = client(transport, &urls[1 + (k / 50) % 4]);
         }
         match lookups.lookup(&name) {

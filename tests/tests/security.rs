@@ -531,6 +531,53 @@ fn mail_cannot_be_spoofed_or_deleted(transport: TransportKind, storage: StorageK
     );
 }
 
+/// One client address gets a bounded number of password attempts per
+/// minute (`rate_limited` after), and a guessed account a bounded number of
+/// wrong passwords; lookups are not affected.
+fn password_attempts_are_limited(transport: TransportKind, storage: StorageKind) {
+    let config = gestor_tests::ring::TEST_CONFIG.replace(
+        "password_attempts_per_source_per_minute = 0",
+        "password_attempts_per_source_per_minute = 30",
+    );
+    let ring = Ring::start_with_config(3, transport, storage, &config);
+    ring.wait_stable(DEADLINE)
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let urls = ring.urls();
+    // Per account: 10 wrong passwords, then rate_limited even for the right one.
+    let mut c = client(&ring, &urls[0]);
+    c.register("guessme", "pw-right").expect("register");
+    let mut codes = Vec::new();
+    for i in 0..12 {
+        match c.login("guessme", &format!("wrong-{i}"), "127.0.0.1:7000") {
+            Err(ClientError::Remote(e)) => codes.push(e.code),
+            other => panic!("wrong password accepted: {other:?}"),
+        }
+    }
+    assert_eq!(codes[..10], [ErrorCode::Unauthorized; 10], "{codes:?}");
+    assert_eq!(codes[10..], [ErrorCode::RateLimited; 2], "{codes:?}");
+    match c.login("guessme", "pw-right", "127.0.0.1:7000") {
+        Err(ClientError::Remote(e)) => assert_eq!(e.code, ErrorCode::RateLimited),
+        other => panic!("[{transport}/{storage}] the locked account logged in: {other:?}"),
+    }
+    // Per source (through another gestor, whose count is its own): 30 per minute.
+    let mut d = client(&ring, &urls[1]);
+    let mut limited = 0;
+    for i in 0..40 {
+        match d.register(&format!("src{i:02}"), "pw-source") {
+            Ok(_) => {}
+            Err(ClientError::Remote(e)) if e.code == ErrorCode::RateLimited => limited += 1,
+            Err(e) => panic!("register src{i:02}: {e}"),
+        }
+    }
+    assert_eq!(
+        limited, 10,
+        "[{transport}/{storage}] 30 attempts pass, then rate_limited"
+    );
+    // Lookups from the same address are not password attempts.
+    d.lookup("src00").expect("lookups are not limited");
+    d.lookup("guessme").expect("lookups are not limited");
+}
+
 macro_rules! matrix {
     ($($name:ident => $test:ident),*) => { $(
         mod $name {
@@ -550,5 +597,6 @@ matrix!(
     revocation => revoked_gestor_is_dropped,
     forged_signals => forged_signals_change_nothing,
     absurd_records => absurd_records_are_refused,
-    mail_spoofing => mail_cannot_be_spoofed_or_deleted
+    mail_spoofing => mail_cannot_be_spoofed_or_deleted,
+    password_limits => password_attempts_are_limited
 );

@@ -188,7 +188,8 @@ mod record_tests {
     #[test]
     fn only_records_a_client_could_have_made_pass() {
         assert!(validate_record(&good()).is_ok());
-        let cases: Vec<Box<dyn Fn(&mut UserRecord)>> = vec![
+        type Mutation = Box<dyn Fn(&mut UserRecord)>;
+        let cases: Vec<Mutation> = vec![
             Box::new(|r| r.ring_pos ^= 1),
             Box::new(|r| r.username = "Alice".into()),
             Box::new(|r| r.version.logical = u32::MAX),

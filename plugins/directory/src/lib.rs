@@ -56,6 +56,10 @@ pub struct DirectoryConfig {
     /// Wrong passwords per account per minute before further attempts on it
     /// answer `rate_limited` for the rest of the minute; 0 = no limit.
     pub login_failures_per_minute: u32,
+    /// Password attempts (register, login, delete) accepted per client
+    /// address per minute on the gestor it talks to; then `rate_limited`
+    /// until the minute ends; 0 = no limit.
+    pub password_attempts_per_source_per_minute: u32,
 }
 
 impl Default for DirectoryConfig {
@@ -68,6 +72,7 @@ impl Default for DirectoryConfig {
             forward_timeout_ms: 5_000,
             hash_slots: 0,
             login_failures_per_minute: 10,
+            password_attempts_per_source_per_minute: 600,
         }
     }
 }
@@ -85,6 +90,7 @@ struct Shared {
     /// Set at start from the configuration.
     hash_slots: std::sync::OnceLock<limits::HashSlots>,
     failures: Mutex<limits::FailureLimiter>,
+    sources: Mutex<limits::SourceLimiter>,
 }
 
 /// How long a password check waits for a hashing slot before `busy`.
@@ -186,6 +192,18 @@ impl Shared {
                 .map(|h| h.to_string())
                 .map_err(|e| HandlerError::internal(format!("argon2: {e}")))
         })?
+    }
+
+    /// Count a password attempt against the client's address (when known).
+    fn count_source(&self, meta: &gestor_sdk::RequestMeta) -> Result<(), HandlerError> {
+        match &meta.source {
+            Some(source) => self
+                .sources
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .attempt(source, system_ms()),
+            None => Ok(()),
+        }
     }
 
     fn slots(&self) -> &limits::HashSlots {
@@ -575,14 +593,24 @@ impl Plugin for Directory {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) =
             limits::FailureLimiter::new(config.login_failures_per_minute, 60_000, FAILURE_ACCOUNTS);
+        *self.state.sources.lock().unwrap_or_else(|p| p.into_inner()) = limits::SourceLimiter::new(
+            config.password_attempts_per_source_per_minute,
+            FAILURE_ACCOUNTS,
+        );
         *self.state.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
         *self.state.ctx.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
 
         // Client-facing: any gestor, forwarded to the owner.
         let s = self.state.clone();
-        ctx.serve::<user::Register>(move |_, r| s.route::<dir::Register>(&r.username, &r))?;
+        ctx.serve::<user::Register>(move |meta, r| {
+            s.count_source(meta)?;
+            s.route::<dir::Register>(&r.username, &r)
+        })?;
         let s = self.state.clone();
-        ctx.serve::<user::Login>(move |_, r| s.route::<dir::Login>(&r.username, &r))?;
+        ctx.serve::<user::Login>(move |meta, r| {
+            s.count_source(meta)?;
+            s.route::<dir::Login>(&r.username, &r)
+        })?;
         let s = self.state.clone();
         ctx.serve::<user::Lookup>(move |_, r| s.route::<dir::Lookup>(&r.username, &r))?;
         let s = self.state.clone();
@@ -604,7 +632,10 @@ impl Plugin for Directory {
         let s = self.state.clone();
         ctx.serve::<dir::Delete>(move |_, r| s.delete(r))?;
         let s = self.state.clone();
-        ctx.serve::<user::Delete>(move |_, r| s.route::<dir::Delete>(&r.username, &r))?;
+        ctx.serve::<user::Delete>(move |meta, r| {
+            s.count_source(meta)?;
+            s.route::<dir::Delete>(&r.username, &r)
+        })?;
         // For other plugins on the owner (e.g. a mailbox): is this token the
         // user's current session? Answers a bool; never forwards.
         let s = self.state.clone();
@@ -648,6 +679,7 @@ fn make() -> Directory {
             locks: (0..USER_LOCKS).map(|_| Mutex::new(())).collect(),
             hash_slots: std::sync::OnceLock::new(),
             failures: Mutex::new(limits::FailureLimiter::new(0, 60_000, FAILURE_ACCOUNTS)),
+            sources: Mutex::new(limits::SourceLimiter::new(0, FAILURE_ACCOUNTS)),
         }),
     }
 }

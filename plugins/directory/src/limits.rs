@@ -149,6 +149,53 @@ impl FailureLimiter {
     }
 }
 
+/// Password attempts (register, login, delete) per client source in a fixed
+/// one-minute window, counted on the gestor the client talks to, before the
+/// request is forwarded: one address cannot keep the ring's hashing busy.
+/// Pure state over `now` (milliseconds), bounded in size.
+pub struct SourceLimiter {
+    per_minute: u32,
+    capacity: usize,
+    sources: HashMap<String, (u64, u32)>,
+}
+
+impl SourceLimiter {
+    pub fn new(per_minute: u32, capacity: usize) -> Self {
+        SourceLimiter {
+            per_minute,
+            capacity: capacity.max(1),
+            sources: HashMap::new(),
+        }
+    }
+
+    /// Count one attempt from `source`; `Err(rate_limited)` past the limit.
+    pub fn attempt(&mut self, source: &str, now: u64) -> Result<(), HandlerError> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        if self.sources.len() >= self.capacity && !self.sources.contains_key(source) {
+            self.sources
+                .retain(|_, (start, _)| now.saturating_sub(*start) < 60_000);
+            if self.sources.len() >= self.capacity {
+                self.sources.clear();
+            }
+        }
+        let entry = self.sources.entry(source.to_string()).or_insert((now, 0));
+        if now.saturating_sub(entry.0) >= 60_000 {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.per_minute {
+            let wait_s = (60_000 - now.saturating_sub(entry.0)).div_ceil(1000);
+            return Err(HandlerError::new(
+                ErrorCode::RateLimited,
+                format!("too many password attempts from {source}; retry in {wait_s} s"),
+            ));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +219,24 @@ mod tests {
         );
         l.succeeded("alice");
         assert!(l.check("alice", 61_003).is_ok());
+    }
+
+    #[test]
+    fn a_source_gets_its_quota_per_minute() {
+        let mut l = SourceLimiter::new(5, 100);
+        for _ in 0..5 {
+            assert!(l.attempt("10.0.0.1", 1_000).is_ok());
+        }
+        assert_eq!(
+            l.attempt("10.0.0.1", 2_000).unwrap_err().code,
+            ErrorCode::RateLimited
+        );
+        assert!(l.attempt("10.0.0.2", 2_000).is_ok(), "others unaffected");
+        assert!(l.attempt("10.0.0.1", 61_000).is_ok(), "a new minute");
+        let mut off = SourceLimiter::new(0, 100);
+        for _ in 0..1000 {
+            assert!(off.attempt("x", 1).is_ok());
+        }
     }
 
     #[test]

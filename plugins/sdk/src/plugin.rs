@@ -112,6 +112,10 @@ pub struct RequestMeta {
     pub kind: String,
     /// The class the handler was registered with.
     pub class: KindClass,
+    /// The network address (IP) of the client that sent the request, when
+    /// it came straight from a client and the transport knows it; `None`
+    /// for requests from gestores and from this node.
+    pub source: Option<String>,
 }
 
 pub type RequestFn = Arc<dyn Fn(&RequestMeta, &Value) -> Result<Value, HandlerError> + Send + Sync>;

@@ -26,6 +26,14 @@ use std::time::Duration;
 /// plugin code so it cannot), and must be idempotent.
 pub trait RequestHandler: Send + Sync {
     fn handle(&self, request: &[u8]) -> Vec<u8>;
+
+    /// Like [`handle`](Self::handle), told the network source of the request
+    /// (the peer's IP address, without port) when the backend knows it.
+    /// Backends call this one; the default ignores the source.
+    fn handle_from(&self, request: &[u8], source: Option<&str>) -> Vec<u8> {
+        let _ = source;
+        self.handle(request)
+    }
 }
 
 impl<F> RequestHandler for F

@@ -303,7 +303,11 @@ impl Slot {
                 }
                 Some(_) => continue,
             };
-            let reply = match catch_unwind(AssertUnwindSafe(|| handler.handle(&request))) {
+            let mut request = request;
+            let source = source_of(&mut request);
+            let reply = match catch_unwind(AssertUnwindSafe(|| {
+                handler.handle_from(&request, source.as_deref())
+            })) {
                 Ok(reply) => reply,
                 Err(_) => {
                     // The contract says handlers never panic; keep the worker alive anyway.
@@ -519,5 +523,15 @@ impl Subscriber for NngSubscriber {
                 Err(e) => return Err(backend("receive signal", e)),
             }
         }
+    }
+}
+
+/// The IP address a request came from (the remote end of its pipe).
+fn source_of(msg: &mut Message) -> Option<String> {
+    use nng::options::{Options, RemAddr};
+    match msg.pipe()?.get_opt::<RemAddr>().ok()? {
+        nng::SocketAddr::Inet(a) => Some(a.ip().to_string()),
+        nng::SocketAddr::Inet6(a) => Some(a.ip().to_string()),
+        _ => None,
     }
 }

@@ -122,7 +122,12 @@ pub enum SecureError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peer {
     /// A peer that proved no credential: a client (any client key will do).
-    Client { key: [u8; 32] },
+    /// `source` is the network address its handshake came from, when the
+    /// transport knows it (for per-source limits).
+    Client {
+        key: [u8; 32],
+        source: Option<String>,
+    },
     /// A gestor that proved a credential of this cluster (or, on an
     /// `--insecure` node, any peer at all).
     Gestor { key: [u8; 32], name: String },
@@ -134,7 +139,7 @@ impl Peer {
     }
     pub fn key(&self) -> &[u8; 32] {
         match self {
-            Peer::Client { key } | Peer::Gestor { key, .. } => key,
+            Peer::Client { key, .. } | Peer::Gestor { key, .. } => key,
         }
     }
 }
@@ -540,7 +545,12 @@ impl SecureLayer {
 
     /// Whether `credential`, presented with handshake static key `remote`,
     /// admits its holder; `Err` says why not.
-    fn admits(&self, credential: Option<&Credential>, remote: &[u8; 32]) -> Result<Peer, String> {
+    fn admits(
+        &self,
+        credential: Option<&Credential>,
+        remote: &[u8; 32],
+        source: Option<&str>,
+    ) -> Result<Peer, String> {
         let s = &self.shared;
         let Some(cluster) = &s.cluster else {
             return Ok(Peer::Gestor {
@@ -551,7 +561,10 @@ impl SecureLayer {
             });
         };
         let Some(c) = credential else {
-            return Ok(Peer::Client { key: *remote });
+            return Ok(Peer::Client {
+                key: *remote,
+                source: source.map(str::to_string),
+            });
         };
         cluster.check(c)?;
         if &c.static_public != remote {
@@ -644,10 +657,20 @@ impl SecureLayer {
     /// Serve one frame arriving at a secure replier. `handler` gets the
     /// opened request and the proven peer, and returns the reply to seal.
     pub fn serve(&self, frame: &[u8], handler: impl FnOnce(&[u8], &Peer) -> Vec<u8>) -> Vec<u8> {
+        self.serve_from(frame, None, handler)
+    }
+
+    /// [`serve`](Self::serve) for a frame from network address `source`.
+    pub fn serve_from(
+        &self,
+        frame: &[u8],
+        source: Option<&str>,
+        handler: impl FnOnce(&[u8], &Peer) -> Vec<u8>,
+    ) -> Vec<u8> {
         let s = &self.shared;
         match frame.first() {
             Some(&frame::HELLO) => self.serve_hello(&frame[1..]),
-            Some(&frame::AUTH) => self.serve_auth(&frame[1..]),
+            Some(&frame::AUTH) => self.serve_auth(&frame[1..], source),
             Some(&frame::PROBE) if frame.len() == 1 + SID_LEN => {
                 let sid: Sid = frame[1..].try_into().unwrap_or([0; SID_LEN]);
                 if self.session(&sid).is_some_and(|x| !x.initiator) {
@@ -750,7 +773,7 @@ impl SecureLayer {
         out
     }
 
-    fn serve_auth(&self, rest: &[u8]) -> Vec<u8> {
+    fn serve_auth(&self, rest: &[u8], source: Option<&str>) -> Vec<u8> {
         let s = &self.shared;
         if rest.len() < SID_LEN || rest.len() > MAX_NOISE_MESSAGE {
             return self.count_refusal(refusal::MALFORMED);
@@ -787,7 +810,7 @@ impl SecureLayer {
         let Some(remote) = remote else {
             return self.count_refusal(refusal::MALFORMED);
         };
-        let peer = match self.admits(identity.credential.as_ref(), &remote) {
+        let peer = match self.admits(identity.credential.as_ref(), &remote, source) {
             Ok(p) => p,
             Err(reason) => {
                 s.handshakes_refused.fetch_add(1, Ordering::Relaxed);
@@ -887,7 +910,7 @@ impl SecureLayer {
                 })
             }
             _ => self
-                .admits(identity.credential.as_ref(), &remote)
+                .admits(identity.credential.as_ref(), &remote, None)
                 .map_err(|reason| TransportError::Untrusted {
                     url: url.to_string(),
                     reason,
@@ -946,10 +969,11 @@ impl SecureLayer {
         options: &TransportOptions,
     ) -> Result<Box<dyn Replier>, TransportError> {
         let layer = self.clone();
-        let inner = move |frame: &[u8]| layer.serve(frame, |req, peer| handler(req, peer));
-        self.shared
-            .transport
-            .replier(url, Arc::new(inner), &with_overhead(options))
+        self.shared.transport.replier(
+            url,
+            Arc::new(ServeSecurely { layer, handler }),
+            &with_overhead(options),
+        )
     }
 
     /// A requester to the gestor at `url`; the handshake happens on first
@@ -1100,6 +1124,22 @@ impl SecureLayer {
                 None
             }
         }
+    }
+}
+
+/// The transport's handler for a secure replier: opens, dispatches, seals.
+struct ServeSecurely {
+    layer: SecureLayer,
+    handler: SecureHandler,
+}
+
+impl gestor_sdk::RequestHandler for ServeSecurely {
+    fn handle(&self, frame: &[u8]) -> Vec<u8> {
+        self.handle_from(frame, None)
+    }
+    fn handle_from(&self, frame: &[u8], source: Option<&str>) -> Vec<u8> {
+        self.layer
+            .serve_from(frame, source, |req, peer| (self.handler)(req, peer))
     }
 }
 

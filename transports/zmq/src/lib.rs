@@ -382,6 +382,8 @@ impl Transport for ZmqTransport {
 struct Job {
     envelope: Vec<Vec<u8>>,
     body: Vec<u8>,
+    /// The requester's IP address, when libzmq knows it.
+    source: Option<String>,
 }
 
 struct ZmqReplier {
@@ -499,7 +501,7 @@ fn io_loop(
             }
         }
         if router_ready {
-            for mut parts in drain(router) {
+            for (mut parts, source) in drain_with_source(router) {
                 let Some(delimiter) = parts.iter().position(|p| p.is_empty()) else {
                     tracing::debug!(%url, "zmq replier: request without envelope dropped");
                     continue;
@@ -513,6 +515,7 @@ fn io_loop(
                 let job = Job {
                     envelope: parts,
                     body,
+                    source,
                 };
                 if jobs.try_send(job).is_err() {
                     tracing::warn!(%url, "zmq replier: workers saturated; request dropped");
@@ -520,6 +523,27 @@ fn io_loop(
             }
         }
     }
+}
+
+/// Like [`drain`], with each message's source IP (libzmq's `Peer-Address`).
+fn drain_with_source(
+    socket: &zmq::Socket,
+) -> impl Iterator<Item = (Vec<Vec<u8>>, Option<String>)> + '_ {
+    (0..DRAIN_BATCH).map_while(move |_| {
+        let mut parts = Vec::new();
+        let mut source = None;
+        loop {
+            let mut msg = socket.recv_msg(zmq::DONTWAIT).ok()?;
+            if source.is_none() {
+                source = msg.gets("Peer-Address").map(str::to_string);
+            }
+            let more = msg.get_more();
+            parts.push(msg.to_vec());
+            if !more {
+                return Some((parts, source));
+            }
+        }
+    })
 }
 
 /// Up to `DRAIN_BATCH` messages that are ready now; bounded so a flood cannot
@@ -542,7 +566,9 @@ fn worker(
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let reply = match catch_unwind(AssertUnwindSafe(|| handler.handle(&job.body))) {
+        let reply = match catch_unwind(AssertUnwindSafe(|| {
+            handler.handle_from(&job.body, job.source.as_deref())
+        })) {
             Ok(reply) => reply,
             Err(_) => {
                 // The contract says handlers never panic; keep the worker alive anyway.
