@@ -88,6 +88,10 @@ pub struct TransportSection {
     pub backend: TransportKind,
     pub max_message_bytes: usize,
     pub replier_workers: usize,
+    /// Request workers kept free of client requests: ring maintenance,
+    /// replication and forwarded requests from other gestores never wait
+    /// behind clients. A client request that would take one answers `busy`.
+    pub reserved_for_gestores: usize,
     /// Testing only: a file listing URLs this node must not reach (one per
     /// line, re-read when it changes) — simulates a network partition.
     pub fault_file: Option<PathBuf>,
@@ -148,6 +152,7 @@ impl Default for TransportSection {
             backend: TransportKind::Nng,
             max_message_bytes: 4 * 1024 * 1024,
             replier_workers: 8,
+            reserved_for_gestores: 2,
             fault_file: None,
         }
     }
@@ -231,6 +236,9 @@ impl Config {
         }
         if self.transport.replier_workers == 0 {
             bail!("transport.replier_workers must be at least 1");
+        }
+        if self.transport.reserved_for_gestores >= self.transport.replier_workers {
+            bail!("transport.reserved_for_gestores must be below transport.replier_workers");
         }
         self.signal_url()?;
         self.node_id()?;

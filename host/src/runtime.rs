@@ -110,6 +110,11 @@ pub struct HostCore {
     malformed_signals: AtomicU64,
     forbidden_requests: AtomicU64,
     forbidden_signals: AtomicU64,
+    /// Request workers client requests may hold at once (the rest are the
+    /// gestores' lane), how many they hold now, and how many were turned away.
+    client_workers: usize,
+    clients_in_flight: std::sync::atomic::AtomicUsize,
+    clients_turned_away: AtomicU64,
     started_ms: u64,
 }
 
@@ -129,6 +134,15 @@ fn toml_to_cbor(v: &toml::Value) -> Value {
     }
 }
 
+/// A request worker held by a client request; released on drop.
+struct ClientWorker<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for ClientWorker<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn error_reply(code: ErrorCode, message: impl Into<String>) -> Reply {
     Reply::err(HandlerError::new(code, message))
 }
@@ -136,6 +150,22 @@ fn error_reply(code: ErrorCode, message: impl Into<String>) -> Reply {
 impl HostCore {
     /// Decode, dispatch and encode one request frame from `origin`. Never panics on input.
     pub fn handle_frame(&self, frame: &[u8], origin: &Origin) -> Vec<u8> {
+        // The gestores' lane: clients never hold the last workers.
+        let _client_slot = match origin {
+            Origin::Network(Peer::Client { .. }) => match self.take_client_worker() {
+                Some(slot) => Some(slot),
+                None => {
+                    self.clients_turned_away.fetch_add(1, Ordering::Relaxed);
+                    let mut reply = error_reply(
+                        ErrorCode::Busy,
+                        "every request worker for clients is taken; retry shortly",
+                    );
+                    reply.initial_gestors = self.initial_gestors();
+                    return to_cbor(&reply);
+                }
+            },
+            _ => None,
+        };
         let mut reply = if frame.len() > self.transport_options.max_message_bytes {
             error_reply(
                 ErrorCode::TooLarge,
@@ -159,6 +189,15 @@ impl HostCore {
         };
         reply.initial_gestors = self.initial_gestors();
         to_cbor(&reply)
+    }
+
+    fn take_client_worker(&self) -> Option<ClientWorker<'_>> {
+        let taken = self.clients_in_flight.fetch_add(1, Ordering::AcqRel);
+        if taken >= self.client_workers {
+            self.clients_in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ClientWorker(&self.clients_in_flight))
     }
 
     /// The class `kind` was registered with (the host's own `node.*` kinds
@@ -298,6 +337,7 @@ impl HostCore {
             malformed_frames: stats.malformed,
             forbidden_requests: self.forbidden_requests.load(Ordering::Relaxed),
             forbidden_signals: self.forbidden_signals.load(Ordering::Relaxed),
+            clients_turned_away: self.clients_turned_away.load(Ordering::Relaxed),
         }
     }
 
@@ -609,6 +649,13 @@ impl Node {
             malformed_signals: AtomicU64::new(0),
             forbidden_requests: AtomicU64::new(0),
             forbidden_signals: AtomicU64::new(0),
+            client_workers: config
+                .transport
+                .replier_workers
+                .saturating_sub(config.transport.reserved_for_gestores)
+                .max(1),
+            clients_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            clients_turned_away: AtomicU64::new(0),
             started_ms: system_ms(),
         });
 

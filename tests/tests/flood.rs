@@ -30,7 +30,10 @@ fn register_flood_leaves_lookups_alone(transport: TransportKind, storage: Storag
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let config = TEST_CONFIG
         .replace("password_memory_kib = 64", "password_memory_kib = 19456")
-        .replace("password_iterations = 1", "password_iterations = 2");
+        .replace(
+            "password_iterations = 1",
+            "password_iterations = 2\nhash_slots = 1",
+        );
     let ring = Ring::start_with_config(5, transport, storage, &config);
     ring.wait_stable(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("ring did not form: {e}"));

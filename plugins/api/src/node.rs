@@ -60,6 +60,10 @@ pub struct SecurityStatus {
     pub forbidden_requests: u64,
     /// Gestor signals sent by non-gestors, dropped.
     pub forbidden_signals: u64,
+    /// Client requests answered `busy` because every worker clients may
+    /// hold was taken (the rest are kept for gestores).
+    #[serde(default)]
+    pub clients_turned_away: u64,
 }
 
 impl NodeStatus {
