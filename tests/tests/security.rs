@@ -388,6 +388,50 @@ fn forged_signals_change_nothing(transport: TransportKind, storage: StorageKind)
         "plaintext signals are counted: {}",
         owner_status["security"]
     );
+    // A client's sealed `initial` signal (a gestor topic) offering a fake
+    // initial-gestors list: dropped and counted; no list takes the URL.
+    let fake = "tcp://127.0.0.1:9";
+    let offer = gestor_api::initial::InitialList {
+        version: gestor_sdk::Timestamp {
+            wall_ms: gestor_sdk::hlc::system_ms() + 60_000,
+            logical: 0,
+            node: 1,
+        },
+        gestores: vec![fake.to_string()],
+    };
+    let mut gossip = secure
+        .publisher_via(
+            &session.gestor,
+            &session.signal,
+            &gestor_sdk::TransportOptions::default(),
+            Duration::from_secs(5),
+        )
+        .expect("publisher");
+    for _ in 0..10 {
+        gossip
+            .publish(
+                gestor_api::topics::INITIAL.as_bytes(),
+                &gestor_sdk::wire::to_cbor(&offer),
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let owner_status = ring.status(&session.gestor).expect("owner status");
+    assert!(
+        owner_status["security"]["forbidden_signals"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "[{transport}/{storage}] a client's gestor signal was not counted: {}",
+        owner_status["security"]
+    );
+    for u in &urls {
+        let s = ring.status(u).expect("status");
+        assert!(
+            !s["initial_gestors"].to_string().contains(fake),
+            "[{transport}/{storage}] {u} took a client's initial list"
+        );
+    }
     // The real session's signals still work.
     let mut alive = AliveSender::new(&secure, &session).expect("sender");
     assert!(wait_until(Duration::from_secs(15), || {

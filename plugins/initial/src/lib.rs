@@ -50,6 +50,10 @@ struct Shared {
     signal_urls: Mutex<HashMap<String, String>>,
 }
 
+/// Most entries and longest URL accepted in an offered list.
+const MAX_OFFERED: usize = 64;
+const MAX_URL: usize = 256;
+
 impl Shared {
     fn current(&self) -> InitialList {
         self.list.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -57,6 +61,19 @@ impl Shared {
 
     /// Adopt `offer` if it is newer; returns whether it was.
     fn adopt(&self, offer: InitialList) -> bool {
+        // Only gestores' signals reach us, but a buggy one must not be able
+        // to plant an unbounded list or garbage URLs in every reply.
+        let plausible = offer.gestores.len() <= MAX_OFFERED
+            && offer.gestores.iter().all(|u| {
+                u.len() <= MAX_URL
+                    && ["tcp://", "ipc://", "inproc://"]
+                        .iter()
+                        .any(|scheme| u.starts_with(scheme))
+            });
+        if !plausible {
+            tracing::warn!("implausible initial-gestors list refused");
+            return false;
+        }
         if self.ctx.clock().observe(offer.version).is_err() {
             tracing::warn!(version = %offer.version, "initial-gestors list from the future refused");
             return false;

@@ -4,8 +4,8 @@
 //!
 //!     cargo run --release -p gestor-secure --example channel [ROUND_TRIPS]
 
-use gestor_secure::{ClusterKey, Peer, SecureConfig, SecureLayer};
 use gestor_sdk::transport::{Transport, TransportOptions};
+use gestor_secure::{ClusterKey, Peer, SecureConfig, SecureLayer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

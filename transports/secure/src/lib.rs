@@ -268,7 +268,16 @@ struct Session {
     peer: Peer,
     peer_signal_url: Option<String>,
     last_used: Mutex<Instant>,
+    /// The last replies sent in this session, by request counter: a REQ
+    /// socket resends an unanswered request after a reconnect, and the
+    /// resend gets the same sealed reply instead of running twice or being
+    /// refused as a replay. Kept for gestor peers only (a few sessions).
+    recent_replies: Mutex<std::collections::VecDeque<(u64, Vec<u8>)>>,
 }
+
+/// Replies remembered per gestor session, and the largest one remembered.
+const RECENT_REPLIES: usize = 8;
+const RECENT_REPLY_MAX: usize = 64 * 1024;
 
 fn nonce(counter: u64) -> Nonce {
     // Noise's ChaChaPoly nonce: 32 zero bits, then the counter little-endian.
@@ -324,6 +333,7 @@ impl Session {
             peer,
             peer_signal_url: None,
             last_used: Mutex::new(Instant::now()),
+            recent_replies: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -352,6 +362,45 @@ impl Session {
         ad.truncate(head_len);
         ad.extend_from_slice(&ct);
         Ok((ad, counter))
+    }
+
+    /// Whether `frame` is authentic under this session (its counter aside).
+    fn authentic(&self, frame: &[u8]) -> bool {
+        let Some((_, _, counter, ct)) = parse_sealed(frame) else {
+            return false;
+        };
+        self.recv
+            .decrypt(
+                &nonce(counter),
+                Payload {
+                    msg: ct,
+                    aad: &frame[..HEADER_LEN],
+                },
+            )
+            .is_ok()
+    }
+
+    fn remember_reply(&self, request_counter: u64, sealed: &[u8]) {
+        if !self.peer.is_gestor() || sealed.len() > RECENT_REPLY_MAX {
+            return;
+        }
+        let mut recent = self
+            .recent_replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= RECENT_REPLIES {
+            recent.pop_front();
+        }
+        recent.push_back((request_counter, sealed.to_vec()));
+    }
+
+    fn remembered_reply(&self, request_counter: u64) -> Option<Vec<u8>> {
+        self.recent_replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(c, _)| *c == request_counter)
+            .map(|(_, r)| r.clone())
     }
 
     /// Decrypt and record the counter; `Err(code)` with a refusal code.
@@ -696,11 +745,24 @@ impl SecureLayer {
                 };
                 let (plain, counter) = match session.open(frame, &[]) {
                     Ok(x) => x,
+                    Err(refusal::REPLAYED) => {
+                        // A resend of a request already answered: the same reply.
+                        let counter = parse_sealed(frame).map_or(u64::MAX, |f| f.2);
+                        if let Some(reply) = session.remembered_reply(counter) {
+                            if session.authentic(frame) {
+                                return reply;
+                            }
+                        }
+                        return self.count_refusal(refusal::REPLAYED);
+                    }
                     Err(code) => return self.count_refusal(code),
                 };
                 let reply = handler(&plain, &session.peer);
                 match session.seal(frame::REPLY, &reply, &counter.to_be_bytes()) {
-                    Ok((sealed, _)) => sealed,
+                    Ok((sealed, _)) => {
+                        session.remember_reply(counter, &sealed);
+                        sealed
+                    }
                     Err(e) => refusal_frame(refusal::UNKNOWN_SESSION, &e),
                 }
             }

@@ -499,3 +499,31 @@ fn a_client_signal_session_is_remade_after_the_gestor_restarts() {
         "signals never resumed after the restart"
     );
 }
+
+#[test]
+fn a_resent_request_between_gestores_gets_the_same_reply_once_run() {
+    let t: Arc<dyn Transport> = Arc::new(gestor_transport_nng::NngTransport::new());
+    let cluster = Cluster::new();
+    let server = cluster.gestor(&t, "a");
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let mut wire = SecureRequester {
+        layer: cluster.gestor(&t, "b"),
+        inner: Box::new(Wire {
+            server: server.clone(),
+            frames: frames.clone(),
+        }),
+        url: "wire".into(),
+        require_gestor: true,
+    };
+    assert_eq!(wire.request(b"once", T).unwrap(), b"ok:once");
+    let sealed = frames.lock().unwrap().last().unwrap().clone();
+    let first_reply_bytes = server.serve(&sealed, |_, _| panic!("a resend ran again"));
+    assert_eq!(first_reply_bytes[0], frame::REPLY, "the resend is answered");
+    assert_eq!(server.stats().replayed, 0);
+    // An altered resend is still refused.
+    let mut altered = sealed.clone();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    let refused = server.serve(&altered, |_, _| panic!("ran"));
+    assert_eq!(parse_refusal(&refused).unwrap().0, refusal::REPLAYED);
+}
