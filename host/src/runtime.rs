@@ -369,17 +369,49 @@ impl HostCore {
         }
     }
 
-    fn checkout_requester(&self, url: &str) -> Result<Box<dyn Requester>, CallError> {
-        if let Some(r) = self
+    /// A pooled requester to `url`; `to_client` pools apart the ones that
+    /// may reach a client endpoint (their sessions prove nothing).
+    fn checkout_requester(
+        &self,
+        url: &str,
+        to_client: bool,
+    ) -> Result<(String, Box<dyn Requester>), CallError> {
+        let pool_key = if to_client {
+            format!("client:{url}")
+        } else {
+            url.to_string()
+        };
+        let pooled = self
             .requesters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get_mut(url)
-            .and_then(|v| v.pop())
-        {
-            return Ok(r);
-        }
-        Ok(self.secure.requester(url, &self.transport_options)?)
+            .get_mut(&pool_key)
+            .and_then(|v| v.pop());
+        let requester = match pooled {
+            Some(r) => r,
+            None if to_client => self
+                .secure
+                .requester_to_client(url, &self.transport_options)?,
+            None => self.secure.requester(url, &self.transport_options)?,
+        };
+        Ok((pool_key, requester))
+    }
+
+    /// One request through a pooled requester.
+    fn send_request(
+        &self,
+        url: &str,
+        kind: &str,
+        body: Value,
+        timeout: Duration,
+        to_client: bool,
+    ) -> Result<Value, CallError> {
+        let frame = to_cbor(&Request::new(kind, body));
+        let (pool_key, mut requester) = self.checkout_requester(url, to_client)?;
+        let bytes = requester.request(&frame, timeout)?;
+        self.checkin_requester(&pool_key, requester);
+        let reply: Reply = from_cbor(&bytes).map_err(CallError::MalformedReply)?;
+        reply.into_result().map_err(CallError::Remote)
     }
 
     fn checkin_requester(&self, url: &str, requester: Box<dyn Requester>) {
@@ -498,12 +530,7 @@ impl Host for HostCore {
         if url == self.request_url {
             return self.call_local(kind, body);
         }
-        let frame = to_cbor(&Request::new(kind, body));
-        let mut requester = self.checkout_requester(url)?;
-        let bytes = requester.request(&frame, timeout)?;
-        self.checkin_requester(url, requester);
-        let reply: Reply = from_cbor(&bytes).map_err(CallError::MalformedReply)?;
-        reply.into_result().map_err(CallError::Remote)
+        self.send_request(url, kind, body, timeout, false)
     }
 
     fn request_client(
@@ -513,25 +540,7 @@ impl Host for HostCore {
         body: Value,
         timeout: Duration,
     ) -> Result<Value, CallError> {
-        let frame = to_cbor(&Request::new(kind, body));
-        // Pooled apart from gestor requesters: these sessions prove nothing.
-        let pool_key = format!("client:{url}");
-        let pooled = self
-            .requesters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&pool_key)
-            .and_then(|v| v.pop());
-        let mut requester = match pooled {
-            Some(r) => r,
-            None => self
-                .secure
-                .requester_to_client(url, &self.transport_options)?,
-        };
-        let bytes = requester.request(&frame, timeout)?;
-        self.checkin_requester(&pool_key, requester);
-        let reply: Reply = from_cbor(&bytes).map_err(CallError::MalformedReply)?;
-        reply.into_result().map_err(CallError::Remote)
+        self.send_request(url, kind, body, timeout, true)
     }
 
     fn call_local(&self, kind: &str, body: Value) -> Result<Value, CallError> {

@@ -9,3 +9,20 @@ pub mod relay;
 pub mod ring;
 pub mod store_suite;
 pub mod transport_suite;
+
+/// One `#[test]` per backend combination (nng/zmq × sqlite/sled) for each
+/// test function `fn test(TransportKind, StorageKind)`, in a module named
+/// `name` (or after the function): `matrix!(wire => nothing_readable)`.
+#[macro_export]
+macro_rules! matrix {
+    ($($name:ident => $test:ident),* $(,)?) => { $(
+        mod $name {
+            use gestor::config::{StorageKind, TransportKind};
+            #[test] fn nng_sqlite() { super::$test(TransportKind::Nng, StorageKind::Sqlite) }
+            #[test] fn nng_sled() { super::$test(TransportKind::Nng, StorageKind::Sled) }
+            #[test] fn zmq_sqlite() { super::$test(TransportKind::Zmq, StorageKind::Sqlite) }
+            #[test] fn zmq_sled() { super::$test(TransportKind::Zmq, StorageKind::Sled) }
+        }
+    )* };
+    ($($test:ident),* $(,)?) => { $crate::matrix!($($test => $test),*); };
+}

@@ -430,19 +430,7 @@ fn mailbox_expiry_bounces(transport: TransportKind, storage: StorageKind) {
     a.quit().expect("alice logs out");
 }
 
-macro_rules! matrix {
-    ($($name:ident => $test:ident),*) => { $(
-        mod $name {
-            use super::*;
-            #[test] fn nng_sqlite() { super::$test(TransportKind::Nng, StorageKind::Sqlite) }
-            #[test] fn nng_sled() { super::$test(TransportKind::Nng, StorageKind::Sled) }
-            #[test] fn zmq_sqlite() { super::$test(TransportKind::Zmq, StorageKind::Sqlite) }
-            #[test] fn zmq_sled() { super::$test(TransportKind::Zmq, StorageKind::Sled) }
-        }
-    )* };
-}
-
-matrix!(
+gestor_tests::matrix!(
     chat => chat_on_ring,
     mailbox_after_owner_failure => mailbox_after_owner_failure,
     mailbox_expiry_bounces => mailbox_expiry_bounces

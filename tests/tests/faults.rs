@@ -614,19 +614,7 @@ fn partition_and_heal(
         .unwrap_or_else(|e| panic!("copies after healing: {e}"));
 }
 
-macro_rules! matrix {
-    ($($test:ident),*) => { $(
-        mod $test {
-            use super::*;
-            #[test] fn nng_sqlite() { super::$test(TransportKind::Nng, StorageKind::Sqlite) }
-            #[test] fn nng_sled() { super::$test(TransportKind::Nng, StorageKind::Sled) }
-            #[test] fn zmq_sqlite() { super::$test(TransportKind::Zmq, StorageKind::Sqlite) }
-            #[test] fn zmq_sled() { super::$test(TransportKind::Zmq, StorageKind::Sled) }
-        }
-    )* };
-}
-
-matrix!(
+gestor_tests::matrix!(
     kill_two_at_once,
     kill_three_adjacent,
     rolling_restart,

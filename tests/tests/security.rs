@@ -622,19 +622,7 @@ fn password_attempts_are_limited(transport: TransportKind, storage: StorageKind)
     d.lookup("guessme").expect("lookups are not limited");
 }
 
-macro_rules! matrix {
-    ($($name:ident => $test:ident),*) => { $(
-        mod $name {
-            use super::*;
-            #[test] fn nng_sqlite() { super::$test(TransportKind::Nng, StorageKind::Sqlite) }
-            #[test] fn nng_sled() { super::$test(TransportKind::Nng, StorageKind::Sled) }
-            #[test] fn zmq_sqlite() { super::$test(TransportKind::Zmq, StorageKind::Sqlite) }
-            #[test] fn zmq_sled() { super::$test(TransportKind::Zmq, StorageKind::Sled) }
-        }
-    )* };
-}
-
-matrix!(
+gestor_tests::matrix!(
     wire => nothing_readable_on_the_wire,
     internal_kinds => clients_cannot_call_internal_kinds,
     other_clusters => other_clusters_stay_out,

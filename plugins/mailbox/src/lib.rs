@@ -235,16 +235,7 @@ impl Shared {
         let config = self.config();
         let holder = held.holder().to_string();
         self.owner_check(&ctx, &holder)?;
-        rules::validate_username(&held.mail.from)?;
-        rules::validate_username(&held.mail.to)?;
-        rules::validate_id(&held.mail.id)?;
-        if held.mail.text.len() > config.max_text_bytes {
-            return Err(HandlerError::bad_request(format!(
-                "message text of {} bytes exceeds the limit of {}",
-                held.mail.text.len(),
-                config.max_text_bytes
-            )));
-        }
+        rules::validate_held(&held, config.max_text_bytes)?;
         // The holder must exist; dir.lookup answers not_found otherwise.
         let _: Found = ctx
             .call_local::<dir::Lookup>(&UserOnly {
@@ -363,16 +354,7 @@ impl Shared {
             rules::validate_id(id)?;
         }
         for held in &body.puts {
-            rules::validate_username(&held.mail.from)?;
-            rules::validate_username(&held.mail.to)?;
-            rules::validate_id(&held.mail.id)?;
-            if held.mail.text.len() > config.max_text_bytes {
-                return Err(HandlerError::bad_request(format!(
-                    "copied message text of {} bytes exceeds the limit of {}",
-                    held.mail.text.len(),
-                    config.max_text_bytes
-                )));
-            }
+            rules::validate_held(held, config.max_text_bytes)?;
         }
         let mut applied = 0;
         for (holder, id) in &body.removed {

@@ -20,6 +20,23 @@ pub fn validate_id(id: &str) -> Result<(), HandlerError> {
     }
 }
 
+/// An item a mailbox may hold: valid names and id, text within `max_text`.
+pub fn validate_held(
+    held: &gestor_api::mailbox::Held,
+    max_text: usize,
+) -> Result<(), HandlerError> {
+    validate_username(&held.mail.from)?;
+    validate_username(&held.mail.to)?;
+    validate_id(&held.mail.id)?;
+    if held.mail.text.len() > max_text {
+        return Err(HandlerError::bad_request(format!(
+            "message text of {} bytes exceeds the limit of {max_text}",
+            held.mail.text.len()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
