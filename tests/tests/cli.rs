@@ -135,3 +135,36 @@ fn nng_sqlite() {
 fn zmq_sled() {
     cli_against_ring(TransportKind::Zmq, StorageKind::Sled);
 }
+
+/// Secure by default: a client with no cluster key, and a node with no
+/// credential, refuse with one line before touching the network.
+#[test]
+fn refuses_without_a_cluster_key_or_a_credential() {
+    let gestor = gestor_tests::cluster::gestor_bin();
+    let url = format!("tcp://127.0.0.1:{}", free_port());
+    let out = std::process::Command::new(&gestor)
+        .args(["lookup", "alice", "--gestor", &url])
+        .env_remove("GESTOR_CLUSTER_PUB")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no cluster public key"), "{err}");
+
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&gestor)
+        .args(["node", "--listen", &url, "--data-dir"])
+        .arg(data.path())
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("security.credential is not set"), "{err}");
+    assert!(
+        err.contains("--insecure"),
+        "says how to run without one: {err}"
+    );
+}
