@@ -25,8 +25,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// First field of every declaration; changes whenever the declaration layout does.
-pub const ABI_MAGIC: u64 = 0x6765_7374_6f72_0001;
+/// First field of every declaration; changes whenever the declaration
+/// layout, or a trait or type that crosses the boundary (`Host`, `Plugin`,
+/// `RequestMeta`), does — here for kind classes, `request_client` and the
+/// request's source.
+pub const ABI_MAGIC: u64 = 0x6765_7374_6f72_0002;
 
 /// Compiler, SDK and build facts that must match between host and plugin.
 #[repr(C)]
