@@ -12,6 +12,7 @@ use rand::Rng;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
+#[derive(Clone)]
 pub struct BenchOptions {
     pub gestores: Vec<String>,
     pub transport: TransportKind,
@@ -20,12 +21,18 @@ pub struct BenchOptions {
     pub duration: Duration,
     pub users: usize,
     pub prefix: String,
+    /// Register-flood threads (through the first gestor) run beside a second
+    /// lookup phase (through the other gestores, when more are given);
+    /// 0 = no flooded phase.
+    pub flood_threads: usize,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Phase {
     pub operations: u64,
     pub errors: u64,
+    /// Answers `busy` or `rate_limited` (the gestor shedding load), not errors.
+    pub busy: u64,
     pub seconds: f64,
     pub per_second: f64,
     pub p50_ms: f64,
@@ -41,6 +48,10 @@ pub struct BenchReport {
     pub users: usize,
     pub register: Phase,
     pub lookup: Phase,
+    /// Lookups while `flood_threads` register through the first gestor.
+    pub lookup_flooded: Option<Phase>,
+    /// The flood itself.
+    pub flood: Option<Phase>,
     /// The secure layer's own cost, measured side by side in this run.
     pub channel: ChannelCost,
 }
@@ -122,7 +133,13 @@ pub fn channel_cost(transport: TransportKind) -> Result<ChannelCost> {
     })
 }
 
-fn phase(mut latencies: Vec<Duration>, errors: u64, hops: u64, elapsed: Duration) -> Phase {
+fn phase(
+    mut latencies: Vec<Duration>,
+    errors: u64,
+    busy: u64,
+    hops: u64,
+    elapsed: Duration,
+) -> Phase {
     latencies.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let pick = |q: f64| {
@@ -136,6 +153,7 @@ fn phase(mut latencies: Vec<Duration>, errors: u64, hops: u64, elapsed: Duration
     Phase {
         operations: n,
         errors,
+        busy,
         seconds: elapsed.as_secs_f64(),
         per_second: n as f64 / elapsed.as_secs_f64().max(1e-9),
         p50_ms: pick(0.50),
@@ -145,19 +163,19 @@ fn phase(mut latencies: Vec<Duration>, errors: u64, hops: u64, elapsed: Duration
     }
 }
 
-fn run_threads<F>(o: &BenchOptions, duration: Duration, work: F) -> Phase
+fn run_threads<F>(o: &BenchOptions, threads: usize, duration: Duration, work: F) -> Phase
 where
     F: Fn(&mut Client, usize, u64) -> Option<Result<u32, ClientError>> + Send + Sync + Copy,
 {
     let started = Instant::now();
-    let results: Vec<(Vec<Duration>, u64, u64)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..o.threads)
+    let results: Vec<(Vec<Duration>, u64, u64, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let gestores = o.gestores.clone();
                 let secure = o.trust.layer(o.transport);
                 scope.spawn(move || {
                     let mut client = Client::new(secure, gestores, Duration::from_secs(5));
-                    let (mut lat, mut errors, mut hops) = (Vec::new(), 0u64, 0u64);
+                    let (mut lat, mut errors, mut busy, mut hops) = (Vec::new(), 0u64, 0u64, 0u64);
                     let mut i = 0u64;
                     while started.elapsed() < duration {
                         let t0 = Instant::now();
@@ -167,11 +185,20 @@ where
                                 lat.push(t0.elapsed());
                                 hops += h as u64;
                             }
+                            Some(Err(ClientError::Remote(e)))
+                                if matches!(
+                                    e.code,
+                                    gestor_sdk::ErrorCode::Busy
+                                        | gestor_sdk::ErrorCode::RateLimited
+                                ) =>
+                            {
+                                busy += 1
+                            }
                             Some(Err(_)) => errors += 1,
                         }
                         i += 1;
                     }
-                    (lat, errors, hops)
+                    (lat, errors, busy, hops)
                 })
             })
             .collect();
@@ -179,13 +206,14 @@ where
     });
     let elapsed = started.elapsed();
     let mut lat = Vec::new();
-    let (mut errors, mut hops) = (0, 0);
-    for (l, e, h) in results {
+    let (mut errors, mut busy, mut hops) = (0, 0, 0);
+    for (l, e, b, h) in results {
         lat.extend(l);
         errors += e;
+        busy += b;
         hops += h;
     }
-    phase(lat, errors, hops, elapsed)
+    phase(lat, errors, busy, hops, elapsed)
 }
 
 pub fn run(o: BenchOptions) -> Result<BenchReport> {
@@ -198,7 +226,7 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
     let prefix_ref = prefix.as_str();
     // Registration: each thread takes every threads-th user until all exist.
     // Bounded by the user count, with a generous time cap.
-    let register = run_threads(&o, Duration::from_secs(600), move |c, t, i| {
+    let register = run_threads(&o, o.threads, Duration::from_secs(600), move |c, t, i| {
         let n = t as u64 + i * threads as u64;
         if n >= users as u64 {
             return None;
@@ -210,16 +238,50 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
             Err(e) => Err(e),
         })
     });
-    let lookup = run_threads(&o, o.duration, move |c, _t, _i| {
+    let lookups = move |c: &mut Client, _t: usize, _i: u64| {
         let n = rand::thread_rng().gen_range(0..users);
         Some(c.lookup(&format!("{prefix_ref}{n}")).map(|f| f.hops))
-    });
+    };
+    let lookup = run_threads(&o, o.threads, o.duration, lookups);
+    let (lookup_flooded, flood) = if o.flood_threads == 0 {
+        (None, None)
+    } else {
+        // The same lookups again while a register flood goes through the
+        // first gestor: how much does one client's flood cost the others?
+        let mut flood_opts = o.clone();
+        flood_opts.gestores.truncate(1);
+        let run_id: u64 = rand::random::<u32>() as u64;
+        let flood_opts = &flood_opts;
+        std::thread::scope(|scope| {
+            let flood = scope.spawn(move || {
+                run_threads(
+                    flood_opts,
+                    flood_opts.flood_threads,
+                    o.duration,
+                    move |c, t, i| {
+                        let name = format!("{prefix_ref}f{run_id:x}t{t}x{i}");
+                        Some(c.register(&name, "bench-password").map(|r| r.hops))
+                    },
+                )
+            });
+            // Lookups from "another client": through the other gestores
+            // given, when there are others.
+            let mut others = o.clone();
+            if others.gestores.len() > 1 {
+                others.gestores.remove(0);
+            }
+            let flooded = run_threads(&others, o.threads, o.duration, lookups);
+            (Some(flooded), flood.join().ok())
+        })
+    };
     Ok(BenchReport {
         transport: o.transport.to_string(),
         threads: o.threads,
         users: o.users,
         register,
         lookup,
+        lookup_flooded,
+        flood,
         channel: channel_cost(o.transport)?,
     })
 }

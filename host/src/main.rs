@@ -125,6 +125,10 @@ enum Command {
         /// Prefix of the bench accounts' names.
         #[arg(long, default_value = "bench-")]
         prefix: String,
+        /// Also run the lookups again beside this many threads registering
+        /// through the first gestor, and report quiet vs flooded.
+        #[arg(long, default_value_t = 0)]
+        flood_threads: usize,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -531,6 +535,7 @@ fn run_client_command(command: Command) -> Result<()> {
             duration_secs,
             users,
             prefix,
+            flood_threads,
             client: args,
         } => {
             let report = gestor::bench::run(gestor::bench::BenchOptions {
@@ -541,6 +546,7 @@ fn run_client_command(command: Command) -> Result<()> {
                 duration: Duration::from_secs(duration_secs),
                 users,
                 prefix,
+                flood_threads,
             })?;
             if args.json {
                 print_json(&report)?;
@@ -550,20 +556,32 @@ fn run_client_command(command: Command) -> Result<()> {
                     report.threads, report.users, report.transport
                 );
                 println!(
-                    "  {:<9} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8} {:>6}",
-                    "phase", "ops", "errors", "ops/s", "p50 ms", "p99 ms", "max ms", "hops"
+                    "  {:<15} {:>8} {:>7} {:>6} {:>10} {:>8} {:>8} {:>8} {:>6}",
+                    "phase", "ops", "errors", "busy", "ops/s", "p50 ms", "p99 ms", "max ms", "hops"
                 );
-                for (name, p) in [("register", &report.register), ("lookup", &report.lookup)] {
+                let mut rows = vec![("register", &report.register), ("lookup", &report.lookup)];
+                if let (Some(f), Some(l)) = (&report.flood, &report.lookup_flooded) {
+                    rows.push(("flood register", f));
+                    rows.push(("lookup, flooded", l));
+                }
+                for (name, p) in rows {
                     println!(
-                        "  {:<9} {:>8} {:>7} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>6.2}",
+                        "  {:<15} {:>8} {:>7} {:>6} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>6.2}",
                         name,
                         p.operations,
                         p.errors,
+                        p.busy,
                         p.per_second,
                         p.p50_ms,
                         p.p99_ms,
                         p.max_ms,
                         p.mean_hops
+                    );
+                }
+                if let Some(l) = &report.lookup_flooded {
+                    println!(
+                        "  flooded lookup p99 / quiet lookup p99: {:.2}x (same run)",
+                        l.p99_ms / report.lookup.p99_ms.max(1e-9)
                     );
                 }
                 let ch = &report.channel;
