@@ -112,28 +112,37 @@ impl Ring {
                 .expect("write config");
             path
         };
-        let mut args: Vec<String> = vec![
-            "--config".into(),
-            config.display().to_string(),
-            "--listen".into(),
+        let mut endpoints = vec![
+            "--listen".to_string(),
             url.clone(),
             "--signal".into(),
             signal,
+        ];
+        endpoints.extend(extra_args.iter().map(|s| s.to_string()));
+        let args = self.node_args(&config, &data, endpoints);
+        let node = self.spawn_ready(&url, &args);
+        self.nodes.push(node);
+        self.nodes.last().expect("just pushed")
+    }
+
+    /// `gestor node` arguments: the config, `own` flags, this ring's
+    /// backends, the data directory, and `--join` through a live member.
+    fn node_args(&self, config: &Path, data: &Path, own: Vec<String>) -> Vec<String> {
+        let mut args: Vec<String> = vec!["--config".into(), config.display().to_string()];
+        args.extend(own);
+        args.extend([
             "--transport".into(),
             self.transport.to_string(),
             "--storage".into(),
             self.storage.to_string(),
             "--data-dir".into(),
             data.display().to_string(),
-        ];
-        args.extend(extra_args.iter().map(|s| s.to_string()));
+        ]);
         if let Some(via) = self.nodes.iter().find(|n| n.child.is_some()) {
             args.push("--join".into());
             args.push(via.url.clone());
         }
-        let node = self.spawn_ready(&url, &args);
-        self.nodes.push(node);
-        self.nodes.last().expect("just pushed")
+        args
     }
 
     /// Start one more gestor behind two recording relays (requests and
@@ -151,24 +160,8 @@ impl Ring {
         let url = requests.url.clone();
         let i = self.nodes.len();
         let data = self.dir.path().join(format!("data-{i}"));
-        let mut args: Vec<String> = vec![
-            "--config".into(),
-            self.config_path.display().to_string(),
-            "--listen".into(),
-            listen,
-            "--advertise".into(),
-            url.clone(),
-            "--transport".into(),
-            self.transport.to_string(),
-            "--storage".into(),
-            self.storage.to_string(),
-            "--data-dir".into(),
-            data.display().to_string(),
-        ];
-        if let Some(via) = self.nodes.iter().find(|n| n.child.is_some()) {
-            args.push("--join".into());
-            args.push(via.url.clone());
-        }
+        let own = vec!["--listen".into(), listen, "--advertise".into(), url.clone()];
+        let args = self.node_args(&self.config_path, &data, own);
         self.relays.push(requests);
         self.relays.push(signals);
         let node = self.spawn_ready(&url, &args);
