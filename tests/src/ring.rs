@@ -29,7 +29,7 @@ fix_fingers_every_ms = 50
 check_predecessor_every_ms = 400
 rpc_timeout_ms = 500
 tick_every_ms = 50
-rejoin_check_every_ms = 500
+merge_probe_every_ms = 500
 
 [plugins.config.gestor_initial]
 gossip_every_ms = 300

@@ -188,6 +188,15 @@ pub struct Config {
     pub stabilize_every_ms: u64,
     pub fix_fingers_every_ms: u64,
     pub check_predecessor_every_ms: u64,
+    /// Failure detection that tells slow from dead: a peer is dropped only
+    /// after this many missed answers in a row (the first miss makes it a
+    /// suspect, which is then probed with `Ping` until it answers or reaches
+    /// the limit). `1` drops at the first miss, as the 2001 paper does.
+    pub dead_after_misses: u32,
+    /// How often a member asks one of its seeds or past successors where its
+    /// own id belongs in *their* ring, to merge rings formed apart (after a
+    /// partition, or after nodes that all were joining broke the tie).
+    pub merge_probe_every_ms: u64,
 }
 
 impl Default for Config {
@@ -197,6 +206,8 @@ impl Default for Config {
             stabilize_every_ms: 1000,
             fix_fingers_every_ms: 500,
             check_predecessor_every_ms: 2000,
+            dead_after_misses: 3,
+            merge_probe_every_ms: 5000,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The per-node state machine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::lookup::{Lookup, LookupAction};
 use crate::{
@@ -10,16 +10,37 @@ use crate::{
 
 /// One finger per bit of the identifier space.
 pub(crate) const FINGERS: usize = 64;
+/// Seeds (peers to join or merge through) remembered, oldest dropped first.
+const MAX_SEEDS: usize = 32;
+/// Past successors remembered as merge probes after they left our view.
+const MAX_SEEN: usize = 64;
+/// Suspects probed at once; more wait for the next tick.
+const MAX_PROBES: usize = 4;
 
 #[derive(Clone, Debug)]
 enum Phase {
     /// Never joined, or left.
     Outside,
-    /// Join in progress (or waiting to be retried) through `via`.
-    Joining {
-        via: Peer,
-    },
+    /// Join in progress (or waiting to be retried) through the seeds.
+    Joining,
     Member,
+}
+
+/// One pass of join attempts over the seeds, and what it learnt.
+#[derive(Clone, Debug, Default)]
+struct JoinRound {
+    /// Attempts started in this round (one per seed).
+    tried: usize,
+    /// Peers that answered our join but are not ring members themselves
+    /// (joining, or outside): alive and reachable, so the tie-break counts them.
+    outside: BTreeSet<Id>,
+}
+
+/// A peer that missed answers but is not yet declared dead.
+#[derive(Clone, Debug)]
+struct Suspect {
+    peer: Peer,
+    misses: u32,
 }
 
 /// What an outstanding request was for; the reply is interpreted in its light.
@@ -47,6 +68,18 @@ enum Task {
     CheckPredecessor {
         pred: Peer,
     },
+    /// Is this suspect alive?
+    Probe {
+        peer: Peer,
+    },
+    /// Where does our id belong in the ring this seed is in?
+    MergeFind {
+        lookup: Lookup,
+    },
+    /// The answer of `MergeFind`; offered as a closer successor if alive.
+    MergeState {
+        cand: Peer,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +88,8 @@ enum Kind {
     Stabilize,
     FixFinger,
     CheckPredecessor,
+    Probe,
+    Merge,
 }
 
 impl Task {
@@ -64,6 +99,8 @@ impl Task {
             Task::Stabilize { .. } | Task::StabilizeCandidate { .. } => Kind::Stabilize,
             Task::FixFinger { .. } => Kind::FixFinger,
             Task::CheckPredecessor { .. } => Kind::CheckPredecessor,
+            Task::Probe { .. } => Kind::Probe,
+            Task::MergeFind { .. } | Task::MergeState { .. } => Kind::Merge,
         }
     }
 }
@@ -99,6 +136,16 @@ pub struct Node {
     last_stabilize: u64,
     last_fix: u64,
     last_check: u64,
+    last_merge: u64,
+    /// Peers to join through and to probe for other rings (the edge's join
+    /// URLs and initial gestors, and whoever asked us while we were joining).
+    seeds: Vec<Peer>,
+    join_cursor: usize,
+    round: JoinRound,
+    merge_cursor: usize,
+    /// Past successors, for merge probes after a partition.
+    seen: VecDeque<Peer>,
+    suspects: BTreeMap<Id, Suspect>,
 }
 
 impl Node {
@@ -117,6 +164,13 @@ impl Node {
             last_stabilize: 0,
             last_fix: 0,
             last_check: 0,
+            last_merge: 0,
+            seeds: Vec::new(),
+            join_cursor: 0,
+            round: JoinRound::default(),
+            merge_cursor: 0,
+            seen: VecDeque::new(),
+            suspects: BTreeMap::new(),
         }
     }
 
@@ -130,9 +184,12 @@ impl Node {
         self.fingers = vec![None; FINGERS];
         self.next_finger = 0;
         self.pending.clear();
+        self.suspects.clear();
+        self.round = JoinRound::default();
         self.last_stabilize = now_ms;
         self.last_fix = now_ms;
         self.last_check = now_ms;
+        self.last_merge = now_ms;
     }
 
     /// Become the first node of a new ring (successor = self).
@@ -142,32 +199,100 @@ impl Node {
         self.phase = Phase::Member;
     }
 
-    /// Join the ring `via` knows. Returns the first request. Ignored (empty)
-    /// if we already are a member or `via` is ourselves. If the join fails,
-    /// `tick` retries through `via` every stabilize period; calling `join`
-    /// again with another peer restarts it.
+    /// Remember a peer to join through, and to probe for other rings once we
+    /// are a member. Bounded; ourselves and duplicates are ignored (a known
+    /// id with a new address is updated).
+    pub fn add_seed(&mut self, peer: Peer) {
+        if peer.id == self.me.id {
+            return;
+        }
+        if let Some(known) = self.seeds.iter_mut().find(|s| s.id == peer.id) {
+            *known = peer;
+            return;
+        }
+        if self.seeds.len() >= MAX_SEEDS {
+            self.seeds.remove(0);
+        }
+        self.seeds.push(peer);
+    }
+
+    /// The seeds, oldest first.
+    pub fn seeds(&self) -> &[Peer] {
+        &self.seeds
+    }
+
+    /// Join the ring `via` knows: `via` becomes a seed and is tried first.
+    /// Returns the first request. Ignored (empty) if we already are a member
+    /// or `via` is ourselves. See [`Node::join_seeds`] for what happens when
+    /// the attempt fails.
     pub fn join(&mut self, via: Peer, now_ms: u64) -> Vec<Outbound> {
         if self.joined() || via.id == self.me.id {
             return Vec::new();
         }
+        self.add_seed(via.clone());
+        self.join_cursor = self.seeds.iter().position(|s| s.id == via.id).unwrap_or(0);
         self.reset(now_ms);
-        self.phase = Phase::Joining { via };
+        self.phase = Phase::Joining;
+        self.start_join(now_ms)
+    }
+
+    /// Join through the seeds ([`Node::add_seed`]), one after the other.
+    /// A failed attempt moves on to the next seed; after a whole round
+    /// without success the round starts again at the next stabilize period.
+    ///
+    /// **Tie-break** (so that gestores which are all joining form a ring
+    /// without an operator): if in a whole round no seed led to a ring, at
+    /// least one peer answered that it is itself outside any ring (so it is
+    /// alive and reachable), and our id is lower than every such peer's, we
+    /// create the ring; the others join it in their next round. Rings formed
+    /// apart this way (seeds that do not reach each other) are merged by the
+    /// merge probes of [`Node::tick`]. A round in which nobody answered never
+    /// creates a ring: the ring we are meant to join may just be slow.
+    /// Empty (and nothing changes) without seeds or when already a member.
+    pub fn join_seeds(&mut self, now_ms: u64) -> Vec<Outbound> {
+        if self.joined() || self.seeds.is_empty() {
+            return Vec::new();
+        }
+        self.reset(now_ms);
+        self.phase = Phase::Joining;
         self.start_join(now_ms)
     }
 
     fn start_join(&mut self, now_ms: u64) -> Vec<Outbound> {
-        let Phase::Joining { via } = &self.phase else {
+        if !self.joining() || self.seeds.is_empty() {
             return Vec::new();
-        };
-        let via = via.clone();
+        }
+        let via = self.seeds[self.join_cursor % self.seeds.len()].clone();
+        self.join_cursor = (self.join_cursor + 1) % self.seeds.len();
+        self.round.tried += 1;
         self.last_stabilize = now_ms;
         let lookup = Lookup::via(via.clone(), self.me.id);
         let req = Request::FindSuccessor { key: self.me.id };
         vec![self.send(via, req, Task::JoinFind { lookup }, now_ms)]
     }
 
-    /// Due maintenance: stabilize, fix one finger, check the predecessor. Also
-    /// expires requests in flight for more than 3× their period.
+    /// A join attempt ended without a ring: try the next seed, or at the end
+    /// of a round apply the tie-break (see [`Node::join_seeds`]).
+    fn join_attempt_failed(&mut self, now_ms: u64) -> Vec<Outbound> {
+        if self.round.tried < self.seeds.len() {
+            return self.start_join(now_ms);
+        }
+        let round = std::mem::take(&mut self.round);
+        let lowest = round
+            .outside
+            .iter()
+            .next()
+            .is_some_and(|&lowest_other| self.me.id < lowest_other);
+        if lowest {
+            self.create(now_ms);
+        }
+        // Otherwise `tick` starts the next round after a stabilize period.
+        Vec::new()
+    }
+
+    /// Due maintenance: stabilize, fix one finger, check the predecessor,
+    /// probe suspects, and now and then probe for another ring to merge
+    /// with. Also expires requests in flight for more than 3× their period.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Outbound> {
         let mut out = Vec::new();
         let expired: Vec<u64> = self
@@ -181,7 +306,7 @@ impl Node {
         }
         match self.phase {
             Phase::Outside => {}
-            Phase::Joining { .. } => {
+            Phase::Joining => {
                 if !self.in_flight(Kind::Join)
                     && now_ms.saturating_sub(self.last_stabilize) >= self.config.stabilize_every_ms
                 {
@@ -208,6 +333,13 @@ impl Node {
                     self.last_fix = now_ms;
                     out.extend(self.start_fix_finger(now_ms));
                 }
+                out.extend(self.start_probes(now_ms));
+                if !self.in_flight(Kind::Merge)
+                    && now_ms.saturating_sub(self.last_merge) >= self.config.merge_probe_every_ms
+                {
+                    self.last_merge = now_ms;
+                    out.extend(self.start_merge_probe(now_ms));
+                }
             }
         }
         out
@@ -215,7 +347,9 @@ impl Node {
 
     fn timeout(&self, kind: Kind) -> u64 {
         let every = match kind {
-            Kind::Join | Kind::Stabilize => self.config.stabilize_every_ms,
+            Kind::Join | Kind::Stabilize | Kind::Probe | Kind::Merge => {
+                self.config.stabilize_every_ms
+            }
             Kind::FixFinger => self.config.fix_fingers_every_ms,
             Kind::CheckPredecessor => self.config.check_predecessor_every_ms,
         };
@@ -251,11 +385,16 @@ impl Node {
         token
     }
 
-    /// Serve an incoming request. `from` is informational (the edge may not
-    /// know the caller's ring id) and is not trusted for anything.
+    /// Serve an incoming request. `from` is not trusted for anything but a
+    /// hint: while joining, a caller that names itself becomes a seed (a
+    /// peer to try), so nodes that only know of each other one way still
+    /// find each other for the tie-break.
     pub fn handle(&mut self, from: Option<&Peer>, req: Request, now_ms: u64) -> Response {
-        let _ = (from, now_ms);
+        let _ = now_ms;
         if !self.joined() {
+            if let (Phase::Joining, Some(from)) = (&self.phase, from) {
+                self.add_seed(from.clone());
+            }
             return Response::NotInRing;
         }
         match req {
@@ -324,6 +463,12 @@ impl Node {
 
     /// Feed the answer (or failure) for an [`Outbound`] we issued. Unknown or
     /// stale tokens are ignored.
+    ///
+    /// Failure detection: `NotInRing`, or an answer of the wrong type, is
+    /// definite (the peer is alive but no usable member) and drops the peer
+    /// at once; a timeout or unreachable peer is only a *miss*, and a peer
+    /// is dropped after [`Config::dead_after_misses`] misses in a row (it is
+    /// probed in between), so a slow peer is not taken for a dead one.
     pub fn on_reply(
         &mut self,
         token: u64,
@@ -333,19 +478,29 @@ impl Node {
         let Some(pending) = self.pending.remove(&token) else {
             return Vec::new();
         };
-        let joining = matches!(self.phase, Phase::Joining { .. });
+        let to = pending.to;
+        if matches!(&reply, Ok(r) if *r != Response::NotInRing) {
+            self.heard(to.id);
+        }
+        let joining = self.joining();
         let member = self.joined();
         match pending.task {
             Task::JoinFind { mut lookup } if joining => {
                 match reply {
                     Ok(Response::Found(step)) => lookup.on_reply(step),
-                    _ => lookup.on_failure(self),
+                    Ok(Response::NotInRing) => {
+                        self.round.outside.insert(to.id);
+                        return self.join_attempt_failed(now_ms);
+                    }
+                    _ => return self.join_attempt_failed(now_ms),
                 }
                 match self.drive(lookup, |l| Task::JoinFind { lookup: l }, now_ms) {
                     Drive::Sent(o) => vec![o],
                     // Told that we already own our id: a stale entry for a
-                    // previous incarnation of us. Retry later (tick).
-                    Drive::Done(owner) if owner.id == self.me.id => Vec::new(),
+                    // previous incarnation of us. Try elsewhere, or later.
+                    Drive::Done(owner) if owner.id == self.me.id => {
+                        self.join_attempt_failed(now_ms)
+                    }
                     Drive::Done(owner) => {
                         vec![self.send(
                             owner.clone(),
@@ -354,37 +509,48 @@ impl Node {
                             now_ms,
                         )]
                     }
-                    Drive::Failed => Vec::new(),
+                    Drive::Failed => self.join_attempt_failed(now_ms),
                 }
             }
             Task::JoinState { succ } if joining => match reply {
                 Ok(Response::State { successors, .. }) => {
                     let list = self.build_successors(&succ, &successors);
                     if list.is_empty() {
-                        return Vec::new();
+                        return self.join_attempt_failed(now_ms);
                     }
                     self.reset(now_ms);
                     self.successors = list;
                     self.phase = Phase::Member;
+                    self.remember_successors();
                     self.rectify_successor()
                 }
-                _ => Vec::new(),
+                Ok(Response::NotInRing) => {
+                    self.round.outside.insert(succ.id);
+                    self.join_attempt_failed(now_ms)
+                }
+                _ => self.join_attempt_failed(now_ms),
             },
             Task::Stabilize { succ } if member => match reply {
                 Ok(Response::State {
                     predecessor,
                     successors,
                 }) => self.after_successor_state(succ, predecessor, successors, now_ms),
+                Err(_) if !self.miss(&succ) => Vec::new(),
                 _ => {
-                    // Dead successor: drop it and try the next one right away.
+                    // Dead (or not a member): drop it, try the next one now.
                     self.forget(succ.id);
                     self.start_stabilize(now_ms)
                 }
             },
             Task::StabilizeCandidate { cand, fallback } if member => match reply {
                 Ok(Response::State { successors, .. }) => self.adopt(&cand, &successors),
-                _ => {
-                    self.forget(cand.id);
+                other => {
+                    match other {
+                        Err(_) => {
+                            self.miss(&cand);
+                        }
+                        _ => self.forget(cand.id),
+                    }
                     match fallback {
                         Some((succ, list)) => self.adopt(&succ, &list),
                         None => Vec::new(),
@@ -394,8 +560,13 @@ impl Node {
             Task::FixFinger { index, mut lookup } if member => {
                 match reply {
                     Ok(Response::Found(step)) => lookup.on_reply(step),
-                    _ => {
-                        self.forget(pending.to.id);
+                    other => {
+                        match other {
+                            Err(_) => {
+                                self.miss(&to);
+                            }
+                            _ => self.forget(to.id),
+                        }
                         lookup.on_failure(self);
                     }
                 }
@@ -411,14 +582,167 @@ impl Node {
                     }
                 }
             }
-            Task::CheckPredecessor { pred } if member => {
-                if !matches!(reply, Ok(Response::Ack)) {
-                    self.forget(pred.id);
+            Task::CheckPredecessor { pred: peer } | Task::Probe { peer } if member => {
+                match reply {
+                    Ok(Response::Ack) => {}
+                    Err(_) => {
+                        self.miss(&peer);
+                    }
+                    _ => self.forget(peer.id),
                 }
                 Vec::new()
             }
+            Task::MergeFind { mut lookup } if member => {
+                // Merge probes change nothing unless they find a live,
+                // closer successor: failures here are not evidence against
+                // our own peers.
+                let step = match reply {
+                    Ok(Response::Found(step)) => step,
+                    Err(_) => {
+                        // A dead past successor is not worth probing again.
+                        self.seen.retain(|p| p.id != to.id);
+                        return Vec::new();
+                    }
+                    _ => return Vec::new(),
+                };
+                lookup.on_reply(step);
+                match lookup.next() {
+                    LookupAction::Ask(peer) => {
+                        let req = Request::FindSuccessor { key: lookup.key() };
+                        vec![self.send(peer, req, Task::MergeFind { lookup }, now_ms)]
+                    }
+                    LookupAction::Done { owner, .. } if owner.id != self.me.id => {
+                        vec![self.send(
+                            owner.clone(),
+                            Request::GetState,
+                            Task::MergeState { cand: owner },
+                            now_ms,
+                        )]
+                    }
+                    _ => Vec::new(),
+                }
+            }
+            Task::MergeState { cand } if member => {
+                let Ok(Response::State { successors, .. }) = reply else {
+                    return Vec::new();
+                };
+                let mut out = self.offer_successor(cand.clone(), &successors);
+                if out.is_empty() {
+                    // Not closer for us; we may still be its closer predecessor.
+                    let me = self.me.clone();
+                    out.push(self.notice(cand, Request::Rectify { candidate: me }));
+                }
+                out
+            }
             // A reply for a phase we are no longer in.
             _ => Vec::new(),
+        }
+    }
+
+    /// A request to `peer` went unanswered. Returns whether the peer is gone
+    /// from our tables: dropped now (its misses reached the limit), or never
+    /// in them. Otherwise it stays a suspect and is probed on the next tick.
+    fn miss(&mut self, peer: &Peer) -> bool {
+        if peer.id == self.me.id {
+            return false;
+        }
+        if !self.knows(peer.id) {
+            self.suspects.remove(&peer.id);
+            return true;
+        }
+        let suspect = self.suspects.entry(peer.id).or_insert_with(|| Suspect {
+            peer: peer.clone(),
+            misses: 0,
+        });
+        suspect.misses = suspect.misses.saturating_add(1);
+        if suspect.misses >= self.config.dead_after_misses.max(1) {
+            self.forget(peer.id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `id` answered: whatever it missed before, it is alive.
+    fn heard(&mut self, id: Id) {
+        self.suspects.remove(&id);
+    }
+
+    /// Is `id` our predecessor, a successor or a finger?
+    fn knows(&self, id: Id) -> bool {
+        self.predecessor.iter().any(|p| p.id == id)
+            || self.successors.iter().any(|p| p.id == id)
+            || self.fingers.iter().flatten().any(|p| p.id == id)
+    }
+
+    /// Ping every suspect not already being probed (a few at a time).
+    fn start_probes(&mut self, now_ms: u64) -> Vec<Outbound> {
+        let known: Vec<Id> = self
+            .suspects
+            .keys()
+            .copied()
+            .filter(|id| !self.knows(*id))
+            .collect();
+        for id in known {
+            self.suspects.remove(&id);
+        }
+        let probing: BTreeSet<Id> = self
+            .pending
+            .values()
+            .filter(|p| p.task.kind() == Kind::Probe)
+            .map(|p| p.to.id)
+            .collect();
+        let room = MAX_PROBES.saturating_sub(probing.len());
+        let due: Vec<Peer> = self
+            .suspects
+            .values()
+            .filter(|s| !probing.contains(&s.peer.id))
+            .take(room)
+            .map(|s| s.peer.clone())
+            .collect();
+        due.into_iter()
+            .map(|peer| {
+                let task = Task::Probe { peer: peer.clone() };
+                self.send(peer, Request::Ping, task, now_ms)
+            })
+            .collect()
+    }
+
+    /// Number of peers currently suspected (missed answers, not yet dropped).
+    pub fn suspected(&self) -> usize {
+        self.suspects.len()
+    }
+
+    /// Ask one seed or past successor (round robin, skipping our current
+    /// successors) who owns our id in *its* ring; see `Task::MergeFind`.
+    fn start_merge_probe(&mut self, now_ms: u64) -> Vec<Outbound> {
+        let mut candidates: Vec<Peer> = Vec::new();
+        for p in self.seeds.iter().chain(self.seen.iter()) {
+            let ours = p.id == self.me.id || self.successors.iter().any(|s| s.id == p.id);
+            if !ours && !candidates.iter().any(|c| c.id == p.id) {
+                candidates.push(p.clone());
+            }
+        }
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let via = candidates[self.merge_cursor % candidates.len()].clone();
+        self.merge_cursor = self.merge_cursor.wrapping_add(1);
+        let lookup = Lookup::via(via.clone(), self.me.id);
+        let req = Request::FindSuccessor { key: self.me.id };
+        vec![self.send(via, req, Task::MergeFind { lookup }, now_ms)]
+    }
+
+    /// Remember our successors as future merge probes (bounded).
+    fn remember_successors(&mut self) {
+        for s in &self.successors {
+            if s.id == self.me.id || self.seen.iter().any(|p| p.id == s.id) {
+                continue;
+            }
+            if self.seen.len() >= MAX_SEEN {
+                self.seen.pop_front();
+            }
+            self.seen.push_back(s.clone());
         }
     }
 
@@ -519,6 +843,7 @@ impl Node {
             return Vec::new();
         }
         self.successors = new;
+        self.remember_successors();
         self.rectify_successor()
     }
 
@@ -661,6 +986,7 @@ impl Node {
         if id == self.me.id {
             return;
         }
+        self.suspects.remove(&id);
         if self.predecessor.as_ref().map(|p| p.id) == Some(id) {
             self.predecessor = None;
         }
@@ -772,10 +1098,21 @@ impl Node {
         }
     }
 
-    /// The edge saw `id` dead elsewhere: drop it from fingers, successors and
-    /// predecessor.
+    /// The edge saw `id` miss an answer elsewhere (a lookup, another
+    /// plugin's request): one more miss against it. It is dropped from
+    /// fingers, successors and predecessor once its misses reach
+    /// [`Config::dead_after_misses`]; until then it is probed.
     pub fn peer_failed(&mut self, id: Id) {
-        self.forget(id);
+        let known = self
+            .predecessor
+            .iter()
+            .chain(self.successors.iter())
+            .chain(self.fingers.iter().flatten())
+            .find(|p| p.id == id)
+            .cloned();
+        if let Some(peer) = known {
+            self.miss(&peer);
+        }
     }
 
     pub fn me(&self) -> &Peer {
@@ -806,7 +1143,7 @@ impl Node {
 
     /// True while a join is in progress or waiting to be retried.
     pub fn joining(&self) -> bool {
-        matches!(self.phase, Phase::Joining { .. })
+        matches!(self.phase, Phase::Joining)
     }
 
     /// Number of requests awaiting a reply.
@@ -837,6 +1174,10 @@ mod tests {
             stabilize_every_ms: 100,
             fix_fingers_every_ms: 100,
             check_predecessor_every_ms: 100,
+            // The 2001 rule (first miss drops) and no merge probes, unless a
+            // test asks for them.
+            dead_after_misses: 1,
+            merge_probe_every_ms: u64::MAX,
         }
     }
 
@@ -1225,6 +1566,159 @@ mod tests {
         assert_eq!(n.next_finger, 51);
     }
 
+    /// `cfg` with the failure detector and merge probes of production.
+    fn cfg_detect(r: usize) -> Config {
+        Config {
+            dead_after_misses: 3,
+            merge_probe_every_ms: 1000,
+            ..cfg(r)
+        }
+    }
+
+    fn detecting_member(id: Id, succs: &[Id], pred: Option<Id>) -> Node {
+        let mut n = member(id, succs, pred);
+        n.config = cfg_detect(3);
+        n
+    }
+
+    #[test]
+    fn a_slow_successor_is_probed_not_dropped() {
+        let mut n = detecting_member(100, &[300, 400], None);
+        let ask = stabilize_request(&mut n, 100);
+        assert!(n.on_reply(ask.token, Err(Failure::Timeout), 100).is_empty());
+        assert_eq!(ids(&n), vec![300, 400], "one miss is only suspicion");
+        assert_eq!(n.suspected(), 1);
+        let probe = only(
+            n.tick(110)
+                .into_iter()
+                .filter(|o| o.request == Request::Ping)
+                .collect(),
+        );
+        assert_eq!(probe.to, p(300));
+        n.on_reply(probe.token, Ok(Response::Ack), 120);
+        assert_eq!(n.suspected(), 0, "it answered: alive");
+        assert_eq!(ids(&n), vec![300, 400]);
+    }
+
+    #[test]
+    fn a_dead_successor_is_dropped_after_the_probes_miss_too() {
+        let mut n = detecting_member(100, &[300, 400], None);
+        let ask = stabilize_request(&mut n, 100);
+        n.on_reply(ask.token, Err(Failure::Timeout), 100);
+        for (i, now) in [110, 120].into_iter().enumerate() {
+            let probe = only(
+                n.tick(now)
+                    .into_iter()
+                    .filter(|o| o.request == Request::Ping)
+                    .collect(),
+            );
+            let out = n.on_reply(probe.token, Err(Failure::Timeout), now);
+            if i == 0 {
+                assert_eq!(ids(&n), vec![300, 400], "two misses of three");
+                assert!(out.is_empty());
+            } else {
+                assert_eq!(ids(&n), vec![400], "third miss: dead");
+            }
+        }
+        assert_eq!(n.suspected(), 0);
+    }
+
+    #[test]
+    fn not_in_ring_drops_at_once() {
+        let mut n = detecting_member(100, &[300, 400], None);
+        let ask = stabilize_request(&mut n, 100);
+        let retry = only(n.on_reply(ask.token, Ok(Response::NotInRing), 100));
+        assert_eq!(retry.to, p(400));
+        assert_eq!(ids(&n), vec![400]);
+    }
+
+    #[test]
+    fn peer_failed_reports_are_misses_too() {
+        let mut n = detecting_member(100, &[200], Some(50));
+        n.peer_failed(200);
+        n.peer_failed(200);
+        assert_eq!(ids(&n), vec![200]);
+        n.peer_failed(200);
+        assert_eq!(ids(&n), vec![50], "three reports: dropped");
+    }
+
+    /// Answer every request of a join round with `NotInRing`.
+    fn answer_round_not_in_ring(n: &mut Node, mut out: Vec<Outbound>, now: u64) -> Vec<Id> {
+        let mut asked = Vec::new();
+        while let Some(o) = out.pop() {
+            asked.push(o.to.id);
+            out.extend(n.on_reply(o.token, Ok(Response::NotInRing), now));
+        }
+        asked
+    }
+
+    #[test]
+    fn all_joining_the_lowest_creates_the_ring() {
+        let mut low = Node::new(p(10), cfg_detect(3));
+        low.add_seed(p(20));
+        low.add_seed(p(30));
+        let first = low.join_seeds(0);
+        assert_eq!(answer_round_not_in_ring(&mut low, first, 0), vec![20, 30]);
+        assert!(low.joined(), "lowest of the reachable joining nodes");
+        assert_eq!(ids(&low), vec![10]);
+
+        let mut high = Node::new(p(20), cfg_detect(3));
+        high.add_seed(p(10));
+        high.add_seed(p(30));
+        let first = high.join_seeds(0);
+        answer_round_not_in_ring(&mut high, first, 0);
+        assert!(high.joining(), "10 is lower: wait for it");
+        assert!(high.tick(50).is_empty());
+        let again = only(high.tick(100));
+        assert_eq!(again.request, Request::FindSuccessor { key: 20 });
+    }
+
+    #[test]
+    fn a_round_nobody_answered_creates_nothing() {
+        let mut n = Node::new(p(10), cfg_detect(3));
+        n.add_seed(p(20));
+        let first = only(n.join_seeds(0));
+        assert!(n.on_reply(first.token, Err(Failure::Timeout), 0).is_empty());
+        assert!(n.joining(), "a slow ring is not an absent one");
+        let second = only(n.tick(100));
+        assert!(n
+            .on_reply(second.token, Err(Failure::Unreachable), 100)
+            .is_empty());
+        assert!(n.joining());
+    }
+
+    #[test]
+    fn a_joining_node_learns_seeds_from_its_callers() {
+        let mut n = Node::new(p(30), cfg_detect(3));
+        n.add_seed(p(99));
+        let _ = n.join_seeds(0);
+        let reply = n.handle(Some(&p(10)), Request::FindSuccessor { key: 10 }, 0);
+        assert_eq!(reply, Response::NotInRing);
+        assert_eq!(
+            n.seeds().iter().map(|s| s.id).collect::<Vec<_>>(),
+            vec![99, 10]
+        );
+        // Members do not take hints.
+        let mut m = member(40, &[50], None);
+        m.handle(Some(&p(10)), Request::Ping, 0);
+        assert!(m.seeds().is_empty());
+    }
+
+    #[test]
+    fn merge_probe_adopts_a_closer_node_of_another_ring() {
+        let mut n = Node::new(p(10), cfg_detect(3));
+        n.add_seed(p(50));
+        n.create(0);
+        assert!(!n.tick(999).iter().any(|o| o.to.id == 50), "not due yet");
+        let find = only(n.tick(1000).into_iter().filter(|o| o.to.id == 50).collect());
+        assert_eq!(find.request, Request::FindSuccessor { key: 10 });
+        let get = only(n.on_reply(find.token, Ok(Response::Found(FindStep::Done(p(30)))), 1000));
+        assert_eq!((get.to.id, get.request.clone()), (30, Request::GetState));
+        let rect = only(n.on_reply(get.token, state(Some(50), &[50, 10]), 1000));
+        assert_eq!(ids(&n), vec![30, 50]);
+        assert_eq!(rect.request, Request::Rectify { candidate: p(10) });
+    }
+
     /// Arbitrary requests, replies (right, wrong, stale or unknown tokens),
     /// ticks and failure reports never panic, and the local pointers stay
     /// well-formed: ordered successor list of at most r without ourselves
@@ -1296,7 +1790,7 @@ mod tests {
                     assert!(d.windows(2).all(|w| w[0] < w[1]), "{list:?}");
                 }
                 assert_ne!(n.predecessor().map(|p| p.id), Some(start));
-                assert!(n.in_flight_requests() <= 4);
+                assert!(n.in_flight_requests() <= 4 + MAX_PROBES + 1);
             }
         }
     }

@@ -1,11 +1,15 @@
 //! Deterministic in-process network for many [`Node`]s.
 //!
-//! Requests are delivered synchronously in FIFO order: the target's
-//! [`Node::handle`] runs, and its answer goes straight to the sender's
-//! [`Node::on_reply`] (or `Failure::Unreachable` when the target is dead or
-//! absent). Time advances in steps of the smallest configured period; each
-//! step ticks every node in a seeded-random order. Everything, including node
-//! ids, comes from one seeded RNG, so a seed reproduces a run exactly.
+//! By default requests are delivered synchronously in FIFO order: the
+//! target's [`Node::handle`] runs, and its answer goes straight to the
+//! sender's [`Node::on_reply`] (or `Failure::Unreachable` when the target is
+//! dead or absent). With [`Faults`] set, every request and every reply
+//! instead travels on its own with a random delay and may be lost; a lost
+//! message is never answered, so the sender's `tick` times it out. Time
+//! advances in steps of the smallest configured period; each step delivers
+//! the messages that are due, then ticks every node in a seeded-random
+//! order. Everything, including node ids, comes from one seeded RNG, so a
+//! seed reproduces a run exactly.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -13,6 +17,11 @@ use crate::{
     check_invariants, finger_start, Config, Failure, FindStep, Id, Lookup, LookupAction, Node,
     Outbound, Peer, Request, Response, View, Violation,
 };
+
+/// The simulated address of node `id`.
+fn sim_peer(id: Id) -> Peer {
+    Peer::new(id, format!("sim-{id:016x}"))
+}
 
 /// SplitMix64: tiny, seedable, good enough for simulations.
 #[derive(Clone, Debug)]
@@ -66,6 +75,30 @@ impl LookupOutcome {
     }
 }
 
+/// Network trouble injected between nodes while set ([`Sim::set_faults`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Faults {
+    /// Probability (0..=1) that one message (a request, or a reply) is lost.
+    pub loss: f64,
+    /// Each message takes a delay drawn uniformly from this range, in ms.
+    pub min_delay_ms: u64,
+    pub max_delay_ms: u64,
+}
+
+/// A message in flight when faults are set.
+#[derive(Clone, Debug)]
+enum InFlight {
+    Request {
+        from: Id,
+        out: Outbound,
+    },
+    Reply {
+        to: Id,
+        token: u64,
+        reply: Result<Response, Failure>,
+    },
+}
+
 /// The simulated network.
 pub struct Sim {
     nodes: BTreeMap<Id, Node>,
@@ -73,6 +106,13 @@ pub struct Sim {
     now_ms: u64,
     step_ms: u64,
     config: Config,
+    faults: Option<Faults>,
+    /// Messages in flight under faults, by (delivery time, sequence).
+    in_flight: BTreeMap<(u64, u64), InFlight>,
+    next_seq: u64,
+    /// Play the edge for stalled joins: give them a random member to join
+    /// through. Off, joining nodes only have their own seeds.
+    rebootstrap: bool,
     /// Requests delivered (including lookup requests).
     pub messages: u64,
 }
@@ -93,8 +133,24 @@ impl Sim {
             now_ms: 0,
             step_ms,
             config,
+            faults: None,
+            in_flight: BTreeMap::new(),
+            next_seq: 0,
+            rebootstrap: true,
             messages: 0,
         }
+    }
+
+    /// Inject (or, with `None`, stop injecting) loss and delay. Messages
+    /// already in flight still arrive at their time.
+    pub fn set_faults(&mut self, faults: Option<Faults>) {
+        self.faults = faults;
+    }
+
+    /// Whether stalled joins get a random member from the simulator (the
+    /// default) or rely on their own seeds only.
+    pub fn set_rebootstrap(&mut self, on: bool) {
+        self.rebootstrap = on;
     }
 
     /// A config suited to simulation: every maintenance task on every step.
@@ -104,6 +160,8 @@ impl Sim {
             stabilize_every_ms: 100,
             fix_fingers_every_ms: 100,
             check_predecessor_every_ms: 100,
+            dead_after_misses: 3,
+            merge_probe_every_ms: 1000,
         }
     }
 
@@ -170,7 +228,7 @@ impl Sim {
         if self.nodes.contains_key(&id) {
             return false;
         }
-        let mut node = Node::new(Peer::new(id, format!("sim-{id:016x}")), self.config.clone());
+        let mut node = Node::new(sim_peer(id), self.config.clone());
         match self.random_member() {
             None => {
                 node.create(self.now_ms);
@@ -203,6 +261,13 @@ impl Sim {
     }
 
     fn deliver(&mut self, from: Id, out: Vec<Outbound>) {
+        if self.faults.is_some() || !self.in_flight.is_empty() {
+            for o in out {
+                self.schedule(InFlight::Request { from, out: o });
+            }
+            self.pump();
+            return;
+        }
         let mut queue: VecDeque<(Id, Outbound)> = out.into_iter().map(|o| (from, o)).collect();
         let mut delivered = 0usize;
         while let Some((src, ob)) = queue.pop_front() {
@@ -225,19 +290,147 @@ impl Sim {
         }
     }
 
+    /// Put a message on the simulated wire: lost, or due after a delay.
+    fn schedule(&mut self, message: InFlight) {
+        let mut due = self.now_ms;
+        if let Some(f) = self.faults {
+            // Loss drawn from the seeded RNG: `loss` of u64::MAX as a threshold.
+            let threshold = (f.loss.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+            if self.rng.next_u64() < threshold {
+                return;
+            }
+            let span = f.max_delay_ms.saturating_sub(f.min_delay_ms);
+            let jitter = if span == 0 {
+                0
+            } else {
+                self.rng.next_u64() % (span + 1)
+            };
+            due += f.min_delay_ms + jitter;
+        }
+        self.next_seq += 1;
+        self.in_flight.insert((due, self.next_seq), message);
+    }
+
+    /// Deliver every message due by now, and what they cause.
+    fn pump(&mut self) {
+        let mut delivered = 0usize;
+        while let Some(entry) = self.in_flight.first_entry() {
+            if entry.key().0 > self.now_ms || delivered > MAX_DELIVERIES {
+                break;
+            }
+            delivered += 1;
+            match entry.remove() {
+                InFlight::Request { from, out } => {
+                    self.messages += 1;
+                    let src_peer = self.nodes.get(&from).map(|n| n.me().clone());
+                    let reply = match self.nodes.get_mut(&out.to.id) {
+                        Some(target) if target.me().addr == out.to.addr => {
+                            Ok(target.handle(src_peer.as_ref(), out.request, self.now_ms))
+                        }
+                        _ => Err(Failure::Unreachable),
+                    };
+                    self.schedule(InFlight::Reply {
+                        to: from,
+                        token: out.token,
+                        reply,
+                    });
+                }
+                InFlight::Reply { to, token, reply } => {
+                    let now = self.now_ms;
+                    let more = match self.nodes.get_mut(&to) {
+                        Some(node) => node.on_reply(token, reply, now),
+                        None => continue,
+                    };
+                    for o in more {
+                        self.schedule(InFlight::Request { from: to, out: o });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Messages in flight (only under faults).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Add a node with the given id and seeds that starts joining through
+    /// them (no oracle: no member is handed to it). False if the id is taken.
+    pub fn add_joining(&mut self, id: Id, seeds: &[Id]) -> bool {
+        if self.nodes.contains_key(&id) {
+            return false;
+        }
+        let mut node = Node::new(sim_peer(id), self.config.clone());
+        for s in seeds {
+            node.add_seed(sim_peer(*s));
+        }
+        let out = node.join_seeds(self.now_ms);
+        self.nodes.insert(id, node);
+        self.deliver(id, out);
+        true
+    }
+
+    /// Every node forgets its ring at once and starts joining through its
+    /// seeds and the peers it knew (the state a flood once left a real ring
+    /// in: everyone "rejoining via" someone who is joining too).
+    pub fn all_rejoin(&mut self) {
+        let ids: Vec<Id> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let Some(old) = self.nodes.get(&id) else {
+                continue;
+            };
+            let mut node = Node::new(old.me().clone(), self.config.clone());
+            let known = old
+                .seeds()
+                .iter()
+                .chain(old.successors())
+                .chain(old.predecessor())
+                .cloned()
+                .collect::<Vec<_>>();
+            for p in known {
+                node.add_seed(p);
+            }
+            let out = node.join_seeds(self.now_ms);
+            self.nodes.insert(id, node);
+            self.deliver(id, out);
+        }
+    }
+
+    /// Every node present is a member, and the ring is one ordered ring
+    /// with exact successor lists and predecessors.
+    pub fn converged(&self) -> bool {
+        self.nodes.values().all(|n| n.joined())
+            && self.check().is_ok()
+            && self.wrong_pointers() == 0
+    }
+
+    /// Step until [`Sim::converged`]; the steps taken, or `None` after
+    /// `max_steps`.
+    pub fn run_until_converged(&mut self, max_steps: u32) -> Option<u32> {
+        for steps in 0..=max_steps {
+            if self.converged() {
+                return Some(steps);
+            }
+            self.step();
+        }
+        None
+    }
+
     /// Advance time one step and tick every node (random order).
     pub fn step(&mut self) {
         self.now_ms += self.step_ms;
+        self.pump();
         let mut ids: Vec<Id> = self.nodes.keys().copied().collect();
         self.rng.shuffle(&mut ids);
         for id in ids {
             let now = self.now_ms;
             // A join whose bootstrap peer died never completes: like an
             // edge, pick another bootstrap peer.
-            let stalled = self
-                .nodes
-                .get(&id)
-                .is_some_and(|n| n.joining() && n.in_flight_requests() == 0);
+            let stalled = self.rebootstrap
+                && self
+                    .nodes
+                    .get(&id)
+                    .is_some_and(|n| n.joining() && n.in_flight_requests() == 0);
             let via = if stalled {
                 self.random_member()
                     .and_then(|v| self.nodes.get(&v))

@@ -12,7 +12,7 @@
 //! `ring.suspect` (local: a peer seen dead elsewhere), and the status
 //! section `status.ring`.
 
-use gestor_api::ring::{self, KeyBody, Neighbourhood, Owner, PeerRef, RpcBody};
+use gestor_api::ring::{self, Neighbourhood, Owner, PeerRef, RpcBody};
 use gestor_api::status::{self, FingerEntry, RingStatus};
 use gestor_chord::{
     Config as ChordConfig, Failure, Lookup, LookupAction, Node, Outbound, Peer, Request, Response,
@@ -22,9 +22,6 @@ use gestor_sdk::{
 };
 use serde::Deserialize;
 use std::collections::VecDeque;
-
-/// How many past successors are remembered as probes for ring merging.
-const SEEN_PEERS: usize = 64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,10 +38,13 @@ pub struct RingConfig {
     pub rpc_timeout_ms: u64,
     /// How often the maintenance loop wakes.
     pub tick_every_ms: u64,
-    /// How often a gestor that finds itself alone (every successor lost, as
-    /// after a partition) tries to rejoin through its join URLs and the
-    /// initial gestors.
-    pub rejoin_check_every_ms: u64,
+    /// How often a member probes one of its seeds (join URLs, initial
+    /// gestors) or past successors for another ring to merge with, and how
+    /// often the seeds are looked up again.
+    pub merge_probe_every_ms: u64,
+    /// A peer is dropped after this many missed answers in a row (probed in
+    /// between), so a slow gestor is not taken for a dead one.
+    pub dead_after_misses: u32,
 }
 
 impl Default for RingConfig {
@@ -56,7 +56,8 @@ impl Default for RingConfig {
             check_predecessor_every_ms: 1000,
             rpc_timeout_ms: 1000,
             tick_every_ms: 100,
-            rejoin_check_every_ms: 5_000,
+            merge_probe_every_ms: 5_000,
+            dead_after_misses: 3,
         }
     }
 }
@@ -81,12 +82,6 @@ struct Shared {
     ctx: PluginContext,
     config: RingConfig,
     epoch: Instant,
-    join_cursor: Mutex<usize>,
-    last_rejoin_check: Mutex<u64>,
-    probe_cursor: Mutex<usize>,
-    /// Gestores seen in our successor list (bounded), for ring merging.
-    seen: Mutex<VecDeque<String>>,
-    chord_config: ChordConfig,
     stats: Mutex<(u64, u64)>,
 }
 
@@ -109,8 +104,10 @@ impl Shared {
             from: Some(peer_ref(&me)),
             request,
         };
+        // `NotInRing` goes to the Chord core as an answer: the peer is alive
+        // but no member, which drops it at once (and counts for the joining
+        // tie-break), unlike a miss.
         match self.ctx.call::<Rpc>(&to.addr, &body, self.rpc_timeout()) {
-            Ok(Response::NotInRing) => Err(Failure::Unreachable),
             Ok(r) => Ok(r),
             Err(CallError::Transport(gestor_sdk::TransportError::Timeout { .. })) => {
                 Err(Failure::Timeout)
@@ -150,144 +147,37 @@ impl Shared {
         }
         let out = self.node().tick(self.now());
         self.drive(out);
-        self.remember_peers();
-        self.rejoin_if_alone();
     }
 
-    /// After a partition: a member whose successors all failed is a ring of
-    /// one, and once the gestores it knows of are reachable again it starts
-    /// over and joins through one of them; a member of a larger ring probes
-    /// for another ring to merge with (`probe_other_rings`).
-    fn rejoin_if_alone(&self) {
-        let now = self.now();
-        {
-            let mut last = self
-                .last_rejoin_check
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if now.saturating_sub(*last) < self.config.rejoin_check_every_ms {
-                return;
+    /// The join URLs and initial gestors we do not know as seeds yet, asked
+    /// who they are and handed to the Chord core, which joins through them,
+    /// breaks ties among gestores that are all joining, and probes them for
+    /// other rings to merge with. Runs on its own thread so an unreachable
+    /// URL never delays ring maintenance.
+    fn refresh_seeds(&self) {
+        let me = self.ctx.request_url();
+        let mut urls = self.ctx.join_urls();
+        urls.extend(self.ctx.initial_gestors());
+        urls.retain(|u| *u != me);
+        urls.sort();
+        urls.dedup();
+        for url in urls {
+            let known = self.node().seeds().iter().any(|s| s.addr == url);
+            if known || self.ctx.stopping() {
+                continue;
             }
-            *last = now;
-        }
-        let (me, alone, successors) = {
-            let node = self.node();
-            if !node.joined() {
-                return;
-            }
-            let alone = node.successors().iter().all(|p| p.id == node.me().id);
-            (node.me().clone(), alone, node.successors().to_vec())
-        };
-        if !alone {
-            self.probe_other_rings(&me, &successors);
-            return;
-        }
-        let mut candidates = self.ctx.join_urls();
-        candidates.extend(self.ctx.initial_gestors());
-        candidates.retain(|u| *u != me.addr);
-        candidates.dedup();
-        for url in candidates {
-            let Ok(via) = self
+            if let Ok(peer) = self
                 .ctx
                 .call::<ring::Whoami>(&url, &Empty, self.rpc_timeout())
                 .map(chord_peer)
-            else {
-                continue;
-            };
-            if via.id == me.id {
-                continue;
-            }
-            tracing::info!(via = %url, "alone in the ring; rejoining");
-            let out = {
-                let mut node = self.node();
-                *node = Node::new(me.clone(), self.chord_config.clone());
-                node.join(via, now)
-            };
-            self.drive(out);
-            return;
-        }
-    }
-
-    /// After a partition the two sides may each have formed a ring. Ask one
-    /// gestor we know of (join URLs, initial gestors, peers seen before)
-    /// where our own id belongs in *its* ring. If the answer is not us, that
-    /// ring does not contain us: offer its node to Chord as a closer
-    /// successor and announce ourselves to it (rectify). Stabilization then
-    /// zips the rings together. In one healthy ring the answer is us, or a
-    /// node we had not met yet between us and our successor — adopting that
-    /// is right too.
-    fn probe_other_rings(&self, me: &Peer, successors: &[Peer]) {
-        let mut candidates = self.ctx.join_urls();
-        candidates.extend(self.ctx.initial_gestors());
-        candidates.extend(
-            self.seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned(),
-        );
-        candidates.retain(|u| *u != me.addr && !successors.iter().any(|s| s.addr == *u));
-        candidates.sort();
-        candidates.dedup();
-        if candidates.is_empty() {
-            return;
-        }
-        let url = {
-            let mut cursor = self.probe_cursor.lock().unwrap_or_else(|p| p.into_inner());
-            *cursor = (*cursor + 1) % candidates.len();
-            candidates[*cursor].clone()
-        };
-        let Ok(owner) =
-            self.ctx
-                .call::<ring::Lookup>(&url, &KeyBody { key: me.id }, self.rpc_timeout())
-        else {
-            return;
-        };
-        if owner.id == me.id {
-            return;
-        }
-        let candidate = Peer::new(owner.id, owner.addr);
-        let Ok(Response::State {
-            successors: list, ..
-        }) = self.rpc(&candidate, Request::GetState)
-        else {
-            return;
-        };
-        let out = self.node().offer_successor(candidate.clone(), &list);
-        if !out.is_empty() {
-            tracing::info!(peer = %candidate.addr, via = %url, "found a closer successor through another gestor; merging rings");
-            self.drive(out);
-        }
-        // Let the other side learn of us too, in case we are its closer predecessor.
-        let _ = self.rpc(
-            &candidate,
-            Request::Rectify {
-                candidate: me.clone(),
-            },
-        );
-    }
-
-    /// Remember gestores seen in our successor list, as probes for
-    /// `probe_other_rings` after they have left our view.
-    fn remember_peers(&self) {
-        let addrs: Vec<String> = self
-            .node()
-            .successors()
-            .iter()
-            .map(|p| p.addr.clone())
-            .collect();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        for a in addrs {
-            if !seen.contains(&a) {
-                seen.push_back(a);
-                if seen.len() > SEEN_PEERS {
-                    seen.pop_front();
-                }
+            {
+                self.node().add_seed(peer);
             }
         }
     }
 
-    /// Create a ring, or join one through the configured gestores.
+    /// Create a ring (no join URLs), or join one through the seeds. Once
+    /// joining, the Chord core retries by itself (see `Node::join_seeds`).
     fn start_membership(&self) {
         let joins: Vec<String> = self
             .ctx
@@ -301,24 +191,20 @@ impl Shared {
             tracing::info!("created a new ring");
             return;
         }
-        let url = {
-            let mut cursor = self.join_cursor.lock().unwrap_or_else(|p| p.into_inner());
-            *cursor = (*cursor + 1) % joins.len();
-            joins[*cursor].clone()
-        };
-        match self
-            .ctx
-            .call::<ring::Whoami>(&url, &Empty, self.rpc_timeout())
-            .map(chord_peer)
-        {
-            Ok(via) => {
-                tracing::info!(via = %url, "joining the ring");
-                let now = self.now();
-                let out = self.node().join(via, now);
-                self.drive(out);
-            }
-            Err(e) => tracing::warn!(via = %url, "cannot reach gestor to join through: {e}"),
+        if self.node().seeds().is_empty() {
+            self.refresh_seeds();
         }
+        let now = self.now();
+        let out = self.node().join_seeds(now);
+        if out.is_empty() {
+            tracing::warn!(
+                "cannot reach any gestor to join through ({})",
+                joins.join(", ")
+            );
+            return;
+        }
+        tracing::info!("joining the ring");
+        self.drive(out);
     }
 
     fn lookup(&self, key: u64) -> Result<Owner, HandlerError> {
@@ -403,18 +289,15 @@ impl Plugin for Ring {
             stabilize_every_ms: config.stabilize_every_ms,
             fix_fingers_every_ms: config.fix_fingers_every_ms,
             check_predecessor_every_ms: config.check_predecessor_every_ms,
+            dead_after_misses: config.dead_after_misses.max(1),
+            merge_probe_every_ms: config.merge_probe_every_ms.max(100),
         };
         let me = Peer::new(ctx.node_id(), ctx.request_url());
         let shared = Arc::new(Shared {
-            node: Mutex::new(Node::new(me.clone(), chord.clone())),
+            node: Mutex::new(Node::new(me.clone(), chord)),
             ctx: ctx.clone(),
             config: config.clone(),
             epoch: Instant::now(),
-            join_cursor: Mutex::new(0),
-            last_rejoin_check: Mutex::new(0),
-            probe_cursor: Mutex::new(0),
-            seen: Mutex::new(VecDeque::new()),
-            chord_config: chord.clone(),
             stats: Mutex::new((0, 0)),
         });
         *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
@@ -453,6 +336,12 @@ impl Plugin for Ring {
         let s = shared.clone();
         ctx.serve::<status::Ring>(move |_, _| Ok(s.status()))?;
 
+        let s = shared.clone();
+        ctx.every(
+            "seeds",
+            Duration::from_millis(config.merge_probe_every_ms.max(100)),
+            move || s.refresh_seeds(),
+        );
         let s = shared.clone();
         ctx.every(
             "maintain",
