@@ -84,6 +84,77 @@ impl Ring {
         ring
     }
 
+    /// Start `n` gestores at the same moment, each told to join through
+    /// all the others and none told to create the ring: the state a
+    /// collapsed ring was once stuck in. The ring's own tie-break must form it.
+    pub fn start_all_joining(n: usize, transport: TransportKind, storage: StorageKind) -> Ring {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("gestor.toml");
+        std::fs::write(&config_path, TEST_CONFIG).expect("write config");
+        let mut ring = Ring {
+            dir,
+            nodes: Vec::new(),
+            transport,
+            storage,
+            config_path,
+            config_text: TEST_CONFIG.to_string(),
+            relays: Vec::new(),
+        };
+        let endpoints: Vec<(String, String)> = (0..n)
+            .map(|_| {
+                (
+                    format!("tcp://127.0.0.1:{}", free_port()),
+                    format!("tcp://127.0.0.1:{}", free_port()),
+                )
+            })
+            .collect();
+        for (i, (url, signal)) in endpoints.iter().enumerate() {
+            let data = ring.dir.path().join(format!("data-{i}"));
+            let mut own = vec![
+                "--listen".to_string(),
+                url.clone(),
+                "--signal".into(),
+                signal.clone(),
+            ];
+            for (other, _) in endpoints.iter().filter(|(u, _)| u != url) {
+                own.push("--join".into());
+                own.push(other.clone());
+            }
+            // No node is running yet, so `node_args` adds no `--join` of its own.
+            let args = ring.node_args(&ring.config_path, &data, own);
+            let node = NodeProc::spawn(
+                url,
+                transport,
+                &args,
+                ring.dir.path(),
+                &[("RUST_LOG", "info")],
+            );
+            ring.nodes.push(node);
+        }
+        for node in &ring.nodes {
+            assert!(
+                wait_ready(&node.url, transport, Duration::from_secs(30)),
+                "gestor at {} did not start:\n{}",
+                node.url,
+                node.log()
+            );
+        }
+        ring
+    }
+
+    /// SIGSTOP (`stop = true`) or SIGCONT node `i`: a stalled process, alive
+    /// but answering nothing, as under heavy swapping or a long GC pause.
+    pub fn pause(&self, i: usize, stop: bool) {
+        let Some(pid) = self.nodes[i].pid() else {
+            return;
+        };
+        let signal = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signalling a child process we spawned and still own.
+        unsafe {
+            libc::kill(pid as i32, signal);
+        }
+    }
+
     /// A layer with an operator credential (gestor-internal kinds, e.g. inventories).
     pub fn operator(&self) -> gestor_secure::SecureLayer {
         crate::cluster::test_cluster().operator_layer(self.transport)

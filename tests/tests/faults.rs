@@ -68,7 +68,16 @@ fn all_found(
     expected: &HashMap<String, String>,
     deadline: Duration,
 ) -> Result<(), String> {
-    let urls = ring.live_urls();
+    all_found_via(ring, &ring.live_urls(), expected, deadline)
+}
+
+/// [`all_found`], asking only the gestores at `urls`.
+fn all_found_via(
+    ring: &Ring,
+    urls: &[String],
+    expected: &HashMap<String, String>,
+    deadline: Duration,
+) -> Result<(), String> {
     let mut missing: Vec<String> = expected.keys().cloned().collect();
     missing.sort();
     let mut last = String::new();
@@ -614,7 +623,67 @@ fn partition_and_heal(
         .unwrap_or_else(|e| panic!("copies after healing: {e}"));
 }
 
+/// 5 gestores, 200 users; one gestor is stalled (SIGSTOP) for 20 s: alive
+/// to the kernel, answering nothing. The others route around it — every
+/// user is found through them and 20 users move to new addresses — and
+/// after SIGCONT it is taken back: one ring of 5, every user at its newest
+/// address, every record on its 4 gestores.
+fn stalled_gestor_is_routed_around_and_taken_back(transport: TransportKind, storage: StorageKind) {
+    let n = 200;
+    let (ring, tokens) = populated_ring(5, n, transport, storage);
+    let mut expected = addresses(n);
+    let stalled = ring.ring_order()[2];
+    let others: Vec<String> = ring
+        .live_urls()
+        .into_iter()
+        .filter(|u| *u != ring.nodes[stalled].url)
+        .collect();
+    let stall = std::time::Instant::now();
+    ring.pause(stalled, true);
+    all_found_via(&ring, &others, &expected, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("around the stalled gestor: {e}\n{}", ring.logs()));
+    for i in 0..20 {
+        let name = format!("user{i}");
+        let moved = format!("127.0.0.1:{}", 40_000 + i);
+        let mut last = String::new();
+        let done = wait_until(Duration::from_secs(30), || {
+            let entry = &others[i % others.len()];
+            match client(&ring, entry).set_address(&name, &tokens[&name], &moved) {
+                Ok(_) => true,
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            }
+        });
+        assert!(done, "{name} could not move during the stall: {last}");
+        expected.insert(name, moved);
+    }
+    // The stall lasts 20 s whatever the checks above took.
+    if let Some(rest) = Duration::from_secs(20).checked_sub(stall.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    ring.pause(stalled, false);
+    recovered(&ring, &expected, n, "a 20 s stall");
+}
+
+/// 5 gestores started at the same moment, each told to join through the
+/// other four and none to create the ring (no operator to pick one): the
+/// lowest id creates it, the rest join, and the ring serves and copies.
+fn gestores_that_all_start_joining_form_one_ring(transport: TransportKind, storage: StorageKind) {
+    let ring = Ring::start_all_joining(5, transport, storage);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("all-joining gestores formed no ring: {e}\n{}", ring.logs()));
+    let n = 40;
+    populate(&ring, n);
+    ring.wait_copies(COPIES, n, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("copies: {e}"));
+    all_found(&ring, &addresses(n), Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+}
+
 gestor_tests::matrix!(
+    stalled_gestor_is_routed_around_and_taken_back,
+    gestores_that_all_start_joining_form_one_ring,
     kill_two_at_once,
     kill_three_adjacent,
     rolling_restart,

@@ -85,12 +85,11 @@ kinds! {
     /// through this one.
     Whoami = "ring.whoami", Internal, Empty => PeerRef;
 
-    /// `ring.lookup` — **internal**: the gestor responsible for `key`
-    /// (an iterative Chord lookup). Other plugins call it locally to route
-    /// per-user requests ([`crate::routing`]); the ring plugin also asks
-    /// other gestores over the network, to find and merge a ring it was
-    /// partitioned from. No client or tool sends it.
-    Lookup = "ring.lookup", Internal, KeyBody => Owner;
+    /// `ring.lookup` — **local**: the gestor responsible for `key` (an
+    /// iterative Chord lookup). Other plugins call it to route per-user
+    /// requests ([`crate::routing`]). Ring merging runs its lookups inside
+    /// the Chord core over `ring.rpc`, so nothing sends this over the network.
+    Lookup = "ring.lookup", Local, KeyBody => Owner;
 
     /// `ring.responsible` — **local**: whether this gestor is responsible
     /// for `key` now. Only asked by plugins of the same gestor (the owner

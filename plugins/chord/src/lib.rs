@@ -17,6 +17,18 @@
 //!   known member, fetch that node's successor list, set ours to
 //!   `[succ] ++ its list` trimmed to `r`, predecessor = none. We then send a
 //!   `Rectify` to the new successor so it learns about us at once.
+//! * **Seeds and the tie-break** ([`Node::join_seeds`]): a joining node tries
+//!   its seeds in turn. If a whole round finds no ring, some peer answered
+//!   `NotInRing` (alive, reachable, joining too) and our id is below every
+//!   such peer's, we create the ring and the others join it. Nodes that are
+//!   all joining therefore never wait for each other forever.
+//! * **Failure detection** ([`Config::dead_after_misses`]): a timeout is a
+//!   miss, not a death. A suspect is probed with `Ping` on every tick and
+//!   dropped only after that many misses in a row; `NotInRing` drops at once.
+//! * **Merge probes** ([`Config::merge_probe_every_ms`]): a member asks a
+//!   seed or a past successor where its own id belongs in *that* peer's
+//!   ring and adopts the answer if it is a closer successor, so rings formed
+//!   apart (partition, split tie-break) become one.
 //! * **Stabilize** (periodic, [`Node::tick`]): ask the first successor for its
 //!   `(predecessor, successor list)`. If it does not answer, drop it and retry
 //!   with the next one. If its predecessor `p` lies strictly between us and it,
@@ -102,6 +114,10 @@
 //! thousands of nodes in-process from one seed: joins, crashes, graceful
 //! leaves, maintenance steps, [`sim::Sim::settle`] (until every pointer and
 //! finger is exact) and lookups checked against the true owner.
+//! With [`sim::Faults`] set, messages are delayed and lost at random;
+//! `tests/reform.rs` runs thousands of such schedules (all nodes joining at
+//! once, everyone rejoining, 50 % loss and multi-second delays for 30 s) and
+//! requires one ordered ring with exact successor lists at the end.
 //!
 //! # Naming deviations from the design sketch
 //!
