@@ -50,8 +50,9 @@ pub struct DirectoryConfig {
     pub password_iterations: u32,
     /// Deadline for a forwarded request to the responsible gestor.
     pub forward_timeout_ms: u64,
-    /// Password hashes computed at once; 0 = one per core. As many more may
-    /// wait for one; beyond that a request answers `busy` at once.
+    /// Threads of the password-hashing pool (low CPU priority); 0 = one
+    /// per core. As many jobs may wait; beyond that a request answers
+    /// `busy` at once.
     pub hash_slots: usize,
     /// Wrong passwords per account per minute before further attempts on it
     /// answer `rate_limited` for the rest of the minute; 0 = no limit.
@@ -88,12 +89,13 @@ struct Shared {
     alive: Mutex<HashMap<String, u64>>,
     locks: Vec<Mutex<()>>,
     /// Set at start from the configuration.
-    hash_slots: std::sync::OnceLock<limits::HashSlots>,
+    hash_slots: std::sync::OnceLock<limits::HashPool>,
     failures: Mutex<limits::FailureLimiter>,
     sources: Mutex<limits::SourceLimiter>,
 }
 
-/// How long a password check waits for a hashing slot before `busy`.
+/// How long a password job may wait in the hashing queue before it is
+/// dropped unrun (`busy`).
 const HASH_SLOT_WAIT: Duration = Duration::from_secs(2);
 /// Accounts whose recent failures are remembered.
 const FAILURE_ACCOUNTS: usize = 100_000;
@@ -186,7 +188,8 @@ impl Shared {
         .map_err(|e| HandlerError::internal(format!("argon2 parameters: {e}")))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let salt = SaltString::generate(&mut OsRng);
-        self.slots().run(HASH_SLOT_WAIT, || {
+        let password = password.to_string();
+        self.slots().run(HASH_SLOT_WAIT, move || {
             argon
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
@@ -206,27 +209,31 @@ impl Shared {
         }
     }
 
-    fn slots(&self) -> &limits::HashSlots {
+    fn slots(&self) -> &limits::HashPool {
         self.hash_slots
             .get_or_init(|| match self.config().hash_slots {
-                0 => limits::HashSlots::per_core(),
-                n => limits::HashSlots::new(n, n),
+                0 => limits::HashPool::per_core(),
+                n => limits::HashPool::new(n, n),
             })
     }
 
     /// Check `password` against `record`: refused early (`rate_limited`) for
-    /// an account with too many recent failures, run in a hashing slot
-    /// (`busy` when none frees up), and counted.
+    /// an account with too many recent failures, run on the hashing pool
+    /// (`busy` when it is saturated), and counted.
     fn check_password(&self, record: &UserRecord, password: &str) -> Result<(), HandlerError> {
         let account = &record.username;
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .check(account, system_ms())?;
-        let parsed = PasswordHash::new(&record.password_hash)
+        PasswordHash::new(&record.password_hash)
             .map_err(|e| HandlerError::internal(format!("stored hash unreadable: {e}")))?;
-        let verified = self.slots().run(HASH_SLOT_WAIT, || {
-            Argon2::default().verify_password(password.as_bytes(), &parsed)
+        let (stored, password) = (record.password_hash.clone(), password.to_string());
+        let verified = self.slots().run(HASH_SLOT_WAIT, move || {
+            // Parsed again on the pool: the hash must be owned there.
+            PasswordHash::new(&stored)
+                .map_err(|_| argon2::password_hash::Error::PhcStringField)
+                .and_then(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed))
         })?;
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         match verified {

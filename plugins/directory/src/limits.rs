@@ -1,85 +1,133 @@
-//! Abuse limits on the owner: a bounded number of concurrent password
-//! hashes, and a cap on wrong passwords per account.
+//! Abuse limits on the owner: password hashing on a bounded, low-priority
+//! pool, and caps on wrong passwords per account and attempts per source.
 
 use gestor_sdk::{ErrorCode, HandlerError};
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// At most `slots` argon2 computations at once (each holds its memory cost
-/// in RAM), and at most `queue` more waiting for one. Beyond that a request
-/// answers `busy` at once instead of tying up a request worker, so lookups
-/// and ring maintenance never queue behind password hashing.
-pub struct HashSlots {
-    slots: usize,
-    queue: usize,
+/// Password hashing on its own bounded pool: `threads` threads (one per core
+/// by default) that run at a lower CPU priority than everything else in the
+/// gestor, fed by a queue of at most `queue` jobs. When the queue is full a
+/// request answers `busy` at once instead of tying up a request worker, and
+/// under a flood the cores go to lookups and ring maintenance first: the
+/// hashes only get the CPU time they leave (Linux nice +10 for the pool's
+/// threads; raising one's own nice value needs no privilege). Each job holds
+/// its argon2 memory only while it runs, so memory stays bounded by
+/// `threads` × the memory cost.
+pub struct HashPool {
+    jobs: std::sync::mpsc::SyncSender<Job>,
     /// (running, waiting)
-    state: Mutex<(usize, usize)>,
-    freed: Condvar,
+    load: Arc<Mutex<(usize, usize)>>,
 }
 
-impl HashSlots {
-    pub fn new(slots: usize, queue: usize) -> Self {
-        HashSlots {
-            slots: slots.max(1),
-            queue,
-            state: Mutex::new((0, 0)),
-            freed: Condvar::new(),
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Nice value of the hashing threads: below request workers and ring
+/// maintenance, which keep the default 0.
+const HASH_NICE: i32 = 10;
+
+impl HashPool {
+    pub fn new(threads: usize, queue: usize) -> Self {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        let load = Arc::new(Mutex::new((0, 0)));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("password-hash-{i}"))
+                .spawn(move || {
+                    lower_own_priority();
+                    loop {
+                        // One receiver at a time; the lock is released
+                        // before the job runs.
+                        let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                            Ok(job) => job,
+                            Err(_) => return, // the pool was dropped
+                        };
+                        job();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!("cannot start a password-hash thread: {e}");
+            }
         }
+        HashPool { jobs, load }
     }
 
-    /// Slots sized to the machine: one per core.
+    /// A pool sized to the machine: one thread per core, as many queued.
     pub fn per_core() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self::new(cores, cores)
     }
 
-    /// Run `work` in a slot, waiting at most `wait` for one.
-    pub fn run<T>(&self, wait: Duration, work: impl FnOnce() -> T) -> Result<T, HandlerError> {
-        let busy = || {
-            HandlerError::new(
-                ErrorCode::Busy,
-                "password hashing is saturated on this gestor; retry shortly",
-            )
-        };
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.0 >= self.slots {
-            if state.1 >= self.queue {
-                return Err(busy());
-            }
-            state.1 += 1;
-            let deadline = Instant::now() + wait;
-            while state.0 >= self.slots {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    state.1 -= 1;
-                    return Err(busy());
+    /// Run `work` on the pool and wait for its result. `busy` at once when
+    /// the queue is full, and `busy` without running it when the job waited
+    /// longer than `wait` for a thread (its client has likely given up).
+    pub fn run<T: Send + 'static>(
+        &self,
+        wait: Duration,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HandlerError> {
+        let (done, result) = std::sync::mpsc::sync_channel::<Option<T>>(1);
+        let load = self.load.clone();
+        let queued_at = Instant::now();
+        let job: Job = Box::new(move || {
+            {
+                let mut l = load.lock().unwrap_or_else(|p| p.into_inner());
+                l.1 = l.1.saturating_sub(1);
+                if queued_at.elapsed() > wait {
+                    let _ = done.send(None);
+                    return;
                 }
-                state = self
-                    .freed
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                l.0 += 1;
             }
-            state.1 -= 1;
-        }
-        state.0 += 1;
-        drop(state);
-        struct Release<'a>(&'a HashSlots);
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-                s.0 -= 1;
-                self.0.freed.notify_one();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            load.lock().unwrap_or_else(|p| p.into_inner()).0 -= 1;
+            match outcome {
+                Ok(value) => {
+                    let _ = done.send(Some(value));
+                }
+                Err(_) => tracing::error!("password hashing panicked"),
             }
+        });
+        self.load.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
+        if self.jobs.try_send(job).is_err() {
+            let mut l = self.load.lock().unwrap_or_else(|p| p.into_inner());
+            l.1 = l.1.saturating_sub(1);
+            return Err(saturated());
         }
-        let _release = Release(self);
-        Ok(work())
+        match result.recv() {
+            Ok(Some(value)) => Ok(value),
+            Ok(None) => Err(saturated()),
+            Err(_) => Err(HandlerError::internal("password hashing failed")),
+        }
     }
 
     /// (running, waiting), for status.
     pub fn load(&self) -> (usize, usize) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+        *self.load.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn saturated() -> HandlerError {
+    HandlerError::new(
+        ErrorCode::Busy,
+        "password hashing is saturated on this gestor; retry shortly",
+    )
+}
+
+/// Lower the calling thread's CPU priority (Linux nice values are per
+/// thread). Best effort: on failure hashing just competes at the default.
+fn lower_own_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls on the calling thread's own id.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, HASH_NICE) };
+        if rc != 0 {
+            tracing::debug!("cannot lower the password-hash thread's priority");
+        }
     }
 }
 
@@ -249,15 +297,15 @@ mod tests {
     }
 
     #[test]
-    fn saturated_slots_answer_busy_at_once_and_recover() {
-        let slots = Arc::new(HashSlots::new(1, 1));
+    fn a_saturated_pool_answers_busy_at_once_and_recovers() {
+        let slots = Arc::new(HashPool::new(1, 1));
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let holder = {
             let slots = slots.clone();
             std::thread::spawn(move || {
                 slots
-                    .run(Duration::from_secs(5), || {
+                    .run(Duration::from_secs(5), move || {
                         started_tx.send(()).unwrap();
                         release_rx.recv().unwrap();
                     })
@@ -279,5 +327,60 @@ mod tests {
         holder.join().unwrap();
         assert_eq!(waiter.join().unwrap().unwrap(), 7);
         assert_eq!(slots.load(), (0, 0));
+    }
+
+    #[test]
+    fn a_job_that_waited_too_long_is_dropped_unrun() {
+        let pool = Arc::new(HashPool::new(1, 1));
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                pool.run(Duration::from_secs(5), move || release_rx.recv().unwrap())
+            })
+        };
+        while pool.load().0 == 0 {
+            std::thread::yield_now();
+        }
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stale = {
+            let (pool, ran) = (pool.clone(), ran.clone());
+            std::thread::spawn(move || {
+                pool.run(Duration::ZERO, move || {
+                    ran.store(true, std::sync::atomic::Ordering::SeqCst)
+                })
+            })
+        };
+        while pool.load().1 == 0 {
+            std::thread::yield_now();
+        }
+        release_tx.send(()).unwrap();
+        holder.join().unwrap().unwrap();
+        let e = stale.join().unwrap().unwrap_err();
+        assert_eq!(e.code, ErrorCode::Busy);
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hashing_threads_run_below_normal_priority() {
+        let pool = HashPool::new(1, 1);
+        let nice = pool
+            .run(Duration::from_secs(5), || {
+                let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+                unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) }
+            })
+            .unwrap();
+        assert_eq!(nice, HASH_NICE);
+    }
+
+    #[test]
+    fn a_panicking_job_is_an_error_not_a_dead_pool() {
+        let pool = HashPool::new(1, 1);
+        let e = pool
+            .run(Duration::from_secs(5), || -> u32 { panic!("boom") })
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert_eq!(pool.run(Duration::from_secs(5), || 3).unwrap(), 3);
     }
 }
