@@ -16,6 +16,8 @@ pub struct HashSlots {
     /// (running, waiting)
     state: Mutex<(usize, usize)>,
     freed: Condvar,
+    /// Requests answered `busy` so far.
+    turned_away: std::sync::atomic::AtomicU64,
 }
 
 impl HashSlots {
@@ -25,6 +27,7 @@ impl HashSlots {
             queue,
             state: Mutex::new((0, 0)),
             freed: Condvar::new(),
+            turned_away: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -37,6 +40,8 @@ impl HashSlots {
     /// Run `work` in a slot, waiting at most `wait` for one.
     pub fn run<T>(&self, wait: Duration, work: impl FnOnce() -> T) -> Result<T, HandlerError> {
         let busy = || {
+            self.turned_away
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             HandlerError::new(
                 ErrorCode::Busy,
                 "password hashing is saturated on this gestor; retry shortly",
@@ -80,6 +85,16 @@ impl HashSlots {
     /// (running, waiting), for status.
     pub fn load(&self) -> (usize, usize) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (slots, queue places): the most running and waiting at once.
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.slots, self.queue)
+    }
+
+    /// Requests answered `busy` since start.
+    pub fn turned_away(&self) -> u64 {
+        self.turned_away.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -279,5 +294,7 @@ mod tests {
         holder.join().unwrap();
         assert_eq!(waiter.join().unwrap().unwrap(), 7);
         assert_eq!(slots.load(), (0, 0));
+        assert!(slots.turned_away() >= 1);
+        assert_eq!(slots.capacity(), (1, 1));
     }
 }
