@@ -26,7 +26,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -130,6 +130,8 @@ pub struct Metrics {
     signals_dropped: Family<DroppedLabels, Counter>,
     http: Family<HttpLabels, Counter>,
     http_refused: Counter,
+    /// Every kind `gestor-api` declares.
+    api_kinds: HashSet<&'static str>,
     /// Kinds registered by plugins that `gestor-api` does not declare,
     /// interned once each (bounded by [`MAX_PLUGIN_KINDS`]).
     plugin_kinds: RwLock<HashMap<String, &'static str>>,
@@ -188,6 +190,7 @@ impl Metrics {
             signals_dropped,
             http,
             http_refused,
+            api_kinds: gestor_api::all().iter().map(|k| k.name).collect(),
             plugin_kinds: RwLock::new(HashMap::new()),
         }
     }
@@ -195,7 +198,7 @@ impl Metrics {
     /// A plugin registered `kind`: give it a label of its own if
     /// `gestor-api` does not declare it already (and the bound allows).
     pub fn register_kind(&self, kind: &str) {
-        if gestor_api::find(kind).is_some() {
+        if self.api_kinds.contains(kind) {
             return;
         }
         let mut kinds = self.plugin_kinds.write().unwrap_or_else(|p| p.into_inner());
@@ -209,8 +212,8 @@ impl Metrics {
 
     /// The label for `kind`: its name when declared or registered, else `unknown`.
     pub fn kind_label(&self, kind: &str) -> &'static str {
-        if let Some(k) = gestor_api::find(kind) {
-            return k.name;
+        if let Some(name) = self.api_kinds.get(kind) {
+            return name;
         }
         self.plugin_kinds
             .read()
@@ -586,6 +589,7 @@ fn mailbox_metrics(r: &mut Registry, m: &MailboxStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gestor_api::{user, Kind};
 
     #[test]
     fn unknown_kinds_do_not_grow_the_registry() {
@@ -600,7 +604,7 @@ mod tests {
             );
         }
         m.request(
-            "user.lookup",
+            user::Lookup::NAME,
             OriginLabel::Client,
             None,
             Duration::from_millis(2),
@@ -639,13 +643,13 @@ mod tests {
             m.kind_label(&format!("p.k{}", MAX_PLUGIN_KINDS + 5)),
             UNKNOWN
         );
-        assert_eq!(m.kind_label("user.lookup"), "user.lookup");
+        assert_eq!(m.kind_label(user::Lookup::NAME), user::Lookup::NAME);
     }
 
     #[test]
     fn unknown_topics_are_bucketed() {
         let m = Metrics::new();
-        m.signal_received("alive");
+        m.signal_received(gestor_api::topics::ALIVE);
         m.signal_received("whatever-a-peer-says");
         m.signal_dropped("x", SignalDrop::Forbidden);
         let mut text = String::new();
