@@ -48,6 +48,50 @@ pub struct Config {
     pub plugins: PluginsSection,
     pub clock: ClockSection,
     pub security: SecuritySection,
+    pub http: HttpSection,
+}
+
+/// The operator's HTTP endpoint: `/metrics`, `/health`, `/ready`, the ring
+/// dashboard (docs/ARCHITECTURE.md, "The HTTP endpoint"). Off unless set.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// `HOST:PORT` to serve HTTP on, e.g. `127.0.0.1:9100`; unset: no HTTP.
+    pub listen: Option<String>,
+}
+
+impl HttpSection {
+    /// The socket address `http.listen` names, if set; an error naming the
+    /// key when it is not `HOST:PORT` (an IP literal, or a name that resolves).
+    pub fn address(&self) -> Result<Option<std::net::SocketAddr>> {
+        let Some(text) = &self.listen else {
+            return Ok(None);
+        };
+        let invalid = |why: &str| {
+            anyhow::anyhow!(
+                "http.listen = {text:?} is not a usable address: {why} (expected HOST:PORT, e.g. 127.0.0.1:9100)"
+            )
+        };
+        if text.contains("://") {
+            return Err(invalid("no scheme is wanted"));
+        }
+        if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+            return Ok(Some(addr));
+        }
+        let (host, port) = text.rsplit_once(':').ok_or_else(|| invalid("no port"))?;
+        if host.is_empty() {
+            return Err(invalid("no host"));
+        }
+        port.parse::<u16>().map_err(|_| invalid("bad port"))?;
+        use std::net::ToSocketAddrs;
+        let mut addrs = text
+            .to_socket_addrs()
+            .map_err(|e| invalid(&format!("cannot resolve {host}: {e}")))?;
+        addrs
+            .next()
+            .map(Some)
+            .ok_or_else(|| invalid(&format!("{host} resolves to no address")))
+    }
 }
 
 /// Admission to the cluster (docs/ARCHITECTURE.md, "Threat model").
@@ -242,6 +286,7 @@ impl Config {
         }
         self.signal_url()?;
         self.node_id()?;
+        self.http.address()?;
         let sec = &self.security;
         if !sec.insecure {
             if sec.credential.is_none() {
@@ -314,6 +359,36 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("[node]\nlisten_typo = 'x'").is_err());
+    }
+
+    #[test]
+    fn http_listen_is_checked_and_named() {
+        let mut http = HttpSection::default();
+        assert_eq!(http.address().unwrap(), None);
+        http.listen = Some("127.0.0.1:9100".into());
+        assert_eq!(
+            http.address().unwrap(),
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        http.listen = Some("[::1]:9100".into());
+        assert!(http.address().unwrap().is_some());
+        http.listen = Some("localhost:9100".into());
+        assert!(http.address().unwrap().is_some());
+        for bad in [
+            "9100",
+            "http://127.0.0.1:9100",
+            "127.0.0.1:99999",
+            ":9100",
+            "127.0.0.1:",
+        ] {
+            http.listen = Some(bad.into());
+            let e = http.address().unwrap_err().to_string();
+            assert!(e.starts_with("http.listen = "), "{bad}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let parsed: Config = toml::from_str("[http]\nlisten = '127.0.0.1:9100'").unwrap();
+        assert_eq!(parsed.http.listen.as_deref(), Some("127.0.0.1:9100"));
+        assert!(toml::from_str::<Config>("[http]\nport = 1").is_err());
     }
 
     #[test]

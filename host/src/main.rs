@@ -234,6 +234,10 @@ struct NodeArgs {
     /// Development only: run without a credential; the ring is open to anyone.
     #[arg(long)]
     insecure: bool,
+    /// Serve /metrics, /health, /ready and the ring dashboard over HTTP on
+    /// HOST:PORT (config `http.listen`; off by default).
+    #[arg(long = "http", value_name = "ADDR")]
+    http: Option<String>,
 }
 
 fn init_logging(default: &str) {
@@ -315,6 +319,9 @@ fn node_config(args: NodeArgs) -> Result<Config> {
     }
     if args.insecure {
         config.security.insecure = true;
+    }
+    if let Some(v) = args.http {
+        config.http.listen = Some(v);
     }
     Ok(config)
 }

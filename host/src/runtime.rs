@@ -10,6 +10,7 @@
 
 use crate::config::{Config, StorageKind, TransportKind};
 use crate::loader::{self, LoadedPlugin};
+use crate::metrics::{Metrics, OriginLabel, SignalDrop};
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use gestor_api::node::{self, NodeStatus, SecurityStatus};
@@ -29,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Requesters kept open per peer URL; more concurrent calls open more.
 const POOLED_REQUESTERS_PER_PEER: usize = 8;
@@ -116,6 +117,8 @@ pub struct HostCore {
     clients_in_flight: std::sync::atomic::AtomicUsize,
     clients_turned_away: AtomicU64,
     started_ms: u64,
+    /// What `/metrics` reports of the host's own work.
+    metrics: Metrics,
 }
 
 fn toml_to_cbor(v: &toml::Value) -> Value {
@@ -147,6 +150,14 @@ fn error_reply(code: ErrorCode, message: impl Into<String>) -> Reply {
     Reply::err(HandlerError::new(code, message))
 }
 
+fn origin_label(origin: &Origin) -> OriginLabel {
+    match origin {
+        Origin::Local => OriginLabel::Local,
+        Origin::Network(peer) if peer.is_gestor() => OriginLabel::Gestor,
+        Origin::Network(_) => OriginLabel::Client,
+    }
+}
+
 impl HostCore {
     /// Decode, dispatch and encode one request frame from `origin`. Never panics on input.
     pub fn handle_frame(&self, frame: &[u8], origin: &Origin) -> Vec<u8> {
@@ -156,6 +167,8 @@ impl HostCore {
                 Some(slot) => Some(slot),
                 None => {
                     self.clients_turned_away.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .refused_frame(OriginLabel::Client, ErrorCode::Busy);
                     let mut reply = error_reply(
                         ErrorCode::Busy,
                         "every request worker for clients is taken; retry shortly",
@@ -166,24 +179,32 @@ impl HostCore {
             },
             _ => None,
         };
+        let refused = |code: ErrorCode| self.metrics.refused_frame(origin_label(origin), code);
         let mut reply = if frame.len() > self.transport_options.max_message_bytes {
+            refused(ErrorCode::TooLarge);
             error_reply(
                 ErrorCode::TooLarge,
                 format!("request of {} bytes exceeds the limit", frame.len()),
             )
         } else {
             match from_cbor::<Request>(frame) {
-                Err(e) => error_reply(
-                    ErrorCode::Malformed,
-                    format!("not a CBOR request envelope: {e}"),
-                ),
-                Ok(req) if req.v != PROTOCOL_VERSION => error_reply(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "unsupported protocol version {} (this node speaks {PROTOCOL_VERSION})",
-                        req.v
-                    ),
-                ),
+                Err(e) => {
+                    refused(ErrorCode::Malformed);
+                    error_reply(
+                        ErrorCode::Malformed,
+                        format!("not a CBOR request envelope: {e}"),
+                    )
+                }
+                Ok(req) if req.v != PROTOCOL_VERSION => {
+                    refused(ErrorCode::BadRequest);
+                    error_reply(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "unsupported protocol version {} (this node speaks {PROTOCOL_VERSION})",
+                            req.v
+                        ),
+                    )
+                }
                 Ok(req) => Reply::from_result(self.dispatch(&req.kind, &req.body, origin)),
             }
         };
@@ -216,7 +237,27 @@ impl HostCore {
             .map(|r| r.class)
     }
 
+    /// [`Self::dispatch_uncounted`], counted in the metrics by kind, origin
+    /// and outcome, with its latency: every request any plugin serves, and
+    /// the host's own `node.*`, passes here.
     fn dispatch(&self, kind: &str, body: &Value, origin: &Origin) -> Result<Value, HandlerError> {
+        let started = Instant::now();
+        let result = self.dispatch_uncounted(kind, body, origin);
+        self.metrics.request(
+            kind,
+            origin_label(origin),
+            result.as_ref().err().map(|e| e.code),
+            started.elapsed(),
+        );
+        result
+    }
+
+    fn dispatch_uncounted(
+        &self,
+        kind: &str,
+        body: &Value,
+        origin: &Origin,
+    ) -> Result<Value, HandlerError> {
         if kind == node::Status::NAME {
             return Ok(to_value(&self.status()));
         }
@@ -268,7 +309,26 @@ impl HostCore {
         )
     }
 
-    fn status(&self) -> NodeStatus {
+    /// The host's counters, for `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Another gestor's `node.status`, over this gestor's own secure session.
+    pub fn peer_status(&self, url: &str, timeout: Duration) -> Result<NodeStatus, CallError> {
+        let value = self.send_request(url, node::Status::NAME, Value::Null, timeout, false)?;
+        value
+            .deserialized()
+            .map_err(|e| CallError::MalformedReply(format!("node.status of {url}: {e}")))
+    }
+
+    /// What `node.status` answers: this gestor and every plugin's section.
+    pub fn status(&self) -> NodeStatus {
         let status_kinds: Vec<(String, KindClass, RequestFn)> = {
             let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
             handlers
@@ -343,8 +403,10 @@ impl HostCore {
 
     fn deliver_signal(&self, topic: &[u8], payload: &[u8], from: &Peer) {
         let topic = String::from_utf8_lossy(topic);
+        self.metrics.signal_received(&topic);
         if !from.is_gestor() && !gestor_api::topics::FROM_CLIENTS.contains(&topic.as_ref()) {
             self.forbidden_signals.fetch_add(1, Ordering::Relaxed);
+            self.metrics.signal_dropped(&topic, SignalDrop::Forbidden);
             tracing::debug!(%topic, "dropping a gestor signal sent by a non-gestor");
             return;
         }
@@ -352,6 +414,7 @@ impl HostCore {
             Ok(v) => v,
             Err(e) => {
                 self.malformed_signals.fetch_add(1, Ordering::Relaxed);
+                self.metrics.signal_dropped(&topic, SignalDrop::Malformed);
                 tracing::debug!(%topic, "dropping malformed signal: {e}");
                 return;
             }
@@ -364,6 +427,9 @@ impl HostCore {
                 .map(|(_, handler)| handler.clone())
                 .collect()
         };
+        if targets.is_empty() {
+            self.metrics.signal_dropped(&topic, SignalDrop::Unhandled);
+        }
         for handler in targets {
             handler(&topic, &body);
         }
@@ -474,6 +540,7 @@ impl Host for HostCore {
                 owner: existing.plugin.clone(),
             });
         }
+        self.metrics.register_kind(kind);
         handlers.insert(
             kind.to_string(),
             Registered {
@@ -589,6 +656,8 @@ pub struct Node {
     plugins: Vec<LoadedPlugin>,
     replier: Option<Box<dyn Replier>>,
     signal_thread: Option<JoinHandle<()>>,
+    /// The operator's HTTP endpoint, when `http.listen` is set.
+    http: Option<crate::http::Server>,
 }
 
 impl Node {
@@ -596,8 +665,14 @@ impl Node {
         &self.core
     }
 
+    /// Where the HTTP endpoint listens, when it is on.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(|h| h.local_addr())
+    }
+
     pub fn start(config: &Config) -> Result<Node> {
         config.validate()?;
+        let http_addr = config.http.address()?;
         let node_id = config.node_id()?;
         let request_url = config.advertise_url();
         let signal_url = config.advertised_signal_url()?;
@@ -666,6 +741,7 @@ impl Node {
             clients_in_flight: std::sync::atomic::AtomicUsize::new(0),
             clients_turned_away: AtomicU64::new(0),
             started_ms: system_ms(),
+            metrics: Metrics::new(),
         });
 
         // Load every plugin before binding anything: a bad one stops start-up.
@@ -679,6 +755,23 @@ impl Node {
             plugins.push(loader::load(&path)?);
         }
 
+        // The HTTP endpoint first: if anything below fails, dropping it stops it.
+        let http = match http_addr {
+            None => None,
+            Some(addr) => {
+                let ops = Arc::new(crate::ops::Ops::new(core.clone()));
+                let route = ops.clone();
+                let server = crate::http::Server::start(
+                    addr,
+                    crate::http::Limits::default(),
+                    Arc::new(move |req: &crate::http::Request| route.route(req)),
+                    ops,
+                )
+                .with_context(|| format!("cannot serve HTTP on http.listen = {addr}"))?;
+                tracing::info!(addr = %server.local_addr(), "HTTP endpoint: /metrics /health /ready /ring.json /");
+                Some(server)
+            }
+        };
         let handler_core = core.clone();
         // The replier accepts frames up to twice the limit so that a
         // moderately oversize request gets a `too_large` error reply from
@@ -739,6 +832,7 @@ impl Node {
             plugins: Vec::new(),
             replier: Some(replier),
             signal_thread: Some(signal_thread),
+            http,
         };
         for loaded in plugins {
             let ctx = PluginContext::new(core.clone() as Arc<dyn Host>, loaded.name.clone());
@@ -791,6 +885,10 @@ impl Node {
         }
         if let Some(t) = self.signal_thread.take() {
             let _ = t.join();
+        }
+        // Until here /ready said `shutting down`.
+        if let Some(mut http) = self.http.take() {
+            http.stop();
         }
         self.replier.take();
         self.core

@@ -36,6 +36,21 @@ pub struct RingStatus {
 pub struct DirectoryStatus {
     pub alive_users: u64,
     pub records: u64,
+    /// Password hashes (argon2) being computed now.
+    #[serde(default)]
+    pub hash_running: u64,
+    /// Password hashes waiting for a slot.
+    #[serde(default)]
+    pub hash_waiting: u64,
+    /// Hashes computed at once at most (`hash_slots`; 0 = not reported).
+    #[serde(default)]
+    pub hash_slots: u64,
+    /// Hashes that may wait for a slot; beyond that, `busy`.
+    #[serde(default)]
+    pub hash_queue: u64,
+    /// Password operations answered `busy` since start.
+    #[serde(default)]
+    pub hash_busy: u64,
 }
 
 /// `status.mailbox`.

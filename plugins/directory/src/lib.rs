@@ -660,9 +660,17 @@ impl Plugin for Directory {
         let store = ctx.store();
         ctx.serve::<status::Directory>(move |_, _| {
             let alive_users = s.alive.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+            let slots = s.slots();
+            let (running, waiting) = slots.load();
+            let (capacity, queue) = slots.capacity();
             Ok(DirectoryStatus {
                 alive_users,
                 records: store.count()?,
+                hash_running: running as u64,
+                hash_waiting: waiting as u64,
+                hash_slots: capacity as u64,
+                hash_queue: queue as u64,
+                hash_busy: slots.turned_away(),
             })
         })?;
         Ok(())

@@ -19,6 +19,10 @@ pub struct HashPool {
     jobs: std::sync::mpsc::SyncSender<Job>,
     /// (running, waiting)
     load: Arc<Mutex<(usize, usize)>>,
+    /// (threads, queue places): the most running and waiting at once.
+    capacity: (usize, usize),
+    /// Requests answered `busy` so far.
+    turned_away: Arc<std::sync::atomic::AtomicU64>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -52,7 +56,12 @@ impl HashPool {
                 tracing::error!("cannot start a password-hash thread: {e}");
             }
         }
-        HashPool { jobs, load }
+        HashPool {
+            jobs,
+            load,
+            capacity: (threads.max(1), queue.max(1)),
+            turned_away: Arc::default(),
+        }
     }
 
     /// A pool sized to the machine: one thread per core, as many queued.
@@ -71,12 +80,14 @@ impl HashPool {
     ) -> Result<T, HandlerError> {
         let (done, result) = std::sync::mpsc::sync_channel::<Option<T>>(1);
         let load = self.load.clone();
+        let turned_away = self.turned_away.clone();
         let queued_at = Instant::now();
         let job: Job = Box::new(move || {
             {
                 let mut l = load.lock().unwrap_or_else(|p| p.into_inner());
                 l.1 = l.1.saturating_sub(1);
                 if queued_at.elapsed() > wait {
+                    turned_away.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let _ = done.send(None);
                     return;
                 }
@@ -95,6 +106,8 @@ impl HashPool {
         if self.jobs.try_send(job).is_err() {
             let mut l = self.load.lock().unwrap_or_else(|p| p.into_inner());
             l.1 = l.1.saturating_sub(1);
+            self.turned_away
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(saturated());
         }
         match result.recv() {
@@ -107,6 +120,16 @@ impl HashPool {
     /// (running, waiting), for status.
     pub fn load(&self) -> (usize, usize) {
         *self.load.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (threads, queue places): the most running and waiting at once.
+    pub fn capacity(&self) -> (usize, usize) {
+        self.capacity
+    }
+
+    /// Requests answered `busy` since start.
+    pub fn turned_away(&self) -> u64 {
+        self.turned_away.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -327,6 +350,8 @@ mod tests {
         holder.join().unwrap();
         assert_eq!(waiter.join().unwrap().unwrap(), 7);
         assert_eq!(slots.load(), (0, 0));
+        assert!(slots.turned_away() >= 1);
+        assert_eq!(slots.capacity(), (1, 1));
     }
 
     #[test]
