@@ -34,6 +34,10 @@
 //!   with the next one. If its predecessor `p` lies strictly between us and it,
 //!   ask `p` for its state and adopt `p` as successor *only after `p`
 //!   answers* (adopting a dead `p` is how the original Chord loses the ring).
+//!   If `p`'s own predecessor is closer still, follow it back the same way,
+//!   up to 32 nodes in one round: nodes that joined into one gap at once all
+//!   name the same far successor, and this repairs that chain in a few
+//!   rounds instead of one node per round.
 //!   Our list becomes `[succ] ++ succ's list` trimmed to `r`; finally we send
 //!   `Rectify { candidate: me }` to the successor.
 //! * **Rectify** (replaces `notify`): the receiver replaces its predecessor
@@ -180,14 +184,17 @@ pub fn finger_start(id: Id, i: usize) -> Id {
 }
 
 /// A ring member: its identifier and the address the edge uses to reach it.
+/// The address is shared (`Arc<str>`): peers are copied into successor
+/// lists, fingers, lookups and every answer, and cloning must stay cheap
+/// for simulations of thousands of nodes. On the wire it is a plain string.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Peer {
     pub id: Id,
-    pub addr: String,
+    pub addr: std::sync::Arc<str>,
 }
 
 impl Peer {
-    pub fn new(id: Id, addr: impl Into<String>) -> Peer {
+    pub fn new(id: Id, addr: impl Into<std::sync::Arc<str>>) -> Peer {
         Peer {
             id,
             addr: addr.into(),

@@ -16,6 +16,8 @@ const MAX_SEEDS: usize = 32;
 const MAX_SEEN: usize = 64;
 /// Suspects probed at once; more wait for the next tick.
 const MAX_PROBES: usize = 4;
+/// Closer predecessors followed back in one stabilize round.
+const MAX_STABILIZE_WALK: u32 = 32;
 
 #[derive(Clone, Debug)]
 enum Phase {
@@ -60,6 +62,8 @@ enum Task {
     StabilizeCandidate {
         cand: Peer,
         fallback: Option<(Peer, Vec<Peer>)>,
+        /// Candidates already walked back through in this round.
+        walked: u32,
     },
     FixFinger {
         index: usize,
@@ -542,7 +546,34 @@ impl Node {
                     self.start_stabilize(now_ms)
                 }
             },
-            Task::StabilizeCandidate { cand, fallback } if member => match reply {
+            Task::StabilizeCandidate {
+                cand,
+                fallback,
+                walked,
+            } if member => match reply {
+                // The candidate has a predecessor closer still: walk back to
+                // it now instead of one node per round (many nodes that
+                // joined into one gap at once all name the same far
+                // successor; this repairs them in a few rounds, not one
+                // round per node).
+                Ok(Response::State {
+                    predecessor: Some(closer),
+                    successors,
+                }) if walked < MAX_STABILIZE_WALK
+                    && closer.id != self.me.id
+                    && in_open(closer.id, self.me.id, cand.id) =>
+                {
+                    vec![self.send(
+                        closer.clone(),
+                        Request::GetState,
+                        Task::StabilizeCandidate {
+                            cand: closer,
+                            fallback: Some((cand, successors)),
+                            walked: walked + 1,
+                        },
+                        now_ms,
+                    )]
+                }
                 Ok(Response::State { successors, .. }) => self.adopt(&cand, &successors),
                 other => {
                     match other {
@@ -775,6 +806,7 @@ impl Node {
                     Task::StabilizeCandidate {
                         cand: p,
                         fallback: None,
+                        walked: 0,
                     },
                     now_ms,
                 )],
@@ -808,6 +840,7 @@ impl Node {
                     Task::StabilizeCandidate {
                         cand: p,
                         fallback: Some((succ, list)),
+                        walked: 0,
                     },
                     now_ms,
                 )]
@@ -1065,16 +1098,18 @@ impl Node {
     /// Successors and fingers, distinct, sorted by distance from us.
     pub(crate) fn known_peers(&self) -> Vec<Peer> {
         let me = self.me.id;
-        let mut all: Vec<Peer> = self
+        // Sorted and deduplicated by reference first: the 64 fingers name
+        // only about log2 N distinct peers, and cloning addresses is the
+        // expensive part (this runs for every lookup).
+        let mut all: Vec<&Peer> = self
             .successors
             .iter()
             .chain(self.fingers.iter().flatten())
             .filter(|p| p.id != me)
-            .cloned()
             .collect();
         all.sort_by_key(|p| distance(me, p.id));
         all.dedup_by_key(|p| p.id);
-        all
+        all.into_iter().cloned().collect()
     }
 
     fn alone(&self) -> bool {

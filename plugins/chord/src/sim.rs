@@ -99,7 +99,10 @@ enum InFlight {
     },
 }
 
-/// The simulated network.
+/// The simulated network. Cloning it forks a run (same nodes, messages
+/// in flight and RNG state), e.g. to apply several failure fractions to one
+/// settled ring.
+#[derive(Clone)]
 pub struct Sim {
     nodes: BTreeMap<Id, Node>,
     rng: SimRng,

@@ -69,7 +69,7 @@ type Rpc = ring::Rpc<Request, Response>;
 fn peer_ref(p: &Peer) -> PeerRef {
     PeerRef {
         id: p.id,
-        addr: p.addr.clone(),
+        addr: p.addr.to_string(),
     }
 }
 
@@ -162,7 +162,7 @@ impl Shared {
         urls.sort();
         urls.dedup();
         for url in urls {
-            let known = self.node().seeds().iter().any(|s| s.addr == url);
+            let known = self.node().seeds().iter().any(|s| *s.addr == *url);
             if known || self.ctx.stopping() {
                 continue;
             }
@@ -227,7 +227,7 @@ impl Shared {
                     stats.1 += hops as u64;
                     return Ok(Owner {
                         id: owner.id,
-                        addr: owner.addr,
+                        addr: owner.addr.to_string(),
                         hops,
                     });
                 }
@@ -258,7 +258,7 @@ impl Shared {
                     fingers.push(FingerEntry {
                         index,
                         id: p.id,
-                        addr: p.addr,
+                        addr: p.addr.to_string(),
                     });
                 }
             }
