@@ -720,7 +720,7 @@ impl Node {
 
         if secure.is_insecure() {
             // Every start says it again, so nobody runs this way by accident.
-            tracing::warn!("running INSECURE: this ring is open to anyone who can reach its ports");
+            tracing::warn!("running INSECURE: plaintext frames; this ring is open to anyone who can reach its ports");
         }
         let revocation_layer = secure.clone();
         core.spawn_loop(

@@ -27,9 +27,8 @@ use std::time::Duration;
 
 /// First field of every declaration; changes whenever the declaration
 /// layout, or a trait or type that crosses the boundary (`Host`, `Plugin`,
-/// `RequestMeta`), does — here for kind classes, `request_client` and the
-/// request's source.
-pub const ABI_MAGIC: u64 = 0x6765_7374_6f72_0002;
+/// `RequestMeta`, the error types), does — here for `TransportError::OtherMode`.
+pub const ABI_MAGIC: u64 = 0x6765_7374_6f72_0003;
 
 /// Compiler, SDK and build facts that must match between host and plugin.
 #[repr(C)]
