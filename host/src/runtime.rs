@@ -263,6 +263,10 @@ impl HostCore {
                     Origin::Network(Peer::Client { source, .. }) => source.clone(),
                     _ => None,
                 },
+                caller_key: match origin {
+                    Origin::Network(peer) if !self.secure.is_insecure() => Some(*peer.key()),
+                    _ => None,
+                },
             },
             body,
         )
@@ -284,6 +288,7 @@ impl HostCore {
                 kind: kind.clone(),
                 class,
                 source: None,
+                caller_key: None,
             };
             let value = match handler(&meta, &Value::Null) {
                 Ok(v) => v,
@@ -546,6 +551,12 @@ impl Host for HostCore {
     fn call_local(&self, kind: &str, body: Value) -> Result<Value, CallError> {
         self.dispatch(kind, &body, &Origin::Local)
             .map_err(CallError::Remote)
+    }
+
+    fn gestor_key(&self, url: &str, timeout: Duration) -> Result<Option<[u8; 32]>, CallError> {
+        Ok(self
+            .secure
+            .gestor_key_at(url, &self.transport_options, timeout)?)
     }
 
     fn signal(&self, url: &str, topic: &str, body: Value) -> Result<(), CallError> {

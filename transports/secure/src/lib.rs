@@ -1083,6 +1083,45 @@ impl SecureLayer {
         Ok(session)
     }
 
+    /// The key the admitted gestor at `url` proved in the session this side
+    /// made with it, handshaking now if there is none: who is *at* that URL,
+    /// as this side sees it (a peer's own claims prove no URL). `None` in
+    /// insecure mode, where nobody proves anything.
+    pub fn gestor_key_at(
+        &self,
+        url: &str,
+        options: &TransportOptions,
+        timeout: Duration,
+    ) -> Result<Option<[u8; 32]>, TransportError> {
+        if self.shared.plaintext {
+            return Ok(None);
+        }
+        let known = self
+            .shared
+            .by_request_url
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(url)
+            .cloned();
+        let session = match known {
+            Some(s) => s,
+            None => {
+                let mut requester = self
+                    .shared
+                    .transport
+                    .requester(url, &with_overhead(options))?;
+                self.session_with(url, requester.as_mut(), timeout, true)?
+            }
+        };
+        if !session.peer.is_gestor() {
+            return Err(TransportError::Untrusted {
+                url: url.to_string(),
+                reason: "it presented no gestor credential".into(),
+            });
+        }
+        Ok(Some(*session.peer.key()))
+    }
+
     fn forget_url(&self, url: &str, sid: &Sid) {
         let s = &self.shared;
         let mut by_url = s.by_request_url.lock().unwrap_or_else(|p| p.into_inner());
