@@ -412,12 +412,17 @@ pub fn compare(o: CompareOptions) -> Result<CompareReport> {
 }
 
 fn compare_in(dir: &std::path::Path, o: &CompareOptions) -> Result<CompareReport> {
+    // The same ids on both rings, evenly spaced: the same ranges, fingers
+    // and hops for every user, so only the security mode differs.
+    let step = u64::MAX / o.nodes as u64;
+    let ids: Vec<u64> = (0..o.nodes as u64).map(|i| i * step + step / 2).collect();
     let spec = |insecure| RingSpec {
         nodes: o.nodes,
         transport: o.transport,
         storage: o.storage,
         insecure,
         config: COMPARE_CONFIG.to_string(),
+        ids: ids.clone(),
     };
     // Both rings run for the whole comparison; they idle while the other
     // is measured.

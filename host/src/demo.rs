@@ -40,6 +40,7 @@ pub fn run(o: DemoOptions) -> Result<()> {
             storage: o.storage,
             insecure: false,
             config: String::new(),
+            ids: Vec::new(),
         },
     )?;
     let result = demo_body(&mut ring, &o);

@@ -28,6 +28,9 @@ pub struct RingSpec {
     pub insecure: bool,
     /// TOML every node starts from (`--config`); empty for the defaults.
     pub config: String,
+    /// Ring ids of the gestores, in start order (`--id`); beyond its end,
+    /// ids come from the URLs.
+    pub ids: Vec<u64>,
 }
 
 pub struct LocalNode {
@@ -141,6 +144,9 @@ impl LocalRing {
                 .arg(&credential)
                 .arg("--cluster-pub")
                 .arg(self.dir.join("cluster").join("cluster.pub"));
+        }
+        if let Some(id) = self.spec.ids.get(i) {
+            cmd.arg("--id").arg(format!("0x{id:016x}"));
         }
         if let Some(j) = &join {
             cmd.args(["--join", j]);
