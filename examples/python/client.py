@@ -13,7 +13,8 @@ the handshake that it holds a credential signed by the ring's cluster key.
 Give it the operator's `cluster.pub` file with `--cluster-pub FILE` or the
 environment variable GESTOR_CLUSTER_PUB; without one it refuses to talk to
 anybody. (`--insecure` talks to a development ring started with --insecure:
-still encrypted, but nobody's identity is checked.)
+plaintext frames, no handshake, nobody's identity checked; such a client and
+a secure gestor refuse each other.)
 
 Single steps:
 
@@ -78,12 +79,15 @@ PROLOGUE = b"gestor secure v1"
 HELLO, HELLO_REPLY, AUTH, AUTH_REPLY = 0x01, 0x02, 0x03, 0x04
 REQUEST, REPLY, SIGNAL_FROM_INITIATOR = 0x05, 0x06, 0x07
 REFUSAL = 0x0F
+# Insecure (development) rings: plaintext frames of their own types.
+PLAIN_REQUEST, PLAIN_REPLY, PLAIN_SIGNAL = 0x10, 0x11, 0x12
 SIGNAL_TOPIC = b"s"  # outer PUB topic of every sealed signal
 SID_LEN = 16
 HEADER_LEN = 1 + SID_LEN + 8
 TAG_LEN = 16
 REPLAY_WINDOW = 1024
 UNKNOWN_SESSION = 1
+INSECURE_NODE, SECURE_ONLY = 7, 8
 REFUSALS = {
     1: "unknown session",
     2: "replayed or too old counter",
@@ -91,6 +95,8 @@ REFUSALS = {
     4: "handshake refused",
     5: "not a secure frame",
     6: "too many handshakes in progress",
+    7: "the node runs --insecure (plaintext)",
+    8: "the gestor runs secure and refuses plaintext",
 }
 CREDENTIAL_CONTEXT = b"gestor credential v1\x00"
 NAME_RULE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -114,6 +120,13 @@ class Untrusted(Exception):
 
     def __init__(self, url, reason):
         super().__init__(f"refusing {url}: it does not prove admission to this cluster ({reason})")
+
+
+class OtherMode(Exception):
+    """The gestor runs in the other mode (secure vs --insecure): never a fallback to skip past."""
+
+    def __init__(self, url, reason):
+        super().__init__(f"refusing {url}: {reason}")
 
 
 class SecureError(Exception):
@@ -316,6 +329,12 @@ class Client:
         if reply is None:
             return None
         refused = parse_refusal(reply)
+        if refused and refused[0] == INSECURE_NODE:
+            raise OtherMode(
+                url,
+                "it runs --insecure (plaintext, development only) and proves nothing; "
+                "this client trusts a cluster key and talks only to secure gestores",
+            )
         if refused:
             raise SecureError(url, "handshake " + describe_refusal(*refused))
         if len(reply) < 1 + SID_LEN or reply[0] != HELLO_REPLY:
@@ -366,6 +385,8 @@ class Client:
     def request_to(self, url, kind, body=None):
         """One request to one gestor; returns the decoded reply envelope, or None on timeout."""
         inner = cbor2.dumps({"v": PROTOCOL_VERSION, "kind": kind, "body": body})
+        if self.cluster_key is None:
+            return self._plain_request_to(url, inner)
         for _ in range(2):  # twice only if the gestor forgot our session
             session = self.session_with(url)
             if session is None:
@@ -386,6 +407,27 @@ class Client:
                 raise GestorError("malformed", f"reply from {url} is not an envelope: {envelope!r}")
             return envelope
         raise SecureError(url, "the gestor keeps forgetting the session")
+
+    def _plain_request_to(self, url, inner):
+        """--insecure: one plaintext request, no handshake (section 3.1, "Development rings")."""
+        reply = self._exchange(url, bytes([PLAIN_REQUEST]) + inner)
+        if reply is None:
+            return None
+        refused = parse_refusal(reply)
+        if refused and refused[0] == SECURE_ONLY:
+            raise OtherMode(
+                url,
+                "the gestor runs secure (Noise, admitted gestores only) and refuses plaintext; "
+                "this client runs --insecure: give it --cluster-pub FILE instead",
+            )
+        if refused:
+            raise SecureError(url, describe_refusal(*refused))
+        if not reply or reply[0] != PLAIN_REPLY:
+            raise SecureError(url, "reply is not a plaintext reply (0x11)")
+        envelope = cbor2.loads(reply[1:])
+        if not isinstance(envelope, dict) or "ok" not in envelope:
+            raise GestorError("malformed", f"reply from {url} is not an envelope: {envelope!r}")
+        return envelope
 
     def call(self, kind, body=None):
         """Send to the first gestor that answers; return the reply body or raise GestorError."""
@@ -449,8 +491,9 @@ class AliveSender:
     """
 
     def __init__(self, client, gestor_url, signal_url, username, token, settle_s=0.5):
-        self.session = client.session_with(gestor_url)
-        if self.session is None:
+        # An --insecure client sends plaintext signals (type 0x12) and needs no session.
+        self.session = None if client.cluster_key is None else client.session_with(gestor_url)
+        if self.session is None and client.cluster_key is not None:
             raise Unreachable(f"{gestor_url} (no reply within {client.timeout_ms} ms)")
         self.signal_url = signal_url
         self.inner = ALIVE_TOPIC + SEPARATOR + cbor2.dumps({"username": username, "token": token})
@@ -461,6 +504,9 @@ class AliveSender:
         time.sleep(settle_s)
 
     def beat(self):
+        if self.session is None:
+            self.sock.send(SIGNAL_TOPIC + SEPARATOR + bytes([PLAIN_SIGNAL]) + self.inner)
+            return
         sealed, _ = self.session.seal(SIGNAL_FROM_INITIATOR, self.inner)
         self.sock.send(SIGNAL_TOPIC + SEPARATOR + sealed)  # one frame, outer topic "s"
 
@@ -499,11 +545,11 @@ def expect_error(code, fn, *args):
 
 
 def describe_session(client, url):
+    if client.cluster_key is None:
+        return f"plaintext to {url} (INSECURE: no session, identity not checked)"
     session = client.sessions.get(url)
     if session is None:
         return f"no session with {url}"
-    if client.cluster_key is None:
-        return f"session with {url} (INSECURE: identity not checked)"
     return (
         f"session with {url}: gestor {session.gestor_name!r}, credential signed by "
         f"cluster {client.cluster_key[:8].hex()}…"
@@ -520,7 +566,7 @@ def demo(client, args):
 
     step("ping (the first request makes a secure session)")
     expect(client.call("node.ping") == "pong", "node.ping answers \"pong\"")
-    first = next(iter(client.sessions))
+    first = next(iter(client.sessions), client.candidates[0])
     print(f"    {describe_session(client, first)}")
     print(f"    initial gestors: {client.initial_gestors}")
 
@@ -690,7 +736,7 @@ def main(argv=None):
         elif args.insecure:
             cluster_key = None
             print(
-                "warning: --insecure: no gestor's identity is checked (development rings only)",
+                "warning: --insecure: plaintext, no gestor's identity is checked (development rings only)",
                 file=sys.stderr,
             )
         else:
@@ -740,7 +786,7 @@ def main(argv=None):
     except Unreachable as e:
         print(f"error: no gestor answered: {e}", file=sys.stderr)
         return 1
-    except (Untrusted, SecureError) as e:
+    except (Untrusted, OtherMode, SecureError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except DemoFailure as e:

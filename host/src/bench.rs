@@ -3,11 +3,17 @@
 //! Registers `--users` accounts (unless they exist), then runs lookups of
 //! random users from `--threads` client threads for `--duration-secs`, and
 //! reports throughput and latency percentiles. Bounded by the duration.
+//!
+//! `--compare-insecure` ([`compare`]) starts two identical local rings
+//! itself, one secure and one `--insecure` (plaintext), and runs the same
+//! lookups on both, alternating, to measure what the secure layer costs.
 
 use crate::client::{Client, ClientError};
-use crate::config::TransportKind;
+use crate::config::{StorageKind, TransportKind};
+use crate::local_ring::{LocalRing, RingSpec};
 use crate::security::Trust;
 use anyhow::{bail, Result};
+use gestor_secure::SecureLayer;
 use rand::Rng;
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -25,6 +31,9 @@ pub struct BenchOptions {
     /// lookup phase (through the other gestores, when more are given);
     /// 0 = no flooded phase.
     pub flood_threads: usize,
+    /// Thread `t` asks gestor `t mod n` first instead of every thread the
+    /// first one (a client sticks to the first gestor that answers).
+    pub spread: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -163,16 +172,61 @@ fn phase(
     }
 }
 
+/// What the threads of one run measured, before percentiles.
+#[derive(Default)]
+struct Raw {
+    latencies: Vec<Duration>,
+    errors: u64,
+    busy: u64,
+    hops: u64,
+    elapsed: Duration,
+}
+
+impl Raw {
+    fn merge(&mut self, other: Raw) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.busy += other.busy;
+        self.hops += other.hops;
+        self.elapsed += other.elapsed;
+    }
+    fn phase(self) -> Phase {
+        phase(
+            self.latencies,
+            self.errors,
+            self.busy,
+            self.hops,
+            self.elapsed,
+        )
+    }
+}
+
 fn run_threads<F>(o: &BenchOptions, threads: usize, duration: Duration, work: F) -> Phase
+where
+    F: Fn(&mut Client, usize, u64) -> Option<Result<u32, ClientError>> + Send + Sync + Copy,
+{
+    let layers: Vec<SecureLayer> = (0..threads).map(|_| o.trust.layer(o.transport)).collect();
+    run_raw(o, &layers, duration, work).phase()
+}
+
+/// One thread per layer in `layers` (a layer keeps its sessions from one
+/// run to the next), each running `work` until `duration` has passed.
+fn run_raw<F>(o: &BenchOptions, layers: &[SecureLayer], duration: Duration, work: F) -> Raw
 where
     F: Fn(&mut Client, usize, u64) -> Option<Result<u32, ClientError>> + Send + Sync + Copy,
 {
     let started = Instant::now();
     let results: Vec<(Vec<Duration>, u64, u64, u64)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let gestores = o.gestores.clone();
-                let secure = o.trust.layer(o.transport);
+        let handles: Vec<_> = layers
+            .iter()
+            .enumerate()
+            .map(|(t, layer)| {
+                let mut gestores = o.gestores.clone();
+                if o.spread && !gestores.is_empty() {
+                    let n = gestores.len();
+                    gestores.rotate_left(t % n);
+                }
+                let secure = layer.clone();
                 scope.spawn(move || {
                     let mut client = Client::new(secure, gestores, Duration::from_secs(5));
                     let (mut lat, mut errors, mut busy, mut hops) = (Vec::new(), 0u64, 0u64, 0u64);
@@ -204,16 +258,45 @@ where
             .collect();
         handles.into_iter().filter_map(|h| h.join().ok()).collect()
     });
-    let elapsed = started.elapsed();
-    let mut lat = Vec::new();
-    let (mut errors, mut busy, mut hops) = (0, 0, 0);
+    let mut raw = Raw {
+        elapsed: started.elapsed(),
+        ..Raw::default()
+    };
     for (l, e, b, h) in results {
-        lat.extend(l);
-        errors += e;
-        busy += b;
-        hops += h;
+        raw.latencies.extend(l);
+        raw.errors += e;
+        raw.busy += b;
+        raw.hops += h;
     }
-    phase(lat, errors, busy, hops, elapsed)
+    raw
+}
+
+/// Register `o.users` accounts (an existing one counts as done): each
+/// thread takes every threads-th user. Bounded by the user count, with a
+/// generous time cap.
+fn register_users(o: &BenchOptions) -> Phase {
+    let (users, threads, prefix) = (o.users, o.threads, o.prefix.as_str());
+    run_threads(o, o.threads, Duration::from_secs(600), move |c, t, i| {
+        let n = t as u64 + i * threads as u64;
+        if n >= users as u64 {
+            return None;
+        }
+        let name = format!("{prefix}{n}");
+        Some(match c.register(&name, "bench-password") {
+            Ok(r) => Ok(r.hops),
+            Err(ClientError::Remote(e)) if e.code == gestor_sdk::ErrorCode::Conflict => Ok(0),
+            Err(e) => Err(e),
+        })
+    })
+}
+
+/// Lookups of random bench users, until `duration` has passed.
+fn lookups_raw(o: &BenchOptions, layers: &[SecureLayer], duration: Duration) -> Raw {
+    let (users, prefix) = (o.users, o.prefix.as_str());
+    run_raw(o, layers, duration, move |c, _t, _i| {
+        let n = rand::thread_rng().gen_range(0..users);
+        Some(c.lookup(&format!("{prefix}{n}")).map(|f| f.hops))
+    })
 }
 
 pub fn run(o: BenchOptions) -> Result<BenchReport> {
@@ -221,23 +304,9 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
         bail!("--threads and --users must be at least 1");
     }
     let users = o.users;
-    let threads = o.threads;
     let prefix = o.prefix.clone();
     let prefix_ref = prefix.as_str();
-    // Registration: each thread takes every threads-th user until all exist.
-    // Bounded by the user count, with a generous time cap.
-    let register = run_threads(&o, o.threads, Duration::from_secs(600), move |c, t, i| {
-        let n = t as u64 + i * threads as u64;
-        if n >= users as u64 {
-            return None;
-        }
-        let name = format!("{prefix_ref}{n}");
-        Some(match c.register(&name, "bench-password") {
-            Ok(r) => Ok(r.hops),
-            Err(ClientError::Remote(e)) if e.code == gestor_sdk::ErrorCode::Conflict => Ok(0),
-            Err(e) => Err(e),
-        })
-    });
+    let register = register_users(&o);
     let lookups = move |c: &mut Client, _t: usize, _i: u64| {
         let n = rand::thread_rng().gen_range(0..users);
         Some(c.lookup(&format!("{prefix_ref}{n}")).map(|f| f.hops))
@@ -283,5 +352,134 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
         lookup_flooded,
         flood,
         channel: channel_cost(o.transport)?,
+    })
+}
+
+/// `gestor bench --compare-insecure`: the same lookups on a secure ring and
+/// on an otherwise identical `--insecure` ring, both started here.
+#[derive(Clone, Debug)]
+pub struct CompareOptions {
+    pub nodes: usize,
+    pub transport: TransportKind,
+    pub storage: StorageKind,
+    pub threads: usize,
+    /// Lookup time per ring (split into `rounds`).
+    pub duration: Duration,
+    pub users: usize,
+    /// Lookups alternate between the rings this many times each, so both
+    /// see the same machine load (other processes come and go).
+    pub rounds: usize,
+    pub keep_data: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompareReport {
+    pub transport: String,
+    pub storage: String,
+    pub nodes: usize,
+    pub threads: usize,
+    pub users: usize,
+    pub rounds: usize,
+    pub register_secure: Phase,
+    pub register_insecure: Phase,
+    pub secure: Phase,
+    pub insecure: Phase,
+    /// secure ÷ insecure.
+    pub p50_ratio: f64,
+    pub p99_ratio: f64,
+    pub throughput_ratio: f64,
+}
+
+/// Settings of both compared rings: the bench is their only client, so
+/// the per-source limit on password attempts (its registrations all come
+/// from 127.0.0.1) is off; everything else is the default.
+const COMPARE_CONFIG: &str =
+    "[plugins.config.gestor_directory]\npassword_attempts_per_source_per_minute = 0\n";
+
+/// Warm-up per ring before measuring: connections and (secure) handshakes.
+const WARM_UP: Duration = Duration::from_secs(1);
+
+pub fn compare(o: CompareOptions) -> Result<CompareReport> {
+    if o.threads == 0 || o.users == 0 || o.nodes == 0 || o.rounds == 0 {
+        bail!("--threads, --users, --nodes and --rounds must be at least 1");
+    }
+    let dir = std::env::temp_dir().join(format!("gestor-bench-{}", std::process::id()));
+    let result = compare_in(&dir, &o);
+    if !o.keep_data {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn compare_in(dir: &std::path::Path, o: &CompareOptions) -> Result<CompareReport> {
+    // The same ids on both rings, evenly spaced: the same ranges, fingers
+    // and hops for every user, so only the security mode differs.
+    let step = u64::MAX / o.nodes as u64;
+    let ids: Vec<u64> = (0..o.nodes as u64).map(|i| i * step + step / 2).collect();
+    let spec = |insecure| RingSpec {
+        nodes: o.nodes,
+        transport: o.transport,
+        storage: o.storage,
+        insecure,
+        config: COMPARE_CONFIG.to_string(),
+        ids: ids.clone(),
+    };
+    // Both rings run for the whole comparison; they idle while the other
+    // is measured.
+    let secure_ring = LocalRing::start(&dir.join("secure"), spec(false))?;
+    let insecure_ring = LocalRing::start(&dir.join("insecure"), spec(true))?;
+    let deadline = Duration::from_secs(120);
+    secure_ring.wait_stable(deadline, || {})?;
+    insecure_ring.wait_stable(deadline, || {})?;
+    let bench = |ring: &LocalRing| BenchOptions {
+        gestores: ring.urls(),
+        transport: o.transport,
+        trust: ring.trust.clone(),
+        threads: o.threads,
+        duration: o.duration,
+        users: o.users,
+        prefix: "bench-".into(),
+        flood_threads: 0,
+        spread: true,
+    };
+    let (s, i) = (bench(&secure_ring), bench(&insecure_ring));
+    let register_secure = register_users(&s);
+    let register_insecure = register_users(&i);
+    // One client layer per thread and ring for the whole run: sessions are
+    // made once (in the warm-up), as a long-running client's would be.
+    let layers = |b: &BenchOptions| -> Vec<SecureLayer> {
+        (0..b.threads).map(|_| b.trust.layer(b.transport)).collect()
+    };
+    let (s_layers, i_layers) = (layers(&s), layers(&i));
+    lookups_raw(&s, &s_layers, WARM_UP);
+    lookups_raw(&i, &i_layers, WARM_UP);
+    let slice = o.duration / o.rounds as u32;
+    let (mut secure, mut insecure) = (Raw::default(), Raw::default());
+    for round in 0..o.rounds {
+        // Alternate which goes first, so neither always follows the other.
+        if round % 2 == 0 {
+            secure.merge(lookups_raw(&s, &s_layers, slice));
+            insecure.merge(lookups_raw(&i, &i_layers, slice));
+        } else {
+            insecure.merge(lookups_raw(&i, &i_layers, slice));
+            secure.merge(lookups_raw(&s, &s_layers, slice));
+        }
+    }
+    let (secure, insecure) = (secure.phase(), insecure.phase());
+    let ratio = |a: f64, b: f64| a / b.max(1e-9);
+    Ok(CompareReport {
+        transport: o.transport.to_string(),
+        storage: o.storage.to_string(),
+        nodes: o.nodes,
+        threads: o.threads,
+        users: o.users,
+        rounds: o.rounds,
+        p50_ratio: ratio(secure.p50_ms, insecure.p50_ms),
+        p99_ratio: ratio(secure.p99_ms, insecure.p99_ms),
+        throughput_ratio: ratio(secure.per_second, insecure.per_second),
+        register_secure,
+        register_insecure,
+        secure,
+        insecure,
     })
 }

@@ -24,7 +24,8 @@ pub enum ClientError {
     Remote(HandlerError),
     #[error("malformed reply from {url}: {reason}")]
     Malformed { url: String, reason: String },
-    #[error("{0}")]
+    // Transparent: the transport error is the whole message (not repeated as a cause).
+    #[error(transparent)]
     Transport(#[from] TransportError),
 }
 
@@ -120,11 +121,12 @@ impl Client {
                     }
                     return reply.into_result().map_err(ClientError::Remote);
                 }
-                // A gestor that is not one of ours is never a fallback to
-                // skip past quietly: say so and stop.
-                Err(ClientError::Transport(e @ TransportError::Untrusted { .. })) => {
-                    return Err(ClientError::Transport(e))
-                }
+                // A gestor that is not one of ours, or that runs in the other
+                // security mode, is never a fallback to skip past quietly:
+                // say so and stop.
+                Err(ClientError::Transport(
+                    e @ (TransportError::Untrusted { .. } | TransportError::OtherMode { .. }),
+                )) => return Err(ClientError::Transport(e)),
                 Err(ClientError::Transport(e)) => {
                     tried.push(url.clone());
                     last = e;

@@ -1,21 +1,17 @@
 //! `gestor demo`: a local ring of real `gestor node` processes, users
 //! registered and looked up through it, a readable summary, a clean stop.
 
-use crate::client::Client;
 use crate::config::{StorageKind, TransportKind};
-use crate::json::cbor_to_json;
+use crate::local_ring::{LocalRing, RingSpec};
 use crate::runtime::build_transport;
-use crate::security::{cluster_admit, cluster_init, Trust};
+use crate::security::cluster_admit;
 use anyhow::{bail, Context, Result};
-use gestor_api::node;
 use gestor_chord::{check_invariants, View};
-use gestor_sdk::wire::to_value;
-use gestor_sdk::Empty;
-use gestor_secure::{ClusterPub, CredentialFile, SecureConfig, SecureLayer};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use gestor_secure::{CredentialFile, SecureConfig, SecureLayer};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+pub use crate::local_ring::view_of;
 
 pub struct DemoOptions {
     pub nodes: usize,
@@ -24,129 +20,35 @@ pub struct DemoOptions {
     pub keep_data: bool,
 }
 
-struct DemoNode {
-    url: String,
-    child: Child,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn status(client: &mut Client) -> Result<serde_json::Value> {
-    Ok(cbor_to_json(&to_value(
-        &client.request::<node::Status>(&Empty)?,
-    )))
-}
-
-/// Views of every node's ring state, for the invariant checker.
-pub fn view_of(status: &serde_json::Value) -> Option<View> {
-    let ring = status.get("sections")?.get("ring")?;
-    if !ring.get("joined")?.as_bool()? {
-        return None;
-    }
-    let id = ring.get("id")?.as_u64()?;
-    let predecessor = ring
-        .get("predecessor")
-        .and_then(|p| p.get("id"))
-        .and_then(|v| v.as_u64());
-    let successors = ring
-        .get("successors")?
-        .as_array()?
-        .iter()
-        .filter_map(|p| p.get("id")?.as_u64())
-        .collect();
-    Some(View {
-        id,
-        predecessor,
-        successors,
-    })
-}
-
-fn spawn_node(
-    exe: &Path,
-    dir: &Path,
-    i: usize,
-    join: Option<&str>,
-    o: &DemoOptions,
-) -> Result<DemoNode> {
-    let url = format!("tcp://127.0.0.1:{}", free_port()?);
-    let signal = format!("tcp://127.0.0.1:{}", free_port()?);
-    let data = dir.join(format!("node{i}"));
-    let credential = dir.join(format!("node{i}.cred"));
-    cluster_admit(&dir.join("cluster"), &credential, &format!("node{i}"))?;
-    let log = std::fs::File::create(dir.join(format!("node{i}.log")))?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["node", "--listen", &url, "--signal", &signal])
-        .args([
-            "--transport",
-            &o.transport.to_string(),
-            "--storage",
-            &o.storage.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--credential")
-        .arg(&credential)
-        .arg("--cluster-pub")
-        .arg(dir.join("cluster").join("cluster.pub"))
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    if let Some(j) = join {
-        cmd.args(["--join", j]);
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", exe.display()))?;
-    Ok(DemoNode { url, child })
-}
-
-fn stop_all(nodes: &mut [DemoNode]) {
-    for n in nodes.iter() {
-        unsafe {
-            libc::kill(n.child.id() as i32, libc::SIGTERM);
-        }
-    }
-    let until = Instant::now() + Duration::from_secs(10);
-    for n in nodes.iter_mut() {
-        loop {
-            match n.child.try_wait() {
-                Ok(Some(_)) => break,
-                _ if Instant::now() > until => {
-                    let _ = n.child.kill();
-                    let _ = n.child.wait();
-                    break;
-                }
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-}
-
 pub fn run(o: DemoOptions) -> Result<()> {
     if o.nodes < 2 {
         bail!("the demo needs at least 2 gestores");
     }
-    let exe = std::env::current_exe().context("cannot locate the gestor executable")?;
     let dir: PathBuf = std::env::temp_dir().join(format!("gestor-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
     println!(
         "gestor demo: {} gestores on 127.0.0.1, transport={}, storage={}",
         o.nodes, o.transport, o.storage
     );
     println!("  data and logs in {}", dir.display());
-    let mut nodes: Vec<DemoNode> = Vec::new();
-    let result = demo_body(&exe, &dir, &o, &mut nodes);
+    // The operator's flow (docs/DEPLOY in README): one cluster key, one
+    // credential per gestor, clients trusting the cluster's public key.
+    let mut ring = LocalRing::new(
+        &dir,
+        RingSpec {
+            nodes: o.nodes,
+            transport: o.transport,
+            storage: o.storage,
+            insecure: false,
+            config: String::new(),
+            ids: Vec::new(),
+        },
+    )?;
+    let result = demo_body(&mut ring, &o);
     println!(
         "stopping {} gestores (SIGTERM: each leaves the ring and flushes its store)",
-        nodes.len()
+        ring.nodes.len()
     );
-    stop_all(&mut nodes);
+    ring.stop();
     if !o.keep_data {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -155,67 +57,35 @@ pub fn run(o: DemoOptions) -> Result<()> {
     Ok(())
 }
 
-fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>) -> Result<()> {
-    // The operator's flow (docs/DEPLOY in README): one cluster key, one
-    // credential per gestor, clients trusting the cluster's public key.
-    let (_, pub_path) = cluster_init(&dir.join("cluster"))?;
-    let cluster = ClusterPub::load(&pub_path)?;
+fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
+    let cluster = ring.cluster.context("the demo ring is secure")?;
     println!(
         "  secure ring: cluster key {}…; every gestor gets its own credential; clients trust cluster.pub",
         cluster.fingerprint()
     );
-    let secure = Trust::Cluster(cluster).layer(o.transport);
-    let client_for = |url: &str| {
-        Client::new(
-            secure.clone(),
-            vec![url.to_string()],
-            Duration::from_secs(5),
-        )
-    };
     for i in 0..o.nodes {
-        let join = nodes.first().map(|n| n.url.clone());
-        let node = spawn_node(exe, dir, i, join.as_deref(), o)?;
+        let (url, join) = ring.add_node()?;
         println!(
-            "  [{}/{}] started gestor at {}{}",
+            "  [{}/{}] started gestor at {url}{}",
             i + 1,
             o.nodes,
-            node.url,
             join.map(|j| format!(" (joining via {j})"))
                 .unwrap_or_default()
         );
-        nodes.push(node);
     }
 
     print!("waiting for the ring to stabilize");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let statuses = loop {
-        let mut all = Vec::new();
-        for n in nodes.iter() {
-            if let Ok(s) = status(&mut client_for(&n.url)) {
-                all.push(s);
-            }
-        }
-        let views: Vec<View> = all.iter().filter_map(view_of).collect();
-        let full = views.len() == nodes.len()
-            && views
-                .iter()
-                .all(|v| v.successors.len() >= (nodes.len() - 1).min(8));
-        if full && check_invariants(&views).is_ok() {
-            println!(" ok");
-            break all;
-        }
-        if Instant::now() > deadline {
-            println!();
-            bail!(
-                "the ring did not stabilize within 60 s; see the logs in {}",
-                dir.display()
-            );
-        }
-        print!(".");
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let statuses = ring
+        .wait_stable(Duration::from_secs(60), || {
+            print!(".");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        })
+        .inspect_err(|_| println!())?;
+    println!(" ok");
+    let nodes: Vec<String> = ring.urls();
+    let client_for = |url: &str| ring.client_for(url);
+    let status = |url: &str| ring.status(url);
 
     let users = [
         "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
@@ -225,7 +95,7 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
         users.len()
     );
     for (i, user) in users.iter().enumerate() {
-        let entry = &nodes[i % nodes.len()].url;
+        let entry = &nodes[i % nodes.len()];
         let mut c = client_for(entry);
         match c.register(user, "demo-password") {
             Ok(_) => {}
@@ -251,7 +121,7 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
     );
     let mut total_hops = 0;
     for (i, user) in users.iter().enumerate() {
-        let entry = &nodes[(i + 2) % nodes.len()].url;
+        let entry = &nodes[(i + 2) % nodes.len()];
         let found = client_for(entry)
             .lookup(user)
             .with_context(|| format!("lookup {user} via {entry}"))?;
@@ -274,7 +144,7 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
     );
     let mut rows: Vec<serde_json::Value> = Vec::new();
     for n in nodes.iter() {
-        rows.push(status(&mut client_for(&n.url)).unwrap_or_else(|_| statuses[0].clone()));
+        rows.push(status(n).unwrap_or_else(|_| statuses[0].clone()));
     }
     rows.sort_by_key(|s| s.get("id").and_then(|v| v.as_u64()).unwrap_or(0));
     let short = |v: Option<&serde_json::Value>| {
@@ -306,15 +176,15 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
     // Copies: every record on its owner and the owner's successors.
     let wanted = 4.min(nodes.len());
     // Inventories are gestor-internal: the count runs with an operator credential.
-    let operator_cred = dir.join("operator.cred");
-    cluster_admit(&dir.join("cluster"), &operator_cred, "operator")?;
+    let operator_cred = ring.dir.join("operator.cred");
+    cluster_admit(&ring.dir.join("cluster"), &operator_cred, "operator")?;
     let operator = SecureLayer::new(
         build_transport(o.transport),
         SecureConfig::gestor(CredentialFile::load(&operator_cred)?, cluster),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     let report = loop {
-        let r = crate::copies::run(&operator, &nodes[0].url, 3)?;
+        let r = crate::copies::run(&operator, &nodes[0], 3)?;
         if (r.under.is_empty() && r.records == users.len()) || Instant::now() > deadline {
             break r;
         }

@@ -12,6 +12,7 @@ pub mod faults;
 pub mod http;
 pub mod json;
 pub mod loader;
+pub mod local_ring;
 pub mod metrics;
 pub mod ops;
 pub mod runtime;

@@ -115,6 +115,11 @@ enum Command {
         keep_data: bool,
     },
     /// Load generator: registrations, then lookups from several threads for a set time.
+    ///
+    /// Against a running ring (--gestor), or, with --compare-insecure, on
+    /// two local rings it starts itself: `gestor node` processes of this
+    /// binary, which load the plugins next to it (build the workspace in the
+    /// same profile first: `cargo build --release --workspace`).
     Bench {
         #[arg(long, default_value_t = 4)]
         threads: usize,
@@ -129,6 +134,25 @@ enum Command {
         /// through the first gestor, and report quiet vs flooded.
         #[arg(long, default_value_t = 0)]
         flood_threads: usize,
+        /// Start two identical local rings, one secure and one --insecure
+        /// (plaintext), register --users on each, and run the lookups on
+        /// both, alternating; report p50/p99/throughput and secure ÷
+        /// insecure. Ignores --gestor and the trust flags.
+        #[arg(long)]
+        compare_insecure: bool,
+        /// Gestores per ring (--compare-insecure).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Store of the rings (--compare-insecure).
+        #[arg(long, value_enum, default_value_t = StorageKind::Sqlite)]
+        storage: StorageKind,
+        /// Times the lookups alternate between the rings; each ring gets
+        /// --duration-secs in all (--compare-insecure).
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+        /// Keep the rings' data directories and logs (--compare-insecure).
+        #[arg(long)]
+        keep_data: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -543,8 +567,28 @@ fn run_client_command(command: Command) -> Result<()> {
             users,
             prefix,
             flood_threads,
+            compare_insecure,
+            nodes,
+            storage,
+            rounds,
+            keep_data,
             client: args,
         } => {
+            if compare_insecure {
+                return bench_compare(
+                    gestor::bench::CompareOptions {
+                        nodes,
+                        transport: args.transport,
+                        storage,
+                        threads,
+                        duration: Duration::from_secs(duration_secs),
+                        users,
+                        rounds,
+                        keep_data,
+                    },
+                    args.json,
+                );
+            }
             let report = gestor::bench::run(gestor::bench::BenchOptions {
                 gestores: args.gestores.clone(),
                 transport: args.transport,
@@ -554,6 +598,7 @@ fn run_client_command(command: Command) -> Result<()> {
                 users,
                 prefix,
                 flood_threads,
+                spread: false,
             })?;
             if args.json {
                 print_json(&report)?;
@@ -654,6 +699,43 @@ fn run_client_command(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn bench_compare(o: gestor::bench::CompareOptions, json: bool) -> Result<()> {
+    println!(
+        "bench: secure vs --insecure, {} gestores each ({}, {}), {} threads, {} users, {} alternating rounds, {} s of lookups per ring; starting both rings…",
+        o.nodes,
+        o.transport,
+        o.storage,
+        o.threads,
+        o.users,
+        o.rounds,
+        o.duration.as_secs()
+    );
+    let r = gestor::bench::compare(o)?;
+    if json {
+        return print_json(&r);
+    }
+    println!(
+        "  {:<18} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8} {:>6}",
+        "ring", "ops", "errors", "ops/s", "p50 ms", "p99 ms", "max ms", "hops"
+    );
+    for (name, p) in [
+        ("register secure", &r.register_secure),
+        ("register insecure", &r.register_insecure),
+        ("lookup secure", &r.secure),
+        ("lookup insecure", &r.insecure),
+    ] {
+        println!(
+            "  {:<18} {:>8} {:>7} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>6.2}",
+            name, p.operations, p.errors, p.per_second, p.p50_ms, p.p99_ms, p.max_ms, p.mean_hops
+        );
+    }
+    println!(
+        "  lookups, secure ÷ insecure: p50 {:.2}x, p99 {:.2}x, throughput {:.2}x (goal: p50 ≤ 1.25x)",
+        r.p50_ratio, r.p99_ratio, r.throughput_ratio
+    );
+    Ok(())
 }
 
 fn print_status(s: &serde_json::Value) {

@@ -304,6 +304,10 @@ impl HostCore {
                     Origin::Network(Peer::Client { source, .. }) => source.clone(),
                     _ => None,
                 },
+                caller_key: match origin {
+                    Origin::Network(peer) if !self.secure.is_insecure() => Some(*peer.key()),
+                    _ => None,
+                },
             },
             body,
         )
@@ -344,6 +348,7 @@ impl HostCore {
                 kind: kind.clone(),
                 class,
                 source: None,
+                caller_key: None,
             };
             let value = match handler(&meta, &Value::Null) {
                 Ok(v) => v,
@@ -615,6 +620,12 @@ impl Host for HostCore {
             .map_err(CallError::Remote)
     }
 
+    fn gestor_key(&self, url: &str, timeout: Duration) -> Result<Option<[u8; 32]>, CallError> {
+        Ok(self
+            .secure
+            .gestor_key_at(url, &self.transport_options, timeout)?)
+    }
+
     fn signal(&self, url: &str, topic: &str, body: Value) -> Result<(), CallError> {
         let payload = to_cbor(&body);
         let mut publishers = self.publishers.lock().unwrap_or_else(|p| p.into_inner());
@@ -813,7 +824,7 @@ impl Node {
 
         if secure.is_insecure() {
             // Every start says it again, so nobody runs this way by accident.
-            tracing::warn!("running INSECURE: this ring is open to anyone who can reach its ports");
+            tracing::warn!("running INSECURE: plaintext frames; this ring is open to anyone who can reach its ports");
         }
         let revocation_layer = secure.clone();
         core.spawn_loop(

@@ -23,7 +23,7 @@ pub struct TrustArgs {
     /// gestores admitted to that cluster get a request, or a password.
     #[arg(long, env = "GESTOR_CLUSTER_PUB")]
     pub cluster_pub: Option<PathBuf>,
-    /// Development only: talk to a ring started with --insecure (nobody's admission is checked).
+    /// Development only: talk in plaintext to a ring started with --insecure (nobody's admission is checked).
     #[arg(long)]
     pub insecure: bool,
 }
@@ -43,7 +43,8 @@ impl TrustArgs {
 pub enum Trust {
     /// Only gestores holding a credential signed by this cluster key.
     Cluster(ClusterPub),
-    /// Development only: any node, no admission checked (still encrypted).
+    /// Development only: plaintext frames to a ring started with
+    /// `--insecure`; no admission checked, secure gestores refused.
     Insecure,
     /// Not configured: the client refuses to contact anyone.
     Unset,
@@ -94,7 +95,7 @@ pub fn node_layer(
 ) -> Result<SecureLayer> {
     let sec = &config.security;
     let secure = if sec.insecure {
-        tracing::warn!("INSECURE MODE: no credential; any peer is taken for a gestor and may rewrite records. Development only — never on a network others can reach.");
+        tracing::warn!("INSECURE MODE: no credential, every frame in plaintext (passwords included); any peer is taken for a gestor and may rewrite records. Development only — never on a network others can reach.");
         SecureConfig::insecure()
     } else {
         let (Some(cred_path), Some(pub_path)) = (&sec.credential, &sec.cluster_pub) else {

@@ -168,3 +168,90 @@ fn refuses_without_a_cluster_key_or_a_credential() {
         "says how to run without one: {err}"
     );
 }
+
+/// `--insecure` is a plaintext development mode: an insecure client and node
+/// work together, and each mode refuses the other in one line.
+#[test]
+fn insecure_mode_talks_plaintext_and_refuses_the_other_mode() {
+    let transport = TransportKind::Nng;
+    let gestor = gestor_tests::cluster::gestor_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gestor.toml");
+    std::fs::write(&config, gestor_tests::ring::TEST_CONFIG).unwrap();
+    let url = format!("tcp://127.0.0.1:{}", free_port());
+    let signal = format!("tcp://127.0.0.1:{}", free_port());
+    let data = dir.path().join("data");
+    let args: Vec<String> = [
+        "--config",
+        &config.display().to_string(),
+        "--listen",
+        &url,
+        "--signal",
+        &signal,
+        "--data-dir",
+        &data.display().to_string(),
+        "--insecure",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let node = gestor_tests::cluster::NodeProc::spawn(
+        &url,
+        transport,
+        &args,
+        dir.path(),
+        &[("RUST_LOG", "info")],
+    );
+    let home = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str], cluster_pub: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(&gestor);
+        cmd.args(args)
+            .env_remove("GESTOR_CLUSTER_PUB")
+            .env("GESTOR_HOME", home.path())
+            .env("GESTOR_PASSWORD", "s3cret")
+            .env("RUST_LOG", "off");
+        if let Some(p) = cluster_pub {
+            cmd.arg("--cluster-pub").arg(p);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The one-node ring answers once its ring plugin has started.
+    let registered = gestor_tests::cluster::wait_until(Duration::from_secs(30), || {
+        cli(&["register", "dana", "--insecure", "--gestor", &url], None).0 == 0
+    });
+    assert!(registered, "insecure register failed:\n{}", node.log());
+    let (code, out, err) = cli(&["lookup", "dana", "--insecure", "--gestor", &url], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dana at"), "{out}");
+    assert!(
+        node.log().contains("INSECURE"),
+        "the node warns loudly:\n{}",
+        node.log()
+    );
+
+    // A client that trusts a cluster refuses the plaintext node.
+    let cluster = gestor_tests::cluster::test_cluster();
+    let (code, _, err) = cli(
+        &["lookup", "dana", "--gestor", &url],
+        Some(&cluster.pub_path()),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("runs --insecure"), "{err}");
+
+    // An --insecure client refuses a secure gestor (which refuses plaintext).
+    let ring = Ring::start(1, transport, StorageKind::Sqlite);
+    let secure = ring.urls()[0].clone();
+    let (code, _, err) = cli(
+        &["register", "erin", "--insecure", "--gestor", &secure],
+        None,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("the gestor runs secure"), "{err}");
+}

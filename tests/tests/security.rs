@@ -575,6 +575,102 @@ fn mail_cannot_be_spoofed_or_deleted(transport: TransportKind, storage: StorageK
     );
 }
 
+/// Mail is removed only by its recipient's ack or by expiry: a copy holder
+/// believes the removals in a `mailbox.copy` only from the gestor that owns
+/// the recipient in its own ring view. An admitted gestor that is not that
+/// owner (an operator credential here) removes nothing, anywhere, and is
+/// counted; the recipient's own ack still removes every copy.
+fn mail_copies_removed_only_by_the_owner(transport: TransportKind, storage: StorageKind) {
+    use gestor_api::chat::ChatMessage;
+    use gestor_api::mail::{Ack, AckBody, Fetch, Put, PutMail};
+    use gestor_api::mailbox::{Copy, CopyBody};
+    let ring = Ring::start(3, transport, storage);
+    ring.wait_stable(DEADLINE)
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let urls = ring.urls();
+    let tag = format!("{transport}/{storage}");
+    let mut c = client(&ring, &urls[0]);
+    for u in ["copysender", "copykeeper"] {
+        c.register(u, &format!("pw-{u}")).expect("register");
+    }
+    let sender = c
+        .login("copysender", "pw-copysender", "127.0.0.1:6011")
+        .unwrap();
+    let id = "00112233445566778899aabbccddeeff";
+    c.request::<Put>(&PutMail {
+        token: sender.token.clone(),
+        mail: ChatMessage {
+            id: id.into(),
+            from: "copysender".into(),
+            to: "copykeeper".into(),
+            seq: 1,
+            sent_ms: 1,
+            text: "keep me".into(),
+        },
+    })
+    .expect("mail stored");
+    // (held, removals_refused) on every gestor.
+    let mailbox = |url: &str| {
+        let s = ring.status(url)?;
+        Some((
+            s.pointer("/sections/mailbox/held")?.as_u64()?,
+            s.pointer("/sections/mailbox/removals_refused")?.as_u64()?,
+        ))
+    };
+    let held_everywhere = |want: u64| {
+        urls.iter()
+            .all(|u| mailbox(u).is_some_and(|(held, _)| held == want))
+    };
+    // Owner + 2 copies: in a ring of 3, every gestor holds it.
+    assert!(
+        wait_until(DEADLINE, || held_everywhere(1)),
+        "[{tag}] the message never reached every copy"
+    );
+
+    let forged = CopyBody {
+        puts: Vec::new(),
+        removed: vec![("copykeeper".into(), id.into())],
+    };
+    for url in &urls {
+        let applied = Client::new(ring.operator(), vec![url.clone()], DEADLINE)
+            .request::<Copy>(&forged)
+            .unwrap_or_else(|e| panic!("[{tag}] copy to {url}: {e}"));
+        assert_eq!(
+            applied, 0,
+            "[{tag}] {url} applied a removal from a non-owner"
+        );
+    }
+    for url in &urls {
+        let (held, refused) = mailbox(url).expect("status");
+        assert_eq!(held, 1, "[{tag}] {url} deleted mail on a non-owner's word");
+        assert!(refused >= 1, "[{tag}] {url} did not count the refusal");
+    }
+    let keeper = c
+        .login("copykeeper", "pw-copykeeper", "127.0.0.1:6012")
+        .unwrap();
+    let auth = gestor_api::user::Auth {
+        username: "copykeeper".into(),
+        token: keeper.token.clone(),
+    };
+    let fetched = c.request::<Fetch>(&auth).expect("fetch");
+    assert_eq!(fetched.messages.len(), 1, "[{tag}] {fetched:?}");
+
+    // The recipient's ack, served by the owner, removes every copy.
+    let acked = c
+        .request::<Ack>(&AckBody {
+            username: "copykeeper".into(),
+            token: keeper.token.clone(),
+            ids: vec![id.into()],
+        })
+        .expect("ack");
+    assert_eq!(acked.removed, 1);
+    assert!(
+        wait_until(DEADLINE, || held_everywhere(0)),
+        "[{tag}] the owner's removal did not reach the copies: {:?}",
+        urls.iter().map(|u| mailbox(u)).collect::<Vec<_>>()
+    );
+}
+
 /// One client address gets a bounded number of password attempts per
 /// minute (`rate_limited` after), and a guessed account a bounded number of
 /// wrong passwords; lookups are not affected.
@@ -630,5 +726,6 @@ gestor_tests::matrix!(
     forged_signals => forged_signals_change_nothing,
     absurd_records => absurd_records_are_refused,
     mail_spoofing => mail_cannot_be_spoofed_or_deleted,
+    mail_copy_removals => mail_copies_removed_only_by_the_owner,
     password_limits => password_attempts_are_limited
 );

@@ -59,6 +59,10 @@ pub struct MailboxStatus {
     pub held: u64,
     pub watched_users: u64,
     pub watchers: u64,
+    /// Removals in `mailbox.copy` refused because the sender was not the
+    /// owner of the recipient in this gestor's ring view.
+    #[serde(default)]
+    pub removals_refused: u64,
 }
 
 /// The replica plugin's counters.

@@ -31,12 +31,15 @@ use gestor_api::mailbox::{self, CopyBody, Held};
 use gestor_api::status::{self, MailboxStatus};
 use gestor_api::user::{Auth, Found, UserOnly};
 use gestor_api::{dir, ring, routing};
+use gestor_sdk::hash::ring_position;
 use gestor_sdk::hlc::system_ms;
 use gestor_sdk::{
     declare_plugin, Empty, ErrorCode, HandlerError, Kind, Plugin, PluginContext, PluginError,
+    RequestMeta,
 };
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -113,6 +116,8 @@ pub(crate) struct Shared {
     /// Changes not yet pushed to the successors.
     pending: Mutex<CopyBody>,
     pub presence: presence::Watches,
+    /// Removals in copies refused: the sender did not own the recipient.
+    removals_refused: AtomicU64,
 }
 
 impl Shared {
@@ -337,8 +342,41 @@ impl Shared {
         Ok(removed)
     }
 
+    /// Whether the sender of a `mailbox.copy` may remove items of `holder`'s
+    /// mailbox. Mail is removed only by its recipient's ack or by expiry;
+    /// both happen on the gestor responsible for the recipient, so removals
+    /// are believed only from that gestor — as this node's own ring view
+    /// names it, and as a session this node itself made with that URL
+    /// proves it (a sender's own claims prove nothing). A copy holder also
+    /// expires mail on its own.
+    fn removal_from_owner(&self, ctx: &PluginContext, meta: &RequestMeta, holder: &str) -> bool {
+        let key = ring_position(holder.as_bytes());
+        let owner = match ctx.call_local::<ring::Lookup>(&ring::KeyBody { key }) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(%holder, "mailbox copy: owner unknown, removals refused: {e}");
+                return false;
+            }
+        };
+        // The owner's acks reach it directly, never by copy.
+        if owner.addr == ctx.request_url() {
+            return false;
+        }
+        let timeout = Duration::from_millis(self.config().forward_timeout_ms.min(2_000));
+        match ctx.gestor_key(&owner.addr, timeout) {
+            Ok(Some(key)) => meta.caller_key == Some(key),
+            // Insecure (development) node: nobody proves who they are, so
+            // every peer passes, as for everything else in that mode.
+            Ok(None) => true,
+            Err(e) => {
+                tracing::debug!(%holder, owner = %owner.addr, "mailbox copy: owner not verified, removals refused: {e}");
+                false
+            }
+        }
+    }
+
     /// On a successor: apply the owner's changes.
-    fn copy(&self, body: CopyBody) -> Result<u64, HandlerError> {
+    fn copy(&self, meta: &RequestMeta, body: CopyBody) -> Result<u64, HandlerError> {
         let ctx = self.ctx()?;
         let config = self.config();
         // Defence in depth: copies come only from admitted gestores, but a
@@ -357,8 +395,24 @@ impl Shared {
             rules::validate_held(held, config.max_text_bytes)?;
         }
         let mut applied = 0;
+        let mut from_owner: BTreeMap<&str, bool> = BTreeMap::new();
+        let mut refused = 0u64;
         for (holder, id) in &body.removed {
-            applied += self.remove(&ctx, holder, std::slice::from_ref(id))?;
+            let allowed = *from_owner
+                .entry(holder.as_str())
+                .or_insert_with(|| self.removal_from_owner(&ctx, meta, holder));
+            if allowed {
+                applied += self.remove(&ctx, holder, std::slice::from_ref(id))?;
+            } else {
+                refused += 1;
+            }
+        }
+        if refused > 0 {
+            self.removals_refused.fetch_add(refused, Ordering::Relaxed);
+            tracing::debug!(
+                refused,
+                "mailbox copy: removals from a gestor that does not own their mailboxes refused"
+            );
         }
         for held in body.puts {
             if self.tombstoned(&ctx, held.holder(), &held.mail.id)? {
@@ -556,7 +610,7 @@ impl Plugin for Mailbox {
         let s = self.state.clone();
         ctx.serve::<mailbox::Ack>(move |_, r| s.ack(r))?;
         let s = self.state.clone();
-        ctx.serve::<mailbox::Copy>(move |_, r| s.copy(r))?;
+        ctx.serve::<mailbox::Copy>(move |meta, r| s.copy(meta, r))?;
 
         let s = self.state.clone();
         ctx.every("mailbox-copy", Duration::from_millis(100), move || {
@@ -586,6 +640,7 @@ impl Plugin for Mailbox {
                 held,
                 watched_users,
                 watchers,
+                removals_refused: s.removals_refused.load(Ordering::Relaxed),
             })
         })?;
         Ok(())
@@ -607,6 +662,7 @@ fn make() -> Mailbox {
             ctx: Mutex::new(None),
             pending: Mutex::new(CopyBody::default()),
             presence: presence::Watches::default(),
+            removals_refused: AtomicU64::new(0),
         }),
     }
 }

@@ -133,6 +133,10 @@ pub enum TransportError {
     /// The secure session failed: refused handshake, altered or replayed frame.
     #[error("secure channel to {url}: {reason}")]
     Secure { url: String, reason: String },
+    /// The peer runs in the other security mode: a secure side met an
+    /// `--insecure` (plaintext) node, or a plaintext side a secure gestor.
+    #[error("refusing {url}: {reason}")]
+    OtherMode { url: String, reason: String },
 }
 
 /// Failure of a call made through the host to another gestor or plugin.

@@ -27,9 +27,9 @@ use std::time::Duration;
 
 /// First field of every declaration; changes whenever the declaration
 /// layout, or a trait or type that crosses the boundary (`Host`, `Plugin`,
-/// `RequestMeta`), does — here for kind classes, `request_client` and the
-/// request's source.
-pub const ABI_MAGIC: u64 = 0x6765_7374_6f72_0002;
+/// `RequestMeta`, the error types), does — here for the caller's key and
+/// `Host::gestor_key`.
+pub const ABI_MAGIC: u64 = 0x6765_7374_6f72_0004;
 
 /// Compiler, SDK and build facts that must match between host and plugin.
 #[repr(C)]
@@ -119,6 +119,11 @@ pub struct RequestMeta {
     /// it came straight from a client and the transport knows it; `None`
     /// for requests from gestores and from this node.
     pub source: Option<String>,
+    /// The static key the sender proved in its secure session (an admitted
+    /// gestor's credential key, or a client's key of the moment); `None`
+    /// for this node's own calls and on an insecure node, where nobody
+    /// proves anything. Compare with [`Host::gestor_key`].
+    pub caller_key: Option<[u8; 32]>,
 }
 
 pub type RequestFn = Arc<dyn Fn(&RequestMeta, &Value) -> Result<Value, HandlerError> + Send + Sync>;
@@ -176,6 +181,10 @@ pub trait Host: Send + Sync {
     ) -> Result<Value, CallError>;
     /// Dispatch a request to a handler of this node without the network.
     fn call_local(&self, kind: &str, body: Value) -> Result<Value, CallError>;
+    /// The key the admitted gestor at `url` proved in a session this node
+    /// made with it (handshaking now if there is none): which gestor is
+    /// *there*, as this node sees it. `Ok(None)` on an insecure node.
+    fn gestor_key(&self, url: &str, timeout: Duration) -> Result<Option<[u8; 32]>, CallError>;
     /// Publish a signal to the signal endpoint at `url`; never blocks, may be lost.
     fn signal(&self, url: &str, topic: &str, body: Value) -> Result<(), CallError>;
     /// The initial-gestors list attached to every reply.
@@ -242,6 +251,10 @@ impl PluginContext {
     }
     pub fn initial_gestors(&self) -> Vec<String> {
         self.host.initial_gestors()
+    }
+    /// See [`Host::gestor_key`].
+    pub fn gestor_key(&self, url: &str, timeout: Duration) -> Result<Option<[u8; 32]>, CallError> {
+        self.host.gestor_key(url, timeout)
     }
     pub fn set_initial_gestors(&self, list: Vec<String>) {
         self.host.set_initial_gestors(list)

@@ -11,6 +11,10 @@
 //! are not. Signals on PUB-SUB are sealed with the keys of a session the
 //! two nodes already share.
 //!
+//! In insecure (development) mode the same API carries frames in plaintext
+//! with no handshake, under frame types of their own, so a secure side and a
+//! plaintext side refuse each other instead of misreading each other.
+//!
 //! The layer wraps any [`Transport`]: a third backend gets it for free.
 //! It knows nothing of Chord or of request kinds; it tells the host *who*
 //! sent each request ([`Peer`]): a gestor that proved a credential signed by
@@ -62,6 +66,12 @@ pub mod frame {
     pub const PROBE_REPLY: u8 = 0x0a;
     /// A plaintext refusal: `[0x0f, code, utf-8 reason]`.
     pub const ERROR: u8 = 0x0f;
+    /// Insecure mode: a request in plaintext, `[0x10] ++ inner request`.
+    pub const PLAIN_REQUEST: u8 = 0x10;
+    /// Insecure mode: its reply, `[0x11] ++ inner reply`.
+    pub const PLAIN_REPLY: u8 = 0x11;
+    /// Insecure mode: a signal, `[0x12] ++ inner signal` (outer topic `s`).
+    pub const PLAIN_SIGNAL: u8 = 0x12;
     /// Outer PUB-SUB topic of every sealed signal (the real topic is inside).
     pub const SIGNAL_TOPIC: &[u8] = b"s";
 }
@@ -80,7 +90,16 @@ pub mod refusal {
     pub const MALFORMED: u8 = 5;
     /// Too many handshakes in progress; retry later.
     pub const BUSY: u8 = 6;
+    /// A secure frame reached an `--insecure` node, which speaks only plaintext.
+    pub const INSECURE_NODE: u8 = 7;
+    /// A plaintext frame reached a secure gestor, which speaks only Noise sessions.
+    pub const SECURE_ONLY: u8 = 8;
 }
+
+/// What a secure side says of a plaintext (`--insecure`) node.
+const PEER_IS_INSECURE: &str = "it runs --insecure (plaintext, development only) and proves nothing; this side trusts a cluster key and talks only to secure gestores";
+/// What a plaintext side says of a secure gestor.
+const PEER_IS_SECURE: &str = "the gestor runs secure (Noise, admitted gestores only) and refuses plaintext; this side runs --insecure: give it the cluster public key (--cluster-pub) instead";
 
 const PROLOGUE: &[u8] = b"gestor secure v1";
 const SID_LEN: usize = 16;
@@ -168,6 +187,10 @@ pub struct SecureConfig {
     /// How often a client's signal session is checked with its gestor
     /// (signals get no answer, so a forgotten session shows no other way).
     pub signal_probe_every: Duration,
+    /// Development only: no handshake, no encryption, no identities; frames
+    /// travel in plaintext (types `0x10`–`0x12`) and every peer is taken
+    /// for a gestor.
+    pub plaintext: bool,
 }
 
 impl Clone for CredentialFile {
@@ -192,6 +215,7 @@ impl SecureConfig {
             pending_timeout: Duration::from_secs(10),
             unconfigured: None,
             signal_probe_every: Duration::from_secs(10),
+            plaintext: false,
         }
     }
     /// A client that has not been told which cluster to trust: it refuses
@@ -217,9 +241,13 @@ impl SecureConfig {
             ..Self::base()
         }
     }
-    /// Development only: encrypted, but nobody's admission is checked.
+    /// Development only: plaintext frames, no handshake, nobody's
+    /// admission checked (every peer is taken for a gestor).
     pub fn insecure() -> Self {
-        Self::base()
+        SecureConfig {
+            plaintext: true,
+            ..Self::base()
+        }
     }
     pub fn with_urls(mut self, request_url: &str, signal_url: &str) -> Self {
         self.request_url = Some(request_url.to_string());
@@ -449,6 +477,7 @@ struct Shared {
     pending_timeout: Duration,
     unconfigured: Option<String>,
     signal_probe_every: Duration,
+    plaintext: bool,
     pending: Mutex<HashMap<Sid, (snow::HandshakeState, Instant)>>,
     sessions: RwLock<HashMap<Sid, Arc<Session>>>,
     /// Sessions this side initiated, by the peer's request URL.
@@ -496,6 +525,7 @@ impl SecureLayer {
                 pending_timeout: config.pending_timeout,
                 unconfigured: config.unconfigured,
                 signal_probe_every: config.signal_probe_every,
+                plaintext: config.plaintext,
                 pending: Mutex::new(HashMap::new()),
                 sessions: RwLock::new(HashMap::new()),
                 by_request_url: Mutex::new(HashMap::new()),
@@ -518,9 +548,9 @@ impl SecureLayer {
         &self.shared.transport
     }
 
-    /// True when nobody's admission is checked (development mode).
+    /// True in insecure (plaintext, development) mode.
     pub fn is_insecure(&self) -> bool {
-        self.shared.cluster.is_none() && self.shared.unconfigured.is_none()
+        self.shared.plaintext
     }
 
     /// The name in this side's credential, if it has one.
@@ -601,15 +631,9 @@ impl SecureLayer {
         source: Option<&str>,
     ) -> Result<Peer, String> {
         let s = &self.shared;
-        let Some(cluster) = &s.cluster else {
-            return Ok(Peer::Gestor {
-                key: *remote,
-                name: credential
-                    .map(|c| c.name.clone())
-                    .unwrap_or_else(|| "unverified".into()),
-            });
-        };
-        let Some(c) = credential else {
+        // Without a cluster key nothing can be verified: nobody is a gestor.
+        // (Insecure nodes never get here: they make no handshakes.)
+        let (Some(cluster), Some(c)) = (&s.cluster, credential) else {
             return Ok(Peer::Client {
                 key: *remote,
                 source: source.map(str::to_string),
@@ -717,6 +741,9 @@ impl SecureLayer {
         handler: impl FnOnce(&[u8], &Peer) -> Vec<u8>,
     ) -> Vec<u8> {
         let s = &self.shared;
+        if s.plaintext {
+            return self.serve_plain(frame, handler);
+        }
         match frame.first() {
             Some(&frame::HELLO) => self.serve_hello(&frame[1..]),
             Some(&frame::AUTH) => self.serve_auth(&frame[1..], source),
@@ -766,11 +793,57 @@ impl SecureLayer {
                     Err(e) => refusal_frame(refusal::UNKNOWN_SESSION, &e),
                 }
             }
+            Some(&frame::PLAIN_REQUEST) => {
+                s.malformed.fetch_add(1, Ordering::Relaxed);
+                refusal_frame(
+                    refusal::SECURE_ONLY,
+                    "plaintext frame refused: this gestor runs secure and accepts only Noise-secured sessions (it is not an --insecure node)",
+                )
+            }
             _ => {
                 s.malformed.fetch_add(1, Ordering::Relaxed);
                 refusal_frame(
                     refusal::MALFORMED,
                     "not a secure frame: this gestor accepts only Noise-secured sessions (docs/PROTOCOL.md §3.1)",
+                )
+            }
+        }
+    }
+
+    /// The peer every plaintext frame comes from: unverifiable, so taken
+    /// for a gestor (the documented danger of insecure mode).
+    fn unverified_peer() -> Peer {
+        Peer::Gestor {
+            key: [0; 32],
+            name: "unverified".into(),
+        }
+    }
+
+    /// [`serve_from`](Self::serve_from) on an insecure node: plaintext in,
+    /// plaintext out; secure frames are refused so a secure peer learns
+    /// at once that it reached the wrong kind of node.
+    fn serve_plain(&self, frame: &[u8], handler: impl FnOnce(&[u8], &Peer) -> Vec<u8>) -> Vec<u8> {
+        let s = &self.shared;
+        match frame.first() {
+            Some(&frame::PLAIN_REQUEST) => {
+                let reply = handler(&frame[1..], &Self::unverified_peer());
+                let mut out = Vec::with_capacity(1 + reply.len());
+                out.push(frame::PLAIN_REPLY);
+                out.extend_from_slice(&reply);
+                out
+            }
+            Some(k) if (frame::HELLO..=frame::PROBE_REPLY).contains(k) => {
+                s.malformed.fetch_add(1, Ordering::Relaxed);
+                refusal_frame(
+                    refusal::INSECURE_NODE,
+                    "secure frame refused: this node runs --insecure (plaintext, development only)",
+                )
+            }
+            _ => {
+                s.malformed.fetch_add(1, Ordering::Relaxed);
+                refusal_frame(
+                    refusal::MALFORMED,
+                    "not a frame of this node: it runs --insecure and takes [0x10] ++ request (docs/PROTOCOL.md §3.1)",
                 )
             }
         }
@@ -946,6 +1019,12 @@ impl SecureLayer {
         hello.extend_from_slice(&buf[..n]);
         let reply = requester.request(&hello, timeout)?;
         if let Some((code, reason)) = parse_refusal(&reply) {
+            if code == refusal::INSECURE_NODE {
+                return Err(TransportError::OtherMode {
+                    url: url.to_string(),
+                    reason: PEER_IS_INSECURE.into(),
+                });
+            }
             return Err(secure_err(format!("handshake refused ({code}): {reason}")));
         }
         if reply.len() < 1 + SID_LEN || reply[0] != frame::HELLO_REPLY {
@@ -1002,6 +1081,45 @@ impl SecureLayer {
             .insert(url.to_string(), session.clone());
         s.handshakes.fetch_add(1, Ordering::Relaxed);
         Ok(session)
+    }
+
+    /// The key the admitted gestor at `url` proved in the session this side
+    /// made with it, handshaking now if there is none: who is *at* that URL,
+    /// as this side sees it (a peer's own claims prove no URL). `None` in
+    /// insecure mode, where nobody proves anything.
+    pub fn gestor_key_at(
+        &self,
+        url: &str,
+        options: &TransportOptions,
+        timeout: Duration,
+    ) -> Result<Option<[u8; 32]>, TransportError> {
+        if self.shared.plaintext {
+            return Ok(None);
+        }
+        let known = self
+            .shared
+            .by_request_url
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(url)
+            .cloned();
+        let session = match known {
+            Some(s) => s,
+            None => {
+                let mut requester = self
+                    .shared
+                    .transport
+                    .requester(url, &with_overhead(options))?;
+                self.session_with(url, requester.as_mut(), timeout, true)?
+            }
+        };
+        if !session.peer.is_gestor() {
+            return Err(TransportError::Untrusted {
+                url: url.to_string(),
+                reason: "it presented no gestor credential".into(),
+            });
+        }
+        Ok(Some(*session.peer.key()))
     }
 
     fn forget_url(&self, url: &str, sid: &Sid) {
@@ -1069,6 +1187,13 @@ impl SecureLayer {
             .shared
             .transport
             .requester(url, &with_overhead(options))?;
+        if self.shared.plaintext {
+            return Ok(Box::new(PlainRequester {
+                layer: self.clone(),
+                inner,
+                url: url.to_string(),
+            }));
+        }
         Ok(Box::new(SecureRequester {
             layer: self.clone(),
             inner,
@@ -1084,6 +1209,9 @@ impl SecureLayer {
         signal_url: &str,
         options: &TransportOptions,
     ) -> Result<Box<dyn Publisher>, TransportError> {
+        if self.shared.plaintext {
+            return self.plain_publisher(signal_url, options);
+        }
         self.known_signal_session(signal_url)?;
         let inner = self.shared.transport.publisher(
             &Endpoint::Dial(signal_url.to_string()),
@@ -1108,6 +1236,9 @@ impl SecureLayer {
         options: &TransportOptions,
         timeout: Duration,
     ) -> Result<Box<dyn Publisher>, TransportError> {
+        if self.shared.plaintext {
+            return self.plain_publisher(signal_url, options);
+        }
         let mut requester = self
             .shared
             .transport
@@ -1124,6 +1255,18 @@ impl SecureLayer {
             pinned: Some(session),
             via: Some((request_url.to_string(), requester, Instant::now())),
         }))
+    }
+
+    fn plain_publisher(
+        &self,
+        signal_url: &str,
+        options: &TransportOptions,
+    ) -> Result<Box<dyn Publisher>, TransportError> {
+        let inner = self.shared.transport.publisher(
+            &Endpoint::Dial(signal_url.to_string()),
+            &with_overhead(options),
+        )?;
+        Ok(Box::new(PlainPublisher { inner }))
     }
 
     fn known_signal_session(&self, signal_url: &str) -> Result<Arc<Session>, TransportError> {
@@ -1154,6 +1297,24 @@ impl SecureLayer {
             layer: self.clone(),
             inner,
         })
+    }
+
+    /// A plaintext signal frame on an insecure node: `(topic, payload, peer)`.
+    fn open_plain_signal(&self, frame: &[u8]) -> Option<AuthenticSignal> {
+        let opened = match frame.split_first() {
+            Some((&frame::PLAIN_SIGNAL, inner)) => decode_signal(inner),
+            // A sealed signal (or garbage) reaching a plaintext node.
+            _ => None,
+        };
+        match opened {
+            Some((topic, payload)) => {
+                Some((topic.to_vec(), payload.to_vec(), Self::unverified_peer()))
+            }
+            None => {
+                self.shared.malformed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     /// Open a sealed signal frame: `(topic, payload, peer)`.
@@ -1286,6 +1447,58 @@ impl Requester for SecureRequester {
     }
 }
 
+/// Insecure mode: requests and replies in plaintext, no session.
+struct PlainRequester {
+    layer: SecureLayer,
+    inner: Box<dyn Requester>,
+    url: String,
+}
+
+impl Requester for PlainRequester {
+    fn request(&mut self, payload: &[u8], timeout: Duration) -> Result<Vec<u8>, TransportError> {
+        let mut frame = Vec::with_capacity(1 + payload.len());
+        frame.push(frame::PLAIN_REQUEST);
+        frame.extend_from_slice(payload);
+        let mut reply = self.inner.request(&frame, timeout)?;
+        if reply.first() == Some(&frame::PLAIN_REPLY) {
+            reply.remove(0);
+            return Ok(reply);
+        }
+        self.layer.shared.malformed.fetch_add(1, Ordering::Relaxed);
+        Err(match parse_refusal(&reply) {
+            Some((refusal::SECURE_ONLY, _)) => TransportError::OtherMode {
+                url: self.url.clone(),
+                reason: PEER_IS_SECURE.into(),
+            },
+            Some((code, reason)) => TransportError::Secure {
+                url: self.url.clone(),
+                reason: format!("refused ({code}): {reason}"),
+            },
+            None => TransportError::Secure {
+                url: self.url.clone(),
+                reason: "reply is not a plaintext reply (0x11)".into(),
+            },
+        })
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// Insecure mode: signals in plaintext under the same outer topic.
+struct PlainPublisher {
+    inner: Box<dyn Publisher>,
+}
+
+impl Publisher for PlainPublisher {
+    fn publish(&mut self, topic: &[u8], payload: &[u8]) -> Result<(), TransportError> {
+        let mut frame = vec![frame::PLAIN_SIGNAL];
+        frame.extend_from_slice(&encode_signal(topic, payload));
+        self.inner.publish(frame::SIGNAL_TOPIC, &frame)
+    }
+}
+
 struct SecurePublisher {
     layer: SecureLayer,
     inner: Box<dyn Publisher>,
@@ -1369,9 +1582,15 @@ impl SecureSubscriber {
             match self.inner.recv(left)? {
                 None => return Ok(None),
                 Some((topic, sealed)) => {
-                    if topic != frame::SIGNAL_TOPIC {
+                    let opened = if topic != frame::SIGNAL_TOPIC {
                         self.layer.shared.malformed.fetch_add(1, Ordering::Relaxed);
-                    } else if let Some(signal) = self.layer.open_signal(&sealed) {
+                        None
+                    } else if self.layer.shared.plaintext {
+                        self.layer.open_plain_signal(&sealed)
+                    } else {
+                        self.layer.open_signal(&sealed)
+                    };
+                    if let Some(signal) = opened {
                         return Ok(Some(signal));
                     }
                     if left.is_zero() {

@@ -134,8 +134,8 @@ fn a_gestor_of_another_cluster_is_refused_and_an_uncredentialed_server_is_not_tr
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     assert_eq!(server.stats().handshakes_refused, 1);
 
-    // A node with no credential (insecure) is not a gestor to a client.
-    let fake = SecureLayer::new(t.clone(), SecureConfig::insecure());
+    // A Noise server with no credential is not a gestor to a client.
+    let fake = SecureLayer::new(t.clone(), SecureConfig::client(ours.key.public()));
     let fake_url = tcp_url();
     let _fake_rep = echo_server(&fake, &fake_url, calls.clone());
     let client = ours.client(&t);
@@ -151,8 +151,8 @@ fn a_gestor_of_another_cluster_is_refused_and_an_uncredentialed_server_is_not_tr
     let mut peer = client
         .requester_to_client(&fake_url, &TransportOptions::default())
         .unwrap();
-    // (The fake is an insecure node: it takes everyone for a gestor.)
-    assert_eq!(peer.request(b"msg", T).unwrap(), b"gestor:msg");
+    // (The fake holds no credential: to it, everyone is a client.)
+    assert_eq!(peer.request(b"msg", T).unwrap(), b"client:msg");
     let mut r = client
         .requester(&fake_url, &TransportOptions::default())
         .unwrap();
@@ -526,4 +526,159 @@ fn a_resent_request_between_gestores_gets_the_same_reply_once_run() {
     altered[last] ^= 1;
     let refused = server.serve(&altered, |_, _| panic!("ran"));
     assert_eq!(parse_refusal(&refused).unwrap().0, refusal::REPLAYED);
+}
+
+/// Receive one signal on `sub` while `publisher` keeps publishing, or `None`
+/// after `deadline` (a PUB drops what it sends before its connection is up).
+fn first_signal(
+    publisher: &mut Box<dyn Publisher>,
+    sub: &mut SecureSubscriber,
+    topic: &[u8],
+    deadline: Duration,
+) -> Option<AuthenticSignal> {
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        publisher.publish(topic, b"me").unwrap();
+        if let Some(s) = sub.recv_from(Duration::from_millis(100)).unwrap() {
+            return Some(s);
+        }
+    }
+    None
+}
+
+#[test]
+fn insecure_mode_is_plaintext_without_a_handshake_on_both_transports() {
+    for t in transports() {
+        let (url, sig) = (tcp_url(), tcp_url());
+        let server = SecureLayer::new(t.clone(), SecureConfig::insecure().with_urls(&url, &sig));
+        assert!(server.is_insecure());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let _rep = echo_server(&server, &url, calls.clone());
+        let mut sub = server
+            .subscriber(&Endpoint::Bind(sig.clone()), &TransportOptions::default())
+            .unwrap();
+
+        let client = SecureLayer::new(t.clone(), SecureConfig::insecure());
+        let mut r = client
+            .requester(&url, &TransportOptions::default())
+            .unwrap();
+        // Every peer of an insecure node is taken for a gestor (its danger).
+        assert_eq!(r.request(b"hi", T).unwrap(), b"gestor:hi", "{}", t.name());
+        let big = vec![7u8; 300_000];
+        assert_eq!(&r.request(&big, T).unwrap()[7..], &big[..]);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(server.stats().handshakes, 0, "no handshake");
+        assert_eq!(server.stats().sessions, 0, "no session");
+
+        // Signals need no session either, and arrive from a "gestor".
+        let mut publisher = client
+            .publisher_to(&sig, &TransportOptions::default())
+            .unwrap();
+        let got = first_signal(&mut publisher, &mut sub, b"alive", Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{}: no plaintext signal", t.name()));
+        assert_eq!(
+            (got.0.as_slice(), got.1.as_slice()),
+            (&b"alive"[..], &b"me"[..])
+        );
+        assert!(got.2.is_gestor());
+    }
+
+    // On the wire: one type byte, then the inner message as it is.
+    let t: Arc<dyn Transport> = Arc::new(gestor_transport_nng::NngTransport::new());
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let mut wire = PlainRequester {
+        layer: SecureLayer::new(t.clone(), SecureConfig::insecure()),
+        inner: Box::new(Wire {
+            server: SecureLayer::new(t, SecureConfig::insecure()),
+            frames: frames.clone(),
+        }),
+        url: "wire".into(),
+    };
+    assert_eq!(wire.request(b"secret", T).unwrap(), b"ok:secret");
+    assert_eq!(frames.lock().unwrap()[0], b"\x10secret");
+}
+
+#[test]
+fn secure_and_plaintext_sides_refuse_each_other_on_both_transports() {
+    for t in transports() {
+        let cluster = Cluster::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+
+        // A plaintext client at a secure gestor: refused, nothing run.
+        let (url, sig) = (tcp_url(), tcp_url());
+        let secure = SecureLayer::new(
+            t.clone(),
+            SecureConfig::gestor(cluster.key.admit("a").unwrap(), cluster.key.public())
+                .with_urls(&url, &sig),
+        );
+        let _rep = echo_server(&secure, &url, calls.clone());
+        let plain = SecureLayer::new(t.clone(), SecureConfig::insecure());
+        let err = plain
+            .requester(&url, &TransportOptions::default())
+            .unwrap()
+            .request(b"hi", T)
+            .unwrap_err();
+        assert!(
+            matches!(err, TransportError::OtherMode { .. }),
+            "{}: {err}",
+            t.name()
+        );
+        assert!(err.to_string().contains("runs secure"), "{err}");
+        assert_eq!(secure.stats().malformed, 1, "counted");
+
+        // Plaintext signals at a secure gestor: dropped and counted.
+        let mut sub = secure
+            .subscriber(&Endpoint::Bind(sig.clone()), &TransportOptions::default())
+            .unwrap();
+        let mut publisher = plain
+            .publisher_to(&sig, &TransportOptions::default())
+            .unwrap();
+        assert!(
+            first_signal(&mut publisher, &mut sub, b"alive", Duration::from_secs(2)).is_none(),
+            "{}: a plaintext signal was heard",
+            t.name()
+        );
+        assert!(secure.stats().malformed > 1, "{}: not counted", t.name());
+
+        // A secure client, and a secure gestor, at a plaintext node: refused
+        // after the first handshake message, before anything of theirs.
+        let plain_node = SecureLayer::new(t.clone(), SecureConfig::insecure());
+        let plain_url = tcp_url();
+        let _plain_rep = echo_server(&plain_node, &plain_url, calls.clone());
+        for side in [cluster.client(&t), cluster.gestor(&t, "b")] {
+            let err = side
+                .requester(&plain_url, &TransportOptions::default())
+                .unwrap()
+                .request(b"password=hunter2", T)
+                .unwrap_err();
+            assert!(
+                matches!(err, TransportError::OtherMode { .. }),
+                "{}: {err}",
+                t.name()
+            );
+            assert!(err.to_string().contains("--insecure"), "{err}");
+        }
+        // A chat peer asked for as a client endpoint is no different.
+        let err = cluster
+            .client(&t)
+            .requester_to_client(&plain_url, &TransportOptions::default())
+            .unwrap()
+            .request(b"msg", T)
+            .unwrap_err();
+        assert!(matches!(err, TransportError::OtherMode { .. }), "{err}");
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "a handler ran");
+        assert_eq!(plain_node.stats().malformed, 3);
+    }
+
+    // Frame by frame: a sealed signal at a plaintext node is dropped.
+    let t: Arc<dyn Transport> = Arc::new(gestor_transport_nng::NngTransport::new());
+    let plain = SecureLayer::new(t, SecureConfig::insecure());
+    assert!(plain
+        .open_plain_signal(&[frame::SIGNAL_FROM_INITIATOR; 64])
+        .is_none());
+    assert!(
+        plain.open_plain_signal(b"\x12alive").is_none(),
+        "no separator"
+    );
+    assert_eq!(plain.stats().malformed, 2);
 }
