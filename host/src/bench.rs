@@ -1,8 +1,13 @@
 //! `gestor bench`: load against a running ring, for operators sizing one.
 //!
-//! Registers `--users` accounts (unless they exist), then runs lookups of
-//! random users from `--threads` client threads for `--duration-secs`, and
-//! reports throughput and latency percentiles. Bounded by the duration.
+//! Runs the phases chosen with `--phases` (default all, in this order):
+//! `register` (`--users` accounts; an existing one counts as done), `login`
+//! (each user once, keeping the session token), `set_address`
+//! (acknowledged address updates of random logged-in users) and `lookup`
+//! (random users), from `--threads` client threads spread over the
+//! `--gestor` entry points, each timed phase for `--duration-secs`; and
+//! reports throughput and latency percentiles per phase. Bounded by the
+//! user count and the duration.
 //!
 //! `--compare-insecure` ([`compare`]) starts two identical local rings
 //! itself, one secure and one `--insecure` (plaintext), and runs the same
@@ -16,7 +21,37 @@ use anyhow::{bail, Result};
 use gestor_secure::SecureLayer;
 use rand::Rng;
 use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// A phase of `gestor bench`, selectable with `--phases`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum PhaseName {
+    Register,
+    Login,
+    SetAddress,
+    Lookup,
+}
+
+impl PhaseName {
+    pub const ALL: [PhaseName; 4] = [
+        PhaseName::Register,
+        PhaseName::Login,
+        PhaseName::SetAddress,
+        PhaseName::Lookup,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseName::Register => "register",
+            PhaseName::Login => "login",
+            PhaseName::SetAddress => "set_address",
+            PhaseName::Lookup => "lookup",
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct BenchOptions {
@@ -34,10 +69,13 @@ pub struct BenchOptions {
     /// Thread `t` asks gestor `t mod n` first instead of every thread the
     /// first one (a client sticks to the first gestor that answers).
     pub spread: bool,
+    /// Phases to run, in [`PhaseName::ALL`] order whatever the order given.
+    pub phases: Vec<PhaseName>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Phase {
+    #[serde(rename = "ops")]
     pub operations: u64,
     pub errors: u64,
     /// Answers `busy` or `rate_limited` (the gestor shedding load), not errors.
@@ -55,8 +93,10 @@ pub struct BenchReport {
     pub transport: String,
     pub threads: usize,
     pub users: usize,
-    pub register: Phase,
-    pub lookup: Phase,
+    pub gestores: Vec<String>,
+    /// By phase name (`register`, `login`, `set_address`, `lookup`): the
+    /// phases that ran.
+    pub phases: BTreeMap<&'static str, Phase>,
     /// Lookups while `flood_threads` register through the first gestor.
     pub lookup_flooded: Option<Phase>,
     /// The flood itself.
@@ -299,19 +339,87 @@ fn lookups_raw(o: &BenchOptions, layers: &[SecureLayer], duration: Duration) -> 
     })
 }
 
+/// The address user `n` logs in with, then moves to (`moves` counts its
+/// updates), all on 127.0.0.1: the bench never sends anything to them.
+fn bench_address(n: u64, moves: u64) -> String {
+    format!("127.0.0.1:{}", 20_000 + (n * 7 + moves) % 40_000)
+}
+
+/// Log every bench user in once (each thread takes every threads-th user),
+/// keeping the tokens for `set_address`. Bounded by the user count.
+fn login_users(o: &BenchOptions, tokens: &Mutex<BTreeMap<u64, String>>) -> Phase {
+    let (users, threads, prefix) = (o.users, o.threads, o.prefix.as_str());
+    run_threads(o, o.threads, Duration::from_secs(600), move |c, t, i| {
+        let n = t as u64 + i * threads as u64;
+        if n >= users as u64 {
+            return None;
+        }
+        let name = format!("{prefix}{n}");
+        Some(
+            c.login(&name, "bench-password", &bench_address(n, 0))
+                .map(|s| {
+                    tokens
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(n, s.token);
+                    s.hops
+                }),
+        )
+    })
+}
+
+/// Acknowledged address updates of random logged-in users.
+fn set_addresses(o: &BenchOptions, tokens: &BTreeMap<u64, String>) -> Phase {
+    let logged_in: Vec<(&u64, &String)> = tokens.iter().collect();
+    let (logged_in, prefix) = (&logged_in, o.prefix.as_str());
+    run_threads(o, o.threads, o.duration, move |c, _t, i| {
+        let &(n, token) = logged_in.get(rand::thread_rng().gen_range(0..logged_in.len()))?;
+        let name = format!("{prefix}{n}");
+        Some(
+            c.set_address(&name, token, &bench_address(*n, i + 1))
+                .map(|d| d.hops),
+        )
+    })
+}
+
 pub fn run(o: BenchOptions) -> Result<BenchReport> {
     if o.threads == 0 || o.users == 0 {
         bail!("--threads and --users must be at least 1");
     }
+    if o.phases.is_empty() {
+        bail!("--phases names no phase (register, login, set_address, lookup)");
+    }
+    let wants = |p: PhaseName| o.phases.contains(&p);
+    let mut phases = BTreeMap::new();
+    if wants(PhaseName::Register) {
+        phases.insert("register", register_users(&o));
+    }
+    let tokens = Mutex::new(BTreeMap::new());
+    if wants(PhaseName::Login) || wants(PhaseName::SetAddress) {
+        let login = login_users(&o, &tokens);
+        if wants(PhaseName::Login) {
+            phases.insert("login", login);
+        }
+    }
+    if wants(PhaseName::SetAddress) {
+        let tokens = tokens.into_inner().unwrap_or_else(|p| p.into_inner());
+        if tokens.is_empty() {
+            bail!(
+                "set_address: no bench user could log in (register them first: --phases register)"
+            );
+        }
+        phases.insert("set_address", set_addresses(&o, &tokens));
+    }
     let users = o.users;
     let prefix = o.prefix.clone();
     let prefix_ref = prefix.as_str();
-    let register = register_users(&o);
     let lookups = move |c: &mut Client, _t: usize, _i: u64| {
         let n = rand::thread_rng().gen_range(0..users);
         Some(c.lookup(&format!("{prefix_ref}{n}")).map(|f| f.hops))
     };
-    let lookup = run_threads(&o, o.threads, o.duration, lookups);
+    if wants(PhaseName::Lookup) {
+        phases.insert("lookup", run_threads(&o, o.threads, o.duration, lookups));
+    }
     let (lookup_flooded, flood) = if o.flood_threads == 0 {
         (None, None)
     } else {
@@ -347,12 +455,60 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
         transport: o.transport.to_string(),
         threads: o.threads,
         users: o.users,
-        register,
-        lookup,
+        gestores: o.gestores.clone(),
+        phases,
         lookup_flooded,
         flood,
         channel: channel_cost(o.transport)?,
     })
+}
+
+/// The report as a table, for `gestor bench` without `--json`.
+pub fn print_report(report: &BenchReport) {
+    println!(
+        "bench: {} threads, {} users, transport {}, entry points {}",
+        report.threads,
+        report.users,
+        report.transport,
+        report.gestores.join(" ")
+    );
+    println!(
+        "  {:<15} {:>8} {:>7} {:>6} {:>10} {:>8} {:>8} {:>8} {:>6}",
+        "phase", "ops", "errors", "busy", "ops/s", "p50 ms", "p99 ms", "max ms", "hops"
+    );
+    let mut rows: Vec<(&str, &Phase)> = PhaseName::ALL
+        .iter()
+        .filter_map(|p| Some((p.as_str(), report.phases.get(p.as_str())?)))
+        .collect();
+    if let (Some(f), Some(l)) = (&report.flood, &report.lookup_flooded) {
+        rows.push(("flood register", f));
+        rows.push(("lookup, flooded", l));
+    }
+    for (name, p) in rows {
+        println!(
+            "  {:<15} {:>8} {:>7} {:>6} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>6.2}",
+            name,
+            p.operations,
+            p.errors,
+            p.busy,
+            p.per_second,
+            p.p50_ms,
+            p.p99_ms,
+            p.max_ms,
+            p.mean_hops
+        );
+    }
+    if let (Some(l), Some(quiet)) = (&report.lookup_flooded, report.phases.get("lookup")) {
+        println!(
+            "  flooded lookup p99 / quiet lookup p99: {:.2}x (same run)",
+            l.p99_ms / quiet.p99_ms.max(1e-9)
+        );
+    }
+    let ch = &report.channel;
+    println!(
+        "  secure layer: {} serial round trips of {} bytes on 127.0.0.1, p50 {:.3} ms vs {:.3} ms plaintext on the same transport: {:.2}x",
+        ch.round_trips, CHANNEL_FRAME, ch.secure_p50_ms, ch.plain_p50_ms, ch.ratio
+    );
 }
 
 /// `gestor bench --compare-insecure`: the same lookups on a secure ring and
@@ -441,6 +597,7 @@ fn compare_in(dir: &std::path::Path, o: &CompareOptions) -> Result<CompareReport
         prefix: "bench-".into(),
         flood_threads: 0,
         spread: true,
+        phases: vec![PhaseName::Register, PhaseName::Lookup],
     };
     let (s, i) = (bench(&secure_ring), bench(&insecure_ring));
     let register_secure = register_users(&s);

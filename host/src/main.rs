@@ -134,6 +134,12 @@ enum Command {
         /// through the first gestor, and report quiet vs flooded.
         #[arg(long, default_value_t = 0)]
         flood_threads: usize,
+        /// Phases to run, comma-separated, always in this order:
+        /// register, login, set_address, lookup. set_address logs the users
+        /// in first (untimed) when login is not among them.
+        #[arg(long, value_enum, value_delimiter = ',',
+              default_values_t = gestor::bench::PhaseName::ALL)]
+        phases: Vec<gestor::bench::PhaseName>,
         /// Start two identical local rings, one secure and one --insecure
         /// (plaintext), register --users on each, and run the lookups on
         /// both, alternating; report p50/p99/throughput and secure ÷
@@ -567,6 +573,7 @@ fn run_client_command(command: Command) -> Result<()> {
             users,
             prefix,
             flood_threads,
+            phases,
             compare_insecure,
             nodes,
             storage,
@@ -598,49 +605,13 @@ fn run_client_command(command: Command) -> Result<()> {
                 users,
                 prefix,
                 flood_threads,
-                spread: false,
+                spread: true,
+                phases,
             })?;
             if args.json {
                 print_json(&report)?;
             } else {
-                println!(
-                    "bench: {} threads, {} users, transport {}",
-                    report.threads, report.users, report.transport
-                );
-                println!(
-                    "  {:<15} {:>8} {:>7} {:>6} {:>10} {:>8} {:>8} {:>8} {:>6}",
-                    "phase", "ops", "errors", "busy", "ops/s", "p50 ms", "p99 ms", "max ms", "hops"
-                );
-                let mut rows = vec![("register", &report.register), ("lookup", &report.lookup)];
-                if let (Some(f), Some(l)) = (&report.flood, &report.lookup_flooded) {
-                    rows.push(("flood register", f));
-                    rows.push(("lookup, flooded", l));
-                }
-                for (name, p) in rows {
-                    println!(
-                        "  {:<15} {:>8} {:>7} {:>6} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>6.2}",
-                        name,
-                        p.operations,
-                        p.errors,
-                        p.busy,
-                        p.per_second,
-                        p.p50_ms,
-                        p.p99_ms,
-                        p.max_ms,
-                        p.mean_hops
-                    );
-                }
-                if let Some(l) = &report.lookup_flooded {
-                    println!(
-                        "  flooded lookup p99 / quiet lookup p99: {:.2}x (same run)",
-                        l.p99_ms / report.lookup.p99_ms.max(1e-9)
-                    );
-                }
-                let ch = &report.channel;
-                println!(
-                    "  secure layer: {} serial round trips of {} bytes on 127.0.0.1, p50 {:.3} ms vs {:.3} ms plaintext on the same transport: {:.2}x",
-                    ch.round_trips, 96, ch.secure_p50_ms, ch.plain_p50_ms, ch.ratio
-                );
+                gestor::bench::print_report(&report);
             }
             Ok(())
         }

@@ -2,8 +2,8 @@
 //! the states a flood once left a real ring in, and from lossy, slow
 //! networks, and must all end in one ordered ring with exact successor lists.
 //!
-//! Counts are chosen so the file runs in well under a minute in a debug
-//! build; `REFORM_RUNS=N` runs N schedules per test instead.
+//! 2,000 schedules in all by default (under a minute in a debug build);
+//! `REFORM_RUNS=N` runs N schedules per test instead.
 
 use gestor_chord::sim::{Faults, Sim, SimRng};
 use gestor_chord::{Config, Id};
@@ -81,7 +81,7 @@ fn describe(sim: &Sim) -> String {
 /// seconds the network may also lose and delay messages.
 #[test]
 fn nodes_that_all_start_joining_form_one_ring() {
-    for seed in 0..runs(600) {
+    for seed in 0..runs(900) {
         let mut sim = Sim::new(seed, config(3 + (seed % 4) as usize));
         sim.set_rebootstrap(false);
         let n = 2 + sim.rng().below(11);
@@ -114,7 +114,7 @@ fn nodes_that_all_start_joining_form_one_ring() {
 /// through the peers it knew (everyone "rejoining via" someone joining).
 #[test]
 fn a_ring_whose_members_all_rejoin_at_once_re_forms() {
-    for seed in 0..runs(300) {
+    for seed in 0..runs(450) {
         let mut sim = Sim::new(1_000_000 + seed, config(3 + (seed % 6) as usize));
         let n = 2 + sim.rng().below(15);
         for _ in 0..n {
@@ -139,7 +139,7 @@ fn a_ring_whose_members_all_rejoin_at_once_re_forms() {
 /// nodes drop each other and rings split; afterwards one ring re-forms.
 #[test]
 fn loss_up_to_half_and_long_delays_for_30_seconds_end_in_one_ring() {
-    for seed in 0..runs(300) {
+    for seed in 0..runs(450) {
         let mut sim = Sim::new(2_000_000 + seed, config(3 + (seed % 6) as usize));
         let n = 3 + sim.rng().below(14);
         for _ in 0..n {
@@ -170,7 +170,7 @@ fn loss_up_to_half_and_long_delays_for_30_seconds_end_in_one_ring() {
 /// ever dropped — the ring stays one ordered ring at every step.
 #[test]
 fn slow_but_alive_peers_are_not_taken_for_dead() {
-    for seed in 0..runs(100) {
+    for seed in 0..runs(200) {
         let mut sim = Sim::new(3_000_000 + seed, config(4));
         let n = 3 + sim.rng().below(10);
         for _ in 0..n {

@@ -1,0 +1,89 @@
+//! `gestor bench` against a real ring: every phase runs, is reported by
+//! name in `--json` with its figures, and `--phases` selects them.
+
+use gestor::config::{StorageKind, TransportKind};
+use gestor_tests::cluster::run_cli;
+use gestor_tests::ring::Ring;
+use std::time::Duration;
+
+const PHASES: [&str; 4] = ["register", "login", "set_address", "lookup"];
+
+fn bench_phases(transport: TransportKind, storage: StorageKind) {
+    let ring = Ring::start(3, transport, storage);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let t = transport.to_string();
+    let urls = ring.urls();
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "--json",
+            "--threads",
+            "2",
+            "--duration-secs",
+            "1",
+            "--users",
+            "20",
+            "--transport",
+            &t,
+        ];
+        for u in &urls {
+            args.extend(["--gestor", u.as_str()]);
+        }
+        args.extend(extra);
+        run_cli(&args, &[("RUST_LOG", "off")])
+    };
+
+    let (code, out, err) = bench(&[]);
+    assert_eq!(code, 0, "bench failed: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("--json prints JSON");
+    let phases = report["phases"].as_object().expect("phases by name");
+    let mut names: Vec<&str> = phases.keys().map(String::as_str).collect();
+    names.sort();
+    let mut want = PHASES.to_vec();
+    want.sort();
+    assert_eq!(names, want, "{out}");
+    for name in PHASES {
+        let p = &phases[name];
+        assert!(
+            p["ops"].as_u64().unwrap_or(0) > 0,
+            "{name} did nothing: {p}"
+        );
+        assert_eq!(p["errors"].as_u64(), Some(0), "{name} had errors: {p}");
+        for field in ["per_second", "p50_ms", "p99_ms", "max_ms", "mean_hops"] {
+            assert!(p[field].as_f64().is_some(), "{name}.{field} missing: {p}");
+        }
+    }
+    // register and login go through every user once.
+    assert_eq!(phases["register"]["ops"].as_u64(), Some(20));
+    assert_eq!(phases["login"]["ops"].as_u64(), Some(20));
+    assert_eq!(report["gestores"].as_array().map(Vec::len), Some(3));
+
+    // The users exist now: lookups alone.
+    let (code, out, err) = bench(&["--phases", "lookup"]);
+    assert_eq!(code, 0, "bench --phases lookup failed: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let names: Vec<&String> = report["phases"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["lookup"], "{out}");
+
+    // set_address without login logs in first, untimed.
+    let (code, out, err) = bench(&["--phases", "set_address"]);
+    assert_eq!(code, 0, "bench --phases set_address failed: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let names: Vec<&String> = report["phases"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["set_address"], "{out}");
+
+    let (code, _out, err) = bench(&["--phases", "nonsense"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nonsense"), "{err}");
+}
+
+#[test]
+fn nng_sqlite() {
+    bench_phases(TransportKind::Nng, StorageKind::Sqlite)
+}
+
+#[test]
+fn zmq_sled() {
+    bench_phases(TransportKind::Zmq, StorageKind::Sled)
+}
