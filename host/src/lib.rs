@@ -10,6 +10,7 @@ pub mod demo;
 pub mod directory;
 pub mod faults;
 pub mod http;
+pub mod import;
 pub mod json;
 pub mod loader;
 pub mod local_ring;

@@ -162,6 +162,21 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Import accounts from another directory: FILE has one JSON object per
+    /// line, {"username", "password_hash" (argon2id PHC), "address"
+    /// (optional)}. Checked whole first; existing names are left as they are.
+    Import {
+        /// JSON-lines file of accounts to import.
+        file: PathBuf,
+        /// Accounts per request (at most 1000).
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// An operator credential (`gestor cluster admit`): importing is gestor-internal.
+        #[arg(long, env = "GESTOR_CREDENTIAL")]
+        credential: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Count, for every record, on how many distinct gestores its newest version is held.
     Copies {
         /// Copies configured besides the owner (the replica plugin's `copies`).
@@ -615,23 +630,19 @@ fn run_client_command(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Import {
+            file,
+            batch,
+            credential,
+            client: args,
+        } => import_accounts(&file, batch, credential, &args),
         Command::Copies {
             copies,
             credential,
             client: args,
         } => {
             let start = args.gestores.first().cloned().unwrap_or_default();
-            let (Some(credential), Some(cluster_pub)) = (credential, &args.trust.cluster_pub)
-            else {
-                anyhow::bail!("gestor copies needs --credential FILE (an operator credential from `gestor cluster admit`) and --cluster-pub FILE: inventories are gestor-internal");
-            };
-            let operator = gestor_secure::SecureLayer::new(
-                build_transport(args.transport),
-                gestor_secure::SecureConfig::gestor(
-                    gestor_secure::CredentialFile::load(&credential)?,
-                    gestor_secure::ClusterPub::load(cluster_pub)?,
-                ),
-            );
+            let operator = operator_layer(credential, &args, "gestor copies")?;
             let report = gestor::copies::run(&operator, &start, copies)?;
             if args.json {
                 print_json(&report)?;
@@ -670,6 +681,59 @@ fn run_client_command(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A client layer holding an operator credential, for gestor-internal kinds.
+fn operator_layer(
+    credential: Option<PathBuf>,
+    args: &ClientArgs,
+    what: &str,
+) -> Result<gestor_secure::SecureLayer> {
+    let (Some(credential), Some(cluster_pub)) = (credential, &args.trust.cluster_pub) else {
+        anyhow::bail!("{what} needs --credential FILE (an operator credential from `gestor cluster admit`) and --cluster-pub FILE: it is gestor-internal");
+    };
+    Ok(gestor_secure::SecureLayer::new(
+        build_transport(args.transport),
+        gestor_secure::SecureConfig::gestor(
+            gestor_secure::CredentialFile::load(&credential)?,
+            gestor_secure::ClusterPub::load(cluster_pub)?,
+        ),
+    ))
+}
+
+fn import_accounts(
+    file: &std::path::Path,
+    batch: usize,
+    credential: Option<PathBuf>,
+    args: &ClientArgs,
+) -> Result<()> {
+    let entries = gestor::import::read_entries(file)?;
+    let layer = operator_layer(credential, args, "gestor import")?;
+    let mut client =
+        gestor::client::Client::new(layer, args.gestores.clone(), Duration::from_secs(60));
+    let summary = gestor::import::run(&mut client, entries, batch);
+    if args.json {
+        print_json(&summary)?;
+    } else {
+        println!(
+            "imported {} of {} accounts in {:.1} s ({} already present, {} refused)",
+            summary.imported,
+            summary.entries,
+            summary.seconds,
+            summary.existing,
+            summary.refused.len()
+        );
+        for r in summary.refused.iter().take(10) {
+            println!("  refused {}: {} ({})", r.username, r.message, r.code);
+        }
+    }
+    if !summary.refused.is_empty() {
+        anyhow::bail!(
+            "{} accounts were not imported (see above); running the import again retries them",
+            summary.refused.len()
+        );
+    }
+    Ok(())
 }
 
 fn bench_compare(o: gestor::bench::CompareOptions, json: bool) -> Result<()> {

@@ -70,6 +70,10 @@ kinds! {
     /// wrote; answers the number of gestores holding it once the
     /// replication rule is met. Only the directory on the same gestor asks.
     Replicate = "replica.replicate", Local, UserRecord => u32;
+    /// `replica.replicate_batch` — **local**: the same for a batch of
+    /// records written together (`dir.import_owned`), copied with one
+    /// `replica.put` per holder instead of one round per record.
+    ReplicateBatch = "replica.replicate_batch", Local, Vec<UserRecord> => u32;
     /// `replica.put` — **internal**: records from their owner (or from a
     /// holder handing a newer version back), to store.
     Put = "replica.put", Internal, PutBody => PutReply;

@@ -11,6 +11,7 @@
 //! signal, seed §6) and a sweeper turns users offline — a versioned write —
 //! once their signals stop for `presence_timeout_ms`.
 
+mod import;
 pub mod limits;
 pub mod rules;
 
@@ -638,6 +639,10 @@ impl Plugin for Directory {
         ctx.serve::<dir::Logout>(move |_, r| s.logout(r))?;
         let s = self.state.clone();
         ctx.serve::<dir::Delete>(move |_, r| s.delete(r))?;
+        let s = self.state.clone();
+        ctx.serve::<dir::Import>(move |_, batch| s.import(batch))?;
+        let s = self.state.clone();
+        ctx.serve::<dir::ImportOwned>(move |_, batch| s.import_owned(batch))?;
         let s = self.state.clone();
         ctx.serve::<user::Delete>(move |meta, r| {
             s.count_source(meta)?;

@@ -191,6 +191,16 @@ impl Shared {
 
     /// Copy one freshly written record; see the module docs for the rule.
     fn replicate(self: &Arc<Self>, record: UserRecord) -> Result<u32, HandlerError> {
+        self.replicate_many(vec![record])
+    }
+
+    /// Copy freshly written records (one write, or an import batch): the
+    /// same rule as for one record, with one `replica.put` per holder for
+    /// the whole batch (chunked by `send_copy`).
+    fn replicate_many(self: &Arc<Self>, records: Vec<UserRecord>) -> Result<u32, HandlerError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
         let deadline = Instant::now() + self.timeout() * 2;
         loop {
             let Some(nb) = self.neighbours() else {
@@ -203,17 +213,17 @@ impl Shared {
                 let handles: Vec<_> = must
                     .iter()
                     .map(|h| {
-                        let rec = std::slice::from_ref(&record);
-                        scope.spawn(move || (h.clone(), self.send_copy(h, rec)))
+                        let recs = records.as_slice();
+                        scope.spawn(move || (h.clone(), self.send_copy(h, recs)))
                     })
                     .collect();
                 handles.into_iter().filter_map(|h| h.join().ok()).collect()
             });
             for h in rest.iter().cloned() {
                 let me = self.clone();
-                let rec = record.clone();
+                let recs = records.clone();
                 std::thread::spawn(move || {
-                    if let Err(e) = me.send_copy(&h, &[rec]) {
+                    if let Err(e) = me.send_copy(&h, &recs) {
                         tracing::debug!(holder = %h.addr, "background copy failed (anti-entropy will retry): {e}");
                     }
                 });
@@ -557,6 +567,8 @@ impl Plugin for Replica {
 
         let s = shared.clone();
         ctx.serve::<replica::Replicate>(move |_, record| s.replicate(record))?;
+        let s = shared.clone();
+        ctx.serve::<replica::ReplicateBatch>(move |_, records| s.replicate_many(records))?;
         let s = shared.clone();
         ctx.serve::<replica::Put>(move |_, body| {
             s.remember_owner(&body.from);
