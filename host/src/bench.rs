@@ -71,6 +71,10 @@ pub struct BenchOptions {
     pub spread: bool,
     /// Phases to run, in [`PhaseName::ALL`] order whatever the order given.
     pub phases: Vec<PhaseName>,
+    /// Accounts to load first with `dir.import` (`{prefix}p{i}`), through
+    /// `operator` (a layer holding an operator credential); 0 = none.
+    pub preload: usize,
+    pub operator: Option<SecureLayer>,
 }
 
 #[derive(Debug, Serialize)]
@@ -391,6 +395,9 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
     }
     let wants = |p: PhaseName| o.phases.contains(&p);
     let mut phases = BTreeMap::new();
+    if o.preload > 0 {
+        phases.insert("preload", preload(&o)?);
+    }
     if wants(PhaseName::Register) {
         phases.insert("register", register_users(&o));
     }
@@ -463,6 +470,53 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
     })
 }
 
+/// Fill the ring with `o.preload` accounts through `dir.import`, all with
+/// one argon2id hash of the bench password (hashed once here, at the
+/// directory's default cost): how operators load a million users.
+fn preload(o: &BenchOptions) -> Result<Phase> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let Some(operator) = &o.operator else {
+        bail!(
+            "--preload needs --credential (an operator credential): importing is gestor-internal"
+        );
+    };
+    let params = argon2::Params::new(19_456, 2, 1, None)
+        .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
+    let salt = SaltString::encode_b64(b"gestor-bench-preload")
+        .map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    let hash = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(b"bench-password", &salt)
+        .map_err(|e| anyhow::anyhow!("argon2: {e}"))?
+        .to_string();
+    let entries: Vec<gestor_api::dir::ImportEntry> = (0..o.preload)
+        .map(|i| gestor_api::dir::ImportEntry {
+            username: format!("{}p{i}", o.prefix),
+            password_hash: hash.clone(),
+            address: None,
+        })
+        .collect();
+    let mut client = Client::new(
+        operator.clone(),
+        o.gestores.clone(),
+        Duration::from_secs(60),
+    );
+    let started = Instant::now();
+    let summary = crate::import::run(&mut client, entries, gestor_api::dir::MAX_IMPORT_BATCH);
+    let elapsed = started.elapsed();
+    let done = summary.imported + summary.existing;
+    Ok(Phase {
+        operations: done,
+        errors: summary.refused.len() as u64,
+        busy: 0,
+        seconds: elapsed.as_secs_f64(),
+        per_second: done as f64 / elapsed.as_secs_f64().max(1e-9),
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        max_ms: 0.0,
+        mean_hops: 0.0,
+    })
+}
+
 /// The report as a table, for `gestor bench` without `--json`.
 pub fn print_report(report: &BenchReport) {
     println!(
@@ -476,9 +530,9 @@ pub fn print_report(report: &BenchReport) {
         "  {:<15} {:>8} {:>7} {:>6} {:>10} {:>8} {:>8} {:>8} {:>6}",
         "phase", "ops", "errors", "busy", "ops/s", "p50 ms", "p99 ms", "max ms", "hops"
     );
-    let mut rows: Vec<(&str, &Phase)> = PhaseName::ALL
-        .iter()
-        .filter_map(|p| Some((p.as_str(), report.phases.get(p.as_str())?)))
+    let mut rows: Vec<(&str, &Phase)> = std::iter::once("preload")
+        .chain(PhaseName::ALL.iter().map(|p| p.as_str()))
+        .filter_map(|name| Some((name, report.phases.get(name)?)))
         .collect();
     if let (Some(f), Some(l)) = (&report.flood, &report.lookup_flooded) {
         rows.push(("flood register", f));
@@ -598,6 +652,8 @@ fn compare_in(dir: &std::path::Path, o: &CompareOptions) -> Result<CompareReport
         flood_threads: 0,
         spread: true,
         phases: vec![PhaseName::Register, PhaseName::Lookup],
+        preload: 0,
+        operator: None,
     };
     let (s, i) = (bench(&secure_ring), bench(&insecure_ring));
     let register_secure = register_users(&s);

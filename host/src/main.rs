@@ -140,6 +140,14 @@ enum Command {
         #[arg(long, value_enum, value_delimiter = ',',
               default_values_t = gestor::bench::PhaseName::ALL)]
         phases: Vec<gestor::bench::PhaseName>,
+        /// First load this many accounts with `dir.import` (as `gestor
+        /// import` does; needs --credential), e.g. to fill a ring with a
+        /// million users; reported as phase `preload`.
+        #[arg(long, default_value_t = 0)]
+        preload: usize,
+        /// An operator credential, for --preload.
+        #[arg(long, env = "GESTOR_CREDENTIAL")]
+        credential: Option<PathBuf>,
         /// Start two identical local rings, one secure and one --insecure
         /// (plaintext), register --users on each, and run the lookups on
         /// both, alternating; report p50/p99/throughput and secure ÷
@@ -589,6 +597,8 @@ fn run_client_command(command: Command) -> Result<()> {
             prefix,
             flood_threads,
             phases,
+            preload,
+            credential,
             compare_insecure,
             nodes,
             storage,
@@ -622,6 +632,12 @@ fn run_client_command(command: Command) -> Result<()> {
                 flood_threads,
                 spread: true,
                 phases,
+                preload,
+                operator: if preload > 0 {
+                    Some(operator_layer(credential, &args, "gestor bench --preload")?)
+                } else {
+                    None
+                },
             })?;
             if args.json {
                 print_json(&report)?;

@@ -2,7 +2,7 @@
 //! name in `--json` with its figures, and `--phases` selects them.
 
 use gestor::config::{StorageKind, TransportKind};
-use gestor_tests::cluster::run_cli;
+use gestor_tests::cluster::{run_cli, test_cluster};
 use gestor_tests::ring::Ring;
 use std::time::Duration;
 
@@ -72,6 +72,32 @@ fn bench_phases(transport: TransportKind, storage: StorageKind) {
     let report: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     let names: Vec<&String> = report["phases"].as_object().unwrap().keys().collect();
     assert_eq!(names, ["set_address"], "{out}");
+
+    // --preload fills the ring through dir.import first (operator credential).
+    let cred = test_cluster().admit("bench-operator").display().to_string();
+    let (code, out, err) = bench(&[
+        "--phases",
+        "lookup",
+        "--preload",
+        "300",
+        "--credential",
+        &cred,
+    ]);
+    assert_eq!(code, 0, "bench --preload failed: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        report["phases"]["preload"]["ops"].as_u64(),
+        Some(300),
+        "{out}"
+    );
+    assert_eq!(
+        report["phases"]["preload"]["errors"].as_u64(),
+        Some(0),
+        "{out}"
+    );
+    let (code, _out, err) = bench(&["--preload", "10"]);
+    assert_ne!(code, 0, "--preload without a credential must fail");
+    assert!(err.contains("--credential"), "{err}");
 
     let (code, _out, err) = bench(&["--phases", "nonsense"]);
     assert_ne!(code, 0);
