@@ -6,6 +6,7 @@ use crate::config::{StorageKind, TransportKind};
 use crate::json::cbor_to_json;
 use crate::runtime::build_transport;
 use crate::security::{cluster_admit, cluster_init, Trust};
+use crate::{out, outln};
 use anyhow::{bail, Context, Result};
 use gestor_api::node;
 use gestor_chord::{check_invariants, View};
@@ -135,23 +136,33 @@ pub fn run(o: DemoOptions) -> Result<()> {
     let exe = std::env::current_exe().context("cannot locate the gestor executable")?;
     let dir: PathBuf = std::env::temp_dir().join(format!("gestor-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    println!(
-        "gestor demo: {} gestores on 127.0.0.1, transport={}, storage={}",
-        o.nodes, o.transport, o.storage
-    );
-    println!("  data and logs in {}", dir.display());
     let mut nodes: Vec<DemoNode> = Vec::new();
-    let result = demo_body(&exe, &dir, &o, &mut nodes);
-    println!(
-        "stopping {} gestores (SIGTERM: each leaves the ring and flushes its store)",
-        nodes.len()
-    );
+    // Whatever ends the body (an error, or a closed output: `gestor demo |
+    // head -3`), the gestores are stopped and the directory removed.
+    let result = outln!(
+        "gestor demo: {} gestores on 127.0.0.1, transport={}, storage={}",
+        o.nodes,
+        o.transport,
+        o.storage
+    )
+    .and_then(|()| outln!("  data and logs in {}", dir.display()))
+    .map_err(anyhow::Error::from)
+    .and_then(|()| demo_body(&exe, &dir, &o, &mut nodes));
+    let stopping = if nodes.is_empty() {
+        Ok(())
+    } else {
+        outln!(
+            "stopping {} gestores (SIGTERM: each leaves the ring and flushes its store)",
+            nodes.len()
+        )
+    };
     stop_all(&mut nodes);
     if !o.keep_data {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result?;
-    println!("demo finished: all gestores stopped cleanly");
+    stopping?;
+    outln!("demo finished: all gestores stopped cleanly")?;
     Ok(())
 }
 
@@ -160,10 +171,10 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
     // credential per gestor, clients trusting the cluster's public key.
     let (_, pub_path) = cluster_init(&dir.join("cluster"))?;
     let cluster = ClusterPub::load(&pub_path)?;
-    println!(
+    outln!(
         "  secure ring: cluster key {}…; every gestor gets its own credential; clients trust cluster.pub",
         cluster.fingerprint()
-    );
+    )?;
     let secure = Trust::Cluster(cluster).layer(o.transport);
     let client_for = |url: &str| {
         Client::new(
@@ -175,18 +186,18 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
     for i in 0..o.nodes {
         let join = nodes.first().map(|n| n.url.clone());
         let node = spawn_node(exe, dir, i, join.as_deref(), o)?;
-        println!(
+        outln!(
             "  [{}/{}] started gestor at {}{}",
             i + 1,
             o.nodes,
             node.url,
             join.map(|j| format!(" (joining via {j})"))
                 .unwrap_or_default()
-        );
+        )?;
         nodes.push(node);
     }
 
-    print!("waiting for the ring to stabilize");
+    out!("waiting for the ring to stabilize")?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let statuses = loop {
         let mut all = Vec::new();
@@ -201,29 +212,27 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
                 .iter()
                 .all(|v| v.successors.len() >= (nodes.len() - 1).min(8));
         if full && check_invariants(&views).is_ok() {
-            println!(" ok");
+            outln!(" ok")?;
             break all;
         }
         if Instant::now() > deadline {
-            println!();
+            outln!()?;
             bail!(
                 "the ring did not stabilize within 60 s; see the logs in {}",
                 dir.display()
             );
         }
-        print!(".");
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        out!(".")?;
         std::thread::sleep(Duration::from_millis(300));
     };
 
     let users = [
         "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
     ];
-    println!(
+    outln!(
         "registering and logging in {} users through different gestores",
         users.len()
-    );
+    )?;
     for (i, user) in users.iter().enumerate() {
         let entry = &nodes[i % nodes.len()].url;
         let mut c = client_for(entry);
@@ -237,18 +246,22 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
         let session = c
             .login(user, "demo-password", &address)
             .with_context(|| format!("login {user}"))?;
-        println!(
+        outln!(
             "  {user:<6} registered via {entry}, logged in at {address}; responsible gestor {}",
             session.gestor
-        );
+        )?;
     }
 
-    println!();
-    println!("lookups from other gestores:");
-    println!(
+    outln!()?;
+    outln!("lookups from other gestores:")?;
+    outln!(
         "  {:<6}  {:<22}  {:<22}  {:<16}  {:<6}  hops",
-        "user", "asked", "responsible", "address", "online"
-    );
+        "user",
+        "asked",
+        "responsible",
+        "address",
+        "online"
+    )?;
     let mut total_hops = 0;
     for (i, user) in users.iter().enumerate() {
         let entry = &nodes[(i + 2) % nodes.len()].url;
@@ -256,22 +269,30 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
             .lookup(user)
             .with_context(|| format!("lookup {user} via {entry}"))?;
         total_hops += found.hops;
-        println!(
+        outln!(
             "  {:<6}  {:<22}  {:<22}  {:<16}  {:<6}  {}",
-            found.user, entry, found.gestor, found.address, found.online, found.hops
-        );
+            found.user,
+            entry,
+            found.gestor,
+            found.address,
+            found.online,
+            found.hops
+        )?;
     }
-    println!(
+    outln!(
         "  mean hops per lookup: {:.2}",
         total_hops as f64 / users.len() as f64
-    );
+    )?;
 
-    println!();
-    println!("the ring (in id order):");
-    println!(
+    outln!()?;
+    outln!("the ring (in id order):")?;
+    outln!(
         "  {:<16}  {:<22}  {:<16}  {:<16}  records",
-        "id", "address", "predecessor", "successor"
-    );
+        "id",
+        "address",
+        "predecessor",
+        "successor"
+    )?;
     let mut rows: Vec<serde_json::Value> = Vec::new();
     for n in nodes.iter() {
         rows.push(status(&mut client_for(&n.url)).unwrap_or_else(|_| statuses[0].clone()));
@@ -285,7 +306,7 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
     };
     for s in &rows {
         let ring = s.get("sections").and_then(|x| x.get("ring"));
-        println!(
+        outln!(
             "  {:<16}  {:<22}  {:<16}  {:<16}  {}",
             s.get("id_hex").and_then(|v| v.as_str()).unwrap_or("?"),
             s.get("address").and_then(|v| v.as_str()).unwrap_or("?"),
@@ -295,11 +316,11 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
                     .and_then(|l| l.get(0))
             ),
             s.get("records").map(|v| v.to_string()).unwrap_or_default(),
-        );
+        )?;
     }
     let views: Vec<View> = rows.iter().filter_map(view_of).collect();
     match check_invariants(&views) {
-        Ok(()) => println!("  ring invariants (one ordered ring, ordered successor lists): hold"),
+        Ok(()) => outln!("  ring invariants (one ordered ring, ordered successor lists): hold")?,
         Err(v) => bail!("ring invariants violated: {v:?}"),
     }
 
@@ -325,7 +346,7 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
         .iter()
         .map(|(n, c)| format!("{c} on {n}"))
         .collect();
-    println!(
+    outln!(
         "  copies: {} records, held on {} gestores each as wanted (owner + 3 successors): {}",
         report.records,
         wanted,
@@ -334,10 +355,10 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
         } else {
             "not yet"
         }
-    );
-    println!(
+    )?;
+    outln!(
         "  records by number of gestores holding them: {}",
         spread.join(", ")
-    );
+    )?;
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod directory;
 pub mod faults;
 pub mod json;
 pub mod loader;
+pub mod out;
 pub mod runtime;
 pub mod security;
 pub mod sessions;
