@@ -49,7 +49,8 @@ FROM ${BASE_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --user-group --home-dir /var/lib/gestor \
+ && groupadd --system --gid 10001 gestor \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/gestor \
         --shell /usr/sbin/nologin gestor \
  && mkdir -p /var/lib/gestor /etc/gestor/credentials /etc/gestor/cluster \
  && chown gestor:gestor /var/lib/gestor /etc/gestor/credentials /etc/gestor/cluster \
