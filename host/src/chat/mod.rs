@@ -939,3 +939,44 @@ impl Drop for ChatClient {
         self.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gestor_sdk::TransportError;
+
+    /// Only a request that may have been taken (no answer, a garbled one)
+    /// keeps a failed `gestor send` queued; a refusal or an address that
+    /// could not be used does not.
+    #[test]
+    fn what_may_have_arrived() {
+        let timeout = TransportError::Timeout {
+            url: "tcp://h:1".into(),
+            timeout_ms: 5,
+        };
+        let unreachable = |last| {
+            ChatError::Client(ClientError::Unreachable {
+                tried: "tcp://h:1".into(),
+                last,
+            })
+        };
+        assert!(may_have_arrived(&unreachable(timeout.clone())));
+        assert!(may_have_arrived(&ChatError::Transport(timeout)));
+        assert!(may_have_arrived(&ChatError::Client(
+            ClientError::Malformed {
+                url: "tcp://h:1".into(),
+                reason: "cut short".into(),
+            }
+        )));
+        assert!(!may_have_arrived(&ChatError::Client(ClientError::Remote(
+            HandlerError::new(ErrorCode::Forbidden, "no")
+        ))));
+        assert!(!may_have_arrived(&unreachable(
+            TransportError::BadAddress {
+                url: "x".into(),
+                reason: "no scheme".into(),
+            }
+        )));
+        assert!(!may_have_arrived(&ChatError::Usage("no password".into())));
+    }
+}
