@@ -428,6 +428,20 @@ fn outbox(user: &ChatUser) -> Vec<serde_json::Value> {
 fn failed_send_queues_nothing(ring: &Ring) {
     let alice = ChatUser::register(ring, "ana-send");
     let bob = ChatUser::register(ring, "bo-send");
+    // A chat that cannot log in leaves nothing behind (no address, no contacts).
+    let (code, _, err) = alice.cli(
+        ring,
+        &[
+            "chat",
+            &alice.name,
+            "--address",
+            &alice.address,
+            "--password",
+            "wrong",
+        ],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("wrong password"), "{err}");
     // No saved session, no --address, no earlier chat: alice cannot log in.
     let (code, out, err) = alice.cli(ring, &["send", &alice.name, &bob.name, "hello once"]);
     assert_ne!(code, 0, "{out}");

@@ -766,8 +766,6 @@ impl ChatClient {
     /// `tcp://ADDRESS` and start send-alive and send-pending.
     pub fn start(opts: ChatOptions) -> Result<ChatClient, ChatError> {
         let store = ChatStore::open(&opts.home, &opts.username)?;
-        store.add_contacts(&opts.contacts)?;
-        store.set_address(&opts.address)?;
         let mut client = opts.client();
         let secure = opts.layer();
         let session = login(
@@ -777,6 +775,10 @@ impl ChatClient {
             &opts.password,
             &opts.address,
         )?;
+        // Remembered only once logged in: a chat that could not start
+        // leaves no address or contacts behind.
+        store.add_contacts(&opts.contacts)?;
+        store.set_address(&opts.address)?;
         // The mailbox first, then the receiver: what waited for us comes
         // before anything sent to us directly from now on.
         let initial = fetch_mailbox(&mut client, &store, &session)?;
