@@ -186,15 +186,16 @@ fn demo_body(exe: &Path, dir: &Path, o: &DemoOptions, nodes: &mut Vec<DemoNode>)
     for i in 0..o.nodes {
         let join = nodes.first().map(|n| n.url.clone());
         let node = spawn_node(exe, dir, i, join.as_deref(), o)?;
+        let url = node.url.clone();
+        // Held before anything can fail, so that it is stopped whatever happens.
+        nodes.push(node);
         outln!(
-            "  [{}/{}] started gestor at {}{}",
+            "  [{}/{}] started gestor at {url}{}",
             i + 1,
             o.nodes,
-            node.url,
             join.map(|j| format!(" (joining via {j})"))
                 .unwrap_or_default()
         )?;
-        nodes.push(node);
     }
 
     out!("waiting for the ring to stabilize")?;

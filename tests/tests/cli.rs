@@ -280,17 +280,13 @@ fn closed_output_ends_quietly(ring: &Ring, home: &str) {
         .expect("spawn gestor demo");
     let tag = format!("gestor-demo-{}", demo.id());
     let mut lines = BufReader::new(demo.stdout.take().expect("stdout")).lines();
-    let mut started = 0;
-    for line in lines.by_ref() {
-        let line = line.expect("demo output");
-        if line.contains("started gestor at") {
-            started += 1;
-            if started == 2 {
-                break;
-            }
-        }
-    }
-    assert_eq!(started, 2, "the demo started its gestores");
+    // Closed just before it starts its first gestor: its next line, right
+    // after that start, finds nobody reading.
+    let cue = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("secure ring"));
+    assert!(cue.is_some(), "the demo got as far as making its cluster");
     drop(lines);
     assert!(
         wait_until(Duration::from_secs(30), || matches!(
@@ -307,6 +303,10 @@ fn closed_output_ends_quietly(ring: &Ring, home: &str) {
         processes_mentioning(&tag).is_empty(),
         "the demo's gestores are gone: {:?}",
         processes_mentioning(&tag)
+    );
+    assert!(
+        !std::env::temp_dir().join(&tag).exists(),
+        "the demo's directory is gone"
     );
 }
 
