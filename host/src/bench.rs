@@ -518,18 +518,26 @@ fn preload(o: &BenchOptions) -> Result<Phase> {
 }
 
 /// The report as a table, for `gestor bench` without `--json`.
-pub fn print_report(report: &BenchReport) {
-    println!(
+pub fn print_report(report: &BenchReport) -> Result<(), crate::out::StdoutError> {
+    crate::outln!(
         "bench: {} threads, {} users, transport {}, entry points {}",
         report.threads,
         report.users,
         report.transport,
         report.gestores.join(" ")
-    );
-    println!(
+    )?;
+    crate::outln!(
         "  {:<15} {:>8} {:>7} {:>6} {:>10} {:>8} {:>8} {:>8} {:>6}",
-        "phase", "ops", "errors", "busy", "ops/s", "p50 ms", "p99 ms", "max ms", "hops"
-    );
+        "phase",
+        "ops",
+        "errors",
+        "busy",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "hops"
+    )?;
     let mut rows: Vec<(&str, &Phase)> = std::iter::once("preload")
         .chain(PhaseName::ALL.iter().map(|p| p.as_str()))
         .filter_map(|name| Some((name, report.phases.get(name)?)))
@@ -539,7 +547,7 @@ pub fn print_report(report: &BenchReport) {
         rows.push(("lookup, flooded", l));
     }
     for (name, p) in rows {
-        println!(
+        crate::outln!(
             "  {:<15} {:>8} {:>7} {:>6} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>6.2}",
             name,
             p.operations,
@@ -550,19 +558,20 @@ pub fn print_report(report: &BenchReport) {
             p.p99_ms,
             p.max_ms,
             p.mean_hops
-        );
+        )?;
     }
     if let (Some(l), Some(quiet)) = (&report.lookup_flooded, report.phases.get("lookup")) {
-        println!(
+        crate::outln!(
             "  flooded lookup p99 / quiet lookup p99: {:.2}x (same run)",
             l.p99_ms / quiet.p99_ms.max(1e-9)
-        );
+        )?;
     }
     let ch = &report.channel;
-    println!(
+    crate::outln!(
         "  secure layer: {} serial round trips of {} bytes on 127.0.0.1, p50 {:.3} ms vs {:.3} ms plaintext on the same transport: {:.2}x",
         ch.round_trips, CHANNEL_FRAME, ch.secure_p50_ms, ch.plain_p50_ms, ch.ratio
-    );
+    )?;
+    Ok(())
 }
 
 /// `gestor bench --compare-insecure`: the same lookups on a secure ring and

@@ -1,7 +1,7 @@
 //! Node configuration: a TOML file (every option documented in
 //! `examples/gestor.toml`), with command-line flags applied on top.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -233,7 +233,31 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
+        Config::from_toml(&text).map_err(|e| anyhow!("invalid config {}: {e}", path.display()))
+    }
+
+    /// Parse a configuration; an error is one line naming the key
+    /// (`node.listen_typo: unknown field …`) or the line and column of a
+    /// syntax error.
+    pub fn from_toml(text: &str) -> std::result::Result<Config, String> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let before = &text[..s.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {column}: ")
+                })
+                .unwrap_or_default();
+            format!("{at}{}", one_line(e.message()))
+        })?;
+        toml::Value::Table(table.clone())
+            .try_into::<Config>()
+            .map_err(|e| match first_refused_key(&table) {
+                Some((key, why)) => format!("{key}: {why}"),
+                None => one_line(e.message()),
+            })
     }
 
     /// The advertised request URL.
@@ -274,18 +298,40 @@ impl Config {
         }
     }
 
+    /// Check the values (after flags are applied); an error is one line
+    /// naming the key.
     pub fn validate(&self) -> Result<()> {
+        let node = &self.node;
+        check_endpoint("node.listen", &node.listen)?;
+        if let Some(url) = &node.signal {
+            check_endpoint("node.signal", url)?;
+        }
+        if let Some(url) = &node.advertise {
+            check_endpoint("node.advertise", url)?;
+        }
+        for url in &node.join {
+            check_endpoint("node.join", url)?;
+        }
+        if node.data_dir.as_os_str().is_empty() {
+            bail!("node.data_dir: empty; give the directory for the store's files");
+        }
         if self.transport.max_message_bytes < 1024 {
-            bail!("transport.max_message_bytes must be at least 1024");
+            bail!("transport.max_message_bytes: must be at least 1024");
         }
         if self.transport.replier_workers == 0 {
-            bail!("transport.replier_workers must be at least 1");
+            bail!("transport.replier_workers: must be at least 1");
         }
         if self.transport.reserved_for_gestores >= self.transport.replier_workers {
-            bail!("transport.reserved_for_gestores must be below transport.replier_workers");
+            bail!("transport.reserved_for_gestores: must be below transport.replier_workers");
+        }
+        if self.plugins.load.iter().any(|p| p.trim().is_empty()) {
+            bail!("plugins.load: an empty plugin name");
+        }
+        if self.clock.max_ahead_ms < 1000 {
+            bail!("clock.max_ahead_ms: must be at least 1000: gestores' clocks are never in perfect step");
         }
         self.signal_url()?;
-        self.node_id()?;
+        self.node_id().context("node.id")?;
         self.http.address()?;
         let sec = &self.security;
         if !sec.insecure {
@@ -298,6 +344,72 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whitespace (newlines included) collapsed to single spaces.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The dotted key of the first setting `Config` refuses, and why: found by
+/// narrowing to the setting that fails in a document holding nothing else,
+/// so it needs no list of the sections and keys (serde's own declarations
+/// of `Config` are the only schema).
+fn first_refused_key(table: &toml::Table) -> Option<(String, String)> {
+    fn alone(path: &[String], leaf: &toml::Value) -> Result<(), String> {
+        let mut value = leaf.clone();
+        for key in path.iter().rev() {
+            let mut t = toml::Table::new();
+            t.insert(key.clone(), value);
+            value = toml::Value::Table(t);
+        }
+        value
+            .try_into::<Config>()
+            .map(|_| ())
+            .map_err(|e| one_line(e.message()))
+    }
+    fn narrow(path: &mut Vec<String>, table: &toml::Table) -> Option<(String, String)> {
+        for (key, value) in table {
+            path.push(key.clone());
+            if let Err(why) = alone(path, value) {
+                // A table: is it the key itself (refused even empty), or one inside?
+                let deeper = match value {
+                    toml::Value::Table(t) if alone(path, &toml::Table::new().into()).is_ok() => {
+                        narrow(path, t)
+                    }
+                    _ => None,
+                };
+                return deeper.or(Some((path.join("."), why)));
+            }
+            path.pop();
+        }
+        None
+    }
+    narrow(&mut Vec::new(), table)
+}
+
+/// A node endpoint: `tcp://HOST:PORT`, `ipc://PATH` or `inproc://NAME`.
+fn check_endpoint(key: &str, url: &str) -> Result<()> {
+    if let Some(rest) = url.strip_prefix("tcp://") {
+        let Some((host, port)) = rest.rsplit_once(':') else {
+            bail!("{key}: {url:?} has no port: expected tcp://HOST:PORT");
+        };
+        if host.is_empty() {
+            bail!("{key}: {url:?} has no host: expected tcp://HOST:PORT");
+        }
+        if port.parse::<u16>().is_err() {
+            bail!("{key}: {url:?} has an invalid port {port:?}: expected tcp://HOST:PORT");
+        }
+        return Ok(());
+    }
+    for scheme in ["ipc://", "inproc://"] {
+        if url.strip_prefix(scheme).is_some_and(|r| !r.is_empty()) {
+            return Ok(());
+        }
+    }
+    bail!(
+        "{key}: {url:?} is not an endpoint: expected tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+    )
 }
 
 pub fn parse_id(text: &str) -> Result<u64> {
@@ -359,6 +471,57 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("[node]\nlisten_typo = 'x'").is_err());
+    }
+
+    /// Every refusal is one line that names the key.
+    #[test]
+    fn refusals_name_the_key_in_one_line() {
+        let cases = [
+            (
+                "[node]\nlisten_typo = 'x'",
+                "node.listen_typo: unknown field",
+            ),
+            ("[nodes]\nlisten = 'x'", "nodes: unknown field"),
+            (
+                "[transport]\nbackend = 'tcp'",
+                "transport.backend: unknown variant",
+            ),
+            (
+                "[transport]\nreplier_workers = 'eight'",
+                "transport.replier_workers: invalid type",
+            ),
+            ("[node]\njoin = 'tcp://h:1'", "node.join: invalid type"),
+            (
+                "[plugins]\nload = ['gestor_ring', 3]",
+                "plugins.load: invalid type",
+            ),
+            (
+                "[node\nlisten = 1",
+                "line 1, column 6: invalid table header",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Config::from_toml(text).unwrap_err();
+            assert!(e.starts_with(want), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "{text:?}: one line: {e}");
+        }
+        let bad = |text: &str| {
+            let mut c = Config::from_toml(text).unwrap();
+            c.security.insecure = true;
+            let e = format!("{:#}", c.validate().unwrap_err());
+            assert!(!e.contains('\n'), "one line: {e}");
+            e
+        };
+        assert!(bad("[node]\nlisten = 'http://x:1'").starts_with("node.listen: "));
+        assert!(bad("[node]\nlisten = 'tcp://x'").contains("no port"));
+        assert!(bad("[node]\njoin = ['tcp://h:99999']").starts_with("node.join: "));
+        assert!(bad("[node]\nadvertise = 'x'").starts_with("node.advertise: "));
+        assert!(bad("[node]\nid = 'zz'").starts_with("node.id: "));
+        assert!(bad("[clock]\nmax_ahead_ms = 0").starts_with("clock.max_ahead_ms: "));
+        assert!(bad("[transport]\nreplier_workers = 0").starts_with("transport.replier_workers: "));
+        let mut ok = Config::from_toml("[node]\njoin = ['tcp://10.0.0.1:7100']").unwrap();
+        ok.security.insecure = true;
+        ok.validate().unwrap();
     }
 
     #[test]

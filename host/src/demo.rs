@@ -5,6 +5,7 @@ use crate::config::{StorageKind, TransportKind};
 use crate::local_ring::{LocalRing, RingSpec};
 use crate::runtime::build_transport;
 use crate::security::cluster_admit;
+use crate::{out, outln};
 use anyhow::{bail, Context, Result};
 use gestor_chord::{check_invariants, View};
 use gestor_secure::{CredentialFile, SecureConfig, SecureLayer};
@@ -25,11 +26,6 @@ pub fn run(o: DemoOptions) -> Result<()> {
         bail!("the demo needs at least 2 gestores");
     }
     let dir: PathBuf = std::env::temp_dir().join(format!("gestor-demo-{}", std::process::id()));
-    println!(
-        "gestor demo: {} gestores on 127.0.0.1, transport={}, storage={}",
-        o.nodes, o.transport, o.storage
-    );
-    println!("  data and logs in {}", dir.display());
     // The operator's flow (docs/DEPLOY in README): one cluster key, one
     // credential per gestor, clients trusting the cluster's public key.
     let mut ring = LocalRing::new(
@@ -43,46 +39,61 @@ pub fn run(o: DemoOptions) -> Result<()> {
             ids: Vec::new(),
         },
     )?;
-    let result = demo_body(&mut ring, &o);
-    println!(
-        "stopping {} gestores (SIGTERM: each leaves the ring and flushes its store)",
-        ring.nodes.len()
-    );
+    // Whatever ends the body (an error, or a closed output: `gestor demo |
+    // head -3`), the gestores are stopped and the directory removed.
+    let result = outln!(
+        "gestor demo: {} gestores on 127.0.0.1, transport={}, storage={}",
+        o.nodes,
+        o.transport,
+        o.storage
+    )
+    .and_then(|()| outln!("  data and logs in {}", dir.display()))
+    .map_err(anyhow::Error::from)
+    .and_then(|()| demo_body(&mut ring, &o));
+    let stopping = if ring.nodes.is_empty() {
+        Ok(())
+    } else {
+        outln!(
+            "stopping {} gestores (SIGTERM: each leaves the ring and flushes its store)",
+            ring.nodes.len()
+        )
+    };
     ring.stop();
     if !o.keep_data {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result?;
-    println!("demo finished: all gestores stopped cleanly");
+    stopping?;
+    outln!("demo finished: all gestores stopped cleanly")?;
     Ok(())
 }
 
 fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
     let cluster = ring.cluster.context("the demo ring is secure")?;
-    println!(
+    outln!(
         "  secure ring: cluster key {}…; every gestor gets its own credential; clients trust cluster.pub",
         cluster.fingerprint()
-    );
+    )?;
     for i in 0..o.nodes {
         let (url, join) = ring.add_node()?;
-        println!(
+        outln!(
             "  [{}/{}] started gestor at {url}{}",
             i + 1,
             o.nodes,
             join.map(|j| format!(" (joining via {j})"))
                 .unwrap_or_default()
-        );
+        )?;
     }
 
-    print!("waiting for the ring to stabilize");
+    out!("waiting for the ring to stabilize")?;
     let statuses = ring
         .wait_stable(Duration::from_secs(60), || {
-            print!(".");
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
+            let _ = out!(".");
         })
-        .inspect_err(|_| println!())?;
-    println!(" ok");
+        .inspect_err(|_| {
+            let _ = outln!();
+        })?;
+    outln!(" ok")?;
     let nodes: Vec<String> = ring.urls();
     let client_for = |url: &str| ring.client_for(url);
     let status = |url: &str| ring.status(url);
@@ -90,10 +101,10 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
     let users = [
         "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
     ];
-    println!(
+    outln!(
         "registering and logging in {} users through different gestores",
         users.len()
-    );
+    )?;
     for (i, user) in users.iter().enumerate() {
         let entry = &nodes[i % nodes.len()];
         let mut c = client_for(entry);
@@ -107,18 +118,22 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
         let session = c
             .login(user, "demo-password", &address)
             .with_context(|| format!("login {user}"))?;
-        println!(
+        outln!(
             "  {user:<6} registered via {entry}, logged in at {address}; responsible gestor {}",
             session.gestor
-        );
+        )?;
     }
 
-    println!();
-    println!("lookups from other gestores:");
-    println!(
+    outln!()?;
+    outln!("lookups from other gestores:")?;
+    outln!(
         "  {:<6}  {:<22}  {:<22}  {:<16}  {:<6}  hops",
-        "user", "asked", "responsible", "address", "online"
-    );
+        "user",
+        "asked",
+        "responsible",
+        "address",
+        "online"
+    )?;
     let mut total_hops = 0;
     for (i, user) in users.iter().enumerate() {
         let entry = &nodes[(i + 2) % nodes.len()];
@@ -126,22 +141,30 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
             .lookup(user)
             .with_context(|| format!("lookup {user} via {entry}"))?;
         total_hops += found.hops;
-        println!(
+        outln!(
             "  {:<6}  {:<22}  {:<22}  {:<16}  {:<6}  {}",
-            found.user, entry, found.gestor, found.address, found.online, found.hops
-        );
+            found.user,
+            entry,
+            found.gestor,
+            found.address,
+            found.online,
+            found.hops
+        )?;
     }
-    println!(
+    outln!(
         "  mean hops per lookup: {:.2}",
         total_hops as f64 / users.len() as f64
-    );
+    )?;
 
-    println!();
-    println!("the ring (in id order):");
-    println!(
+    outln!()?;
+    outln!("the ring (in id order):")?;
+    outln!(
         "  {:<16}  {:<22}  {:<16}  {:<16}  records",
-        "id", "address", "predecessor", "successor"
-    );
+        "id",
+        "address",
+        "predecessor",
+        "successor"
+    )?;
     let mut rows: Vec<serde_json::Value> = Vec::new();
     for n in nodes.iter() {
         rows.push(status(n).unwrap_or_else(|_| statuses[0].clone()));
@@ -155,7 +178,7 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
     };
     for s in &rows {
         let ring = s.get("sections").and_then(|x| x.get("ring"));
-        println!(
+        outln!(
             "  {:<16}  {:<22}  {:<16}  {:<16}  {}",
             s.get("id_hex").and_then(|v| v.as_str()).unwrap_or("?"),
             s.get("address").and_then(|v| v.as_str()).unwrap_or("?"),
@@ -165,11 +188,11 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
                     .and_then(|l| l.get(0))
             ),
             s.get("records").map(|v| v.to_string()).unwrap_or_default(),
-        );
+        )?;
     }
     let views: Vec<View> = rows.iter().filter_map(view_of).collect();
     match check_invariants(&views) {
-        Ok(()) => println!("  ring invariants (one ordered ring, ordered successor lists): hold"),
+        Ok(()) => outln!("  ring invariants (one ordered ring, ordered successor lists): hold")?,
         Err(v) => bail!("ring invariants violated: {v:?}"),
     }
 
@@ -195,7 +218,7 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
         .iter()
         .map(|(n, c)| format!("{c} on {n}"))
         .collect();
-    println!(
+    outln!(
         "  copies: {} records, held on {} gestores each as wanted (owner + 3 successors): {}",
         report.records,
         wanted,
@@ -204,10 +227,10 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
         } else {
             "not yet"
         }
-    );
-    println!(
+    )?;
+    outln!(
         "  records by number of gestores holding them: {}",
         spread.join(", ")
-    );
+    )?;
     Ok(())
 }

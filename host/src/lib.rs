@@ -16,6 +16,7 @@ pub mod loader;
 pub mod local_ring;
 pub mod metrics;
 pub mod ops;
+pub mod out;
 pub mod runtime;
 pub mod security;
 pub mod sessions;

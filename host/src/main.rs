@@ -5,8 +5,10 @@ use clap::{Args, Parser, Subcommand};
 use gestor::client::{Client, ClientError};
 use gestor::config::{Config, StorageKind, TransportKind};
 use gestor::json::{cbor_to_json, json_to_cbor};
+use gestor::out::StdoutError;
 use gestor::runtime::{build_transport, Node};
 use gestor::sessions;
+use gestor::{out, outln};
 use gestor_api::node;
 use gestor_sdk::wire::to_value;
 use gestor_sdk::Empty;
@@ -53,6 +55,12 @@ enum Command {
     Node(NodeArgs),
     /// Show a node's view: id, ring neighbours, fingers, records, initial gestors.
     Status {
+        /// Refresh every SECS seconds (default 2) until Ctrl-C or the output is closed.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -60,6 +68,7 @@ enum Command {
     Register {
         /// The username to create (3-32 of a-z 0-9 _ . -, starting with a letter or digit).
         user: String,
+        /// The account's password (better in GESTOR_PASSWORD: arguments are visible to other users).
         #[arg(long, env = "GESTOR_PASSWORD", hide_env_values = true)]
         password: Option<String>,
         #[command(flatten)]
@@ -72,6 +81,7 @@ enum Command {
         /// HOST:PORT where the user's client listens.
         #[arg(long)]
         address: String,
+        /// The account's password (better in GESTOR_PASSWORD: arguments are visible to other users).
         #[arg(long, env = "GESTOR_PASSWORD", hide_env_values = true)]
         password: Option<String>,
         #[command(flatten)]
@@ -88,6 +98,7 @@ enum Command {
     Delete {
         /// The account to delete.
         user: String,
+        /// The account's password (better in GESTOR_PASSWORD: arguments are visible to other users).
         #[arg(long, env = "GESTOR_PASSWORD", hide_env_values = true)]
         password: Option<String>,
         #[command(flatten)]
@@ -97,6 +108,7 @@ enum Command {
     Logout {
         /// The user logging out.
         user: String,
+        /// The session token to end (default: the one saved by `gestor login`).
         #[arg(long)]
         token: Option<String>,
         #[command(flatten)]
@@ -104,10 +116,13 @@ enum Command {
     },
     /// Start a local ring of gestor processes, register and look up users, print a summary.
     Demo {
+        /// How many gestor processes to start (at least 2).
         #[arg(long, default_value_t = 5)]
         nodes: usize,
+        /// Transport backend of the demo ring.
         #[arg(long, value_enum, default_value_t = TransportKind::Nng)]
         transport: TransportKind,
+        /// Storage backend of the demo's gestores.
         #[arg(long, value_enum, default_value_t = StorageKind::Sqlite)]
         storage: StorageKind,
         /// Keep the demo's data directories and logs.
@@ -121,10 +136,13 @@ enum Command {
     /// binary, which load the plugins next to it (build the workspace in the
     /// same profile first: `cargo build --release --workspace`).
     Bench {
+        /// Client threads sending lookups at once.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// How long the lookup phase runs, in seconds.
         #[arg(long, default_value_t = 10)]
         duration_secs: u64,
+        /// Accounts registered first (reused when they exist) and looked up.
         #[arg(long, default_value_t = 200)]
         users: usize,
         /// Prefix of the bench accounts' names.
@@ -221,6 +239,7 @@ enum Command {
 enum ClusterCommand {
     /// Create a cluster: DIR/cluster.key (keep it offline) and DIR/cluster.pub (give it to everyone).
     Init {
+        /// Directory to create the cluster key pair in (created if missing).
         #[arg(long)]
         dir: PathBuf,
     },
@@ -239,6 +258,7 @@ enum ClusterCommand {
     /// Revoke a credential: add it to the signed list DIR/revoked.toml, then
     /// copy that file to every gestor's `security.revocations` path.
     Revoke {
+        /// The directory of `gestor cluster init` (holds cluster.key and revoked.toml).
         #[arg(long)]
         dir: PathBuf,
         /// The credential file to revoke.
@@ -252,21 +272,28 @@ struct NodeArgs {
     /// TOML configuration file (see examples/gestor.toml).
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// REQ-REP endpoint to bind, e.g. tcp://0.0.0.0:7100 (node.listen).
     #[arg(long)]
     listen: Option<String>,
+    /// PUB-SUB endpoint to bind for signals; default: listen port + 1 (node.signal).
     #[arg(long)]
     signal: Option<String>,
+    /// Request URL others reach this node at, when it differs from --listen (node.advertise).
     #[arg(long)]
     advertise: Option<String>,
     /// Gestor to join through; repeatable.
     #[arg(long)]
     join: Vec<String>,
+    /// Transport backend (transport.backend).
     #[arg(long, value_enum)]
     transport: Option<TransportKind>,
+    /// Storage backend (storage.backend).
     #[arg(long, value_enum)]
     storage: Option<StorageKind>,
+    /// Directory for the store's files (node.data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Directory searched for plugins named without a path (plugins.dir).
     #[arg(long)]
     plugin_dir: Option<PathBuf>,
     /// Plugin to load (name or path); repeatable; replaces the configured list.
@@ -296,14 +323,22 @@ struct NodeArgs {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a terminal: container and service logs stay plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
 }
 
 fn main() {
     let cli = Cli::parse();
+    // SIGPIPE stays ignored (Rust's default) for every command: a closed
+    // standard output is a `StdoutError::Closed` from `outln!`, which stops
+    // the command through its normal clean-up (a demo stops its gestores, a
+    // chat logs out) and ends here, quietly and with status 0, as
+    // `gestor status | head -1` should.
     let result = match cli.command {
         Command::Node(args) => {
             init_logging("info");
@@ -311,17 +346,15 @@ fn main() {
         }
         other => {
             init_logging("warn");
-            // A client command whose output is cut short (`gestor status |
-            // head`) ends quietly, as Unix tools do, instead of panicking on
-            // the closed pipe. (Nodes keep Rust's default: no SIGPIPE.)
-            unsafe {
-                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            }
             run_client_command(other)
         }
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        if gestor::out::is_closed_stdout(&e) {
+            std::process::exit(0);
+        }
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "error: {e:#}");
         std::process::exit(1);
     }
 }
@@ -387,8 +420,9 @@ fn run_node(args: NodeArgs) -> Result<()> {
     ])
     .context("cannot install signal handlers")?;
     let node = Node::start(&config)?;
-    // One line on stdout so scripts know the node is serving.
-    println!(
+    // One line on stdout so scripts know the node is serving (a node
+    // keeps serving when nobody reads it).
+    let _ = outln!(
         "gestor node {:016x} serving on {}",
         config.node_id()?,
         config.advertise_url()
@@ -416,29 +450,29 @@ fn run_cluster_command(command: ClusterCommand) -> Result<()> {
     match command {
         ClusterCommand::Init { dir } => {
             let (key, public) = gestor::security::cluster_init(&dir)?;
-            println!(
+            outln!(
                 "cluster key    {}  (secret: keep it offline)",
                 key.display()
-            );
-            println!(
+            )?;
+            outln!(
                 "cluster public {}  (give it to every gestor and client)",
                 public.display()
-            );
+            )?;
         }
         ClusterCommand::Admit { dir, out, name } => {
             gestor::security::cluster_admit(&dir, &out, &name)?;
-            println!(
+            outln!(
                 "credential for {name} written to {} (secret: give it to that gestor only)",
                 out.display()
-            );
+            )?;
         }
         ClusterCommand::Revoke { dir, credential } => {
             let (path, n) = gestor::security::cluster_revoke(&dir, &credential)?;
-            println!(
+            outln!(
                 "{} revoked; {} now lists {n} key(s): copy it to every gestor's security.revocations file",
                 credential.display(),
                 path.display()
-            );
+            )?;
         }
     }
     Ok(())
@@ -454,7 +488,7 @@ fn password(p: Option<String>) -> Result<String> {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?)?;
     Ok(())
 }
 
@@ -469,18 +503,25 @@ fn run_client_command(command: Command) -> Result<()> {
         Command::Send(args) => gestor::chat::cli::send(args),
         Command::Inbox(args) => gestor::chat::cli::inbox(args),
         Command::Cluster(command) => run_cluster_command(command),
-        Command::Status { client: args } => {
-            let reply = client(&args)?
-                .request::<node::Status>(&Empty)
-                .map_err(describe)?;
-            let json = cbor_to_json(&to_value(&reply));
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&json)?);
-            } else {
-                print_status(&json);
+        Command::Status {
+            watch,
+            count,
+            client: args,
+        } => match watch {
+            Some(secs) => watch_status(&args, secs, count),
+            None => {
+                let reply = client(&args)?
+                    .request::<node::Status>(&Empty)
+                    .map_err(describe)?;
+                let json = cbor_to_json(&to_value(&reply));
+                if args.json {
+                    outln!("{}", serde_json::to_string_pretty(&json)?)?;
+                } else {
+                    print_status(&json)?;
+                }
+                Ok(())
             }
-            Ok(())
-        }
+        },
         Command::Register {
             user,
             password: pw,
@@ -493,10 +534,11 @@ fn run_client_command(command: Command) -> Result<()> {
             if args.json {
                 print_json(&r)?;
             } else {
-                println!(
+                outln!(
                     "registered {} (responsible gestor {})",
-                    r.username, r.gestor
-                );
+                    r.username,
+                    r.gestor
+                )?;
             }
             Ok(())
         }
@@ -514,7 +556,7 @@ fn run_client_command(command: Command) -> Result<()> {
             if args.json {
                 print_json(&s)?;
             } else {
-                println!("logged in {} at {address}; responsible gestor {}; send alive signals to {} every {} ms", s.username, s.gestor, s.signal, s.alive_every_ms);
+                outln!("logged in {} at {address}; responsible gestor {}; send alive signals to {} every {} ms", s.username, s.gestor, s.signal, s.alive_every_ms)?;
             }
             Ok(())
         }
@@ -525,7 +567,7 @@ fn run_client_command(command: Command) -> Result<()> {
             if args.json {
                 print_json(&f)?;
             } else {
-                println!(
+                outln!(
                     "{} at {} — {} (last seen {} ms since epoch, last update {}), {} hops via {}",
                     f.user,
                     if f.address.is_empty() {
@@ -538,7 +580,7 @@ fn run_client_command(command: Command) -> Result<()> {
                     f.last_update,
                     f.hops,
                     f.gestor
-                );
+                )?;
             }
             Ok(())
         }
@@ -555,7 +597,7 @@ fn run_client_command(command: Command) -> Result<()> {
             if args.json {
                 print_json(&d)?;
             } else {
-                println!("deleted {user}");
+                outln!("deleted {user}")?;
             }
             Ok(())
         }
@@ -575,7 +617,7 @@ fn run_client_command(command: Command) -> Result<()> {
             if args.json {
                 print_json(&d)?;
             } else {
-                println!("logged out {user}");
+                outln!("logged out {user}")?;
             }
             Ok(())
         }
@@ -642,7 +684,7 @@ fn run_client_command(command: Command) -> Result<()> {
             if args.json {
                 print_json(&report)?;
             } else {
-                gestor::bench::print_report(&report);
+                gestor::bench::print_report(&report)?;
             }
             Ok(())
         }
@@ -663,22 +705,22 @@ fn run_client_command(command: Command) -> Result<()> {
             if args.json {
                 print_json(&report)?;
             } else {
-                println!(
+                outln!(
                     "{} gestores, {} records, wanted on {} gestores each",
                     report.gestores.len(),
                     report.records,
                     report.wanted
-                );
+                )?;
                 for (n, count) in &report.histogram {
-                    println!("  held on {n} gestores: {count} records");
+                    outln!("  held on {n} gestores: {count} records")?;
                 }
                 if report.under.is_empty() {
-                    println!("  no record below the wanted count");
+                    outln!("  no record below the wanted count")?;
                 } else {
-                    println!("  {} records below the wanted count", report.under.len());
+                    outln!("  {} records below the wanted count", report.under.len())?;
                 }
                 if !report.unreachable.is_empty() {
-                    println!("  unreachable: {}", report.unreachable.join(", "));
+                    outln!("  unreachable: {}", report.unreachable.join(", "))?;
                 }
             }
             Ok(())
@@ -693,7 +735,7 @@ fn run_client_command(command: Command) -> Result<()> {
             let reply = client(&args)?
                 .call(&kind, json_to_cbor(&body))
                 .map_err(describe)?;
-            println!("{}", serde_json::to_string_pretty(&cbor_to_json(&reply))?);
+            outln!("{}", serde_json::to_string_pretty(&cbor_to_json(&reply))?)?;
             Ok(())
         }
     }
@@ -731,16 +773,16 @@ fn import_accounts(
     if args.json {
         print_json(&summary)?;
     } else {
-        println!(
+        outln!(
             "imported {} of {} accounts in {:.1} s ({} already present, {} refused)",
             summary.imported,
             summary.entries,
             summary.seconds,
             summary.existing,
             summary.refused.len()
-        );
+        )?;
         for r in summary.refused.iter().take(10) {
-            println!("  refused {}: {} ({})", r.username, r.message, r.code);
+            outln!("  refused {}: {} ({})", r.username, r.message, r.code)?;
         }
     }
     if !summary.refused.is_empty() {
@@ -753,7 +795,7 @@ fn import_accounts(
 }
 
 fn bench_compare(o: gestor::bench::CompareOptions, json: bool) -> Result<()> {
-    println!(
+    outln!(
         "bench: secure vs --insecure, {} gestores each ({}, {}), {} threads, {} users, {} alternating rounds, {} s of lookups per ring; starting both rings…",
         o.nodes,
         o.transport,
@@ -762,34 +804,111 @@ fn bench_compare(o: gestor::bench::CompareOptions, json: bool) -> Result<()> {
         o.users,
         o.rounds,
         o.duration.as_secs()
-    );
+    )?;
     let r = gestor::bench::compare(o)?;
     if json {
         return print_json(&r);
     }
-    println!(
+    outln!(
         "  {:<18} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8} {:>6}",
-        "ring", "ops", "errors", "ops/s", "p50 ms", "p99 ms", "max ms", "hops"
-    );
+        "ring",
+        "ops",
+        "errors",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "hops"
+    )?;
     for (name, p) in [
         ("register secure", &r.register_secure),
         ("register insecure", &r.register_insecure),
         ("lookup secure", &r.secure),
         ("lookup insecure", &r.insecure),
     ] {
-        println!(
+        outln!(
             "  {:<18} {:>8} {:>7} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>6.2}",
-            name, p.operations, p.errors, p.per_second, p.p50_ms, p.p99_ms, p.max_ms, p.mean_hops
-        );
+            name,
+            p.operations,
+            p.errors,
+            p.per_second,
+            p.p50_ms,
+            p.p99_ms,
+            p.max_ms,
+            p.mean_hops
+        )?;
     }
-    println!(
+    outln!(
         "  lookups, secure ÷ insecure: p50 {:.2}x, p99 {:.2}x, throughput {:.2}x (goal: p50 ≤ 1.25x)",
         r.p50_ratio, r.p99_ratio, r.throughput_ratio
-    );
+    )?;
     Ok(())
 }
 
-fn print_status(s: &serde_json::Value) {
+/// `gestor status --watch SECS`: the status again every `secs` seconds
+/// (screen cleared on a terminal; with `--json`, one JSON document a line)
+/// until Ctrl-C, SIGTERM, a closed pipe or `count` refreshes. A gestor that
+/// does not answer is shown as such, and the watch goes on.
+fn watch_status(args: &ClientArgs, secs: f64, count: Option<u64>) -> Result<()> {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !(secs.is_finite() && secs >= 0.1) {
+        anyhow::bail!("--watch takes a period of at least 0.1 seconds, not {secs}");
+    }
+    if count == Some(0) {
+        anyhow::bail!("--count must be at least 1");
+    }
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handlers")?;
+    }
+    let every = Duration::from_secs_f64(secs);
+    let tty = std::io::stdout().is_terminal();
+    let mut c = client(args)?;
+    let mut shown = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let reply = c.request::<node::Status>(&Empty);
+        remember(&c);
+        let when = gestor::chat::cli::clock_time(gestor_sdk::hlc::system_ms());
+        if args.json {
+            let line = match reply {
+                Ok(r) => cbor_to_json(&to_value(&r)),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            };
+            outln!("{}", serde_json::to_string(&line)?)?;
+        } else {
+            if tty {
+                // Home and clear: a refreshed screen rather than a scroll.
+                out!("\x1b[H\x1b[2J")?;
+            } else if shown > 0 {
+                outln!()?;
+            }
+            outln!("status at {when}, every {secs} s (Ctrl-C stops)")?;
+            match reply {
+                Ok(r) => print_status(&cbor_to_json(&to_value(&r)))?,
+                Err(e) => outln!("error: {e}")?,
+            }
+        }
+        shown += 1;
+        if count.is_some_and(|n| shown >= n) {
+            break;
+        }
+        let until = std::time::Instant::now() + every;
+        while !stop.load(Ordering::SeqCst) {
+            if gestor::out::closed() {
+                return Err(StdoutError::Closed.into());
+            }
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+    }
+    Ok(())
+}
+
+fn print_status(s: &serde_json::Value) -> Result<(), StdoutError> {
     let field = |k: &str| {
         s.get(k)
             .map(|v| {
@@ -799,26 +918,27 @@ fn print_status(s: &serde_json::Value) {
             })
             .unwrap_or_default()
     };
-    println!("node        {}  ({})", field("id_hex"), field("address"));
-    println!(
+    outln!("node        {}  ({})", field("id_hex"), field("address"))?;
+    outln!(
         "backends    transport={} storage={}",
         field("transport"),
         field("storage")
-    );
-    println!("plugins     {}", field("plugins"));
-    println!("records     {}", field("records"));
-    println!("initial     {}", field("initial_gestors"));
-    println!("security    {}", field("security"));
+    )?;
+    outln!("plugins     {}", field("plugins"))?;
+    outln!("records     {}", field("records"))?;
+    outln!("initial     {}", field("initial_gestors"))?;
+    outln!("security    {}", field("security"))?;
     if let Some(sections) = s.get("sections").and_then(|v| v.as_object()) {
         for (name, section) in sections {
-            println!("[{name}]");
+            outln!("[{name}]")?;
             if let Some(obj) = section.as_object() {
                 for (k, v) in obj {
-                    println!("  {k:<14} {v}");
+                    outln!("  {k:<14} {v}")?;
                 }
             } else {
-                println!("  {section}");
+                outln!("  {section}")?;
             }
         }
     }
+    Ok(())
 }

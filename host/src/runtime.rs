@@ -11,7 +11,7 @@
 use crate::config::{Config, StorageKind, TransportKind};
 use crate::loader::{self, LoadedPlugin};
 use crate::metrics::{Metrics, OriginLabel, SignalDrop};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use gestor_api::node::{self, NodeStatus, SecurityStatus};
 use gestor_api::{ring, status};
@@ -764,6 +764,16 @@ impl Node {
         for entry in &config.plugins.load {
             let path = loader::resolve(entry, &plugin_dir);
             plugins.push(loader::load(&path)?);
+        }
+        // Settings for a plugin that is not loaded are a typo or a mistake.
+        for name in config.plugins.config.keys() {
+            if !plugins.iter().any(|p| &p.name == name) {
+                let loaded: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+                bail!(
+                    "plugins.config.{name}: no plugin named {name} is loaded (loaded: {})",
+                    loaded.join(", ")
+                );
+            }
         }
 
         // The HTTP endpoint first: if anything below fails, dropping it stops it.

@@ -180,8 +180,25 @@ impl NodeProc {
         log_dir: &Path,
         env: &[(&str, &str)],
     ) -> NodeProc {
-        let port = url.rsplit(':').next().unwrap_or("x");
-        let stderr_path = log_dir.join(format!("node-{port}.log"));
+        Self::spawn_wrapped(&[], url, transport, args, log_dir, env)
+    }
+
+    /// Like [`NodeProc::spawn`], run through `wrapper` (e.g. `ip netns exec
+    /// NAME`, which execs the gestor: the pid is the gestor's).
+    pub fn spawn_wrapped(
+        wrapper: &[String],
+        url: &str,
+        transport: TransportKind,
+        args: &[String],
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> NodeProc {
+        let name: String = url
+            .trim_start_matches("tcp://")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let stderr_path = log_dir.join(format!("node-{name}.log"));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -195,7 +212,14 @@ impl NodeProc {
         {
             args.extend(test_cluster().node_flags());
         }
-        let mut cmd = Command::new(gestor_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(gestor_bin());
+                c
+            }
+            None => Command::new(gestor_bin()),
+        };
         cmd.arg("node")
             .args(&args)
             .stdin(Stdio::null())

@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod cluster;
+pub mod delay_switch;
 pub mod ports;
 pub mod relay;
 pub mod ring;

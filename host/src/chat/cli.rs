@@ -8,6 +8,8 @@ use super::{
 use crate::client::Client;
 use crate::config::TransportKind;
 use crate::directory::Session;
+use crate::out::StdoutError;
+use crate::outln;
 use anyhow::{Context, Result};
 use clap::Args;
 use gestor_sdk::hlc::system_ms;
@@ -15,12 +17,11 @@ use gestor_sdk::ErrorCode;
 use std::io::BufRead;
 use std::time::Duration;
 
-/// `println!` that ignores a closed stdout (`gestor inbox bob | head`)
-/// instead of panicking.
-macro_rules! say {
+/// A line on standard error that never panics (a closed stderr is ignored).
+macro_rules! note {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
     }};
 }
 
@@ -41,6 +42,7 @@ pub struct Conn {
     /// Per-request deadline in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
+    /// The user's password, to log in when no saved session works (better in GESTOR_PASSWORD).
     #[arg(long, env = "GESTOR_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// HOST:PORT this user receives messages on (the login address); default:
@@ -83,6 +85,7 @@ pub struct SendArgs {
     pub to: String,
     /// The message text (one argument; quote it).
     pub text: String,
+    /// Print the outcome as JSON (id, to, seq, status, outbox).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -168,7 +171,42 @@ fn via_text(via: Via) -> &'static str {
 }
 
 fn message_line(m: &ChatMessage) -> String {
-    format!("<{} #{}> {}", m.from, m.seq, m.text)
+    format!(
+        "[{}] <{} #{}> {}",
+        clock_time(m.sent_ms),
+        m.from,
+        m.seq,
+        m.text
+    )
+}
+
+/// A wall-clock time (ms since the epoch) in local time: `HH:MM:SS` when it
+/// is today, else `YYYY-MM-DD HH:MM:SS`.
+pub fn clock_time(ms: u64) -> String {
+    fn local(secs: i64) -> Option<libc::tm> {
+        let t = secs as libc::time_t;
+        // SAFETY: localtime_r only writes into the `tm` we own.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+        ok.then_some(tm)
+    }
+    let (Some(tm), Some(now)) = (
+        local((ms / 1000) as i64),
+        local((system_ms() / 1000) as i64),
+    ) else {
+        return format!("{ms} ms");
+    };
+    let time = format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec);
+    if (tm.tm_year, tm.tm_yday) == (now.tm_year, now.tm_yday) {
+        time
+    } else {
+        format!(
+            "{:04}-{:02}-{:02} {time}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday
+        )
+    }
 }
 
 fn failure_line(f: &Failure) -> String {
@@ -189,14 +227,44 @@ fn presence_line(p: &Presence) -> String {
 }
 
 /// `gestor send USER TO TEXT`.
+///
+/// A failure leaves nothing behind unless it says so: what can fail before
+/// the message exists (no session and no way to log in, an unknown
+/// recipient, no gestor answering) fails with nothing queued; a message
+/// that could not be handed off, and cannot have arrived, is taken back out
+/// of the outbox. It stays queued only when asked (`--no-mailbox` and the
+/// recipient offline: exit 0, "queued"), behind earlier queued messages to
+/// the same recipient, or when it may have arrived (no answer): then the
+/// error says it stays queued, and sending the same text again re-sends
+/// that message with its id (the recipient shows it once) instead of a
+/// second one.
 pub fn send(args: SendArgs) -> Result<()> {
     let opts = options(&args.user, &args.conn)?;
     let store = ChatStore::open(&opts.home, &args.user)?;
-    let message = store.enqueue(&args.to, &args.text, opts.use_mailbox, system_ms())?;
-    store.add_contacts(std::slice::from_ref(&args.to))?;
     let mut client = opts.client();
     let secure = opts.layer();
-    let mut s = session(&mut client, &store, &opts, &args.conn)?;
+    let nothing = |what: &str| format!("not sent to {}, nothing queued: {what}", args.to);
+    let mut s = session(&mut client, &store, &opts, &args.conn).map_err(|e| {
+        let what = format!("{e:#}");
+        anyhow::anyhow!(nothing(&what))
+    })?;
+    match client.lookup(&args.to) {
+        Ok(_) => {}
+        Err(e) => anyhow::bail!(nothing(&e.to_string())),
+    }
+    let (message, resent) = match store.unconfirmed(&args.to, &args.text)? {
+        Some(m) => (m, true),
+        None => (
+            store.enqueue(&args.to, &args.text, opts.use_mailbox, system_ms())?,
+            false,
+        ),
+    };
+    if resent {
+        note!(
+            "#{} to {} with this text is still unconfirmed in the outbox: sending it again (same id)",
+            message.seq, args.to
+        );
+    }
     let mut report = deliver_pending(
         &mut client,
         secure.clone(),
@@ -204,42 +272,115 @@ pub fn send(args: SendArgs) -> Result<()> {
         &s,
         &opts,
         Some(&args.to),
-    )?;
-    if report.unauthorized {
-        s = relogin(&mut client, &store, &opts, &args.conn)?;
-        report = deliver_pending(&mut client, secure, &store, &s, &opts, Some(&args.to))?;
+    );
+    if matches!(&report, Ok(r) if r.unauthorized) {
+        match relogin(&mut client, &store, &opts, &args.conn) {
+            Ok(fresh) => {
+                s = fresh;
+                report = deliver_pending(&mut client, secure, &store, &s, &opts, Some(&args.to));
+            }
+            Err(e) => report = Err(ChatError::Usage(format!("{e:#}"))),
+        }
     }
     remember_gestores(&opts.home, &client);
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing carried it (the pass failed on local state or login).
+            if !resent && store.withdraw(&message.id)? {
+                anyhow::bail!(nothing(&e.to_string()));
+            }
+            return Err(e.into());
+        }
+    };
     let sent = report.sent.iter().find(|(m, _)| m.id == message.id);
     let failed = report.failed.iter().find(|f| f.message.id == message.id);
-    let status = match (sent, failed) {
-        (Some((_, Via::Direct)), _) => "direct",
-        (Some((_, Via::Mailbox)), _) => "mailbox",
-        (None, Some(_)) => "failed",
-        (None, None) => "queued",
+    let stuck = report.stuck.get(&args.to);
+    let ours_first = stuck.is_some_and(|(id, _)| *id == message.id);
+    let reason = stuck.map(|(_, why)| why.clone()).unwrap_or_default();
+    enum Outcome {
+        Sent(Via),
+        Failed,
+        Queued,
+        Unconfirmed,
+        Withdrawn,
+        Gone,
+    }
+    let outcome = match (sent, failed) {
+        (Some((_, via)), _) => Outcome::Sent(*via),
+        (None, Some(_)) => Outcome::Failed,
+        // Asked for: keep it for the recipient's next appearance.
+        _ if !opts.use_mailbox || !ours_first => Outcome::Queued,
+        _ if resent || report.uncertain.contains(&message.id) => {
+            store.mark_unconfirmed(&message.id)?;
+            Outcome::Unconfirmed
+        }
+        _ if store.withdraw(&message.id)? => Outcome::Withdrawn,
+        // Handed off meanwhile by another client of this user (`gestor chat`).
+        _ => Outcome::Gone,
     };
+    if matches!(outcome, Outcome::Sent(_) | Outcome::Queued | Outcome::Gone) {
+        store.add_contacts(std::slice::from_ref(&args.to))?;
+    }
     if args.json {
-        say!(
+        let status = match outcome {
+            Outcome::Sent(Via::Direct) => "direct",
+            Outcome::Sent(Via::Mailbox) => "mailbox",
+            Outcome::Failed => "failed",
+            Outcome::Queued => "queued",
+            Outcome::Unconfirmed => "unconfirmed",
+            Outcome::Withdrawn => "not_sent",
+            Outcome::Gone => "handed_off",
+        };
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "id": message.id, "to": message.to, "seq": message.seq, "status": status,
-                "outbox": report.waiting,
+                "outbox": report.waiting, "reason": reason,
             }))?
-        );
-    } else {
-        match (sent, failed) {
-            (Some((_, via)), _) => say!("#{} to {}: {}", message.seq, args.to, via_text(*via)),
-            (None, Some(f)) => say!("{}", failure_line(f)),
-            (None, None) => say!(
-                "#{} to {}: queued in the outbox ({} waiting); `gestor chat {}` delivers it when {} is online",
-                message.seq, args.to, report.waiting, args.user, args.to
-            ),
+        )?;
+    }
+    let user = &args.user;
+    let to = &args.to;
+    let seq = message.seq;
+    match outcome {
+        Outcome::Sent(via) => {
+            if !args.json {
+                outln!("#{seq} to {to}: {}", via_text(via))?;
+            }
+            Ok(())
         }
+        Outcome::Gone => {
+            if !args.json {
+                outln!("#{seq} to {to}: handed off by another client of {user}")?;
+            }
+            Ok(())
+        }
+        Outcome::Queued => {
+            if !args.json {
+                let behind = if ours_first {
+                    String::new()
+                } else {
+                    format!(", behind earlier messages to {to}")
+                };
+                outln!(
+                    "#{seq} to {to}: queued in {user}'s outbox ({} waiting{behind}: {reason}); `gestor chat {user}` delivers it when {to} is online",
+                    report.waiting
+                )?;
+            }
+            Ok(())
+        }
+        Outcome::Failed => {
+            if let (false, Some(f)) = (args.json, failed) {
+                outln!("{}", failure_line(f))?;
+            }
+            anyhow::bail!("#{seq} to {to} not delivered; nothing queued")
+        }
+        Outcome::Withdrawn => anyhow::bail!(nothing(&reason)),
+        Outcome::Unconfirmed => anyhow::bail!(
+            "#{seq} to {to} not confirmed ({reason}); it may have arrived, so it stays queued in {user}'s outbox: the next `gestor send {user}` or `gestor chat {user}` sends it again with the same id and {to} sees it once (running this command again does not send it twice)"
+        ),
     }
-    if failed.is_some() {
-        anyhow::bail!("message not delivered");
-    }
-    Ok(())
 }
 
 /// `gestor inbox USER`.
@@ -263,32 +404,41 @@ pub fn inbox(args: InboxArgs) -> Result<()> {
     store.release_held(opts.gap_wait.as_millis() as u64, system_ms())?;
     let messages = store.inbox()?;
     if args.json {
-        say!("{}", serde_json::to_string_pretty(&messages)?);
+        outln!("{}", serde_json::to_string_pretty(&messages)?)?;
     } else {
         for m in &messages {
-            say!("{}", message_line(m));
+            outln!("{}", message_line(m))?;
         }
         for f in &bounced {
-            say!("{}", failure_line(f));
+            outln!("{}", failure_line(f))?;
         }
     }
     let held = store.held_count()?;
     if held > 0 {
-        eprintln!("{held} message(s) held until the earlier ones from their sender arrive");
+        note!("{held} message(s) held until the earlier ones from their sender arrive");
     }
     Ok(())
 }
 
 const HELP: &str = "commands:
-  /send USER TEXT     send a message (also: @USER TEXT)
+  /to USER            talk to USER: plain text lines go to USER from now on
+  /to                 show whom plain text goes to
+  TEXT                a line not starting with / or @ goes to the /to user
+  /send USER TEXT     send a message to USER (also: @USER TEXT)
   /presence USER      where is USER, online or not
   /contacts           contacts and their presence
   /add USER           watch USER's presence
   /inbox              every message received
   /outbox             messages not handed off yet
-  /quit               hand off the outbox (up to --flush-ms), log out, exit (also end of input)";
+  /quit               hand off the outbox (up to --flush-ms), log out, exit (also end of input)
+messages show the time they were sent ([HH:MM:SS], with the date when not today)";
 
 /// `gestor chat USER`: interactive; reads commands from stdin, prints events.
+///
+/// One thread reads standard input; this one prints events and runs
+/// commands. The chat ends at `/quit`, at the end of input, or when its
+/// output is closed (`gestor chat alice | head`): in every case it hands off
+/// the outbox and logs out before exiting.
 pub fn chat(args: ChatArgs) -> Result<()> {
     let mut opts = options(&args.user, &args.conn)?;
     let store = ChatStore::open(&opts.home, &args.user)?;
@@ -297,62 +447,162 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     opts.retry_every = Duration::from_millis(args.retry_ms.max(100));
     drop(store);
     let client = ChatClient::start(opts.clone()).map_err(anyhow::Error::from)?;
-    say!(
-        "chat: {} listening on {}; /help for commands",
-        args.user,
-        opts.address
-    );
-    for m in &client.initial.delivered {
-        say!("{}", message_line(m));
-    }
     let events = client.events().clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let printer_stop = stop.clone();
-    let printer = std::thread::spawn(move || {
-        while !printer_stop.load(std::sync::atomic::Ordering::SeqCst) || !events.is_empty() {
-            if let Ok(e) = events.recv_timeout(Duration::from_millis(100)) {
-                print_event(&e);
-            }
-        }
-    });
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        let line = line.context("reading commands")?;
-        match run_command(&client, line.trim()) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => say!("error: {e}"),
-        }
-    }
+    let shown = show_start(&client, &args.user, &opts.address);
+    let ended = match shown {
+        Ok(()) => converse(&client),
+        Err(e) => Err(e),
+    };
+    // Hand off and log out however the conversation ended.
     let flushed = client.flush(Duration::from_millis(args.flush_ms));
-    if !flushed {
-        say!(
-            "{} message(s) stay in the outbox for the next `gestor chat {}`",
-            client.outbox_len().unwrap_or(0),
-            args.user
-        );
+    let left = client.outbox_len().unwrap_or(0);
+    let quit = client.quit();
+    let mut farewell = Ok(());
+    if ended.is_ok() {
+        // What the hand-off did (sent, undeliverable) before the farewell.
+        for e in events.try_iter() {
+            farewell = farewell.and_then(|()| print_event(&e));
+        }
+        if !flushed && farewell.is_ok() {
+            farewell = outln!(
+                "{left} message(s) stay in the outbox for the next `gestor chat {}`",
+                args.user
+            );
+        }
+        quit.map_err(anyhow::Error::from)?;
+        if farewell.is_ok() {
+            farewell = outln!("bye");
+        }
+        farewell?;
+    } else {
+        if let Err(e) = quit {
+            tracing::warn!("log out: {e}");
+        }
+        ended?;
     }
-    let result = client.quit();
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = printer.join();
-    result.map_err(anyhow::Error::from)?;
-    say!("bye");
     Ok(())
 }
 
-fn print_event(e: &ChatEvent) {
+fn show_start(client: &ChatClient, user: &str, address: &str) -> Result<(), StdoutError> {
+    outln!("chat: {user} listening on {address}; /help for commands")?;
+    for m in &client.initial.delivered {
+        outln!("{}", message_line(m))?;
+    }
+    Ok(())
+}
+
+/// What the input thread hands over.
+enum Input {
+    Line(String),
+    End(Option<String>),
+}
+
+/// Events and commands until /quit, end of input or a closed output.
+fn converse(client: &ChatClient) -> Result<(), StdoutError> {
+    let (tx, lines) = crossbeam_channel::bounded::<Input>(16);
+    // Blocked in read() until a line or the end of input; when the chat
+    // ends first, the process exits under it.
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                match line {
+                    Ok(l) => {
+                        if tx.send(Input::Line(l)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Input::End(Some(e.to_string())));
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Input::End(None));
+        })
+        .map_err(StdoutError::Io)?;
+    let events = client.events().clone();
+    let mut talk = Talk::default();
+    loop {
+        if crate::out::closed() {
+            return Err(StdoutError::Closed);
+        }
+        crossbeam_channel::select! {
+            recv(events) -> e => {
+                if let Ok(e) = e {
+                    print_event(&e)?;
+                }
+            }
+            recv(lines) -> input => match input {
+                Ok(Input::Line(line)) => match run_command(client, &mut talk, line.trim()) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(CommandError::Chat(e)) => outln!("error: {e}")?,
+                    Err(CommandError::Stdout(e)) => return Err(e),
+                },
+                Ok(Input::End(Some(e))) => {
+                    tracing::warn!("reading commands: {e}");
+                    break;
+                }
+                Ok(Input::End(None)) | Err(_) => break,
+            },
+            default(Duration::from_millis(250)) => {}
+        }
+    }
+    // Whatever arrived meanwhile is shown before the farewell.
+    while let Ok(e) = events.try_recv() {
+        print_event(&e)?;
+    }
+    Ok(())
+}
+
+fn print_event(e: &ChatEvent) -> Result<(), StdoutError> {
     match e {
-        ChatEvent::Message(m) => say!("{}", message_line(m)),
-        ChatEvent::Presence(p) => say!("{}", presence_line(p)),
-        ChatEvent::Sent { to, seq, via, .. } => say!("#{seq} to {to}: {}", via_text(*via)),
-        ChatEvent::Undeliverable(f) => say!("{}", failure_line(f)),
-        ChatEvent::Problem(p) => say!("! {p}"),
+        ChatEvent::Message(m) => outln!("{}", message_line(m)),
+        ChatEvent::Presence(p) => outln!("{}", presence_line(p)),
+        ChatEvent::Sent { to, seq, via, .. } => outln!("#{seq} to {to}: {}", via_text(*via)),
+        ChatEvent::Undeliverable(f) => outln!("{}", failure_line(f)),
+        ChatEvent::Problem(p) => outln!("! {p}"),
     }
 }
 
+/// The conversation's state: whom plain text goes to.
+#[derive(Default)]
+struct Talk {
+    to: Option<String>,
+}
+
+enum CommandError {
+    /// Shown, and the chat goes on.
+    Chat(ChatError),
+    /// Nobody reads the output any more: the chat ends.
+    Stdout(StdoutError),
+}
+
+impl From<ChatError> for CommandError {
+    fn from(e: ChatError) -> Self {
+        CommandError::Chat(e)
+    }
+}
+
+impl From<StdoutError> for CommandError {
+    fn from(e: StdoutError) -> Self {
+        CommandError::Stdout(e)
+    }
+}
+
+fn send_to(client: &ChatClient, to: &str, text: &str) -> Result<(), CommandError> {
+    if text.is_empty() {
+        return Err(ChatError::Usage(format!("nothing to send to {to}")).into());
+    }
+    let m = client.send(to, text)?;
+    outln!("#{} to {to}: queued", m.seq)?;
+    Ok(())
+}
+
 /// One input line; false means quit.
-fn run_command(client: &ChatClient, line: &str) -> Result<bool, ChatError> {
-    let usage = |s: &str| ChatError::Usage(format!("usage: {s}"));
+fn run_command(client: &ChatClient, talk: &mut Talk, line: &str) -> Result<bool, CommandError> {
+    let usage = |s: &str| CommandError::Chat(ChatError::Usage(format!("usage: {s}")));
     if line.is_empty() {
         return Ok(true);
     }
@@ -362,25 +612,35 @@ fn run_command(client: &ChatClient, line: &str) -> Result<bool, ChatError> {
     };
     match cmd {
         "/quit" | "/exit" => return Ok(false),
-        "/help" => say!("{HELP}"),
+        "/help" => outln!("{HELP}")?,
+        "/to" => {
+            if rest.is_empty() {
+                match &talk.to {
+                    Some(to) => outln!("plain text goes to {to}")?,
+                    None => outln!("plain text goes to nobody yet: /to USER")?,
+                }
+            } else if rest.contains(char::is_whitespace) {
+                return Err(usage("/to USER"));
+            } else {
+                client.add_contact(rest)?;
+                talk.to = Some(rest.to_string());
+                outln!("talking to {rest}: plain text goes to {rest}")?;
+            }
+        }
         "/send" | "/msg" => {
             let (to, text) = rest
                 .split_once(char::is_whitespace)
                 .ok_or_else(|| usage("/send USER TEXT"))?;
-            let m = client.send(to, text.trim())?;
-            say!("#{} to {to}: queued", m.seq);
+            send_to(client, to, text.trim())?;
         }
-        c if c.starts_with('@') && c.len() > 1 => {
-            let m = client.send(&c[1..], rest)?;
-            say!("#{} to {}: queued", m.seq, &c[1..]);
-        }
+        c if c.starts_with('@') && c.len() > 1 => send_to(client, &c[1..], rest)?,
         "/presence" | "/who" => {
             if rest.is_empty() {
                 return Err(usage("/presence USER"));
             }
             let f = client.lookup(rest)?;
-            say!(
-                "{} is {}{} (last seen {} ms since epoch; gestor {})",
+            outln!(
+                "{} is {}{} (last seen {}; gestor {})",
                 f.user,
                 if f.online { "online" } else { "offline" },
                 if f.address.is_empty() {
@@ -388,15 +648,15 @@ fn run_command(client: &ChatClient, line: &str) -> Result<bool, ChatError> {
                 } else {
                     format!(" at {}", f.address)
                 },
-                f.last_seen_ms,
+                clock_time(f.last_seen_ms),
                 f.gestor
-            );
+            )?;
         }
         "/contacts" => {
             for (user, p) in client.contacts()? {
                 match p {
-                    Some(p) => say!("{}", presence_line(&p)),
-                    None => say!("* {user}: presence not known yet"),
+                    Some(p) => outln!("{}", presence_line(&p))?,
+                    None => outln!("* {user}: presence not known yet")?,
                 }
             }
         }
@@ -405,19 +665,31 @@ fn run_command(client: &ChatClient, line: &str) -> Result<bool, ChatError> {
                 return Err(usage("/add USER"));
             }
             client.add_contact(rest)?;
-            say!("watching {rest}");
+            outln!("watching {rest}")?;
         }
         "/inbox" => {
             for m in client.inbox()? {
-                say!("{}", message_line(&m));
+                outln!("{}", message_line(&m))?;
             }
         }
         "/outbox" => {
             for m in client.store().outbox()? {
-                say!("#{} to {}: {}", m.message.seq, m.message.to, m.message.text);
+                outln!(
+                    "[{}] #{} to {}: {}",
+                    clock_time(m.message.sent_ms),
+                    m.message.seq,
+                    m.message.to,
+                    m.message.text
+                )?;
             }
         }
-        _ => say!("unknown command; /help lists them"),
+        c if c.starts_with('/') => outln!("unknown command {c}; /help lists them")?,
+        _ => match &talk.to {
+            Some(to) => send_to(client, &to.clone(), line)?,
+            None => {
+                outln!("whom to? /to USER first (then plain text goes to USER), or @USER TEXT")?
+            }
+        },
     }
     Ok(true)
 }

@@ -270,6 +270,32 @@ pub struct PassReport {
     pub waiting: usize,
     /// The session token was refused: log in again.
     pub unauthorized: bool,
+    /// For each recipient with messages still waiting: the id of the first
+    /// one (the others wait behind it, in order) and why it was not handed off.
+    pub stuck: BTreeMap<String, (String, String)>,
+    /// Waiting messages that may have arrived all the same: a request
+    /// carrying them got no answer (timeout), rather than a refusal.
+    pub uncertain: std::collections::BTreeSet<String>,
+}
+
+/// Whether a request that failed with `e` may have reached its receiver
+/// (no answer, a garbled answer) — as opposed to a refusal, or an address
+/// it could never have reached.
+pub fn may_have_arrived(e: &ChatError) -> bool {
+    use gestor_sdk::TransportError as T;
+    let transport = |t: &T| {
+        !matches!(
+            t,
+            T::BadAddress { .. } | T::Bind { .. } | T::TooLarge { .. } | T::Untrusted { .. }
+        )
+    };
+    match e {
+        ChatError::Client(ClientError::Remote(_)) => false,
+        ChatError::Client(ClientError::Unreachable { last, .. }) => transport(last),
+        ChatError::Client(ClientError::Transport(t)) | ChatError::Transport(t) => transport(t),
+        ChatError::Client(ClientError::Malformed { .. }) => true,
+        ChatError::Io(_) | ChatError::Usage(_) => false,
+    }
 }
 
 /// One send-pending pass: hand off the outbox, in order per recipient
@@ -300,6 +326,7 @@ pub fn deliver_pending(
             report.waiting += messages.len();
             continue;
         }
+        let mut why = String::new();
         let found = match client.lookup(&peer) {
             Ok(f) => Some(f),
             Err(ClientError::Remote(h)) if h.code == ErrorCode::NotFound => {
@@ -311,30 +338,51 @@ pub fn deliver_pending(
             }
             Err(e) => {
                 tracing::debug!(%peer, "lookup failed: {e}");
+                why = format!("cannot look up {peer}: {e}");
                 None
             }
         };
         let mut remaining = messages.len();
         for m in &messages {
             let mut via = None;
+            let mut maybe = false;
             if let Some(f) = found.as_ref().filter(|f| f.online && !f.address.is_empty()) {
                 match send_direct(secure.clone(), &f.address, &m.message, opts.timeout) {
                     Ok(_) => via = Some(Via::Direct),
                     Err(e) => {
-                        tracing::debug!(%peer, address = %f.address, "direct send failed: {e}")
+                        tracing::debug!(%peer, address = %f.address, "direct send failed: {e}");
+                        maybe |= may_have_arrived(&e);
+                        why = format!("{peer} is online at {} but did not take it: {e}", f.address);
                     }
                 }
+            } else if found.is_some() {
+                why = format!("{peer} is offline");
             }
             if via.is_none() && m.mailbox && found.is_some() {
                 match put_in_mailbox(client, session, &m.message) {
                     Ok(_) => via = Some(Via::Mailbox),
                     Err(e) if e.code() == Some(ErrorCode::Unauthorized) => {
                         report.unauthorized = true;
+                        why = format!("the session of {} has ended", session.username);
                     }
-                    Err(e) => tracing::debug!(%peer, "mailbox put failed: {e}"),
+                    Err(e) => {
+                        tracing::debug!(%peer, "mailbox put failed: {e}");
+                        maybe |= may_have_arrived(&e);
+                        why = format!("{why}; leaving it in the mailbox failed: {e}");
+                    }
                 }
+            } else if via.is_none() && !m.mailbox && found.is_some() {
+                why = format!("{why}, and the mailbox is not used (--no-mailbox)");
             }
-            let Some(via) = via else { break };
+            let Some(via) = via else {
+                if maybe {
+                    report.uncertain.insert(m.message.id.clone());
+                }
+                report
+                    .stuck
+                    .insert(peer.clone(), (m.message.id.clone(), why));
+                break;
+            };
             store.sent(&m.message.id)?;
             remaining -= 1;
             report.sent.push((m.message.clone(), via));
@@ -718,8 +766,6 @@ impl ChatClient {
     /// `tcp://ADDRESS` and start send-alive and send-pending.
     pub fn start(opts: ChatOptions) -> Result<ChatClient, ChatError> {
         let store = ChatStore::open(&opts.home, &opts.username)?;
-        store.add_contacts(&opts.contacts)?;
-        store.set_address(&opts.address)?;
         let mut client = opts.client();
         let secure = opts.layer();
         let session = login(
@@ -729,6 +775,10 @@ impl ChatClient {
             &opts.password,
             &opts.address,
         )?;
+        // Remembered only once logged in: a chat that could not start
+        // leaves no address or contacts behind.
+        store.add_contacts(&opts.contacts)?;
+        store.set_address(&opts.address)?;
         // The mailbox first, then the receiver: what waited for us comes
         // before anything sent to us directly from now on.
         let initial = fetch_mailbox(&mut client, &store, &session)?;
@@ -889,5 +939,46 @@ impl ChatClient {
 impl Drop for ChatClient {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gestor_sdk::TransportError;
+
+    /// Only a request that may have been taken (no answer, a garbled one)
+    /// keeps a failed `gestor send` queued; a refusal or an address that
+    /// could not be used does not.
+    #[test]
+    fn what_may_have_arrived() {
+        let timeout = TransportError::Timeout {
+            url: "tcp://h:1".into(),
+            timeout_ms: 5,
+        };
+        let unreachable = |last| {
+            ChatError::Client(ClientError::Unreachable {
+                tried: "tcp://h:1".into(),
+                last,
+            })
+        };
+        assert!(may_have_arrived(&unreachable(timeout.clone())));
+        assert!(may_have_arrived(&ChatError::Transport(timeout)));
+        assert!(may_have_arrived(&ChatError::Client(
+            ClientError::Malformed {
+                url: "tcp://h:1".into(),
+                reason: "cut short".into(),
+            }
+        )));
+        assert!(!may_have_arrived(&ChatError::Client(ClientError::Remote(
+            HandlerError::new(ErrorCode::Forbidden, "no")
+        ))));
+        assert!(!may_have_arrived(&unreachable(
+            TransportError::BadAddress {
+                url: "x".into(),
+                reason: "no scheme".into(),
+            }
+        )));
+        assert!(!may_have_arrived(&ChatError::Usage("no password".into())));
     }
 }

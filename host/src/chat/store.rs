@@ -30,6 +30,11 @@ pub struct Outgoing {
     pub message: ChatMessage,
     /// Whether it may be left in the recipient's mailbox when they are offline.
     pub mailbox: bool,
+    /// A `gestor send` that queued it failed without knowing whether it
+    /// arrived (no answer): the same text sent again to the same recipient
+    /// re-sends this message (same id) instead of queueing a second one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unconfirmed: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -206,6 +211,7 @@ impl ChatStore {
         outbox.messages.push(Outgoing {
             message: message.clone(),
             mailbox,
+            unconfirmed: false,
         });
         self.write_json("outbox.json", &outbox)?;
         Ok(message)
@@ -226,6 +232,51 @@ impl ChatStore {
             self.write_json("outbox.json", &outbox)?;
         }
         Ok(())
+    }
+
+    /// Take back a message that was never handed off (the command that
+    /// queued it failed): out of the outbox, and its sequence number given
+    /// back when it was the last one issued to its recipient, so the
+    /// recipient sees no gap. Returns false when it was no longer queued
+    /// (another client of this user handed it off meanwhile).
+    pub fn withdraw(&self, id: &str) -> Result<bool, ChatError> {
+        let _g = self.lock()?;
+        let mut outbox: Outbox = self.read_json("outbox.json")?;
+        let Some(at) = outbox.messages.iter().position(|m| m.message.id == id) else {
+            return Ok(false);
+        };
+        let m = outbox.messages.remove(at).message;
+        if let Some(next) = outbox.next_seq.get_mut(&m.to) {
+            if *next == m.seq + 1 {
+                *next = m.seq;
+            }
+        }
+        self.write_json("outbox.json", &outbox)?;
+        Ok(true)
+    }
+
+    /// Mark a queued message as possibly arrived (see [`Outgoing::unconfirmed`]).
+    pub fn mark_unconfirmed(&self, id: &str) -> Result<(), ChatError> {
+        let _g = self.lock()?;
+        let mut outbox: Outbox = self.read_json("outbox.json")?;
+        if let Some(m) = outbox.messages.iter_mut().find(|m| m.message.id == id) {
+            if !m.unconfirmed {
+                m.unconfirmed = true;
+                self.write_json("outbox.json", &outbox)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The queued, unconfirmed message to `to` with exactly `text`, if any.
+    pub fn unconfirmed(&self, to: &str, text: &str) -> Result<Option<ChatMessage>, ChatError> {
+        let _g = self.lock()?;
+        let outbox: Outbox = self.read_json("outbox.json")?;
+        Ok(outbox
+            .messages
+            .into_iter()
+            .find(|m| m.unconfirmed && m.message.to == to && m.message.text == text)
+            .map(|m| m.message))
     }
 
     /// Move a message out of the outbox into `failed.jsonl`.
@@ -468,6 +519,26 @@ mod tests {
         s.sent(&m1.id).unwrap();
         assert_eq!(s.outbox().unwrap()[0].message.id, m2.id);
         assert_eq!(s.enqueue("bob", "x", true, 3).unwrap().seq, 3);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn withdraw_gives_the_last_seq_back_and_unconfirmed_is_found_again() {
+        let dir = tempfile_dir();
+        let s = ChatStore::open(&dir, "al").unwrap();
+        let m1 = s.enqueue("bob", "hi", true, 1).unwrap();
+        let m2 = s.enqueue("bob", "there", true, 2).unwrap();
+        assert!(s.withdraw(&m2.id).unwrap());
+        assert!(!s.withdraw(&m2.id).unwrap(), "already gone");
+        assert_eq!(s.enqueue("bob", "again", true, 3).unwrap().seq, 2);
+        // Not the last one issued: no seq given back (the next would collide).
+        assert!(s.withdraw(&m1.id).unwrap());
+        assert_eq!(s.enqueue("bob", "later", true, 4).unwrap().seq, 3);
+        assert_eq!(s.unconfirmed("bob", "later").unwrap(), None);
+        let later = s.outbox().unwrap().last().unwrap().message.clone();
+        s.mark_unconfirmed(&later.id).unwrap();
+        assert_eq!(s.unconfirmed("bob", "later").unwrap(), Some(later));
+        assert_eq!(s.unconfirmed("bob", "other text").unwrap(), None);
         std::fs::remove_dir_all(&dir).ok();
     }
 

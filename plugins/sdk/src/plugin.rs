@@ -266,9 +266,26 @@ impl PluginContext {
         if v.is_null() {
             return Ok(T::default());
         }
-        v.deserialized().map_err(|e| PluginError::Start {
-            plugin: self.plugin.clone(),
-            reason: format!("invalid configuration: {e}"),
+        let message = |e: ciborium::value::Error| match e {
+            ciborium::value::Error::Custom(message) => message,
+        };
+        v.deserialized().map_err(|e| {
+            // Name the setting: the first key refused even on its own.
+            let key = v.as_map().and_then(|entries| {
+                entries.iter().find_map(|(k, x)| {
+                    let alone = Value::Map(vec![(k.clone(), x.clone())]);
+                    let e = alone.deserialized::<T>().err()?;
+                    Some(format!(".{}: {}", k.as_text().unwrap_or("?"), message(e)))
+                })
+            });
+            PluginError::Start {
+                plugin: self.plugin.clone(),
+                reason: format!(
+                    "invalid configuration plugins.config.{}{}",
+                    self.plugin,
+                    key.unwrap_or_else(|| format!(": {}", message(e)))
+                ),
+            }
         })
     }
 
