@@ -160,6 +160,11 @@ fn scan_item(bytes: &[u8]) -> Result<usize, ItemError> {
         };
         let complete = match (major, arg) {
             (6, Some(tag)) => return Err(ItemError::Tag(tag)),
+            (0 | 1 | 6, None) => {
+                return Err(ItemError::Syntax(format!(
+                    "indefinite length in header byte {initial:#04x}"
+                )))
+            }
             (2 | 3, Some(len)) => {
                 let end = usize::try_from(len)
                     .ok()
@@ -520,6 +525,8 @@ mod tests {
             &[0xff],
             &[0x1c],
             &[0x7f, 0x61],
+            &[0x1f],
+            &[0xdf, 0x01],
             &[0xbb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
         ] {
             assert!(decode_item(bad).is_err(), "{bad:02x?}");
