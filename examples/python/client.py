@@ -27,6 +27,7 @@ Single steps:
     client.py set-address alice --token T --address 10.0.0.1:4001
     client.py logout alice --token T
     client.py status
+    client.py conformance   # checks the rules of PROTOCOL.md sections 4, 5, 7, 9 and 18.3
 
 The whole flow, with checks (exit status 0 only if every step behaved as the
 protocol document says):
@@ -385,6 +386,11 @@ class Client:
     def request_to(self, url, kind, body=None):
         """One request to one gestor; returns the decoded reply envelope, or None on timeout."""
         inner = cbor2.dumps({"v": PROTOCOL_VERSION, "kind": kind, "body": body})
+        return self.request_inner(url, inner)
+
+    def request_inner(self, url, inner):
+        """Send the inner request `inner` (bytes, section 3) to `url`, sealed
+        (or in plaintext to an --insecure ring); the reply envelope or None."""
         if self.cluster_key is None:
             return self._plain_request_to(url, inner)
         for _ in range(2):  # twice only if the gestor forgot our session
@@ -476,6 +482,17 @@ class Client:
 
     def logout(self, username, token):
         return self.call("user.logout", {"username": username, "token": token})
+
+    # ---- the mailbox (PROTOCOL.md section 18.3) -------------------------------
+
+    def mail_put(self, token, message):
+        """Leave `message` (the six keys of section 18.1) in its recipient's mailbox."""
+        body = {"token": token}  # one flat map: the token beside the message's keys
+        body.update(message)
+        return self.call("mail.put", body)
+
+    def mail_fetch(self, username, token):
+        return self.call("mail.fetch", {"username": username, "token": token})
 
     def close(self):
         for url in list(self.sockets):
@@ -650,6 +667,141 @@ def demo(client, args):
     print(f"demo passed for {user} ({n} secure session{'' if n == 1 else 's'})")
 
 
+# ---- the rules a client relies on, checked against a ring ------------------------------
+
+
+def expect_reply_error(code, reply, what):
+    """`reply` is an error envelope with `code`."""
+    if reply is None:
+        raise DemoFailure(f"{what}: no reply")
+    got = (reply.get("error") or {}).get("code") if not reply.get("ok") else "ok"
+    expect(got == code, f"{what}: {code}")
+
+
+def envelope_rules(client, url):
+    """Sections 3, 4 and 5: what a gestor makes of frames that are not quite right."""
+    step("envelope rules (sections 4 and 5)")
+
+    def raw(inner):
+        return client.request_inner(url, inner)
+
+    ping = {"v": 1, "kind": "node.ping", "body": None}
+    expect(raw(cbor2.dumps(ping))["ok"] is True, "a plain ping is answered")
+    expect_reply_error(
+        "malformed",
+        raw(cbor2.dumps({b"v": 1, "kind": "node.ping"})),
+        "a byte-string key in the envelope",
+    )
+    expect_reply_error(
+        "malformed",
+        raw(cbor2.dumps({"v": 1, "kind": b"node.ping"})),
+        "a byte-string kind",
+    )
+    for v in (2, 2**32, 2**64 - 1):
+        expect_reply_error(
+            "bad_request", raw(cbor2.dumps({"v": v, "kind": "node.ping"})), f"v = {v}"
+        )
+    for v in (-1, 1.0, "1"):
+        expect_reply_error(
+            "malformed", raw(cbor2.dumps({"v": v, "kind": "node.ping"})), f"v = {v!r}"
+        )
+    expect_reply_error("malformed", raw(cbor2.dumps(ping) + b"\x00"), "a byte after the item")
+    expect_reply_error(
+        "malformed",
+        raw(cbor2.dumps({"v": 1, "kind": "node.ping", "body": cbor2.CBORTag(0, "x")})),
+        "a tag in the body",
+    )
+    # The envelope is level 1: a body 31 arrays deep is fine, 32 is not.
+    def nested(levels):
+        body = []
+        for _ in range(levels - 1):
+            body = [body]
+        return {"v": 1, "kind": "node.ping", "body": body}
+
+    expect(raw(cbor2.dumps(nested(31)))["ok"] is True, "32 levels of nesting are fine")
+    deep = raw(cbor2.dumps(nested(32)))
+    expect_reply_error("malformed", deep, "33 levels of nesting")
+    expect("nested deeper than 32" in deep["error"]["message"], "the message says why")
+
+
+def address_rules(client, password):
+    """Section 9, with the examples it gives; a bad address is never answered ok."""
+    step("address rules (section 9)")
+    for bad in ["host", ":80", "host:0", "h:99999", "h:+80", "h:080", "::1:9000", "[::1]",
+                "[example.org]:80", "a/b:80", ""]:
+        user = f"py-{secrets.token_hex(4)}"
+        expect_error("bad_request", client.register, user, password, bad)
+    for good in ["127.0.0.1:9000", "example.org:5000", "[::1]:9000"]:
+        user = f"py-{secrets.token_hex(4)}"
+        client.register(user, password, good)
+        expect(client.lookup(user)["address"] == good, f"{good!r} is stored as given")
+
+
+def register_retries(client, password):
+    """Section 7: a retry is the same request; anything else is refused, not ignored."""
+    step("register retries (section 7)")
+    user = f"py-{secrets.token_hex(4)}"
+    client.register(user, password, "127.0.0.1:9100")
+    again = client.register(user, password, "127.0.0.1:9100")
+    expect(again["username"] == user, "the same register again is a retry")
+    expect_error("conflict", client.register, user, password, "127.0.0.1:9101")
+    expect_error("bad_request", client.register, user, password, "h:080")
+    expect_error("conflict", client.register, user, password + "x", "127.0.0.1:9100")
+    expect(client.lookup(user)["address"] == "127.0.0.1:9100", "the account is unchanged")
+    session = client.login(user, password, "127.0.0.1:9102")
+    expect_error("conflict", client.register, user, password, "127.0.0.1:9100")
+    client.logout(user, session["token"])
+    expect(client.logout(user, session["token"])["ok"] is True, "a repeated logout answers ok")
+
+
+def mail_put_body(client, password):
+    """Section 18.3: one flat map of seven keys; seq starts at 1; the id de-duplicates."""
+    step("mail.put (section 18.3)")
+    sender, recipient = f"py-{secrets.token_hex(4)}", f"py-{secrets.token_hex(4)}"
+    client.register(sender, password)
+    client.register(recipient, password)
+    token = client.login(sender, password, "127.0.0.1:9200")["token"]
+    message = {
+        "id": secrets.token_hex(16),
+        "from": sender,
+        "to": recipient,
+        "seq": 1,
+        "sent_ms": int(time.time() * 1000),
+        "text": "left in the mailbox",
+    }
+    expect(client.mail_put(token, message)["stored"] is True, "a flat body is stored")
+    expect(client.mail_put(token, message)["stored"] is False, "the same put again is not")
+    expect(
+        client.mail_put(token, dict(message, seq=2))["stored"] is False,
+        "nor the same id with another seq",
+    )
+    expect_error("bad_request", client.call, "mail.put", {"token": token, "mail": message})
+    for field, value in (("seq", 0), ("seq", 1.0), ("id", "a/b")):
+        fresh = dict(message, id=secrets.token_hex(16))
+        fresh[field] = value
+        expect_error("bad_request", client.mail_put, token, fresh)
+    expect_error("unauthorized", client.mail_put, "0" * 32, dict(message, id=secrets.token_hex(16)))
+    expect_error(
+        "not_found",
+        client.mail_put,
+        token,
+        dict(message, id=secrets.token_hex(16), to=f"nobody-{secrets.token_hex(4)}"),
+    )
+    inbox = client.login(recipient, password, "127.0.0.1:9201")
+    held = client.mail_fetch(recipient, inbox["token"])["messages"]
+    expect([m["id"] for m in held] == [message["id"]], "the recipient holds it once")
+
+
+def conformance(client, args):
+    password = secrets.token_urlsafe(12)
+    url = client.candidates[0]
+    envelope_rules(client, url)
+    address_rules(client, password)
+    register_retries(client, password)
+    mail_put_body(client, password)
+    print("conformance passed")
+
+
 # ---- command line ---------------------------------------------------------------------
 
 
@@ -729,6 +881,11 @@ def main(argv=None):
         help="interval between alive signals (0: use alive_every_ms from login)",
     )
 
+    sub.add_parser(
+        "conformance",
+        help="check the envelope, address, register-retry and mail.put rules of PROTOCOL.md",
+    )
+
     args = p.parse_args(argv)
     try:
         if args.cluster_pub:
@@ -779,6 +936,8 @@ def main(argv=None):
             show(client.logout(args.user, args.token))
         elif args.command == "demo":
             demo(client, args)
+        elif args.command == "conformance":
+            conformance(client, args)
         return 0
     except GestorError as e:
         print(f"error: {e}", file=sys.stderr)

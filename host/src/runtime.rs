@@ -19,7 +19,7 @@ use gestor_sdk::hlc::system_ms;
 use gestor_sdk::plugin::{LoopFn, RequestFn, SignalFn};
 use gestor_sdk::transport::{Endpoint, Publisher, Replier, Requester, Transport, TransportOptions};
 use gestor_sdk::wire::to_value;
-use gestor_sdk::wire::{from_cbor, to_cbor, Reply, Request, PROTOCOL_VERSION};
+use gestor_sdk::wire::{decode_item, decode_request, from_cbor, to_cbor, Reply, Request};
 use gestor_sdk::{
     CallError, Clock, ErrorCode, HandlerError, Host, Kind, KindClass, PluginContext, PluginError,
     RequestMeta, Store, Value,
@@ -187,23 +187,10 @@ impl HostCore {
                 format!("request of {} bytes exceeds the limit", frame.len()),
             )
         } else {
-            match from_cbor::<Request>(frame) {
+            match decode_request(frame) {
                 Err(e) => {
-                    refused(ErrorCode::Malformed);
-                    error_reply(
-                        ErrorCode::Malformed,
-                        format!("not a CBOR request envelope: {e}"),
-                    )
-                }
-                Ok(req) if req.v != PROTOCOL_VERSION => {
-                    refused(ErrorCode::BadRequest);
-                    error_reply(
-                        ErrorCode::BadRequest,
-                        format!(
-                            "unsupported protocol version {} (this node speaks {PROTOCOL_VERSION})",
-                            req.v
-                        ),
-                    )
+                    refused(e.code);
+                    Reply::err(e)
                 }
                 Ok(req) => Reply::from_result(self.dispatch(&req.kind, &req.body, origin)),
             }
@@ -415,7 +402,7 @@ impl HostCore {
             tracing::debug!(%topic, "dropping a gestor signal sent by a non-gestor");
             return;
         }
-        let body: Value = match from_cbor(payload) {
+        let body: Value = match decode_item(payload) {
             Ok(v) => v,
             Err(e) => {
                 self.malformed_signals.fetch_add(1, Ordering::Relaxed);

@@ -195,12 +195,36 @@ fn garbage_frames_get_error_replies(transport: TransportKind) {
             ErrorCode::BadRequest,
         ),
     ];
-    for (frame, expected) in cases {
+    for (frame, expected) in cases.into_iter().chain(envelope_cases()) {
         let bytes = requester.request(&frame, Duration::from_secs(5)).unwrap();
         let reply: Reply = from_cbor(&bytes).unwrap();
-        assert!(!reply.ok);
-        assert_eq!(reply.error.unwrap().code, expected);
+        assert!(!reply.ok, "{frame:02x?} answered ok");
+        assert_eq!(reply.error.unwrap().code, expected, "{frame:02x?}");
     }
+    // PROTOCOL.md §4: the envelope is level 1 of at most MAX_DEPTH.
+    let depth = gestor_sdk::wire::MAX_DEPTH;
+    let reply: Reply = from_cbor(
+        &requester
+            .request(&echo_nested(depth - 1), Duration::from_secs(5))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(reply.ok, "{depth} levels are allowed: {:?}", reply.error);
+    let reply: Reply = from_cbor(
+        &requester
+            .request(&echo_nested(depth), Duration::from_secs(5))
+            .unwrap(),
+    )
+    .unwrap();
+    let error = reply.error.expect("one level too many is refused");
+    assert_eq!(error.code, ErrorCode::Malformed);
+    assert!(
+        error
+            .message
+            .contains(&format!("nested deeper than {depth} levels")),
+        "{}",
+        error.message
+    );
     // An oversize request (5 MiB against the default 4 MiB limit) gets a
     // too_large reply; the node keeps serving.
     let big_options = TransportOptions {
@@ -223,6 +247,84 @@ fn garbage_frames_get_error_replies(transport: TransportKind) {
     )
     .unwrap();
     assert_eq!(field(&reply, "text"), Some(&text("ok")));
+}
+
+/// An `echo.say` whose body also holds `levels` nested arrays, so that the
+/// frame is `levels + 1` deep (the envelope is level 1).
+fn echo_nested(levels: usize) -> Vec<u8> {
+    let mut deep = Value::Array(Vec::new());
+    for _ in 1..levels - 1 {
+        deep = Value::Array(vec![deep]);
+    }
+    let body = map(&[("text", text("deep")), ("deep", deep)]);
+    gestor_sdk::wire::to_cbor(&gestor_sdk::Request::new("echo.say", body))
+}
+
+/// Envelopes that PROTOCOL.md §4–5 refuse, with the code they get.
+fn envelope_cases() -> Vec<(Vec<u8>, ErrorCode)> {
+    let envelope = |pairs: Vec<(Value, Value)>| gestor_sdk::wire::to_cbor(&Value::Map(pairs));
+    let v = |n: u64| (text("v"), Value::Integer(n.into()));
+    let kind = (text("kind"), text("echo.say"));
+    let body = (text("body"), map(&[("text", text("hi"))]));
+    let mut trailing = envelope(vec![v(1), kind.clone(), body.clone()]);
+    trailing.push(0x00);
+    vec![
+        // A byte-string key, even one spelling "v".
+        (
+            envelope(vec![
+                (Value::Bytes(b"v".to_vec()), Value::Integer(1.into())),
+                kind.clone(),
+                body.clone(),
+            ]),
+            ErrorCode::Malformed,
+        ),
+        (
+            envelope(vec![
+                v(1),
+                (text("kind"), Value::Bytes(b"echo.say".to_vec())),
+            ]),
+            ErrorCode::Malformed,
+        ),
+        // Any unsigned version other than 1, however large.
+        (
+            envelope(vec![v(u64::from(u32::MAX) + 1), kind.clone()]),
+            ErrorCode::BadRequest,
+        ),
+        (
+            envelope(vec![v(u64::MAX), kind.clone()]),
+            ErrorCode::BadRequest,
+        ),
+        (envelope(vec![v(0), kind.clone()]), ErrorCode::BadRequest),
+        (
+            envelope(vec![(text("v"), Value::Float(1.0)), kind.clone()]),
+            ErrorCode::Malformed,
+        ),
+        (trailing, ErrorCode::Malformed),
+        (
+            envelope(vec![v(1), kind.clone(), v(1), body.clone()]),
+            ErrorCode::Malformed,
+        ),
+        (
+            envelope(vec![
+                v(1),
+                kind.clone(),
+                (text("body"), Value::Tag(0, Box::new(text("now")))),
+            ]),
+            ErrorCode::Malformed,
+        ),
+        // A byte-string key in a body is the body's problem.
+        (
+            envelope(vec![
+                v(1),
+                kind,
+                (
+                    text("body"),
+                    Value::Map(vec![(Value::Bytes(b"text".to_vec()), text("hi"))]),
+                ),
+            ]),
+            ErrorCode::BadRequest,
+        ),
+    ]
 }
 
 fn refuses_to_start_on_a_corrupt_data_file(transport: TransportKind) {

@@ -1,7 +1,7 @@
 //! The reference Python client (`examples/python/client.py`, written only from
-//! docs/PROTOCOL.md) against a real ZeroMQ ring: its demo passes end to end
-//! through the secure layer, and it refuses a gestor of another cluster
-//! before the handshake's third message.
+//! docs/PROTOCOL.md) against a real ZeroMQ ring: its demo and its
+//! conformance checks pass end to end through the secure layer, and it
+//! refuses a gestor of another cluster before the handshake's third message.
 //!
 //! Needs `python3` with pyzmq, cbor2, noiseprotocol and cryptography, which
 //! `./bootstrap test` installs: a machine without them fails here, on
@@ -135,6 +135,27 @@ fn python_client_demo_passes_on_a_secure_zmq_ring() {
         ring.logs()
     );
     assert!(run.stdout.contains("demo passed for"), "{}", run.report());
+    // The rules of PROTOCOL.md that once disagreed with the code, as this
+    // client reads them: envelope, addresses, register retries, mail.put.
+    let run = run_client(&[
+        "--gestor",
+        &ring.urls()[0],
+        "--cluster-pub",
+        &cluster_pub,
+        "conformance",
+    ]);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "python client conformance failed:\n{}\n{}",
+        run.report(),
+        ring.logs()
+    );
+    assert!(
+        run.stdout.contains("conformance passed"),
+        "{}",
+        run.report()
+    );
 }
 
 #[test]

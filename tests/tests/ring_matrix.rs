@@ -113,8 +113,15 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
         remote_code(c.register("user1", "x").unwrap_err()),
         ErrorCode::Conflict
     );
-    // The same name with its own password is a retry: answered as the first time.
-    assert_eq!(c.register("user1", "pw-1").unwrap().username, "user1");
+    // The same name with its own password (and address, none here) is a
+    // retry: answered as the first time. Since user1 logged in at an
+    // address, the same register is no longer a retry (PROTOCOL.md §7).
+    c.register("retried", "pw-r").unwrap();
+    assert_eq!(c.register("retried", "pw-r").unwrap().username, "retried");
+    assert_eq!(
+        remote_code(c.register("user1", "pw-1").unwrap_err()),
+        ErrorCode::Conflict
+    );
     assert_eq!(
         remote_code(c.lookup("nobody-here").unwrap_err()),
         ErrorCode::NotFound

@@ -36,7 +36,7 @@ use gestor_api::user::Auth;
 use gestor_api::{chat, node};
 use gestor_sdk::hlc::system_ms;
 use gestor_sdk::transport::{Replier, TransportOptions};
-use gestor_sdk::wire::{from_cbor, from_value, to_cbor, to_value, Reply, Request};
+use gestor_sdk::wire::{decode_request, from_value, to_cbor, to_value, Reply};
 use gestor_sdk::{ErrorCode, HandlerError, Kind, Value};
 use gestor_secure::{Peer, SecureLayer};
 use serde::{Deserialize, Serialize};
@@ -532,8 +532,8 @@ impl Inner {
 
     /// The receive side: one request from a peer or a gestor.
     fn handle(&self, frame: &[u8], peer: &Peer) -> Vec<u8> {
-        let result = match from_cbor::<Request>(frame) {
-            Err(e) => Err(HandlerError::new(ErrorCode::Malformed, e)),
+        let result = match decode_request(frame) {
+            Err(e) => Err(e),
             // Presence comes from the ring; another client cannot fake it.
             Ok(req) if req.kind == chat::Presence::NAME && !peer.is_gestor() => {
                 Err(HandlerError::new(

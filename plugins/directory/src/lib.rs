@@ -360,33 +360,21 @@ impl Shared {
         let ctx = self.ctx()?;
         let ring_pos = self.owner_check(&ctx, &req.username)?;
         rules::validate_password(&req.password)?;
-        let _guard = self.lock_user(&req.username);
-        let mut replaces = Timestamp::ZERO;
-        if let Some(existing) = ctx.store().get(&req.username)? {
-            if !existing.deleted {
-                // The same name and password again is a retry of a register
-                // whose answer was lost (or whose copies were still being
-                // made): make sure it is copied, and answer as the first time.
-                if self.check_password(&existing, &req.password).is_ok() {
-                    self.replicate(&ctx, &existing)?;
-                    return Ok(Registered {
-                        username: req.username,
-                        gestor: ctx.request_url(),
-                        hops: 0,
-                    });
-                }
-                return Err(err(
-                    ErrorCode::Conflict,
-                    format!("username {} is taken", req.username),
-                ));
-            }
-            // Re-registering a deleted name must outrank its tombstone.
-            replaces = existing.version;
-        }
+        // Checked before the name is looked at: a retry with a bad address
+        // is refused like a first attempt.
         let address = match &req.address {
             Some(a) => rules::validate_address(a)?.to_string(),
             None => String::new(),
         };
+        let _guard = self.lock_user(&req.username);
+        let mut replaces = Timestamp::ZERO;
+        if let Some(existing) = ctx.store().get(&req.username)? {
+            if !existing.deleted {
+                return self.register_again(&ctx, &existing, &req.password, &address);
+            }
+            // Re-registering a deleted name must outrank its tombstone.
+            replaces = existing.version;
+        }
         let record = UserRecord {
             username: req.username.clone(),
             ring_pos,
@@ -402,6 +390,47 @@ impl Shared {
         tracing::info!(username = %req.username, "registered");
         Ok(Registered {
             username: req.username,
+            gestor: ctx.request_url(),
+            hops: 0,
+        })
+    }
+
+    /// A register for a name that exists. The same password and address
+    /// again is a retry of a register whose answer was lost (or whose
+    /// copies were still being made): make sure it is copied, and answer as
+    /// the first time. Anything else is not a retry, and is refused rather
+    /// than answered ok with the account left as it was.
+    fn register_again(
+        &self,
+        ctx: &PluginContext,
+        existing: &UserRecord,
+        password: &str,
+        address: &str,
+    ) -> Result<Registered, HandlerError> {
+        let name = &existing.username;
+        match self.check_password(existing, password) {
+            Ok(()) => {}
+            Err(e) if e.code == ErrorCode::Unauthorized => {
+                return Err(err(
+                    ErrorCode::Conflict,
+                    format!("username {name} is taken"),
+                ))
+            }
+            // Locked, saturated or broken: not a verdict on the name.
+            Err(e) => return Err(e),
+        }
+        if existing.address != address {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!(
+                    "{name} is already registered, with another address; \
+                     user.login or user.set_address changes it"
+                ),
+            ));
+        }
+        self.replicate(ctx, existing)?;
+        Ok(Registered {
+            username: name.clone(),
             gestor: ctx.request_url(),
             hops: 0,
         })

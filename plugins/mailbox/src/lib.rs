@@ -104,6 +104,18 @@ fn item_key(held: &Held) -> String {
     }
 }
 
+/// Whether the item stored under `key` has `held`'s id: a mailbox holds an
+/// id once (de-duplication is by id, as at the receiver), whatever the
+/// `seq` or sender of the copy that came first.
+fn same_id(key: &[u8], held: &Held) -> bool {
+    if held.bounce.is_some() {
+        return key == item_key(held).as_bytes();
+    }
+    // `holder/m/from/seq/id`, and ids hold no '/'.
+    let mail = format!("{}/m/", held.holder());
+    key.starts_with(mail.as_bytes()) && key.ends_with(format!("/{}", held.mail.id).as_bytes())
+}
+
 const ITEMS: &str = "mailbox";
 /// `holder/id` → expiry (wall ms, 8 bytes big-endian) of an acknowledged message.
 const ACKED: &str = "mailbox.acked";
@@ -252,15 +264,16 @@ impl Shared {
             holder: ctx.request_url(),
         };
         let key = item_key(&held);
-        if self.tombstoned(&ctx, &holder, &held.mail.id)?
-            || ctx.store().kv_get(ITEMS, key.as_bytes())?.is_some()
-        {
+        if self.tombstoned(&ctx, &holder, &held.mail.id)? {
             return Ok(done(false));
         }
-        let count = ctx
+        let items = ctx
             .store()
-            .kv_scan_prefix(ITEMS, format!("{holder}/").as_bytes())?
-            .len();
+            .kv_scan_prefix(ITEMS, format!("{holder}/").as_bytes())?;
+        if items.iter().any(|(k, _)| same_id(k, &held)) {
+            return Ok(done(false));
+        }
+        let count = items.len();
         if count >= config.max_per_user {
             return Err(HandlerError::new(
                 ErrorCode::Conflict,
@@ -668,3 +681,41 @@ fn make() -> Mailbox {
 }
 
 declare_plugin!("gestor_mailbox", make);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gestor_api::chat::ChatMessage;
+
+    fn held(from: &str, seq: u64, id: &str, bounce: Option<&str>) -> Held {
+        Held {
+            mail: ChatMessage {
+                id: id.into(),
+                from: from.into(),
+                to: "bob".into(),
+                seq,
+                sent_ms: 1,
+                text: "hi".into(),
+            },
+            stored_ms: 0,
+            bounce: bounce.map(str::to_string),
+        }
+    }
+
+    /// PROTOCOL.md §18.3: `stored` is false when the mailbox already holds
+    /// the id, whatever the seq or sender it came with.
+    #[test]
+    fn a_mailbox_holds_an_id_once() {
+        let first = item_key(&held("alice", 1, "id1", None));
+        assert!(same_id(first.as_bytes(), &held("alice", 1, "id1", None)));
+        assert!(same_id(first.as_bytes(), &held("alice", 7, "id1", None)));
+        assert!(same_id(first.as_bytes(), &held("carol", 1, "id1", None)));
+        assert!(!same_id(first.as_bytes(), &held("alice", 1, "id2", None)));
+        // An id that ends like another is another id.
+        assert!(!same_id(first.as_bytes(), &held("alice", 1, "d1", None)));
+        // A bounce is held for its sender, apart from the mail it holds.
+        let bounce = held("bob", 1, "id1", Some("expired"));
+        assert!(!same_id(first.as_bytes(), &bounce));
+        assert!(same_id(item_key(&bounce).as_bytes(), &bounce));
+    }
+}

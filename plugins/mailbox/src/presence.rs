@@ -95,6 +95,8 @@ impl Shared {
             )));
         }
         let me = lookup(&ctx, &req.username)?;
+        // Cannot happen to a session made by user.login (it requires an
+        // address), so PROTOCOL.md does not list it; kept as a guard.
         if me.address.is_empty() {
             return Err(HandlerError::bad_request(
                 "log in with an address to receive presence events",

@@ -28,6 +28,11 @@ pub fn validate_held(
     validate_username(&held.mail.from)?;
     validate_username(&held.mail.to)?;
     validate_id(&held.mail.id)?;
+    if held.mail.seq == 0 {
+        return Err(HandlerError::bad_request(
+            "seq starts at 1: 1, 2, 3… per sender and recipient",
+        ));
+    }
     if held.mail.text.len() > max_text {
         return Err(HandlerError::bad_request(format!(
             "message text of {} bytes exceeds the limit of {max_text}",
@@ -49,5 +54,30 @@ mod tests {
         assert!(validate_id("0123abcd").is_ok());
         assert!(validate_id("a/b").is_err());
         assert!(validate_id("").is_err());
+    }
+
+    fn item(seq: u64, text: &str) -> gestor_api::mailbox::Held {
+        gestor_api::mailbox::Held {
+            mail: gestor_api::chat::ChatMessage {
+                id: "0123abcd".into(),
+                from: "alice".into(),
+                to: "bob".into(),
+                seq,
+                sent_ms: 1,
+                text: text.into(),
+            },
+            stored_ms: 0,
+            bounce: None,
+        }
+    }
+
+    /// PROTOCOL.md §18.1: `seq` is 1, 2, 3…; 0 is refused.
+    #[test]
+    fn items() {
+        assert!(validate_held(&item(1, "hi"), 16).is_ok());
+        assert!(validate_held(&item(u64::MAX, "hi"), 16).is_ok());
+        let zero = validate_held(&item(0, "hi"), 16).unwrap_err();
+        assert!(zero.message.contains("seq starts at 1"), "{}", zero.message);
+        assert!(validate_held(&item(1, &"x".repeat(17)), 16).is_err());
     }
 }
