@@ -199,7 +199,7 @@ fn closed_output_ends_quietly(ring: &Ring, home: &str) {
         vec!["lookup", "piper"],
         vec!["lookup", "piper", "--json"],
         vec!["login", "piper", "--address", &address],
-        vec!["call", "node.ping"],
+        vec!["call", <gestor_api::node::Ping as gestor_sdk::Kind>::NAME],
         vec!["inbox", "piper"],
         vec!["send", "piper", "piper", "note to self"],
         vec!["cluster", "init", "--dir", &format!("{home}/pipe-cluster")],

@@ -467,19 +467,22 @@ fn multi_host(transport: TransportKind, storage: StorageKind) {
         "3",
         "--prefix",
         "nsb-",
+        "--phases",
+        "register,lookup",
         "--json",
     ]);
     assert_eq!(code, 0, "[{tag}] gestor bench: {err}");
     let bench: serde_json::Value = serde_json::from_str(&out).expect("bench --json");
+    let bench = &bench["phases"];
     for phase in ["register", "lookup"] {
         assert_eq!(bench[phase]["errors"], 0, "[{tag}] {phase} errors: {out}");
-        assert!(bench[phase]["operations"].as_u64() > Some(0), "{out}");
+        assert!(bench[phase]["ops"].as_u64() > Some(0), "{out}");
     }
     println!(
         "[{tag}] bench: {} registrations (p50 {} ms), {} lookups in 3 s (p50 {} ms, p99 {} ms, {} hops), no errors",
-        bench["register"]["operations"],
+        bench["register"]["ops"],
         bench["register"]["p50_ms"],
-        bench["lookup"]["operations"],
+        bench["lookup"]["ops"],
         bench["lookup"]["p50_ms"],
         bench["lookup"]["p99_ms"],
         bench["lookup"]["mean_hops"]
