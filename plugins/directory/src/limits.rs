@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// gestor, fed by a queue of at most `queue` jobs. When the queue is full a
 /// request answers `busy` at once instead of tying up a request worker, and
 /// under a flood the cores go to lookups and ring maintenance first: the
-/// hashes only get the CPU time they leave (Linux nice +10 for the pool's
+/// hashes only get the CPU time they leave (Linux nice +19 for the pool's
 /// threads; raising one's own nice value needs no privilege). Each job holds
 /// its argon2 memory only while it runs, so memory stays bounded by
 /// `threads` × the memory cost.
@@ -29,7 +29,7 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// Nice value of the hashing threads: below request workers and ring
 /// maintenance, which keep the default 0.
-const HASH_NICE: i32 = 10;
+const HASH_NICE: i32 = 19;
 
 impl HashPool {
     pub fn new(threads: usize, queue: usize) -> Self {
