@@ -319,18 +319,27 @@ where
 /// thread takes every threads-th user. Bounded by the user count, with a
 /// generous time cap.
 fn register_users(o: &BenchOptions) -> Phase {
+    every_user_once(o, |c, _n, name| match c.register(name, "bench-password") {
+        Ok(r) => Ok(r.hops),
+        Err(ClientError::Remote(e)) if e.code == gestor_sdk::ErrorCode::Conflict => Ok(0),
+        Err(e) => Err(e),
+    })
+}
+
+/// Run `work(client, n, name)` once for every bench user `n` (each thread
+/// takes every threads-th one). Bounded by the user count, with a generous
+/// time cap.
+fn every_user_once<F>(o: &BenchOptions, work: F) -> Phase
+where
+    F: Fn(&mut Client, u64, &str) -> Result<u32, ClientError> + Send + Sync + Copy,
+{
     let (users, threads, prefix) = (o.users, o.threads, o.prefix.as_str());
     run_threads(o, o.threads, Duration::from_secs(600), move |c, t, i| {
         let n = t as u64 + i * threads as u64;
         if n >= users as u64 {
             return None;
         }
-        let name = format!("{prefix}{n}");
-        Some(match c.register(&name, "bench-password") {
-            Ok(r) => Ok(r.hops),
-            Err(ClientError::Remote(e)) if e.code == gestor_sdk::ErrorCode::Conflict => Ok(0),
-            Err(e) => Err(e),
-        })
+        Some(work(c, n, &format!("{prefix}{n}")))
     })
 }
 
@@ -352,23 +361,15 @@ fn bench_address(n: u64, moves: u64) -> String {
 /// Log every bench user in once (each thread takes every threads-th user),
 /// keeping the tokens for `set_address`. Bounded by the user count.
 fn login_users(o: &BenchOptions, tokens: &Mutex<BTreeMap<u64, String>>) -> Phase {
-    let (users, threads, prefix) = (o.users, o.threads, o.prefix.as_str());
-    run_threads(o, o.threads, Duration::from_secs(600), move |c, t, i| {
-        let n = t as u64 + i * threads as u64;
-        if n >= users as u64 {
-            return None;
-        }
-        let name = format!("{prefix}{n}");
-        Some(
-            c.login(&name, "bench-password", &bench_address(n, 0))
-                .map(|s| {
-                    tokens
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(n, s.token);
-                    s.hops
-                }),
-        )
+    every_user_once(o, |c, n, name| {
+        c.login(name, "bench-password", &bench_address(n, 0))
+            .map(|s| {
+                tokens
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(n, s.token);
+                s.hops
+            })
     })
 }
 
@@ -517,18 +518,11 @@ fn preload(o: &BenchOptions) -> Result<Phase> {
     })
 }
 
-/// The report as a table, for `gestor bench` without `--json`.
-pub fn print_report(report: &BenchReport) -> Result<(), crate::out::StdoutError> {
+/// One table of phases, first column titled `first`.
+fn print_rows(first: &str, rows: &[(&str, &Phase)]) -> Result<(), crate::out::StdoutError> {
     crate::outln!(
-        "bench: {} threads, {} users, transport {}, entry points {}",
-        report.threads,
-        report.users,
-        report.transport,
-        report.gestores.join(" ")
-    )?;
-    crate::outln!(
-        "  {:<15} {:>8} {:>7} {:>6} {:>10} {:>8} {:>8} {:>8} {:>6}",
-        "phase",
+        "  {:<18} {:>8} {:>7} {:>6} {:>10} {:>8} {:>8} {:>8} {:>6}",
+        first,
         "ops",
         "errors",
         "busy",
@@ -538,17 +532,9 @@ pub fn print_report(report: &BenchReport) -> Result<(), crate::out::StdoutError>
         "max ms",
         "hops"
     )?;
-    let mut rows: Vec<(&str, &Phase)> = std::iter::once("preload")
-        .chain(PhaseName::ALL.iter().map(|p| p.as_str()))
-        .filter_map(|name| Some((name, report.phases.get(name)?)))
-        .collect();
-    if let (Some(f), Some(l)) = (&report.flood, &report.lookup_flooded) {
-        rows.push(("flood register", f));
-        rows.push(("lookup, flooded", l));
-    }
     for (name, p) in rows {
         crate::outln!(
-            "  {:<15} {:>8} {:>7} {:>6} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>6.2}",
+            "  {:<18} {:>8} {:>7} {:>6} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>6.2}",
             name,
             p.operations,
             p.errors,
@@ -560,6 +546,46 @@ pub fn print_report(report: &BenchReport) -> Result<(), crate::out::StdoutError>
             p.mean_hops
         )?;
     }
+    Ok(())
+}
+
+/// [`compare`]'s report as a table.
+pub fn print_compare(r: &CompareReport) -> Result<(), crate::out::StdoutError> {
+    print_rows(
+        "ring",
+        &[
+            ("register secure", &r.register_secure),
+            ("register insecure", &r.register_insecure),
+            ("lookup secure", &r.secure),
+            ("lookup insecure", &r.insecure),
+        ],
+    )?;
+    crate::outln!(
+        "  lookups, secure ÷ insecure: p50 {:.2}x, p99 {:.2}x, throughput {:.2}x (goal: p50 ≤ 1.25x)",
+        r.p50_ratio,
+        r.p99_ratio,
+        r.throughput_ratio
+    )
+}
+
+/// The report as a table, for `gestor bench` without `--json`.
+pub fn print_report(report: &BenchReport) -> Result<(), crate::out::StdoutError> {
+    crate::outln!(
+        "bench: {} threads, {} users, transport {}, entry points {}",
+        report.threads,
+        report.users,
+        report.transport,
+        report.gestores.join(" ")
+    )?;
+    let mut rows: Vec<(&str, &Phase)> = std::iter::once("preload")
+        .chain(PhaseName::ALL.iter().map(|p| p.as_str()))
+        .filter_map(|name| Some((name, report.phases.get(name)?)))
+        .collect();
+    if let (Some(f), Some(l)) = (&report.flood, &report.lookup_flooded) {
+        rows.push(("flood register", f));
+        rows.push(("lookup, flooded", l));
+    }
+    print_rows("phase", &rows)?;
     if let (Some(l), Some(quiet)) = (&report.lookup_flooded, report.phases.get("lookup")) {
         crate::outln!(
             "  flooded lookup p99 / quiet lookup p99: {:.2}x (same run)",

@@ -809,39 +809,7 @@ fn bench_compare(o: gestor::bench::CompareOptions, json: bool) -> Result<()> {
     if json {
         return print_json(&r);
     }
-    outln!(
-        "  {:<18} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8} {:>6}",
-        "ring",
-        "ops",
-        "errors",
-        "ops/s",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "hops"
-    )?;
-    for (name, p) in [
-        ("register secure", &r.register_secure),
-        ("register insecure", &r.register_insecure),
-        ("lookup secure", &r.secure),
-        ("lookup insecure", &r.insecure),
-    ] {
-        outln!(
-            "  {:<18} {:>8} {:>7} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>6.2}",
-            name,
-            p.operations,
-            p.errors,
-            p.per_second,
-            p.p50_ms,
-            p.p99_ms,
-            p.max_ms,
-            p.mean_hops
-        )?;
-    }
-    outln!(
-        "  lookups, secure ÷ insecure: p50 {:.2}x, p99 {:.2}x, throughput {:.2}x (goal: p50 ≤ 1.25x)",
-        r.p50_ratio, r.p99_ratio, r.throughput_ratio
-    )?;
+    gestor::bench::print_compare(&r)?;
     Ok(())
 }
 

@@ -59,17 +59,12 @@ impl Ring {
         Self::start_with_config(n, transport, storage, TEST_CONFIG)
     }
 
-    /// Like [`Ring::start`] with another base configuration.
-    pub fn start_with_config(
-        n: usize,
-        transport: TransportKind,
-        storage: StorageKind,
-        config: &str,
-    ) -> Ring {
+    /// No gestor yet: a directory holding `config` as `gestor.toml`.
+    fn empty(transport: TransportKind, storage: StorageKind, config: &str) -> Ring {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("gestor.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut ring = Ring {
+        Ring {
             dir,
             nodes: Vec::new(),
             transport,
@@ -77,7 +72,17 @@ impl Ring {
             config_path,
             config_text: config.to_string(),
             relays: Vec::new(),
-        };
+        }
+    }
+
+    /// Like [`Ring::start`] with another base configuration.
+    pub fn start_with_config(
+        n: usize,
+        transport: TransportKind,
+        storage: StorageKind,
+        config: &str,
+    ) -> Ring {
+        let mut ring = Ring::empty(transport, storage, config);
         for _ in 0..n {
             ring.add_node();
         }
@@ -88,18 +93,7 @@ impl Ring {
     /// all the others and none told to create the ring: the state a
     /// collapsed ring was once stuck in. The ring's own tie-break must form it.
     pub fn start_all_joining(n: usize, transport: TransportKind, storage: StorageKind) -> Ring {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("gestor.toml");
-        std::fs::write(&config_path, TEST_CONFIG).expect("write config");
-        let mut ring = Ring {
-            dir,
-            nodes: Vec::new(),
-            transport,
-            storage,
-            config_path,
-            config_text: TEST_CONFIG.to_string(),
-            relays: Vec::new(),
-        };
+        let mut ring = Ring::empty(transport, storage, TEST_CONFIG);
         let endpoints: Vec<(String, String)> = (0..n)
             .map(|_| {
                 (

@@ -63,6 +63,21 @@ fn steps(seconds: u32) -> u32 {
     seconds * 10
 }
 
+/// A ring of `min` to `min + extra - 1` nodes grown by joins and settled,
+/// the simulator left without its join oracle afterwards.
+fn settled_ring(seed: u64, salt: u64, min: usize, extra: usize) -> (Sim, usize) {
+    let mut sim = Sim::new(salt + seed, config(3 + (seed % 6) as usize));
+    let n = min + sim.rng().below(extra);
+    for _ in 0..n {
+        sim.add_node();
+        sim.step();
+    }
+    sim.settle(2_000)
+        .unwrap_or_else(|e| panic!("seed {seed}: ring of {n} did not settle: {e}"));
+    sim.set_rebootstrap(false);
+    (sim, n)
+}
+
 fn describe(sim: &Sim) -> String {
     let joining = sim.len() - sim.members().len();
     let state = match sim.check() {
@@ -115,15 +130,7 @@ fn nodes_that_all_start_joining_form_one_ring() {
 #[test]
 fn a_ring_whose_members_all_rejoin_at_once_re_forms() {
     for seed in 0..runs(450) {
-        let mut sim = Sim::new(1_000_000 + seed, config(3 + (seed % 6) as usize));
-        let n = 2 + sim.rng().below(15);
-        for _ in 0..n {
-            sim.add_node();
-            sim.step();
-        }
-        sim.settle(2_000)
-            .unwrap_or_else(|e| panic!("seed {seed}: ring of {n} did not settle: {e}"));
-        sim.set_rebootstrap(false);
+        let (mut sim, n) = settled_ring(seed, 1_000_000, 2, 15);
         sim.all_rejoin();
         if sim.run_until_converged(steps(120)).is_none() {
             panic!(
@@ -140,15 +147,7 @@ fn a_ring_whose_members_all_rejoin_at_once_re_forms() {
 #[test]
 fn loss_up_to_half_and_long_delays_for_30_seconds_end_in_one_ring() {
     for seed in 0..runs(450) {
-        let mut sim = Sim::new(2_000_000 + seed, config(3 + (seed % 6) as usize));
-        let n = 3 + sim.rng().below(14);
-        for _ in 0..n {
-            sim.add_node();
-            sim.step();
-        }
-        sim.settle(2_000)
-            .unwrap_or_else(|e| panic!("seed {seed}: ring of {n} did not settle: {e}"));
-        sim.set_rebootstrap(false);
+        let (mut sim, n) = settled_ring(seed, 2_000_000, 3, 14);
         let max_delay = if seed % 3 == 0 { 5_000 } else { 1_000 };
         let faults = random_faults(sim.rng(), 0.5, max_delay);
         sim.set_faults(Some(faults));
