@@ -486,132 +486,18 @@ impl Node {
         if matches!(&reply, Ok(r) if *r != Response::NotInRing) {
             self.heard(to.id);
         }
-        let joining = self.joining();
-        let member = self.joined();
+        let (joining, member) = (self.joining(), self.joined());
         match pending.task {
-            Task::JoinFind { mut lookup } if joining => {
-                match reply {
-                    Ok(Response::Found(step)) => lookup.on_reply(step),
-                    Ok(Response::NotInRing) => {
-                        self.round.outside.insert(to.id);
-                        return self.join_attempt_failed(now_ms);
-                    }
-                    _ => return self.join_attempt_failed(now_ms),
-                }
-                match self.drive(lookup, |l| Task::JoinFind { lookup: l }, now_ms) {
-                    Drive::Sent(o) => vec![o],
-                    // Told that we already own our id: a stale entry for a
-                    // previous incarnation of us. Try elsewhere, or later.
-                    Drive::Done(owner) if owner.id == self.me.id => {
-                        self.join_attempt_failed(now_ms)
-                    }
-                    Drive::Done(owner) => {
-                        vec![self.send(
-                            owner.clone(),
-                            Request::GetState,
-                            Task::JoinState { succ: owner },
-                            now_ms,
-                        )]
-                    }
-                    Drive::Failed => self.join_attempt_failed(now_ms),
-                }
-            }
-            Task::JoinState { succ } if joining => match reply {
-                Ok(Response::State { successors, .. }) => {
-                    let list = self.build_successors(&succ, &successors);
-                    if list.is_empty() {
-                        return self.join_attempt_failed(now_ms);
-                    }
-                    self.reset(now_ms);
-                    self.successors = list;
-                    self.phase = Phase::Member;
-                    self.remember_successors();
-                    self.rectify_successor()
-                }
-                Ok(Response::NotInRing) => {
-                    self.round.outside.insert(succ.id);
-                    self.join_attempt_failed(now_ms)
-                }
-                _ => self.join_attempt_failed(now_ms),
-            },
-            Task::Stabilize { succ } if member => match reply {
-                Ok(Response::State {
-                    predecessor,
-                    successors,
-                }) => self.after_successor_state(succ, predecessor, successors, now_ms),
-                Err(_) if !self.miss(&succ) => Vec::new(),
-                _ => {
-                    // Dead (or not a member): drop it, try the next one now.
-                    self.forget(succ.id);
-                    self.start_stabilize(now_ms)
-                }
-            },
+            Task::JoinFind { lookup } if joining => self.on_join_find(lookup, &to, reply, now_ms),
+            Task::JoinState { succ } if joining => self.on_join_state(succ, reply, now_ms),
+            Task::Stabilize { succ } if member => self.on_stabilize(succ, reply, now_ms),
             Task::StabilizeCandidate {
                 cand,
                 fallback,
                 walked,
-            } if member => match reply {
-                // The candidate has a predecessor closer still: walk back to
-                // it now instead of one node per round (many nodes that
-                // joined into one gap at once all name the same far
-                // successor; this repairs them in a few rounds, not one
-                // round per node).
-                Ok(Response::State {
-                    predecessor: Some(closer),
-                    successors,
-                }) if walked < MAX_STABILIZE_WALK
-                    && closer.id != self.me.id
-                    && in_open(closer.id, self.me.id, cand.id) =>
-                {
-                    vec![self.send(
-                        closer.clone(),
-                        Request::GetState,
-                        Task::StabilizeCandidate {
-                            cand: closer,
-                            fallback: Some((cand, successors)),
-                            walked: walked + 1,
-                        },
-                        now_ms,
-                    )]
-                }
-                Ok(Response::State { successors, .. }) => self.adopt(&cand, &successors),
-                other => {
-                    match other {
-                        Err(_) => {
-                            self.miss(&cand);
-                        }
-                        _ => self.forget(cand.id),
-                    }
-                    match fallback {
-                        Some((succ, list)) => self.adopt(&succ, &list),
-                        None => Vec::new(),
-                    }
-                }
-            },
-            Task::FixFinger { index, mut lookup } if member => {
-                match reply {
-                    Ok(Response::Found(step)) => lookup.on_reply(step),
-                    other => {
-                        match other {
-                            Err(_) => {
-                                self.miss(&to);
-                            }
-                            _ => self.forget(to.id),
-                        }
-                        lookup.on_failure(self);
-                    }
-                }
-                match self.drive(lookup, |l| Task::FixFinger { index, lookup: l }, now_ms) {
-                    Drive::Sent(o) => vec![o],
-                    Drive::Done(owner) => {
-                        self.set_finger(index, &owner);
-                        Vec::new()
-                    }
-                    Drive::Failed => {
-                        self.next_finger = (index + 1) % FINGERS;
-                        Vec::new()
-                    }
-                }
+            } if member => self.on_stabilize_candidate(cand, fallback, walked, reply, now_ms),
+            Task::FixFinger { index, lookup } if member => {
+                self.on_fix_finger(index, lookup, &to, reply, now_ms)
             }
             Task::CheckPredecessor { pred: peer } | Task::Probe { peer } if member => {
                 match reply {
@@ -623,51 +509,218 @@ impl Node {
                 }
                 Vec::new()
             }
-            Task::MergeFind { mut lookup } if member => {
-                // Merge probes change nothing unless they find a live,
-                // closer successor: failures here are not evidence against
-                // our own peers.
-                let step = match reply {
-                    Ok(Response::Found(step)) => step,
-                    Err(_) => {
-                        // A dead past successor is not worth probing again.
-                        self.seen.retain(|p| p.id != to.id);
-                        return Vec::new();
-                    }
-                    _ => return Vec::new(),
-                };
-                lookup.on_reply(step);
-                match lookup.next() {
-                    LookupAction::Ask(peer) => {
-                        let req = Request::FindSuccessor { key: lookup.key() };
-                        vec![self.send(peer, req, Task::MergeFind { lookup }, now_ms)]
-                    }
-                    LookupAction::Done { owner, .. } if owner.id != self.me.id => {
-                        vec![self.send(
-                            owner.clone(),
-                            Request::GetState,
-                            Task::MergeState { cand: owner },
-                            now_ms,
-                        )]
-                    }
-                    _ => Vec::new(),
-                }
-            }
-            Task::MergeState { cand } if member => {
-                let Ok(Response::State { successors, .. }) = reply else {
-                    return Vec::new();
-                };
-                let mut out = self.offer_successor(cand.clone(), &successors);
-                if out.is_empty() {
-                    // Not closer for us; we may still be its closer predecessor.
-                    let me = self.me.clone();
-                    out.push(self.notice(cand, Request::Rectify { candidate: me }));
-                }
-                out
-            }
+            Task::MergeFind { lookup } if member => self.on_merge_find(lookup, &to, reply, now_ms),
+            Task::MergeState { cand } if member => self.on_merge_state(cand, reply),
             // A reply for a phase we are no longer in.
             _ => Vec::new(),
         }
+    }
+
+    fn on_join_find(
+        &mut self,
+        mut lookup: Lookup,
+        to: &Peer,
+        reply: Result<Response, Failure>,
+        now_ms: u64,
+    ) -> Vec<Outbound> {
+        match reply {
+            Ok(Response::Found(step)) => lookup.on_reply(step),
+            Ok(Response::NotInRing) => {
+                self.round.outside.insert(to.id);
+                return self.join_attempt_failed(now_ms);
+            }
+            _ => return self.join_attempt_failed(now_ms),
+        }
+        match self.drive(lookup, |l| Task::JoinFind { lookup: l }, now_ms) {
+            Drive::Sent(o) => vec![o],
+            // Told that we already own our id: a stale entry for a previous
+            // incarnation of us. Try elsewhere, or later.
+            Drive::Done(owner) if owner.id == self.me.id => self.join_attempt_failed(now_ms),
+            Drive::Done(owner) => {
+                vec![self.send(
+                    owner.clone(),
+                    Request::GetState,
+                    Task::JoinState { succ: owner },
+                    now_ms,
+                )]
+            }
+            Drive::Failed => self.join_attempt_failed(now_ms),
+        }
+    }
+
+    fn on_join_state(
+        &mut self,
+        succ: Peer,
+        reply: Result<Response, Failure>,
+        now_ms: u64,
+    ) -> Vec<Outbound> {
+        match reply {
+            Ok(Response::State { successors, .. }) => {
+                let list = self.build_successors(&succ, &successors);
+                if list.is_empty() {
+                    return self.join_attempt_failed(now_ms);
+                }
+                self.reset(now_ms);
+                self.successors = list;
+                self.phase = Phase::Member;
+                self.remember_successors();
+                self.rectify_successor()
+            }
+            Ok(Response::NotInRing) => {
+                self.round.outside.insert(succ.id);
+                self.join_attempt_failed(now_ms)
+            }
+            _ => self.join_attempt_failed(now_ms),
+        }
+    }
+
+    fn on_stabilize(
+        &mut self,
+        succ: Peer,
+        reply: Result<Response, Failure>,
+        now_ms: u64,
+    ) -> Vec<Outbound> {
+        match reply {
+            Ok(Response::State {
+                predecessor,
+                successors,
+            }) => self.after_successor_state(succ, predecessor, successors, now_ms),
+            Err(_) if !self.miss(&succ) => Vec::new(),
+            _ => {
+                // Dead (or not a member): drop it, try the next one now.
+                self.forget(succ.id);
+                self.start_stabilize(now_ms)
+            }
+        }
+    }
+
+    fn on_stabilize_candidate(
+        &mut self,
+        cand: Peer,
+        fallback: Option<(Peer, Vec<Peer>)>,
+        walked: u32,
+        reply: Result<Response, Failure>,
+        now_ms: u64,
+    ) -> Vec<Outbound> {
+        match reply {
+            // The candidate has a predecessor closer still: walk back to it
+            // now instead of one node per round (many nodes that joined into
+            // one gap at once all name the same far successor; this repairs
+            // them in a few rounds, not one round per node).
+            Ok(Response::State {
+                predecessor: Some(closer),
+                successors,
+            }) if walked < MAX_STABILIZE_WALK
+                && closer.id != self.me.id
+                && in_open(closer.id, self.me.id, cand.id) =>
+            {
+                vec![self.send(
+                    closer.clone(),
+                    Request::GetState,
+                    Task::StabilizeCandidate {
+                        cand: closer,
+                        fallback: Some((cand, successors)),
+                        walked: walked + 1,
+                    },
+                    now_ms,
+                )]
+            }
+            Ok(Response::State { successors, .. }) => self.adopt(&cand, &successors),
+            other => {
+                match other {
+                    Err(_) => {
+                        self.miss(&cand);
+                    }
+                    _ => self.forget(cand.id),
+                }
+                match fallback {
+                    Some((succ, list)) => self.adopt(&succ, &list),
+                    None => Vec::new(),
+                }
+            }
+        }
+    }
+
+    fn on_fix_finger(
+        &mut self,
+        index: usize,
+        mut lookup: Lookup,
+        to: &Peer,
+        reply: Result<Response, Failure>,
+        now_ms: u64,
+    ) -> Vec<Outbound> {
+        match reply {
+            Ok(Response::Found(step)) => lookup.on_reply(step),
+            other => {
+                match other {
+                    Err(_) => {
+                        self.miss(to);
+                    }
+                    _ => self.forget(to.id),
+                }
+                lookup.on_failure(self);
+            }
+        }
+        match self.drive(lookup, |l| Task::FixFinger { index, lookup: l }, now_ms) {
+            Drive::Sent(o) => vec![o],
+            Drive::Done(owner) => {
+                self.set_finger(index, &owner);
+                Vec::new()
+            }
+            Drive::Failed => {
+                self.next_finger = (index + 1) % FINGERS;
+                Vec::new()
+            }
+        }
+    }
+
+    /// Merge probes change nothing unless they find a live, closer
+    /// successor: failures here are not evidence against our own peers.
+    fn on_merge_find(
+        &mut self,
+        mut lookup: Lookup,
+        to: &Peer,
+        reply: Result<Response, Failure>,
+        now_ms: u64,
+    ) -> Vec<Outbound> {
+        let step = match reply {
+            Ok(Response::Found(step)) => step,
+            Err(_) => {
+                // A dead past successor is not worth probing again.
+                self.seen.retain(|p| p.id != to.id);
+                return Vec::new();
+            }
+            _ => return Vec::new(),
+        };
+        lookup.on_reply(step);
+        match lookup.next() {
+            LookupAction::Ask(peer) => {
+                let req = Request::FindSuccessor { key: lookup.key() };
+                vec![self.send(peer, req, Task::MergeFind { lookup }, now_ms)]
+            }
+            LookupAction::Done { owner, .. } if owner.id != self.me.id => {
+                vec![self.send(
+                    owner.clone(),
+                    Request::GetState,
+                    Task::MergeState { cand: owner },
+                    now_ms,
+                )]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_merge_state(&mut self, cand: Peer, reply: Result<Response, Failure>) -> Vec<Outbound> {
+        let Ok(Response::State { successors, .. }) = reply else {
+            return Vec::new();
+        };
+        let mut out = self.offer_successor(cand.clone(), &successors);
+        if out.is_empty() {
+            // Not closer for us; we may still be its closer predecessor.
+            let me = self.me.clone();
+            out.push(self.notice(cand, Request::Rectify { candidate: me }));
+        }
+        out
     }
 
     /// A request to `peer` went unanswered. Returns whether the peer is gone
