@@ -55,6 +55,10 @@ pub struct DirectoryConfig {
     /// per core. As many jobs may wait; beyond that a request answers
     /// `busy` at once.
     pub hash_slots: usize,
+    /// How the hashing threads yield to lookups and ring maintenance:
+    /// `idle` (default: only CPU time nothing else wants), `low` (nice
+    /// +19: a small share even when the cores are busy) or `normal`.
+    pub hash_priority: limits::HashPriority,
     /// Wrong passwords per account per minute before further attempts on it
     /// answer `rate_limited` for the rest of the minute; 0 = no limit.
     pub login_failures_per_minute: u32,
@@ -73,6 +77,7 @@ impl Default for DirectoryConfig {
             password_iterations: 2,
             forward_timeout_ms: 5_000,
             hash_slots: 0,
+            hash_priority: limits::HashPriority::Idle,
             login_failures_per_minute: 10,
             password_attempts_per_source_per_minute: 600,
         }
@@ -213,8 +218,8 @@ impl Shared {
     fn slots(&self) -> &limits::HashPool {
         self.hash_slots
             .get_or_init(|| match self.config().hash_slots {
-                0 => limits::HashPool::per_core(),
-                n => limits::HashPool::new(n, n),
+                0 => limits::HashPool::per_core(self.config().hash_priority),
+                n => limits::HashPool::new(n, n, self.config().hash_priority),
             })
     }
 

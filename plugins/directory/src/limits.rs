@@ -7,14 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Password hashing on its own bounded pool: `threads` threads (one per core
-/// by default) that run at a lower CPU priority than everything else in the
-/// gestor, fed by a queue of at most `queue` jobs. When the queue is full a
-/// request answers `busy` at once instead of tying up a request worker, and
-/// under a flood the cores go to lookups and ring maintenance first: the
-/// hashes only get the CPU time they leave (Linux nice +19 for the pool's
-/// threads; raising one's own nice value needs no privilege). Each job holds
-/// its argon2 memory only while it runs, so memory stays bounded by
-/// `threads` × the memory cost.
+/// by default) that run below everything else in the gestor
+/// ([`HashPriority`]), fed by a queue of at most `queue` jobs. When the queue
+/// is full a request answers `busy` at once instead of tying up a request
+/// worker, and under a flood the cores go to lookups and ring maintenance
+/// first. Each job holds its argon2 memory only while it runs, so memory
+/// stays bounded by `threads` × the memory cost.
 pub struct HashPool {
     jobs: std::sync::mpsc::SyncSender<Job>,
     /// (running, waiting)
@@ -27,12 +25,28 @@ pub struct HashPool {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Nice value of the hashing threads: below request workers and ring
-/// maintenance, which keep the default 0.
+/// How the hashing threads yield to the rest of the gestor (Linux; elsewhere
+/// they run at the default priority). Lowering one's own priority needs no
+/// privilege.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashPriority {
+    /// `SCHED_IDLE`: hashes run only on CPU time nothing else wants, so a
+    /// register flood costs lookups almost nothing; under a load that keeps
+    /// every core busy, password checks wait (and answer `busy` after 2 s in
+    /// the queue).
+    Idle,
+    /// nice +19: hashes get a small share even when the cores are busy.
+    Low,
+    /// Like every other thread.
+    Normal,
+}
+
+/// Nice value of the hashing threads at [`HashPriority::Low`].
 const HASH_NICE: i32 = 19;
 
 impl HashPool {
-    pub fn new(threads: usize, queue: usize) -> Self {
+    pub fn new(threads: usize, queue: usize, priority: HashPriority) -> Self {
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let load = Arc::new(Mutex::new((0, 0)));
@@ -41,7 +55,7 @@ impl HashPool {
             let spawned = std::thread::Builder::new()
                 .name(format!("password-hash-{i}"))
                 .spawn(move || {
-                    lower_own_priority();
+                    lower_own_priority(priority);
                     loop {
                         // One receiver at a time; the lock is released
                         // before the job runs.
@@ -65,9 +79,9 @@ impl HashPool {
     }
 
     /// A pool sized to the machine: one thread per core, as many queued.
-    pub fn per_core() -> Self {
+    pub fn per_core(priority: HashPriority) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self::new(cores, cores)
+        Self::new(cores, cores, priority)
     }
 
     /// Run `work` on the pool and wait for its result. `busy` at once when
@@ -140,18 +154,33 @@ fn saturated() -> HandlerError {
     )
 }
 
-/// Lower the calling thread's CPU priority (Linux nice values are per
-/// thread). Best effort: on failure hashing just competes at the default.
-fn lower_own_priority() {
+/// Lower the calling thread's CPU priority (Linux scheduling policy and
+/// nice value are per thread). Best effort: on failure hashing just
+/// competes at the default.
+fn lower_own_priority(priority: HashPriority) {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: plain syscalls on the calling thread's own id.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, HASH_NICE) };
+        // SAFETY: plain syscalls on the calling thread itself (0 / its tid).
+        let rc = match priority {
+            HashPriority::Normal => 0,
+            HashPriority::Low => {
+                let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, HASH_NICE) }
+            }
+            HashPriority::Idle => {
+                let param = libc::sched_param { sched_priority: 0 };
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) }
+            }
+        };
         if rc != 0 {
-            tracing::debug!("cannot lower the password-hash thread's priority");
+            tracing::warn!(
+                ?priority,
+                "cannot lower the password-hash thread's priority; it competes with lookups"
+            );
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = priority;
 }
 
 /// Wrong passwords per account in a fixed window: once an account has
@@ -321,7 +350,7 @@ mod tests {
 
     #[test]
     fn a_saturated_pool_answers_busy_at_once_and_recovers() {
-        let slots = Arc::new(HashPool::new(1, 1));
+        let slots = Arc::new(HashPool::new(1, 1, HashPriority::Normal));
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let holder = {
@@ -356,7 +385,7 @@ mod tests {
 
     #[test]
     fn a_job_that_waited_too_long_is_dropped_unrun() {
-        let pool = Arc::new(HashPool::new(1, 1));
+        let pool = Arc::new(HashPool::new(1, 1, HashPriority::Normal));
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let holder = {
             let pool = pool.clone();
@@ -389,19 +418,27 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn hashing_threads_run_below_normal_priority() {
-        let pool = HashPool::new(1, 1);
-        let nice = pool
-            .run(Duration::from_secs(5), || {
-                let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
-                unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) }
+        let read = || {
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+            let policy = unsafe { libc::sched_getscheduler(0) };
+            (policy, unsafe {
+                libc::getpriority(libc::PRIO_PROCESS, tid)
             })
-            .unwrap();
-        assert_eq!(nice, HASH_NICE);
+        };
+        let low = HashPool::new(1, 1, HashPriority::Low);
+        assert_eq!(low.run(Duration::from_secs(5), read).unwrap().1, HASH_NICE);
+        let idle = HashPool::new(1, 1, HashPriority::Idle);
+        assert_eq!(
+            idle.run(Duration::from_secs(5), read).unwrap().0,
+            libc::SCHED_IDLE
+        );
+        let normal = HashPool::new(1, 1, HashPriority::Normal);
+        assert_eq!(normal.run(Duration::from_secs(5), read).unwrap(), read());
     }
 
     #[test]
     fn a_panicking_job_is_an_error_not_a_dead_pool() {
-        let pool = HashPool::new(1, 1);
+        let pool = HashPool::new(1, 1, HashPriority::Normal);
         let e = pool
             .run(Duration::from_secs(5), || -> u32 { panic!("boom") })
             .unwrap_err();
