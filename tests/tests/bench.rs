@@ -104,12 +104,4 @@ fn bench_phases(transport: TransportKind, storage: StorageKind) {
     assert!(err.contains("nonsense"), "{err}");
 }
 
-#[test]
-fn nng_sqlite() {
-    bench_phases(TransportKind::Nng, StorageKind::Sqlite)
-}
-
-#[test]
-fn zmq_sled() {
-    bench_phases(TransportKind::Zmq, StorageKind::Sled)
-}
+gestor_tests::matrix!(bench_phases);
