@@ -108,6 +108,12 @@ impl Clock {
         self.node
     }
 
+    /// The physical time this clock reads, in milliseconds: the one source of
+    /// "now" for timers and expiry, so a simulated wall clock moves them too.
+    pub fn wall_ms(&self) -> u64 {
+        (self.wall)()
+    }
+
     /// A stamp for a local event, greater than every stamp this clock has
     /// issued or observed.
     pub fn now(&self) -> Timestamp {

@@ -27,9 +27,8 @@ use std::time::Duration;
 
 /// First field of every declaration; changes whenever the declaration
 /// layout, or a trait or type that crosses the boundary (`Host`, `Plugin`,
-/// `RequestMeta`, the error types), does — here for the caller's key and
-/// `Host::gestor_key`.
-pub const ABI_MAGIC: u64 = 0x6765_7374_6f72_0004;
+/// `RequestMeta`, the error types), does — here for `Host::now_ms`.
+pub const ABI_MAGIC: u64 = 0x6765_7374_6f72_0005;
 
 /// Compiler, SDK and build facts that must match between host and plugin.
 #[repr(C)]
@@ -143,6 +142,11 @@ pub trait Host: Send + Sync {
     fn join_urls(&self) -> Vec<String>;
     fn store(&self) -> Arc<dyn Store>;
     fn clock(&self) -> Arc<Clock>;
+    /// Milliseconds of physical time, from the node's clock: plugins read
+    /// "now" only here, so a host with a simulated clock simulates them.
+    fn now_ms(&self) -> u64 {
+        self.clock().wall_ms()
+    }
     /// The `[plugins.config.NAME]` table of the configuration, as CBOR.
     fn plugin_config(&self, plugin: &str) -> Value;
     /// Serve request `kind`; `class` says who may send it (the host keeps
@@ -245,6 +249,10 @@ impl PluginContext {
     }
     pub fn clock(&self) -> Arc<Clock> {
         self.host.clock()
+    }
+    /// See [`Host::now_ms`].
+    pub fn now_ms(&self) -> u64 {
+        self.host.now_ms()
     }
     pub fn stopping(&self) -> bool {
         self.host.stopping()
