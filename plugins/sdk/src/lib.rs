@@ -15,6 +15,7 @@
 //! * [`logging`] — forwards a plugin's `tracing` events to the host.
 
 pub mod error;
+pub mod group_commit;
 pub mod hash;
 pub mod hlc;
 pub mod kind;

@@ -36,6 +36,8 @@ pub struct SledStore {
     users: sled::Tree,
     ring: sled::Tree,
     kv: sled::Tree,
+    /// Concurrent flushes share one sled flush (group commit).
+    flushes: gestor_sdk::group_commit::GroupCommit,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -164,6 +166,7 @@ impl SledStore {
             users,
             ring,
             kv,
+            flushes: gestor_sdk::group_commit::GroupCommit::new(),
         })
     }
 
@@ -311,8 +314,8 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(backend_err)?;
-        Ok(())
+        self.flushes
+            .flush(|| self.db.flush().map(drop).map_err(backend_err))
     }
 
     fn kv_get(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

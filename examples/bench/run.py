@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+"""Issue 10's benchmark, side by side in one run on one machine.
+
+Starts an N-gestor secure ring (release build, loopback) per transport, runs
+every `gestor bench` phase, reads each gestor's RSS, then runs the references
+on the same machine: a 3-member etcd (Debian's etcd-server, through
+examples/bench/src/etcd_load.rs) and an N-node OpenDHT (Debian's
+python3-opendht, through opendht_get.py). Prints each goal of issue 10 as a
+ratio to its reference, measured in this run. Installs the references with
+apt-get when they are missing and it can.
+
+    python3 examples/bench/run.py                  # nng and zmq, 8 gestores
+    python3 examples/bench/run.py --transport nng --preload 1000000
+    python3 examples/bench/run.py --json out.json  # also every figure as JSON
+
+Every process it starts is stopped before it exits (also on errors).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RELEASE = ROOT / "target" / "release"
+GESTOR = RELEASE / "gestor"
+ETCD_LOAD = RELEASE / "etcd-load"
+SYSTEM_PYTHON = "/usr/bin/python3"
+CHILDREN = []
+
+
+def log(*parts):
+    print("bench:", *parts, file=sys.stderr, flush=True)
+
+
+def free_ports(count):
+    """`count` ports free now on 127.0.0.1, consecutive pairs not required."""
+    sockets, ports = [], []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+        ports.append(s.getsockname()[1])
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start(cmd, log_path, env=None):
+    out = open(log_path, "w")
+    child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    CHILDREN.append(child)
+    return child
+
+
+def stop_all():
+    for child in CHILDREN:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for child in CHILDREN:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    CHILDREN.clear()
+
+
+def run_json(cmd, timeout):
+    """Run `cmd`, return its output, one JSON document."""
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(map(str, cmd))} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)
+
+
+def rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+# ---------------------------------------------------------------- set-up
+
+def ensure_references(args):
+    wanted = []
+    if not args.skip_etcd and not shutil.which("etcd"):
+        wanted.append("etcd-server")
+    if not args.skip_opendht and subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import opendht"], capture_output=True
+    ).returncode != 0:
+        wanted.append("python3-opendht")
+    if not wanted:
+        return
+    log("installing the references:", " ".join(wanted))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+    done = subprocess.run(["apt-get", "install", "-y", "-qq", *wanted], env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: could not install {' '.join(wanted)} (apt-get install {' '.join(wanted)}),"
+                         " or pass --skip-etcd / --skip-opendht")
+
+
+def build(args):
+    if args.no_build:
+        return
+    env = dict(os.environ, CMAKE_POLICY_VERSION_MINIMUM="3.5")
+    log("cargo build --release --workspace")
+    subprocess.run(["cargo", "build", "--release", "--workspace", "--quiet"], cwd=ROOT, env=env, check=True)
+
+
+# ---------------------------------------------------------------- gestor ring
+
+class Ring:
+    """N secure gestores on 127.0.0.1, joined through the first."""
+
+    def __init__(self, work, transport, nodes, storage):
+        self.dir = work / f"ring-{transport}"
+        self.dir.mkdir()
+        self.transport = transport
+        self.cluster_pub = self.dir / "cluster" / "cluster.pub"
+        subprocess.run([GESTOR, "cluster", "init", "--dir", self.dir / "cluster"],
+                       check=True, capture_output=True)
+        config = self.dir / "gestor.toml"
+        # The bench is the only client and sends every registration from
+        # 127.0.0.1: the per-source password-attempt limit would refuse it.
+        config.write_text("[plugins.config.gestor_directory]\n"
+                          "password_attempts_per_source_per_minute = 0\n")
+        ports = free_ports(2 * nodes)
+        self.urls, self.children = [], []
+        for i in range(nodes):
+            cred = self.dir / f"g{i}.cred"
+            subprocess.run([GESTOR, "cluster", "admit", "--dir", self.dir / "cluster",
+                            "--out", cred, "--name", f"g{i}"], check=True, capture_output=True)
+            url = f"tcp://127.0.0.1:{ports[2 * i]}"
+            cmd = [GESTOR, "node", "--config", config, "--listen", url,
+                   "--signal", f"tcp://127.0.0.1:{ports[2 * i + 1]}",
+                   "--data-dir", self.dir / f"d{i}", "--credential", cred,
+                   "--cluster-pub", self.cluster_pub, "--transport", transport,
+                   "--storage", storage, "--plugin-dir", RELEASE]
+            if self.urls:
+                cmd += ["--join", self.urls[0]]
+            env = dict(os.environ, RUST_LOG="warn")
+            self.children.append(start(cmd, self.dir / f"n{i}.log", env))
+            self.urls.append(url)
+
+    def client_flags(self):
+        flags = ["--transport", self.transport, "--cluster-pub", self.cluster_pub]
+        for url in self.urls:
+            flags += ["--gestor", url]
+        return flags
+
+    def status(self, url):
+        done = subprocess.run([GESTOR, "status", "--json", "--gestor", url, "--transport", self.transport,
+                               "--cluster-pub", self.cluster_pub, "--timeout-ms", "2000"],
+                              capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            return None
+        return json.loads(done.stdout).get("sections", {}).get("ring")
+
+    def wait_ordered(self, limit_secs=120):
+        """Until every gestor's successor is the next id and its predecessor the previous one."""
+        deadline = time.monotonic() + limit_secs
+        while time.monotonic() < deadline:
+            rings = [self.status(url) for url in self.urls]
+            if all(r and r.get("joined") for r in rings):
+                ids = sorted(r["id"] for r in rings)
+                ok = True
+                for r in rings:
+                    i = ids.index(r["id"])
+                    succ = (r.get("successors") or [{}])[0].get("id")
+                    pred = (r.get("predecessor") or {}).get("id")
+                    ok &= succ == ids[(i + 1) % len(ids)] and pred == ids[i - 1]
+                if ok:
+                    return
+            time.sleep(1)
+        raise SystemExit(f"bench: the {self.transport} ring did not settle in {limit_secs} s (logs in {self.dir})")
+
+    def rss(self):
+        return [rss_mib(child.pid) for child in self.children]
+
+
+def gestor_bench(ring, args, threads, phases, extra=()):
+    cmd = [GESTOR, "bench", "--json", "--threads", str(threads), "--users", str(args.users),
+           "--duration-secs", str(args.duration_secs), "--phases", phases, *ring.client_flags(), *extra]
+    return run_json(cmd, timeout=3600 + args.preload // 100)
+
+
+def measure_gestor(work, args, transport):
+    log(f"{transport}: starting {args.gestores} gestores")
+    ring = Ring(work, transport, args.gestores, args.storage)
+    ring.wait_ordered()
+    result = {"transport": transport}
+    if args.preload:
+        log(f"{transport}: preloading {args.preload} accounts")
+        cred = ring.dir / "operator.cred"
+        subprocess.run([GESTOR, "cluster", "admit", "--dir", ring.dir / "cluster", "--out", cred,
+                        "--name", "operator"], check=True, capture_output=True)
+        result["preload"] = gestor_bench(ring, args, 4, "lookup",
+                                         ["--preload", str(args.preload), "--credential", cred])
+    log(f"{transport}: register, login, set_address, lookup at {args.threads} threads")
+    result["parallel"] = gestor_bench(ring, args, args.threads, "register,login,set_address,lookup")
+    log(f"{transport}: serial lookups")
+    result["serial"] = gestor_bench(ring, args, 1, "lookup")
+    result["rss_mib"] = ring.rss()
+    stop_all()
+    return result
+
+
+# ---------------------------------------------------------------- references
+
+def measure_etcd(work, args):
+    log("etcd: starting 3 members")
+    ports = free_ports(6)
+    members = ",".join(f"m{i}=http://127.0.0.1:{ports[2 * i]}" for i in range(3))
+    endpoints = []
+    for i in range(3):
+        peer, client = ports[2 * i], ports[2 * i + 1]
+        start(["etcd", "--name", f"m{i}", "--data-dir", work / f"etcd-m{i}",
+               "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+               "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+               "--listen-client-urls", f"http://127.0.0.1:{client}",
+               "--advertise-client-urls", f"http://127.0.0.1:{client}",
+               "--initial-cluster", members, "--initial-cluster-state", "new",
+               "--log-level", "error"], work / f"etcd-m{i}.log")
+        endpoints.append(f"127.0.0.1:{client}")
+    deadline = time.monotonic() + 60
+    while subprocess.run(["etcdctl", "--endpoints", ",".join(endpoints), "endpoint", "health"],
+                         capture_output=True, env=dict(os.environ, ETCDCTL_API="3")).returncode != 0:
+        if time.monotonic() > deadline:
+            raise SystemExit("bench: etcd did not become healthy in 60 s")
+        time.sleep(0.5)
+    load = [ETCD_LOAD, "--endpoints", ",".join(endpoints), "--keys", str(args.users),
+            "--duration-secs", str(args.duration_secs)]
+    result = {
+        "put": run_json(load + ["--op", "put", "--clients", str(args.threads)], 600),
+        "range": run_json(load + ["--op", "range", "--serializable", "--clients", str(args.threads)], 600),
+        "range_serial": run_json(load + ["--op", "range", "--serializable", "--clients", "1"], 600),
+    }
+    stop_all()
+    return result
+
+
+def measure_opendht(args):
+    log(f"opendht: {args.gestores} nodes")
+    port = free_ports(1)[0]
+    return run_json([SYSTEM_PYTHON, Path(__file__).with_name("opendht_get.py"),
+                     "--nodes", str(args.gestores), "--base-port", str(port),
+                     "--keys", str(args.users), "--duration-secs", str(args.duration_secs)], 600)
+
+
+# ---------------------------------------------------------------- report
+
+def ratio(a, b):
+    return a / b if b else float("nan")
+
+
+def goal_rows(g, etcd, odht):
+    """(goal, measured ratio, target, met) for one transport."""
+    phases = g["parallel"]["phases"]
+    serial = g["serial"]["phases"]["lookup"]
+    floor = g["serial"]["channel"]["plain_p50_ms"]
+    rows = [("serial lookup p50 / raw round trip", ratio(serial["p50_ms"], floor), 2.0, "<=")]
+    if odht:
+        rows.append(("serial lookup p50 / OpenDHT get p50", ratio(serial["p50_ms"], odht["p50_ms"]), 0.5, "<="))
+    if etcd:
+        rows.append((f"lookups/s ({g['parallel']['threads']} thr) / etcd range c={etcd['range']['clients']}",
+                     ratio(phases["lookup"]["per_second"], etcd["range"]["per_second"]), 1.5, ">="))
+        rows.append((f"set_address/s / etcd put c={etcd['put']['clients']}",
+                     ratio(phases["set_address"]["per_second"], etcd["put"]["per_second"]), 1.0, ">="))
+    limit = g["parallel"].get("argon2_limit_per_s")
+    if limit:
+        rows.append(("register/s / argon2 limit", ratio(phases["register"]["per_second"], limit), 0.8, ">="))
+    rows.append(("max RSS MiB / 200 MiB", ratio(max(g["rss_mib"]), 200.0), 1.0, "<="))
+    out = []
+    for name, value, target, sense in rows:
+        met = value <= target if sense == "<=" else value >= target
+        out.append((name, value, f"{sense} {target}", "met" if met else "NOT met"))
+    return out
+
+
+def print_report(results):
+    etcd, odht = results.get("etcd"), results.get("opendht")
+    print(f"machine: {results['machine']}")
+    if etcd:
+        print(f"etcd 3.4 (3 members, JSON gateway): put c={etcd['put']['clients']} {etcd['put']['per_second']:.0f}/s, "
+              f"serializable range c={etcd['range']['clients']} {etcd['range']['per_second']:.0f}/s, "
+              f"serial range p50 {etcd['range_serial']['p50_ms']:.3f} ms")
+    if odht:
+        print(f"OpenDHT ({odht['nodes']} nodes): serial get p50 {odht['p50_ms']:.3f} ms, p99 {odht['p99_ms']:.3f} ms")
+    for g in results["gestor"]:
+        phases = g["parallel"]["phases"]
+        print(f"\ngestor, {g['transport']}, {len(g['rss_mib'])} gestores:")
+        print(f"  raw REQ/REP round trip p50 {g['serial']['channel']['plain_p50_ms']:.3f} ms; "
+              f"serial lookup p50 {g['serial']['phases']['lookup']['p50_ms']:.3f} ms, "
+              f"mean hops {g['serial']['phases']['lookup'].get('mean_hops', 0):.2f}")
+        for name in ("preload", "register", "login", "set_address", "lookup"):
+            p = phases.get(name) or (g.get("preload", {}).get("phases", {}).get(name))
+            if p:
+                print(f"  {name:<12} {p['per_second']:>9.1f}/s  p50 {p['p50_ms']:.3f} ms  p99 {p['p99_ms']:.3f} ms"
+                      f"  errors {p['errors']}  busy {p.get('busy', 0)}")
+        print(f"  RSS MiB per gestor: {' '.join(f'{r:.0f}' for r in g['rss_mib'])}")
+        for name, value, target, met in goal_rows(g, etcd, odht):
+            print(f"  {name:<48} {value:6.2f}  goal {target:<6} {met}")
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), "unknown cpu")
+    return f"{os.cpu_count()} cores, {cpu}, {os.uname().sysname} {os.uname().release}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--transport", default="nng,zmq", help="comma-separated: nng, zmq")
+    parser.add_argument("--storage", default="sqlite", choices=["sqlite", "sled"])
+    parser.add_argument("--gestores", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument("--users", type=int, default=320, help="accounts registered, logged in, moved, looked up")
+    parser.add_argument("--duration-secs", type=int, default=10, help="lookup phase length")
+    parser.add_argument("--preload", type=int, default=0, help="accounts imported first (e.g. 1000000)")
+    parser.add_argument("--skip-etcd", action="store_true")
+    parser.add_argument("--skip-opendht", action="store_true")
+    parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
+    args = parser.parse_args()
+
+    ensure_references(args)
+    build(args)
+    work = Path(tempfile.mkdtemp(prefix="gestor-bench-"))
+    results = {"machine": machine(), "gestor": []}
+    try:
+        for transport in args.transport.split(","):
+            results["gestor"].append(measure_gestor(work, args, transport.strip()))
+        if not args.skip_etcd:
+            results["etcd"] = measure_etcd(work, args)
+        if not args.skip_opendht:
+            results["opendht"] = measure_opendht(args)
+    finally:
+        stop_all()
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print_report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
