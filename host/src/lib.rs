@@ -13,6 +13,7 @@ pub mod http;
 pub mod import;
 pub mod json;
 pub mod loader;
+pub mod memory;
 pub mod local_ring;
 pub mod metrics;
 pub mod ops;

@@ -333,6 +333,7 @@ fn init_logging(default: &str) {
 }
 
 fn main() {
+    gestor::memory::return_large_blocks_to_the_system();
     let cli = Cli::parse();
     // SIGPIPE stays ignored (Rust's default) for every command: a closed
     // standard output is a `StdoutError::Closed` from `outln!`, which stops
