@@ -10,6 +10,10 @@ use std::marker::PhantomData;
 /// serving them while it shuts down, so a leaving gestor can say goodbye.
 pub const PREFIX: &str = "ring.";
 
+/// The most members a `ring.table` reply lists (a bound on the walk and on
+/// what a client holds); larger rings give partial tables.
+pub const MAX_TABLE: usize = 4096;
+
 /// A ring member: its identifier and its request URL. The same shape as
 /// `gestor_chord::Peer` on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -47,6 +51,31 @@ pub struct Neighbourhood {
     pub me: PeerRef,
     pub predecessor: Option<PeerRef>,
     pub successors: Vec<PeerRef>,
+}
+
+/// The ring's members as one gestor last walked them: enough for a client
+/// (or a gestor) to send a per-user request straight to the key's owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingTable {
+    /// Sorted by id, each once. The owner of a key is the first member
+    /// whose id is at or after the key, wrapping; the copies are held by
+    /// the members that follow it.
+    pub members: Vec<PeerRef>,
+    /// The walk went all the way round the ring. When false (a ring larger
+    /// than [`MAX_TABLE`], or a walk cut short), `members` is only part of
+    /// the ring and names no owners: ask through any gestor.
+    pub complete: bool,
+}
+
+impl RingTable {
+    /// The member responsible for `key` (`None` for an empty or partial table).
+    pub fn owner_of(&self, key: u64) -> Option<&PeerRef> {
+        if !self.complete {
+            return None;
+        }
+        let at = self.members.partition_point(|m| m.id < key);
+        self.members.get(at).or_else(|| self.members.first())
+    }
 }
 
 /// The body of `ring.rpc`: who asks (none while joining) and one Chord
@@ -91,6 +120,13 @@ kinds! {
     /// the Chord core over `ring.rpc`, so nothing sends this over the network.
     Lookup = "ring.lookup", Local, KeyBody => Owner;
 
+    /// `ring.route` — **local**: like `ring.lookup`, but answered from this
+    /// gestor's last ring table when it is complete (no network, `hops`
+    /// 0), else by a lookup. The table may be up to one walk old, so
+    /// routing uses it for a first attempt only and retries with
+    /// `ring.lookup` ([`crate::routing::forward`]).
+    Route = "ring.route", Local, KeyBody => Owner;
+
     /// `ring.responsible` — **local**: whether this gestor is responsible
     /// for `key` now. Only asked by plugins of the same gestor (the owner
     /// check of the directory and the mailbox).
@@ -104,9 +140,51 @@ kinds! {
     /// `node.status`).
     Neighbours = "ring.neighbours", Internal, Empty => Neighbourhood;
 
+    /// `ring.table` — **client**: the ring's members, so a client can send
+    /// each per-user request straight to its owner (one hop). A gestor
+    /// answers from its last walk of the ring (see the ring plugin), never
+    /// more than `MAX_TABLE` members. A stale table costs a redirect, not a
+    /// wrong answer: only the owner answers a request sent to it directly.
+    Table = "ring.table", Client, Empty => RingTable;
+
     /// `ring.suspect` — **local**: a plugin of this gestor found the peer
     /// `key` (a node id) unreachable; stop routing through it now. Only
     /// ever sent with `call_local` (routing, the replica plugin); a remote
     /// caller must not be able to make a gestor drop its peers.
     Suspect = "ring.suspect", Local, KeyBody => bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PeerRef, RingTable};
+
+    fn table(ids: &[u64], complete: bool) -> RingTable {
+        RingTable {
+            members: ids
+                .iter()
+                .map(|&id| PeerRef {
+                    id,
+                    addr: format!("tcp://127.0.0.1:{id}"),
+                })
+                .collect(),
+            complete,
+        }
+    }
+
+    #[test]
+    fn the_owner_is_the_first_member_at_or_after_the_key_wrapping() {
+        let t = table(&[100, 200, 300], true);
+        let owner = |k| t.owner_of(k).map(|p| p.id);
+        assert_eq!(owner(100), Some(100), "a member owns its own id");
+        assert_eq!(owner(101), Some(200));
+        assert_eq!(owner(300), Some(300));
+        assert_eq!(owner(301), Some(100), "past the last member wraps");
+        assert_eq!(owner(0), Some(100));
+    }
+
+    #[test]
+    fn partial_and_empty_tables_name_no_owner() {
+        assert_eq!(table(&[100, 200], false).owner_of(150), None);
+        assert_eq!(table(&[], true).owner_of(150), None);
+    }
 }

@@ -61,8 +61,16 @@ pub fn forward<K: Kind>(
     let until = Instant::now() + deadline;
     let attempt = deadline.clamp(Duration::from_millis(100), MAX_ATTEMPT);
     let mut backoff = Duration::from_millis(50);
+    // The first attempt goes where the ring table says (no lookup on the
+    // network); the table can be a walk old, so retries look up afresh.
+    let mut first = true;
     loop {
-        let last: HandlerError = match ctx.call_local::<ring::Lookup>(&KeyBody { key }) {
+        let owner = if std::mem::take(&mut first) {
+            ctx.call_local::<ring::Route>(&KeyBody { key })
+        } else {
+            ctx.call_local::<ring::Lookup>(&KeyBody { key })
+        };
+        let last: HandlerError = match owner {
             Ok(owner) => match ctx.call::<K>(&owner.addr, body, attempt) {
                 Ok(rep) => return Ok((rep, owner.hops)),
                 Err(CallError::Remote(e))

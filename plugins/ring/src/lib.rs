@@ -9,10 +9,14 @@
 //!
 //! Request kinds (declared in `gestor_api::ring`): `ring.rpc`,
 //! `ring.whoami`, `ring.lookup`, `ring.responsible`, `ring.neighbours`,
-//! `ring.suspect` (local: a peer seen dead elsewhere), and the status
-//! section `status.ring`.
+//! `ring.suspect` (local: a peer seen dead elsewhere), `ring.route` (local:
+//! an owner from the table, for first attempts), `ring.table` (the
+//! members, walked every `table_every_ms`, for one-hop routing), and the
+//! status section `status.ring`.
 
-use gestor_api::ring::{self, Neighbourhood, Owner, PeerRef, RpcBody};
+mod table;
+
+use gestor_api::ring::{self, Neighbourhood, Owner, PeerRef, RingTable, RpcBody};
 use gestor_api::status::{self, FingerEntry, RingStatus};
 use gestor_chord::{
     Config as ChordConfig, Failure, Lookup, LookupAction, Node, Outbound, Peer, Request, Response,
@@ -45,6 +49,9 @@ pub struct RingConfig {
     /// A peer is dropped after this many missed answers in a row (probed in
     /// between), so a slow gestor is not taken for a dead one.
     pub dead_after_misses: u32,
+    /// How often the ring is walked for `ring.table` (the members clients
+    /// route by).
+    pub table_every_ms: u64,
 }
 
 impl Default for RingConfig {
@@ -58,6 +65,7 @@ impl Default for RingConfig {
             tick_every_ms: 100,
             merge_probe_every_ms: 5_000,
             dead_after_misses: 3,
+            table_every_ms: 2_000,
         }
     }
 }
@@ -83,7 +91,13 @@ struct Shared {
     config: RingConfig,
     epoch: Instant,
     stats: Mutex<(u64, u64)>,
+    /// The last walk of the ring, served as `ring.table`.
+    table: Mutex<RingTable>,
 }
+
+/// Successor lists asked per walk: rings up to about this many times the
+/// successor-list length get a complete table.
+const MAX_WALK_ASKS: usize = 64;
 
 impl Shared {
     fn now(&self) -> u64 {
@@ -247,6 +261,66 @@ impl Shared {
         )))
     }
 
+    /// `ring.route`: ourselves when we are responsible, else the owner in
+    /// the last complete table, else a Chord lookup.
+    fn route(&self, key: u64) -> Result<Owner, HandlerError> {
+        {
+            let node = self.node();
+            if node.joined() && node.is_responsible(key) {
+                let me = node.me();
+                return Ok(Owner {
+                    id: me.id,
+                    addr: me.addr.to_string(),
+                    hops: 0,
+                });
+            }
+        }
+        let known = self
+            .table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .owner_of(key)
+            .cloned();
+        match known {
+            Some(owner) => Ok(Owner {
+                id: owner.id,
+                addr: owner.addr,
+                hops: 0,
+            }),
+            None => self.lookup(key),
+        }
+    }
+
+    /// Walk the ring through successor lists (`ring.neighbours`) for the
+    /// table clients route by. A walk that cannot finish publishes a
+    /// partial table, which names no owners: clients then go through any
+    /// gestor, as without a table.
+    fn walk_table(&self) {
+        let (me, successors) = {
+            let node = self.node();
+            if !node.joined() {
+                return;
+            }
+            let successors: Vec<PeerRef> = node.successors().iter().map(peer_ref).collect();
+            (peer_ref(node.me()), successors)
+        };
+        let (mut walk, mut next) = table::TableWalk::start(me, &successors);
+        for _ in 0..MAX_WALK_ASKS {
+            let Some(peer) = next.take() else { break };
+            if self.ctx.stopping() {
+                break;
+            }
+            match self
+                .ctx
+                .call::<ring::Neighbours>(&peer.addr, &Empty, self.rpc_timeout())
+            {
+                Ok(nb) => next = walk.learn(&nb.successors),
+                Err(e) => tracing::debug!(peer = %peer.addr, "ring table walk stopped: {e}"),
+            }
+        }
+        *self.table.lock().unwrap_or_else(|p| p.into_inner()) = walk.finish();
+    }
+
     fn status(&self) -> RingStatus {
         let node = self.node();
         let mut fingers = Vec::new();
@@ -299,6 +373,7 @@ impl Plugin for Ring {
             config: config.clone(),
             epoch: Instant::now(),
             stats: Mutex::new((0, 0)),
+            table: Mutex::new(RingTable::default()),
         });
         *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
 
@@ -312,6 +387,8 @@ impl Plugin for Ring {
         ctx.serve::<ring::Whoami>(move |_, _| Ok(whoami.clone()))?;
         let s = shared.clone();
         ctx.serve::<ring::Lookup>(move |_, body| s.lookup(body.key))?;
+        let s = shared.clone();
+        ctx.serve::<ring::Route>(move |_, body| s.route(body.key))?;
         let s = shared.clone();
         ctx.serve::<ring::Responsible>(move |_, body| Ok(s.node().is_responsible(body.key)))?;
         let s = shared.clone();
@@ -335,12 +412,22 @@ impl Plugin for Ring {
         })?;
         let s = shared.clone();
         ctx.serve::<status::Ring>(move |_, _| Ok(s.status()))?;
+        let s = shared.clone();
+        ctx.serve::<ring::Table>(move |_, _| {
+            Ok(s.table.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        })?;
 
         let s = shared.clone();
         ctx.every(
             "seeds",
             Duration::from_millis(config.merge_probe_every_ms.max(100)),
             move || s.refresh_seeds(),
+        );
+        let s = shared.clone();
+        ctx.every(
+            "table",
+            Duration::from_millis(config.table_every_ms.max(100)),
+            move || s.walk_table(),
         );
         let s = shared.clone();
         ctx.every(
