@@ -334,6 +334,9 @@ def main():
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     args = parser.parse_args()
+    # SIGTERM (e.g. `timeout`) ends the run through the `finally` below, so
+    # no gestor, etcd or OpenDHT process is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     ensure_references(args)
     build(args)
