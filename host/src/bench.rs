@@ -13,11 +13,11 @@
 //! itself, one secure and one `--insecure` (plaintext), and runs the same
 //! lookups on both, alternating, to measure what the secure layer costs.
 
-use crate::client::{Client, ClientError};
 use crate::config::{StorageKind, TransportKind};
 use crate::local_ring::{LocalRing, RingSpec};
-use crate::security::Trust;
 use anyhow::{bail, Result};
+use gestor_client::client::{Client, ClientError};
+use gestor_client::trust::Trust;
 use gestor_secure::SecureLayer;
 use rand::Rng;
 use serde::Serialize;
@@ -139,7 +139,7 @@ pub fn channel_cost(transport: TransportKind) -> Result<ChannelCost> {
         Ok(format!("tcp://127.0.0.1:{}", l.local_addr()?.port()))
     };
     let options = TransportOptions::default();
-    let raw = crate::runtime::build_transport(transport);
+    let raw = gestor_backends::build_transport(transport);
     let plain_url = free()?;
     let _plain = raw.replier(
         &plain_url,
@@ -149,7 +149,7 @@ pub fn channel_cost(transport: TransportKind) -> Result<ChannelCost> {
     // A throwaway cluster: the server is admitted, the client trusts it.
     let cluster = gestor_secure::ClusterKey::generate();
     let server = gestor_secure::SecureLayer::new(
-        crate::runtime::build_transport(transport),
+        gestor_backends::build_transport(transport),
         gestor_secure::SecureConfig::gestor(cluster.admit("bench")?, cluster.public()),
     );
     let secure_url = free()?;

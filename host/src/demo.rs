@@ -3,10 +3,10 @@
 
 use crate::config::{StorageKind, TransportKind};
 use crate::local_ring::{LocalRing, RingSpec};
-use crate::runtime::build_transport;
 use crate::security::cluster_admit;
 use crate::{out, outln};
 use anyhow::{bail, Context, Result};
+use gestor_backends::build_transport;
 use gestor_chord::{check_invariants, View};
 use gestor_secure::{CredentialFile, SecureConfig, SecureLayer};
 use std::path::PathBuf;
@@ -110,7 +110,7 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
         let mut c = client_for(entry);
         match c.register(user, "demo-password") {
             Ok(_) => {}
-            Err(crate::client::ClientError::Remote(e))
+            Err(gestor_client::client::ClientError::Remote(e))
                 if e.code == gestor_sdk::ErrorCode::Conflict => {}
             Err(e) => bail!("register {user} via {entry}: {e}"),
         }

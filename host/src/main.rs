@@ -2,14 +2,15 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use gestor::client::{Client, ClientError};
 use gestor::config::{Config, StorageKind, TransportKind};
 use gestor::json::{cbor_to_json, json_to_cbor};
 use gestor::out::StdoutError;
-use gestor::runtime::{build_transport, Node};
-use gestor::sessions;
+use gestor::runtime::Node;
 use gestor::{out, outln};
 use gestor_api::node;
+use gestor_backends::build_transport;
+use gestor_client::client::{Client, ClientError};
+use gestor_client::sessions::SessionStore;
 use gestor_sdk::wire::to_value;
 use gestor_sdk::Empty;
 use std::path::PathBuf;
@@ -215,11 +216,11 @@ enum Command {
         client: ClientArgs,
     },
     /// Interactive chat: log in, receive on --address, send, watch contacts (/help).
-    Chat(gestor::chat::cli::ChatArgs),
+    Chat(gestor::chat_cli::ChatArgs),
     /// Send one chat message: directly if TO is online, else to TO's mailbox (or the outbox).
-    Send(gestor::chat::cli::SendArgs),
+    Send(gestor::chat_cli::SendArgs),
     /// Fetch USER's mailbox and print every message received, in order per sender.
-    Inbox(gestor::chat::cli::InboxArgs),
+    Inbox(gestor::chat_cli::InboxArgs),
     /// Operator: the cluster key, gestor credentials, revocations.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -442,7 +443,7 @@ fn client(args: &ClientArgs) -> Result<Client> {
     );
     // Seed §1: start from the initial gestors learned last time (each must
     // still prove admission before it is sent anything).
-    c.add_fallbacks(&sessions::load_initial_gestors());
+    c.add_fallbacks(&SessionStore::default_home().initial_gestors());
     Ok(c)
 }
 
@@ -478,8 +479,12 @@ fn run_cluster_command(command: ClusterCommand) -> Result<()> {
     Ok(())
 }
 
+/// Keep the newest initial-gestors list for next time (only a hint: a
+/// failure to save it is logged, not fatal).
 fn remember(c: &Client) {
-    sessions::save_initial_gestors(c.initial_gestors());
+    if let Err(e) = SessionStore::default_home().save_initial_gestors(c.initial_gestors()) {
+        tracing::warn!("{e}");
+    }
 }
 
 fn password(p: Option<String>) -> Result<String> {
@@ -499,9 +504,9 @@ fn describe(e: ClientError) -> anyhow::Error {
 fn run_client_command(command: Command) -> Result<()> {
     match command {
         Command::Node(_) => unreachable!("handled in main"),
-        Command::Chat(args) => gestor::chat::cli::chat(args),
-        Command::Send(args) => gestor::chat::cli::send(args),
-        Command::Inbox(args) => gestor::chat::cli::inbox(args),
+        Command::Chat(args) => gestor::chat_cli::chat(args),
+        Command::Send(args) => gestor::chat_cli::send(args),
+        Command::Inbox(args) => gestor::chat_cli::inbox(args),
         Command::Cluster(command) => run_cluster_command(command),
         Command::Status {
             watch,
@@ -552,7 +557,7 @@ fn run_client_command(command: Command) -> Result<()> {
             let mut c = client(&args)?;
             let s = c.login(&user, &pw, &address).map_err(describe)?;
             remember(&c);
-            sessions::save_session(&s)?;
+            SessionStore::default_home().save(&s)?;
             if args.json {
                 print_json(&s)?;
             } else {
@@ -593,7 +598,7 @@ fn run_client_command(command: Command) -> Result<()> {
             let mut c = client(&args)?;
             let d = c.delete(&user, &pw).map_err(describe)?;
             remember(&c);
-            sessions::forget_session(&user);
+            SessionStore::default_home().forget(&user)?;
             if args.json {
                 print_json(&d)?;
             } else {
@@ -608,12 +613,15 @@ fn run_client_command(command: Command) -> Result<()> {
         } => {
             let token = match token {
                 Some(t) => t,
-                None => sessions::load_session(&user)?.token,
+                None => SessionStore::default_home()
+                    .load(&user)?
+                    .with_context(|| format!("no saved session for {user} (run `gestor login {user}` first, or pass --token)"))?
+                    .token,
             };
             let mut c = client(&args)?;
             let d = c.logout(&user, &token).map_err(describe)?;
             remember(&c);
-            sessions::forget_session(&user);
+            SessionStore::default_home().forget(&user)?;
             if args.json {
                 print_json(&d)?;
             } else {
@@ -768,7 +776,7 @@ fn import_accounts(
     let entries = gestor::import::read_entries(file)?;
     let layer = operator_layer(credential, args, "gestor import")?;
     let mut client =
-        gestor::client::Client::new(layer, args.gestores.clone(), Duration::from_secs(60));
+        gestor_client::client::Client::new(layer, args.gestores.clone(), Duration::from_secs(60));
     let summary = gestor::import::run(&mut client, entries, batch);
     if args.json {
         print_json(&summary)?;
@@ -837,7 +845,7 @@ fn watch_status(args: &ClientArgs, secs: f64, count: Option<u64>) -> Result<()> 
     while !stop.load(Ordering::SeqCst) {
         let reply = c.request::<node::Status>(&Empty);
         remember(&c);
-        let when = gestor::chat::cli::clock_time(gestor_sdk::hlc::system_ms());
+        let when = gestor::chat_cli::clock_time(gestor_sdk::hlc::system_ms());
         if args.json {
             let line = match reply {
                 Ok(r) => cbor_to_json(&to_value(&r)),

@@ -8,16 +8,17 @@
 //! go to every handler whose topic prefix matches. Each plugin loop has a
 //! thread of its own. [`Node::stop`] reverses all of it.
 
-use crate::config::{Config, StorageKind, TransportKind};
+use crate::config::Config;
 use crate::loader::{self, LoadedPlugin};
 use crate::metrics::{Metrics, OriginLabel, SignalDrop};
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use gestor_api::node::{self, NodeStatus, SecurityStatus};
 use gestor_api::{ring, status};
+use gestor_backends::{build_transport, open_store};
 use gestor_sdk::hlc::system_ms;
 use gestor_sdk::plugin::{LoopFn, RequestFn, SignalFn};
-use gestor_sdk::transport::{Endpoint, Publisher, Replier, Requester, Transport, TransportOptions};
+use gestor_sdk::transport::{Endpoint, Publisher, Replier, Requester, TransportOptions};
 use gestor_sdk::wire::to_value;
 use gestor_sdk::wire::{decode_item, decode_request, from_cbor, to_cbor, Reply, Request};
 use gestor_sdk::{
@@ -48,24 +49,6 @@ const REVOCATION_CHECK: Duration = Duration::from_secs(1);
 pub enum Origin {
     Local,
     Network(Peer),
-}
-
-pub fn build_transport(kind: TransportKind) -> Arc<dyn Transport> {
-    match kind {
-        TransportKind::Nng => Arc::new(gestor_transport_nng::NngTransport::new()),
-        TransportKind::Zmq => Arc::new(gestor_transport_zmq::ZmqTransport::new()),
-    }
-}
-
-pub fn open_store(kind: StorageKind, data_dir: &std::path::Path) -> Result<Arc<dyn Store>> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    Ok(match kind {
-        StorageKind::Sqlite => Arc::new(gestor_store_sqlite::SqliteStore::open(
-            &data_dir.join("gestor.db"),
-        )?),
-        StorageKind::Sled => Arc::new(gestor_store_sled::SledStore::open(&data_dir.join("sled"))?),
-    })
 }
 
 pub fn transport_options(config: &Config) -> TransportOptions {

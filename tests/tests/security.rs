@@ -1,9 +1,9 @@
 //! The closed ring, attacked as an outsider would, on every backend
 //! combination (nng/zmq × sqlite/sled), with real `gestor node` processes.
 
-use gestor::client::{Client, ClientError};
 use gestor::config::{StorageKind, TransportKind};
-use gestor::directory::AliveSender;
+use gestor_client::client::{Client, ClientError};
+use gestor_client::directory::AliveSender;
 use gestor_sdk::{Empty, ErrorCode, KindClass, Value};
 use gestor_secure::{ClusterKey, CredentialFile};
 use gestor_tests::cluster::{
@@ -345,7 +345,7 @@ fn forged_signals_change_nothing(transport: TransportKind, storage: StorageKind)
     );
     // A plaintext alive signal with the right token, straight to the signal
     // endpoint (no session): dropped.
-    let raw = gestor::runtime::build_transport(transport);
+    let raw = gestor_backends::build_transport(transport);
     let mut publisher = raw
         .publisher(
             &gestor_sdk::Endpoint::Dial(session.signal.clone()),

@@ -19,21 +19,21 @@
 //! [`deliver_pending`], [`fetch_mailbox`]) are public too. Wire formats are
 //! in docs/PROTOCOL.md, "Chat, mailbox and presence".
 
-pub mod cli;
 pub mod store;
 
 pub use store::{Accepted, ChatStore, Outgoing};
 
 use crate::client::{Client, ClientError};
-use crate::config::TransportKind;
 use crate::directory::{AliveSender, Found, Session};
-use crate::security::Trust;
+use crate::sessions::{FileError, SessionStore};
+use crate::trust::Trust;
 use crossbeam_channel::{Receiver, Sender};
 use gestor_api::chat::MessageAck;
 use gestor_api::mail::{self, AckBody, Fetched, PutMail};
 use gestor_api::presence::{self as presence_api, WatchBody};
 use gestor_api::user::Auth;
 use gestor_api::{chat, node};
+use gestor_backends::TransportKind;
 use gestor_sdk::hlc::system_ms;
 use gestor_sdk::transport::{Replier, TransportOptions};
 use gestor_sdk::wire::{decode_request, from_value, to_cbor, to_value, Reply};
@@ -41,7 +41,7 @@ use gestor_sdk::{ErrorCode, HandlerError, Kind, Value};
 use gestor_secure::{Peer, SecureLayer};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -93,6 +93,8 @@ pub enum ChatError {
     Client(#[from] ClientError),
     #[error("chat state: {0}")]
     Io(String),
+    #[error("client state: {0}")]
+    File(#[from] FileError),
     #[error("transport: {0}")]
     Transport(#[from] gestor_sdk::TransportError),
     #[error("{0}")]
@@ -175,49 +177,31 @@ impl ChatOptions {
         self.trust.layer(self.transport)
     }
 
+    /// The session store under `home` (the same files as `gestor login`).
+    pub fn sessions(&self) -> SessionStore {
+        SessionStore::new(&self.home)
+    }
+
+    /// A client starting from `gestores`, then the saved initial gestors.
     pub fn client(&self) -> Client {
         let mut c = Client::new(self.layer(), self.gestores.clone(), self.timeout);
-        c.add_fallbacks(
-            &load_json::<Vec<String>>(&self.home.join("initial_gestors.json")).unwrap_or_default(),
-        );
+        c.add_fallbacks(&self.sessions().initial_gestors());
         c
     }
 }
 
-fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-}
-
-// ---- sessions (same files as `gestor login`) ---------------------------------
-
-fn session_path(home: &Path, user: &str) -> PathBuf {
-    home.join("sessions").join(format!("{user}.json"))
-}
-
-pub fn load_session(home: &Path, user: &str) -> Option<Session> {
-    load_json(&session_path(home, user))
-}
-
-pub fn save_session(home: &Path, session: &Session) -> Result<(), ChatError> {
-    store::write_atomic(&session_path(home, &session.username), session)
-}
-
-/// Remember the newest initial-gestors list, as the CLI does.
-pub fn remember_gestores(home: &Path, client: &Client) {
-    if !client.initial_gestors().is_empty() {
-        let _ = store::write_atomic(
-            &home.join("initial_gestors.json"),
-            &client.initial_gestors(),
-        );
+/// Remember the newest initial-gestors list (a hint: failing to save it is
+/// only logged).
+pub fn remember_gestores(sessions: &SessionStore, client: &Client) {
+    if let Err(e) = sessions.save_initial_gestors(client.initial_gestors()) {
+        tracing::warn!("{e}");
     }
 }
 
 /// Log in with `address` and save the session.
 pub fn login(
     client: &mut Client,
-    home: &Path,
+    sessions: &SessionStore,
     user: &str,
     password: &str,
     address: &str,
@@ -228,8 +212,8 @@ pub fn login(
         )));
     }
     let session = client.login(user, password, address)?;
-    save_session(home, &session)?;
-    remember_gestores(home, client);
+    sessions.save(&session)?;
+    remember_gestores(sessions, client);
     Ok(session)
 }
 
@@ -294,7 +278,7 @@ pub fn may_have_arrived(e: &ChatError) -> bool {
         ChatError::Client(ClientError::Unreachable { last, .. }) => transport(last),
         ChatError::Client(ClientError::Transport(t)) | ChatError::Transport(t) => transport(t),
         ChatError::Client(ClientError::Malformed { .. }) => true,
-        ChatError::Io(_) | ChatError::Usage(_) => false,
+        ChatError::Io(_) | ChatError::File(_) | ChatError::Usage(_) => false,
     }
 }
 
@@ -520,7 +504,7 @@ impl Inner {
     fn relogin(&self, client: &mut Client) -> Result<(), ChatError> {
         let s = login(
             client,
-            &self.opts.home,
+            &self.opts.sessions(),
             &self.opts.username,
             &self.opts.password,
             &self.opts.address,
@@ -770,7 +754,7 @@ impl ChatClient {
         let secure = opts.layer();
         let session = login(
             &mut client,
-            &opts.home,
+            &opts.sessions(),
             &opts.username,
             &opts.password,
             &opts.address,
@@ -922,7 +906,7 @@ impl ChatClient {
         let session = self.inner.session();
         let mut client = self.inner.opts.client();
         client.logout(&session.username, &session.token)?;
-        let _ = std::fs::remove_file(session_path(&self.inner.opts.home, &session.username));
+        self.inner.opts.sessions().forget(&session.username)?;
         Ok(())
     }
 

@@ -1,17 +1,17 @@
 //! `gestor chat`, `gestor send` and `gestor inbox`: the command-line edge of
 //! the chat client library (anyhow errors, stdout output).
 
-use super::{
-    deliver_pending, fetch_mailbox, load_session, login, remember_gestores, ChatClient, ChatError,
-    ChatEvent, ChatMessage, ChatOptions, ChatStore, Failure, Presence, Via,
-};
-use crate::client::Client;
 use crate::config::TransportKind;
-use crate::directory::Session;
 use crate::out::StdoutError;
 use crate::outln;
 use anyhow::{Context, Result};
 use clap::Args;
+use gestor_client::chat::{
+    deliver_pending, fetch_mailbox, login, remember_gestores, ChatClient, ChatError, ChatEvent,
+    ChatMessage, ChatOptions, ChatStore, Failure, Presence, Via,
+};
+use gestor_client::client::Client;
+use gestor_client::directory::Session;
 use gestor_sdk::hlc::system_ms;
 use gestor_sdk::ErrorCode;
 use std::io::BufRead;
@@ -141,7 +141,7 @@ fn session(
     opts: &ChatOptions,
     conn: &Conn,
 ) -> Result<Session> {
-    if let Some(s) = load_session(&opts.home, &opts.username) {
+    if let Some(s) = opts.sessions().load(&opts.username)? {
         return Ok(s);
     }
     relogin(client, store, opts, conn)
@@ -156,7 +156,7 @@ fn relogin(
     let address = address(store, conn)?;
     Ok(login(
         client,
-        &opts.home,
+        &opts.sessions(),
         &opts.username,
         &opts.password,
         &address,
@@ -282,7 +282,7 @@ pub fn send(args: SendArgs) -> Result<()> {
             Err(e) => report = Err(ChatError::Usage(format!("{e:#}"))),
         }
     }
-    remember_gestores(&opts.home, &client);
+    remember_gestores(&opts.sessions(), &client);
     let report = match report {
         Ok(r) => r,
         Err(e) => {
@@ -399,7 +399,7 @@ pub fn inbox(args: InboxArgs) -> Result<()> {
             other => other?,
         };
         bounced = report.bounced;
-        remember_gestores(&opts.home, &client);
+        remember_gestores(&opts.sessions(), &client);
     }
     store.release_held(opts.gap_wait.as_millis() as u64, system_ms())?;
     let messages = store.inbox()?;
