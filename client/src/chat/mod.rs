@@ -293,90 +293,149 @@ pub fn deliver_pending(
     opts: &ChatOptions,
     only: Option<&str>,
 ) -> Result<PassReport, ChatError> {
-    let mut report = PassReport::default();
-    let now = system_ms();
-    let max_age = opts.max_age.as_millis() as u64;
-    let mut by_peer: BTreeMap<String, Vec<Outgoing>> = BTreeMap::new();
-    for m in store.outbox()? {
-        if now.saturating_sub(m.message.sent_ms) > max_age {
-            let reason = format!("not delivered within {} ms", max_age);
-            report.failed.push(store.give_up(&m.message, &reason, now)?);
-            continue;
-        }
-        by_peer.entry(m.message.to.clone()).or_default().push(m);
-    }
-    for (peer, messages) in by_peer {
+    let mut pass = Pass {
+        client,
+        secure,
+        store,
+        session,
+        opts,
+        now: system_ms(),
+        report: PassReport::default(),
+    };
+    for (peer, messages) in pass.waiting_by_peer()? {
         if only.is_some_and(|o| o != peer) {
-            report.waiting += messages.len();
+            pass.report.waiting += messages.len();
             continue;
         }
-        let mut why = String::new();
-        let found = match client.lookup(&peer) {
-            Ok(f) => Some(f),
-            Err(ClientError::Remote(h)) if h.code == ErrorCode::NotFound => {
-                for m in &messages {
-                    let reason = format!("no such user {peer}");
-                    report.failed.push(store.give_up(&m.message, &reason, now)?);
-                }
-                continue;
-            }
-            Err(e) => {
-                tracing::debug!(%peer, "lookup failed: {e}");
-                why = format!("cannot look up {peer}: {e}");
-                None
-            }
-        };
-        let mut remaining = messages.len();
-        for m in &messages {
-            let mut via = None;
-            let mut maybe = false;
-            if let Some(f) = found.as_ref().filter(|f| f.online && !f.address.is_empty()) {
-                match send_direct(secure.clone(), &f.address, &m.message, opts.timeout) {
-                    Ok(_) => via = Some(Via::Direct),
-                    Err(e) => {
-                        tracing::debug!(%peer, address = %f.address, "direct send failed: {e}");
-                        maybe |= may_have_arrived(&e);
-                        why = format!("{peer} is online at {} but did not take it: {e}", f.address);
-                    }
-                }
-            } else if found.is_some() {
-                why = format!("{peer} is offline");
-            }
-            if via.is_none() && m.mailbox && found.is_some() {
-                match put_in_mailbox(client, session, &m.message) {
-                    Ok(_) => via = Some(Via::Mailbox),
-                    Err(e) if e.code() == Some(ErrorCode::Unauthorized) => {
-                        report.unauthorized = true;
-                        why = format!("the session of {} has ended", session.username);
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, "mailbox put failed: {e}");
-                        maybe |= may_have_arrived(&e);
-                        why = format!("{why}; leaving it in the mailbox failed: {e}");
-                    }
-                }
-            } else if via.is_none() && !m.mailbox && found.is_some() {
-                why = format!("{why}, and the mailbox is not used (--no-mailbox)");
-            }
-            let Some(via) = via else {
-                if maybe {
-                    report.uncertain.insert(m.message.id.clone());
-                }
-                report
-                    .stuck
-                    .insert(peer.clone(), (m.message.id.clone(), why));
-                break;
-            };
-            store.sent(&m.message.id)?;
-            remaining -= 1;
-            report.sent.push((m.message.clone(), via));
-        }
-        report.waiting += remaining;
-        if report.unauthorized {
+        pass.deliver_to(&peer, &messages)?;
+        if pass.report.unauthorized {
             break;
         }
     }
-    Ok(report)
+    Ok(pass.report)
+}
+
+/// A send-pending pass under way.
+struct Pass<'a> {
+    client: &'a mut Client,
+    secure: SecureLayer,
+    store: &'a ChatStore,
+    session: &'a Session,
+    opts: &'a ChatOptions,
+    now: u64,
+    report: PassReport,
+}
+
+/// Why a message was not handed off.
+struct Stuck {
+    why: String,
+    /// A request carrying it got no answer: it may have arrived.
+    maybe_arrived: bool,
+}
+
+impl Pass<'_> {
+    /// The outbox by recipient, in order; messages older than `max_age`
+    /// are given up (reported undeliverable).
+    fn waiting_by_peer(&mut self) -> Result<BTreeMap<String, Vec<Outgoing>>, ChatError> {
+        let max_age = self.opts.max_age.as_millis() as u64;
+        let mut by_peer: BTreeMap<String, Vec<Outgoing>> = BTreeMap::new();
+        for m in self.store.outbox()? {
+            if self.now.saturating_sub(m.message.sent_ms) > max_age {
+                let reason = format!("not delivered within {} ms", max_age);
+                let failure = self.store.give_up(&m.message, &reason, self.now)?;
+                self.report.failed.push(failure);
+                continue;
+            }
+            by_peer.entry(m.message.to.clone()).or_default().push(m);
+        }
+        Ok(by_peer)
+    }
+
+    /// Hand off `messages` (in order) to `peer`, up to the first that
+    /// cannot be; an unknown recipient's messages are given up.
+    fn deliver_to(&mut self, peer: &str, messages: &[Outgoing]) -> Result<(), ChatError> {
+        let found = match self.client.lookup(peer) {
+            Ok(f) => f,
+            Err(ClientError::Remote(h)) if h.code == ErrorCode::NotFound => {
+                for m in messages {
+                    let reason = format!("no such user {peer}");
+                    let failure = self.store.give_up(&m.message, &reason, self.now)?;
+                    self.report.failed.push(failure);
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "lookup failed: {e}");
+                let stuck = Stuck {
+                    why: format!("cannot look up {peer}: {e}"),
+                    maybe_arrived: false,
+                };
+                self.stuck(peer, messages, stuck);
+                return Ok(());
+            }
+        };
+        for (i, m) in messages.iter().enumerate() {
+            match self.hand_off(peer, &found, m) {
+                Ok(via) => {
+                    self.store.sent(&m.message.id)?;
+                    self.report.sent.push((m.message.clone(), via));
+                }
+                Err(stuck) => {
+                    self.stuck(peer, &messages[i..], stuck);
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `waiting` (to `peer`, in order) stay: the first could not be handed off.
+    fn stuck(&mut self, peer: &str, waiting: &[Outgoing], stuck: Stuck) {
+        let Some(first) = waiting.first() else { return };
+        if stuck.maybe_arrived {
+            self.report.uncertain.insert(first.message.id.clone());
+        }
+        self.report
+            .stuck
+            .insert(peer.to_string(), (first.message.id.clone(), stuck.why));
+        self.report.waiting += waiting.len();
+    }
+
+    /// One message: directly to an online recipient, else (when allowed)
+    /// into its mailbox on the ring.
+    fn hand_off(&mut self, peer: &str, found: &Found, m: &Outgoing) -> Result<Via, Stuck> {
+        let mut maybe_arrived = false;
+        let mut why = format!("{peer} is offline");
+        if found.online && !found.address.is_empty() {
+            let address = &found.address;
+            match send_direct(self.secure.clone(), address, &m.message, self.opts.timeout) {
+                Ok(_) => return Ok(Via::Direct),
+                Err(e) => {
+                    tracing::debug!(%peer, %address, "direct send failed: {e}");
+                    maybe_arrived = may_have_arrived(&e);
+                    why = format!("{peer} is online at {address} but did not take it: {e}");
+                }
+            }
+        }
+        if !m.mailbox {
+            let why = format!("{why}, and the mailbox is not used (--no-mailbox)");
+            return Err(Stuck { why, maybe_arrived });
+        }
+        match put_in_mailbox(self.client, self.session, &m.message) {
+            Ok(_) => Ok(Via::Mailbox),
+            Err(e) if e.code() == Some(ErrorCode::Unauthorized) => {
+                self.report.unauthorized = true;
+                let why = format!("the session of {} has ended", self.session.username);
+                Err(Stuck { why, maybe_arrived })
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "mailbox put failed: {e}");
+                maybe_arrived |= may_have_arrived(&e);
+                let why = format!("{why}; leaving it in the mailbox failed: {e}");
+                Err(Stuck { why, maybe_arrived })
+            }
+        }
+    }
 }
 
 /// What a mailbox fetch did.
