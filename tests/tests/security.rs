@@ -352,14 +352,9 @@ fn forged_signals_change_nothing(transport: TransportKind, storage: StorageKind)
             &gestor_sdk::TransportOptions::default(),
         )
         .unwrap();
-    #[derive(serde::Serialize)]
-    struct Alive<'a> {
-        username: &'a str,
-        token: &'a str,
-    }
-    let payload = gestor_sdk::wire::to_cbor(&Alive {
-        username: "sigvictim",
-        token: &session.token,
+    let payload = gestor_sdk::wire::to_cbor(&gestor_api::user::Alive {
+        username: "sigvictim".into(),
+        token: session.token.clone(),
     });
     // A sealed alive with a wrong token, over a real session: dropped too.
     let mut forged = session.clone();
