@@ -13,11 +13,11 @@
 //! itself, one secure and one `--insecure` (plaintext), and runs the same
 //! lookups on both, alternating, to measure what the secure layer costs.
 
-use crate::client::{Client, ClientError};
 use crate::config::{StorageKind, TransportKind};
 use crate::local_ring::{LocalRing, RingSpec};
-use crate::security::Trust;
 use anyhow::{bail, Result};
+use gestor_client::client::{Client, ClientError};
+use gestor_client::trust::Trust;
 use gestor_secure::SecureLayer;
 use rand::Rng;
 use serde::Serialize;
@@ -139,7 +139,7 @@ pub fn channel_cost(transport: TransportKind) -> Result<ChannelCost> {
         Ok(format!("tcp://127.0.0.1:{}", l.local_addr()?.port()))
     };
     let options = TransportOptions::default();
-    let raw = crate::runtime::build_transport(transport);
+    let raw = gestor_backends::build_transport(transport);
     let plain_url = free()?;
     let _plain = raw.replier(
         &plain_url,
@@ -149,7 +149,7 @@ pub fn channel_cost(transport: TransportKind) -> Result<ChannelCost> {
     // A throwaway cluster: the server is admitted, the client trusts it.
     let cluster = gestor_secure::ClusterKey::generate();
     let server = gestor_secure::SecureLayer::new(
-        crate::runtime::build_transport(transport),
+        gestor_backends::build_transport(transport),
         gestor_secure::SecureConfig::gestor(cluster.admit("bench")?, cluster.public()),
     );
     let secure_url = free()?;
@@ -418,46 +418,16 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
         }
         phases.insert("set_address", set_addresses(&o, &tokens));
     }
-    let users = o.users;
-    let prefix = o.prefix.clone();
-    let prefix_ref = prefix.as_str();
-    let lookups = move |c: &mut Client, _t: usize, _i: u64| {
-        let n = rand::thread_rng().gen_range(0..users);
-        Some(c.lookup(&format!("{prefix_ref}{n}")).map(|f| f.hops))
-    };
     if wants(PhaseName::Lookup) {
+        let lookups = random_lookups(&o.prefix, o.users);
         phases.insert("lookup", run_threads(&o, o.threads, o.duration, lookups));
     }
-    let (lookup_flooded, flood) = if o.flood_threads == 0 {
-        (None, None)
-    } else {
-        // The same lookups again while a register flood goes through the
-        // first gestor: how much does one client's flood cost the others?
-        let mut flood_opts = o.clone();
-        flood_opts.gestores.truncate(1);
-        let run_id: u64 = rand::random::<u32>() as u64;
-        let flood_opts = &flood_opts;
-        std::thread::scope(|scope| {
-            let flood = scope.spawn(move || {
-                run_threads(
-                    flood_opts,
-                    flood_opts.flood_threads,
-                    o.duration,
-                    move |c, t, i| {
-                        let name = format!("{prefix_ref}f{run_id:x}t{t}x{i}");
-                        Some(c.register(&name, "bench-password").map(|r| r.hops))
-                    },
-                )
-            });
-            // Lookups from "another client": through the other gestores
-            // given, when there are others.
-            let mut others = o.clone();
-            if others.gestores.len() > 1 {
-                others.gestores.remove(0);
-            }
-            let flooded = run_threads(&others, o.threads, o.duration, lookups);
-            (Some(flooded), flood.join().ok())
-        })
+    let (lookup_flooded, flood) = match o.flood_threads {
+        0 => (None, None),
+        _ => {
+            let (flooded, flood) = lookups_under_flood(&o);
+            (Some(flooded), flood)
+        }
     };
     Ok(BenchReport {
         transport: o.transport.to_string(),
@@ -468,6 +438,51 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
         lookup_flooded,
         flood,
         channel: channel_cost(o.transport)?,
+    })
+}
+
+/// Lookups of random bench users: the lookup phase's work.
+fn random_lookups(
+    prefix: &str,
+    users: usize,
+) -> impl Fn(&mut Client, usize, u64) -> Option<Result<u32, ClientError>> + Send + Sync + Copy + '_
+{
+    move |c, _t, _i| {
+        let n = rand::thread_rng().gen_range(0..users);
+        Some(c.lookup(&format!("{prefix}{n}")).map(|f| f.hops))
+    }
+}
+
+/// The same lookups again while a register flood goes through the first
+/// gestor: how much does one client's flood cost the others? The flooded
+/// lookups, and the flood (none if its threads panicked).
+fn lookups_under_flood(o: &BenchOptions) -> (Phase, Option<Phase>) {
+    let mut flood_opts = o.clone();
+    flood_opts.gestores.truncate(1);
+    let run_id: u64 = rand::random::<u32>() as u64;
+    let flood_opts = &flood_opts;
+    let prefix = o.prefix.as_str();
+    std::thread::scope(|scope| {
+        let flood = scope.spawn(move || {
+            run_threads(
+                flood_opts,
+                flood_opts.flood_threads,
+                o.duration,
+                move |c, t, i| {
+                    let name = format!("{prefix}f{run_id:x}t{t}x{i}");
+                    Some(c.register(&name, "bench-password").map(|r| r.hops))
+                },
+            )
+        });
+        // Lookups from "another client": through the other gestores
+        // given, when there are others.
+        let mut others = o.clone();
+        if others.gestores.len() > 1 {
+            others.gestores.remove(0);
+        }
+        let lookups = random_lookups(prefix, o.users);
+        let flooded = run_threads(&others, o.threads, o.duration, lookups);
+        (flooded, flood.join().ok())
     })
 }
 

@@ -5,10 +5,10 @@
 //! record it holds, with its version), and counts, per record, the gestores
 //! holding its newest version.
 
-use crate::client::Client;
 use anyhow::{Context, Result};
 use gestor_api::replica::{self, Held};
 use gestor_api::{node, status};
+use gestor_client::client::Client;
 use gestor_sdk::{Empty, Timestamp};
 use gestor_secure::SecureLayer;
 use serde::Serialize;

@@ -3,12 +3,12 @@
 
 use crate::config::{StorageKind, TransportKind};
 use crate::local_ring::{LocalRing, RingSpec};
-use crate::runtime::build_transport;
 use crate::security::cluster_admit;
 use crate::{out, outln};
 use anyhow::{bail, Context, Result};
+use gestor_backends::build_transport;
 use gestor_chord::{check_invariants, View};
-use gestor_secure::{CredentialFile, SecureConfig, SecureLayer};
+use gestor_secure::{ClusterPub, CredentialFile, SecureConfig, SecureLayer};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -68,18 +68,35 @@ pub fn run(o: DemoOptions) -> Result<()> {
     Ok(())
 }
 
+/// The demo proper: start the gestores, register and log in users, look
+/// them up from elsewhere, show the ring and the copies of every record.
 fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
     let cluster = ring.cluster.context("the demo ring is secure")?;
     outln!(
         "  secure ring: cluster key {}…; every gestor gets its own credential; clients trust cluster.pub",
         cluster.fingerprint()
     )?;
-    for i in 0..o.nodes {
+    let statuses = start_gestores(ring, o.nodes)?;
+    let nodes: Vec<String> = ring.urls();
+    register_users(ring, &nodes)?;
+    show_lookups(ring, &nodes)?;
+    show_ring(ring, &nodes, &statuses)?;
+    show_copies(ring, o.transport, cluster, &nodes)
+}
+
+/// The demo's users, registered and looked up through different gestores.
+const USERS: [&str; 8] = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+];
+
+/// Start `count` gestores and wait for one stable ring; its statuses.
+fn start_gestores(ring: &mut LocalRing, count: usize) -> Result<Vec<serde_json::Value>> {
+    for i in 0..count {
         let (url, join) = ring.add_node()?;
         outln!(
             "  [{}/{}] started gestor at {url}{}",
             i + 1,
-            o.nodes,
+            count,
             join.map(|j| format!(" (joining via {j})"))
                 .unwrap_or_default()
         )?;
@@ -94,23 +111,20 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
             let _ = outln!();
         })?;
     outln!(" ok")?;
-    let nodes: Vec<String> = ring.urls();
-    let client_for = |url: &str| ring.client_for(url);
-    let status = |url: &str| ring.status(url);
+    Ok(statuses)
+}
 
-    let users = [
-        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
-    ];
+fn register_users(ring: &LocalRing, nodes: &[String]) -> Result<()> {
     outln!(
         "registering and logging in {} users through different gestores",
-        users.len()
+        USERS.len()
     )?;
-    for (i, user) in users.iter().enumerate() {
+    for (i, user) in USERS.iter().enumerate() {
         let entry = &nodes[i % nodes.len()];
-        let mut c = client_for(entry);
+        let mut c = ring.client_for(entry);
         match c.register(user, "demo-password") {
             Ok(_) => {}
-            Err(crate::client::ClientError::Remote(e))
+            Err(gestor_client::client::ClientError::Remote(e))
                 if e.code == gestor_sdk::ErrorCode::Conflict => {}
             Err(e) => bail!("register {user} via {entry}: {e}"),
         }
@@ -124,6 +138,11 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
         )?;
     }
 
+    Ok(())
+}
+
+/// Each user looked up through a gestor other than the one it logged in at.
+fn show_lookups(ring: &LocalRing, nodes: &[String]) -> Result<()> {
     outln!()?;
     outln!("lookups from other gestores:")?;
     outln!(
@@ -135,9 +154,10 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
         "online"
     )?;
     let mut total_hops = 0;
-    for (i, user) in users.iter().enumerate() {
+    for (i, user) in USERS.iter().enumerate() {
         let entry = &nodes[(i + 2) % nodes.len()];
-        let found = client_for(entry)
+        let found = ring
+            .client_for(entry)
             .lookup(user)
             .with_context(|| format!("lookup {user} via {entry}"))?;
         total_hops += found.hops;
@@ -153,9 +173,14 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
     }
     outln!(
         "  mean hops per lookup: {:.2}",
-        total_hops as f64 / users.len() as f64
+        total_hops as f64 / USERS.len() as f64
     )?;
 
+    Ok(())
+}
+
+/// Every gestor's place in the ring, in id order, and the invariants checked.
+fn show_ring(ring: &LocalRing, nodes: &[String], statuses: &[serde_json::Value]) -> Result<()> {
     outln!()?;
     outln!("the ring (in id order):")?;
     outln!(
@@ -167,7 +192,7 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
     )?;
     let mut rows: Vec<serde_json::Value> = Vec::new();
     for n in nodes.iter() {
-        rows.push(status(n).unwrap_or_else(|_| statuses[0].clone()));
+        rows.push(ring.status(n).unwrap_or_else(|_| statuses[0].clone()));
     }
     rows.sort_by_key(|s| s.get("id").and_then(|v| v.as_u64()).unwrap_or(0));
     let short = |v: Option<&serde_json::Value>| {
@@ -196,19 +221,29 @@ fn demo_body(ring: &mut LocalRing, o: &DemoOptions) -> Result<()> {
         Err(v) => bail!("ring invariants violated: {v:?}"),
     }
 
+    Ok(())
+}
+
+/// How many gestores hold each record, counted with an operator credential.
+fn show_copies(
+    ring: &LocalRing,
+    transport: TransportKind,
+    cluster: ClusterPub,
+    nodes: &[String],
+) -> Result<()> {
     // Copies: every record on its owner and the owner's successors.
     let wanted = 4.min(nodes.len());
     // Inventories are gestor-internal: the count runs with an operator credential.
     let operator_cred = ring.dir.join("operator.cred");
     cluster_admit(&ring.dir.join("cluster"), &operator_cred, "operator")?;
     let operator = SecureLayer::new(
-        build_transport(o.transport),
+        build_transport(transport),
         SecureConfig::gestor(CredentialFile::load(&operator_cred)?, cluster),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     let report = loop {
         let r = crate::copies::run(&operator, &nodes[0], 3)?;
-        if (r.under.is_empty() && r.records == users.len()) || Instant::now() > deadline {
+        if (r.under.is_empty() && r.records == USERS.len()) || Instant::now() > deadline {
             break r;
         }
         std::thread::sleep(Duration::from_millis(300));

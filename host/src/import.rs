@@ -12,9 +12,9 @@
 //! that already have an account are left untouched, so running an import
 //! twice is harmless.
 
-use crate::client::{Client, ClientError};
 use anyhow::{bail, Context, Result};
 use gestor_api::dir::{self, ImportBatch, ImportEntry, ImportRefusal, MAX_IMPORT_BATCH};
+use gestor_client::client::{Client, ClientError};
 use gestor_sdk::ErrorCode;
 use serde::Serialize;
 use std::io::{BufRead, BufReader};

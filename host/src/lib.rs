@@ -1,13 +1,12 @@
 //! The gestor host: configuration, plugin loading, the node runtime that
-//! implements the SDK's [`Host`](gestor_sdk::Host), and a client used by the CLI.
+//! implements the SDK's [`Host`](gestor_sdk::Host), and the CLI's commands
+//! (their client side is the `gestor-client` crate).
 
 pub mod bench;
-pub mod chat;
-pub mod client;
+pub mod chat_cli;
 pub mod config;
 pub mod copies;
 pub mod demo;
-pub mod directory;
 pub mod faults;
 pub mod http;
 pub mod import;
@@ -20,4 +19,3 @@ pub mod ops;
 pub mod out;
 pub mod runtime;
 pub mod security;
-pub mod sessions;

@@ -3,13 +3,14 @@
 //! (a throwaway cluster, one credential per gestor) or `--insecure`.
 //! Every process is stopped (SIGTERM, then SIGKILL) when the ring drops.
 
-use crate::client::Client;
 use crate::config::{StorageKind, TransportKind};
 use crate::json::cbor_to_json;
-use crate::security::{cluster_admit, cluster_init, Trust};
+use crate::security::{cluster_admit, cluster_init};
 use anyhow::{bail, Context, Result};
 use gestor_api::node;
 use gestor_chord::{check_invariants, View};
+use gestor_client::client::Client;
+use gestor_client::trust::Trust;
 use gestor_sdk::wire::to_value;
 use gestor_sdk::Empty;
 use gestor_secure::{ClusterPub, SecureLayer};

@@ -2,14 +2,15 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use gestor::client::{Client, ClientError};
 use gestor::config::{Config, StorageKind, TransportKind};
 use gestor::json::{cbor_to_json, json_to_cbor};
 use gestor::out::StdoutError;
-use gestor::runtime::{build_transport, Node};
-use gestor::sessions;
+use gestor::runtime::Node;
 use gestor::{out, outln};
 use gestor_api::node;
+use gestor_backends::build_transport;
+use gestor_client::client::{Client, ClientError};
+use gestor_client::sessions::SessionStore;
 use gestor_sdk::wire::to_value;
 use gestor_sdk::Empty;
 use std::path::PathBuf;
@@ -135,59 +136,7 @@ enum Command {
     /// two local rings it starts itself: `gestor node` processes of this
     /// binary, which load the plugins next to it (build the workspace in the
     /// same profile first: `cargo build --release --workspace`).
-    Bench {
-        /// Client threads sending lookups at once.
-        #[arg(long, default_value_t = 4)]
-        threads: usize,
-        /// How long the lookup phase runs, in seconds.
-        #[arg(long, default_value_t = 10)]
-        duration_secs: u64,
-        /// Accounts registered first (reused when they exist) and looked up.
-        #[arg(long, default_value_t = 200)]
-        users: usize,
-        /// Prefix of the bench accounts' names.
-        #[arg(long, default_value = "bench-")]
-        prefix: String,
-        /// Also run the lookups again beside this many threads registering
-        /// through the first gestor, and report quiet vs flooded.
-        #[arg(long, default_value_t = 0)]
-        flood_threads: usize,
-        /// Phases to run, comma-separated, always in this order:
-        /// register, login, set_address, lookup. set_address logs the users
-        /// in first (untimed) when login is not among them.
-        #[arg(long, value_enum, value_delimiter = ',',
-              default_values_t = gestor::bench::PhaseName::ALL)]
-        phases: Vec<gestor::bench::PhaseName>,
-        /// First load this many accounts with `dir.import` (as `gestor
-        /// import` does; needs --credential), e.g. to fill a ring with a
-        /// million users; reported as phase `preload`.
-        #[arg(long, default_value_t = 0)]
-        preload: usize,
-        /// An operator credential, for --preload.
-        #[arg(long, env = "GESTOR_CREDENTIAL")]
-        credential: Option<PathBuf>,
-        /// Start two identical local rings, one secure and one --insecure
-        /// (plaintext), register --users on each, and run the lookups on
-        /// both, alternating; report p50/p99/throughput and secure ÷
-        /// insecure. Ignores --gestor and the trust flags.
-        #[arg(long)]
-        compare_insecure: bool,
-        /// Gestores per ring (--compare-insecure).
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
-        /// Store of the rings (--compare-insecure).
-        #[arg(long, value_enum, default_value_t = StorageKind::Sqlite)]
-        storage: StorageKind,
-        /// Times the lookups alternate between the rings; each ring gets
-        /// --duration-secs in all (--compare-insecure).
-        #[arg(long, default_value_t = 4)]
-        rounds: usize,
-        /// Keep the rings' data directories and logs (--compare-insecure).
-        #[arg(long)]
-        keep_data: bool,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Bench(BenchArgs),
     /// Import accounts from another directory: FILE has one JSON object per
     /// line, {"username", "password_hash" (argon2id PHC), "address"
     /// (optional)}. Checked whole first; existing names are left as they are.
@@ -215,11 +164,11 @@ enum Command {
         client: ClientArgs,
     },
     /// Interactive chat: log in, receive on --address, send, watch contacts (/help).
-    Chat(gestor::chat::cli::ChatArgs),
+    Chat(gestor::chat_cli::ChatArgs),
     /// Send one chat message: directly if TO is online, else to TO's mailbox (or the outbox).
-    Send(gestor::chat::cli::SendArgs),
+    Send(gestor::chat_cli::SendArgs),
     /// Fetch USER's mailbox and print every message received, in order per sender.
-    Inbox(gestor::chat::cli::InboxArgs),
+    Inbox(gestor::chat_cli::InboxArgs),
     /// Operator: the cluster key, gestor credentials, revocations.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -233,6 +182,61 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Client threads sending lookups at once.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// How long the lookup phase runs, in seconds.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Accounts registered first (reused when they exist) and looked up.
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    /// Prefix of the bench accounts' names.
+    #[arg(long, default_value = "bench-")]
+    prefix: String,
+    /// Also run the lookups again beside this many threads registering
+    /// through the first gestor, and report quiet vs flooded.
+    #[arg(long, default_value_t = 0)]
+    flood_threads: usize,
+    /// Phases to run, comma-separated, always in this order:
+    /// register, login, set_address, lookup. set_address logs the users
+    /// in first (untimed) when login is not among them.
+    #[arg(long, value_enum, value_delimiter = ',',
+          default_values_t = gestor::bench::PhaseName::ALL)]
+    phases: Vec<gestor::bench::PhaseName>,
+    /// First load this many accounts with `dir.import` (as `gestor
+    /// import` does; needs --credential), e.g. to fill a ring with a
+    /// million users; reported as phase `preload`.
+    #[arg(long, default_value_t = 0)]
+    preload: usize,
+    /// An operator credential, for --preload.
+    #[arg(long, env = "GESTOR_CREDENTIAL")]
+    credential: Option<PathBuf>,
+    /// Start two identical local rings, one secure and one --insecure
+    /// (plaintext), register --users on each, and run the lookups on
+    /// both, alternating; report p50/p99/throughput and secure ÷
+    /// insecure. Ignores --gestor and the trust flags.
+    #[arg(long)]
+    compare_insecure: bool,
+    /// Gestores per ring (--compare-insecure).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Store of the rings (--compare-insecure).
+    #[arg(long, value_enum, default_value_t = StorageKind::Sqlite)]
+    storage: StorageKind,
+    /// Times the lookups alternate between the rings; each ring gets
+    /// --duration-secs in all (--compare-insecure).
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
+    /// Keep the rings' data directories and logs (--compare-insecure).
+    #[arg(long)]
+    keep_data: bool,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Subcommand)]
@@ -443,7 +447,7 @@ fn client(args: &ClientArgs) -> Result<Client> {
     );
     // Seed §1: start from the initial gestors learned last time (each must
     // still prove admission before it is sent anything).
-    c.add_fallbacks(&sessions::load_initial_gestors());
+    c.add_fallbacks(&SessionStore::default_home().initial_gestors());
     Ok(c)
 }
 
@@ -479,8 +483,12 @@ fn run_cluster_command(command: ClusterCommand) -> Result<()> {
     Ok(())
 }
 
+/// Keep the newest initial-gestors list for next time (only a hint: a
+/// failure to save it is logged, not fatal).
 fn remember(c: &Client) {
-    sessions::save_initial_gestors(c.initial_gestors());
+    if let Err(e) = SessionStore::default_home().save_initial_gestors(c.initial_gestors()) {
+        tracing::warn!("{e}");
+    }
 }
 
 fn password(p: Option<String>) -> Result<String> {
@@ -500,128 +508,42 @@ fn describe(e: ClientError) -> anyhow::Error {
 fn run_client_command(command: Command) -> Result<()> {
     match command {
         Command::Node(_) => unreachable!("handled in main"),
-        Command::Chat(args) => gestor::chat::cli::chat(args),
-        Command::Send(args) => gestor::chat::cli::send(args),
-        Command::Inbox(args) => gestor::chat::cli::inbox(args),
+        Command::Chat(args) => gestor::chat_cli::chat(args),
+        Command::Send(args) => gestor::chat_cli::send(args),
+        Command::Inbox(args) => gestor::chat_cli::inbox(args),
         Command::Cluster(command) => run_cluster_command(command),
         Command::Status {
-            watch,
+            watch: Some(secs),
             count,
             client: args,
-        } => match watch {
-            Some(secs) => watch_status(&args, secs, count),
-            None => {
-                let reply = client(&args)?
-                    .request::<node::Status>(&Empty)
-                    .map_err(describe)?;
-                let json = cbor_to_json(&to_value(&reply));
-                if args.json {
-                    outln!("{}", serde_json::to_string_pretty(&json)?)?;
-                } else {
-                    print_status(&json)?;
-                }
-                Ok(())
-            }
-        },
+        } => watch_status(&args, secs, count),
+        Command::Status {
+            watch: None,
+            client: args,
+            ..
+        } => show_status(&args),
         Command::Register {
             user,
             password: pw,
             client: args,
-        } => {
-            let pw = password(pw)?;
-            let mut c = client(&args)?;
-            let r = c.register(&user, &pw).map_err(describe)?;
-            remember(&c);
-            if args.json {
-                print_json(&r)?;
-            } else {
-                outln!(
-                    "registered {} (responsible gestor {})",
-                    r.username,
-                    r.gestor
-                )?;
-            }
-            Ok(())
-        }
+        } => register(&user, pw, &args),
         Command::Login {
             user,
             address,
             password: pw,
             client: args,
-        } => {
-            let pw = password(pw)?;
-            let mut c = client(&args)?;
-            let s = c.login(&user, &pw, &address).map_err(describe)?;
-            remember(&c);
-            sessions::save_session(&s)?;
-            if args.json {
-                print_json(&s)?;
-            } else {
-                outln!("logged in {} at {address}; responsible gestor {}; send alive signals to {} every {} ms", s.username, s.gestor, s.signal, s.alive_every_ms)?;
-            }
-            Ok(())
-        }
-        Command::Lookup { user, client: args } => {
-            let mut c = client(&args)?;
-            let f = c.lookup(&user).map_err(describe)?;
-            remember(&c);
-            if args.json {
-                print_json(&f)?;
-            } else {
-                outln!(
-                    "{} at {} — {} (last seen {} ms since epoch, last update {}), {} hops via {}",
-                    f.user,
-                    if f.address.is_empty() {
-                        "(no address)"
-                    } else {
-                        &f.address
-                    },
-                    if f.online { "online" } else { "offline" },
-                    f.last_seen_ms,
-                    f.last_update,
-                    f.hops,
-                    f.gestor
-                )?;
-            }
-            Ok(())
-        }
+        } => login(&user, &address, pw, &args),
+        Command::Lookup { user, client: args } => lookup(&user, &args),
         Command::Delete {
             user,
             password: pw,
             client: args,
-        } => {
-            let pw = password(pw)?;
-            let mut c = client(&args)?;
-            let d = c.delete(&user, &pw).map_err(describe)?;
-            remember(&c);
-            sessions::forget_session(&user);
-            if args.json {
-                print_json(&d)?;
-            } else {
-                outln!("deleted {user}")?;
-            }
-            Ok(())
-        }
+        } => delete(&user, pw, &args),
         Command::Logout {
             user,
             token,
             client: args,
-        } => {
-            let token = match token {
-                Some(t) => t,
-                None => sessions::load_session(&user)?.token,
-            };
-            let mut c = client(&args)?;
-            let d = c.logout(&user, &token).map_err(describe)?;
-            remember(&c);
-            sessions::forget_session(&user);
-            if args.json {
-                print_json(&d)?;
-            } else {
-                outln!("logged out {user}")?;
-            }
-            Ok(())
-        }
+        } => logout(&user, token, &args),
         Command::Demo {
             nodes,
             transport,
@@ -633,62 +555,7 @@ fn run_client_command(command: Command) -> Result<()> {
             storage,
             keep_data,
         }),
-        Command::Bench {
-            threads,
-            duration_secs,
-            users,
-            prefix,
-            flood_threads,
-            phases,
-            preload,
-            credential,
-            compare_insecure,
-            nodes,
-            storage,
-            rounds,
-            keep_data,
-            client: args,
-        } => {
-            if compare_insecure {
-                return bench_compare(
-                    gestor::bench::CompareOptions {
-                        nodes,
-                        transport: args.transport,
-                        storage,
-                        threads,
-                        duration: Duration::from_secs(duration_secs),
-                        users,
-                        rounds,
-                        keep_data,
-                    },
-                    args.json,
-                );
-            }
-            let report = gestor::bench::run(gestor::bench::BenchOptions {
-                gestores: args.gestores.clone(),
-                transport: args.transport,
-                trust: args.trust.trust()?,
-                threads,
-                duration: Duration::from_secs(duration_secs),
-                users,
-                prefix,
-                flood_threads,
-                spread: true,
-                phases,
-                preload,
-                operator: if preload > 0 {
-                    Some(operator_layer(credential, &args, "gestor bench --preload")?)
-                } else {
-                    None
-                },
-            })?;
-            if args.json {
-                print_json(&report)?;
-            } else {
-                gestor::bench::print_report(&report)?;
-            }
-            Ok(())
-        }
+        Command::Bench(bench) => run_bench(bench),
         Command::Import {
             file,
             batch,
@@ -699,47 +566,206 @@ fn run_client_command(command: Command) -> Result<()> {
             copies,
             credential,
             client: args,
-        } => {
-            let start = args.gestores.first().cloned().unwrap_or_default();
-            let operator = operator_layer(credential, &args, "gestor copies")?;
-            let report = gestor::copies::run(&operator, &start, copies)?;
-            if args.json {
-                print_json(&report)?;
-            } else {
-                outln!(
-                    "{} gestores, {} records, wanted on {} gestores each",
-                    report.gestores.len(),
-                    report.records,
-                    report.wanted
-                )?;
-                for (n, count) in &report.histogram {
-                    outln!("  held on {n} gestores: {count} records")?;
-                }
-                if report.under.is_empty() {
-                    outln!("  no record below the wanted count")?;
-                } else {
-                    outln!("  {} records below the wanted count", report.under.len())?;
-                }
-                if !report.unreachable.is_empty() {
-                    outln!("  unreachable: {}", report.unreachable.join(", "))?;
-                }
-            }
-            Ok(())
-        }
+        } => count_copies(copies, credential, &args),
         Command::Call {
             kind,
             body,
             client: args,
-        } => {
-            let body: serde_json::Value =
-                serde_json::from_str(&body).context("--body is not valid JSON")?;
-            let reply = client(&args)?
-                .call(&kind, json_to_cbor(&body))
-                .map_err(describe)?;
-            outln!("{}", serde_json::to_string_pretty(&cbor_to_json(&reply))?)?;
-            Ok(())
-        }
+        } => call(&kind, &body, &args),
     }
+}
+
+/// `gestor status` once.
+fn show_status(args: &ClientArgs) -> Result<()> {
+    let reply = client(args)?
+        .request::<node::Status>(&Empty)
+        .map_err(describe)?;
+    let json = cbor_to_json(&to_value(&reply));
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&json)?)?;
+    } else {
+        print_status(&json)?;
+    }
+    Ok(())
+}
+
+fn register(user: &str, pw: Option<String>, args: &ClientArgs) -> Result<()> {
+    let pw = password(pw)?;
+    let mut c = client(args)?;
+    let r = c.register(user, &pw).map_err(describe)?;
+    remember(&c);
+    if args.json {
+        print_json(&r)?;
+    } else {
+        outln!(
+            "registered {} (responsible gestor {})",
+            r.username,
+            r.gestor
+        )?;
+    }
+    Ok(())
+}
+
+/// `gestor login`: the session is saved for `gestor logout` and the chat.
+fn login(user: &str, address: &str, pw: Option<String>, args: &ClientArgs) -> Result<()> {
+    let pw = password(pw)?;
+    let mut c = client(args)?;
+    let s = c.login(user, &pw, address).map_err(describe)?;
+    remember(&c);
+    SessionStore::default_home().save(&s)?;
+    if args.json {
+        print_json(&s)?;
+    } else {
+        outln!("logged in {} at {address}; responsible gestor {}; send alive signals to {} every {} ms", s.username, s.gestor, s.signal, s.alive_every_ms)?;
+    }
+    Ok(())
+}
+
+fn lookup(user: &str, args: &ClientArgs) -> Result<()> {
+    let mut c = client(args)?;
+    let f = c.lookup(user).map_err(describe)?;
+    remember(&c);
+    if args.json {
+        return print_json(&f);
+    }
+    outln!(
+        "{} at {} — {} (last seen {} ms since epoch, last update {}), {} hops via {}",
+        f.user,
+        if f.address.is_empty() {
+            "(no address)"
+        } else {
+            &f.address
+        },
+        if f.online { "online" } else { "offline" },
+        f.last_seen_ms,
+        f.last_update,
+        f.hops,
+        f.gestor
+    )?;
+    Ok(())
+}
+
+/// `gestor delete`: the account, and the session saved for it.
+fn delete(user: &str, pw: Option<String>, args: &ClientArgs) -> Result<()> {
+    let pw = password(pw)?;
+    let mut c = client(args)?;
+    let d = c.delete(user, &pw).map_err(describe)?;
+    remember(&c);
+    SessionStore::default_home().forget(user)?;
+    if args.json {
+        print_json(&d)?;
+    } else {
+        outln!("deleted {user}")?;
+    }
+    Ok(())
+}
+
+/// `gestor logout`, with `--token` or the session saved by `gestor login`.
+fn logout(user: &str, token: Option<String>, args: &ClientArgs) -> Result<()> {
+    let sessions = SessionStore::default_home();
+    let token = match token {
+        Some(t) => t,
+        None => sessions
+            .load(user)?
+            .with_context(|| format!("no saved session for {user} (run `gestor login {user}` first, or pass --token)"))?
+            .token,
+    };
+    let mut c = client(args)?;
+    let d = c.logout(user, &token).map_err(describe)?;
+    remember(&c);
+    sessions.forget(user)?;
+    if args.json {
+        print_json(&d)?;
+    } else {
+        outln!("logged out {user}")?;
+    }
+    Ok(())
+}
+
+/// `gestor bench`: against a running ring, or two local rings compared.
+fn run_bench(b: BenchArgs) -> Result<()> {
+    let args = b.client;
+    if b.compare_insecure {
+        return bench_compare(
+            gestor::bench::CompareOptions {
+                nodes: b.nodes,
+                transport: args.transport,
+                storage: b.storage,
+                threads: b.threads,
+                duration: Duration::from_secs(b.duration_secs),
+                users: b.users,
+                rounds: b.rounds,
+                keep_data: b.keep_data,
+            },
+            args.json,
+        );
+    }
+    let operator = match b.preload {
+        0 => None,
+        _ => Some(operator_layer(
+            b.credential,
+            &args,
+            "gestor bench --preload",
+        )?),
+    };
+    let report = gestor::bench::run(gestor::bench::BenchOptions {
+        gestores: args.gestores.clone(),
+        transport: args.transport,
+        trust: args.trust.trust()?,
+        threads: b.threads,
+        duration: Duration::from_secs(b.duration_secs),
+        users: b.users,
+        prefix: b.prefix,
+        flood_threads: b.flood_threads,
+        spread: true,
+        phases: b.phases,
+        preload: b.preload,
+        operator,
+    })?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        gestor::bench::print_report(&report)?;
+    }
+    Ok(())
+}
+
+/// `gestor copies`: how many gestores hold each record's newest version.
+fn count_copies(copies: usize, credential: Option<PathBuf>, args: &ClientArgs) -> Result<()> {
+    let start = args.gestores.first().cloned().unwrap_or_default();
+    let operator = operator_layer(credential, args, "gestor copies")?;
+    let report = gestor::copies::run(&operator, &start, copies)?;
+    if args.json {
+        return print_json(&report);
+    }
+    outln!(
+        "{} gestores, {} records, wanted on {} gestores each",
+        report.gestores.len(),
+        report.records,
+        report.wanted
+    )?;
+    for (n, count) in &report.histogram {
+        outln!("  held on {n} gestores: {count} records")?;
+    }
+    if report.under.is_empty() {
+        outln!("  no record below the wanted count")?;
+    } else {
+        outln!("  {} records below the wanted count", report.under.len())?;
+    }
+    if !report.unreachable.is_empty() {
+        outln!("  unreachable: {}", report.unreachable.join(", "))?;
+    }
+    Ok(())
+}
+
+/// `gestor call KIND --body JSON`: any kind, untyped.
+fn call(kind: &str, body: &str, args: &ClientArgs) -> Result<()> {
+    let body: serde_json::Value = serde_json::from_str(body).context("--body is not valid JSON")?;
+    let reply = client(args)?
+        .call(kind, json_to_cbor(&body))
+        .map_err(describe)?;
+    outln!("{}", serde_json::to_string_pretty(&cbor_to_json(&reply))?)?;
+    Ok(())
 }
 
 /// A client layer holding an operator credential, for gestor-internal kinds.
@@ -769,7 +795,7 @@ fn import_accounts(
     let entries = gestor::import::read_entries(file)?;
     let layer = operator_layer(credential, args, "gestor import")?;
     let mut client =
-        gestor::client::Client::new(layer, args.gestores.clone(), Duration::from_secs(60));
+        gestor_client::client::Client::new(layer, args.gestores.clone(), Duration::from_secs(60));
     let summary = gestor::import::run(&mut client, entries, batch);
     if args.json {
         print_json(&summary)?;
@@ -838,7 +864,7 @@ fn watch_status(args: &ClientArgs, secs: f64, count: Option<u64>) -> Result<()> 
     while !stop.load(Ordering::SeqCst) {
         let reply = c.request::<node::Status>(&Empty);
         remember(&c);
-        let when = gestor::chat::cli::clock_time(gestor_sdk::hlc::system_ms());
+        let when = gestor::chat_cli::clock_time(gestor_sdk::hlc::system_ms());
         if args.json {
             let line = match reply {
                 Ok(r) => cbor_to_json(&to_value(&r)),

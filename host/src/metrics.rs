@@ -17,7 +17,7 @@
 //!   target, mailbox items, the directory's password-hash slots, the secure
 //!   layer's counters — turned into gauges and counters, never re-derived.
 
-use gestor_api::node::NodeStatus;
+use gestor_api::node::{NodeStatus, SecurityStatus};
 use gestor_api::status::{self, DirectoryStatus, MailboxStatus, ReplicaStatus, RingStatus};
 use gestor_sdk::ErrorCode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -344,6 +344,25 @@ fn hash_slots(d: &DirectoryStatus) -> Option<(u64, u64, u64, u64)> {
 /// A registry, built for one scrape, of what `status` reports.
 fn encode_status(s: &NodeStatus, ready: &Result<(), String>) -> Registry {
     let mut r = Registry::with_prefix("gestor");
+    node_metrics(&mut r, s, ready);
+    if let Some(ring) = s.section::<status::Ring>() {
+        ring_metrics(&mut r, &ring);
+    }
+    if let Some(d) = s.section::<status::Directory>() {
+        directory_metrics(&mut r, &d);
+    }
+    if let Some(rep) = s.section::<status::Replica>() {
+        replica_metrics(&mut r, &rep);
+    }
+    if let Some(m) = s.section::<status::Mailbox>() {
+        mailbox_metrics(&mut r, &m);
+    }
+    security_metrics(&mut r, &s.security);
+    r
+}
+
+/// What every gestor reports: who it is, for how long, whether ready.
+fn node_metrics(r: &mut Registry, s: &NodeStatus, ready: &Result<(), String>) {
     let info = Family::<InfoLabels, Gauge>::default();
     info.get_or_create(&InfoLabels {
         id: s.id_hex.clone(),
@@ -359,83 +378,77 @@ fn encode_status(s: &NodeStatus, ready: &Result<(), String>) -> Registry {
         info,
     );
     gauge(
-        &mut r,
+        r,
         "uptime_seconds",
         "Seconds since this gestor started",
         (s.uptime_ms / 1000) as i64,
     );
     gauge(
-        &mut r,
+        r,
         "ready",
         "1 when /ready answers 200: joined to the ring and its range merged with its successor",
         i64::from(ready.is_ok()),
     );
     if let Some(n) = s.records.as_integer() {
         gauge(
-            &mut r,
+            r,
             "records",
             "Records in this gestor's store (its own range and the copies it holds), tombstones included",
             i64::try_from(n).unwrap_or(i64::MAX),
         );
     }
     gauge(
-        &mut r,
+        r,
         "initial_gestors",
         "Gestores on this gestor's initial-gestors list",
         s.initial_gestors.len() as i64,
     );
-    if let Some(ring) = s.section::<status::Ring>() {
-        ring_metrics(&mut r, &ring);
-    }
-    if let Some(d) = s.section::<status::Directory>() {
-        gauge(
-            &mut r,
-            "directory_alive_users",
-            "Users whose alive signals this gestor is receiving",
-            d.alive_users as i64,
-        );
-        if let Some((running, waiting, slots, queue)) = hash_slots(&d) {
-            gauge(
-                &mut r,
-                "password_hash_running",
-                "Password hashes being computed now",
-                running as i64,
-            );
-            gauge(
-                &mut r,
-                "password_hash_waiting",
-                "Password hashes waiting for a slot",
-                waiting as i64,
-            );
-            gauge(
-                &mut r,
-                "password_hash_slots",
-                "Password hashes computed at once at most (hash_slots)",
-                slots as i64,
-            );
-            gauge(
-                &mut r,
-                "password_hash_queue",
-                "Password hashes that may wait for a slot; beyond, busy",
-                queue as i64,
-            );
-            counter(
-                &mut r,
-                "password_hash_busy",
-                "Password operations answered busy because every slot and queue place was taken",
-                d.hash_busy,
-            );
-        }
-    }
-    if let Some(rep) = s.section::<status::Replica>() {
-        replica_metrics(&mut r, &rep);
-    }
-    if let Some(m) = s.section::<status::Mailbox>() {
-        mailbox_metrics(&mut r, &m);
-    }
-    let sec = &s.security;
+}
+
+fn directory_metrics(r: &mut Registry, d: &DirectoryStatus) {
     gauge(
-        &mut r,
+        r,
+        "directory_alive_users",
+        "Users whose alive signals this gestor is receiving",
+        d.alive_users as i64,
+    );
+    if let Some((running, waiting, slots, queue)) = hash_slots(d) {
+        gauge(
+            r,
+            "password_hash_running",
+            "Password hashes being computed now",
+            running as i64,
+        );
+        gauge(
+            r,
+            "password_hash_waiting",
+            "Password hashes waiting for a slot",
+            waiting as i64,
+        );
+        gauge(
+            r,
+            "password_hash_slots",
+            "Password hashes computed at once at most (hash_slots)",
+            slots as i64,
+        );
+        gauge(
+            r,
+            "password_hash_queue",
+            "Password hashes that may wait for a slot; beyond, busy",
+            queue as i64,
+        );
+        counter(
+            r,
+            "password_hash_busy",
+            "Password operations answered busy because every slot and queue place was taken",
+            d.hash_busy,
+        );
+    }
+}
+
+fn security_metrics(r: &mut Registry, sec: &SecurityStatus) {
+    gauge(
+        r,
         "secure_sessions",
         "Secure-layer sessions open",
         sec.sessions as i64,
@@ -487,9 +500,8 @@ fn encode_status(s: &NodeStatus, ready: &Result<(), String>) -> Registry {
             sec.clients_turned_away,
         ),
     ] {
-        counter(&mut r, name, help, v);
+        counter(r, name, help, v);
     }
-    r
 }
 
 fn ring_metrics(r: &mut Registry, ring: &RingStatus) {

@@ -8,13 +8,14 @@
 //! go to every handler whose topic prefix matches. Each plugin loop has a
 //! thread of its own. [`Node::stop`] reverses all of it.
 
-use crate::config::{Config, StorageKind, TransportKind};
+use crate::config::Config;
 use crate::loader::{self, LoadedPlugin};
 use crate::metrics::{Metrics, OriginLabel, SignalDrop};
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use gestor_api::node::{self, NodeStatus, SecurityStatus};
 use gestor_api::{ring, status};
+use gestor_backends::{build_transport, open_store};
 use gestor_sdk::hlc::system_ms;
 use gestor_sdk::plugin::{LoopFn, RequestFn, SignalFn};
 use gestor_sdk::transport::{Endpoint, Publisher, Replier, Requester, Transport, TransportOptions};
@@ -48,24 +49,6 @@ const REVOCATION_CHECK: Duration = Duration::from_secs(1);
 pub enum Origin {
     Local,
     Network(Peer),
-}
-
-pub fn build_transport(kind: TransportKind) -> Arc<dyn Transport> {
-    match kind {
-        TransportKind::Nng => Arc::new(gestor_transport_nng::NngTransport::new()),
-        TransportKind::Zmq => Arc::new(gestor_transport_zmq::ZmqTransport::new()),
-    }
-}
-
-pub fn open_store(kind: StorageKind, data_dir: &std::path::Path) -> Result<Arc<dyn Store>> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    Ok(match kind {
-        StorageKind::Sqlite => Arc::new(gestor_store_sqlite::SqliteStore::open(
-            &data_dir.join("gestor.db"),
-        )?),
-        StorageKind::Sled => Arc::new(gestor_store_sled::SledStore::open(&data_dir.join("sled"))?),
-    })
 }
 
 pub fn transport_options(config: &Config) -> TransportOptions {
@@ -159,6 +142,58 @@ fn origin_label(origin: &Origin) -> OriginLabel {
 }
 
 impl HostCore {
+    /// The core of a node of `config`, before anything is bound or loaded.
+    fn new(config: &Config, secure: SecureLayer, store: Arc<dyn Store>) -> Result<HostCore> {
+        let node_id = config.node_id()?;
+        let offset = config.clock.offset_ms;
+        let clock = Arc::new(Clock::with_wall_clock(
+            node_id,
+            Duration::from_millis(config.clock.max_ahead_ms),
+            Box::new(move || (system_ms() as i64).saturating_add(offset).max(0) as u64),
+        ));
+        let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(0);
+        Ok(HostCore {
+            node_id,
+            request_url: config.advertise_url(),
+            signal_url: config.advertised_signal_url()?,
+            join_urls: config.node.join.clone(),
+            secure,
+            transport_options: transport_options(config),
+            transport_name: config.transport.backend.to_string(),
+            storage_name: config.storage.backend.to_string(),
+            store,
+            clock,
+            plugin_configs: config
+                .plugins
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), toml_to_cbor(v)))
+                .collect(),
+            handlers: RwLock::new(HashMap::new()),
+            signals: RwLock::new(Vec::new()),
+            loops: Mutex::new(Vec::new()),
+            requesters: Mutex::new(HashMap::new()),
+            publishers: Mutex::new(HashMap::new()),
+            initial_gestors: RwLock::new(Vec::new()),
+            plugin_names: RwLock::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+            shutdown_tx: Mutex::new(Some(shutdown_tx)),
+            shutdown_rx,
+            malformed_signals: AtomicU64::new(0),
+            forbidden_requests: AtomicU64::new(0),
+            forbidden_signals: AtomicU64::new(0),
+            client_workers: config
+                .transport
+                .replier_workers
+                .saturating_sub(config.transport.reserved_for_gestores)
+                .max(1),
+            clients_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            clients_turned_away: AtomicU64::new(0),
+            started_ms: system_ms(),
+            metrics: Metrics::new(),
+        })
+    }
+
     /// Decode, dispatch and encode one request frame from `origin`. Never panics on input.
     pub fn handle_frame(&self, frame: &[u8], origin: &Origin) -> Vec<u8> {
         // The gestores' lane: clients never hold the last workers.
@@ -648,6 +683,117 @@ impl Host for HostCore {
     }
 }
 
+/// The configured store, and the transport (behind the fault injector when
+/// `transport.fault_file` is set).
+fn open_backends(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn Transport>)> {
+    let store = open_store(config.storage.backend, &config.node.data_dir).with_context(|| {
+        format!(
+            "refusing to start: the {} store in {} cannot be used",
+            config.storage.backend,
+            config.node.data_dir.display()
+        )
+    })?;
+    let mut transport = build_transport(config.transport.backend);
+    if let Some(path) = &config.transport.fault_file {
+        tracing::warn!(file = %path.display(), "fault injection enabled: URLs listed there are unreachable");
+        transport = Arc::new(crate::faults::FaultyTransport::new(
+            transport,
+            crate::faults::FaultRules::new(path.clone()),
+        ));
+    }
+    Ok((store, transport))
+}
+
+/// Load the configured plugins (not started yet).
+fn load_plugins(config: &Config) -> Result<Vec<LoadedPlugin>> {
+    let plugin_dir = match &config.plugins.dir {
+        Some(d) => d.clone(),
+        None => default_plugin_dir()?,
+    };
+    let mut plugins = Vec::new();
+    for entry in &config.plugins.load {
+        let path = loader::resolve(entry, &plugin_dir);
+        plugins.push(loader::load(&path)?);
+    }
+    // Settings for a plugin that is not loaded are a typo or a mistake.
+    for name in config.plugins.config.keys() {
+        if !plugins.iter().any(|p: &LoadedPlugin| &p.name == name) {
+            let loaded: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+            bail!(
+                "plugins.config.{name}: no plugin named {name} is loaded (loaded: {})",
+                loaded.join(", ")
+            );
+        }
+    }
+    Ok(plugins)
+}
+
+/// The operator's HTTP endpoint: metrics, health, the ring picture.
+fn start_http(addr: std::net::SocketAddr, core: &Arc<HostCore>) -> Result<crate::http::Server> {
+    let ops = Arc::new(crate::ops::Ops::new(core.clone()));
+    let route = ops.clone();
+    let server = crate::http::Server::start(
+        addr,
+        crate::http::Limits::default(),
+        Arc::new(move |req: &crate::http::Request| route.route(req)),
+        ops,
+    )
+    .with_context(|| format!("cannot serve HTTP on http.listen = {addr}"))?;
+    tracing::info!(addr = %server.local_addr(), "HTTP endpoint: /metrics /health /ready /ring.json /");
+    Ok(server)
+}
+
+/// Bind the REQ-REP endpoint on `listen`; frames go to [`HostCore::handle_frame`].
+fn serve_requests(core: &Arc<HostCore>, listen: &str) -> Result<Box<dyn Replier>> {
+    let handler_core = core.clone();
+    // The replier accepts frames up to twice the limit so that a
+    // moderately oversize request gets a `too_large` error reply from
+    // `handle_frame` instead of silence; beyond that the transport drops it.
+    let replier_options = TransportOptions {
+        max_message_bytes: core.transport_options.max_message_bytes.saturating_mul(2),
+        ..core.transport_options.clone()
+    };
+    core.secure
+        .replier(
+            listen,
+            Arc::new(move |frame: &[u8], peer: &Peer| {
+                handler_core.handle_frame(frame, &Origin::Network(peer.clone()))
+            }),
+            &replier_options,
+        )
+        .with_context(|| format!("cannot serve requests on {listen}"))
+}
+
+/// Bind the signal endpoint and run the thread that hands each signal to
+/// the handlers of its topic, until the node stops.
+fn start_signal_thread(core: &Arc<HostCore>, bind_signal: &str) -> Result<JoinHandle<()>> {
+    let mut subscriber = core
+        .secure
+        .subscriber(
+            &Endpoint::Bind(bind_signal.to_string()),
+            &core.transport_options,
+        )
+        .with_context(|| format!("cannot bind signal endpoint {bind_signal}"))?;
+    let signal_core = core.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while !signal_core.stopping() {
+                match subscriber.recv_from(SHUTDOWN_POLL) {
+                    Ok(Some((topic, payload, peer))) => {
+                        signal_core.deliver_signal(&topic, &payload, &peer)
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!("signal endpoint: {e}");
+                        std::thread::sleep(SHUTDOWN_POLL);
+                    }
+                }
+            }
+        })
+        .context("cannot spawn signal thread")
+}
+
 /// A started node.
 pub struct Node {
     core: Arc<HostCore>,
@@ -668,199 +814,74 @@ impl Node {
         self.http.as_ref().map(|h| h.local_addr())
     }
 
+    /// Open the store, build the transport, load the plugins, bind the
+    /// endpoints, then start the plugins; any failure undoes what was done.
     pub fn start(config: &Config) -> Result<Node> {
         config.validate()?;
         let http_addr = config.http.address()?;
-        let node_id = config.node_id()?;
         let request_url = config.advertise_url();
         let signal_url = config.advertised_signal_url()?;
         let bind_signal = config.signal_url()?;
-
-        let store =
-            open_store(config.storage.backend, &config.node.data_dir).with_context(|| {
-                format!(
-                    "refusing to start: the {} store in {} cannot be used",
-                    config.storage.backend,
-                    config.node.data_dir.display()
-                )
-            })?;
-        let mut transport = build_transport(config.transport.backend);
-        if let Some(path) = &config.transport.fault_file {
-            tracing::warn!(file = %path.display(), "fault injection enabled: URLs listed there are unreachable");
-            transport = Arc::new(crate::faults::FaultyTransport::new(
-                transport,
-                crate::faults::FaultRules::new(path.clone()),
-            ));
-        }
-        let transport_options = transport_options(config);
+        let (store, transport) = open_backends(config)?;
         let secure = crate::security::node_layer(config, transport, &request_url, &signal_url)?;
-        let offset = config.clock.offset_ms;
-        let clock = Arc::new(Clock::with_wall_clock(
-            node_id,
-            Duration::from_millis(config.clock.max_ahead_ms),
-            Box::new(move || (system_ms() as i64).saturating_add(offset).max(0) as u64),
-        ));
-        let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(0);
-        let core = Arc::new(HostCore {
-            node_id,
-            request_url: request_url.clone(),
-            signal_url: signal_url.clone(),
-            join_urls: config.node.join.clone(),
-            secure: secure.clone(),
-            transport_options: transport_options.clone(),
-            transport_name: config.transport.backend.to_string(),
-            storage_name: config.storage.backend.to_string(),
-            store,
-            clock,
-            plugin_configs: config
-                .plugins
-                .config
-                .iter()
-                .map(|(k, v)| (k.clone(), toml_to_cbor(v)))
-                .collect(),
-            handlers: RwLock::new(HashMap::new()),
-            signals: RwLock::new(Vec::new()),
-            loops: Mutex::new(Vec::new()),
-            requesters: Mutex::new(HashMap::new()),
-            publishers: Mutex::new(HashMap::new()),
-            initial_gestors: RwLock::new(Vec::new()),
-            plugin_names: RwLock::new(Vec::new()),
-            stopping: AtomicBool::new(false),
-            shutdown_tx: Mutex::new(Some(shutdown_tx)),
-            shutdown_rx,
-            malformed_signals: AtomicU64::new(0),
-            forbidden_requests: AtomicU64::new(0),
-            forbidden_signals: AtomicU64::new(0),
-            client_workers: config
-                .transport
-                .replier_workers
-                .saturating_sub(config.transport.reserved_for_gestores)
-                .max(1),
-            clients_in_flight: std::sync::atomic::AtomicUsize::new(0),
-            clients_turned_away: AtomicU64::new(0),
-            started_ms: system_ms(),
-            metrics: Metrics::new(),
-        });
-
+        let core = Arc::new(HostCore::new(config, secure.clone(), store)?);
         // Load every plugin before binding anything: a bad one stops start-up.
-        let plugin_dir = match &config.plugins.dir {
-            Some(d) => d.clone(),
-            None => default_plugin_dir()?,
-        };
-        let mut plugins = Vec::new();
-        for entry in &config.plugins.load {
-            let path = loader::resolve(entry, &plugin_dir);
-            plugins.push(loader::load(&path)?);
-        }
-        // Settings for a plugin that is not loaded are a typo or a mistake.
-        for name in config.plugins.config.keys() {
-            if !plugins.iter().any(|p| &p.name == name) {
-                let loaded: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
-                bail!(
-                    "plugins.config.{name}: no plugin named {name} is loaded (loaded: {})",
-                    loaded.join(", ")
-                );
-            }
-        }
-
+        let plugins = load_plugins(config)?;
         // The HTTP endpoint first: if anything below fails, dropping it stops it.
         let http = match http_addr {
             None => None,
-            Some(addr) => {
-                let ops = Arc::new(crate::ops::Ops::new(core.clone()));
-                let route = ops.clone();
-                let server = crate::http::Server::start(
-                    addr,
-                    crate::http::Limits::default(),
-                    Arc::new(move |req: &crate::http::Request| route.route(req)),
-                    ops,
-                )
-                .with_context(|| format!("cannot serve HTTP on http.listen = {addr}"))?;
-                tracing::info!(addr = %server.local_addr(), "HTTP endpoint: /metrics /health /ready /ring.json /");
-                Some(server)
-            }
+            Some(addr) => Some(start_http(addr, &core)?),
         };
-        let handler_core = core.clone();
-        // The replier accepts frames up to twice the limit so that a
-        // moderately oversize request gets a `too_large` error reply from
-        // `handle_frame` instead of silence; beyond that the transport drops it.
-        let replier_options = TransportOptions {
-            max_message_bytes: transport_options.max_message_bytes.saturating_mul(2),
-            ..transport_options.clone()
-        };
-        let replier = secure
-            .replier(
-                &config.node.listen,
-                Arc::new(move |frame: &[u8], peer: &Peer| {
-                    handler_core.handle_frame(frame, &Origin::Network(peer.clone()))
-                }),
-                &replier_options,
-            )
-            .with_context(|| format!("cannot serve requests on {}", config.node.listen))?;
-        let mut subscriber = secure
-            .subscriber(&Endpoint::Bind(bind_signal.clone()), &transport_options)
-            .with_context(|| format!("cannot bind signal endpoint {bind_signal}"))?;
-        let signal_core = core.clone();
-        let signal_thread = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                while !signal_core.stopping() {
-                    match subscriber.recv_from(SHUTDOWN_POLL) {
-                        Ok(Some((topic, payload, peer))) => {
-                            signal_core.deliver_signal(&topic, &payload, &peer)
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!("signal endpoint: {e}");
-                            std::thread::sleep(SHUTDOWN_POLL);
-                        }
-                    }
-                }
-            })
-            .context("cannot spawn signal thread")?;
-
+        let replier = serve_requests(&core, &config.node.listen)?;
+        let signal_thread = start_signal_thread(&core, &bind_signal)?;
         if secure.is_insecure() {
             // Every start says it again, so nobody runs this way by accident.
             tracing::warn!("running INSECURE: plaintext frames; this ring is open to anyone who can reach its ports");
         }
-        let revocation_layer = secure.clone();
         core.spawn_loop(
             "host",
             "revocations",
             REVOCATION_CHECK,
             Arc::new(move || {
-                if let Err(e) = revocation_layer.refresh_revocations() {
+                if let Err(e) = secure.refresh_revocations() {
                     tracing::error!("revocation list not applied: {e}");
                 }
             }),
         );
-
-        let mut node = Node {
+        let node = Node {
             core: core.clone(),
             plugins: Vec::new(),
             replier: Some(replier),
             signal_thread: Some(signal_thread),
             http,
         };
-        for loaded in plugins {
-            let ctx = PluginContext::new(core.clone() as Arc<dyn Host>, loaded.name.clone());
-            if let Err(e) = loaded.plugin.start(ctx) {
-                node.plugins.push(loaded);
-                node.stop();
-                return Err(anyhow!(e).context("plugin failed to start"));
-            }
-            core.plugin_names
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(loaded.name.clone());
-            node.plugins.push(loaded);
-        }
+        let node = node.start_plugins(plugins)?;
         tracing::info!(
-            id = %format!("{node_id:016x}"), %request_url, %signal_url,
+            id = %format!("{:016x}", core.node_id), %request_url, %signal_url,
             transport = %config.transport.backend, storage = %config.storage.backend,
             plugins = node.plugins.len(), "gestor node started"
         );
         Ok(node)
+    }
+
+    /// Start the loaded plugins in order; the first that fails stops the
+    /// node (and the plugins started before it).
+    fn start_plugins(mut self, plugins: Vec<LoadedPlugin>) -> Result<Node> {
+        for loaded in plugins {
+            let ctx = PluginContext::new(self.core.clone() as Arc<dyn Host>, loaded.name.clone());
+            if let Err(e) = loaded.plugin.start(ctx) {
+                self.plugins.push(loaded);
+                self.stop();
+                return Err(anyhow!(e).context("plugin failed to start"));
+            }
+            self.core
+                .plugin_names
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(loaded.name.clone());
+            self.plugins.push(loaded);
+        }
+        Ok(self)
     }
 
     /// Stop plugins (newest first), loops, endpoints; flush the store.

@@ -1,20 +1,16 @@
-//! Security at the edge of the binary: which cluster a client trusts, the
-//! node's secure layer, and the operator's `gestor cluster` commands.
+//! Security at the edge of the binary: the client's trust flags (the trust
+//! itself is `gestor_client::trust`), the node's secure layer, and the
+//! operator's `gestor cluster` commands.
 
-use crate::config::{Config, TransportKind};
-use crate::runtime::build_transport;
+use crate::config::Config;
 use anyhow::{bail, Context, Result};
+use gestor_client::trust::{Trust, NO_TRUST};
 use gestor_sdk::Transport;
 use gestor_secure::keys::{cluster_key_path, cluster_pub_path, revocations_path};
 use gestor_secure::SecureLayer;
 use gestor_secure::{ClusterKey, ClusterPub, CredentialFile, RevocationList, SecureConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// Environment variable naming the cluster public key file for clients.
-pub const CLUSTER_PUB_ENV: &str = "GESTOR_CLUSTER_PUB";
-
-const NO_TRUST: &str = "no cluster public key: pass --cluster-pub FILE or set GESTOR_CLUSTER_PUB (or --insecure, for a development ring)";
 
 /// Client flags: which cluster to trust.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -35,53 +31,6 @@ impl TrustArgs {
             Trust::Unset => bail!("{NO_TRUST}"),
             t => Ok(t),
         }
-    }
-}
-
-/// Which gestores a client believes.
-#[derive(Clone, Debug)]
-pub enum Trust {
-    /// Only gestores holding a credential signed by this cluster key.
-    Cluster(ClusterPub),
-    /// Development only: plaintext frames to a ring started with
-    /// `--insecure`; no admission checked, secure gestores refused.
-    Insecure,
-    /// Not configured: the client refuses to contact anyone.
-    Unset,
-}
-
-impl Trust {
-    /// From the command line: `--cluster-pub FILE` (or `GESTOR_CLUSTER_PUB`) and `--insecure`.
-    pub fn from_args(cluster_pub: Option<&Path>, insecure: bool) -> Result<Trust> {
-        match (cluster_pub, insecure) {
-            (Some(path), _) => Ok(Trust::Cluster(ClusterPub::load(path).with_context(
-                || format!("cannot use the cluster public key {}", path.display()),
-            )?)),
-            (None, true) => Ok(Trust::Insecure),
-            (None, false) => Ok(Trust::Unset),
-        }
-    }
-
-    /// `GESTOR_CLUSTER_PUB` if it names a readable key, else [`Trust::Unset`].
-    pub fn from_env() -> Trust {
-        std::env::var_os(CLUSTER_PUB_ENV)
-            .and_then(|p| ClusterPub::load(Path::new(&p)).ok())
-            .map(Trust::Cluster)
-            .unwrap_or(Trust::Unset)
-    }
-
-    /// A client-side secure layer over a fresh transport of `kind`.
-    pub fn layer(&self, kind: TransportKind) -> SecureLayer {
-        self.layer_over(build_transport(kind))
-    }
-
-    pub fn layer_over(&self, transport: Arc<dyn Transport>) -> SecureLayer {
-        let config = match self {
-            Trust::Cluster(c) => SecureConfig::client(*c),
-            Trust::Insecure => SecureConfig::insecure(),
-            Trust::Unset => SecureConfig::unconfigured(NO_TRUST),
-        };
-        SecureLayer::new(transport, config)
     }
 }
 

@@ -4,8 +4,8 @@
 use crate::cluster::gestor_bin;
 use crate::ports::free_port;
 use crate::ring::Ring;
-use gestor::chat::{ChatClient, ChatMessage, ChatOptions};
-use gestor::client::Client;
+use gestor_client::chat::{ChatClient, ChatMessage, ChatOptions};
+use gestor_client::client::Client;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -42,7 +42,7 @@ impl ChatUser {
     pub fn options(&self, ring: &Ring) -> ChatOptions {
         let mut o = ChatOptions::new(&self.name, &self.password, &self.address, ring.urls());
         o.transport = ring.transport;
-        o.trust = gestor::security::Trust::Cluster(crate::cluster::test_cluster().public);
+        o.trust = gestor_client::trust::Trust::Cluster(crate::cluster::test_cluster().public);
         o.home = self.home.path().to_path_buf();
         o.timeout = Duration::from_secs(5);
         o.retry_every = Duration::from_secs(3);
@@ -66,7 +66,7 @@ impl ChatUser {
             ("GESTOR_TRANSPORT".into(), ring.transport.to_string()),
             ("RUST_LOG".into(), "warn".into()),
             (
-                gestor::security::CLUSTER_PUB_ENV.into(),
+                gestor_client::trust::CLUSTER_PUB_ENV.into(),
                 crate::cluster::test_cluster()
                     .pub_path()
                     .display()

@@ -5,11 +5,11 @@
 //! Every process is killed when its handle drops, so a failing test leaves
 //! nothing running.
 
-use gestor::client::{Client, ClientError};
 use gestor::config::TransportKind;
-use gestor::runtime::build_transport;
-use gestor::security::Trust;
 use gestor_api::node;
+use gestor_backends::build_transport;
+use gestor_client::client::{Client, ClientError};
+use gestor_client::trust::Trust;
 use gestor_sdk::{Empty, Kind, Value};
 use gestor_secure::{ClusterPub, CredentialFile, SecureConfig, SecureLayer};
 use std::path::{Path, PathBuf};
@@ -348,7 +348,10 @@ pub fn wait_ready(url: &str, transport: TransportKind, deadline: Duration) -> bo
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(gestor_bin());
     cmd.args(args).stdin(Stdio::null());
-    cmd.env(gestor::security::CLUSTER_PUB_ENV, test_cluster().pub_path());
+    cmd.env(
+        gestor_client::trust::CLUSTER_PUB_ENV,
+        test_cluster().pub_path(),
+    );
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -7,8 +7,10 @@
 //! Behaviour is asserted with generous deadlines; latencies are printed
 //! (run with `--nocapture` to see them), never asserted.
 
-use gestor::chat::{send_direct, Accepted, ChatClient, ChatEvent, ChatMessage, Presence, Via};
 use gestor::config::{StorageKind, TransportKind};
+use gestor_client::chat::{
+    send_direct, Accepted, ChatClient, ChatEvent, ChatMessage, Presence, Via,
+};
 use gestor_tests::chat::{poll, ChatUser};
 use gestor_tests::cluster::client_layer;
 use gestor_tests::ring::Ring;
@@ -116,7 +118,7 @@ fn chat_on_ring(transport: TransportKind, storage: StorageKind) {
 
     // --- a duplicate is shown once ---------------------------------------------
     let dup = ChatMessage {
-        id: gestor::chat::new_id(),
+        id: gestor_client::chat::new_id(),
         from: "ana".into(),
         to: "ben".into(),
         seq: 6,
@@ -174,7 +176,7 @@ fn chat_on_ring(transport: TransportKind, storage: StorageKind) {
     // --- outbox: recipient offline, then back; then a sender restart ---------
     let cora = ChatUser::register(&ring, "cora");
     let dan = ChatUser::register(&ring, "dan");
-    let outbox_only = |o: &mut gestor::chat::ChatOptions| {
+    let outbox_only = |o: &mut gestor_client::chat::ChatOptions| {
         o.use_mailbox = false;
         o.contacts = vec!["dan".into()];
         // The fallback timer is long: delivery must follow the presence event.
@@ -369,7 +371,7 @@ fn mailbox_after_owner_failure(transport: TransportKind, storage: StorageKind) {
         (total >= 15).then_some(total)
     });
     assert!(held.is_some(), "[{tag}] copies on the successors");
-    let mut c = gestor::client::Client::new(client_layer(transport), ring.urls(), DEADLINE);
+    let mut c = gestor_client::client::Client::new(client_layer(transport), ring.urls(), DEADLINE);
     let owner = c.lookup("bob").expect("lookup bob").gestor;
     let victim = ring
         .nodes

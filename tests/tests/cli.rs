@@ -1,8 +1,8 @@
 //! The `gestor` client commands, run as a user would, against a real ring:
 //! output, `--json`, exit codes and the one-line errors.
 
-use gestor::client::Client;
 use gestor::config::{StorageKind, TransportKind};
+use gestor_client::client::Client;
 use gestor_tests::chat::{poll, ChatUser};
 use gestor_tests::cluster::{client_layer, gestor_bin, run_cli, test_cluster, wait_until};
 use gestor_tests::ports::free_port;
@@ -149,7 +149,10 @@ fn run_with_closed_stdout(
     drop(reader);
     let mut cmd = Command::new(gestor_bin());
     cmd.args(args)
-        .env(gestor::security::CLUSTER_PUB_ENV, test_cluster().pub_path())
+        .env(
+            gestor_client::trust::CLUSTER_PUB_ENV,
+            test_cluster().pub_path(),
+        )
         .stdout(writer)
         .stderr(Stdio::piped())
         .stdin(if stdin_open {
@@ -219,7 +222,10 @@ fn closed_output_ends_quietly(ring: &Ring, home: &str) {
     let out = Command::new("bash")
         .args(["-c", &script])
         .envs(env)
-        .env(gestor::security::CLUSTER_PUB_ENV, test_cluster().pub_path())
+        .env(
+            gestor_client::trust::CLUSTER_PUB_ENV,
+            test_cluster().pub_path(),
+        )
         .output()
         .expect("bash");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -244,7 +250,10 @@ fn closed_output_ends_quietly(ring: &Ring, home: &str) {
     let mut chat = Command::new(gestor_bin())
         .args(["chat", "piper", "--address", &address])
         .envs(env)
-        .env(gestor::security::CLUSTER_PUB_ENV, test_cluster().pub_path())
+        .env(
+            gestor_client::trust::CLUSTER_PUB_ENV,
+            test_cluster().pub_path(),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -365,7 +374,10 @@ fn status_watch_refreshes_and_stops(ring: &Ring, home: &str) {
     let mut child = Command::new(gestor_bin())
         .args(&args)
         .envs(env)
-        .env(gestor::security::CLUSTER_PUB_ENV, test_cluster().pub_path())
+        .env(
+            gestor_client::trust::CLUSTER_PUB_ENV,
+            test_cluster().pub_path(),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

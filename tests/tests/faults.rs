@@ -1,9 +1,9 @@
 //! Fault tolerance with real `gestor node` processes killed with SIGKILL,
 //! for every backend combination (nng/zmq × sqlite/sled).
 
-use gestor::client::Client;
 use gestor::config::{StorageKind, TransportKind};
 use gestor_api::replica;
+use gestor_client::client::Client;
 use gestor_sdk::hash::ring_position;
 use gestor_sdk::Empty;
 use gestor_tests::cluster::client_layer;

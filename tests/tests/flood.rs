@@ -3,8 +3,8 @@
 //! here (argon2id, 19 MiB, 2 passes): that is what the flood is made of.
 //! The four combinations run one after another (each floods both cores).
 
-use gestor::client::{Client, ClientError};
 use gestor::config::{StorageKind, TransportKind};
+use gestor_client::client::{Client, ClientError};
 use gestor_sdk::ErrorCode;
 use gestor_tests::cluster::client_layer;
 use gestor_tests::ring::{Ring, TEST_CONFIG};

@@ -149,7 +149,7 @@ fn panicking_handler_gets_error_reply(transport: TransportKind) {
     for _ in 0..3 {
         let err = call(&node.url, transport, "echo.boom", Value::Null).unwrap_err();
         match err {
-            gestor::client::ClientError::Remote(e) => {
+            gestor_client::client::ClientError::Remote(e) => {
                 assert_eq!(e.code, ErrorCode::Internal);
                 assert!(e.message.contains("panicked"), "{}", e.message);
             }

@@ -5,8 +5,8 @@
 //! dashboard of a 5-gestor ring loaded in a real headless Chromium, its DOM
 //! checked for every gestor and a screenshot written (path in the output).
 
-use gestor::client::{Client, ClientError};
 use gestor::config::{StorageKind, TransportKind};
+use gestor_client::client::{Client, ClientError};
 use gestor_sdk::{ErrorCode, Value};
 use gestor_tests::cluster::{call, client_layer, target_dir, wait_until, NodeProc};
 use gestor_tests::ports::{free_port, tcp_url};

@@ -6,8 +6,8 @@
 
 use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use gestor::client::Client;
 use gestor::config::{StorageKind, TransportKind};
+use gestor_client::client::Client;
 use gestor_tests::cluster::{client_layer, run_cli, test_cluster};
 use gestor_tests::ring::Ring;
 use std::io::Write;

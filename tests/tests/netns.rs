@@ -302,7 +302,10 @@ impl Lab {
             .env("GESTOR_HOME", self.home.path())
             .env("GESTOR_PASSWORD", "netns-pw")
             .env("RUST_LOG", "off")
-            .env(gestor::security::CLUSTER_PUB_ENV, test_cluster().pub_path())
+            .env(
+                gestor_client::trust::CLUSTER_PUB_ENV,
+                test_cluster().pub_path(),
+            )
             .stdin(Stdio::null())
             .output()
             .expect("run gestor in the client namespace");

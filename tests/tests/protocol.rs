@@ -6,12 +6,12 @@
 //! `host_plugins.rs`; the Python client checks the same rules from outside
 //! (`python_client.rs`).
 
-use gestor::client::{Client, ClientError};
 use gestor::config::{StorageKind, TransportKind};
 use gestor_api::chat::ChatMessage;
 use gestor_api::mail::{self, PutMail};
 use gestor_api::user::{self, Auth, Credentials};
 use gestor_api::{node, topics};
+use gestor_client::client::{Client, ClientError};
 use gestor_sdk::wire::{decode_request, to_cbor, to_value, MAX_DEPTH};
 use gestor_sdk::{ErrorCode, HandlerError, Kind, Request, TransportOptions, Value};
 use gestor_tests::cluster::{call, client_layer, field, map, request, wait_until};

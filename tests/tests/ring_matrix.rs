@@ -1,11 +1,11 @@
 //! The directory on a ring of 8 real `gestor node` processes, for every
 //! backend combination (nng/zmq × sqlite/sled).
 
-use gestor::client::{Client, ClientError};
 use gestor::config::{StorageKind, TransportKind};
-use gestor::directory::AliveSender;
-use gestor::runtime::build_transport;
+use gestor_backends::build_transport;
 use gestor_chord::check_invariants;
+use gestor_client::client::{Client, ClientError};
+use gestor_client::directory::AliveSender;
 use gestor_sdk::wire::{from_cbor, Reply};
 use gestor_sdk::{ErrorCode, TransportOptions};
 use gestor_tests::cluster::client_layer;

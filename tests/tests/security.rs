@@ -1,9 +1,9 @@
 //! The closed ring, attacked as an outsider would, on every backend
 //! combination (nng/zmq × sqlite/sled), with real `gestor node` processes.
 
-use gestor::client::{Client, ClientError};
 use gestor::config::{StorageKind, TransportKind};
-use gestor::directory::AliveSender;
+use gestor_client::client::{Client, ClientError};
+use gestor_client::directory::AliveSender;
 use gestor_sdk::{Empty, ErrorCode, KindClass, Value};
 use gestor_secure::{ClusterKey, CredentialFile};
 use gestor_tests::cluster::{
@@ -345,21 +345,16 @@ fn forged_signals_change_nothing(transport: TransportKind, storage: StorageKind)
     );
     // A plaintext alive signal with the right token, straight to the signal
     // endpoint (no session): dropped.
-    let raw = gestor::runtime::build_transport(transport);
+    let raw = gestor_backends::build_transport(transport);
     let mut publisher = raw
         .publisher(
             &gestor_sdk::Endpoint::Dial(session.signal.clone()),
             &gestor_sdk::TransportOptions::default(),
         )
         .unwrap();
-    #[derive(serde::Serialize)]
-    struct Alive<'a> {
-        username: &'a str,
-        token: &'a str,
-    }
-    let payload = gestor_sdk::wire::to_cbor(&Alive {
-        username: "sigvictim",
-        token: &session.token,
+    let payload = gestor_sdk::wire::to_cbor(&gestor_api::user::Alive {
+        username: "sigvictim".into(),
+        token: session.token.clone(),
     });
     // A sealed alive with a wrong token, over a real session: dropped too.
     let mut forged = session.clone();

@@ -14,6 +14,7 @@
 //! chat`, `gestor send` and `gestor inbox` for the same user can run at once.
 
 use super::{ChatError, ChatMessage, Failure};
+use crate::sessions::{read_json, write_atomic};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -132,16 +133,11 @@ impl ChatStore {
     }
 
     fn read_json<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T, ChatError> {
-        let path = self.dir.join(name);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| io(&path, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-            Err(e) => Err(io(&path, e)),
-        }
+        Ok(read_json(&self.dir.join(name))?.unwrap_or_default())
     }
 
     fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), ChatError> {
-        write_atomic(&self.dir.join(name), value)
+        Ok(write_atomic(&self.dir.join(name), value)?)
     }
 
     fn read_lines<T: DeserializeOwned>(&self, name: &str) -> Result<Vec<T>, ChatError> {
@@ -448,19 +444,6 @@ impl ChatStore {
             },
         )
     }
-}
-
-/// Replace `path` with `value` as JSON: a crash leaves the old or the new file.
-pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), ChatError> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| io(path, e))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(&bytes).map_err(|e| io(&tmp, e))?;
-    f.sync_data().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
 #[cfg(test)]

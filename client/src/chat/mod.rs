@@ -19,21 +19,21 @@
 //! [`deliver_pending`], [`fetch_mailbox`]) are public too. Wire formats are
 //! in docs/PROTOCOL.md, "Chat, mailbox and presence".
 
-pub mod cli;
 pub mod store;
 
 pub use store::{Accepted, ChatStore, Outgoing};
 
 use crate::client::{Client, ClientError};
-use crate::config::TransportKind;
 use crate::directory::{AliveSender, Found, Session};
-use crate::security::Trust;
+use crate::sessions::{FileError, SessionStore};
+use crate::trust::Trust;
 use crossbeam_channel::{Receiver, Sender};
 use gestor_api::chat::MessageAck;
 use gestor_api::mail::{self, AckBody, Fetched, PutMail};
 use gestor_api::presence::{self as presence_api, WatchBody};
 use gestor_api::user::Auth;
 use gestor_api::{chat, node};
+use gestor_backends::TransportKind;
 use gestor_sdk::hlc::system_ms;
 use gestor_sdk::transport::{Replier, TransportOptions};
 use gestor_sdk::wire::{decode_request, from_value, to_cbor, to_value, Reply};
@@ -41,7 +41,7 @@ use gestor_sdk::{ErrorCode, HandlerError, Kind, Value};
 use gestor_secure::{Peer, SecureLayer};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -93,6 +93,8 @@ pub enum ChatError {
     Client(#[from] ClientError),
     #[error("chat state: {0}")]
     Io(String),
+    #[error("client state: {0}")]
+    File(#[from] FileError),
     #[error("transport: {0}")]
     Transport(#[from] gestor_sdk::TransportError),
     #[error("{0}")]
@@ -175,49 +177,31 @@ impl ChatOptions {
         self.trust.layer(self.transport)
     }
 
+    /// The session store under `home` (the same files as `gestor login`).
+    pub fn sessions(&self) -> SessionStore {
+        SessionStore::new(&self.home)
+    }
+
+    /// A client starting from `gestores`, then the saved initial gestors.
     pub fn client(&self) -> Client {
         let mut c = Client::new(self.layer(), self.gestores.clone(), self.timeout);
-        c.add_fallbacks(
-            &load_json::<Vec<String>>(&self.home.join("initial_gestors.json")).unwrap_or_default(),
-        );
+        c.add_fallbacks(&self.sessions().initial_gestors());
         c
     }
 }
 
-fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-}
-
-// ---- sessions (same files as `gestor login`) ---------------------------------
-
-fn session_path(home: &Path, user: &str) -> PathBuf {
-    home.join("sessions").join(format!("{user}.json"))
-}
-
-pub fn load_session(home: &Path, user: &str) -> Option<Session> {
-    load_json(&session_path(home, user))
-}
-
-pub fn save_session(home: &Path, session: &Session) -> Result<(), ChatError> {
-    store::write_atomic(&session_path(home, &session.username), session)
-}
-
-/// Remember the newest initial-gestors list, as the CLI does.
-pub fn remember_gestores(home: &Path, client: &Client) {
-    if !client.initial_gestors().is_empty() {
-        let _ = store::write_atomic(
-            &home.join("initial_gestors.json"),
-            &client.initial_gestors(),
-        );
+/// Remember the newest initial-gestors list (a hint: failing to save it is
+/// only logged).
+pub fn remember_gestores(sessions: &SessionStore, client: &Client) {
+    if let Err(e) = sessions.save_initial_gestors(client.initial_gestors()) {
+        tracing::warn!("{e}");
     }
 }
 
 /// Log in with `address` and save the session.
 pub fn login(
     client: &mut Client,
-    home: &Path,
+    sessions: &SessionStore,
     user: &str,
     password: &str,
     address: &str,
@@ -228,8 +212,8 @@ pub fn login(
         )));
     }
     let session = client.login(user, password, address)?;
-    save_session(home, &session)?;
-    remember_gestores(home, client);
+    sessions.save(&session)?;
+    remember_gestores(sessions, client);
     Ok(session)
 }
 
@@ -294,7 +278,7 @@ pub fn may_have_arrived(e: &ChatError) -> bool {
         ChatError::Client(ClientError::Unreachable { last, .. }) => transport(last),
         ChatError::Client(ClientError::Transport(t)) | ChatError::Transport(t) => transport(t),
         ChatError::Client(ClientError::Malformed { .. }) => true,
-        ChatError::Io(_) | ChatError::Usage(_) => false,
+        ChatError::Io(_) | ChatError::File(_) | ChatError::Usage(_) => false,
     }
 }
 
@@ -309,90 +293,149 @@ pub fn deliver_pending(
     opts: &ChatOptions,
     only: Option<&str>,
 ) -> Result<PassReport, ChatError> {
-    let mut report = PassReport::default();
-    let now = system_ms();
-    let max_age = opts.max_age.as_millis() as u64;
-    let mut by_peer: BTreeMap<String, Vec<Outgoing>> = BTreeMap::new();
-    for m in store.outbox()? {
-        if now.saturating_sub(m.message.sent_ms) > max_age {
-            let reason = format!("not delivered within {} ms", max_age);
-            report.failed.push(store.give_up(&m.message, &reason, now)?);
-            continue;
-        }
-        by_peer.entry(m.message.to.clone()).or_default().push(m);
-    }
-    for (peer, messages) in by_peer {
+    let mut pass = Pass {
+        client,
+        secure,
+        store,
+        session,
+        opts,
+        now: system_ms(),
+        report: PassReport::default(),
+    };
+    for (peer, messages) in pass.waiting_by_peer()? {
         if only.is_some_and(|o| o != peer) {
-            report.waiting += messages.len();
+            pass.report.waiting += messages.len();
             continue;
         }
-        let mut why = String::new();
-        let found = match client.lookup(&peer) {
-            Ok(f) => Some(f),
-            Err(ClientError::Remote(h)) if h.code == ErrorCode::NotFound => {
-                for m in &messages {
-                    let reason = format!("no such user {peer}");
-                    report.failed.push(store.give_up(&m.message, &reason, now)?);
-                }
-                continue;
-            }
-            Err(e) => {
-                tracing::debug!(%peer, "lookup failed: {e}");
-                why = format!("cannot look up {peer}: {e}");
-                None
-            }
-        };
-        let mut remaining = messages.len();
-        for m in &messages {
-            let mut via = None;
-            let mut maybe = false;
-            if let Some(f) = found.as_ref().filter(|f| f.online && !f.address.is_empty()) {
-                match send_direct(secure.clone(), &f.address, &m.message, opts.timeout) {
-                    Ok(_) => via = Some(Via::Direct),
-                    Err(e) => {
-                        tracing::debug!(%peer, address = %f.address, "direct send failed: {e}");
-                        maybe |= may_have_arrived(&e);
-                        why = format!("{peer} is online at {} but did not take it: {e}", f.address);
-                    }
-                }
-            } else if found.is_some() {
-                why = format!("{peer} is offline");
-            }
-            if via.is_none() && m.mailbox && found.is_some() {
-                match put_in_mailbox(client, session, &m.message) {
-                    Ok(_) => via = Some(Via::Mailbox),
-                    Err(e) if e.code() == Some(ErrorCode::Unauthorized) => {
-                        report.unauthorized = true;
-                        why = format!("the session of {} has ended", session.username);
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, "mailbox put failed: {e}");
-                        maybe |= may_have_arrived(&e);
-                        why = format!("{why}; leaving it in the mailbox failed: {e}");
-                    }
-                }
-            } else if via.is_none() && !m.mailbox && found.is_some() {
-                why = format!("{why}, and the mailbox is not used (--no-mailbox)");
-            }
-            let Some(via) = via else {
-                if maybe {
-                    report.uncertain.insert(m.message.id.clone());
-                }
-                report
-                    .stuck
-                    .insert(peer.clone(), (m.message.id.clone(), why));
-                break;
-            };
-            store.sent(&m.message.id)?;
-            remaining -= 1;
-            report.sent.push((m.message.clone(), via));
-        }
-        report.waiting += remaining;
-        if report.unauthorized {
+        pass.deliver_to(&peer, &messages)?;
+        if pass.report.unauthorized {
             break;
         }
     }
-    Ok(report)
+    Ok(pass.report)
+}
+
+/// A send-pending pass under way.
+struct Pass<'a> {
+    client: &'a mut Client,
+    secure: SecureLayer,
+    store: &'a ChatStore,
+    session: &'a Session,
+    opts: &'a ChatOptions,
+    now: u64,
+    report: PassReport,
+}
+
+/// Why a message was not handed off.
+struct Stuck {
+    why: String,
+    /// A request carrying it got no answer: it may have arrived.
+    maybe_arrived: bool,
+}
+
+impl Pass<'_> {
+    /// The outbox by recipient, in order; messages older than `max_age`
+    /// are given up (reported undeliverable).
+    fn waiting_by_peer(&mut self) -> Result<BTreeMap<String, Vec<Outgoing>>, ChatError> {
+        let max_age = self.opts.max_age.as_millis() as u64;
+        let mut by_peer: BTreeMap<String, Vec<Outgoing>> = BTreeMap::new();
+        for m in self.store.outbox()? {
+            if self.now.saturating_sub(m.message.sent_ms) > max_age {
+                let reason = format!("not delivered within {} ms", max_age);
+                let failure = self.store.give_up(&m.message, &reason, self.now)?;
+                self.report.failed.push(failure);
+                continue;
+            }
+            by_peer.entry(m.message.to.clone()).or_default().push(m);
+        }
+        Ok(by_peer)
+    }
+
+    /// Hand off `messages` (in order) to `peer`, up to the first that
+    /// cannot be; an unknown recipient's messages are given up.
+    fn deliver_to(&mut self, peer: &str, messages: &[Outgoing]) -> Result<(), ChatError> {
+        let found = match self.client.lookup(peer) {
+            Ok(f) => f,
+            Err(ClientError::Remote(h)) if h.code == ErrorCode::NotFound => {
+                for m in messages {
+                    let reason = format!("no such user {peer}");
+                    let failure = self.store.give_up(&m.message, &reason, self.now)?;
+                    self.report.failed.push(failure);
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "lookup failed: {e}");
+                let stuck = Stuck {
+                    why: format!("cannot look up {peer}: {e}"),
+                    maybe_arrived: false,
+                };
+                self.stuck(peer, messages, stuck);
+                return Ok(());
+            }
+        };
+        for (i, m) in messages.iter().enumerate() {
+            match self.hand_off(peer, &found, m) {
+                Ok(via) => {
+                    self.store.sent(&m.message.id)?;
+                    self.report.sent.push((m.message.clone(), via));
+                }
+                Err(stuck) => {
+                    self.stuck(peer, &messages[i..], stuck);
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `waiting` (to `peer`, in order) stay: the first could not be handed off.
+    fn stuck(&mut self, peer: &str, waiting: &[Outgoing], stuck: Stuck) {
+        let Some(first) = waiting.first() else { return };
+        if stuck.maybe_arrived {
+            self.report.uncertain.insert(first.message.id.clone());
+        }
+        self.report
+            .stuck
+            .insert(peer.to_string(), (first.message.id.clone(), stuck.why));
+        self.report.waiting += waiting.len();
+    }
+
+    /// One message: directly to an online recipient, else (when allowed)
+    /// into its mailbox on the ring.
+    fn hand_off(&mut self, peer: &str, found: &Found, m: &Outgoing) -> Result<Via, Stuck> {
+        let mut maybe_arrived = false;
+        let mut why = format!("{peer} is offline");
+        if found.online && !found.address.is_empty() {
+            let address = &found.address;
+            match send_direct(self.secure.clone(), address, &m.message, self.opts.timeout) {
+                Ok(_) => return Ok(Via::Direct),
+                Err(e) => {
+                    tracing::debug!(%peer, %address, "direct send failed: {e}");
+                    maybe_arrived = may_have_arrived(&e);
+                    why = format!("{peer} is online at {address} but did not take it: {e}");
+                }
+            }
+        }
+        if !m.mailbox {
+            let why = format!("{why}, and the mailbox is not used (--no-mailbox)");
+            return Err(Stuck { why, maybe_arrived });
+        }
+        match put_in_mailbox(self.client, self.session, &m.message) {
+            Ok(_) => Ok(Via::Mailbox),
+            Err(e) if e.code() == Some(ErrorCode::Unauthorized) => {
+                self.report.unauthorized = true;
+                let why = format!("the session of {} has ended", self.session.username);
+                Err(Stuck { why, maybe_arrived })
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "mailbox put failed: {e}");
+                maybe_arrived |= may_have_arrived(&e);
+                let why = format!("{why}; leaving it in the mailbox failed: {e}");
+                Err(Stuck { why, maybe_arrived })
+            }
+        }
+    }
 }
 
 /// What a mailbox fetch did.
@@ -520,7 +563,7 @@ impl Inner {
     fn relogin(&self, client: &mut Client) -> Result<(), ChatError> {
         let s = login(
             client,
-            &self.opts.home,
+            &self.opts.sessions(),
             &self.opts.username,
             &self.opts.password,
             &self.opts.address,
@@ -770,7 +813,7 @@ impl ChatClient {
         let secure = opts.layer();
         let session = login(
             &mut client,
-            &opts.home,
+            &opts.sessions(),
             &opts.username,
             &opts.password,
             &opts.address,
@@ -922,7 +965,7 @@ impl ChatClient {
         let session = self.inner.session();
         let mut client = self.inner.opts.client();
         client.logout(&session.username, &session.token)?;
-        let _ = std::fs::remove_file(session_path(&self.inner.opts.home, &session.username));
+        self.inner.opts.sessions().forget(&session.username)?;
         Ok(())
     }
 

@@ -1,17 +1,17 @@
 //! `gestor chat`, `gestor send` and `gestor inbox`: the command-line edge of
 //! the chat client library (anyhow errors, stdout output).
 
-use super::{
-    deliver_pending, fetch_mailbox, load_session, login, remember_gestores, ChatClient, ChatError,
-    ChatEvent, ChatMessage, ChatOptions, ChatStore, Failure, Presence, Via,
-};
-use crate::client::Client;
 use crate::config::TransportKind;
-use crate::directory::Session;
 use crate::out::StdoutError;
 use crate::outln;
 use anyhow::{Context, Result};
 use clap::Args;
+use gestor_client::chat::{
+    deliver_pending, fetch_mailbox, login, remember_gestores, ChatClient, ChatError, ChatEvent,
+    ChatMessage, ChatOptions, ChatStore, Failure, PassReport, Presence, Via,
+};
+use gestor_client::client::Client;
+use gestor_client::directory::Session;
 use gestor_sdk::hlc::system_ms;
 use gestor_sdk::ErrorCode;
 use std::io::BufRead;
@@ -141,7 +141,7 @@ fn session(
     opts: &ChatOptions,
     conn: &Conn,
 ) -> Result<Session> {
-    if let Some(s) = load_session(&opts.home, &opts.username) {
+    if let Some(s) = opts.sessions().load(&opts.username)? {
         return Ok(s);
     }
     relogin(client, store, opts, conn)
@@ -156,7 +156,7 @@ fn relogin(
     let address = address(store, conn)?;
     Ok(login(
         client,
-        &opts.home,
+        &opts.sessions(),
         &opts.username,
         &opts.password,
         &address,
@@ -242,47 +242,15 @@ pub fn send(args: SendArgs) -> Result<()> {
     let opts = options(&args.user, &args.conn)?;
     let store = ChatStore::open(&opts.home, &args.user)?;
     let mut client = opts.client();
-    let secure = opts.layer();
     let nothing = |what: &str| format!("not sent to {}, nothing queued: {what}", args.to);
-    let mut s = session(&mut client, &store, &opts, &args.conn).map_err(|e| {
-        let what = format!("{e:#}");
-        anyhow::anyhow!(nothing(&what))
-    })?;
-    match client.lookup(&args.to) {
-        Ok(_) => {}
-        Err(e) => anyhow::bail!(nothing(&e.to_string())),
+    let session = session(&mut client, &store, &opts, &args.conn)
+        .map_err(|e| anyhow::anyhow!(nothing(&format!("{e:#}"))))?;
+    if let Err(e) = client.lookup(&args.to) {
+        anyhow::bail!(nothing(&e.to_string()));
     }
-    let (message, resent) = match store.unconfirmed(&args.to, &args.text)? {
-        Some(m) => (m, true),
-        None => (
-            store.enqueue(&args.to, &args.text, opts.use_mailbox, system_ms())?,
-            false,
-        ),
-    };
-    if resent {
-        note!(
-            "#{} to {} with this text is still unconfirmed in the outbox: sending it again (same id)",
-            message.seq, args.to
-        );
-    }
-    let mut report = deliver_pending(
-        &mut client,
-        secure.clone(),
-        &store,
-        &s,
-        &opts,
-        Some(&args.to),
-    );
-    if matches!(&report, Ok(r) if r.unauthorized) {
-        match relogin(&mut client, &store, &opts, &args.conn) {
-            Ok(fresh) => {
-                s = fresh;
-                report = deliver_pending(&mut client, secure, &store, &s, &opts, Some(&args.to));
-            }
-            Err(e) => report = Err(ChatError::Usage(format!("{e:#}"))),
-        }
-    }
-    remember_gestores(&opts.home, &client);
+    let (message, resent) = queue(&store, &opts, &args)?;
+    let report = hand_off(&mut client, &store, &opts, &args, session);
+    remember_gestores(&opts.sessions(), &client);
     let report = match report {
         Ok(r) => r,
         Err(e) => {
@@ -293,22 +261,93 @@ pub fn send(args: SendArgs) -> Result<()> {
             return Err(e.into());
         }
     };
+    let sent = settle(&store, &opts, &report, message, resent)?;
+    if matches!(
+        sent.outcome,
+        Outcome::Sent(_) | Outcome::Queued | Outcome::Gone
+    ) {
+        store.add_contacts(std::slice::from_ref(&args.to))?;
+    }
+    if args.json {
+        print_sent_json(&sent)?;
+    }
+    tell(&args, &sent)
+}
+
+/// The message to send: the unconfirmed one with the same text and
+/// recipient when there is one (sent again with its id), else a new one.
+fn queue(store: &ChatStore, opts: &ChatOptions, args: &SendArgs) -> Result<(ChatMessage, bool)> {
+    if let Some(m) = store.unconfirmed(&args.to, &args.text)? {
+        note!(
+            "#{} to {} with this text is still unconfirmed in the outbox: sending it again (same id)",
+            m.seq, args.to
+        );
+        return Ok((m, true));
+    }
+    let m = store.enqueue(&args.to, &args.text, opts.use_mailbox, system_ms())?;
+    Ok((m, false))
+}
+
+/// One send-pending pass for the recipient; again after a fresh login when
+/// the saved session was refused.
+fn hand_off(
+    client: &mut Client,
+    store: &ChatStore,
+    opts: &ChatOptions,
+    args: &SendArgs,
+    session: Session,
+) -> Result<PassReport, ChatError> {
+    let secure = opts.layer();
+    let to = Some(args.to.as_str());
+    let report = deliver_pending(client, secure.clone(), store, &session, opts, to)?;
+    if !report.unauthorized {
+        return Ok(report);
+    }
+    match relogin(client, store, opts, &args.conn) {
+        Ok(fresh) => deliver_pending(client, secure, store, &fresh, opts, to),
+        Err(e) => Err(ChatError::Usage(format!("{e:#}"))),
+    }
+}
+
+/// What became of the message `gestor send` queued.
+enum Outcome {
+    Sent(Via),
+    Failed(Failure),
+    Queued,
+    Unconfirmed,
+    Withdrawn,
+    Gone,
+}
+
+/// The message, its outcome, and what the pass said about it.
+struct Sent {
+    message: ChatMessage,
+    outcome: Outcome,
+    /// Messages still in the outbox.
+    waiting: usize,
+    /// Why the recipient's first waiting message was not handed off.
+    reason: String,
+    /// Whether that first waiting message is this one.
+    ours_first: bool,
+}
+
+/// Decide the outcome from the pass, and leave the outbox to match: a
+/// message that cannot have arrived is taken back, one that may have is
+/// marked unconfirmed.
+fn settle(
+    store: &ChatStore,
+    opts: &ChatOptions,
+    report: &PassReport,
+    message: ChatMessage,
+    resent: bool,
+) -> Result<Sent> {
     let sent = report.sent.iter().find(|(m, _)| m.id == message.id);
     let failed = report.failed.iter().find(|f| f.message.id == message.id);
-    let stuck = report.stuck.get(&args.to);
+    let stuck = report.stuck.get(&message.to);
     let ours_first = stuck.is_some_and(|(id, _)| *id == message.id);
-    let reason = stuck.map(|(_, why)| why.clone()).unwrap_or_default();
-    enum Outcome {
-        Sent(Via),
-        Failed,
-        Queued,
-        Unconfirmed,
-        Withdrawn,
-        Gone,
-    }
     let outcome = match (sent, failed) {
         (Some((_, via)), _) => Outcome::Sent(*via),
-        (None, Some(_)) => Outcome::Failed,
+        (None, Some(f)) => Outcome::Failed(f.clone()),
         // Asked for: keep it for the recipient's next appearance.
         _ if !opts.use_mailbox || !ours_first => Outcome::Queued,
         _ if resent || report.uncertain.contains(&message.id) => {
@@ -319,68 +358,73 @@ pub fn send(args: SendArgs) -> Result<()> {
         // Handed off meanwhile by another client of this user (`gestor chat`).
         _ => Outcome::Gone,
     };
-    if matches!(outcome, Outcome::Sent(_) | Outcome::Queued | Outcome::Gone) {
-        store.add_contacts(std::slice::from_ref(&args.to))?;
-    }
-    if args.json {
-        let status = match outcome {
-            Outcome::Sent(Via::Direct) => "direct",
-            Outcome::Sent(Via::Mailbox) => "mailbox",
-            Outcome::Failed => "failed",
-            Outcome::Queued => "queued",
-            Outcome::Unconfirmed => "unconfirmed",
-            Outcome::Withdrawn => "not_sent",
-            Outcome::Gone => "handed_off",
-        };
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "id": message.id, "to": message.to, "seq": message.seq, "status": status,
-                "outbox": report.waiting, "reason": reason,
-            }))?
-        )?;
-    }
-    let user = &args.user;
-    let to = &args.to;
-    let seq = message.seq;
-    match outcome {
-        Outcome::Sent(via) => {
-            if !args.json {
-                outln!("#{seq} to {to}: {}", via_text(via))?;
-            }
-            Ok(())
+    Ok(Sent {
+        message,
+        outcome,
+        waiting: report.waiting,
+        reason: stuck.map(|(_, why)| why.clone()).unwrap_or_default(),
+        ours_first,
+    })
+}
+
+/// `gestor send --json`: id, to, seq, status, outbox, reason.
+fn print_sent_json(sent: &Sent) -> Result<()> {
+    let status = match sent.outcome {
+        Outcome::Sent(Via::Direct) => "direct",
+        Outcome::Sent(Via::Mailbox) => "mailbox",
+        Outcome::Failed(_) => "failed",
+        Outcome::Queued => "queued",
+        Outcome::Unconfirmed => "unconfirmed",
+        Outcome::Withdrawn => "not_sent",
+        Outcome::Gone => "handed_off",
+    };
+    let m = &sent.message;
+    outln!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "id": m.id, "to": m.to, "seq": m.seq, "status": status,
+            "outbox": sent.waiting, "reason": sent.reason,
+        }))?
+    )?;
+    Ok(())
+}
+
+/// The outcome in words (unless `--json`), and as the exit status.
+fn tell(args: &SendArgs, sent: &Sent) -> Result<()> {
+    let (user, to, seq) = (&args.user, &args.to, sent.message.seq);
+    let reason = &sent.reason;
+    let quiet = args.json;
+    match &sent.outcome {
+        Outcome::Sent(via) if !quiet => outln!("#{seq} to {to}: {}", via_text(*via))?,
+        Outcome::Gone if !quiet => {
+            outln!("#{seq} to {to}: handed off by another client of {user}")?
         }
-        Outcome::Gone => {
-            if !args.json {
-                outln!("#{seq} to {to}: handed off by another client of {user}")?;
-            }
-            Ok(())
+        Outcome::Queued if !quiet => {
+            let behind = if sent.ours_first {
+                String::new()
+            } else {
+                format!(", behind earlier messages to {to}")
+            };
+            outln!(
+                "#{seq} to {to}: queued in {user}'s outbox ({} waiting{behind}: {reason}); `gestor chat {user}` delivers it when {to} is online",
+                sent.waiting
+            )?
         }
-        Outcome::Queued => {
-            if !args.json {
-                let behind = if ours_first {
-                    String::new()
-                } else {
-                    format!(", behind earlier messages to {to}")
-                };
-                outln!(
-                    "#{seq} to {to}: queued in {user}'s outbox ({} waiting{behind}: {reason}); `gestor chat {user}` delivers it when {to} is online",
-                    report.waiting
-                )?;
-            }
-            Ok(())
-        }
-        Outcome::Failed => {
-            if let (false, Some(f)) = (args.json, failed) {
+        Outcome::Sent(_) | Outcome::Gone | Outcome::Queued => {}
+        Outcome::Failed(f) => {
+            if !quiet {
                 outln!("{}", failure_line(f))?;
             }
             anyhow::bail!("#{seq} to {to} not delivered; nothing queued")
         }
-        Outcome::Withdrawn => anyhow::bail!(nothing(&reason)),
+        Outcome::Withdrawn => {
+            anyhow::bail!("not sent to {to}, nothing queued: {reason}")
+        }
         Outcome::Unconfirmed => anyhow::bail!(
             "#{seq} to {to} not confirmed ({reason}); it may have arrived, so it stays queued in {user}'s outbox: the next `gestor send {user}` or `gestor chat {user}` sends it again with the same id and {to} sees it once (running this command again does not send it twice)"
         ),
     }
+    Ok(())
 }
 
 /// `gestor inbox USER`.
@@ -399,7 +443,7 @@ pub fn inbox(args: InboxArgs) -> Result<()> {
             other => other?,
         };
         bounced = report.bounced;
-        remember_gestores(&opts.home, &client);
+        remember_gestores(&opts.sessions(), &client);
     }
     store.release_held(opts.gap_wait.as_millis() as u64, system_ms())?;
     let messages = store.inbox()?;
@@ -600,6 +644,39 @@ fn send_to(client: &ChatClient, to: &str, text: &str) -> Result<(), CommandError
     Ok(())
 }
 
+/// `/to USER` (plain text goes to USER from now on), or `/to` (to whom?).
+fn talk_to(client: &ChatClient, talk: &mut Talk, user: &str) -> Result<(), CommandError> {
+    if user.is_empty() {
+        match &talk.to {
+            Some(to) => outln!("plain text goes to {to}")?,
+            None => outln!("plain text goes to nobody yet: /to USER")?,
+        }
+        return Ok(());
+    }
+    client.add_contact(user)?;
+    talk.to = Some(user.to_string());
+    outln!("talking to {user}: plain text goes to {user}")?;
+    Ok(())
+}
+
+/// `/presence USER`: where the ring says USER is now.
+fn show_presence(client: &ChatClient, user: &str) -> Result<(), CommandError> {
+    let f = client.lookup(user)?;
+    outln!(
+        "{} is {}{} (last seen {}; gestor {})",
+        f.user,
+        if f.online { "online" } else { "offline" },
+        if f.address.is_empty() {
+            String::new()
+        } else {
+            format!(" at {}", f.address)
+        },
+        clock_time(f.last_seen_ms),
+        f.gestor
+    )?;
+    Ok(())
+}
+
 /// One input line; false means quit.
 fn run_command(client: &ChatClient, talk: &mut Talk, line: &str) -> Result<bool, CommandError> {
     let usage = |s: &str| CommandError::Chat(ChatError::Usage(format!("usage: {s}")));
@@ -613,20 +690,8 @@ fn run_command(client: &ChatClient, talk: &mut Talk, line: &str) -> Result<bool,
     match cmd {
         "/quit" | "/exit" => return Ok(false),
         "/help" => outln!("{HELP}")?,
-        "/to" => {
-            if rest.is_empty() {
-                match &talk.to {
-                    Some(to) => outln!("plain text goes to {to}")?,
-                    None => outln!("plain text goes to nobody yet: /to USER")?,
-                }
-            } else if rest.contains(char::is_whitespace) {
-                return Err(usage("/to USER"));
-            } else {
-                client.add_contact(rest)?;
-                talk.to = Some(rest.to_string());
-                outln!("talking to {rest}: plain text goes to {rest}")?;
-            }
-        }
+        "/to" if rest.contains(char::is_whitespace) => return Err(usage("/to USER")),
+        "/to" => talk_to(client, talk, rest)?,
         "/send" | "/msg" => {
             let (to, text) = rest
                 .split_once(char::is_whitespace)
@@ -634,24 +699,8 @@ fn run_command(client: &ChatClient, talk: &mut Talk, line: &str) -> Result<bool,
             send_to(client, to, text.trim())?;
         }
         c if c.starts_with('@') && c.len() > 1 => send_to(client, &c[1..], rest)?,
-        "/presence" | "/who" => {
-            if rest.is_empty() {
-                return Err(usage("/presence USER"));
-            }
-            let f = client.lookup(rest)?;
-            outln!(
-                "{} is {}{} (last seen {}; gestor {})",
-                f.user,
-                if f.online { "online" } else { "offline" },
-                if f.address.is_empty() {
-                    String::new()
-                } else {
-                    format!(" at {}", f.address)
-                },
-                clock_time(f.last_seen_ms),
-                f.gestor
-            )?;
-        }
+        "/presence" | "/who" if rest.is_empty() => return Err(usage("/presence USER")),
+        "/presence" | "/who" => show_presence(client, rest)?,
         "/contacts" => {
             for (user, p) in client.contacts()? {
                 match p {
