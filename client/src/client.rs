@@ -6,13 +6,39 @@
 //! Every request goes through the secure layer: a gestor that cannot prove
 //! admission to the trusted cluster gets nothing but a handshake's first
 //! message — that holds for URLs learned from the initial-gestors list too.
+//!
+//! Per-user requests go in one hop (docs/PROTOCOL.md §10.1): the client
+//! keeps the ring table (`ring.table`) and sends each one straight to the
+//! username's owner, falling back to the other gestors. A reply naming
+//! another gestor as responsible (the redirect hint) marks the table stale,
+//! and the next per-user request fetches it again.
 
+use gestor_api::ring::{self, RingTable, MAX_TABLE};
+use gestor_sdk::hash::ring_position;
 use gestor_sdk::transport::{Requester, TransportOptions};
 use gestor_sdk::wire::{from_cbor, to_cbor, to_value, Reply, Request};
-use gestor_sdk::{HandlerError, Kind, TransportError, Value};
+use gestor_sdk::{ErrorCode, HandlerError, Kind, TransportError, Value};
 use gestor_secure::SecureLayer;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A ring table is fetched again after this long even without a redirect
+/// hint (writes' replies carry none).
+const TABLE_MAX_AGE: Duration = Duration::from_secs(10);
+/// Not more often than this, however stale: a ring that keeps changing
+/// must not turn every request into two.
+const TABLE_MIN_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One-hop routing state.
+#[derive(Default)]
+struct Routes {
+    table: Option<RingTable>,
+    fetched: Option<Instant>,
+    stale: bool,
+    /// The gestores do not serve `ring.table` (an older ring): route
+    /// through them as before.
+    unsupported: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -40,6 +66,7 @@ pub struct Client {
     initial_gestors: Vec<String>,
     timeout: Duration,
     requesters: HashMap<String, Box<dyn Requester>>,
+    routes: Routes,
 }
 
 impl Client {
@@ -52,6 +79,7 @@ impl Client {
             initial_gestors: Vec::new(),
             timeout,
             requesters: HashMap::new(),
+            routes: Routes::default(),
         }
     }
 
@@ -85,16 +113,90 @@ impl Client {
         })
     }
 
+    /// Send the per-user kind `K` for `username` straight to its owner when
+    /// the ring table names one (else, or when it does not answer, to the
+    /// first gestor that does), and learn from the reply whether the table
+    /// is stale.
+    pub fn request_for<K: Kind>(
+        &mut self,
+        username: &str,
+        body: &K::Request,
+    ) -> Result<K::Reply, ClientError> {
+        let owner = self.owner_of(username);
+        let reply = self.call_via(owner.as_deref(), K::NAME, to_value(body))?;
+        if let Some(owner) = &owner {
+            let answered_by = reply
+                .as_map()
+                .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("gestor")))
+                .and_then(|(_, v)| v.as_text());
+            if answered_by.is_some_and(|g| g != owner) {
+                self.routes.stale = true;
+            }
+        }
+        reply.deserialized().map_err(|e| ClientError::Malformed {
+            url: "reply body".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The owner of `username` in the ring table, fetching the table first
+    /// when there is none, it is stale or old.
+    fn owner_of(&mut self, username: &str) -> Option<String> {
+        if self.to_client_endpoint || self.routes.unsupported {
+            return None;
+        }
+        let age = self.routes.fetched.map(|t| t.elapsed());
+        let due = match age {
+            None => true,
+            Some(age) => (self.routes.stale || age > TABLE_MAX_AGE) && age > TABLE_MIN_INTERVAL,
+        };
+        if due {
+            self.refresh_table();
+        }
+        let key = ring_position(username.as_bytes());
+        let table = self.routes.table.as_ref()?;
+        table.owner_of(key).map(|p| p.addr.clone())
+    }
+
+    fn refresh_table(&mut self) {
+        self.routes.fetched = Some(Instant::now());
+        match self.call(<ring::Table as Kind>::NAME, Value::Null) {
+            Ok(v) => match v.deserialized::<RingTable>() {
+                Ok(t) if t.members.len() <= MAX_TABLE => {
+                    self.routes.table = Some(t);
+                    self.routes.stale = false;
+                }
+                _ => self.routes.table = None,
+            },
+            Err(ClientError::Remote(e)) if e.code == ErrorCode::UnknownKind => {
+                self.routes.unsupported = true;
+                self.routes.table = None;
+            }
+            // Unreachable now: keep what we had; the fallbacks still work.
+            Err(_) => {}
+        }
+    }
+
     /// Send `kind` with an untyped `body` to the first gestor that answers
     /// (`gestor call`, and kinds this crate has no type for).
     /// A `busy` answer (the gestor's password-hashing slots are full) is
     /// retried with jittered, doubling backoff until the request deadline.
     pub fn call(&mut self, kind: &str, body: Value) -> Result<Value, ClientError> {
+        self.call_via(None, kind, body)
+    }
+
+    /// [`Client::call`], trying `preferred` first.
+    fn call_via(
+        &mut self,
+        preferred: Option<&str>,
+        kind: &str,
+        body: Value,
+    ) -> Result<Value, ClientError> {
         let frame = to_cbor(&Request::new(kind, body));
         let deadline = std::time::Instant::now() + self.timeout;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.call_once(&frame) {
+            match self.call_once(preferred, &frame) {
                 Err(ClientError::Remote(e)) if e.code == gestor_sdk::ErrorCode::Busy => {
                     let jitter = Duration::from_millis(rand::random::<u64>() % 50);
                     if std::time::Instant::now() + backoff + jitter >= deadline {
@@ -108,10 +210,14 @@ impl Client {
         }
     }
 
-    fn call_once(&mut self, frame: &[u8]) -> Result<Value, ClientError> {
+    fn call_once(&mut self, preferred: Option<&str>, frame: &[u8]) -> Result<Value, ClientError> {
         let mut tried = Vec::new();
         let mut last = TransportError::Closed;
-        let candidates: Vec<String> = self.gestores.clone();
+        let mut candidates: Vec<String> = self.gestores.clone();
+        if let Some(p) = preferred {
+            candidates.retain(|u| u != p);
+            candidates.insert(0, p.to_string());
+        }
         for url in candidates {
             match self.send_to(&url, frame) {
                 Ok(reply) => {
@@ -128,6 +234,10 @@ impl Client {
                     e @ (TransportError::Untrusted { .. } | TransportError::OtherMode { .. }),
                 )) => return Err(ClientError::Transport(e)),
                 Err(ClientError::Transport(e)) => {
+                    if preferred == Some(url.as_str()) {
+                        // The owner the table named is gone: refresh it.
+                        self.routes.stale = true;
+                    }
                     tried.push(url.clone());
                     last = e;
                 }

@@ -13,11 +13,14 @@ pub type Session = gestor_api::user::LoggedIn;
 
 impl Client {
     pub fn register(&mut self, username: &str, password: &str) -> Result<Registered, ClientError> {
-        self.request::<user::Register>(&Credentials {
-            username: username.into(),
-            password: password.into(),
-            address: None,
-        })
+        self.request_for::<user::Register>(
+            username,
+            &Credentials {
+                username: username.into(),
+                password: password.into(),
+                address: None,
+            },
+        )
     }
 
     pub fn login(
@@ -26,17 +29,23 @@ impl Client {
         password: &str,
         address: &str,
     ) -> Result<Session, ClientError> {
-        self.request::<user::Login>(&Credentials {
-            username: username.into(),
-            password: password.into(),
-            address: Some(address.into()),
-        })
+        self.request_for::<user::Login>(
+            username,
+            &Credentials {
+                username: username.into(),
+                password: password.into(),
+                address: Some(address.into()),
+            },
+        )
     }
 
     pub fn lookup(&mut self, username: &str) -> Result<Found, ClientError> {
-        self.request::<user::Lookup>(&UserOnly {
-            username: username.into(),
-        })
+        self.request_for::<user::Lookup>(
+            username,
+            &UserOnly {
+                username: username.into(),
+            },
+        )
     }
 
     pub fn set_address(
@@ -45,28 +54,37 @@ impl Client {
         token: &str,
         address: &str,
     ) -> Result<Done, ClientError> {
-        self.request::<user::SetAddress>(&Authenticated {
-            username: username.into(),
-            token: token.into(),
-            address: Some(address.into()),
-        })
+        self.request_for::<user::SetAddress>(
+            username,
+            &Authenticated {
+                username: username.into(),
+                token: token.into(),
+                address: Some(address.into()),
+            },
+        )
     }
 
     /// Delete the account (password required); leaves a tombstone on the ring.
     pub fn delete(&mut self, username: &str, password: &str) -> Result<Done, ClientError> {
-        self.request::<user::Delete>(&Credentials {
-            username: username.into(),
-            password: password.into(),
-            address: None,
-        })
+        self.request_for::<user::Delete>(
+            username,
+            &Credentials {
+                username: username.into(),
+                password: password.into(),
+                address: None,
+            },
+        )
     }
 
     pub fn logout(&mut self, username: &str, token: &str) -> Result<Done, ClientError> {
-        self.request::<user::Logout>(&Authenticated {
-            username: username.into(),
-            token: token.into(),
-            address: None,
-        })
+        self.request_for::<user::Logout>(
+            username,
+            &Authenticated {
+                username: username.into(),
+                token: token.into(),
+                address: None,
+            },
+        )
     }
 }
 
