@@ -29,12 +29,31 @@ const TABLE_MAX_AGE: Duration = Duration::from_secs(10);
 /// must not turn every request into two.
 const TABLE_MIN_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How one-hop routing went for a client (tests and the bench read it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoutingStats {
+    /// Answered by the owner the table named.
+    pub direct: u64,
+    /// Sent to the owner the table named, answered as responsible by
+    /// another gestor: a redirect hint, the table was stale.
+    pub redirected: u64,
+    /// Sent to the owner the table named, which did not answer.
+    pub owner_unreachable: u64,
+    /// `ring.table` fetches.
+    pub table_fetches: u64,
+}
+
 /// One-hop routing state.
 #[derive(Default)]
 struct Routes {
     table: Option<RingTable>,
     fetched: Option<Instant>,
     stale: bool,
+    /// Owners that did not answer lately, and when: not tried first again
+    /// until TABLE_MAX_AGE has passed (a table can name a crashed gestor
+    /// until the ring notices).
+    silent: HashMap<String, Instant>,
+    stats: RoutingStats,
     /// The gestores do not serve `ring.table` (an older ring): route
     /// through them as before.
     unsupported: bool,
@@ -129,8 +148,13 @@ impl Client {
                 .as_map()
                 .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("gestor")))
                 .and_then(|(_, v)| v.as_text());
-            if answered_by.is_some_and(|g| g != owner) {
-                self.routes.stale = true;
+            match answered_by {
+                Some(g) if g != owner => {
+                    self.routes.stats.redirected += 1;
+                    self.routes.stale = true;
+                }
+                Some(_) => self.routes.stats.direct += 1,
+                None => {}
             }
         }
         reply.deserialized().map_err(|e| ClientError::Malformed {
@@ -154,12 +178,26 @@ impl Client {
             self.refresh_table();
         }
         let key = ring_position(username.as_bytes());
-        let table = self.routes.table.as_ref()?;
-        table.owner_of(key).map(|p| p.addr.clone())
+        let owner = self.routes.table.as_ref()?.owner_of(key)?.addr.clone();
+        let silent_lately = self
+            .routes
+            .silent
+            .get(&owner)
+            .is_some_and(|t| t.elapsed() < TABLE_MAX_AGE);
+        (!silent_lately).then_some(owner)
+    }
+
+    /// How one-hop routing went so far.
+    pub fn routing_stats(&self) -> RoutingStats {
+        self.routes.stats
     }
 
     fn refresh_table(&mut self) {
         self.routes.fetched = Some(Instant::now());
+        self.routes.stats.table_fetches += 1;
+        self.routes
+            .silent
+            .retain(|_, t| t.elapsed() < TABLE_MAX_AGE);
         match self.call(<ring::Table as Kind>::NAME, Value::Null) {
             Ok(v) => match v.deserialized::<RingTable>() {
                 Ok(t) if t.members.len() <= MAX_TABLE => {
@@ -235,8 +273,11 @@ impl Client {
                 )) => return Err(ClientError::Transport(e)),
                 Err(ClientError::Transport(e)) => {
                     if preferred == Some(url.as_str()) {
-                        // The owner the table named is gone: refresh it.
+                        // The owner the table named is gone: refresh the
+                        // table, and go elsewhere until the ring notices.
                         self.routes.stale = true;
+                        self.routes.stats.owner_unreachable += 1;
+                        self.routes.silent.insert(url.clone(), Instant::now());
                     }
                     tried.push(url.clone());
                     last = e;
