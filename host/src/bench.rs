@@ -107,6 +107,12 @@ pub struct BenchReport {
     pub flood: Option<Phase>,
     /// The secure layer's own cost, measured side by side in this run.
     pub channel: ChannelCost,
+    /// One argon2id hash at the directory's default cost, timed here
+    /// (median of a few), in milliseconds.
+    pub argon2_hash_ms: f64,
+    /// The machine's registration ceiling: cores ÷ the time of one hash
+    /// (every registration and login hashes once).
+    pub argon2_limit_per_s: f64,
 }
 
 /// Serial round trips of a lookup-sized frame on 127.0.0.1, in this
@@ -395,6 +401,9 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
         bail!("--phases names no phase (register, login, set_address, lookup)");
     }
     let wants = |p: PhaseName| o.phases.contains(&p);
+    // Timed before any load, on the machine the gestores run on.
+    let argon2_hash_ms = time_one_hash()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut phases = BTreeMap::new();
     if o.preload > 0 {
         phases.insert("preload", preload(&o)?);
@@ -438,7 +447,38 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
         lookup_flooded,
         flood,
         channel: channel_cost(o.transport)?,
+        argon2_hash_ms,
+        argon2_limit_per_s: cores as f64 * 1000.0 / argon2_hash_ms.max(1e-9),
     })
+}
+
+/// The directory's default password cost (plugins/directory: 19 MiB, 2
+/// passes, 1 lane), which the bench hashes at to know the machine's limit.
+fn default_argon2() -> Result<argon2::Argon2<'static>> {
+    let params = argon2::Params::new(19_456, 2, 1, None)
+        .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
+    Ok(argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        params,
+    ))
+}
+
+/// Median time of one hash at the default cost, in milliseconds.
+fn time_one_hash() -> Result<f64> {
+    let argon = default_argon2()?;
+    let mut out = [0u8; 32];
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            argon
+                .hash_password_into(b"bench-password", b"bench-salt-16byt", &mut out)
+                .map(|_| t.elapsed().as_secs_f64() * 1000.0)
+                .map_err(|e| anyhow::anyhow!("argon2: {e}"))
+        })
+        .collect::<Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 /// Lookups of random bench users: the lookup phase's work.
@@ -496,11 +536,9 @@ fn preload(o: &BenchOptions) -> Result<Phase> {
             "--preload needs --credential (an operator credential): importing is gestor-internal"
         );
     };
-    let params = argon2::Params::new(19_456, 2, 1, None)
-        .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
     let salt = SaltString::encode_b64(b"gestor-bench-preload")
         .map_err(|e| anyhow::anyhow!("salt: {e}"))?;
-    let hash = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+    let hash = default_argon2()?
         .hash_password(b"bench-password", &salt)
         .map_err(|e| anyhow::anyhow!("argon2: {e}"))?
         .to_string();
@@ -605,6 +643,15 @@ pub fn print_report(report: &BenchReport) -> Result<(), crate::out::StdoutError>
         crate::outln!(
             "  flooded lookup p99 / quiet lookup p99: {:.2}x (same run)",
             l.p99_ms / quiet.p99_ms.max(1e-9)
+        )?;
+    }
+    if let Some(register) = report.phases.get("register") {
+        crate::outln!(
+            "  registrations: {:.1}/s against an argon2 limit of {:.1}/s (cores ÷ {:.0} ms per hash): {:.0}%",
+            register.per_second,
+            report.argon2_limit_per_s,
+            report.argon2_hash_ms,
+            100.0 * register.per_second / report.argon2_limit_per_s.max(1e-9)
         )?;
     }
     let ch = &report.channel;
