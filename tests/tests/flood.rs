@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const FLOOD_THREADS: usize = 32;
-const FLOOD: Duration = Duration::from_secs(60);
+// Long enough for many flood waves and for a stall (gap over 10 s) to show.
+const FLOOD: Duration = Duration::from_secs(20);
 const USERS: usize = 200;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
