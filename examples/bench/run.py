@@ -188,6 +188,24 @@ class Ring:
     def rss(self):
         return [rss_mib(child.pid) for child in self.children]
 
+    def balance(self):
+        """Each gestor's share of the key space (from the ring ids) and its
+        primary records (the replica plugin's count): max ÷ mean of each."""
+        statuses = []
+        for url in self.urls:
+            done = subprocess.run([GESTOR, "status", "--json", "--gestor", url, "--transport", self.transport,
+                                   "--cluster-pub", self.cluster_pub], capture_output=True, text=True, timeout=30)
+            statuses.append(json.loads(done.stdout)["sections"] if done.returncode == 0 else {})
+        ids = sorted(s["ring"]["id"] for s in statuses if s.get("ring"))
+        arcs = [(ids[i] - ids[i - 1]) % 2**64 or 2**64 for i in range(len(ids))]
+        records = [s.get("replica", {}).get("primary_records", 0) for s in statuses]
+        mean_records = sum(records) / len(records) if records else 0
+        return {
+            "keyspace_max_over_mean": max(arcs) / (2**64 / len(arcs)) if arcs else float("nan"),
+            "primary_records": records,
+            "records_max_over_mean": max(records) / mean_records if mean_records else float("nan"),
+        }
+
 
 def gestor_bench(ring, args, threads, phases, extra=()):
     cmd = [GESTOR, "bench", "--json", "--threads", str(threads), "--users", str(args.users),
@@ -212,6 +230,7 @@ def measure_gestor(work, args, transport):
     log(f"{transport}: serial lookups")
     result["serial"] = gestor_bench(ring, args, 1, "lookup")
     result["rss_mib"] = ring.rss()
+    result["balance"] = ring.balance()
     stop_all()
     return result
 
@@ -281,6 +300,7 @@ def goal_rows(g, etcd, odht):
     if limit:
         rows.append(("register/s / argon2 limit", ratio(phases["register"]["per_second"], limit), 0.8, ">="))
     rows.append(("max RSS MiB / 200 MiB", ratio(max(g["rss_mib"]), 200.0), 1.0, "<="))
+    rows.append(("key space per gestor, max / mean", g["balance"]["keyspace_max_over_mean"], 1.25, "<="))
     out = []
     for name, value, target, sense in rows:
         met = value <= target if sense == "<=" else value >= target
@@ -309,6 +329,7 @@ def print_report(results):
                 print(f"  {name:<12} {p['per_second']:>9.1f}/s  p50 {p['p50_ms']:.3f} ms  p99 {p['p99_ms']:.3f} ms"
                       f"  errors {p['errors']}  busy {p.get('busy', 0)}")
         print(f"  RSS MiB per gestor: {' '.join(f'{r:.0f}' for r in g['rss_mib'])}")
+        print(f"  primary records per gestor: {' '.join(str(r) for r in g['balance']['primary_records'])}")
         for name, value, target, met in goal_rows(g, etcd, odht):
             print(f"  {name:<48} {value:6.2f}  goal {target:<6} {met}")
 
