@@ -156,24 +156,31 @@ impl<'a> Boxes<'a> {
 
     /// Apply a sorted `mailbox.copy` ([`core::plan_copy`]): removals with
     /// tombstones until `until`, puts admitted like the owner's. Returns
-    /// the changes made.
+    /// the changes made, and the items stored for holders this node owns
+    /// (`mine`): handed over by a previous owner, they must now be copied
+    /// to this node's successors like its own puts.
     pub fn apply_copy(
         &self,
         plan: &core::CopyPlan,
         until: u64,
         max_per_user: usize,
-    ) -> Result<u64, StoreError> {
+        mut mine: impl FnMut(&str) -> bool,
+    ) -> Result<(u64, Vec<Held>), StoreError> {
         let mut applied = 0;
         for (holder, ids) in &plan.removals {
             applied += self.remove(holder, ids, until)?;
         }
+        let mut owned = Vec::new();
         for held in &plan.puts {
             // The same quota as the owner's: a copy can never hold more.
             if self.offer(held, max_per_user)? == Admit::Store {
                 applied += 1;
+                if mine(held.holder()) {
+                    owned.push(held.clone());
+                }
             }
         }
-        Ok(applied)
+        Ok((applied, owned))
     }
 
     /// Delete one item whose key is known (expiry), tombstoned until `until`.

@@ -8,6 +8,8 @@
 
 use gestor_api::mailbox::{CopyBody, Held};
 use gestor_api::ring::Neighbourhood;
+use gestor_sdk::hash::ring_position;
+use gestor_sdk::store::in_ring_interval;
 use std::collections::BTreeMap;
 
 /// Store namespace of mailbox items.
@@ -157,9 +159,7 @@ impl Pending {
     }
 
     pub fn removed(&mut self, holder: &str, id: &str) {
-        self.body
-            .removed
-            .push((holder.to_string(), id.to_string()));
+        self.body.removed.push((holder.to_string(), id.to_string()));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -253,66 +253,87 @@ pub fn expiry(held: &Held, now: u64, ttl_ms: u64, owner: bool) -> Expiry {
     })
 }
 
+/// Whose removals of a holder's mail this node believes (see the plugin's
+/// `removal_from_owner`): the holder's owner, as this node's ring view
+/// names it. On the owner itself, its first successor: the previous owner,
+/// handing over the part of its range this node took when it joined (with
+/// that range's tombstones). `None`: nobody's.
+pub fn removal_authority<'a>(
+    me: &str,
+    owner: &'a str,
+    first_successor: Option<&'a str>,
+) -> Option<&'a str> {
+    if owner != me {
+        Some(owner)
+    } else {
+        first_successor.filter(|s| *s != me)
+    }
+}
+
 /// Where a resync sends one holder's items and tombstones.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resync {
     /// This node owns the mailbox: to its successors (puts and removals).
     Successors,
-    /// Another node owns it — it joined just before us and took part of
-    /// our range, or we hold a copy: the items go to that owner, once per
-    /// owner, so a node that took over a range gets the mail it must
-    /// deliver. Only puts: removals are believed from owners only.
-    Handoff { owner: String },
-    /// Nothing to send.
+    /// The mailbox was in this node's range until a node joined just
+    /// before it and took that part: to the new owner (puts and removals),
+    /// so it gets the mail it must deliver and the acks already made.
+    Handoff,
+    /// A copy (or a stale one): nothing to send. Copies never hand off: a
+    /// stale copy of acknowledged mail would come back at a new owner that
+    /// lacks the tombstone.
     Skip,
 }
 
-/// Holders remembered as handed off; beyond, the memory starts afresh (at
-/// worst an item is handed again, which its owner ignores).
-const MAX_HANDED: usize = 10_000;
-/// Every this many resync rounds, holders not ours are looked up even if
-/// the predecessor did not change.
-pub const HANDOFF_EVERY_ROUNDS: u64 = 6;
-
-/// Resync's memory between rounds.
+/// Resync's memory between rounds: the ring positions that left this
+/// node's range and are not yet handed over.
 #[derive(Debug, Default)]
 pub struct ResyncState {
-    round: u64,
     last_predecessor: Option<u64>,
-    handed: BTreeMap<String, String>,
+    /// `(start, end]`: positions now owned by nodes that joined before us.
+    moved: Option<(u64, u64)>,
 }
 
 impl ResyncState {
-    /// Start a round; whether holders not ours are looked up in it. Ranges
-    /// move away from a node only when a node joins just before it (its
-    /// predecessor changes); other holders are checked now and then.
-    pub fn begin_round(&mut self, predecessor: Option<u64>) -> bool {
-        self.round += 1;
-        let changed = predecessor != self.last_predecessor;
-        self.last_predecessor = predecessor;
-        if self.handed.len() > MAX_HANDED {
-            self.handed.clear();
+    /// Note this node's predecessor now (often: the plugin does it every
+    /// copy tick, 100 ms, so a failure and a join are seen apart). A new
+    /// predecessor inside the old range `(old, me)` took `(old, new]`.
+    pub fn observe(&mut self, me: u64, predecessor: Option<u64>) {
+        if let (Some(old), Some(new)) = (self.last_predecessor, predecessor) {
+            if new != old && new != me && in_ring_interval(new, old, me) {
+                let start = self.moved.map_or(old, |(start, _)| start);
+                self.moved = Some((start, new));
+            }
         }
-        changed || self.round % HANDOFF_EVERY_ROUNDS == 1
+        self.last_predecessor = predecessor;
     }
 
-    /// Decide a holder's resync from this node's address, the holder's
-    /// current owner (`None`: unknown, or not looked up this round).
-    pub fn target(&self, me: &str, holder: &str, owner: Option<&str>) -> Resync {
-        match owner {
-            Some(o) if o == me => Resync::Successors,
-            Some(o) if self.handed.get(holder).map(String::as_str) != Some(o) => {
-                Resync::Handoff {
-                    owner: o.to_string(),
-                }
-            }
+    /// Where a holder at ring position `pos` goes; `mine`: this node owns it.
+    pub fn target(&self, pos: u64, mine: bool) -> Resync {
+        match self.moved {
+            _ if mine => Resync::Successors,
+            Some((start, end)) if in_ring_interval(pos, start, end) => Resync::Handoff,
             _ => Resync::Skip,
         }
     }
 
-    /// The handoff of `holder`'s items to `owner` went through.
-    pub fn handed(&mut self, holder: &str, owner: &str) {
-        self.handed.insert(holder.to_string(), owner.to_string());
+    /// Whether a handoff is still to be made.
+    pub fn handing_off(&self) -> bool {
+        self.moved.is_some()
+    }
+
+    /// Whether `owner` (a node id) joined inside the range that left
+    /// this node: it took its range from us (or from one who did). An
+    /// owner elsewhere got the mailbox from someone else, and what we hold
+    /// of it is a copy.
+    pub fn took_from_me(&self, owner: u64) -> bool {
+        self.moved
+            .is_some_and(|(start, end)| in_ring_interval(owner, start, end))
+    }
+
+    /// A whole round delivered every handoff: nothing left to hand.
+    pub fn handed(&mut self) {
+        self.moved = None;
     }
 }
 
@@ -321,66 +342,107 @@ impl ResyncState {
 pub struct ResyncPlan {
     /// Items of mailboxes this node owns, for its successors.
     pub successors: CopyBody,
-    /// Items of mailboxes other nodes own, by owner, with their holders.
-    pub handoffs: BTreeMap<String, (Vec<String>, CopyBody)>,
+    /// Items of mailboxes that moved to another node, by their new owner.
+    pub handoffs: BTreeMap<String, CopyBody>,
+    /// A moved mailbox whose new owner is unknown now (retry next round).
+    pub unplaced: bool,
 }
 
-/// Sort one page of items (see [`ResyncState::target`]); `owner_of` is
-/// asked once per holder of the page.
-pub fn plan_resync(
-    state: &ResyncState,
-    me: &str,
-    page: Vec<Held>,
-    mut owner_of: impl FnMut(&str) -> Option<String>,
-) -> ResyncPlan {
-    let mut plan = ResyncPlan::default();
-    let mut decided: BTreeMap<String, Resync> = BTreeMap::new();
-    for held in page {
-        let holder = held.holder().to_string();
-        let target = decided
-            .entry(holder.clone())
-            .or_insert_with(|| state.target(me, &holder, owner_of(&holder).as_deref()));
-        match target {
-            Resync::Successors => plan.successors.puts.push(held),
-            Resync::Handoff { owner } => {
-                let (holders, body) = plan.handoffs.entry(owner.clone()).or_default();
-                if !holders.contains(&holder) {
-                    holders.push(holder);
-                }
+/// Sort one page of items or tombstones (see [`ResyncState::target`]).
+/// `mine(holder)` is asked once per holder of the page, `owner_of(holder)`
+/// (the owner's id and address) once per moved holder.
+pub struct Planner<'s, M, O> {
+    state: &'s ResyncState,
+    mine: M,
+    owner_of: O,
+    decided: BTreeMap<String, Option<String>>,
+    successors_mark: String,
+}
+
+impl<'s, M, O> Planner<'s, M, O>
+where
+    M: FnMut(&str) -> bool,
+    O: FnMut(&str) -> Option<(u64, String)>,
+{
+    pub fn new(state: &'s ResyncState, mine: M, owner_of: O) -> Self {
+        Planner {
+            state,
+            mine,
+            owner_of,
+            decided: BTreeMap::new(),
+            // Not a URL: stands for "my successors" in `decided`.
+            successors_mark: String::from("\0successors"),
+        }
+    }
+
+    /// `None`: skip; `Some(mark)`: to the successors; `Some(url)`: to that owner.
+    fn route(&mut self, holder: &str) -> Option<String> {
+        if let Some(d) = self.decided.get(holder) {
+            return d.clone();
+        }
+        let pos = ring_position(holder.as_bytes());
+        let d = match self.state.target(pos, (self.mine)(holder)) {
+            Resync::Successors => Some(self.successors_mark.clone()),
+            Resync::Handoff => match (self.owner_of)(holder) {
+                Some((id, addr)) if self.state.took_from_me(id) => Some(addr),
+                // Owned by a node that did not take it from us: a copy.
+                Some(_) => None,
+                // Unknown now: retry next round.
+                None => Some(String::new()),
+            },
+            Resync::Skip => None,
+        };
+        self.decided.insert(holder.to_string(), d.clone());
+        d
+    }
+
+    fn body<'p>(&self, plan: &'p mut ResyncPlan, to: String) -> Option<&'p mut CopyBody> {
+        if to == self.successors_mark {
+            Some(&mut plan.successors)
+        } else if to.is_empty() {
+            plan.unplaced = true;
+            None
+        } else {
+            Some(plan.handoffs.entry(to).or_default())
+        }
+    }
+
+    /// Items of one page.
+    pub fn items(&mut self, page: Vec<Held>) -> ResyncPlan {
+        let mut plan = ResyncPlan::default();
+        for held in page {
+            let Some(to) = self.route(held.holder()) else {
+                continue;
+            };
+            if let Some(body) = self.body(&mut plan, to) {
                 body.puts.push(held);
             }
-            Resync::Skip => {}
         }
+        plan
     }
-    plan
-}
 
-/// The removals one page of tombstone keys re-sends: those of mailboxes
-/// this node owns (`mine`, asked once per holder of the page).
-pub fn plan_resync_tombs<'k>(
-    keys: impl IntoIterator<Item = &'k [u8]>,
-    mut mine: impl FnMut(&str) -> bool,
-) -> CopyBody {
-    let mut verdicts: BTreeMap<String, bool> = BTreeMap::new();
-    let mut body = CopyBody::default();
-    for k in keys {
-        let Some(holder) = holder_of_key(k) else {
-            continue;
-        };
-        let Some(id) = k
-            .get(holder.len() + 1..)
-            .and_then(|b| std::str::from_utf8(b).ok())
-        else {
-            continue;
-        };
-        let is_mine = *verdicts
-            .entry(holder.to_string())
-            .or_insert_with(|| mine(holder));
-        if is_mine {
-            body.removed.push((holder.to_string(), id.to_string()));
+    /// Tombstone keys (`holder/id`) of one page, as removals.
+    pub fn tombs<'k>(&mut self, keys: impl IntoIterator<Item = &'k [u8]>) -> ResyncPlan {
+        let mut plan = ResyncPlan::default();
+        for k in keys {
+            let Some(holder) = holder_of_key(k) else {
+                continue;
+            };
+            let Some(id) = k
+                .get(holder.len() + 1..)
+                .and_then(|b| std::str::from_utf8(b).ok())
+            else {
+                continue;
+            };
+            let Some(to) = self.route(holder) else {
+                continue;
+            };
+            if let Some(body) = self.body(&mut plan, to) {
+                body.removed.push((holder.to_string(), id.to_string()));
+            }
         }
+        plan
     }
-    body
 }
 
 #[cfg(test)]
@@ -536,27 +598,86 @@ mod tests {
     }
 
     #[test]
-    fn resync_to_successors_or_once_to_a_new_owner() {
+    fn a_joining_predecessor_takes_part_of_the_range() {
         let mut r = ResyncState::default();
-        assert!(r.begin_round(Some(5)), "first round looks");
-        assert!(!r.begin_round(Some(5)));
-        assert!(r.begin_round(Some(4)), "a new predecessor: look");
-        // Rounds 4, 5, 6 do not look; round 7 (a multiple of 6, plus 1) does.
-        for _ in 0..HANDOFF_EVERY_ROUNDS - 3 {
-            assert!(!r.begin_round(Some(4)));
-        }
-        assert!(r.begin_round(Some(4)), "and now and then");
-        assert_eq!(r.target("a", "bob", Some("a")), Resync::Successors);
-        assert_eq!(
-            r.target("a", "bob", Some("b")),
-            Resync::Handoff { owner: "b".into() }
-        );
-        r.handed("bob", "b");
-        assert_eq!(r.target("a", "bob", Some("b")), Resync::Skip);
-        assert_eq!(
-            r.target("a", "bob", Some("c")),
-            Resync::Handoff { owner: "c".into() }
-        );
-        assert_eq!(r.target("a", "bob", None), Resync::Skip);
+        r.observe(100, Some(10));
+        assert!(!r.handing_off());
+        assert_eq!(r.target(50, true), Resync::Successors);
+        assert_eq!(r.target(50, false), Resync::Skip);
+        // A node joins at 40: (10, 40] moved.
+        r.observe(100, Some(40));
+        assert!(r.handing_off());
+        assert_eq!(r.target(20, false), Resync::Handoff);
+        assert_eq!(r.target(40, false), Resync::Handoff);
+        assert_eq!(r.target(5, false), Resync::Skip);
+        // Another at 60 before the first handoff went through: (10, 60].
+        r.observe(100, Some(60));
+        assert_eq!(r.target(20, false), Resync::Handoff);
+        assert_eq!(r.target(55, false), Resync::Handoff);
+        r.handed();
+        assert_eq!(r.target(20, false), Resync::Skip);
+        // The predecessor died (the range grew): nothing moved away.
+        r.observe(100, Some(5));
+        assert!(!r.handing_off());
+        // Wrapping past zero.
+        let mut w = ResyncState::default();
+        w.observe(3, Some(u64::MAX - 10));
+        w.observe(3, Some(1));
+        assert_eq!(w.target(u64::MAX, false), Resync::Handoff);
+        assert_eq!(w.target(2, false), Resync::Skip);
+    }
+
+    #[test]
+    fn removals_are_believed_from_the_owner_or_the_handing_predecessor() {
+        assert_eq!(removal_authority("me", "o", Some("s")), Some("o"));
+        assert_eq!(removal_authority("me", "me", Some("s")), Some("s"));
+        assert_eq!(removal_authority("me", "me", Some("me")), None);
+        assert_eq!(removal_authority("me", "me", None), None);
+    }
+
+    #[test]
+    fn resync_pages_split_by_destination() {
+        let mut r = ResyncState::default();
+        let (me, pred) = (u64::MAX, 0);
+        r.observe(me, Some(pred));
+        let carla = ring_position(b"carla");
+        r.observe(me, Some(carla));
+        let items = vec![
+            held("alice", 1, "a", None),
+            held("carol", 1, "c", None),
+            Held {
+                mail: ChatMessage {
+                    to: "carla".into(),
+                    ..held("alice", 2, "b", None).mail
+                },
+                stored_ms: 0,
+                bounce: None,
+            },
+        ];
+        let mut asked = Vec::new();
+        let plan = Planner::new(
+            &r,
+            |h| h == "bob",
+            |h| {
+                asked.push(h.to_string());
+                Some((carla, format!("tcp://{h}-owner")))
+            },
+        )
+        .items(items);
+        // bob's mail: mine, to the successors, one copy per item.
+        assert_eq!(plan.successors.puts.len(), 2);
+        let moved = in_ring_interval(carla, pred, carla);
+        assert!(moved);
+        assert_eq!(plan.handoffs["tcp://carla-owner"].puts.len(), 1);
+        assert_eq!(asked, vec!["carla"]);
+        let tombs = Planner::new(&r, |h| h == "bob", |_| None).tombs([
+            &b"bob/x"[..],
+            b"carla/y",
+            b"zed/z",
+            b"nokey",
+        ]);
+        assert_eq!(tombs.successors.removed, vec![("bob".into(), "x".into())]);
+        assert!(tombs.unplaced, "carla's new owner unknown");
+        assert!(tombs.handoffs.is_empty());
     }
 }

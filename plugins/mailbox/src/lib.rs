@@ -28,9 +28,9 @@ pub mod core;
 pub mod presence;
 pub mod rules;
 
-use gestor_api::mail::{self, AckBody, Acked, Bounce, Fetched, PutDone, PutMail};
 use crate::core::{Admit, Expiry, COPY_BATCH};
 use boxes::Boxes;
+use gestor_api::mail::{self, AckBody, Acked, Bounce, Fetched, PutDone, PutMail};
 use gestor_api::mailbox::{self, CopyBody, Held};
 use gestor_api::status::{self, MailboxStatus};
 use gestor_api::user::{Auth, Found, UserOnly};
@@ -273,29 +273,34 @@ impl Shared {
     /// both happen on the gestor responsible for the recipient, so removals
     /// are believed only from that gestor — as this node's own ring view
     /// names it, and as a session this node itself made with that URL
-    /// proves it (a sender's own claims prove nothing). A copy holder also
-    /// expires mail on its own.
+    /// proves it (a sender's own claims prove nothing). On the owner itself
+    /// (whose own acks never come by copy), only from its first successor:
+    /// the previous owner handing over the range this node took
+    /// ([`core::removal_authority`]). A copy holder also expires mail on
+    /// its own.
     fn removal_from_owner(&self, ctx: &PluginContext, meta: &RequestMeta, holder: &str) -> bool {
-        let key = ring_position(holder.as_bytes());
-        let owner = match ctx.call_local::<ring::Lookup>(&ring::KeyBody { key }) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::debug!(%holder, "mailbox copy: owner unknown, removals refused: {e}");
-                return false;
-            }
-        };
-        // The owner's acks reach it directly, never by copy.
-        if owner.addr == ctx.request_url() {
+        let Some((_, owner)) = self.owner_of(ctx, holder) else {
+            tracing::debug!(%holder, "mailbox copy: owner unknown, removals refused");
             return false;
-        }
+        };
+        let me = ctx.request_url();
+        let successor = if owner == me {
+            self.neighbours(ctx)
+                .and_then(|n| core::copy_targets(&n, 1).into_iter().next())
+        } else {
+            None
+        };
+        let Some(authority) = core::removal_authority(&me, &owner, successor.as_deref()) else {
+            return false;
+        };
         let timeout = Duration::from_millis(self.config().forward_timeout_ms.min(2_000));
-        match ctx.gestor_key(&owner.addr, timeout) {
+        match ctx.gestor_key(authority, timeout) {
             Ok(Some(key)) => meta.caller_key == Some(key),
             // Insecure (development) node: nobody proves who they are, so
             // every peer passes, as for everything else in that mode.
             Ok(None) => true,
             Err(e) => {
-                tracing::debug!(%holder, owner = %owner.addr, "mailbox copy: owner not verified, removals refused: {e}");
+                tracing::debug!(%holder, %authority, "mailbox copy: sender not verified, removals refused: {e}");
                 false
             }
         }
@@ -330,7 +335,15 @@ impl Shared {
             );
         }
         let until = self.tomb_until(&ctx);
-        Ok(Boxes::new(&*ctx.store()).apply_copy(&plan, until, config.max_per_user)?)
+        let (applied, owned) =
+            Boxes::new(&*ctx.store()).apply_copy(&plan, until, config.max_per_user, |holder| {
+                self.responsible(&ctx, holder).unwrap_or(false)
+            })?;
+        let mut pending = self.pending();
+        for held in owned {
+            pending.put(held);
+        }
+        Ok(applied)
     }
 
     // ---- loops -------------------------------------------------------------
@@ -366,92 +379,105 @@ impl Shared {
     /// Push queued changes to the successors.
     fn flush_copies(&self) {
         let Ok(ctx) = self.ctx() else { return };
+        // Seen every tick, so resync tells a join from a failure (see
+        // `ResyncState::observe`).
+        let Some(n) = self.neighbours(&ctx) else {
+            return;
+        };
+        self.resync_state()
+            .observe(n.me.id, n.predecessor.as_ref().map(|p| p.id));
         let batches = self.pending().take();
         if batches.is_empty() {
             return;
         }
-        let Some(n) = self.neighbours(&ctx) else {
-            return;
-        };
-        self.push(&ctx, &core::copy_targets(&n, self.config().copies), &batches);
+        self.push(
+            &ctx,
+            &core::copy_targets(&n, self.config().copies),
+            &batches,
+        );
     }
 
-    /// The current owner of `holder`, as far as this round needs it.
-    fn owner_of(&self, ctx: &PluginContext, holder: &str, look: bool) -> Option<String> {
-        if self.responsible(ctx, holder).unwrap_or(false) {
-            return Some(ctx.request_url());
-        }
-        if !look {
-            return None;
-        }
+    /// The owner of `holder`, as this node's ring view names it.
+    fn owner_of(&self, ctx: &PluginContext, holder: &str) -> Option<(u64, String)> {
         let key = ring_position(holder.as_bytes());
-        ctx.call_local::<ring::Lookup>(&ring::KeyBody { key })
-            .ok()
-            .map(|o| o.addr)
+        match ctx.call_local::<ring::Lookup>(&ring::KeyBody { key }) {
+            Ok(o) => Some((o.id, o.addr)),
+            Err(e) => {
+                tracing::debug!(%holder, "owner unknown: {e}");
+                None
+            }
+        }
     }
 
     /// Re-send every mailbox this node owns, and its tombstones, to its
-    /// successors; hand mail of holders another node now owns to that
-    /// node. A page of the store at a time.
+    /// successors; hand the mailboxes a joining predecessor took over to
+    /// it. A page of the store at a time.
     fn resync(&self) {
         let Ok(ctx) = self.ctx() else { return };
         let Some(n) = self.neighbours(&ctx) else {
             return;
         };
-        let look = self
-            .resync
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .begin_round(n.predecessor.as_ref().map(|p| p.id));
+        self.resync_state()
+            .observe(n.me.id, n.predecessor.as_ref().map(|p| p.id));
         let targets = core::copy_targets(&n, self.config().copies);
         let store = ctx.store();
         let boxes = Boxes::new(&*store);
-        let walked = boxes.walk_items(b"", |page| {
-            self.resync_page(&ctx, &targets, look, page);
-            ControlFlow::Continue(())
-        });
+        let mut all_handed = true;
+        // Tombstones first: a new owner must know what was acknowledged
+        // before it is handed mail that a stale copy may still hold.
         let tombs = boxes.walk(core::ACKED, b"", |page| {
-            self.resync_tombs(&ctx, &targets, page);
+            let plan = self.planner(&ctx, |p| p.tombs(page.iter().map(|(k, _)| k.as_slice())));
+            all_handed &= self.send_plan(&ctx, &targets, plan);
             ControlFlow::Continue(())
         });
-        if let Err(e) = walked.and(tombs) {
-            tracing::warn!("mailbox resync: {e}");
+        let walked = boxes.walk_items(b"", |page| {
+            let items = page.into_iter().map(|(_, h)| h).collect();
+            let plan = self.planner(&ctx, |p| p.items(items));
+            all_handed &= self.send_plan(&ctx, &targets, plan);
+            ControlFlow::Continue(())
+        });
+        match walked.and(tombs) {
+            Err(e) => tracing::warn!("mailbox resync: {e}"),
+            Ok(()) if all_handed => self.resync_state().handed(),
+            Ok(()) => {}
         }
     }
 
-    fn resync_page(
+    fn resync_state(&self) -> std::sync::MutexGuard<'_, core::ResyncState> {
+        self.resync.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Plan one resync page with this node's ring view.
+    fn planner(
         &self,
         ctx: &PluginContext,
-        targets: &[String],
-        look: bool,
-        page: Vec<(Vec<u8>, Held)>,
-    ) {
-        let plan = {
-            let state = self.resync.lock().unwrap_or_else(|p| p.into_inner());
-            let items = page.into_iter().map(|(_, h)| h).collect();
-            core::plan_resync(&state, &ctx.request_url(), items, |holder| {
-                self.owner_of(ctx, holder, look)
-            })
-        };
-        self.push(ctx, targets, &core::batches(&plan.successors));
-        for (owner, (holders, body)) in plan.handoffs {
-            if self.push(ctx, std::slice::from_ref(&owner), &core::batches(&body)) {
-                let mut state = self.resync.lock().unwrap_or_else(|p| p.into_inner());
-                for holder in &holders {
-                    state.handed(holder, &owner);
-                }
-                tracing::debug!(%owner, holders = holders.len(), "mailboxes handed to their new owner");
-            }
-        }
+        f: impl FnOnce(
+            &mut core::Planner<'_, &dyn Fn(&str) -> bool, &dyn Fn(&str) -> Option<(u64, String)>>,
+        ) -> core::ResyncPlan,
+    ) -> core::ResyncPlan {
+        let mine = |holder: &str| self.responsible(ctx, holder).unwrap_or(false);
+        let owner_of = |holder: &str| self.owner_of(ctx, holder);
+        let state = self.resync_state();
+        let mut planner = core::Planner::new(
+            &state,
+            &mine as &dyn Fn(&str) -> bool,
+            &owner_of as &dyn Fn(&str) -> Option<(u64, String)>,
+        );
+        f(&mut planner)
     }
 
-    /// Tombstones of mailboxes this node owns go to the successors again,
-    /// so a copy that missed an ack learns of it.
-    fn resync_tombs(&self, ctx: &PluginContext, targets: &[String], page: &gestor_sdk::store::KvPairs) {
-        let body = core::plan_resync_tombs(page.iter().map(|(k, _)| k.as_slice()), |holder| {
-            self.responsible(ctx, holder).unwrap_or(false)
-        });
-        self.push(ctx, targets, &core::batches(&body));
+    /// Send a resync plan; whether every handoff in it went through.
+    fn send_plan(&self, ctx: &PluginContext, targets: &[String], plan: core::ResyncPlan) -> bool {
+        self.push(ctx, targets, &core::batches(&plan.successors));
+        let mut all = !plan.unplaced;
+        for (owner, body) in plan.handoffs {
+            let ok = self.push(ctx, std::slice::from_ref(&owner), &core::batches(&body));
+            if ok {
+                tracing::debug!(%owner, items = body.puts.len(), removals = body.removed.len(), "mailboxes handed to their new owner");
+            }
+            all &= ok;
+        }
+        all
     }
 
     /// Drop expired items; the holder's owner bounces expired mail to its
@@ -467,7 +493,13 @@ impl Shared {
                     continue;
                 }
                 let owner = self.responsible(&ctx, held.holder()).unwrap_or(false);
-                self.expire_one(&ctx, &boxes, &key, &held, core::expiry(&held, now, ttl, owner));
+                self.expire_one(
+                    &ctx,
+                    &boxes,
+                    &key,
+                    &held,
+                    core::expiry(&held, now, ttl, owner),
+                );
             }
             ControlFlow::Continue(())
         });
@@ -476,7 +508,14 @@ impl Shared {
         }
     }
 
-    fn expire_one(&self, ctx: &PluginContext, boxes: &Boxes, key: &[u8], held: &Held, what: Expiry) {
+    fn expire_one(
+        &self,
+        ctx: &PluginContext,
+        boxes: &Boxes,
+        key: &[u8],
+        held: &Held,
+        what: Expiry,
+    ) {
         let owner = match what {
             Expiry::Keep => return,
             Expiry::Remove => false,
