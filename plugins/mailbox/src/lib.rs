@@ -13,6 +13,12 @@
 //! message is not dropped silently — a *bounce* is left in the sender's own
 //! mailbox.
 //!
+//! The rules (keys, de-duplication, quota, copies, removals, expiry,
+//! resync and handoff) are the I/O-free [`core`]; [`boxes`] applies them to
+//! the store, a page at a time; this file is the shell: routing,
+//! authentication, ring calls, copies over the network, the node clock and
+//! the loops (docs/ARCHITECTURE.md §7.1).
+//!
 //! **Presence push** ([`presence`]): a client subscribes to its contacts; the
 //! gestor responsible for each contact watches that contact's directory
 //! record and pushes `chat.presence` to the subscriber's own address when the
