@@ -77,6 +77,8 @@ macro_rules! store_suite {
                 kv_round_trip_and_delete,
                 kv_namespaces_are_isolated,
                 kv_scan_prefix_is_ordered,
+                kv_scan_page_pages_like_the_prefix_scan,
+                kv_scan_page_bounds,
                 concurrent_lww_keeps_newest,
                 survives_reopen_after_flush,
                 creates_missing_directories,
@@ -539,6 +541,88 @@ pub fn kv_scan_prefix_is_ordered(open: Factory) {
     ] {
         check(prefix);
     }
+}
+
+/// Every page walk (any prefix, any page size) returns exactly the prefix
+/// scan, in order, each key once; checked against a model on random keys.
+pub fn kv_scan_page_pages_like_the_prefix_scan(open: Factory) {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let mut rng = StdRng::seed_from_u64(11);
+    let alphabet: [u8; 5] = [0x00, b'/', b'a', b'b', 0xFF];
+    let mut model: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+    for i in 0..300u32 {
+        let len = rng.gen_range(0..5);
+        let key: Vec<u8> = (0..len).map(|_| alphabet[rng.gen_range(0..5)]).collect();
+        store.kv_put("ns", &key, &i.to_be_bytes()).unwrap();
+        model.insert(key, i.to_be_bytes().to_vec());
+    }
+    // Neighbouring namespaces must not leak into a page.
+    store.kv_put("n", b"s", b"x").unwrap();
+    store.kv_put("ns2", b"", b"x").unwrap();
+    store.kv_put("nt", b"", b"x").unwrap();
+    let prefixes: [&[u8]; 6] = [b"", b"a", b"a/", &[0xFF], &[0xFF, 0xFF], b"zz"];
+    for prefix in prefixes {
+        let want: Vec<(Vec<u8>, Vec<u8>)> = model
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(store.kv_scan_prefix("ns", prefix).unwrap(), want);
+        for limit in [1, 2, 7, 1000] {
+            let mut got = Vec::new();
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = store
+                    .kv_scan_page("ns", prefix, after.as_deref(), limit)
+                    .unwrap();
+                assert!(page.len() <= limit, "a page holds at most `limit` pairs");
+                if let (Some(a), Some((first, _))) = (&after, page.first()) {
+                    assert!(first > a, "a page starts after `after`");
+                }
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                got.extend(page);
+            }
+            assert_eq!(got, want, "prefix {prefix:?}, pages of {limit}");
+        }
+    }
+}
+
+/// `after` outside the prefix, `limit` 0, empty stores and namespaces.
+pub fn kv_scan_page_bounds(open: Factory) {
+    let dir = tempdir();
+    let store = open(dir.path());
+    assert!(store.kv_scan_page("ns", b"", None, 10).unwrap().is_empty());
+    for k in [&b"a/1"[..], b"a/2", b"b/1", b"c"] {
+        store.kv_put("ns", k, k).unwrap();
+    }
+    let keys = |page: Vec<(Vec<u8>, Vec<u8>)>| -> Vec<Vec<u8>> {
+        page.into_iter().map(|(k, _)| k).collect()
+    };
+    assert!(store.kv_scan_page("ns", b"", None, 0).unwrap().is_empty());
+    // `after` before the prefix starts at the prefix; past it, nothing.
+    assert_eq!(
+        keys(store.kv_scan_page("ns", b"b/", Some(b"a/9"), 10).unwrap()),
+        vec![b"b/1".to_vec()]
+    );
+    assert!(store
+        .kv_scan_page("ns", b"a/", Some(b"b"), 10)
+        .unwrap()
+        .is_empty());
+    // `after` need not be a stored key.
+    assert_eq!(
+        keys(store.kv_scan_page("ns", b"", Some(b"a/15"), 2).unwrap()),
+        vec![b"a/2".to_vec(), b"b/1".to_vec()]
+    );
+    assert_eq!(
+        keys(store.kv_scan_page("ns", b"", Some(b"b/1"), 5).unwrap()),
+        vec![b"c".to_vec()]
+    );
+    assert!(store
+        .kv_scan_page("other", b"", None, 5)
+        .unwrap()
+        .is_empty());
 }
 
 pub fn concurrent_lww_keeps_newest(open: Factory) {

@@ -9,11 +9,15 @@
 //! Presence: clients publish `alive` signals to their owner's signal
 //! endpoint; the owner keeps the time of the last one in memory (no write per
 //! signal, seed §6) and a sweeper turns users offline — a versioned write —
-//! once their signals stop for `presence_timeout_ms`.
+//! once their signals stop for `presence_timeout_ms`. The decisions are made
+//! by the I/O-free [`presence`] core; the writes a signal needs are queued
+//! ([`writes`]) and made by a worker loop, never on the signals thread.
 
 mod import;
 pub mod limits;
+pub mod presence;
 pub mod rules;
+pub mod writes;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -25,7 +29,6 @@ use gestor_api::user::{
 };
 use gestor_api::{dir, replica, routing, topics};
 use gestor_sdk::hash::ring_position;
-use gestor_sdk::hlc::system_ms;
 use gestor_sdk::{
     declare_plugin, CallError, ErrorCode, HandlerError, Kind, Plugin, PluginContext, PluginError,
     Timestamp, UserRecord,
@@ -33,7 +36,6 @@ use gestor_sdk::{
 use rand::RngCore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,8 +93,10 @@ struct Directory {
 struct Shared {
     config: Mutex<DirectoryConfig>,
     ctx: Mutex<Option<PluginContext>>,
-    /// Last alive signal per user, wall ms (owner side, memory only).
-    alive: Mutex<HashMap<String, u64>>,
+    /// Presence decisions (owner side, memory only).
+    presence: Mutex<presence::Presence>,
+    /// Presence writes asked for by alive signals, made by a worker loop.
+    writes: Mutex<writes::WriteQueue>,
     locks: Vec<Mutex<()>>,
     /// Set at start from the configuration.
     hash_slots: std::sync::OnceLock<limits::HashPool>,
@@ -108,6 +112,13 @@ const FAILURE_ACCOUNTS: usize = 100_000;
 
 /// Striped locks serialising read-modify-write per user on the owner.
 const USER_LOCKS: usize = 64;
+/// Users whose presence write may wait at once; beyond, signals' writes are
+/// dropped (and asked for again by the next signal).
+const PRESENCE_QUEUE: usize = 4_096;
+/// Presence writes made per worker round; the rest wait for the next one.
+const PRESENCE_WRITES_PER_ROUND: usize = 256;
+/// How often the presence writer drains its queue.
+const PRESENCE_WRITER_EVERY: Duration = Duration::from_millis(20);
 
 /// Hex SHA-256 of a session token: what the record stores and replicates.
 fn session_hash(token: &str) -> String {
@@ -128,6 +139,15 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or_else(|| HandlerError::unavailable("directory not started"))
+    }
+
+    /// Now, from the node's clock (simulated in tests).
+    fn now_ms(&self) -> Result<u64, HandlerError> {
+        Ok(self.ctx()?.now_ms())
+    }
+
+    fn presence(&self) -> std::sync::MutexGuard<'_, presence::Presence> {
+        self.presence.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn config(&self) -> DirectoryConfig {
@@ -210,7 +230,7 @@ impl Shared {
                 .sources
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .attempt(source, system_ms()),
+                .attempt(source, self.now_ms()?),
             None => Ok(()),
         }
     }
@@ -231,7 +251,7 @@ impl Shared {
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .check(account, system_ms())?;
+            .check(account, self.now_ms()?)?;
         PasswordHash::new(&record.password_hash)
             .map_err(|e| HandlerError::internal(format!("stored hash unreadable: {e}")))?;
         let (stored, password) = (record.password_hash.clone(), password.to_string());
@@ -248,18 +268,19 @@ impl Shared {
                 Ok(())
             }
             Err(_) => {
-                failures.failed(account, system_ms());
+                failures.failed(account, self.now_ms()?);
                 Err(err(ErrorCode::Unauthorized, "wrong password"))
             }
         }
     }
 
+    /// The user's record, if `token` is the user's current session.
     fn check_token(
         &self,
         ctx: &PluginContext,
         username: &str,
         token: &str,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<UserRecord, HandlerError> {
         let record = self.live_record(ctx, username)?;
         let presented = session_hash(token);
         if token.is_empty()
@@ -268,7 +289,7 @@ impl Shared {
         {
             return Err(err(ErrorCode::Unauthorized, "invalid session token"));
         }
-        Ok(())
+        Ok(record)
     }
 
     /// Write a new version of `record` (which holds the version it replaces),
@@ -343,20 +364,6 @@ impl Shared {
     fn lock_user(&self, username: &str) -> std::sync::MutexGuard<'_, ()> {
         let slot = (ring_position(username.as_bytes()) % USER_LOCKS as u64) as usize;
         self.locks[slot].lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn presence(&self, record: &UserRecord, now: u64) -> (bool, u64) {
-        let timeout = self.config().presence_timeout_ms;
-        let last_alive = self
-            .alive
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&record.username)
-            .copied()
-            .unwrap_or(0);
-        let last_seen = record.last_seen_ms.max(last_alive);
-        let online = record.online && now.saturating_sub(last_seen) <= timeout;
-        (online, last_seen)
     }
 
     // ---- owner-side handlers -------------------------------------------------
@@ -451,17 +458,14 @@ impl Shared {
         let mut token_bytes = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut token_bytes);
         let token: String = token_bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let now = system_ms();
+        let now = ctx.now_ms();
         // Only the hash travels and is stored; a new login replaces the session.
         record.session_hash = session_hash(&token);
         record.address = address;
         record.online = true;
         record.last_seen_ms = now;
         self.write(&ctx, record)?;
-        self.alive
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(req.username.clone(), now);
+        self.presence().logged_in(&req.username, now);
         let config = self.config();
         Ok(LoggedIn {
             username: req.username,
@@ -478,7 +482,12 @@ impl Shared {
         let ctx = self.ctx()?;
         self.owner_check(&ctx, &req.username)?;
         let record = self.live_record(&ctx, &req.username)?;
-        let (online, last_seen_ms) = self.presence(&record, system_ms());
+        let (online, last_seen_ms) = self.presence().lookup(
+            &record.username,
+            record.online,
+            record.last_seen_ms,
+            ctx.now_ms(),
+        );
         Ok(Found {
             user: record.username,
             address: record.address,
@@ -499,7 +508,7 @@ impl Shared {
         let _guard = self.lock_user(&req.username);
         let mut record = self.live_record(&ctx, &req.username)?;
         record.address = address;
-        record.last_seen_ms = system_ms();
+        record.last_seen_ms = ctx.now_ms();
         self.write(&ctx, record)?;
         Ok(Done { ok: true, hops: 0 })
     }
@@ -518,13 +527,10 @@ impl Shared {
         self.check_token(&ctx, &req.username, &req.token)?;
         let mut record = existing;
         record.online = false;
-        record.last_seen_ms = system_ms();
+        record.last_seen_ms = ctx.now_ms();
         record.session_hash.clear();
         self.write(&ctx, record)?;
-        self.alive
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&req.username);
+        self.presence().forget(&req.username);
         Ok(Done { ok: true, hops: 0 })
     }
 
@@ -542,42 +548,67 @@ impl Shared {
         record.password_hash.clear();
         record.session_hash.clear();
         self.write(&ctx, record)?;
-        self.alive
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&req.username);
+        self.presence().forget(&req.username);
         tracing::info!(username = %req.username, "deleted");
         Ok(Done { ok: true, hops: 0 })
     }
 
+    /// On the signals thread: validate, ask the core, queue a write if one
+    /// is needed. Nothing here stores, flushes or replicates.
     fn on_alive(&self, body: &gestor_sdk::Value) {
         let Ok(alive) = body.deserialized::<Alive>() else {
             tracing::debug!("malformed alive signal dropped");
             return;
         };
         let Ok(ctx) = self.ctx() else { return };
-        if self
-            .check_token(&ctx, &alive.username, &alive.token)
-            .is_err()
-        {
-            tracing::debug!(username = %alive.username, "alive signal with invalid token dropped");
+        let record = match self.check_token(&ctx, &alive.username, &alive.token) {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::debug!(username = %alive.username, "alive signal with invalid token dropped");
+                return;
+            }
+        };
+        let decision = self
+            .presence()
+            .alive(&alive.username, record.online, ctx.now_ms());
+        let presence::OnAlive::MarkOnline { last_seen_ms } = decision else {
             return;
-        }
-        let now = system_ms();
-        let was_known = self
-            .alive
+        };
+        let write = writes::OnlineWrite {
+            session_hash: record.session_hash,
+            last_seen_ms,
+        };
+        let pushed = self
+            .writes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(alive.username.clone(), now);
-        // A user who had been swept offline comes back with a versioned write.
-        let _guard = self.lock_user(&alive.username);
-        if let Ok(mut record) = self.live_record(&ctx, &alive.username) {
-            if !record.online || was_known.is_none() {
-                record.online = true;
-                record.last_seen_ms = now;
-                if let Err(e) = self.write_presence(&ctx, record) {
-                    tracing::debug!(username = %alive.username, "cannot mark online: {e}");
-                }
+            .push(&alive.username, write);
+        if pushed == writes::Pushed::Dropped {
+            self.presence().write_lost(&alive.username);
+            tracing::debug!(username = %alive.username, "presence write queue full: write dropped");
+        }
+    }
+
+    /// The presence writer (a loop, not the signals thread): make the queued
+    /// "back online" writes.
+    fn write_presence_queue(&self) {
+        let Ok(ctx) = self.ctx() else { return };
+        let batch = self
+            .writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(PRESENCE_WRITES_PER_ROUND);
+        for (username, job) in batch {
+            let _guard = self.lock_user(&username);
+            let Ok(mut record) = self.live_record(&ctx, &username) else {
+                continue;
+            };
+            if !presence::apply_online(&mut record, &job) {
+                continue;
+            }
+            if let Err(e) = self.write_presence(&ctx, record) {
+                self.presence().write_lost(&username);
+                tracing::debug!(%username, "cannot mark online: {e}");
             }
         }
     }
@@ -585,32 +616,23 @@ impl Shared {
     /// Mark offline every user whose signals stopped (owner side).
     fn sweep(&self) {
         let Ok(ctx) = self.ctx() else { return };
-        let timeout = self.config().presence_timeout_ms;
-        let now = system_ms();
-        let stale: Vec<(String, u64)> = {
-            let alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
-            alive
-                .iter()
-                .filter(|(_, t)| now.saturating_sub(**t) > timeout)
-                .map(|(u, t)| (u.clone(), *t))
-                .collect()
-        };
-        for (username, last) in stale {
-            self.alive
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&username);
-            let _guard = self.lock_user(&username);
-            if let Ok(mut record) = self.live_record(&ctx, &username) {
-                if record.online {
-                    record.online = false;
-                    record.last_seen_ms = record.last_seen_ms.max(last);
-                    if let Err(e) = self.write_presence(&ctx, record) {
-                        tracing::debug!(%username, "cannot mark offline: {e}");
-                    } else {
-                        tracing::debug!(%username, "offline: alive signals stopped");
-                    }
-                }
+        let silent = self.presence().sweep(ctx.now_ms());
+        for gone in silent {
+            let username = &gone.username;
+            let _guard = self.lock_user(username);
+            // A signal between the sweep and this write brought the user back.
+            if self.presence().alive_since(username, gone.last_alive_ms) {
+                continue;
+            }
+            let Ok(mut record) = self.live_record(&ctx, username) else {
+                continue;
+            };
+            if !presence::apply_offline(&mut record, &gone) {
+                continue;
+            }
+            match self.write_presence(&ctx, record) {
+                Ok(_) => tracing::debug!(%username, "offline: alive signals stopped"),
+                Err(e) => tracing::debug!(%username, "cannot mark offline: {e}"),
             }
         }
     }
@@ -625,80 +647,84 @@ macro_rules! with_hops {
 }
 with_hops!(Registered, LoggedIn, Found, Done);
 
-impl Plugin for Directory {
-    fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
-        let config: DirectoryConfig = ctx.config()?;
-        let sweep_every = Duration::from_millis((config.presence_timeout_ms / 4).clamp(50, 5_000));
-        *self
-            .state
-            .failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) =
-            limits::FailureLimiter::new(config.login_failures_per_minute, 60_000, FAILURE_ACCOUNTS);
-        *self.state.sources.lock().unwrap_or_else(|p| p.into_inner()) = limits::SourceLimiter::new(
-            config.password_attempts_per_source_per_minute,
-            FAILURE_ACCOUNTS,
-        );
-        *self.state.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
-        *self.state.ctx.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
-
-        // Client-facing: any gestor, forwarded to the owner.
-        let s = self.state.clone();
+impl Shared {
+    /// Client-facing kinds: any gestor, forwarded to the owner.
+    fn serve_client_kinds(self: &Arc<Self>, ctx: &PluginContext) -> Result<(), PluginError> {
+        let s = self.clone();
         ctx.serve::<user::Register>(move |meta, r| {
             s.count_source(meta)?;
             s.route::<dir::Register>(&r.username, &r)
         })?;
-        let s = self.state.clone();
+        let s = self.clone();
         ctx.serve::<user::Login>(move |meta, r| {
             s.count_source(meta)?;
             s.route::<dir::Login>(&r.username, &r)
         })?;
-        let s = self.state.clone();
+        let s = self.clone();
         ctx.serve::<user::Lookup>(move |_, r| s.route::<dir::Lookup>(&r.username, &r))?;
-        let s = self.state.clone();
+        let s = self.clone();
         ctx.serve::<user::SetAddress>(move |_, r| s.route::<dir::SetAddress>(&r.username, &r))?;
-        let s = self.state.clone();
+        let s = self.clone();
         ctx.serve::<user::Logout>(move |_, r| s.route::<dir::Logout>(&r.username, &r))?;
-
-        // Owner side.
-        let s = self.state.clone();
-        ctx.serve::<dir::Register>(move |_, r| s.register(r))?;
-        let s = self.state.clone();
-        ctx.serve::<dir::Login>(move |_, r| s.login(r))?;
-        let s = self.state.clone();
-        ctx.serve::<dir::Lookup>(move |_, r| s.lookup(r))?;
-        let s = self.state.clone();
-        ctx.serve::<dir::SetAddress>(move |_, r| s.set_address(r))?;
-        let s = self.state.clone();
-        ctx.serve::<dir::Logout>(move |_, r| s.logout(r))?;
-        let s = self.state.clone();
-        ctx.serve::<dir::Delete>(move |_, r| s.delete(r))?;
-        let s = self.state.clone();
-        ctx.serve::<dir::Import>(move |_, batch| s.import(batch))?;
-        let s = self.state.clone();
-        ctx.serve::<dir::ImportOwned>(move |_, batch| s.import_owned(batch))?;
-        let s = self.state.clone();
+        let s = self.clone();
         ctx.serve::<user::Delete>(move |meta, r| {
             s.count_source(meta)?;
             s.route::<dir::Delete>(&r.username, &r)
         })?;
+        Ok(())
+    }
+
+    /// Owner-side kinds, and the local ones other plugins ask.
+    fn serve_owner_kinds(self: &Arc<Self>, ctx: &PluginContext) -> Result<(), PluginError> {
+        let s = self.clone();
+        ctx.serve::<dir::Register>(move |_, r| s.register(r))?;
+        let s = self.clone();
+        ctx.serve::<dir::Login>(move |_, r| s.login(r))?;
+        let s = self.clone();
+        ctx.serve::<dir::Lookup>(move |_, r| s.lookup(r))?;
+        let s = self.clone();
+        ctx.serve::<dir::SetAddress>(move |_, r| s.set_address(r))?;
+        let s = self.clone();
+        ctx.serve::<dir::Logout>(move |_, r| s.logout(r))?;
+        let s = self.clone();
+        ctx.serve::<dir::Delete>(move |_, r| s.delete(r))?;
+        let s = self.clone();
+        ctx.serve::<dir::Import>(move |_, batch| s.import(batch))?;
+        let s = self.clone();
+        ctx.serve::<dir::ImportOwned>(move |_, batch| s.import_owned(batch))?;
         // For other plugins on the owner (e.g. a mailbox): is this token the
         // user's current session? Answers a bool; never forwards.
-        let s = self.state.clone();
+        let s = self.clone();
         ctx.serve::<dir::Authenticate>(move |_, r: Auth| {
             let ctx = s.ctx()?;
             Ok(s.check_token(&ctx, &r.username, &r.token).is_ok())
         })?;
+        Ok(())
+    }
 
-        let s = self.state.clone();
+    /// Alive signals, the presence writer and the sweeper.
+    fn start_presence(
+        self: &Arc<Self>,
+        ctx: &PluginContext,
+        config: &DirectoryConfig,
+    ) -> Result<(), PluginError> {
+        let sweep_every = Duration::from_millis((config.presence_timeout_ms / 4).clamp(50, 5_000));
+        let s = self.clone();
         ctx.on_signal(topics::ALIVE, move |_topic, body| s.on_alive(body))?;
-        let s = self.state.clone();
+        let s = self.clone();
+        ctx.every("presence-writer", PRESENCE_WRITER_EVERY, move || {
+            s.write_presence_queue()
+        });
+        let s = self.clone();
         ctx.every("presence-sweep", sweep_every, move || s.sweep());
+        Ok(())
+    }
 
-        let s = self.state.clone();
+    fn serve_status(self: &Arc<Self>, ctx: &PluginContext) -> Result<(), PluginError> {
+        let s = self.clone();
         let store = ctx.store();
         ctx.serve::<status::Directory>(move |_, _| {
-            let alive_users = s.alive.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+            let alive_users = s.presence().len() as u64;
             let slots = s.slots();
             let (running, waiting) = slots.load();
             let (capacity, queue) = slots.capacity();
@@ -715,6 +741,29 @@ impl Plugin for Directory {
         Ok(())
     }
 
+    fn configure(&self, ctx: &PluginContext, config: DirectoryConfig) {
+        *self.failures.lock().unwrap_or_else(|p| p.into_inner()) =
+            limits::FailureLimiter::new(config.login_failures_per_minute, 60_000, FAILURE_ACCOUNTS);
+        *self.sources.lock().unwrap_or_else(|p| p.into_inner()) = limits::SourceLimiter::new(
+            config.password_attempts_per_source_per_minute,
+            FAILURE_ACCOUNTS,
+        );
+        *self.presence() = presence::Presence::new(config.presence_timeout_ms);
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
+        *self.ctx.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.clone());
+    }
+}
+
+impl Plugin for Directory {
+    fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
+        let config: DirectoryConfig = ctx.config()?;
+        self.state.configure(&ctx, config.clone());
+        self.state.serve_client_kinds(&ctx)?;
+        self.state.serve_owner_kinds(&ctx)?;
+        self.state.start_presence(&ctx, &config)?;
+        self.state.serve_status(&ctx)
+    }
+
     fn stop(&self) {
         self.state
             .ctx
@@ -729,7 +778,10 @@ fn make() -> Directory {
         state: Arc::new(Shared {
             config: Mutex::new(DirectoryConfig::default()),
             ctx: Mutex::new(None),
-            alive: Mutex::new(HashMap::new()),
+            presence: Mutex::new(presence::Presence::new(
+                DirectoryConfig::default().presence_timeout_ms,
+            )),
+            writes: Mutex::new(writes::WriteQueue::new(PRESENCE_QUEUE)),
             locks: (0..USER_LOCKS).map(|_| Mutex::new(())).collect(),
             hash_slots: std::sync::OnceLock::new(),
             failures: Mutex::new(limits::FailureLimiter::new(0, 60_000, FAILURE_ACCOUNTS)),

@@ -13,6 +13,12 @@
 //! message is not dropped silently — a *bounce* is left in the sender's own
 //! mailbox.
 //!
+//! The rules (keys, de-duplication, quota, copies, removals, expiry,
+//! resync and handoff) are the I/O-free [`core`]; [`boxes`] applies them to
+//! the store, a page at a time; this file is the shell: routing,
+//! authentication, ring calls, copies over the network, the node clock and
+//! the loops (docs/ARCHITECTURE.md §7.1).
+//!
 //! **Presence push** ([`presence`]): a client subscribes to its contacts; the
 //! gestor responsible for each contact watches that contact's directory
 //! record and pushes `chat.presence` to the subscriber's own address when the
@@ -23,22 +29,25 @@
 //! like the directory routes `user.*`. See docs/PROTOCOL.md, "Chat, mailbox
 //! and presence".
 
+pub mod boxes;
+pub mod core;
 pub mod presence;
 pub mod rules;
 
+use crate::core::{Admit, Expiry, COPY_BATCH};
+use boxes::Boxes;
 use gestor_api::mail::{self, AckBody, Acked, Bounce, Fetched, PutDone, PutMail};
 use gestor_api::mailbox::{self, CopyBody, Held};
 use gestor_api::status::{self, MailboxStatus};
 use gestor_api::user::{Auth, Found, UserOnly};
 use gestor_api::{dir, ring, routing};
 use gestor_sdk::hash::ring_position;
-use gestor_sdk::hlc::system_ms;
 use gestor_sdk::{
     declare_plugin, Empty, ErrorCode, HandlerError, Kind, Plugin, PluginContext, PluginError,
     RequestMeta,
 };
 use serde::Deserialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -91,42 +100,13 @@ impl Default for MailboxConfig {
     }
 }
 
-/// Store key of a mailbox item: mail sorts by sender then sequence, so a
-/// prefix scan is the delivery order; bounces sort after mail.
-fn item_key(held: &Held) -> String {
-    if held.bounce.is_some() {
-        format!("{}/b/{}", held.mail.from, held.mail.id)
-    } else {
-        format!(
-            "{}/m/{}/{:020}/{}",
-            held.mail.to, held.mail.from, held.mail.seq, held.mail.id
-        )
-    }
-}
-
-/// Whether the item stored under `key` has `held`'s id: a mailbox holds an
-/// id once (de-duplication is by id, as at the receiver), whatever the
-/// `seq` or sender of the copy that came first.
-fn same_id(key: &[u8], held: &Held) -> bool {
-    if held.bounce.is_some() {
-        return key == item_key(held).as_bytes();
-    }
-    // `holder/m/from/seq/id`, and ids hold no '/'.
-    let mail = format!("{}/m/", held.holder());
-    key.starts_with(mail.as_bytes()) && key.ends_with(format!("/{}", held.mail.id).as_bytes())
-}
-
-const ITEMS: &str = "mailbox";
-/// `holder/id` → expiry (wall ms, 8 bytes big-endian) of an acknowledged message.
-const ACKED: &str = "mailbox.acked";
-/// Items per `mailbox.copy` request.
-const COPY_BATCH: usize = 200;
-
 pub(crate) struct Shared {
     pub config: Mutex<MailboxConfig>,
     pub ctx: Mutex<Option<PluginContext>>,
     /// Changes not yet pushed to the successors.
-    pending: Mutex<CopyBody>,
+    pending: Mutex<core::Pending>,
+    /// What resync remembers between rounds (handoffs made).
+    resync: Mutex<core::ResyncState>,
     pub presence: presence::Watches,
     /// Removals in copies refused: the sender did not own the recipient.
     removals_refused: AtomicU64,
@@ -198,36 +178,13 @@ impl Shared {
         }
     }
 
-    fn tombstoned(
-        &self,
-        ctx: &PluginContext,
-        holder: &str,
-        id: &str,
-    ) -> Result<bool, HandlerError> {
-        Ok(ctx
-            .store()
-            .kv_get(ACKED, format!("{holder}/{id}").as_bytes())?
-            .is_some())
+    fn pending(&self) -> std::sync::MutexGuard<'_, core::Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn items_of(&self, ctx: &PluginContext, holder: &str) -> Result<Vec<Held>, HandlerError> {
-        let pairs = ctx
-            .store()
-            .kv_scan_prefix(ITEMS, format!("{holder}/").as_bytes())?;
-        Ok(pairs
-            .into_iter()
-            .filter_map(|(k, v)| match gestor_sdk::wire::from_cbor::<Held>(&v) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    tracing::warn!(key = %String::from_utf8_lossy(&k), "unreadable mailbox item skipped: {e}");
-                    None
-                }
-            })
-            .collect())
-    }
-
-    fn queue_copy(&self, f: impl FnOnce(&mut CopyBody)) {
-        f(&mut self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+    /// Until when a tombstone made now is kept.
+    fn tomb_until(&self, ctx: &PluginContext) -> u64 {
+        core::tomb_until(ctx.now_ms(), self.config().ttl_ms)
     }
 
     // ---- owner-side handlers ---------------------------------------------------
@@ -263,31 +220,23 @@ impl Shared {
             stored,
             holder: ctx.request_url(),
         };
-        let key = item_key(&held);
-        if self.tombstoned(&ctx, &holder, &held.mail.id)? {
-            return Ok(done(false));
+        held.stored_ms = ctx.now_ms();
+        let store = ctx.store();
+        match Boxes::new(&*store).admit(&held, config.max_per_user)? {
+            Admit::Known => return Ok(done(false)),
+            Admit::Full => {
+                return Err(HandlerError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "the mailbox of {holder} is full ({} messages)",
+                        config.max_per_user
+                    ),
+                ))
+            }
+            Admit::Store => Boxes::new(&*store).store(&held)?,
         }
-        let items = ctx
-            .store()
-            .kv_scan_prefix(ITEMS, format!("{holder}/").as_bytes())?;
-        if items.iter().any(|(k, _)| same_id(k, &held)) {
-            return Ok(done(false));
-        }
-        let count = items.len();
-        if count >= config.max_per_user {
-            return Err(HandlerError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "the mailbox of {holder} is full ({} messages)",
-                    config.max_per_user
-                ),
-            ));
-        }
-        held.stored_ms = system_ms();
-        ctx.store()
-            .kv_put(ITEMS, key.as_bytes(), &gestor_sdk::wire::to_cbor(&held))?;
         tracing::debug!(%holder, id = %held.mail.id, bounce = held.bounce.is_some(), "mail held");
-        self.queue_copy(|c| c.puts.push(held));
+        self.pending().put(held);
         Ok(done(true))
     }
 
@@ -300,7 +249,7 @@ impl Shared {
             bounces: Vec::new(),
         };
         // Key order is (sender, seq) for mail.
-        for h in self.items_of(&ctx, &req.username)? {
+        for h in Boxes::new(&*ctx.store()).items_of(&req.username)? {
             match h.bounce {
                 Some(reason) => out.bounces.push(Bounce {
                     mail: h.mail,
@@ -316,43 +265,13 @@ impl Shared {
         let ctx = self.ctx()?;
         self.owner_check(&ctx, &req.username)?;
         self.authenticate(&ctx, &req.username, &req.token)?;
-        let removed = self.remove(&ctx, &req.username, &req.ids)?;
-        let pairs: Vec<(String, String)> = req
-            .ids
-            .iter()
-            .map(|id| (req.username.clone(), id.clone()))
-            .collect();
-        self.queue_copy(|c| c.removed.extend(pairs));
+        let until = self.tomb_until(&ctx);
+        let removed = Boxes::new(&*ctx.store()).remove(&req.username, &req.ids, until)?;
+        let mut pending = self.pending();
+        for id in &req.ids {
+            pending.removed(&req.username, id);
+        }
         Ok(Acked { removed })
-    }
-
-    /// Delete `ids` from `holder`'s mailbox and tombstone them until they
-    /// would have expired anyway.
-    fn remove(
-        &self,
-        ctx: &PluginContext,
-        holder: &str,
-        ids: &[String],
-    ) -> Result<u64, HandlerError> {
-        let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
-        let store = ctx.store();
-        let until = system_ms().saturating_add(self.config().ttl_ms);
-        for id in &wanted {
-            store.kv_put(
-                ACKED,
-                format!("{holder}/{id}").as_bytes(),
-                &until.to_be_bytes(),
-            )?;
-        }
-        let mut removed = 0;
-        for h in self.items_of(ctx, holder)? {
-            if wanted.contains(h.mail.id.as_str())
-                && store.kv_delete(ITEMS, item_key(&h).as_bytes())?
-            {
-                removed += 1;
-            }
-        }
-        Ok(removed)
     }
 
     /// Whether the sender of a `mailbox.copy` may remove items of `holder`'s
@@ -360,29 +279,34 @@ impl Shared {
     /// both happen on the gestor responsible for the recipient, so removals
     /// are believed only from that gestor — as this node's own ring view
     /// names it, and as a session this node itself made with that URL
-    /// proves it (a sender's own claims prove nothing). A copy holder also
-    /// expires mail on its own.
+    /// proves it (a sender's own claims prove nothing). On the owner itself
+    /// (whose own acks never come by copy), only from its first successor:
+    /// the previous owner handing over the range this node took
+    /// ([`core::removal_authority`]). A copy holder also expires mail on
+    /// its own.
     fn removal_from_owner(&self, ctx: &PluginContext, meta: &RequestMeta, holder: &str) -> bool {
-        let key = ring_position(holder.as_bytes());
-        let owner = match ctx.call_local::<ring::Lookup>(&ring::KeyBody { key }) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::debug!(%holder, "mailbox copy: owner unknown, removals refused: {e}");
-                return false;
-            }
-        };
-        // The owner's acks reach it directly, never by copy.
-        if owner.addr == ctx.request_url() {
+        let Some((_, owner)) = self.owner_of(ctx, holder) else {
+            tracing::debug!(%holder, "mailbox copy: owner unknown, removals refused");
             return false;
-        }
+        };
+        let me = ctx.request_url();
+        let successor = if owner == me {
+            self.neighbours(ctx)
+                .and_then(|n| core::copy_targets(&n, 1).into_iter().next())
+        } else {
+            None
+        };
+        let Some(authority) = core::removal_authority(&me, &owner, successor.as_deref()) else {
+            return false;
+        };
         let timeout = Duration::from_millis(self.config().forward_timeout_ms.min(2_000));
-        match ctx.gestor_key(&owner.addr, timeout) {
+        match ctx.gestor_key(authority, timeout) {
             Ok(Some(key)) => meta.caller_key == Some(key),
             // Insecure (development) node: nobody proves who they are, so
             // every peer passes, as for everything else in that mode.
             Ok(None) => true,
             Err(e) => {
-                tracing::debug!(%holder, owner = %owner.addr, "mailbox copy: owner not verified, removals refused: {e}");
+                tracing::debug!(%holder, %authority, "mailbox copy: sender not verified, removals refused: {e}");
                 false
             }
         }
@@ -407,192 +331,216 @@ impl Shared {
         for held in &body.puts {
             rules::validate_held(held, config.max_text_bytes)?;
         }
-        let mut applied = 0;
-        let mut from_owner: BTreeMap<&str, bool> = BTreeMap::new();
-        let mut refused = 0u64;
-        for (holder, id) in &body.removed {
-            let allowed = *from_owner
-                .entry(holder.as_str())
-                .or_insert_with(|| self.removal_from_owner(&ctx, meta, holder));
-            if allowed {
-                applied += self.remove(&ctx, holder, std::slice::from_ref(id))?;
-            } else {
-                refused += 1;
-            }
-        }
-        if refused > 0 {
-            self.removals_refused.fetch_add(refused, Ordering::Relaxed);
+        let plan = core::plan_copy(body, |holder| self.removal_from_owner(&ctx, meta, holder));
+        if plan.refused > 0 {
+            self.removals_refused
+                .fetch_add(plan.refused, Ordering::Relaxed);
             tracing::debug!(
-                refused,
+                refused = plan.refused,
                 "mailbox copy: removals from a gestor that does not own their mailboxes refused"
             );
         }
-        for held in body.puts {
-            if self.tombstoned(&ctx, held.holder(), &held.mail.id)? {
-                continue;
-            }
-            let key = item_key(&held);
-            let known = ctx.store().kv_get(ITEMS, key.as_bytes())?.is_some();
-            if !known
-                && ctx
-                    .store()
-                    .kv_scan_prefix(ITEMS, format!("{}/", held.holder()).as_bytes())?
-                    .len()
-                    >= config.max_per_user
-            {
-                // The same quota as the owner's: a copy can never hold more.
-                continue;
-            }
-            ctx.store()
-                .kv_put(ITEMS, key.as_bytes(), &gestor_sdk::wire::to_cbor(&held))?;
-            applied += 1;
+        let until = self.tomb_until(&ctx);
+        let (applied, owned) =
+            Boxes::new(&*ctx.store()).apply_copy(&plan, until, config.max_per_user, |holder| {
+                self.responsible(&ctx, holder).unwrap_or(false)
+            })?;
+        let mut pending = self.pending();
+        for held in owned {
+            pending.put(held);
         }
         Ok(applied)
     }
 
     // ---- loops -------------------------------------------------------------
 
-    fn successors(&self, ctx: &PluginContext) -> Vec<String> {
-        let copies = self.config().copies;
+    fn neighbours(&self, ctx: &PluginContext) -> Option<ring::Neighbourhood> {
         match ctx.call_local::<ring::Neighbours>(&Empty) {
-            Ok(n) => {
-                let mut out: Vec<String> = Vec::new();
-                for p in n.successors {
-                    if p.id != n.me.id && !out.contains(&p.addr) && out.len() < copies {
-                        out.push(p.addr);
-                    }
-                }
-                out
-            }
+            Ok(n) => Some(n),
             Err(e) => {
                 tracing::debug!("ring.neighbours: {e}");
-                Vec::new()
+                None
             }
         }
     }
 
-    fn push(&self, ctx: &PluginContext, body: &CopyBody) {
-        if body.puts.is_empty() && body.removed.is_empty() {
-            return;
-        }
+    /// Send `batches` to each of `targets`; a target that fails is skipped
+    /// for the rest (the resync repairs what it missed). Returns whether
+    /// every target took everything.
+    fn push(&self, ctx: &PluginContext, targets: &[String], batches: &[CopyBody]) -> bool {
         let timeout = Duration::from_millis(self.config().forward_timeout_ms.min(2_000));
-        for url in self.successors(ctx) {
-            for chunk in batches(body) {
-                if let Err(e) = ctx.call::<mailbox::Copy>(&url, &chunk, timeout) {
-                    // The resync loop repairs what a failed push missed.
-                    tracing::debug!(successor = %url, "mailbox copy failed: {e}");
+        let mut all = true;
+        for url in targets {
+            for chunk in batches {
+                if let Err(e) = ctx.call::<mailbox::Copy>(url, chunk, timeout) {
+                    tracing::debug!(target = %url, "mailbox copy failed: {e}");
+                    all = false;
                     break;
                 }
             }
         }
+        all
     }
 
     /// Push queued changes to the successors.
     fn flush_copies(&self) {
         let Ok(ctx) = self.ctx() else { return };
-        let body = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        self.push(&ctx, &body);
-    }
-
-    /// Re-send every mailbox this node is responsible for to its successors.
-    fn resync(&self) {
-        let Ok(ctx) = self.ctx() else { return };
-        let Ok(all) = ctx.store().kv_scan_prefix(ITEMS, b"") else {
+        // Seen every tick, so resync tells a join from a failure (see
+        // `ResyncState::observe`).
+        let Some(n) = self.neighbours(&ctx) else {
             return;
         };
-        let mut mine: BTreeMap<String, bool> = BTreeMap::new();
-        let mut body = CopyBody::default();
-        for (_, v) in all {
-            let Ok(held) = gestor_sdk::wire::from_cbor::<Held>(&v) else {
-                continue;
-            };
-            let holder = held.holder().to_string();
-            let is_mine = match mine.get(&holder) {
-                Some(b) => *b,
-                None => {
-                    let b = self.responsible(&ctx, &holder).unwrap_or(false);
-                    mine.insert(holder, b);
-                    b
-                }
-            };
-            if is_mine {
-                body.puts.push(held);
-            }
+        self.resync_state()
+            .observe(n.me.id, n.predecessor.as_ref().map(|p| p.id));
+        let batches = self.pending().take();
+        if batches.is_empty() {
+            return;
         }
-        self.push(&ctx, &body);
+        self.push(
+            &ctx,
+            &core::copy_targets(&n, self.config().copies),
+            &batches,
+        );
     }
 
-    /// Drop expired items; the holder's owner bounces expired mail to its sender.
+    /// The owner of `holder`, as this node's ring view names it.
+    fn owner_of(&self, ctx: &PluginContext, holder: &str) -> Option<(u64, String)> {
+        let key = ring_position(holder.as_bytes());
+        match ctx.call_local::<ring::Lookup>(&ring::KeyBody { key }) {
+            Ok(o) => Some((o.id, o.addr)),
+            Err(e) => {
+                tracing::debug!(%holder, "owner unknown: {e}");
+                None
+            }
+        }
+    }
+
+    /// Re-send every mailbox this node owns, and its tombstones, to its
+    /// successors; hand the mailboxes a joining predecessor took over to
+    /// it. A page of the store at a time.
+    fn resync(&self) {
+        let Ok(ctx) = self.ctx() else { return };
+        let Some(n) = self.neighbours(&ctx) else {
+            return;
+        };
+        self.resync_state()
+            .observe(n.me.id, n.predecessor.as_ref().map(|p| p.id));
+        let targets = core::copy_targets(&n, self.config().copies);
+        let store = ctx.store();
+        let boxes = Boxes::new(&*store);
+        let mut all_handed = true;
+        // Tombstones first: a new owner must know what was acknowledged
+        // before it is handed mail that a stale copy may still hold.
+        let tombs = boxes.walk(core::ACKED, b"", |page| {
+            let plan = self.planner(&ctx, |p| p.tombs(page.iter().map(|(k, _)| k.as_slice())));
+            all_handed &= self.send_plan(&ctx, &targets, plan);
+            ControlFlow::Continue(())
+        });
+        let walked = boxes.walk_items(b"", |page| {
+            let items = page.into_iter().map(|(_, h)| h).collect();
+            let plan = self.planner(&ctx, |p| p.items(items));
+            all_handed &= self.send_plan(&ctx, &targets, plan);
+            ControlFlow::Continue(())
+        });
+        match walked.and(tombs) {
+            Err(e) => tracing::warn!("mailbox resync: {e}"),
+            Ok(()) if all_handed => self.resync_state().handed(),
+            Ok(()) => {}
+        }
+    }
+
+    fn resync_state(&self) -> std::sync::MutexGuard<'_, core::ResyncState> {
+        self.resync.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Plan one resync page with this node's ring view.
+    fn planner(
+        &self,
+        ctx: &PluginContext,
+        f: impl FnOnce(
+            &mut core::Planner<'_, &dyn Fn(&str) -> bool, &dyn Fn(&str) -> Option<(u64, String)>>,
+        ) -> core::ResyncPlan,
+    ) -> core::ResyncPlan {
+        let mine = |holder: &str| self.responsible(ctx, holder).unwrap_or(false);
+        let owner_of = |holder: &str| self.owner_of(ctx, holder);
+        let state = self.resync_state();
+        let mut planner = core::Planner::new(
+            &state,
+            &mine as &dyn Fn(&str) -> bool,
+            &owner_of as &dyn Fn(&str) -> Option<(u64, String)>,
+        );
+        f(&mut planner)
+    }
+
+    /// Send a resync plan; whether every handoff in it went through.
+    fn send_plan(&self, ctx: &PluginContext, targets: &[String], plan: core::ResyncPlan) -> bool {
+        self.push(ctx, targets, &core::batches(&plan.successors));
+        let mut all = !plan.unplaced;
+        for (owner, body) in plan.handoffs {
+            let ok = self.push(ctx, std::slice::from_ref(&owner), &core::batches(&body));
+            if ok {
+                tracing::debug!(%owner, items = body.puts.len(), removals = body.removed.len(), "mailboxes handed to their new owner");
+            }
+            all &= ok;
+        }
+        all
+    }
+
+    /// Drop expired items; the holder's owner bounces expired mail to its
+    /// sender. A page of the store at a time.
     fn expire(&self) {
         let Ok(ctx) = self.ctx() else { return };
-        let ttl = self.config().ttl_ms;
-        let now = system_ms();
+        let (ttl, now) = (self.config().ttl_ms, ctx.now_ms());
         let store = ctx.store();
-        if let Ok(all) = store.kv_scan_prefix(ITEMS, b"") {
-            for (k, v) in all {
-                let Ok(held) = gestor_sdk::wire::from_cbor::<Held>(&v) else {
-                    continue;
-                };
-                // A bounce is the only trace of an undelivered message: it
-                // stays until its sender fetches it (bounded by max_per_user).
-                if held.bounce.is_some() || now.saturating_sub(held.stored_ms) <= ttl {
+        let boxes = Boxes::new(&*store);
+        let walked = boxes.walk_items(b"", |page| {
+            for (key, held) in page {
+                if core::expiry(&held, now, ttl, false) == Expiry::Keep {
                     continue;
                 }
                 let owner = self.responsible(&ctx, held.holder()).unwrap_or(false);
-                if owner && held.bounce.is_none() {
-                    let bounce = Held {
-                        mail: held.mail.clone(),
-                        stored_ms: 0,
-                        bounce: Some(format!("not fetched by {} within {} ms", held.mail.to, ttl)),
-                    };
-                    // Keep the message until its bounce is held somewhere.
-                    if let Err(e) = self.route::<mailbox::Put>(&held.mail.from, &bounce) {
-                        tracing::warn!(id = %held.mail.id, from = %held.mail.from, "cannot bounce expired mail yet: {e}");
-                        continue;
-                    }
-                    tracing::info!(id = %held.mail.id, from = %held.mail.from, to = %held.mail.to, "expired mail bounced to its sender");
-                }
-                if let Err(e) =
-                    self.remove(&ctx, held.holder(), std::slice::from_ref(&held.mail.id))
-                {
-                    tracing::warn!(key = %String::from_utf8_lossy(&k), "cannot expire: {e}");
-                } else if owner {
-                    let pair = (held.holder().to_string(), held.mail.id.clone());
-                    self.queue_copy(|c| c.removed.push(pair));
-                }
+                self.expire_one(
+                    &ctx,
+                    &boxes,
+                    &key,
+                    &held,
+                    core::expiry(&held, now, ttl, owner),
+                );
             }
-        }
-        if let Ok(tombs) = store.kv_scan_prefix(ACKED, b"") {
-            for (k, v) in tombs {
-                let until = v
-                    .get(..8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                if until < now {
-                    let _ = store.kv_delete(ACKED, &k);
-                }
-            }
+            ControlFlow::Continue(())
+        });
+        if let Err(e) = walked.and(boxes.expire_tombs(now).map(|_| ())) {
+            tracing::warn!("mailbox expiry: {e}");
         }
     }
-}
 
-/// Split a change set into requests of at most [`COPY_BATCH`] items.
-fn batches(body: &CopyBody) -> Vec<CopyBody> {
-    let mut out = Vec::new();
-    for chunk in body.removed.chunks(COPY_BATCH) {
-        out.push(CopyBody {
-            puts: Vec::new(),
-            removed: chunk.to_vec(),
-        });
+    fn expire_one(
+        &self,
+        ctx: &PluginContext,
+        boxes: &Boxes,
+        key: &[u8],
+        held: &Held,
+        what: Expiry,
+    ) {
+        let owner = match what {
+            Expiry::Keep => return,
+            Expiry::Remove => false,
+            Expiry::BounceThenRemove(bounce) => {
+                // Keep the message until its bounce is held somewhere.
+                if let Err(e) = self.route::<mailbox::Put>(&held.mail.from, &bounce) {
+                    tracing::warn!(id = %held.mail.id, from = %held.mail.from, "cannot bounce expired mail yet: {e}");
+                    return;
+                }
+                tracing::info!(id = %held.mail.id, from = %held.mail.from, to = %held.mail.to, "expired mail bounced to its sender");
+                true
+            }
+        };
+        match boxes.remove_item(key, held, self.tomb_until(ctx)) {
+            Err(e) => tracing::warn!(key = %String::from_utf8_lossy(key), "cannot expire: {e}"),
+            Ok(_) if owner => self.pending().removed(held.holder(), &held.mail.id),
+            Ok(_) => {}
+        }
     }
-    for chunk in body.puts.chunks(COPY_BATCH) {
-        out.push(CopyBody {
-            puts: chunk.to_vec(),
-            removed: Vec::new(),
-        });
-    }
-    out
 }
 
 struct Mailbox {
@@ -647,7 +595,7 @@ impl Plugin for Mailbox {
         let s = self.state.clone();
         let store = ctx.store();
         ctx.serve::<status::Mailbox>(move |_, _| {
-            let held = store.kv_scan_prefix(ITEMS, b"")?.len() as u64;
+            let held = Boxes::new(&*store).count()?;
             let (watched_users, watchers) = s.presence.counts();
             Ok(MailboxStatus {
                 held,
@@ -673,7 +621,8 @@ fn make() -> Mailbox {
         state: Arc::new(Shared {
             config: Mutex::new(MailboxConfig::default()),
             ctx: Mutex::new(None),
-            pending: Mutex::new(CopyBody::default()),
+            pending: Mutex::new(core::Pending::default()),
+            resync: Mutex::new(core::ResyncState::default()),
             presence: presence::Watches::default(),
             removals_refused: AtomicU64::new(0),
         }),
@@ -681,41 +630,3 @@ fn make() -> Mailbox {
 }
 
 declare_plugin!("gestor_mailbox", make);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use gestor_api::chat::ChatMessage;
-
-    fn held(from: &str, seq: u64, id: &str, bounce: Option<&str>) -> Held {
-        Held {
-            mail: ChatMessage {
-                id: id.into(),
-                from: from.into(),
-                to: "bob".into(),
-                seq,
-                sent_ms: 1,
-                text: "hi".into(),
-            },
-            stored_ms: 0,
-            bounce: bounce.map(str::to_string),
-        }
-    }
-
-    /// PROTOCOL.md §18.3: `stored` is false when the mailbox already holds
-    /// the id, whatever the seq or sender it came with.
-    #[test]
-    fn a_mailbox_holds_an_id_once() {
-        let first = item_key(&held("alice", 1, "id1", None));
-        assert!(same_id(first.as_bytes(), &held("alice", 1, "id1", None)));
-        assert!(same_id(first.as_bytes(), &held("alice", 7, "id1", None)));
-        assert!(same_id(first.as_bytes(), &held("carol", 1, "id1", None)));
-        assert!(!same_id(first.as_bytes(), &held("alice", 1, "id2", None)));
-        // An id that ends like another is another id.
-        assert!(!same_id(first.as_bytes(), &held("alice", 1, "d1", None)));
-        // A bounce is held for its sender, apart from the mail it holds.
-        let bounce = held("bob", 1, "id1", Some("expired"));
-        assert!(!same_id(first.as_bytes(), &bounce));
-        assert!(same_id(item_key(&bounce).as_bytes(), &bounce));
-    }
-}

@@ -15,7 +15,6 @@ use crate::{rules, MailboxConfig, Shared};
 use gestor_api::presence::{self, AddWatch, Presence, WatchBody, Watching};
 use gestor_api::user::{Found, UserOnly};
 use gestor_api::{chat, dir};
-use gestor_sdk::hlc::system_ms;
 use gestor_sdk::{ErrorCode, HandlerError, PluginContext, PluginError};
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
@@ -147,7 +146,7 @@ impl Shared {
             req.watcher,
             Watcher {
                 notify: req.notify,
-                expires_ms: system_ms().saturating_add(ttl),
+                expires_ms: ctx.now_ms().saturating_add(ttl),
                 failures: 0,
             },
         );
@@ -157,7 +156,7 @@ impl Shared {
     /// Compare each watched user's presence with the last one pushed; push changes.
     fn poll_presence(&self) {
         let Ok(ctx) = self.ctx() else { return };
-        let now = system_ms();
+        let now = ctx.now_ms();
         let users: Vec<String> = {
             let mut w = self
                 .presence

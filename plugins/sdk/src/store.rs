@@ -108,6 +108,75 @@ pub trait Store: Send + Sync {
     fn kv_delete(&self, namespace: &str, key: &[u8]) -> Result<bool, StoreError>;
     /// Pairs whose key starts with `prefix`, in key order.
     fn kv_scan_prefix(&self, namespace: &str, prefix: &[u8]) -> Result<KvPairs, StoreError>;
+
+    /// One page of [`Store::kv_scan_prefix`]: at most `limit` pairs whose key
+    /// starts with `prefix` and sorts strictly after `after` (from the first
+    /// when `None`), in key order. Walk a prefix by passing the last key of
+    /// each page as the next `after` until a page comes back empty or short,
+    /// so memory per step stays bounded however large the prefix is.
+    ///
+    /// The default reads the whole prefix and cuts the page out of it: a
+    /// fallback so every backend has the method. Real backends override it
+    /// with a range query that reads only the page.
+    fn kv_scan_page(
+        &self,
+        namespace: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KvPairs, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut all = self.kv_scan_prefix(namespace, prefix)?;
+        let skip = match after {
+            Some(a) => all.partition_point(|(k, _)| k.as_slice() <= a),
+            None => 0,
+        };
+        all.drain(..skip);
+        all.truncate(limit);
+        Ok(all)
+    }
+}
+
+/// The range a page of [`Store::kv_scan_page`] covers, for backends with
+/// ordered keys: the lower bound (`(key, inclusive)`), and the exclusive upper
+/// bound (`None` when the prefix has none: empty or all 0xFF). `None` overall
+/// when `after` already lies past every key with `prefix`.
+pub fn kv_page_bounds(prefix: &[u8], after: Option<&[u8]>) -> Option<KvPageBounds> {
+    let upper = prefix_upper_bound(prefix);
+    let lower = match after {
+        Some(a) if a >= prefix => (a.to_vec(), false),
+        _ => (prefix.to_vec(), true),
+    };
+    if let Some(u) = &upper {
+        if lower.0.as_slice() >= u.as_slice() {
+            return None;
+        }
+    }
+    Some(KvPageBounds { lower, upper })
+}
+
+/// See [`kv_page_bounds`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvPageBounds {
+    /// The first key that may be returned, and whether it is included.
+    pub lower: (Vec<u8>, bool),
+    /// Keys must sort before this one; `None`: no upper bound.
+    pub upper: Option<Vec<u8>>,
+}
+
+/// Smallest byte string greater than every string starting with `prefix`,
+/// or `None` when no such bound exists (empty or all-0xFF prefix).
+pub fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last < 0xFF {
+            upper.push(last + 1);
+            return Some(upper);
+        }
+    }
+    None
 }
 
 /// Whether `pos` lies in the ring interval `(start, end]` (whole ring when `start == end`).
@@ -121,7 +190,28 @@ pub fn in_ring_interval(pos: u64, start: u64, end: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::in_ring_interval;
+    use super::*;
+
+    #[test]
+    fn page_bounds() {
+        let b = kv_page_bounds(b"p/", None).unwrap();
+        assert_eq!(b.lower, (b"p/".to_vec(), true));
+        assert_eq!(b.upper, Some(b"p0".to_vec()));
+        // `after` inside the prefix: exclusive; before it: the prefix.
+        let b = kv_page_bounds(b"p/", Some(b"p/x")).unwrap();
+        assert_eq!(b.lower, (b"p/x".to_vec(), false));
+        assert!(kv_page_bounds(b"p/", Some(b"a")).unwrap().lower.1);
+        // Past the prefix: nothing left.
+        assert_eq!(kv_page_bounds(b"p/", Some(b"p0")), None);
+        assert_eq!(kv_page_bounds(b"p/", Some(b"q")), None);
+        // No upper bound for an empty or all-0xFF prefix.
+        assert_eq!(
+            kv_page_bounds(b"", Some(&[0xFF, 0xFF])).unwrap().upper,
+            None
+        );
+        assert_eq!(kv_page_bounds(&[0xFF], None).unwrap().upper, None);
+        assert_eq!(prefix_upper_bound(&[b'a', 0xFF]), Some(b"b".to_vec()));
+    }
 
     #[test]
     fn interval_with_and_without_wrap() {

@@ -17,7 +17,7 @@
 //!   starting empty.
 
 use gestor_sdk::error::StoreError;
-use gestor_sdk::store::{in_ring_interval, PutOutcome, Store, UserRecord};
+use gestor_sdk::store::{in_ring_interval, kv_page_bounds, KvPairs, PutOutcome, Store, UserRecord};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -343,6 +343,42 @@ impl Store for SledStore {
         let skip = namespace.len() + 1;
         let mut out = Vec::new();
         for item in self.kv.scan_prefix(full) {
+            let (k, v) = item.map_err(backend_err)?;
+            out.push((k.get(skip..).unwrap_or_default().to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn kv_scan_page(
+        &self,
+        namespace: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KvPairs, StoreError> {
+        let skip = namespace.len() + 1;
+        let Some(bounds) = kv_page_bounds(prefix, after) else {
+            return Ok(Vec::new());
+        };
+        let (lower, inclusive) = bounds.lower;
+        let lower = kv_key(namespace, &lower)?;
+        let lower = if inclusive {
+            Bound::Included(lower)
+        } else {
+            Bound::Excluded(lower)
+        };
+        // Without a bound of its own the prefix ends with the namespace: the
+        // separator NUL + 1.
+        let upper = match bounds.upper {
+            Some(u) => kv_key(namespace, &u)?,
+            None => {
+                let mut end = namespace.as_bytes().to_vec();
+                end.push(1);
+                end
+            }
+        };
+        let mut out = Vec::new();
+        for item in self.kv.range((lower, Bound::Excluded(upper))).take(limit) {
             let (k, v) = item.map_err(backend_err)?;
             out.push((k.get(skip..).unwrap_or_default().to_vec(), v.to_vec()));
         }

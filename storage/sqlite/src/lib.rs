@@ -49,7 +49,9 @@
 use gestor_sdk::error::StoreError;
 use gestor_sdk::group_commit::GroupCommit;
 use gestor_sdk::hlc::Timestamp;
-use gestor_sdk::store::{PutOutcome, Store, UserRecord};
+use gestor_sdk::store::{
+    kv_page_bounds, prefix_upper_bound, KvPairs, PutOutcome, Store, UserRecord,
+};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -135,19 +137,6 @@ fn parse_version(b: &[u8]) -> Option<Timestamp> {
         logical: u32::from_be_bytes(b[8..12].try_into().ok()?),
         node: u64::from_be_bytes(b[12..].try_into().ok()?),
     })
-}
-
-/// Smallest byte string greater than every string starting with `prefix`,
-/// or `None` when no such bound exists (empty or all-0xFF prefix).
-fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut upper = prefix.to_vec();
-    while let Some(last) = upper.pop() {
-        if last < 0xFF {
-            upper.push(last + 1);
-            return Some(upper);
-        }
-    }
-    None
 }
 
 fn validate(record: &UserRecord) -> Result<(), StoreError> {
@@ -556,6 +545,49 @@ impl Store for SqliteStore {
             None => collect(
                 "SELECT key, value FROM kv WHERE namespace = ?1 AND key >= ?2 ORDER BY key",
                 &[&namespace, &prefix],
+            ),
+        }
+        .map_err(backend_err)
+    }
+
+    fn kv_scan_page(
+        &self,
+        namespace: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KvPairs, StoreError> {
+        check_namespace(namespace)?;
+        let Some(bounds) = kv_page_bounds(prefix, after) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (lower, inclusive) = bounds.lower;
+        let low_op = if inclusive { ">=" } else { ">" };
+        let conn = self.conn();
+        // One range of the (namespace, key) primary key, read up to LIMIT.
+        let collect = |sql: &str, p: &[&dyn rusqlite::ToSql]| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(p, |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<KvPairs>>()
+        };
+        match bounds.upper {
+            Some(upper) => collect(
+                &format!(
+                    "SELECT key, value FROM kv WHERE namespace = ?1 AND key {low_op} ?2
+                     AND key < ?3 ORDER BY key LIMIT ?4"
+                ),
+                &[&namespace, &lower, &upper, &limit],
+            ),
+            None => collect(
+                &format!(
+                    "SELECT key, value FROM kv WHERE namespace = ?1 AND key {low_op} ?2
+                     ORDER BY key LIMIT ?3"
+                ),
+                &[&namespace, &lower, &limit],
             ),
         }
         .map_err(backend_err)
