@@ -386,10 +386,13 @@ impl ReplicaCore {
             .max(c.heartbeat_timeout_ms * 2);
         self.owners
             .retain(|_, (_, last)| now.saturating_sub(*last) <= horizon);
-        self.owners
+        let mut out: Vec<(String, String)> = self
+            .owners
             .iter()
             .map(|(a, (s, _))| (a.clone(), s.clone()))
-            .collect()
+            .collect();
+        out.sort();
+        out
     }
 }
 

@@ -7,7 +7,7 @@
 //! lose its disk (open on a new one).
 
 use crate::error::StoreError;
-use crate::store::{in_ring_interval, KvPairs, PutOutcome, Store, UserRecord};
+use crate::store::{KvPairs, PutOutcome, Store, UserRecord};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -17,6 +17,38 @@ struct Tables {
     /// `(ring_pos, username)` of every entry of `users`, for ring scans.
     ring: BTreeSet<(u64, String)>,
     kv: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+/// Keys written since the last flush, so a flush copies only those.
+#[derive(Debug, Default)]
+struct Dirty {
+    users: BTreeSet<String>,
+    kv: BTreeSet<(String, Vec<u8>)>,
+}
+
+impl Tables {
+    /// Make `disk` hold what `self` holds under the `dirty` keys.
+    fn write_back(&self, dirty: Dirty, disk: &mut Tables) {
+        for name in dirty.users {
+            if let Some(old) = disk.users.remove(&name) {
+                disk.ring.remove(&(old.ring_pos, old.username));
+            }
+            if let Some(r) = self.users.get(&name) {
+                disk.ring.insert((r.ring_pos, name.clone()));
+                disk.users.insert(name, r.clone());
+            }
+        }
+        for (ns, key) in dirty.kv {
+            match self.kv.get(&ns).and_then(|n| n.get(&key)) {
+                Some(v) => {
+                    disk.kv.entry(ns).or_default().insert(key, v.clone());
+                }
+                None => {
+                    disk.kv.get_mut(&ns).map(|n| n.remove(&key));
+                }
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -37,6 +69,7 @@ impl MemoryDisk {
 #[derive(Debug)]
 pub struct MemoryStore {
     tables: Mutex<Tables>,
+    dirty: Mutex<Dirty>,
     disk: MemoryDisk,
 }
 
@@ -56,6 +89,7 @@ impl MemoryStore {
     pub fn open(disk: &MemoryDisk) -> Self {
         MemoryStore {
             tables: Mutex::new(lock(&disk.0).clone()),
+            dirty: Mutex::new(Dirty::default()),
             disk: disk.clone(),
         }
     }
@@ -63,6 +97,15 @@ impl MemoryStore {
     /// The disk this store flushes to.
     pub fn disk(&self) -> &MemoryDisk {
         &self.disk
+    }
+
+    fn touched(&self, username: &str) {
+        lock(&self.dirty).users.insert(username.to_string());
+    }
+
+    fn touched_kv(&self, namespace: &str, key: &[u8]) {
+        let entry = (namespace.to_string(), key.to_vec());
+        lock(&self.dirty).kv.insert(entry);
     }
 }
 
@@ -85,9 +128,9 @@ impl Store for MemoryStore {
             let old = (current.ring_pos, current.username.clone());
             t.ring.remove(&old);
         }
-        t.ring
-            .insert((record.ring_pos, record.username.clone()));
+        t.ring.insert((record.ring_pos, record.username.clone()));
         t.users.insert(record.username.clone(), record.clone());
+        self.touched(&record.username);
         Ok(PutOutcome::Applied)
     }
 
@@ -101,24 +144,33 @@ impl Store for MemoryStore {
             return Ok(false);
         };
         t.ring.remove(&(old.ring_pos, old.username));
+        self.touched(username);
         Ok(true)
     }
 
     fn scan_ring(&self, start: u64, end: u64) -> Result<Vec<UserRecord>, StoreError> {
         let t = lock(&self.tables);
-        // In ring order from just after `start`, wrapping past u64::MAX.
+        // In ring order from just after `start`, wrapping past u64::MAX;
+        // `start == end` is the whole ring, `start` itself last.
         let from = |pos: u64| (pos, String::new());
         let after = start
             .checked_add(1)
             .map(|next| t.ring.range(from(next)..))
             .into_iter()
             .flatten();
-        let before = t.ring.range(..from(start));
-        let at_start = t.ring.range(from(start)..).take_while(|(p, _)| *p == start);
-        Ok(after
-            .chain(before)
-            .chain(at_start)
-            .filter(|(pos, _)| in_ring_interval(*pos, start, end))
+        let at = |pos: u64| {
+            t.ring
+                .range(from(pos)..)
+                .take_while(move |(p, _)| *p == pos)
+        };
+        let upto = |end: u64| t.ring.range(..from(end)).chain(at(end));
+        let names: Vec<&(u64, String)> = if start < end {
+            after.take_while(|(p, _)| *p <= end).collect()
+        } else {
+            after.chain(upto(end)).collect()
+        };
+        Ok(names
+            .into_iter()
             .filter_map(|(_, name)| t.users.get(name).cloned())
             .collect())
     }
@@ -129,8 +181,10 @@ impl Store for MemoryStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        let tables = lock(&self.tables).clone();
-        *lock(&self.disk.0) = tables;
+        // Lock order: tables, dirty, disk (as everywhere else).
+        let tables = lock(&self.tables);
+        let dirty = std::mem::take(&mut *lock(&self.dirty));
+        tables.write_back(dirty, &mut lock(&self.disk.0));
         Ok(())
     }
 
@@ -143,14 +197,17 @@ impl Store for MemoryStore {
         let mut t = lock(&self.tables);
         let ns = t.kv.entry(namespace.to_string()).or_default();
         ns.insert(key.to_vec(), value.to_vec());
+        self.touched_kv(namespace, key);
         Ok(())
     }
 
     fn kv_delete(&self, namespace: &str, key: &[u8]) -> Result<bool, StoreError> {
         let mut t = lock(&self.tables);
-        Ok(t.kv
-            .get_mut(namespace)
-            .is_some_and(|ns| ns.remove(key).is_some()))
+        let existed =
+            t.kv.get_mut(namespace)
+                .is_some_and(|ns| ns.remove(key).is_some());
+        self.touched_kv(namespace, key);
+        Ok(existed)
     }
 
     fn kv_scan_prefix(&self, namespace: &str, prefix: &[u8]) -> Result<KvPairs, StoreError> {
@@ -204,7 +261,10 @@ mod tests {
     #[test]
     fn compare_and_set_on_versions() {
         let s = MemoryStore::new();
-        assert_eq!(s.put(&rec("ana", 1, ts(5, 0))).unwrap(), PutOutcome::Applied);
+        assert_eq!(
+            s.put(&rec("ana", 1, ts(5, 0))).unwrap(),
+            PutOutcome::Applied
+        );
         for older in [ts(5, 0), ts(4, 9)] {
             assert_eq!(
                 s.put(&rec("ana", 2, older)).unwrap(),
@@ -283,6 +343,12 @@ mod tests {
         assert!(again.get("kept").unwrap().is_some());
         assert_eq!(again.kv_get("ns", b"k").unwrap(), Some(b"v".to_vec()));
         assert_eq!(again.get("lost").unwrap(), None);
+        assert!(again.purge("kept").unwrap());
+        again.kv_delete("ns", b"k").unwrap();
+        again.flush().unwrap();
+        let third = MemoryStore::open(&disk);
+        assert_eq!(third.get("kept").unwrap(), None, "a flushed purge stays");
+        assert_eq!(third.kv_get("ns", b"k").unwrap(), None);
         assert_eq!(MemoryStore::open(&MemoryDisk::new()).count().unwrap(), 0);
     }
 }

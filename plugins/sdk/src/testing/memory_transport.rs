@@ -120,9 +120,10 @@ impl MemoryNetwork {
 }
 
 fn check_url(url: &str) -> Result<(), TransportError> {
-    let ok = ["tcp://", "ipc://", "inproc://"]
-        .iter()
-        .any(|scheme| url.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()));
+    let ok = ["tcp://", "ipc://", "inproc://"].iter().any(|scheme| {
+        url.strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty())
+    });
     if ok {
         Ok(())
     } else {
@@ -500,7 +501,10 @@ mod tests {
         let mut publ = net.publisher(&dial, &opts).unwrap();
         publ.publish(b"a.x", b"1").unwrap();
         publ.publish(b"b.y", b"2").unwrap();
-        assert_eq!(sub.recv(SECOND).unwrap(), Some((b"a.x".to_vec(), b"1".to_vec())));
+        assert_eq!(
+            sub.recv(SECOND).unwrap(),
+            Some((b"a.x".to_vec(), b"1".to_vec()))
+        );
         assert_eq!(sub.recv(Duration::from_millis(20)).unwrap(), None);
         assert_eq!(all.recv(SECOND).unwrap().unwrap().1, b"1");
         assert_eq!(all.recv(SECOND).unwrap().unwrap().1, b"2");
