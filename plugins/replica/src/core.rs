@@ -167,7 +167,12 @@ pub fn digest(records: &[UserRecord]) -> String {
         h.update(v.logical.to_be_bytes());
         h.update(v.node.to_be_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    h.finalize()
+        .iter()
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
+        .map(char::from)
+        .collect()
 }
 
 /// A holder's answer to an owner's digest of a range it holds `local` of.

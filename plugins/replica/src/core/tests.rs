@@ -198,3 +198,20 @@ fn surplus_is_purged_only_when_every_holder_has_it() {
         "we are designated"
     );
 }
+
+#[test]
+fn digest_is_lower_hex_sha256_independent_of_order() {
+    let (a, b) = (rec("a", 1, 5), rec("b", 2, 6));
+    let d = digest(&[a.clone(), b.clone()]);
+    assert_eq!(d.len(), 64);
+    assert!(d
+        .bytes()
+        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+    assert_eq!(d, digest(&[b, a.clone()]));
+    assert_ne!(d, digest(&[a]));
+    // SHA-256 of nothing: the digest of an empty range.
+    assert_eq!(
+        digest(&[]),
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+}
