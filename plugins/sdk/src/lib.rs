@@ -23,7 +23,9 @@ pub mod kind;
 pub mod logging;
 pub mod plugin;
 pub mod store;
-#[cfg(feature = "testing")]
+// Always built for the SDK's own tests, so `cargo test -p gestor-sdk`
+// checks the doubles too.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod transport;
 pub mod wire;
