@@ -89,41 +89,15 @@ pub fn check_invariants(views: &[View]) -> Result<(), Vec<Violation>> {
     if live.is_empty() {
         return Ok(());
     }
-    let sorted: Vec<Id> = live.iter().copied().collect();
-    let lowest = sorted.first().copied().unwrap_or_default();
-    let next_live = |id: Id| -> Id {
-        live.range((Bound::Excluded(id), Bound::Unbounded))
-            .next()
-            .copied()
-            .unwrap_or(lowest)
-    };
-
     let mut edges: HashMap<Id, Id> = HashMap::new();
     for v in views {
-        let alone_list = v.successors == [v.id];
-        if !alone_list {
-            if v.successors.contains(&v.id) {
-                violations.push(Violation::SelfInSuccessors { node: v.id });
-            }
-            let mut last = 0u64;
-            let ordered = v.successors.iter().all(|s| {
-                let d = distance(v.id, *s);
-                let ok = d > last || (d == 0 && *s == v.id);
-                last = last.max(d);
-                ok
-            });
-            if !ordered {
-                violations.push(Violation::UnorderedSuccessors {
-                    node: v.id,
-                    successors: v.successors.clone(),
-                });
-            }
-        }
+        check_successor_list(v, &mut violations);
+        // OrderedRing: the first live successor is the next live id.
         match v.successors.iter().find(|s| live.contains(s)) {
             None => violations.push(Violation::NoLiveSuccessor { node: v.id }),
             Some(&first) => {
                 edges.insert(v.id, first);
-                let expected = next_live(v.id);
+                let expected = next_live(&live, v.id);
                 if first != expected {
                     violations.push(Violation::WrongSuccessor {
                         node: v.id,
@@ -134,11 +108,55 @@ pub fn check_invariants(views: &[View]) -> Result<(), Vec<Violation>> {
             }
         }
     }
+    match count_rings(&live, &edges) {
+        0 => violations.push(Violation::NoRing),
+        1 => {}
+        n => violations.push(Violation::MultipleRings { rings: n }),
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(violations)
+    }
+}
 
-    // Count cycles in the functional graph node -> first live successor.
+/// OrderedSuccessorLists, and no self-listing unless alone.
+fn check_successor_list(v: &View, violations: &mut Vec<Violation>) {
+    if v.successors == [v.id] {
+        return;
+    }
+    if v.successors.contains(&v.id) {
+        violations.push(Violation::SelfInSuccessors { node: v.id });
+    }
+    let mut last = 0u64;
+    let ordered = v.successors.iter().all(|s| {
+        let d = distance(v.id, *s);
+        let ok = d > last || (d == 0 && *s == v.id);
+        last = last.max(d);
+        ok
+    });
+    if !ordered {
+        violations.push(Violation::UnorderedSuccessors {
+            node: v.id,
+            successors: v.successors.clone(),
+        });
+    }
+}
+
+/// The next live id after `id`, wrapping.
+fn next_live(live: &BTreeSet<Id>, id: Id) -> Id {
+    live.range((Bound::Excluded(id), Bound::Unbounded))
+        .next()
+        .or(live.first())
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Cycles in the functional graph node -> first live successor.
+fn count_rings(live: &BTreeSet<Id>, edges: &HashMap<Id, Id>) -> usize {
     let mut color: HashMap<Id, u8> = HashMap::new(); // 1 = on current path, 2 = done
     let mut rings = 0usize;
-    for &start in &sorted {
+    for &start in live {
         let mut path = Vec::new();
         let mut cur = Some(start);
         while let Some(id) = cur {
@@ -159,17 +177,7 @@ pub fn check_invariants(views: &[View]) -> Result<(), Vec<Violation>> {
             color.insert(id, 2);
         }
     }
-    match rings {
-        0 => violations.push(Violation::NoRing),
-        1 => {}
-        n => violations.push(Violation::MultipleRings { rings: n }),
-    }
-
-    if violations.is_empty() {
-        Ok(())
-    } else {
-        Err(violations)
-    }
+    rings
 }
 
 #[cfg(test)]

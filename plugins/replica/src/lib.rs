@@ -1,12 +1,19 @@
 //! Copies of every record on the owner's successors: seed processes
 //! *Receive_duplicate* and *Find_if_duplicates_are_alive*.
 //!
+//! The rules live in [`core`] (I/O-free, driven by the simulator in `sim`
+//! too); this file is the shell that feeds it the ring, the store, replies
+//! and `ctx.now_ms()`, and carries its decisions out.
+//!
 //! * **Write path** (`replica.replicate`, a local call from the directory on
 //!   the owner): the record goes to the owner's first `copies` successors.
 //!   The write is acknowledged once the owner and its first two successors
 //!   hold it durably (flushed); the others get it in the background. Any two
 //!   gestores can then fail: if the owner is among them, the first surviving
-//!   successor — which becomes the owner — already has the record.
+//!   successor — which becomes the owner — already has the record. Copies
+//!   travel through the [`pipeline`]: per-holder bounded queues served by a
+//!   fixed pool of senders, which batch concurrent writes into one
+//!   `replica.put` (one round trip, one flush on the holder).
 //! * **Anti-entropy** (loop): the owner compares a digest of its range
 //!   `(predecessor, me]` with each copy holder's; where they differ they
 //!   exchange versions and each side gets what the other has newer. This
@@ -23,94 +30,83 @@
 //!   purged only after the owner and every designated holder report the same
 //!   or a newer version.
 
-use gestor_api::replica::{
-    self, CopySource, Heartbeat, Held, Names, PutBody, PutReply, SyncBody, SyncReply,
-};
+pub mod core;
+pub mod pipeline;
+#[cfg(test)]
+mod sim;
+
+pub use crate::core::ReplicaConfig;
+use crate::core::{Ack, AckOutcome, ReplicaCore, RoundPlan, Versions, WritePlan};
+use crate::pipeline::{EnqueueError, Pipeline, Waiter};
+use gestor_api::replica::{self, CopySource, Heartbeat, Held, Names, PutBody, PutReply, SyncBody};
 use gestor_api::ring::{self, KeyBody, Neighbourhood as Neighbours, PeerRef};
-use gestor_api::status::{self, ReplicaStats as Stats, ReplicaStatus};
+use gestor_api::status::{self, ReplicaStatus};
 use gestor_api::topics;
-use gestor_sdk::store::in_ring_interval;
 use gestor_sdk::{
     declare_plugin, CallError, Empty, ErrorCode, HandlerError, Plugin, PluginContext, PluginError,
     Timestamp, UserRecord,
 };
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// `[plugins.config.gestor_replica]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ReplicaConfig {
-    /// Copies besides the owner's (capped by the ring size).
-    pub copies: usize,
-    /// Copy holders that must confirm before a write is acknowledged; 2
-    /// means any two gestores may fail right after the acknowledgement.
-    pub ack_copies: usize,
-    pub sync_every_ms: u64,
-    pub heartbeat_every_ms: u64,
-    /// A copy holder silent this long is reported to the ring as dead.
-    pub heartbeat_timeout_ms: u64,
-    pub rpc_timeout_ms: u64,
-    /// Look for surplus copies every this many sync rounds.
-    pub gc_every_rounds: u64,
-}
-
-impl Default for ReplicaConfig {
-    fn default() -> Self {
-        ReplicaConfig {
-            copies: 3,
-            ack_copies: 2,
-            sync_every_ms: 2_000,
-            heartbeat_every_ms: 1_000,
-            heartbeat_timeout_ms: 5_000,
-            rpc_timeout_ms: 2_000,
-            gc_every_rounds: 5,
-        }
-    }
-}
-
-struct Shared {
-    ctx: PluginContext,
-    config: ReplicaConfig,
-    epoch: Instant,
-    /// Range `(pred, me]` last merged with the first successor.
-    ready: Mutex<Option<(u64, u64)>>,
-    /// Heartbeats from our copy holders: addr → ms since epoch.
-    heard: Mutex<HashMap<String, u64>>,
-    /// When each current holder was first expected to heartbeat.
-    expected_since: Mutex<HashMap<String, u64>>,
-    /// Owners we hold copies for: addr → (signal URL, last contact ms).
-    owners: Mutex<HashMap<String, (String, u64)>>,
-    stats: Mutex<Stats>,
-}
-
-fn digest(records: &[UserRecord]) -> String {
-    let mut sorted: Vec<(&str, Timestamp)> = records
-        .iter()
-        .map(|r| (r.username.as_str(), r.version))
-        .collect();
-    sorted.sort();
-    let mut h = Sha256::new();
-    for (u, v) in sorted {
-        h.update(u.as_bytes());
-        h.update([0]);
-        h.update(v.wall_ms.to_be_bytes());
-        h.update(v.logical.to_be_bytes());
-        h.update(v.node.to_be_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
+use std::time::Duration;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Records per `replica.put` message, well under the message size limit.
+const CHUNK: usize = 256;
+
+/// Send `records` to `to` as `replica.put` messages; `Ok` once it flushed them.
+fn send_copy(
+    ctx: &PluginContext,
+    from: &CopySource,
+    timeout: Duration,
+    to: &PeerRef,
+    records: &[UserRecord],
+) -> Result<(), CallError> {
+    for chunk in records.chunks(CHUNK) {
+        let body = PutBody {
+            from: from.clone(),
+            records: chunk.to_vec(),
+        };
+        ctx.call::<replica::Put>(&to.addr, &body, timeout)?;
+    }
+    Ok(())
+}
+
+struct Shared {
+    ctx: PluginContext,
+    config: ReplicaConfig,
+    core: Mutex<ReplicaCore>,
+    pipeline: Arc<Pipeline>,
+}
+
 impl Shared {
+    fn new(ctx: PluginContext, config: ReplicaConfig) -> Arc<Self> {
+        let from = CopySource {
+            addr: ctx.request_url(),
+            signal: ctx.signal_url(),
+        };
+        let timeout = Duration::from_millis(config.rpc_timeout_ms);
+        let sender_ctx = ctx.clone();
+        let pipeline = Pipeline::start(
+            config.sender_threads,
+            config.queue_records,
+            config.batch_records,
+            Box::new(move |to: &PeerRef, records: &[UserRecord]| {
+                send_copy(&sender_ctx, &from, timeout, to, records).map_err(|e| e.to_string())
+            }),
+        );
+        Arc::new(Shared {
+            ctx,
+            core: Mutex::new(ReplicaCore::new(config.clone())),
+            config,
+            pipeline,
+        })
+    }
+
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ctx.now_ms()
     }
 
     fn timeout(&self) -> Duration {
@@ -128,18 +124,15 @@ impl Shared {
         self.ctx.call_local::<ring::Neighbours>(&Empty).ok()
     }
 
-    /// The gestores that should hold copies of our range, in order.
-    fn holders(&self, nb: &Neighbours) -> Vec<PeerRef> {
-        let mut out: Vec<PeerRef> = Vec::new();
-        for p in &nb.successors {
-            if p.id != nb.me.id && !out.iter().any(|o| o.id == p.id) {
-                out.push(p.clone());
-            }
-            if out.len() == self.config.copies {
-                break;
-            }
-        }
-        out
+    fn suspect(&self, peer: &PeerRef) {
+        let _ = self
+            .ctx
+            .call_local::<ring::Suspect>(&KeyBody { key: peer.id });
+    }
+
+    fn remember_owner(&self, from: &CopySource) {
+        let (me, now) = (self.ctx.request_url(), self.now());
+        lock(&self.core).remember_owner(from, &me, now);
     }
 
     /// Apply records received from elsewhere, last writer wins, durably.
@@ -167,6 +160,7 @@ impl Shared {
                 stale += 1;
             }
         }
+        // One flush for the whole batch: the group commit of the pipeline.
         store.flush()?;
         if let Some(e) = refused {
             return Err(HandlerError::new(ErrorCode::ClockSkew, e.to_string()));
@@ -178,147 +172,121 @@ impl Shared {
     }
 
     fn send_copy(&self, to: &PeerRef, records: &[UserRecord]) -> Result<(), CallError> {
-        for chunk in records.chunks(256) {
-            let body = PutBody {
-                from: self.from(),
-                records: chunk.to_vec(),
-            };
-            self.ctx
-                .call::<replica::Put>(&to.addr, &body, self.timeout())?;
-        }
-        Ok(())
+        send_copy(&self.ctx, &self.from(), self.timeout(), to, records)
     }
 
-    /// Copy one freshly written record; see the module docs for the rule.
-    fn replicate(self: &Arc<Self>, record: UserRecord) -> Result<u32, HandlerError> {
-        self.replicate_many(vec![record])
-    }
-
-    /// Copy freshly written records (one write, or an import batch): the
-    /// same rule as for one record, with one `replica.put` per holder for
-    /// the whole batch (chunked by `send_copy`).
-    fn replicate_many(self: &Arc<Self>, records: Vec<UserRecord>) -> Result<u32, HandlerError> {
+    /// Copy freshly written records (one write, or an import batch) and
+    /// answer once the core's acknowledgement rule is met; holders that
+    /// fail are reported to the ring and the copy is retried with the
+    /// holders it names then, until twice the RPC timeout has passed.
+    fn replicate_many(&self, records: Vec<UserRecord>) -> Result<u32, HandlerError> {
         if records.is_empty() {
             return Ok(0);
         }
-        let deadline = Instant::now() + self.timeout() * 2;
+        let deadline = self.now() + 2 * self.config.rpc_timeout_ms;
         loop {
             let Some(nb) = self.neighbours() else {
                 return Err(HandlerError::unavailable("ring not joined"));
             };
-            let holders = self.holders(&nb);
-            let required = self.config.ack_copies.min(holders.len());
-            let (must, rest) = holders.split_at(required);
-            let results: Vec<(PeerRef, Result<(), CallError>)> = std::thread::scope(|scope| {
-                let handles: Vec<_> = must
-                    .iter()
-                    .map(|h| {
-                        let recs = records.as_slice();
-                        scope.spawn(move || (h.clone(), self.send_copy(h, recs)))
-                    })
-                    .collect();
-                handles.into_iter().filter_map(|h| h.join().ok()).collect()
-            });
-            for h in rest.iter().cloned() {
-                let me = self.clone();
-                let recs = records.clone();
-                std::thread::spawn(move || {
-                    if let Err(e) = me.send_copy(&h, &recs) {
-                        tracing::debug!(holder = %h.addr, "background copy failed (anti-entropy will retry): {e}");
-                    }
-                });
-            }
-            let failed: Vec<&PeerRef> = results
-                .iter()
-                .filter(|(_, r)| r.is_err())
-                .map(|(p, _)| p)
-                .collect();
-            if failed.is_empty() && results.len() == required {
-                return Ok(required as u32 + 1);
-            }
-            for p in &failed {
+            let plan = core::plan_write(&nb, &self.config);
+            let suspects = match self.copy_once(&plan, &records)? {
+                AckOutcome::Acked { holders } => return Ok(holders),
+                AckOutcome::Failed { suspects } => suspects,
+                AckOutcome::Pending => Vec::new(),
+            };
+            for p in &suspects {
                 tracing::info!(holder = %p.addr, "copy holder unreachable; routing around it");
-                let _ = self.ctx.call_local::<ring::Suspect>(&KeyBody { key: p.id });
+                self.suspect(p);
             }
-            if Instant::now() >= deadline {
+            if self.now() >= deadline {
                 return Err(HandlerError::unavailable(format!(
-                    "write not acknowledged: {} of {required} required copy holders failed",
-                    failed.len()
+                    "write not acknowledged: {} of {} required copy holders failed",
+                    suspects.len(),
+                    plan.must.len()
                 )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    fn serve_sync(&self, body: SyncBody) -> Result<SyncReply, HandlerError> {
+    /// Queue the copies of one attempt and wait for the required holders.
+    fn copy_once(
+        &self,
+        plan: &WritePlan,
+        records: &[UserRecord],
+    ) -> Result<AckOutcome, HandlerError> {
+        let waiter = Waiter::new();
+        for h in &plan.must {
+            self.pipeline
+                .enqueue(h, records.to_vec(), Some(waiter.clone()))
+                .map_err(|e| match e {
+                    EnqueueError::Full(_) => HandlerError::new(ErrorCode::Busy, e.to_string()),
+                    EnqueueError::Stopping => HandlerError::unavailable(e.to_string()),
+                })?;
+        }
+        for h in &plan.rest {
+            if let Err(e) = self.pipeline.enqueue(h, records.to_vec(), None) {
+                tracing::debug!(holder = %h.addr, "background copy dropped (anti-entropy will repair): {e}");
+            }
+        }
+        let mut ack = Ack::new(plan);
+        let chunks = records.len().div_ceil(CHUNK).max(1) as u32;
+        // A batch may wait behind one in flight: two sends' worth of time.
+        let answers = waiter.wait(plan.must.len(), self.timeout() * 2 * chunks);
+        for (holder, result) in &answers {
+            match result {
+                Ok(()) => ack.confirm(*holder),
+                Err(_) => ack.fail(*holder),
+            }
+        }
+        // Silent past the wait: failed, as a timed-out call would be.
+        for h in &plan.must {
+            if !answers.iter().any(|(id, _)| *id == h.id) {
+                ack.fail(h.id);
+            }
+        }
+        Ok(ack.outcome())
+    }
+
+    fn serve_sync(&self, body: SyncBody) -> Result<replica::SyncReply, HandlerError> {
         self.remember_owner(&body.from);
         let local = self.ctx.store().scan_ring(body.start, body.end)?;
-        if digest(&local) == body.digest {
-            return Ok(SyncReply {
-                in_sync: true,
-                versions: Vec::new(),
-            });
-        }
-        Ok(SyncReply {
-            in_sync: false,
-            versions: local.into_iter().map(|r| (r.username, r.version)).collect(),
-        })
+        Ok(core::answer_sync(local, &body.digest))
     }
 
-    fn remember_owner(&self, from: &CopySource) {
-        if from.addr != self.ctx.request_url() {
-            let now = self.now();
-            lock(&self.owners).insert(from.addr.clone(), (from.signal.clone(), now));
-        }
-    }
-
-    /// Merge our range with `holder` both ways. True when they now agree.
+    /// Merge our range with `holder` both ways.
     fn sync_with(&self, holder: &PeerRef, start: u64, end: u64) -> Result<(), CallError> {
-        let store = self.ctx.store();
-        let local = store
+        let local = self
+            .ctx
+            .store()
             .scan_ring(start, end)
             .map_err(|e| CallError::MalformedReply(e.to_string()))?;
         let body = SyncBody {
             from: self.from(),
             start,
             end,
-            digest: digest(&local),
+            digest: core::digest(&local),
         };
-        let reply: SyncReply =
-            self.ctx
-                .call::<replica::Sync>(&holder.addr, &body, self.timeout())?;
+        let reply = self
+            .ctx
+            .call::<replica::Sync>(&holder.addr, &body, self.timeout())?;
         if reply.in_sync {
             return Ok(());
         }
-        let theirs: HashMap<String, Timestamp> = reply.versions.into_iter().collect();
-        let ours: HashMap<&str, Timestamp> = local
-            .iter()
-            .map(|r| (r.username.as_str(), r.version))
-            .collect();
-        let push: Vec<UserRecord> = local
-            .iter()
-            .filter(|r| theirs.get(&r.username).is_none_or(|v| *v < r.version))
-            .cloned()
-            .collect();
-        let pull: Vec<String> = theirs
-            .iter()
-            .filter(|(u, v)| ours.get(u.as_str()).is_none_or(|o| o < *v))
-            .map(|(u, _)| u.clone())
-            .collect();
-        if !push.is_empty() {
-            tracing::debug!(holder = %holder.addr, records = push.len(), "anti-entropy: pushing");
-            self.send_copy(holder, &push)?;
+        let plan = core::plan_sync(&local, reply.versions);
+        if !plan.push.is_empty() {
+            tracing::debug!(holder = %holder.addr, records = plan.push.len(), "anti-entropy: pushing");
+            self.send_copy(holder, &plan.push)?;
         }
-        if !pull.is_empty() {
-            tracing::debug!(holder = %holder.addr, records = pull.len(), "anti-entropy: pulling");
-            for chunk in pull.chunks(256) {
-                let got: Vec<UserRecord> = self.ctx.call::<replica::Get>(
-                    &holder.addr,
-                    &Names {
-                        usernames: chunk.to_vec(),
-                    },
-                    self.timeout(),
-                )?;
+        if !plan.pull.is_empty() {
+            tracing::debug!(holder = %holder.addr, records = plan.pull.len(), "anti-entropy: pulling");
+            for chunk in plan.pull.chunks(CHUNK) {
+                let names = Names {
+                    usernames: chunk.to_vec(),
+                };
+                let got = self
+                    .ctx
+                    .call::<replica::Get>(&holder.addr, &names, self.timeout())?;
                 self.apply(got).map_err(CallError::Remote)?;
             }
         }
@@ -327,95 +295,42 @@ impl Shared {
 
     fn round(&self) {
         let Some(nb) = self.neighbours() else { return };
-        if nb.successors.is_empty() {
-            return;
-        }
-        let holders = self.holders(&nb);
-        let now = self.now();
-        let Some(pred) = nb.predecessor.clone() else {
-            if holders.is_empty() {
-                // Alone in the ring: everything is ours and complete.
-                *lock(&self.ready) = Some((nb.me.id, nb.me.id));
-            }
+        let Some(plan) = lock(&self.core).begin_round(&nb) else {
             return;
         };
-        let (start, end) = (pred.id, nb.me.id);
+        let (start, end) = plan.range;
         let mut confirmed = Vec::new();
-        for (i, h) in holders.iter().enumerate() {
+        for (i, h) in plan.holders.iter().enumerate() {
             match self.sync_with(h, start, end) {
                 Ok(()) => {
                     confirmed.push(h.addr.clone());
-                    if i == 0 {
-                        let mut ready = lock(&self.ready);
-                        if *ready != Some((start, end)) {
-                            tracing::info!(start = %format!("{start:016x}"), end = %format!("{end:016x}"), "range merged with successor; serving it");
-                        }
-                        *ready = Some((start, end));
+                    if lock(&self.core).merged(&plan, i) {
+                        tracing::info!(start = %format!("{start:016x}"), end = %format!("{end:016x}"), "range merged with successor; serving it");
                     }
                 }
                 Err(e) => tracing::debug!(holder = %h.addr, "anti-entropy round failed: {e}"),
             }
         }
-        if holders.is_empty() {
-            *lock(&self.ready) = Some((start, end));
-        }
-        self.watch(&holders, now);
-
-        let store = self.ctx.store();
-        let primary: u64 = store
+        let primary: u64 = self
+            .ctx
+            .store()
             .scan_ring(start, end)
             .map(|v| v.iter().filter(|r| !r.deleted).count() as u64)
             .unwrap_or(0);
-        let mut stats = lock(&self.stats);
-        stats.rounds += 1;
-        stats.primary_records = primary;
-        stats.wanted_holders = holders.len() as u64 + 1;
-        stats.under_replicated = if confirmed.len() < holders.len() {
-            primary
-        } else {
-            0
-        };
-        stats.confirmed_holders = confirmed;
-        stats.last_round_ms = now;
-        let gc_due = self.config.gc_every_rounds > 0
-            && stats.rounds.is_multiple_of(self.config.gc_every_rounds);
-        drop(stats);
-        if gc_due {
-            self.collect_surplus(&nb, start, end);
+        let now = self.now();
+        let done = lock(&self.core).end_round(&plan, confirmed, primary, now);
+        for h in &done.suspects {
+            tracing::warn!(holder = %h.addr, "copy holder silent; reporting it dead");
+            self.suspect(h);
         }
-    }
-
-    /// Replica watch: a holder that stopped heartbeating is reported dead.
-    fn watch(&self, holders: &[PeerRef], now: u64) {
-        let heard = lock(&self.heard).clone();
-        let mut expected = lock(&self.expected_since);
-        expected.retain(|addr, _| holders.iter().any(|h| &h.addr == addr));
-        for h in holders {
-            let since = *expected.entry(h.addr.clone()).or_insert(now);
-            let last = heard.get(&h.addr).copied().unwrap_or(since).max(since);
-            if now.saturating_sub(last) > self.config.heartbeat_timeout_ms {
-                tracing::warn!(holder = %h.addr, "copy holder silent; reporting it dead");
-                let _ = self.ctx.call_local::<ring::Suspect>(&KeyBody { key: h.id });
-                expected.insert(h.addr.clone(), now);
-            }
+        if done.collect_surplus {
+            self.collect_surplus(&nb, &plan);
         }
     }
 
     fn heartbeat(&self) {
         let now = self.now();
-        let horizon = self
-            .config
-            .sync_every_ms
-            .saturating_mul(5)
-            .max(self.config.heartbeat_timeout_ms * 2);
-        let owners: Vec<(String, String)> = {
-            let mut owners = lock(&self.owners);
-            owners.retain(|_, (_, last)| now.saturating_sub(*last) <= horizon);
-            owners
-                .iter()
-                .map(|(a, (s, _))| (a.clone(), s.clone()))
-                .collect()
-        };
+        let owners = lock(&self.core).heartbeat_targets(now);
         let hb = Heartbeat {
             addr: self.ctx.request_url(),
         };
@@ -425,219 +340,95 @@ impl Shared {
             }
         }
     }
-
-    /// For records outside our own range: hand a newer version we hold to
-    /// its owner (it may have been written here during a partition), and
-    /// drop copies we no longer have to hold once the owner and every
-    /// designated holder have the same or a newer version.
-    fn collect_surplus(&self, nb: &Neighbours, start: u64, end: u64) {
-        let store = self.ctx.store();
-        let Ok(all) = store.scan_ring(0, 0) else {
-            return;
-        };
-        let mut outside: Vec<UserRecord> = all
-            .into_iter()
-            .filter(|r| !in_ring_interval(r.ring_pos, start, end))
-            .collect();
-        let (mut purged, mut handed) = (0u64, 0usize);
-        // One owner at a time: its range (pred, owner] covers many records,
-        // so lookups and version queries are per owner, not per record.
-        for _ in 0..64 {
-            let Some(first) = outside.first().cloned() else {
-                break;
-            };
-            let Ok(owner) = self
-                .ctx
-                .call_local::<ring::Lookup>(&KeyBody {
-                    key: first.ring_pos,
-                })
-                .map(|o| o.peer())
-            else {
-                break;
-            };
-            let owner_nb = if owner.id == nb.me.id {
-                None
-            } else {
-                self.ctx
-                    .call::<ring::Neighbours>(&owner.addr, &Empty, self.timeout())
-                    .ok()
-            };
-            let Some(owner_nb) = owner_nb.filter(|o| o.predecessor.is_some()) else {
-                // Unknown range: leave these records for a later round.
-                outside.retain(|r| r.username != first.username);
-                continue;
-            };
-            let from = owner_nb
-                .predecessor
-                .as_ref()
-                .map(|p| p.id)
-                .unwrap_or(owner.id);
-            let (batch, rest): (Vec<UserRecord>, Vec<UserRecord>) = outside
-                .into_iter()
-                .partition(|r| in_ring_interval(r.ring_pos, from, owner.id));
-            outside = rest;
-            if batch.is_empty() {
-                // The first record was not in the owner's range after all
-                // (the ring is moving); try again next round.
-                outside.retain(|r| r.username != first.username);
-                continue;
-            }
-            let names = Names {
-                usernames: batch.iter().map(|r| r.username.clone()).collect(),
-            };
-            let versions_at = |p: &PeerRef| -> Option<HashMap<String, Option<Timestamp>>> {
-                self.ctx
-                    .call::<replica::Versions>(&p.addr, &names, self.timeout())
-                    .ok()
-                    .map(|v| v.into_iter().collect())
-            };
-            let Some(at_owner) = versions_at(&owner) else {
-                continue;
-            };
-            let newer_here: Vec<UserRecord> = batch
-                .iter()
-                .filter(|r| {
-                    at_owner
-                        .get(&r.username)
-                        .copied()
-                        .flatten()
-                        .is_none_or(|v| v < r.version)
-                })
-                .cloned()
-                .collect();
-            if !newer_here.is_empty() && self.send_copy(&owner, &newer_here).is_ok() {
-                handed += newer_here.len();
-            }
-            let designated = self.holders(&owner_nb);
-            if designated.iter().any(|h| h.id == nb.me.id) {
-                continue;
-            }
-            let mut at_holders = vec![at_owner];
-            for h in &designated {
-                match versions_at(h) {
-                    Some(v) => at_holders.push(v),
-                    None => break,
-                }
-            }
-            if at_holders.len() != designated.len() + 1 {
-                continue;
-            }
-            for r in &batch {
-                let safe = at_holders.iter().all(|held| {
-                    held.get(&r.username)
-                        .copied()
-                        .flatten()
-                        .is_some_and(|v| v >= r.version)
-                });
-                if safe && store.purge(&r.username).unwrap_or(false) {
-                    purged += 1;
-                }
-            }
-        }
-        if handed > 0 {
-            tracing::info!(records = handed, "handed newer versions to their owners");
-        }
-        if purged > 0 {
-            tracing::info!(purged, "surplus copies dropped");
-            let _ = store.flush();
-            lock(&self.stats).purged += purged;
-        }
-    }
 }
+
+mod surplus;
 
 #[derive(Default)]
 struct Replica {
     shared: Mutex<Option<Arc<Shared>>>,
 }
 
+/// Writes and copies: the local write path and what owners send.
+fn serve_writes(ctx: &PluginContext, shared: &Arc<Shared>) -> Result<(), PluginError> {
+    let s = shared.clone();
+    ctx.serve::<replica::Replicate>(move |_, record| s.replicate_many(vec![record]))?;
+    let s = shared.clone();
+    ctx.serve::<replica::ReplicateBatch>(move |_, records| s.replicate_many(records))?;
+    let s = shared.clone();
+    ctx.serve::<replica::Put>(move |_, body| {
+        s.remember_owner(&body.from);
+        s.apply(body.records)
+    })?;
+    let s = shared.clone();
+    ctx.serve::<replica::Sync>(move |_, body| s.serve_sync(body))?;
+    let s = shared.clone();
+    ctx.on_signal(topics::REPLICA_HB, move |_topic, body| {
+        if let Ok(hb) = body.deserialized::<Heartbeat>() {
+            let now = s.now();
+            lock(&s.core).heard(hb.addr, now);
+        }
+    })
+}
+
+/// Questions other gestores, the directory and operators ask.
+fn serve_queries(ctx: &PluginContext, shared: &Arc<Shared>) -> Result<(), PluginError> {
+    let s = shared.clone();
+    ctx.serve::<replica::Get>(move |_, body| {
+        let store = s.ctx.store();
+        let mut out = Vec::new();
+        for u in body.usernames {
+            out.extend(store.get(&u)?);
+        }
+        Ok(out)
+    })?;
+    let s = shared.clone();
+    ctx.serve::<replica::Versions>(move |_, body| {
+        let store = s.ctx.store();
+        let mut out: Vec<(String, Option<Timestamp>)> = Vec::new();
+        for u in body.usernames {
+            let v = store.get(&u)?.map(|r| r.version);
+            out.push((u, v));
+        }
+        Ok(out)
+    })?;
+    let s = shared.clone();
+    ctx.serve::<replica::Inventory>(move |_, _| {
+        let all = s.ctx.store().scan_ring(0, 0)?;
+        Ok(all
+            .into_iter()
+            .map(|r| Held {
+                username: r.username,
+                version: r.version,
+                deleted: r.deleted,
+            })
+            .collect())
+    })?;
+    let s = shared.clone();
+    ctx.serve::<replica::Ready>(move |_, body| {
+        let nb = s.neighbours();
+        Ok(lock(&s.core).is_ready(body.key, nb.as_ref()))
+    })?;
+    let s = shared.clone();
+    ctx.serve::<status::Replica>(move |_, _| {
+        let core = lock(&s.core);
+        Ok(ReplicaStatus {
+            copies: s.config.copies,
+            ready_range: core
+                .ready_range()
+                .map(|(a, b)| (format!("{a:016x}"), format!("{b:016x}"))),
+            stats: core.stats().clone(),
+        })
+    })
+}
+
 impl Plugin for Replica {
     fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
         let config: ReplicaConfig = ctx.config()?;
-        let shared = Arc::new(Shared {
-            ctx: ctx.clone(),
-            config: config.clone(),
-            epoch: Instant::now(),
-            ready: Mutex::new(None),
-            heard: Mutex::new(HashMap::new()),
-            expected_since: Mutex::new(HashMap::new()),
-            owners: Mutex::new(HashMap::new()),
-            stats: Mutex::new(Stats::default()),
-        });
+        let shared = Shared::new(ctx.clone(), config.clone());
         *lock(&self.shared) = Some(shared.clone());
-
-        let s = shared.clone();
-        ctx.serve::<replica::Replicate>(move |_, record| s.replicate(record))?;
-        let s = shared.clone();
-        ctx.serve::<replica::ReplicateBatch>(move |_, records| s.replicate_many(records))?;
-        let s = shared.clone();
-        ctx.serve::<replica::Put>(move |_, body| {
-            s.remember_owner(&body.from);
-            s.apply(body.records)
-        })?;
-        let s = shared.clone();
-        ctx.serve::<replica::Sync>(move |_, body| s.serve_sync(body))?;
-        let s = shared.clone();
-        ctx.serve::<replica::Get>(move |_, body| {
-            let store = s.ctx.store();
-            let mut out = Vec::new();
-            for u in body.usernames {
-                if let Some(r) = store.get(&u)? {
-                    out.push(r);
-                }
-            }
-            Ok(out)
-        })?;
-        let s = shared.clone();
-        ctx.serve::<replica::Versions>(move |_, body| {
-            let store = s.ctx.store();
-            let mut out: Vec<(String, Option<Timestamp>)> = Vec::new();
-            for u in body.usernames {
-                let v = store.get(&u)?.map(|r| r.version);
-                out.push((u, v));
-            }
-            Ok(out)
-        })?;
-        let s = shared.clone();
-        ctx.serve::<replica::Inventory>(move |_, _| {
-            let all = s.ctx.store().scan_ring(0, 0)?;
-            Ok(all
-                .into_iter()
-                .map(|r| Held {
-                    username: r.username,
-                    version: r.version,
-                    deleted: r.deleted,
-                })
-                .collect())
-        })?;
-        let s = shared.clone();
-        ctx.serve::<replica::Ready>(move |_, body| {
-            Ok(match *lock(&s.ready) {
-                // Ready as a ring of one; no longer true once others are back
-                // (a healed partition): merge first.
-                Some((start, end)) if start == end => s
-                    .neighbours()
-                    .is_some_and(|nb| nb.successors.iter().all(|p| p.id == nb.me.id)),
-                Some((start, end)) => in_ring_interval(body.key, start, end),
-                None => false,
-            })
-        })?;
-        let s = shared.clone();
-        ctx.serve::<status::Replica>(move |_, _| {
-            let ready = *lock(&s.ready);
-            Ok(ReplicaStatus {
-                copies: s.config.copies,
-                ready_range: ready.map(|(a, b)| (format!("{a:016x}"), format!("{b:016x}"))),
-                stats: lock(&s.stats).clone(),
-            })
-        })?;
-        let s = shared.clone();
-        ctx.on_signal(topics::REPLICA_HB, move |_topic, body| {
-            if let Ok(hb) = body.deserialized::<Heartbeat>() {
-                let now = s.now();
-                lock(&s.heard).insert(hb.addr, now);
-            }
-        })?;
-
+        serve_writes(&ctx, &shared)?;
+        serve_queries(&ctx, &shared)?;
         let s = shared.clone();
         ctx.every(
             "anti-entropy",
@@ -651,6 +442,12 @@ impl Plugin for Replica {
             move || s.heartbeat(),
         );
         Ok(())
+    }
+
+    fn stop(&self) {
+        if let Some(shared) = lock(&self.shared).take() {
+            shared.pipeline.stop();
+        }
     }
 }
 

@@ -13,6 +13,8 @@
 //! * [`wire`] — the CBOR request/reply envelope every endpoint speaks.
 //! * [`hlc`] — hybrid logical clock stamps that version every record.
 //! * [`logging`] — forwards a plugin's `tracing` events to the host.
+//! * `testing` (cargo feature `testing`) — an in-memory store and an
+//!   in-process transport, for simulators and unit tests.
 
 pub mod error;
 pub mod group_commit;
@@ -22,6 +24,10 @@ pub mod kind;
 pub mod logging;
 pub mod plugin;
 pub mod store;
+// Always built for the SDK's own tests, so `cargo test -p gestor-sdk`
+// checks the doubles too.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod transport;
 pub mod wire;
 

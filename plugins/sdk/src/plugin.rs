@@ -105,7 +105,9 @@ unsafe impl Sync for PluginDeclaration {}
 /// shutdown, after which no handler of this plugin is called again.
 pub trait Plugin: Send + Sync {
     fn start(&self, ctx: PluginContext) -> Result<(), PluginError>;
-    fn stop(&self) {}
+    fn stop(&self) {
+        // Most plugins own nothing that outlives the host's loops.
+    }
 }
 
 /// Facts about the request being handled.

@@ -132,94 +132,128 @@ fn depth(open: &[Open]) -> usize {
     open.iter().filter(|o| !matches!(o, Open::Chunks)).count()
 }
 
+/// One header of a CBOR item: its major type, its argument (`None` for an
+/// indefinite length or a break), and the initial byte for messages.
+struct Header {
+    major: u8,
+    arg: Option<u64>,
+    initial: u8,
+}
+
+/// Read the header at `*pos`, advancing past it.
+fn read_header(bytes: &[u8], pos: &mut usize) -> Result<Header, ItemError> {
+    let truncated = || ItemError::Syntax("truncated or empty".into());
+    let initial = *bytes.get(*pos).ok_or_else(truncated)?;
+    let (major, info) = (initial >> 5, initial & 0x1f);
+    *pos += 1;
+    let arg = match info {
+        0..=23 => Some(u64::from(info)),
+        24..=27 => {
+            let n = 1usize << (info - 24);
+            let raw = bytes.get(*pos..*pos + n).ok_or_else(truncated)?;
+            *pos += n;
+            Some(raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+        }
+        31 => None,
+        _ => {
+            return Err(ItemError::Syntax(format!(
+                "reserved header byte {initial:#04x}"
+            )))
+        }
+    };
+    Ok(Header {
+        major,
+        arg,
+        initial,
+    })
+}
+
+/// Account for header `h`: skip a string's bytes or open a container.
+/// True when `h` completed an item by itself.
+fn step(
+    h: &Header,
+    bytes: &[u8],
+    pos: &mut usize,
+    open: &mut Vec<Open>,
+) -> Result<bool, ItemError> {
+    let truncated = || ItemError::Syntax("truncated or empty".into());
+    Ok(match (h.major, h.arg) {
+        (6, Some(tag)) => return Err(ItemError::Tag(tag)),
+        (0 | 1 | 6, None) => {
+            return Err(ItemError::Syntax(format!(
+                "indefinite length in header byte {:#04x}",
+                h.initial
+            )))
+        }
+        (2 | 3, Some(len)) => {
+            *pos = usize::try_from(len)
+                .ok()
+                .and_then(|len| pos.checked_add(len))
+                .filter(|&end| end <= bytes.len())
+                .ok_or_else(truncated)?;
+            true
+        }
+        (2 | 3, None) => {
+            open.push(Open::Chunks);
+            false
+        }
+        // An empty array or map is a level too (the decoder counts it).
+        (4 | 5, Some(0)) if depth(open) + 1 > MAX_DEPTH => return Err(ItemError::TooDeep),
+        (4 | 5, Some(0)) => true,
+        (4 | 5, Some(n)) => {
+            let items = if h.major == 5 {
+                n.checked_mul(2)
+            } else {
+                Some(n)
+            };
+            open.push(Open::Items(items.ok_or_else(truncated)?));
+            false
+        }
+        (4 | 5, None) => {
+            open.push(Open::Indefinite);
+            false
+        }
+        (7, None) => match open.pop() {
+            Some(Open::Indefinite | Open::Chunks) => true,
+            _ => return Err(ItemError::Syntax("unexpected break".into())),
+        },
+        // Integers, simple values and floats: the header is the item.
+        _ => true,
+    })
+}
+
+/// One item done: count it against the containers it completes. True
+/// when that completes the outermost item.
+fn complete_item(open: &mut Vec<Open>) -> bool {
+    loop {
+        match open.last_mut() {
+            None => return true,
+            Some(Open::Items(left)) => {
+                *left -= 1;
+                if *left > 0 {
+                    return false;
+                }
+                open.pop();
+            }
+            Some(Open::Indefinite | Open::Chunks) => return false,
+        }
+    }
+}
+
 /// The length in bytes of the first CBOR item of `bytes`, walking only its
 /// headers; refuses tags and nesting beyond [`MAX_DEPTH`]. What the walk
 /// does not look at (UTF-8, simple values, chunk types) the decoder checks.
 fn scan_item(bytes: &[u8]) -> Result<usize, ItemError> {
-    let truncated = || ItemError::Syntax("truncated or empty".into());
     let mut pos = 0usize;
     let mut open: Vec<Open> = Vec::new();
     loop {
-        let initial = *bytes.get(pos).ok_or_else(truncated)?;
-        let (major, info) = (initial >> 5, initial & 0x1f);
-        pos += 1;
-        let arg = match info {
-            0..=23 => Some(u64::from(info)),
-            24..=27 => {
-                let n = 1usize << (info - 24);
-                let raw = bytes.get(pos..pos + n).ok_or_else(truncated)?;
-                pos += n;
-                Some(raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
-            }
-            31 => None,
-            _ => {
-                return Err(ItemError::Syntax(format!(
-                    "reserved header byte {initial:#04x}"
-                )))
-            }
-        };
-        let complete = match (major, arg) {
-            (6, Some(tag)) => return Err(ItemError::Tag(tag)),
-            (0 | 1 | 6, None) => {
-                return Err(ItemError::Syntax(format!(
-                    "indefinite length in header byte {initial:#04x}"
-                )))
-            }
-            (2 | 3, Some(len)) => {
-                let end = usize::try_from(len)
-                    .ok()
-                    .and_then(|len| pos.checked_add(len))
-                    .filter(|&end| end <= bytes.len())
-                    .ok_or_else(truncated)?;
-                pos = end;
-                true
-            }
-            (2 | 3, None) => {
-                open.push(Open::Chunks);
-                false
-            }
-            // An empty array or map is a level too (the decoder counts it).
-            (4 | 5, Some(0)) if depth(&open) + 1 > MAX_DEPTH => return Err(ItemError::TooDeep),
-            (4 | 5, Some(0)) => true,
-            (4 | 5, Some(n)) => {
-                let items = if major == 5 {
-                    n.checked_mul(2)
-                } else {
-                    Some(n)
-                };
-                open.push(Open::Items(items.ok_or_else(truncated)?));
-                false
-            }
-            (4 | 5, None) => {
-                open.push(Open::Indefinite);
-                false
-            }
-            (7, None) => match open.pop() {
-                Some(Open::Indefinite | Open::Chunks) => true,
-                _ => return Err(ItemError::Syntax("unexpected break".into())),
-            },
-            // Integers, simple values and floats: the header is the item.
-            _ => true,
-        };
+        let header = read_header(bytes, &mut pos)?;
+        let complete = step(&header, bytes, &mut pos, &mut open)?;
         if depth(&open) > MAX_DEPTH {
             return Err(ItemError::TooDeep);
         }
-        if !complete {
-            continue;
-        }
-        // One item done: count it against the containers it completes.
-        loop {
-            match open.last_mut() {
-                None => return Ok(pos),
-                Some(Open::Items(left)) => {
-                    *left -= 1;
-                    if *left > 0 {
-                        break;
-                    }
-                    open.pop();
-                }
-                Some(Open::Indefinite | Open::Chunks) => break,
-            }
+        if complete && complete_item(&mut open) {
+            return Ok(pos);
         }
     }
 }
@@ -340,6 +374,46 @@ pub fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, HandlerError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn item_walk_finds_the_end_and_refuses_what_the_protocol_forbids() {
+        // {"a": [1, "xy"]}, an indefinite array [1, 2], an indefinite
+        // text string of two chunks.
+        let map = [0xa1, 0x61, b'a', 0x82, 0x01, 0x62, b'x', b'y'];
+        assert!(decode_item(&map).is_ok());
+        assert!(decode_item(&[0x9f, 0x01, 0x02, 0xff]).is_ok());
+        assert!(decode_item(&[0x7f, 0x61, b'a', 0x61, b'b', 0xff]).is_ok());
+        assert!(matches!(
+            decode_item(&[0x01, 0x02]),
+            Err(ItemError::Trailing(1))
+        ));
+        assert!(matches!(decode_item(&[0xc1, 0x01]), Err(ItemError::Tag(1))));
+        assert!(matches!(decode_item(&[0xff]), Err(ItemError::Syntax(_))));
+        assert!(matches!(decode_item(&[0x1f]), Err(ItemError::Syntax(_))));
+        assert!(matches!(decode_item(&[0x1c]), Err(ItemError::Syntax(_))));
+        assert!(matches!(
+            decode_item(&[0x82, 0x01]),
+            Err(ItemError::Syntax(_))
+        ));
+        assert!(matches!(
+            decode_item(&[0x62, b'x']),
+            Err(ItemError::Syntax(_))
+        ));
+        assert!(matches!(decode_item(&[]), Err(ItemError::Syntax(_))));
+        let nested = |levels: usize| {
+            let mut v = vec![0x81; levels - 1];
+            v.push(0x80);
+            v
+        };
+        assert!(decode_item(&nested(MAX_DEPTH)).is_ok());
+        assert!(matches!(
+            decode_item(&nested(MAX_DEPTH + 1)),
+            Err(ItemError::TooDeep)
+        ));
+        let mut indefinite = vec![0x9f; MAX_DEPTH + 1];
+        indefinite.extend(vec![0xff; MAX_DEPTH + 1]);
+        assert!(matches!(decode_item(&indefinite), Err(ItemError::TooDeep)));
+    }
 
     #[test]
     fn request_round_trip() {

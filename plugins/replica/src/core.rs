@@ -1,0 +1,464 @@
+//! The replication rules, free of I/O: plain state and functions that take
+//! ring neighbours, records, versions, replies and `now` (milliseconds) and
+//! return decisions. No socket, no store, no clock is touched here; the
+//! plugin shell (`lib.rs`) feeds this and carries the decisions out, and the
+//! simulator (`sim.rs`) drives the very same code.
+
+use gestor_api::replica::{CopySource, SyncReply};
+use gestor_api::ring::{Neighbourhood, PeerRef};
+use gestor_api::status::ReplicaStats;
+use gestor_sdk::store::in_ring_interval;
+use gestor_sdk::{Timestamp, UserRecord};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+
+/// `[plugins.config.gestor_replica]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// Copies besides the owner's (capped by the ring size).
+    pub copies: usize,
+    /// Copy holders that must confirm before a write is acknowledged; 2
+    /// means any two gestores may fail right after the acknowledgement.
+    pub ack_copies: usize,
+    pub sync_every_ms: u64,
+    pub heartbeat_every_ms: u64,
+    /// A copy holder silent this long is reported to the ring as dead.
+    pub heartbeat_timeout_ms: u64,
+    pub rpc_timeout_ms: u64,
+    /// Look for surplus copies every this many sync rounds.
+    pub gc_every_rounds: u64,
+    /// Threads sending queued copies to holders (the replication pool).
+    pub sender_threads: usize,
+    /// Records queued per holder at most; a write that finds its holder's
+    /// queue full is refused with `busy`.
+    pub queue_records: usize,
+    /// Records sent to one holder in one message at most.
+    pub batch_records: usize,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            copies: 3,
+            ack_copies: 2,
+            sync_every_ms: 2_000,
+            heartbeat_every_ms: 1_000,
+            heartbeat_timeout_ms: 5_000,
+            rpc_timeout_ms: 2_000,
+            gc_every_rounds: 5,
+            sender_threads: 4,
+            queue_records: 4_096,
+            batch_records: 256,
+        }
+    }
+}
+
+/// The gestores that should hold copies of `nb.me`'s range, in order: its
+/// first `copies` distinct successors other than itself.
+pub fn holders(nb: &Neighbourhood, copies: usize) -> Vec<PeerRef> {
+    let mut out: Vec<PeerRef> = Vec::new();
+    for p in &nb.successors {
+        if out.len() == copies {
+            break;
+        }
+        if p.id != nb.me.id && !out.iter().any(|o| o.id == p.id) {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+/// Where one write's copies go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WritePlan {
+    /// Must confirm a flushed copy before the write is acknowledged.
+    pub must: Vec<PeerRef>,
+    /// Get the copy in the background (anti-entropy repairs a loss).
+    pub rest: Vec<PeerRef>,
+}
+
+/// The acknowledgement rule: the first `ack_copies` holders (fewer on a
+/// smaller ring) must hold the record flushed, so that with the owner any
+/// two gestores can fail after the acknowledgement and one copy survives —
+/// and the first surviving successor, the new owner, already has it.
+pub fn plan_write(nb: &Neighbourhood, config: &ReplicaConfig) -> WritePlan {
+    let mut all = holders(nb, config.copies);
+    let rest = all.split_off(config.ack_copies.min(all.len()));
+    WritePlan { must: all, rest }
+}
+
+/// Where a write stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Some required holders have not answered yet.
+    Pending,
+    /// Acknowledged: held flushed by this many gestores, the owner included.
+    Acked { holders: u32 },
+    /// Every required holder answered and these failed: report them to the
+    /// ring and try again with the holders it names then.
+    Failed { suspects: Vec<PeerRef> },
+}
+
+/// One write's acknowledgement, fed with the required holders' answers.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    must: Vec<PeerRef>,
+    confirmed: HashSet<u64>,
+    failed: Vec<PeerRef>,
+}
+
+impl Ack {
+    pub fn new(plan: &WritePlan) -> Self {
+        Ack {
+            must: plan.must.clone(),
+            confirmed: HashSet::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    /// `holder` has the record, flushed.
+    pub fn confirm(&mut self, holder: u64) {
+        if self.must.iter().any(|p| p.id == holder) {
+            self.confirmed.insert(holder);
+        }
+    }
+
+    /// `holder` did not confirm (unreachable, refused, timed out).
+    pub fn fail(&mut self, holder: u64) {
+        let known = self.must.iter().find(|p| p.id == holder);
+        if let Some(p) = known.filter(|p| !self.failed.iter().any(|f| f.id == p.id)) {
+            self.failed.push(p.clone());
+        }
+    }
+
+    pub fn outcome(&self) -> AckOutcome {
+        let answered = self
+            .must
+            .iter()
+            .all(|p| self.confirmed.contains(&p.id) || self.failed.iter().any(|f| f.id == p.id));
+        if !answered {
+            return AckOutcome::Pending;
+        }
+        if self.failed.is_empty() {
+            return AckOutcome::Acked {
+                holders: self.must.len() as u32 + 1,
+            };
+        }
+        AckOutcome::Failed {
+            suspects: self.failed.clone(),
+        }
+    }
+}
+
+/// Digest of the versions in a range, compared on anti-entropy rounds.
+pub fn digest(records: &[UserRecord]) -> String {
+    let mut sorted: Vec<(&str, Timestamp)> = records
+        .iter()
+        .map(|r| (r.username.as_str(), r.version))
+        .collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for (u, v) in sorted {
+        h.update(u.as_bytes());
+        h.update([0]);
+        h.update(v.wall_ms.to_be_bytes());
+        h.update(v.logical.to_be_bytes());
+        h.update(v.node.to_be_bytes());
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    h.finalize()
+        .iter()
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
+        .map(char::from)
+        .collect()
+}
+
+/// A holder's answer to an owner's digest of a range it holds `local` of.
+pub fn answer_sync(local: Vec<UserRecord>, their_digest: &str) -> SyncReply {
+    if digest(&local) == their_digest {
+        return SyncReply {
+            in_sync: true,
+            versions: Vec::new(),
+        };
+    }
+    SyncReply {
+        in_sync: false,
+        versions: local.into_iter().map(|r| (r.username, r.version)).collect(),
+    }
+}
+
+/// What to exchange with a holder whose range differs from ours.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncPlan {
+    /// Ours, newer than (or missing at) the holder: send them.
+    pub push: Vec<UserRecord>,
+    /// Theirs, newer than (or missing in) ours: fetch them.
+    pub pull: Vec<String>,
+}
+
+pub fn plan_sync(local: &[UserRecord], theirs: Vec<(String, Timestamp)>) -> SyncPlan {
+    let theirs: HashMap<String, Timestamp> = theirs.into_iter().collect();
+    let ours: HashMap<&str, Timestamp> = local
+        .iter()
+        .map(|r| (r.username.as_str(), r.version))
+        .collect();
+    let push = local
+        .iter()
+        .filter(|r| theirs.get(&r.username).is_none_or(|v| *v < r.version))
+        .cloned()
+        .collect();
+    let mut pull: Vec<String> = theirs
+        .iter()
+        .filter(|(u, v)| ours.get(u.as_str()).is_none_or(|o| o < *v))
+        .map(|(u, _)| u.clone())
+        .collect();
+    pull.sort();
+    SyncPlan { push, pull }
+}
+
+/// One anti-entropy round: merge `range` with each of `holders`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundPlan {
+    /// `(predecessor, me]`.
+    pub range: (u64, u64),
+    pub holders: Vec<PeerRef>,
+}
+
+/// What to do once a round's merges are done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundEnd {
+    /// Holders silent past the heartbeat timeout: report them to the ring.
+    pub suspects: Vec<PeerRef>,
+    /// Time to look for surplus copies (`collect_surplus`).
+    pub collect_surplus: bool,
+}
+
+/// Versions a gestor reported holding, by username (`None`: not held).
+pub type Versions = HashMap<String, Option<Timestamp>>;
+
+/// The replica's state between events: readiness, the replica watch and
+/// the owners we hold copies for.
+#[derive(Debug, Clone)]
+pub struct ReplicaCore {
+    pub config: ReplicaConfig,
+    /// Range `(pred, me]` last merged with the first successor.
+    ready: Option<(u64, u64)>,
+    /// Heartbeats from our copy holders: addr → ms.
+    heard: HashMap<String, u64>,
+    /// When each current holder was first expected to heartbeat.
+    expected_since: HashMap<String, u64>,
+    /// Owners we hold copies for: addr → (signal URL, last contact ms).
+    owners: HashMap<String, (String, u64)>,
+    stats: ReplicaStats,
+}
+
+impl ReplicaCore {
+    pub fn new(config: ReplicaConfig) -> Self {
+        ReplicaCore {
+            config,
+            ready: None,
+            heard: HashMap::new(),
+            expected_since: HashMap::new(),
+            owners: HashMap::new(),
+            stats: ReplicaStats::default(),
+        }
+    }
+
+    pub fn ready_range(&self) -> Option<(u64, u64)> {
+        self.ready
+    }
+
+    pub fn stats(&self) -> &ReplicaStats {
+        &self.stats
+    }
+
+    pub fn add_purged(&mut self, n: u64) {
+        self.stats.purged += n;
+    }
+
+    /// May this gestor serve `key`? Only once it merged the part of its
+    /// range holding it with its first successor. `nb` is the ring now.
+    pub fn is_ready(&self, key: u64, nb: Option<&Neighbourhood>) -> bool {
+        match self.ready {
+            // Ready as a ring of one; no longer true once others are back
+            // (a healed partition): merge first.
+            Some((start, end)) if start == end => {
+                nb.is_some_and(|nb| nb.successors.iter().all(|p| p.id == nb.me.id))
+            }
+            Some((start, end)) => in_ring_interval(key, start, end),
+            None => false,
+        }
+    }
+
+    /// Start a round; `None` when there is nothing to merge (no ring yet,
+    /// or alone: then the whole ring is ours and complete).
+    pub fn begin_round(&mut self, nb: &Neighbourhood) -> Option<RoundPlan> {
+        if nb.successors.is_empty() {
+            return None;
+        }
+        let holders = holders(nb, self.config.copies);
+        let Some(pred) = &nb.predecessor else {
+            if holders.is_empty() {
+                self.ready = Some((nb.me.id, nb.me.id));
+            }
+            return None;
+        };
+        let range = (pred.id, nb.me.id);
+        if holders.is_empty() {
+            self.ready = Some(range);
+        }
+        Some(RoundPlan { range, holders })
+    }
+
+    /// The merge with `plan.holders[index]` succeeded; merging with the
+    /// first successor makes the range servable. True when that is news.
+    pub fn merged(&mut self, plan: &RoundPlan, index: usize) -> bool {
+        if index != 0 {
+            return false;
+        }
+        let news = self.ready != Some(plan.range);
+        self.ready = Some(plan.range);
+        news
+    }
+
+    /// Close a round: statistics, replica watch, and whether surplus copies
+    /// are due. `primary` counts the live records of our range.
+    pub fn end_round(
+        &mut self,
+        plan: &RoundPlan,
+        confirmed: Vec<String>,
+        primary: u64,
+        now: u64,
+    ) -> RoundEnd {
+        let s = &mut self.stats;
+        s.rounds += 1;
+        s.primary_records = primary;
+        s.wanted_holders = plan.holders.len() as u64 + 1;
+        s.under_replicated = if confirmed.len() < plan.holders.len() {
+            primary
+        } else {
+            0
+        };
+        s.confirmed_holders = confirmed;
+        s.last_round_ms = now;
+        let every = self.config.gc_every_rounds;
+        let collect_surplus = every > 0 && s.rounds.is_multiple_of(every);
+        RoundEnd {
+            suspects: self.watch(&plan.holders, now),
+            collect_surplus,
+        }
+    }
+
+    /// Replica watch: holders that stopped heartbeating.
+    fn watch(&mut self, holders: &[PeerRef], now: u64) -> Vec<PeerRef> {
+        let timeout = self.config.heartbeat_timeout_ms;
+        self.expected_since
+            .retain(|addr, _| holders.iter().any(|h| &h.addr == addr));
+        let mut silent = Vec::new();
+        for h in holders {
+            let since = *self.expected_since.entry(h.addr.clone()).or_insert(now);
+            let last = self.heard.get(&h.addr).copied().unwrap_or(since).max(since);
+            if now.saturating_sub(last) > timeout {
+                self.expected_since.insert(h.addr.clone(), now);
+                silent.push(h.clone());
+            }
+        }
+        silent
+    }
+
+    /// A heartbeat from the copy holder at `addr`.
+    pub fn heard(&mut self, addr: String, now: u64) {
+        self.heard.insert(addr, now);
+    }
+
+    /// An owner sent us copies or a digest: heartbeat to it from now on.
+    pub fn remember_owner(&mut self, from: &CopySource, me: &str, now: u64) {
+        if from.addr != me {
+            self.owners
+                .insert(from.addr.clone(), (from.signal.clone(), now));
+        }
+    }
+
+    /// `(owner addr, signal URL)` to heartbeat to now; owners silent for
+    /// several rounds are forgotten.
+    pub fn heartbeat_targets(&mut self, now: u64) -> Vec<(String, String)> {
+        let c = &self.config;
+        let horizon = c
+            .sync_every_ms
+            .saturating_mul(5)
+            .max(c.heartbeat_timeout_ms * 2);
+        self.owners
+            .retain(|_, (_, last)| now.saturating_sub(*last) <= horizon);
+        let mut out: Vec<(String, String)> = self
+            .owners
+            .iter()
+            .map(|(a, (s, _))| (a.clone(), s.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// Records held here that lie outside our range `(start, end]`.
+pub fn outside_range(all: Vec<UserRecord>, start: u64, end: u64) -> Vec<UserRecord> {
+    all.into_iter()
+        .filter(|r| !in_ring_interval(r.ring_pos, start, end))
+        .collect()
+}
+
+/// Take from `outside` the records in an owner's range `(from, owner]`.
+pub fn take_owner_batch(outside: &mut Vec<UserRecord>, from: u64, owner: u64) -> Vec<UserRecord> {
+    let (batch, rest) = std::mem::take(outside)
+        .into_iter()
+        .partition(|r| in_ring_interval(r.ring_pos, from, owner));
+    *outside = rest;
+    batch
+}
+
+/// Ours, newer than what the owner holds: hand them to it (written here
+/// during a partition, or it lost them).
+pub fn newer_here(batch: &[UserRecord], at_owner: &Versions) -> Vec<UserRecord> {
+    batch
+        .iter()
+        .filter(|r| {
+            at_owner
+                .get(&r.username)
+                .copied()
+                .flatten()
+                .is_none_or(|v| v < r.version)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Usernames of `batch` safe to purge here: we are not a designated holder
+/// of the owner (`designated` are its holders), and the owner and every
+/// designated holder reported (`at`, owner first) the same or a newer
+/// version. Empty unless every one of them answered.
+pub fn purgeable(
+    batch: &[UserRecord],
+    me: u64,
+    designated: &[PeerRef],
+    at: &[Versions],
+) -> Vec<String> {
+    if designated.iter().any(|h| h.id == me) || at.len() != designated.len() + 1 {
+        return Vec::new();
+    }
+    batch
+        .iter()
+        .filter(|r| {
+            at.iter().all(|held| {
+                held.get(&r.username)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|v| v >= r.version)
+            })
+        })
+        .map(|r| r.username.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
