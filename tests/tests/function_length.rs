@@ -1,12 +1,12 @@
 //! The team's rule, checked: no function body over 80 lines in the host,
 //! the client crates and the plugins (`.ci/long_functions.py` lists them).
-//! Plugins join the list as they are brought under the limit.
+//! Every folder of ours that the rule covers is listed.
 
 use std::path::Path;
 use std::process::Command;
 
 /// Folders already under the limit; a new long function there fails this test.
-const CHECKED: &[&str] = &["host", "client", "backends"];
+const CHECKED: &[&str] = &["host", "client", "backends", "plugins"];
 
 #[test]
 fn no_function_over_80_lines() {
