@@ -152,6 +152,42 @@ impl Ack {
     }
 }
 
+/// Records per anti-entropy arc, roughly. A range is merged and its
+/// surplus walked one arc at a time, so a gestor holding a million records
+/// never loads them all at once and no sync message outgrows the
+/// transport's size limit (an arc's version list is ~100 KiB).
+pub const ARC_RECORDS: u64 = 2_000;
+
+/// Split the ring interval `(start, end]` (the whole ring when `start ==
+/// end`) into `pieces` consecutive arcs of nearly equal ring length, in
+/// ring order. Keys are hashes, so equal lengths hold similar counts.
+pub fn split_arc(start: u64, end: u64, pieces: u64) -> Vec<(u64, u64)> {
+    let len: u128 = if start == end {
+        1 << 64
+    } else {
+        u128::from(end.wrapping_sub(start))
+    };
+    // Never an empty arc: at most one piece per ring position.
+    let pieces = u128::from(pieces.max(1)).min(len);
+    let mut arcs = Vec::with_capacity(pieces as usize);
+    let mut from = start;
+    for i in 1..=pieces {
+        let to = if i == pieces {
+            end
+        } else {
+            start.wrapping_add((len * i / pieces) as u64)
+        };
+        arcs.push((from, to));
+        from = to;
+    }
+    arcs
+}
+
+/// The arcs for a range expected to hold `records` records.
+pub fn arcs_for(start: u64, end: u64, records: u64) -> Vec<(u64, u64)> {
+    split_arc(start, end, records.div_ceil(ARC_RECORDS))
+}
+
 /// Digest of the versions in a range, compared on anti-entropy rounds.
 pub fn digest(records: &[UserRecord]) -> String {
     let mut sorted: Vec<(&str, Timestamp)> = records

@@ -254,18 +254,19 @@ impl Shared {
         Ok(core::answer_sync(local, &body.digest))
     }
 
-    /// Merge our range with `holder` both ways.
-    fn sync_with(&self, holder: &PeerRef, start: u64, end: u64) -> Result<(), CallError> {
-        let local = self
-            .ctx
-            .store()
-            .scan_ring(start, end)
-            .map_err(|e| CallError::MalformedReply(e.to_string()))?;
+    /// Merge one arc of our range, `local` being what we hold of it, with
+    /// `holder`, both ways.
+    fn sync_arc(
+        &self,
+        holder: &PeerRef,
+        (start, end): (u64, u64),
+        local: &[UserRecord],
+    ) -> Result<(), CallError> {
         let body = SyncBody {
             from: self.from(),
             start,
             end,
-            digest: core::digest(&local),
+            digest: core::digest(local),
         };
         let reply = self
             .ctx
@@ -273,7 +274,7 @@ impl Shared {
         if reply.in_sync {
             return Ok(());
         }
-        let plan = core::plan_sync(&local, reply.versions);
+        let plan = core::plan_sync(local, reply.versions);
         if !plan.push.is_empty() {
             tracing::debug!(holder = %holder.addr, records = plan.push.len(), "anti-entropy: pushing");
             self.send_copy(holder, &plan.push)?;
@@ -293,30 +294,64 @@ impl Shared {
         Ok(())
     }
 
+    /// Merge our range with every holder, one arc at a time (each arc read
+    /// once for all holders); a holder that fails an arc is left out for
+    /// the rest of the round. The holders merged with, and our range's
+    /// live records.
+    fn merge_range(&self, plan: &RoundPlan) -> (Vec<bool>, u64) {
+        let (start, end) = plan.range;
+        let store = self.ctx.store();
+        let (rounds, last_primary) = {
+            let core = lock(&self.core);
+            (core.stats().rounds, core.stats().primary_records)
+        };
+        // First round: all we hold bounds our range.
+        let expected = if rounds == 0 {
+            store.count().unwrap_or(0)
+        } else {
+            last_primary
+        };
+        let mut merged = vec![true; plan.holders.len()];
+        let mut primary = 0;
+        for arc in core::arcs_for(start, end, expected) {
+            let local = match store.scan_ring(arc.0, arc.1) {
+                Ok(local) => local,
+                Err(e) => {
+                    tracing::warn!("anti-entropy: cannot read the store: {e}");
+                    merged.iter_mut().for_each(|m| *m = false);
+                    break;
+                }
+            };
+            primary += local.iter().filter(|r| !r.deleted).count() as u64;
+            for (i, h) in plan.holders.iter().enumerate() {
+                if !merged[i] {
+                    continue;
+                }
+                if let Err(e) = self.sync_arc(h, arc, &local) {
+                    tracing::debug!(holder = %h.addr, "anti-entropy round failed: {e}");
+                    merged[i] = false;
+                }
+            }
+        }
+        (merged, primary)
+    }
+
     fn round(&self) {
         let Some(nb) = self.neighbours() else { return };
         let Some(plan) = lock(&self.core).begin_round(&nb) else {
             return;
         };
         let (start, end) = plan.range;
+        let (merged, primary) = self.merge_range(&plan);
         let mut confirmed = Vec::new();
         for (i, h) in plan.holders.iter().enumerate() {
-            match self.sync_with(h, start, end) {
-                Ok(()) => {
-                    confirmed.push(h.addr.clone());
-                    if lock(&self.core).merged(&plan, i) {
-                        tracing::info!(start = %format!("{start:016x}"), end = %format!("{end:016x}"), "range merged with successor; serving it");
-                    }
+            if merged[i] {
+                confirmed.push(h.addr.clone());
+                if lock(&self.core).merged(&plan, i) {
+                    tracing::info!(start = %format!("{start:016x}"), end = %format!("{end:016x}"), "range merged with successor; serving it");
                 }
-                Err(e) => tracing::debug!(holder = %h.addr, "anti-entropy round failed: {e}"),
             }
         }
-        let primary: u64 = self
-            .ctx
-            .store()
-            .scan_ring(start, end)
-            .map(|v| v.iter().filter(|r| !r.deleted).count() as u64)
-            .unwrap_or(0);
         let now = self.now();
         let done = lock(&self.core).end_round(&plan, confirmed, primary, now);
         for h in &done.suspects {

@@ -23,31 +23,23 @@ struct OwnerRange {
 impl Shared {
     pub(crate) fn collect_surplus(&self, nb: &Neighbours, plan: &RoundPlan) {
         let store = self.ctx.store();
-        let Ok(all) = store.scan_ring(0, 0) else {
-            return;
-        };
         let (start, end) = plan.range;
-        let mut outside = core::outside_range(all, start, end);
+        if start == end {
+            return;
+        }
         let mut tally = Tally::default();
-        // One owner at a time: its range (pred, owner] covers many records,
-        // so lookups and version queries are per owner, not per record.
-        for _ in 0..64 {
-            let Some(first) = outside.first().cloned() else {
+        let mut budget = 64;
+        // What lies outside our range is the rest of the ring, (end, start]:
+        // walked one arc at a time, bounded by what we hold in all.
+        let held = store.count().unwrap_or(0);
+        for arc in core::arcs_for(end, start, held) {
+            let Ok(part) = store.scan_ring(arc.0, arc.1) else {
+                return;
+            };
+            let mut outside = core::outside_range(part, start, end);
+            budget = self.settle_owners(nb, &mut outside, &mut tally, budget);
+            if budget == 0 {
                 break;
-            };
-            let Ok(found) = self.owner_range(nb, first.ring_pos) else {
-                break;
-            };
-            let batch = match &found {
-                Some(o) => core::take_owner_batch(&mut outside, o.from, o.owner.id),
-                None => Vec::new(),
-            };
-            match found {
-                // Unknown range, or the first record was not in the owner's
-                // range after all (the ring is moving): a later round.
-                _ if batch.is_empty() => outside.retain(|r| r.username != first.username),
-                Some(o) => self.settle(nb.me.id, &o, &batch, &mut tally),
-                None => {}
             }
         }
         if tally.handed > 0 {
@@ -61,6 +53,39 @@ impl Shared {
             let _ = store.flush();
             lock(&self.core).add_purged(tally.purged);
         }
+    }
+
+    /// One owner at a time: its range (pred, owner] covers many records,
+    /// so lookups and version queries are per owner, not per record. At
+    /// most `budget` owners; what is left of the budget.
+    fn settle_owners(
+        &self,
+        nb: &Neighbours,
+        outside: &mut Vec<UserRecord>,
+        tally: &mut Tally,
+        mut budget: usize,
+    ) -> usize {
+        while budget > 0 {
+            let Some(first) = outside.first().cloned() else {
+                break;
+            };
+            budget -= 1;
+            let Ok(found) = self.owner_range(nb, first.ring_pos) else {
+                return 0;
+            };
+            let batch = match &found {
+                Some(o) => core::take_owner_batch(outside, o.from, o.owner.id),
+                None => Vec::new(),
+            };
+            match found {
+                // Unknown range, or the first record was not in the owner's
+                // range after all (the ring is moving): a later round.
+                _ if batch.is_empty() => outside.retain(|r| r.username != first.username),
+                Some(o) => self.settle(nb.me.id, &o, &batch, tally),
+                None => {}
+            }
+        }
+        budget
     }
 
     /// The owner of `key` and its range; `Ok(None)` when its range is not

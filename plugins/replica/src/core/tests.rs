@@ -215,3 +215,38 @@ fn digest_is_lower_hex_sha256_independent_of_order() {
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     );
 }
+
+#[test]
+fn arcs_cover_the_range_in_order_without_gaps() {
+    use super::{arcs_for, split_arc};
+    use gestor_sdk::store::in_ring_interval;
+    for &(start, end) in &[(10u64, 1_000_000u64), (u64::MAX - 500, 700), (42, 42)] {
+        for pieces in [1u64, 2, 3, 7, 64] {
+            let arcs = split_arc(start, end, pieces);
+            assert_eq!(arcs.len() as u64, pieces);
+            assert_eq!(arcs.first().unwrap().0, start);
+            assert_eq!(arcs.last().unwrap().1, end);
+            for w in arcs.windows(2) {
+                assert_eq!(w[0].1, w[1].0, "consecutive");
+            }
+            // Every key of the range lies in exactly one arc.
+            for k in [
+                start.wrapping_add(1),
+                end,
+                start.wrapping_add(777),
+                end.wrapping_sub(3),
+            ] {
+                if in_ring_interval(k, start, end) {
+                    let n = arcs
+                        .iter()
+                        .filter(|a| in_ring_interval(k, a.0, a.1))
+                        .count();
+                    assert_eq!(n, 1, "key {k} in ({start}, {end}], {pieces} arcs");
+                }
+            }
+        }
+    }
+    assert_eq!(split_arc(5, 7, 10).len(), 2, "no empty arcs");
+    assert_eq!(arcs_for(0, 1 << 40, 0).len(), 1);
+    assert_eq!(arcs_for(0, 1 << 40, 4_001).len(), 3);
+}
