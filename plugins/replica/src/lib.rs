@@ -79,6 +79,26 @@ struct Shared {
     config: ReplicaConfig,
     core: Mutex<ReplicaCore>,
     pipeline: Arc<Pipeline>,
+    walk: Mutex<Walk>,
+}
+
+/// Arcs merged per anti-entropy round: a large range is walked over
+/// several rounds, so the background work per round stays bounded (at a
+/// million users a full pass of one gestor's range takes ~8 rounds).
+const ARCS_PER_ROUND: usize = 8;
+
+/// Where the anti-entropy walk of our range stands.
+#[derive(Default)]
+struct Walk {
+    range: (u64, u64),
+    holders: Vec<u64>,
+    arcs: Vec<(u64, u64)>,
+    next: usize,
+    /// Per holder: failed an arc in this pass.
+    failed: Vec<bool>,
+    /// Live records counted so far in this pass, and in the last full one.
+    counted: u64,
+    last_full: Option<u64>,
 }
 
 impl Shared {
@@ -102,6 +122,7 @@ impl Shared {
             core: Mutex::new(ReplicaCore::new(config.clone())),
             config,
             pipeline,
+            walk: Mutex::new(Walk::default()),
         })
     }
 
@@ -294,46 +315,63 @@ impl Shared {
         Ok(())
     }
 
-    /// Merge our range with every holder, one arc at a time (each arc read
-    /// once for all holders); a holder that fails an arc is left out for
-    /// the rest of the round. The holders merged with, and our range's
-    /// live records.
-    fn merge_range(&self, plan: &RoundPlan) -> (Vec<bool>, u64) {
+    /// The next arcs of our range to merge: a new pass when the last one
+    /// ended or the range or holders changed (then sized from what we hold).
+    fn next_arcs(&self, walk: &mut Walk, plan: &RoundPlan) -> Vec<(u64, u64)> {
+        let holders: Vec<u64> = plan.holders.iter().map(|h| h.id).collect();
         let (start, end) = plan.range;
+        if walk.range != plan.range || walk.holders != holders || walk.next >= walk.arcs.len() {
+            let expected = match walk.last_full {
+                Some(n) if walk.range == plan.range => n,
+                // New range: all we hold bounds it.
+                _ => self.ctx.store().count().unwrap_or(0),
+            };
+            if walk.range != plan.range {
+                walk.last_full = None;
+            }
+            walk.range = plan.range;
+            walk.arcs = core::arcs_for(start, end, expected);
+            walk.next = 0;
+            walk.failed = vec![false; holders.len()];
+            walk.holders = holders;
+            walk.counted = 0;
+        }
+        let upto = (walk.next + ARCS_PER_ROUND).min(walk.arcs.len());
+        let arcs = walk.arcs[walk.next..upto].to_vec();
+        walk.next = upto;
+        arcs
+    }
+
+    /// Merge the next arcs of our range with every holder (each arc read
+    /// once for all holders); a holder that fails an arc is left out for
+    /// the rest of the pass. Whether the pass is complete.
+    fn merge_arcs(&self, walk: &mut Walk, plan: &RoundPlan) -> bool {
         let store = self.ctx.store();
-        let (rounds, last_primary) = {
-            let core = lock(&self.core);
-            (core.stats().rounds, core.stats().primary_records)
-        };
-        // First round: all we hold bounds our range.
-        let expected = if rounds == 0 {
-            store.count().unwrap_or(0)
-        } else {
-            last_primary
-        };
-        let mut merged = vec![true; plan.holders.len()];
-        let mut primary = 0;
-        for arc in core::arcs_for(start, end, expected) {
+        for arc in self.next_arcs(walk, plan) {
             let local = match store.scan_ring(arc.0, arc.1) {
                 Ok(local) => local,
                 Err(e) => {
                     tracing::warn!("anti-entropy: cannot read the store: {e}");
-                    merged.iter_mut().for_each(|m| *m = false);
+                    walk.failed.iter_mut().for_each(|f| *f = true);
                     break;
                 }
             };
-            primary += local.iter().filter(|r| !r.deleted).count() as u64;
+            walk.counted += local.iter().filter(|r| !r.deleted).count() as u64;
             for (i, h) in plan.holders.iter().enumerate() {
-                if !merged[i] {
+                if walk.failed[i] {
                     continue;
                 }
                 if let Err(e) = self.sync_arc(h, arc, &local) {
                     tracing::debug!(holder = %h.addr, "anti-entropy round failed: {e}");
-                    merged[i] = false;
+                    walk.failed[i] = true;
                 }
             }
         }
-        (merged, primary)
+        let complete = walk.next >= walk.arcs.len();
+        if complete {
+            walk.last_full = Some(walk.counted);
+        }
+        complete
     }
 
     fn round(&self) {
@@ -342,16 +380,21 @@ impl Shared {
             return;
         };
         let (start, end) = plan.range;
-        let (merged, primary) = self.merge_range(&plan);
+        let mut walk = lock(&self.walk);
+        let complete = self.merge_arcs(&mut walk, &plan);
         let mut confirmed = Vec::new();
         for (i, h) in plan.holders.iter().enumerate() {
-            if merged[i] {
-                confirmed.push(h.addr.clone());
-                if lock(&self.core).merged(&plan, i) {
-                    tracing::info!(start = %format!("{start:016x}"), end = %format!("{end:016x}"), "range merged with successor; serving it");
-                }
+            if walk.failed[i] {
+                continue;
+            }
+            confirmed.push(h.addr.clone());
+            // Ready to serve once a whole pass merged with the successor.
+            if complete && lock(&self.core).merged(&plan, i) {
+                tracing::info!(start = %format!("{start:016x}"), end = %format!("{end:016x}"), "range merged with successor; serving it");
             }
         }
+        let primary = walk.last_full.unwrap_or(walk.counted);
+        drop(walk);
         let now = self.now();
         let done = lock(&self.core).end_round(&plan, confirmed, primary, now);
         for h in &done.suspects {
