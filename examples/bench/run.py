@@ -198,7 +198,7 @@ class Ring:
             statuses.append(json.loads(done.stdout)["sections"] if done.returncode == 0 else {})
         ids = sorted(s["ring"]["id"] for s in statuses if s.get("ring"))
         arcs = [(ids[i] - ids[i - 1]) % 2**64 or 2**64 for i in range(len(ids))]
-        records = [s.get("replica", {}).get("primary_records", 0) for s in statuses]
+        records = [s.get("replica", {}).get("stats", {}).get("primary_records", 0) for s in statuses]
         mean_records = sum(records) / len(records) if records else 0
         return {
             "keyspace_max_over_mean": max(arcs) / (2**64 / len(arcs)) if arcs else float("nan"),
