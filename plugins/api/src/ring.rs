@@ -53,6 +53,50 @@ pub struct Neighbourhood {
     pub successors: Vec<PeerRef>,
 }
 
+/// All of one gestor's places in the ring: one neighbourhood per virtual
+/// node (`ring.virtual_nodes`), the first one the gestor's own id. Each
+/// virtual node owns the keys in `(predecessor, me]`; the gestor owns the
+/// union.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualNodes {
+    pub nodes: Vec<Neighbourhood>,
+}
+
+impl VirtualNodes {
+    /// The virtual node whose range holds `key` (`None`: none of ours, or
+    /// a predecessor not known yet). A lone node owns the whole ring.
+    pub fn for_key(&self, key: u64) -> Option<&Neighbourhood> {
+        self.nodes.iter().find(|nb| {
+            nb.predecessor
+                .as_ref()
+                .is_some_and(|p| gestor_sdk::store::in_ring_interval(key, p.id, nb.me.id))
+        })
+    }
+
+    /// This gestor's URL (every virtual node has the same one).
+    pub fn addr(&self) -> Option<&str> {
+        self.nodes.first().map(|nb| nb.me.addr.as_str())
+    }
+}
+
+/// The first `count` gestores after `nb.me` that hold copies of its range:
+/// successors on distinct physical gestores (distinct URLs), never the
+/// gestor `nb.me` belongs to. With virtual nodes a successor list names
+/// the same gestor several times; a copy on the owner's own disk, or two on
+/// one other gestor, would not survive two failures.
+pub fn distinct_successors(nb: &Neighbourhood, count: usize) -> Vec<PeerRef> {
+    let mut out: Vec<PeerRef> = Vec::new();
+    for p in &nb.successors {
+        if out.len() == count {
+            break;
+        }
+        if p.addr != nb.me.addr && !out.iter().any(|o| o.addr == p.addr) {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
 /// The ring's members as one gestor last walked them: enough for a client
 /// (or a gestor) to send a per-user request straight to the key's owner.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +127,10 @@ impl RingTable {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RpcBody<Q = Value> {
     pub from: Option<PeerRef>,
+    /// The virtual node addressed, by id (a gestor has `virtual_nodes` of
+    /// them at one URL); absent: its first, the one `ring.whoami` names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
     pub request: Q,
 }
 
@@ -140,6 +188,13 @@ kinds! {
     /// `node.status`).
     Neighbours = "ring.neighbours", Internal, Empty => Neighbourhood;
 
+    /// `ring.ranges` — **internal**: every virtual node of this gestor with
+    /// its predecessor and successor list ([`VirtualNodes`]). Called locally by
+    /// the replica and mailbox plugins (which keys are ours, where their
+    /// copies go) and over the network by the ring table walk and the
+    /// replica plugin (another owner's range, before dropping a copy).
+    Ranges = "ring.ranges", Internal, Empty => VirtualNodes;
+
     /// `ring.table` — **client**: the ring's members, so a client can send
     /// each per-user request straight to its owner (one hop). A gestor
     /// answers from its last walk of the ring (see the ring plugin), never
@@ -156,7 +211,59 @@ kinds! {
 
 #[cfg(test)]
 mod tests {
-    use super::{PeerRef, RingTable};
+    use super::{distinct_successors, Neighbourhood, PeerRef, RingTable, VirtualNodes};
+
+    fn at(id: u64, gestor: u16) -> PeerRef {
+        PeerRef {
+            id,
+            addr: format!("tcp://127.0.0.1:{gestor}"),
+        }
+    }
+
+    fn vnode(me: PeerRef, pred: Option<PeerRef>, successors: Vec<PeerRef>) -> Neighbourhood {
+        Neighbourhood {
+            me,
+            predecessor: pred,
+            successors,
+        }
+    }
+
+    #[test]
+    fn copies_go_to_distinct_other_gestores() {
+        // Virtual nodes of gestor 1 at 10 and 40; successors name gestor 1
+        // again and gestor 2 twice.
+        let nb = vnode(
+            at(10, 1),
+            Some(at(5, 3)),
+            vec![at(20, 2), at(30, 2), at(40, 1), at(50, 3), at(60, 4)],
+        );
+        let ids: Vec<u64> = distinct_successors(&nb, 3).iter().map(|p| p.id).collect();
+        assert_eq!(ids, vec![20, 50, 60]);
+        assert_eq!(distinct_successors(&nb, 1).len(), 1);
+        let alone = vnode(at(10, 1), Some(at(10, 1)), vec![at(40, 1)]);
+        assert!(distinct_successors(&alone, 3).is_empty());
+    }
+
+    #[test]
+    fn a_key_belongs_to_the_virtual_node_whose_range_holds_it() {
+        let ranges = VirtualNodes {
+            nodes: vec![
+                vnode(at(100, 1), Some(at(50, 2)), vec![]),
+                vnode(at(10, 1), Some(at(900, 2)), vec![]),
+                vnode(at(500, 1), None, vec![]),
+            ],
+        };
+        let owner = |k| ranges.for_key(k).map(|nb| nb.me.id);
+        assert_eq!(owner(60), Some(100));
+        assert_eq!(owner(950), Some(10), "wraps past zero");
+        assert_eq!(owner(5), Some(10));
+        assert_eq!(owner(300), None, "no predecessor known: not ours yet");
+        assert_eq!(owner(50), None, "the predecessor's own id is its");
+        let lone = VirtualNodes {
+            nodes: vec![vnode(at(7, 1), Some(at(7, 1)), vec![])],
+        };
+        assert_eq!(lone.for_key(12345).map(|nb| nb.me.id), Some(7));
+    }
 
     fn table(ids: &[u64], complete: bool) -> RingTable {
         RingTable {

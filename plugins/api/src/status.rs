@@ -29,6 +29,10 @@ pub struct RingStatus {
     pub fingers: Vec<FingerEntry>,
     pub lookups: u64,
     pub lookup_hops: u64,
+    /// Ids of this gestor's virtual nodes, `id` first (one when
+    /// `ring.virtual_nodes` is 1).
+    #[serde(default)]
+    pub virtual_ids: Vec<u64>,
 }
 
 /// `status.directory`.
