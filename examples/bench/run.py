@@ -123,7 +123,7 @@ def build(args):
 class Ring:
     """N secure gestores on 127.0.0.1, joined through the first."""
 
-    def __init__(self, work, transport, nodes, storage):
+    def __init__(self, work, transport, nodes, storage, virtual_nodes):
         self.dir = work / f"ring-{transport}"
         self.dir.mkdir()
         self.transport = transport
@@ -134,7 +134,9 @@ class Ring:
         # The bench is the only client and sends every registration from
         # 127.0.0.1: the per-source password-attempt limit would refuse it.
         config.write_text("[plugins.config.gestor_directory]\n"
-                          "password_attempts_per_source_per_minute = 0\n")
+                          "password_attempts_per_source_per_minute = 0\n"
+                          "[plugins.config.gestor_ring]\n"
+                          f"virtual_nodes = {virtual_nodes}\n")
         ports = free_ports(2 * nodes)
         self.urls, self.children = [], []
         for i in range(nodes):
@@ -152,6 +154,18 @@ class Ring:
             env = dict(os.environ, RUST_LOG="warn")
             self.children.append(start(cmd, self.dir / f"n{i}.log", env))
             self.urls.append(url)
+            # One after the other, as an operator adds gestores: each places
+            # its virtual nodes by the ring it finds (see the ring plugin).
+            self.wait_joined(url)
+
+    def wait_joined(self, url, limit_secs=60):
+        deadline = time.monotonic() + limit_secs
+        while time.monotonic() < deadline:
+            r = self.status(url)
+            if r and r.get("joined"):
+                return
+            time.sleep(0.5)
+        raise SystemExit(f"bench: {url} did not join in {limit_secs} s (logs in {self.dir})")
 
     def client_flags(self):
         flags = ["--transport", self.transport, "--cluster-pub", self.cluster_pub]
@@ -173,7 +187,7 @@ class Ring:
         while time.monotonic() < deadline:
             rings = [self.status(url) for url in self.urls]
             if all(r and r.get("joined") for r in rings):
-                ids = sorted(r["id"] for r in rings)
+                ids = sorted(v for r in rings for v in (r.get("virtual_ids") or [r["id"]]))
                 ok = True
                 for r in rings:
                     i = ids.index(r["id"])
@@ -196,8 +210,13 @@ class Ring:
             done = subprocess.run([GESTOR, "status", "--json", "--gestor", url, "--transport", self.transport,
                                    "--cluster-pub", self.cluster_pub], capture_output=True, text=True, timeout=30)
             statuses.append(json.loads(done.stdout)["sections"] if done.returncode == 0 else {})
-        ids = sorted(s["ring"]["id"] for s in statuses if s.get("ring"))
-        arcs = [(ids[i] - ids[i - 1]) % 2**64 or 2**64 for i in range(len(ids))]
+        owner = {v: g for g, s in enumerate(statuses) if s.get("ring")
+                 for v in (s["ring"].get("virtual_ids") or [s["ring"]["id"]])}
+        ids = sorted(owner)
+        shares = {}
+        for i, v in enumerate(ids):
+            shares[owner[v]] = shares.get(owner[v], 0) + ((v - ids[i - 1]) % 2**64 or 2**64)
+        arcs = list(shares.values())
         records = [s.get("replica", {}).get("stats", {}).get("primary_records", 0) for s in statuses]
         mean_records = sum(records) / len(records) if records else 0
         return {
@@ -215,7 +234,7 @@ def gestor_bench(ring, args, threads, phases, extra=()):
 
 def measure_gestor(work, args, transport):
     log(f"{transport}: starting {args.gestores} gestores")
-    ring = Ring(work, transport, args.gestores, args.storage)
+    ring = Ring(work, transport, args.gestores, args.storage, args.virtual_nodes)
     ring.wait_ordered()
     result = {"transport": transport}
     if args.preload:
@@ -345,6 +364,7 @@ def main():
     parser.add_argument("--transport", default="nng,zmq", help="comma-separated: nng, zmq")
     parser.add_argument("--storage", default="sqlite", choices=["sqlite", "sled"])
     parser.add_argument("--gestores", type=int, default=8)
+    parser.add_argument("--virtual-nodes", type=int, default=4, help="ring.virtual_nodes of every gestor")
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--users", type=int, default=320, help="accounts registered, logged in, moved, looked up")
     parser.add_argument("--duration-secs", type=int, default=10, help="lookup phase length")

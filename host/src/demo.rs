@@ -215,7 +215,7 @@ fn show_ring(ring: &LocalRing, nodes: &[String], statuses: &[serde_json::Value])
             s.get("records").map(|v| v.to_string()).unwrap_or_default(),
         )?;
     }
-    let views: Vec<View> = rows.iter().filter_map(view_of).collect();
+    let views: Vec<View> = rows.iter().flat_map(view_of).collect();
     match check_invariants(&views) {
         Ok(()) => outln!("  ring invariants (one ordered ring, ordered successor lists): hold")?,
         Err(v) => bail!("ring invariants violated: {v:?}"),

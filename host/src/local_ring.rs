@@ -55,28 +55,39 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Views of every node's ring state, for the invariant checker.
-pub fn view_of(status: &serde_json::Value) -> Option<View> {
-    let ring = status.get("sections")?.get("ring")?;
-    if !ring.get("joined")?.as_bool()? {
-        return None;
+/// Views of a gestor's ring state, one per virtual node, for the
+/// invariant checker (none until it has joined).
+pub fn view_of(status: &serde_json::Value) -> Vec<View> {
+    let Some(ring) = status.get("sections").and_then(|s| s.get("ring")) else {
+        return Vec::new();
+    };
+    if ring.get("joined").and_then(|j| j.as_bool()) != Some(true) {
+        return Vec::new();
     }
-    let id = ring.get("id")?.as_u64()?;
-    let predecessor = ring
-        .get("predecessor")
-        .and_then(|p| p.get("id"))
-        .and_then(|v| v.as_u64());
-    let successors = ring
-        .get("successors")?
-        .as_array()?
-        .iter()
-        .filter_map(|p| p.get("id")?.as_u64())
-        .collect();
-    Some(View {
-        id,
-        predecessor,
-        successors,
-    })
+    let one = |nb: &serde_json::Value, id: Option<u64>| -> Option<View> {
+        let id = id.or_else(|| nb.get("me")?.get("id")?.as_u64())?;
+        let predecessor = nb
+            .get("predecessor")
+            .and_then(|p| p.get("id"))
+            .and_then(|v| v.as_u64());
+        let successors = nb
+            .get("successors")?
+            .as_array()?
+            .iter()
+            .filter_map(|p| p.get("id")?.as_u64())
+            .collect();
+        Some(View {
+            id,
+            predecessor,
+            successors,
+        })
+    };
+    match ring.get("virtual_nodes").and_then(|v| v.as_array()) {
+        Some(all) if !all.is_empty() => all.iter().filter_map(|nb| one(nb, None)).collect(),
+        _ => one(ring, ring.get("id").and_then(|v| v.as_u64()))
+            .into_iter()
+            .collect(),
+    }
 }
 
 impl LocalRing {
@@ -204,8 +215,9 @@ impl LocalRing {
                 .iter()
                 .filter_map(|n| self.status(&n.url).ok())
                 .collect();
-            let views: Vec<View> = all.iter().filter_map(view_of).collect();
-            let full = views.len() == self.nodes.len()
+            let views: Vec<View> = all.iter().flat_map(view_of).collect();
+            let joined = all.iter().filter(|s| !view_of(s).is_empty()).count();
+            let full = joined == self.nodes.len()
                 && views
                     .iter()
                     .all(|v| v.successors.len() >= (self.nodes.len() - 1).min(8));

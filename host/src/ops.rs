@@ -436,7 +436,7 @@ mod tests {
             fingers: Vec::new(),
             lookups: 0,
             lookup_hops: 0,
-            virtual_ids: vec![me],
+            virtual_nodes: Vec::new(),
         };
         let replica = ReplicaStatus {
             copies: 3,

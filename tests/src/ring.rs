@@ -319,6 +319,34 @@ impl Ring {
         ids.into_iter().map(|(_, i)| i).collect()
     }
 
+    /// Every ring position (virtual node id) of the live gestores with the
+    /// index of the gestor holding it, sorted by position.
+    pub fn positions(&self) -> Vec<(u64, usize)> {
+        let mut out: Vec<(u64, usize)> = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.child.is_none() {
+                continue;
+            }
+            let Some(status) = self.status(&n.url) else {
+                continue;
+            };
+            out.extend(view_of(&status).iter().map(|v| (v.id, i)));
+        }
+        out.sort();
+        out
+    }
+
+    /// The gestor (index) owning `key` among `positions`: the first
+    /// position at or after it, wrapping.
+    pub fn owner_in(positions: &[(u64, usize)], key: u64) -> usize {
+        positions
+            .iter()
+            .find(|(id, _)| *id >= key)
+            .or(positions.first())
+            .map(|(_, i)| *i)
+            .expect("a ring with positions")
+    }
+
     /// Wait until no record is held on fewer than `wanted` gestores.
     pub fn wait_copies(
         &self,
@@ -358,13 +386,23 @@ impl Ring {
             .map(|v| cbor_to_json(&to_value(&v)))
     }
 
-    /// Ring views of every running node that answers.
+    /// Running gestores that answer and report every virtual node joined.
+    pub fn joined(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .filter_map(|n| self.status(&n.url))
+            .filter(|s| !view_of(s).is_empty())
+            .count()
+    }
+
+    /// Ring views of every running node that answers, one per virtual node.
     pub fn views(&self) -> Vec<View> {
         self.nodes
             .iter()
             .filter(|n| n.child.is_some())
             .filter_map(|n| self.status(&n.url))
-            .filter_map(|s| view_of(&s))
+            .flat_map(|s| view_of(&s))
             .collect()
     }
 
@@ -373,11 +411,12 @@ impl Ring {
         let live = self.nodes.iter().filter(|n| n.child.is_some()).count();
         let mut last = String::new();
         let ok = wait_until(deadline, || {
-            let views = self.views();
-            if views.len() != live {
-                last = format!("{} of {live} nodes report a joined ring", views.len());
+            let joined = self.joined();
+            if joined != live {
+                last = format!("{joined} of {live} nodes report a joined ring");
                 return false;
             }
+            let views = self.views();
             let want = (live - 1).clamp(1, 8);
             if let Some(v) = views.iter().find(|v| v.successors.len() < want) {
                 last = format!(

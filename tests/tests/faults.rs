@@ -512,13 +512,14 @@ fn partition_and_heal(
     }
     // Each side settles into a ring of its own.
     let side_is_a_ring = |side: &[usize]| {
-        let views: Vec<_> = side
+        let statuses: Vec<_> = side
             .iter()
             .filter_map(|i| ring.status(&ring.nodes[*i].url))
-            .filter_map(|s| gestor::demo::view_of(&s))
             .collect();
+        let joined = statuses.iter().filter(|s| !gestor::demo::view_of(s).is_empty()).count();
+        let views: Vec<_> = statuses.iter().flat_map(gestor::demo::view_of).collect();
         let ids: Vec<u64> = views.iter().map(|v| v.id).collect();
-        views.len() == side.len()
+        joined == side.len()
             && views
                 .iter()
                 .all(|v| v.successors.iter().all(|s| ids.contains(s)))

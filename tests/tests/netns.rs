@@ -327,8 +327,11 @@ impl Lab {
         serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
     }
 
-    fn view(&self, url: &str) -> Option<View> {
-        view_of(&self.json(url, &["status"]).ok()?)
+    /// One view per virtual node; none until the gestor has joined.
+    fn views(&self, url: &str) -> Vec<View> {
+        self.json(url, &["status"])
+            .map(|s| view_of(&s))
+            .unwrap_or_default()
     }
 
     /// Wait until the gestores `live` form one ordered ring with full
@@ -336,18 +339,13 @@ impl Lab {
     fn wait_ring(&self, live: &[usize], deadline: Duration) -> Result<(), String> {
         let mut last = String::new();
         let ok = wait_until(deadline, || {
-            let views: Vec<View> = live
-                .iter()
-                .filter_map(|&i| self.view(&self.url(i)))
-                .collect();
-            if views.len() != live.len() {
-                last = format!(
-                    "{} of {} gestores report a joined ring",
-                    views.len(),
-                    live.len()
-                );
+            let per_gestor: Vec<Vec<View>> = live.iter().map(|&i| self.views(&self.url(i))).collect();
+            let joined = per_gestor.iter().filter(|v| !v.is_empty()).count();
+            if joined != live.len() {
+                last = format!("{joined} of {} gestores report a joined ring", live.len());
                 return false;
             }
+            let views: Vec<View> = per_gestor.into_iter().flatten().collect();
             let want = (live.len() - 1).clamp(1, 8);
             if let Some(v) = views.iter().find(|v| v.successors.len() < want) {
                 last = format!("{:016x} has {} successors", v.id, v.successors.len());

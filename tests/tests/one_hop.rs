@@ -60,19 +60,10 @@ fn wait_all_direct(c: &mut Client, ring: &Ring, when: &str) {
 /// The gestor (not the first, which the client knows) owning the most of
 /// the users, so its failure leaves the client's table stale for some.
 fn busiest_owner(ring: &Ring) -> usize {
-    let ids: Vec<(u64, usize)> = (0..ring.urls().len())
-        .filter_map(|i| Some((ring.status(&ring.urls()[i])?.get("id")?.as_u64()?, i)))
-        .collect();
-    let mut sorted = ids.clone();
-    sorted.sort();
+    let positions = ring.positions();
     let mut owned = vec![0usize; ring.urls().len()];
     for u in 0..USERS {
-        let key = ring_position(name(u).as_bytes());
-        let owner = sorted
-            .iter()
-            .find(|(id, _)| *id >= key)
-            .unwrap_or(&sorted[0]);
-        owned[owner.1] += 1;
+        owned[Ring::owner_in(&positions, ring_position(name(u).as_bytes()))] += 1;
     }
     (1..owned.len())
         .max_by_key(|&i| owned[i])

@@ -4,7 +4,7 @@
 //! way to read them).
 
 use crate::initial::InitialList;
-use crate::ring::PeerRef;
+use crate::ring::{Neighbourhood, PeerRef};
 use crate::Empty;
 use serde::{Deserialize, Serialize};
 
@@ -29,10 +29,10 @@ pub struct RingStatus {
     pub fingers: Vec<FingerEntry>,
     pub lookups: u64,
     pub lookup_hops: u64,
-    /// Ids of this gestor's virtual nodes, `id` first (one when
-    /// `ring.virtual_nodes` is 1).
+    /// Every virtual node of this gestor with its neighbours, the one
+    /// above (`id`) first; one when `ring.virtual_nodes` is 1.
     #[serde(default)]
-    pub virtual_ids: Vec<u64>,
+    pub virtual_nodes: Vec<Neighbourhood>,
 }
 
 /// `status.directory`.

@@ -169,10 +169,18 @@ impl Shared {
         }
 
         let offer = self.current();
-        for peer in neighbours.successors.iter().filter(|p| p.addr != me) {
-            if let Some(url) = self.signal_url(&peer.addr) {
+        // Once per gestor: with virtual nodes a successor list names the
+        // same gestor (and ourselves) several times.
+        let mut peers: Vec<&str> = Vec::new();
+        for p in neighbours.successors.iter().filter(|p| p.addr != me) {
+            if !peers.contains(&p.addr.as_str()) {
+                peers.push(&p.addr);
+            }
+        }
+        for peer in peers {
+            if let Some(url) = self.signal_url(peer) {
                 if let Err(e) = self.ctx.signal(&url, topics::INITIAL, &offer) {
-                    tracing::debug!(peer = %peer.addr, "cannot gossip initial gestors: {e}");
+                    tracing::debug!(%peer, "cannot gossip initial gestors: {e}");
                 }
             }
         }

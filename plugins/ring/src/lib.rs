@@ -1,22 +1,27 @@
 //! The Chord ring at the network edge: seed process *Ring_update*.
 //!
 //! All ring rules live in `gestor-chord` as I/O-free code; this plugin only
-//! moves its messages. One loop thread calls `Node::tick` and performs the
-//! requests it returns as `ring.rpc` calls to other gestores, feeding each
-//! answer (or failure) back with `Node::on_reply`. Incoming `ring.rpc`
-//! requests go to `Node::handle`. Other plugins resolve keys through
-//! `ring.lookup` (a local call), which runs an iterative `Lookup`.
+//! moves its messages. A gestor runs `virtual_nodes` Chord nodes at one URL
+//! (its *virtual nodes*): the first has the gestor's own id, the others
+//! positions chosen when it first joins ([`placement`]) and kept in its
+//! store. Each is a full Chord member with its own predecessor, successor
+//! list and fingers; `ring.rpc` names the virtual node it is for. One loop
+//! thread calls `Node::tick` on each and performs the requests they return
+//! (to another gestor over the network, to a sibling virtual node
+//! directly), feeding each answer back with `Node::on_reply`.
 //!
 //! Request kinds (declared in `gestor_api::ring`): `ring.rpc`,
-//! `ring.whoami`, `ring.lookup`, `ring.responsible`, `ring.neighbours`,
-//! `ring.suspect` (local: a peer seen dead elsewhere), `ring.route` (local:
-//! an owner from the table, for first attempts), `ring.table` (the
-//! members, walked every `table_every_ms`, for one-hop routing), and the
-//! status section `status.ring`.
+//! `ring.whoami`, `ring.lookup`, `ring.responsible`, `ring.neighbours` (the
+//! first virtual node), `ring.ranges` (every virtual node), `ring.suspect`
+//! (local: a peer seen dead elsewhere), `ring.route` (local: an owner from
+//! the table, for first attempts), `ring.table` (the members, walked every
+//! `table_every_ms`, for one-hop routing), and the status section
+//! `status.ring`.
 
+mod placement;
 mod table;
 
-use gestor_api::ring::{self, Neighbourhood, Owner, PeerRef, RingTable, RpcBody};
+use gestor_api::ring::{self, Neighbourhood, Owner, PeerRef, RingTable, RpcBody, VirtualNodes};
 use gestor_api::status::{self, FingerEntry, RingStatus};
 use gestor_chord::{
     Config as ChordConfig, Failure, Lookup, LookupAction, Node, Outbound, Peer, Request, Response,
@@ -25,16 +30,22 @@ use gestor_sdk::{
     declare_plugin, CallError, Empty, HandlerError, Plugin, PluginContext, PluginError,
 };
 use serde::Deserialize;
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// `[plugins.config.gestor_ring]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RingConfig {
-    /// Successor-list length r.
+    /// Successor-list length r (per virtual node, before the allowance
+    /// for sibling virtual nodes: see [`chord_successors`]).
     pub successors: usize,
+    /// Positions this gestor takes on the ring (1 = classic Chord). More
+    /// positions balance the key space between gestores; each one is a
+    /// Chord node to maintain. Read when the gestor first joins; later
+    /// changes add or drop positions at the next start.
+    pub virtual_nodes: usize,
     pub stabilize_every_ms: u64,
     pub fix_fingers_every_ms: u64,
     pub check_predecessor_every_ms: u64,
@@ -52,12 +63,16 @@ pub struct RingConfig {
     /// How often the ring is walked for `ring.table` (the members clients
     /// route by).
     pub table_every_ms: u64,
+    /// How long a joining gestor waits for a complete ring table to place
+    /// its extra positions by, before it falls back to hashed positions.
+    pub placement_wait_ms: u64,
 }
 
 impl Default for RingConfig {
     fn default() -> Self {
         RingConfig {
             successors: 8,
+            virtual_nodes: 4,
             stabilize_every_ms: 500,
             fix_fingers_every_ms: 200,
             check_predecessor_every_ms: 1000,
@@ -66,8 +81,20 @@ impl Default for RingConfig {
             merge_probe_every_ms: 5_000,
             dead_after_misses: 3,
             table_every_ms: 2_000,
+            placement_wait_ms: 10_000,
         }
     }
+}
+
+/// The most virtual nodes a gestor may take (each is a Chord node).
+pub const MAX_VIRTUAL_NODES: usize = 64;
+
+/// A successor list long enough to name `successors` other gestores even
+/// when sibling virtual nodes sit in between: copies go to distinct
+/// gestores, found in this list.
+fn chord_successors(config: &RingConfig) -> usize {
+    let extra = 3 * (config.virtual_nodes.clamp(1, MAX_VIRTUAL_NODES) - 1);
+    (config.successors.max(1) + extra).min(64)
 }
 
 /// `ring.rpc` with the Chord messages it carries.
@@ -85,37 +112,81 @@ fn chord_peer(p: PeerRef) -> Peer {
     Peer::new(p.id, p.addr)
 }
 
+fn neighbourhood(node: &Node) -> Neighbourhood {
+    Neighbourhood {
+        me: peer_ref(node.me()),
+        predecessor: node.predecessor().map(peer_ref),
+        successors: node.successors().iter().map(peer_ref).collect(),
+    }
+}
+
+/// The store namespace and key of our positions.
+const POSITIONS: (&str, &[u8]) = ("ring", b"positions");
+
 struct Shared {
-    node: Mutex<Node>,
+    /// Our virtual nodes, the first with our own id. Only ever appended
+    /// to, so an index names one virtual node for the process's life.
+    nodes: Mutex<Vec<Node>>,
     ctx: PluginContext,
     config: RingConfig,
+    chord: ChordConfig,
     epoch: Instant,
     stats: Mutex<(u64, u64)>,
     /// The last walk of the ring, served as `ring.table`.
     table: Mutex<RingTable>,
+    /// When the first virtual node joined, while the others wait to be
+    /// placed.
+    placing_since: Mutex<Option<u64>>,
 }
 
-/// Successor lists asked per walk: rings up to about this many times the
+/// Gestores asked per table walk: rings up to about this many times the
 /// successor-list length get a complete table.
 const MAX_WALK_ASKS: usize = 64;
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 impl Shared {
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn node(&self) -> std::sync::MutexGuard<'_, Node> {
-        self.node.lock().unwrap_or_else(|p| p.into_inner())
+    fn nodes(&self) -> MutexGuard<'_, Vec<Node>> {
+        guard(&self.nodes)
+    }
+
+    fn me(&self) -> Peer {
+        self.nodes()[0].me().clone()
     }
 
     fn rpc_timeout(&self) -> Duration {
         Duration::from_millis(self.config.rpc_timeout_ms)
     }
 
-    fn rpc(&self, to: &Peer, request: Request) -> Result<Response, Failure> {
-        let me = self.node().me().clone();
+    /// Answer one Chord message for our virtual node `to` (the first when
+    /// unnamed); a node we do not have is no ring member.
+    fn handle(&self, from: Option<&Peer>, to: Option<u64>, request: Request) -> Response {
+        let now = self.now();
+        let mut nodes = self.nodes();
+        let at = match to {
+            None => Some(0),
+            Some(id) => nodes.iter().position(|n| n.me().id == id),
+        };
+        match at {
+            Some(i) => nodes[i].handle(from, request, now),
+            None => Response::NotInRing,
+        }
+    }
+
+    fn rpc(&self, from: &Peer, to: &Peer, request: Request) -> Result<Response, Failure> {
+        if *to.addr == *from.addr {
+            // A sibling virtual node: no network.
+            return Ok(self.handle(Some(from), Some(to.id), request));
+        }
         let body = RpcBody {
-            from: Some(peer_ref(&me)),
+            from: Some(peer_ref(from)),
+            to: Some(to.id),
             request,
         };
         // `NotInRing` goes to the Chord core as an answer: the peer is alive
@@ -133,8 +204,10 @@ impl Shared {
         }
     }
 
-    /// Perform `outbound` and everything the answers lead to.
-    fn drive(&self, outbound: Vec<Outbound>) {
+    /// Perform `outbound` of virtual node `index` and everything the
+    /// answers lead to.
+    fn drive(&self, index: usize, outbound: Vec<Outbound>) {
+        let me = self.nodes()[index].me().clone();
         let mut queue: VecDeque<Outbound> = outbound.into();
         // A bound against a node that keeps asking: more than a full
         // maintenance round ever needs.
@@ -145,29 +218,54 @@ impl Shared {
                 break;
             }
             budget -= 1;
-            let reply = self.rpc(&out.to, out.request.clone());
-            let more = self.node().on_reply(out.token, reply, self.now());
+            let reply = self.rpc(&me, &out.to, out.request.clone());
+            let more = self.nodes()[index].on_reply(out.token, reply, self.now());
             queue.extend(more);
         }
     }
 
     fn maintain(&self) {
         let (joined, joining) = {
-            let n = self.node();
-            (n.joined(), n.joining())
+            let nodes = self.nodes();
+            (nodes[0].joined(), nodes[0].joining())
         };
         if !joined && !joining {
             self.start_membership();
         }
-        let out = self.node().tick(self.now());
-        self.drive(out);
+        if joined {
+            self.place();
+        }
+        let count = self.nodes().len();
+        for i in 0..count {
+            if i > 0 && joined {
+                self.join_sibling(i);
+            }
+            let out = self.nodes()[i].tick(self.now());
+            self.drive(i, out);
+        }
+    }
+
+    /// Virtual node `i` (not the first) joins through the first, once that
+    /// one is a member: never through seeds alone, whose tie-break could
+    /// make it create a ring of its own.
+    fn join_sibling(&self, i: usize) {
+        let out = {
+            let mut nodes = self.nodes();
+            if nodes[i].joined() || nodes[i].joining() {
+                return;
+            }
+            let first = nodes[0].me().clone();
+            let now = self.now();
+            nodes[i].join(first, now)
+        };
+        self.drive(i, out);
     }
 
     /// The join URLs and initial gestors we do not know as seeds yet, asked
-    /// who they are and handed to the Chord core, which joins through them,
-    /// breaks ties among gestores that are all joining, and probes them for
-    /// other rings to merge with. Runs on its own thread so an unreachable
-    /// URL never delays ring maintenance.
+    /// who they are and handed to the Chord core of every virtual node,
+    /// which joins through them, breaks ties among gestores that are all
+    /// joining, and probes them for other rings to merge with. Runs on its
+    /// own thread so an unreachable URL never delays ring maintenance.
     fn refresh_seeds(&self) {
         let me = self.ctx.request_url();
         let mut urls = self.ctx.join_urls();
@@ -176,7 +274,7 @@ impl Shared {
         urls.sort();
         urls.dedup();
         for url in urls {
-            let known = self.node().seeds().iter().any(|s| *s.addr == *url);
+            let known = self.nodes()[0].seeds().iter().any(|s| *s.addr == *url);
             if known || self.ctx.stopping() {
                 continue;
             }
@@ -185,7 +283,9 @@ impl Shared {
                 .call::<ring::Whoami>(&url, &Empty, self.rpc_timeout())
                 .map(chord_peer)
             {
-                self.node().add_seed(peer);
+                self.nodes()
+                    .iter_mut()
+                    .for_each(|n| n.add_seed(peer.clone()));
             }
         }
     }
@@ -201,15 +301,15 @@ impl Shared {
             .collect();
         if joins.is_empty() {
             let now = self.now();
-            self.node().create(now);
+            self.nodes()[0].create(now);
             tracing::info!("created a new ring");
             return;
         }
-        if self.node().seeds().is_empty() {
+        if self.nodes()[0].seeds().is_empty() {
             self.refresh_seeds();
         }
         let now = self.now();
-        let out = self.node().join_seeds(now);
+        let out = self.nodes()[0].join_seeds(now);
         if out.is_empty() {
             tracing::warn!(
                 "cannot reach any gestor to join through ({})",
@@ -218,27 +318,111 @@ impl Shared {
             return;
         }
         tracing::info!("joining the ring");
-        self.drive(out);
+        self.drive(0, out);
+    }
+
+    /// Positions kept from an earlier run, if they start with our id.
+    fn stored_positions(&self) -> Option<Vec<u64>> {
+        let raw = self.ctx.store().kv_get(POSITIONS.0, POSITIONS.1).ok()??;
+        let text = String::from_utf8(raw).ok()?;
+        let positions: Vec<u64> = text
+            .split(',')
+            .map(|h| u64::from_str_radix(h, 16))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        (positions.first() == Some(&self.ctx.node_id())).then_some(positions)
+    }
+
+    /// Where our extra positions go, once our first virtual node is a
+    /// member: the same as last run if stored; evenly spread on a ring of
+    /// our own; else placed by the complete table (waiting up to
+    /// `placement_wait_ms` for one), else hashed. `None`: wait.
+    fn choose_positions(&self, wanted: usize) -> Option<Vec<u64>> {
+        let first = self.ctx.node_id();
+        if let Some(mut stored) = self.stored_positions() {
+            if stored.len() >= wanted {
+                stored.truncate(wanted);
+                return Some(stored);
+            }
+        }
+        let alone = self.nodes()[0].successors().iter().all(|p| p.id == first);
+        if alone {
+            return Some(placement::evenly_spaced(first, wanted));
+        }
+        let table = guard(&self.table).clone();
+        let me = self.ctx.request_url();
+        if table.complete && table.members.iter().any(|m| m.addr != me) {
+            return Some(placement::steal(&table, &me, first, wanted, first));
+        }
+        let now = self.now();
+        let since = *guard(&self.placing_since).get_or_insert(now);
+        if now.saturating_sub(since) < self.config.placement_wait_ms {
+            return None;
+        }
+        tracing::warn!("no complete ring table to place virtual nodes by; hashing their positions");
+        Some(placement::hashed(first, wanted))
+    }
+
+    /// Take the positions still missing (once per run, or never with one).
+    fn place(&self) {
+        let wanted = self.config.virtual_nodes.clamp(1, MAX_VIRTUAL_NODES);
+        if self.nodes().len() >= wanted {
+            return;
+        }
+        let Some(positions) = self.choose_positions(wanted) else {
+            return;
+        };
+        let text: Vec<String> = positions.iter().map(|p| format!("{p:016x}")).collect();
+        let store = self.ctx.store();
+        if let Err(e) = store
+            .kv_put(POSITIONS.0, POSITIONS.1, text.join(",").as_bytes())
+            .and_then(|_| store.flush())
+        {
+            // Unsaved positions would move at the next start: wait.
+            tracing::warn!("cannot keep the ring positions: {e}");
+            return;
+        }
+        let me = self.ctx.request_url();
+        let mut nodes = self.nodes();
+        let seeds: Vec<Peer> = nodes[0].seeds().to_vec();
+        for &id in &positions[nodes.len()..] {
+            let mut node = Node::new(Peer::new(id, me.clone()), self.chord.clone());
+            seeds.iter().for_each(|s| node.add_seed(s.clone()));
+            nodes.push(node);
+        }
+        tracing::info!(positions = nodes.len(), "virtual nodes placed");
+    }
+
+    /// The joined virtual node closest before `key` (fewest lookup hops).
+    fn start_for(nodes: &[Node], key: u64) -> Option<usize> {
+        (0..nodes.len())
+            .filter(|&i| nodes[i].joined())
+            .min_by_key(|&i| key.wrapping_sub(nodes[i].me().id))
+    }
+
+    fn count_lookup(&self, hops: u32) {
+        let mut stats = guard(&self.stats);
+        stats.0 += 1;
+        stats.1 += u64::from(hops);
     }
 
     fn lookup(&self, key: u64) -> Result<Owner, HandlerError> {
-        let mut lookup = {
-            let node = self.node();
-            if !node.joined() {
+        let (index, mut lookup) = {
+            let nodes = self.nodes();
+            let Some(i) = Self::start_for(&nodes, key) else {
                 return Err(HandlerError::unavailable(
                     "this gestor has not joined the ring yet",
                 ));
-            }
-            Lookup::start(&node, key)
+            };
+            (i, Lookup::start(&nodes[i], key))
         };
+        let me = self.nodes()[index].me().clone();
         // Each step moves strictly closer to the key, or drops a dead peer:
         // 64 fingers plus retries bound it.
         for _ in 0..128 {
             match lookup.next() {
                 LookupAction::Done { owner, hops } => {
-                    let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-                    stats.0 += 1;
-                    stats.1 += hops as u64;
+                    self.count_lookup(hops);
                     return Ok(Owner {
                         id: owner.id,
                         addr: owner.addr.to_string(),
@@ -246,14 +430,16 @@ impl Shared {
                     });
                 }
                 LookupAction::Failed => break,
-                LookupAction::Ask(peer) => match self.rpc(&peer, Request::FindSuccessor { key }) {
-                    Ok(Response::Found(step)) => lookup.on_reply(step),
-                    _ => {
-                        let mut node = self.node();
-                        node.peer_failed(peer.id);
-                        lookup.on_failure(&node);
+                LookupAction::Ask(peer) => {
+                    match self.rpc(&me, &peer, Request::FindSuccessor { key }) {
+                        Ok(Response::Found(step)) => lookup.on_reply(step),
+                        _ => {
+                            let mut nodes = self.nodes();
+                            nodes[index].peer_failed(peer.id);
+                            lookup.on_failure(&nodes[index]);
+                        }
                     }
-                },
+                }
             }
         }
         Err(HandlerError::unavailable(format!(
@@ -261,36 +447,27 @@ impl Shared {
         )))
     }
 
+    /// Our virtual node responsible for `key` now, if any.
+    fn responsible(&self, key: u64) -> Option<Peer> {
+        let nodes = self.nodes();
+        nodes
+            .iter()
+            .find(|n| n.joined() && n.is_responsible(key))
+            .map(|n| n.me().clone())
+    }
+
     /// `ring.route`: ourselves when we are responsible, else the owner in
     /// the last complete table, else a Chord lookup.
     /// Counted in the lookup statistics as 0 hops when answered without a
     /// lookup, so the mean hop count is per routing decision.
     fn route(&self, key: u64) -> Result<Owner, HandlerError> {
-        let count_local = || {
-            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-            stats.0 += 1;
+        let known = match self.responsible(key) {
+            Some(me) => Some(peer_ref(&me)),
+            None => guard(&self.table).owner_of(key).cloned(),
         };
-        {
-            let node = self.node();
-            if node.joined() && node.is_responsible(key) {
-                let me = node.me();
-                count_local();
-                return Ok(Owner {
-                    id: me.id,
-                    addr: me.addr.to_string(),
-                    hops: 0,
-                });
-            }
-        }
-        let known = self
-            .table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .owner_of(key)
-            .cloned();
         match known {
             Some(owner) => {
-                count_local();
+                self.count_lookup(0);
                 Ok(Owner {
                     id: owner.id,
                     addr: owner.addr,
@@ -301,41 +478,102 @@ impl Shared {
         }
     }
 
-    /// Walk the ring through successor lists (`ring.neighbours`) for the
-    /// table clients route by. A walk that cannot finish publishes a
-    /// partial table, which names no owners: clients then go through any
-    /// gestor, as without a table.
+    fn ranges(&self) -> VirtualNodes {
+        VirtualNodes {
+            nodes: self.nodes().iter().map(neighbourhood).collect(),
+        }
+    }
+
+    /// A plugin of ours found the peer `id` unreachable: drop every virtual
+    /// node of its gestor from every one of ours (they share its fate).
+    fn suspect(&self, id: u64) {
+        let mut nodes = self.nodes();
+        let me = nodes[0].me().addr.clone();
+        let known = |n: &Node| -> Vec<Peer> {
+            let mut peers: Vec<Peer> = n.successors().to_vec();
+            peers.extend(n.predecessor().cloned());
+            peers.extend(n.fingers().into_iter().flatten());
+            peers
+        };
+        let all: Vec<Peer> = nodes.iter().flat_map(known).collect();
+        let Some(addr) = all.iter().find(|p| p.id == id).map(|p| p.addr.clone()) else {
+            return;
+        };
+        if addr == me {
+            return;
+        }
+        let mut ids: Vec<u64> = all.iter().filter(|p| p.addr == addr).map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for node in nodes.iter_mut() {
+            ids.iter().for_each(|&i| node.peer_failed(i));
+        }
+    }
+
+    /// Walk the ring through successor lists (`ring.ranges`, one ask per
+    /// gestor however many virtual nodes it has) for the table clients
+    /// route by. A walk that cannot finish publishes a partial table,
+    /// which names no owners: clients then go through any gestor, as
+    /// without a table.
     fn walk_table(&self) {
-        let (me, successors) = {
-            let node = self.node();
-            if !node.joined() {
+        let (start, mine) = {
+            let nodes = self.nodes();
+            if !nodes[0].joined() {
                 return;
             }
-            let successors: Vec<PeerRef> = node.successors().iter().map(peer_ref).collect();
-            (peer_ref(node.me()), successors)
+            (neighbourhood(&nodes[0]), self.ranges_of(&nodes))
         };
-        let (mut walk, mut next) = table::TableWalk::start(me, &successors);
-        for _ in 0..MAX_WALK_ASKS {
+        let (mut walk, mut next) = table::TableWalk::start(start.me.clone(), &start.successors);
+        let mut asked: HashMap<String, VirtualNodes> = HashMap::new();
+        asked.insert(start.me.addr.clone(), mine);
+        let mut asks = 0;
+        // Every step learns at least one member, so MAX_TABLE bounds it.
+        for _ in 0..ring::MAX_TABLE {
             let Some(peer) = next.take() else { break };
             if self.ctx.stopping() {
                 break;
             }
-            match self
-                .ctx
-                .call::<ring::Neighbours>(&peer.addr, &Empty, self.rpc_timeout())
-            {
-                Ok(nb) => next = walk.learn(&nb.successors),
-                Err(e) => tracing::debug!(peer = %peer.addr, "ring table walk stopped: {e}"),
+            if !asked.contains_key(&peer.addr) {
+                if asks == MAX_WALK_ASKS {
+                    break;
+                }
+                asks += 1;
+                match self
+                    .ctx
+                    .call::<ring::Ranges>(&peer.addr, &Empty, self.rpc_timeout())
+                {
+                    Ok(v) => asked.insert(peer.addr.clone(), v),
+                    Err(e) => {
+                        tracing::debug!(peer = %peer.addr, "ring table walk stopped: {e}");
+                        break;
+                    }
+                };
+            }
+            let list = asked[&peer.addr]
+                .nodes
+                .iter()
+                .find(|nb| nb.me.id == peer.id)
+                .map(|nb| nb.successors.clone());
+            match list {
+                Some(successors) => next = walk.learn(&successors),
+                None => tracing::debug!(peer = %peer.addr, "ring table walk stopped: position gone"),
             }
         }
-        *self.table.lock().unwrap_or_else(|p| p.into_inner()) = walk.finish();
+        *guard(&self.table) = walk.finish();
+    }
+
+    fn ranges_of(&self, nodes: &[Node]) -> VirtualNodes {
+        VirtualNodes {
+            nodes: nodes.iter().map(neighbourhood).collect(),
+        }
     }
 
     fn status(&self) -> RingStatus {
-        let node = self.node();
+        let nodes = self.nodes();
+        let first = &nodes[0];
         let mut fingers = Vec::new();
         let mut last: Option<u64> = None;
-        for (index, f) in node.fingers().into_iter().enumerate() {
+        for (index, f) in first.fingers().into_iter().enumerate() {
             if let Some(p) = f {
                 if last != Some(p.id) {
                     last = Some(p.id);
@@ -347,15 +585,18 @@ impl Shared {
                 }
             }
         }
-        let stats = *self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let stats = *guard(&self.stats);
+        let wanted = self.config.virtual_nodes.clamp(1, MAX_VIRTUAL_NODES);
         RingStatus {
-            joined: node.joined(),
-            id: node.me().id,
-            predecessor: node.predecessor().map(peer_ref),
-            successors: node.successors().iter().map(peer_ref).collect(),
+            // Joined once every position is placed and a member.
+            joined: nodes.len() >= wanted && nodes.iter().all(Node::joined),
+            id: first.me().id,
+            predecessor: first.predecessor().map(peer_ref),
+            successors: first.successors().iter().map(peer_ref).collect(),
             fingers,
             lookups: stats.0,
             lookup_hops: stats.1,
+            virtual_nodes: nodes.iter().map(neighbourhood).collect(),
         }
     }
 }
@@ -365,11 +606,56 @@ struct Ring {
     shared: Mutex<Option<Arc<Shared>>>,
 }
 
+/// The kinds other plugins of this gestor call.
+fn serve_local(ctx: &PluginContext, shared: &Arc<Shared>) -> Result<(), PluginError> {
+    let s = shared.clone();
+    ctx.serve::<ring::Lookup>(move |_, body| s.lookup(body.key))?;
+    let s = shared.clone();
+    ctx.serve::<ring::Route>(move |_, body| s.route(body.key))?;
+    let s = shared.clone();
+    ctx.serve::<ring::Responsible>(move |_, body| Ok(s.responsible(body.key).is_some()))?;
+    // Another plugin found this peer unreachable: stop routing through it
+    // now rather than after our own failure detection notices.
+    let s = shared.clone();
+    ctx.serve::<ring::Suspect>(move |_, body| {
+        s.suspect(body.key);
+        Ok(true)
+    })
+}
+
+/// The kinds other gestores (and clients, for the table) call.
+fn serve_remote(ctx: &PluginContext, shared: &Arc<Shared>) -> Result<(), PluginError> {
+    let s = shared.clone();
+    ctx.serve::<Rpc>(move |_, body| {
+        let from = body.from.map(chord_peer);
+        Ok(s.handle(from.as_ref(), body.to, body.request))
+    })?;
+    let whoami = peer_ref(&shared.me());
+    ctx.serve::<ring::Whoami>(move |_, _| Ok(whoami.clone()))?;
+    let s = shared.clone();
+    ctx.serve::<ring::Neighbours>(move |_, _| Ok(neighbourhood(&s.nodes()[0])))?;
+    let s = shared.clone();
+    ctx.serve::<ring::Ranges>(move |_, _| Ok(s.ranges()))?;
+    let s = shared.clone();
+    ctx.serve::<status::Ring>(move |_, _| Ok(s.status()))?;
+    let s = shared.clone();
+    ctx.serve::<ring::Table>(move |_, _| Ok(guard(&s.table).clone()))
+}
+
 impl Plugin for Ring {
     fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
         let config: RingConfig = ctx.config()?;
+        if config.virtual_nodes == 0 || config.virtual_nodes > MAX_VIRTUAL_NODES {
+            return Err(PluginError::Start {
+                plugin: "gestor_ring".into(),
+                reason: format!(
+                    "plugins.config.gestor_ring.virtual_nodes must be 1 to {MAX_VIRTUAL_NODES}, not {}",
+                    config.virtual_nodes
+                ),
+            });
+        }
         let chord = ChordConfig {
-            successors: config.successors.max(1),
+            successors: chord_successors(&config),
             stabilize_every_ms: config.stabilize_every_ms,
             fix_fingers_every_ms: config.fix_fingers_every_ms,
             check_predecessor_every_ms: config.check_predecessor_every_ms,
@@ -378,55 +664,18 @@ impl Plugin for Ring {
         };
         let me = Peer::new(ctx.node_id(), ctx.request_url());
         let shared = Arc::new(Shared {
-            node: Mutex::new(Node::new(me.clone(), chord)),
+            nodes: Mutex::new(vec![Node::new(me, chord.clone())]),
             ctx: ctx.clone(),
             config: config.clone(),
+            chord,
             epoch: Instant::now(),
             stats: Mutex::new((0, 0)),
             table: Mutex::new(RingTable::default()),
+            placing_since: Mutex::new(None),
         });
-        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
-
-        let s = shared.clone();
-        ctx.serve::<Rpc>(move |_, body| {
-            let now = s.now();
-            let from = body.from.map(chord_peer);
-            Ok(s.node().handle(from.as_ref(), body.request, now))
-        })?;
-        let whoami = peer_ref(&me);
-        ctx.serve::<ring::Whoami>(move |_, _| Ok(whoami.clone()))?;
-        let s = shared.clone();
-        ctx.serve::<ring::Lookup>(move |_, body| s.lookup(body.key))?;
-        let s = shared.clone();
-        ctx.serve::<ring::Route>(move |_, body| s.route(body.key))?;
-        let s = shared.clone();
-        ctx.serve::<ring::Responsible>(move |_, body| Ok(s.node().is_responsible(body.key)))?;
-        let s = shared.clone();
-        ctx.serve::<ring::Neighbours>(move |_, _| {
-            let node = s.node();
-            Ok(Neighbourhood {
-                me: peer_ref(node.me()),
-                predecessor: node.predecessor().map(peer_ref),
-                successors: node.successors().iter().map(peer_ref).collect(),
-            })
-        })?;
-        // Another plugin found this peer unreachable: stop routing through it
-        // now rather than after our own failure detection notices.
-        let s = shared.clone();
-        ctx.serve::<ring::Suspect>(move |_, body| {
-            let mut node = s.node();
-            if body.key != node.me().id {
-                node.peer_failed(body.key);
-            }
-            Ok(true)
-        })?;
-        let s = shared.clone();
-        ctx.serve::<status::Ring>(move |_, _| Ok(s.status()))?;
-        let s = shared.clone();
-        ctx.serve::<ring::Table>(move |_, _| {
-            Ok(s.table.lock().unwrap_or_else(|p| p.into_inner()).clone())
-        })?;
-
+        *guard(&self.shared) = Some(shared.clone());
+        serve_remote(&ctx, &shared)?;
+        serve_local(&ctx, &shared)?;
         let s = shared.clone();
         ctx.every(
             "seeds",
@@ -439,7 +688,7 @@ impl Plugin for Ring {
             Duration::from_millis(config.table_every_ms.max(100)),
             move || s.walk_table(),
         );
-        let s = shared.clone();
+        let s = shared;
         ctx.every(
             "maintain",
             Duration::from_millis(config.tick_every_ms.max(10)),
@@ -448,19 +697,21 @@ impl Plugin for Ring {
         Ok(())
     }
 
-    /// Graceful leave: tell predecessor and successor so the ring closes at once.
+    /// Graceful leave: every virtual node tells its predecessor and
+    /// successor, so the ring closes at once.
     fn stop(&self) {
-        let Some(shared) = self
-            .shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
+        let Some(shared) = guard(&self.shared).clone() else {
             return;
         };
-        let out = shared.node().leave();
-        for o in out {
-            let _ = shared.rpc(&o.to, o.request);
+        let count = shared.nodes().len();
+        for i in 0..count {
+            let (me, out) = {
+                let mut nodes = shared.nodes();
+                (nodes[i].me().clone(), nodes[i].leave())
+            };
+            for o in out {
+                let _ = shared.rpc(&me, &o.to, o.request);
+            }
         }
         tracing::info!("left the ring");
     }
