@@ -570,8 +570,24 @@ fn replica_metrics(r: &mut Registry, rep: &ReplicaStatus) {
     gauge(
         r,
         "replica_range_ready",
-        "1 when this gestor has merged a range with its successor and serves it",
-        i64::from(rep.ready_range.is_some()),
+        "1 when this gestor has merged a range with its successor and serves it (with virtual nodes: every range)",
+        i64::from(if rep.ranges > 0 {
+            rep.ranges_ready == rep.ranges
+        } else {
+            rep.ready_range.is_some()
+        }),
+    );
+    gauge(
+        r,
+        "replica_ranges",
+        "Ranges (virtual nodes) of this gestor (0: not reported)",
+        i64::from(rep.ranges),
+    );
+    gauge(
+        r,
+        "replica_ranges_ready",
+        "Ranges merged with their first copy holder over their whole current extent",
+        i64::from(rep.ranges_ready),
     );
     counter(r, "replica_rounds", "Anti-entropy rounds run", st.rounds);
     counter(r, "replica_purged", "Surplus copies dropped", st.purged);

@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `/metrics` | Prometheus text format ([`crate::metrics`]) |
 //! | `/health` | 200 `ok` while the process is up |
-//! | `/ready` | 200 `ready` once joined to the ring with its range merged with its successor; else 503 and a one-line reason |
+//! | `/ready` | 200 `ready` once joined to the ring with its range (every range, with virtual nodes) merged with its successor; else 503 and a one-line reason |
 //! | `/ring.json` | what this gestor can learn of the ring: its own status and every member's, reached along successor lists |
 //! | `/` | a self-contained page drawing `/ring.json` as a ring, refreshed every 2 s |
 //!
@@ -38,7 +38,8 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Why a gestor is not ready (`Err`), from what its `node.status` says; the
-/// same rule `replica.ready` applies to each key, over its whole range.
+/// same rule `replica.ready` applies to each key, over its whole range —
+/// over every range when the replica reports its virtual nodes' ranges.
 pub fn readiness(s: &NodeStatus) -> Result<(), String> {
     let Some(ring) = s.section::<status::Ring>() else {
         return Err(if s.sections.contains_key("ring") {
@@ -57,6 +58,18 @@ pub fn readiness(s: &NodeStatus) -> Result<(), String> {
         // Without the replica plugin nothing waits for a merge.
         return Ok(());
     };
+    // Virtual nodes: the replica counts its merged ranges against the
+    // ring now, every one of them.
+    if replica.ranges > 0 {
+        return if replica.ranges_ready == replica.ranges {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} of {} ranges merged with their successors so far",
+                replica.ranges_ready, replica.ranges
+            ))
+        };
+    }
     let me = ring.id;
     let alone = ring.successors.iter().all(|p| p.id == me);
     let Some((start, end)) = replica.ready_range.as_ref().and_then(|(a, b)| {
@@ -441,6 +454,8 @@ mod tests {
         let replica = ReplicaStatus {
             copies: 3,
             ready_range: ready.map(|(a, b)| (format!("{a:016x}"), format!("{b:016x}"))),
+            ranges: 0,
+            ranges_ready: 0,
             stats: ReplicaStats::default(),
         };
         NodeStatus {
@@ -491,6 +506,31 @@ mod tests {
         let mut s = status_of(50, true, Some(10), &[90], None);
         s.sections.remove("replica");
         assert!(readiness(&s).is_ok());
+    }
+
+    #[test]
+    fn with_virtual_nodes_every_range_must_be_merged() {
+        let with = |joined: bool, ranges: u32, ready: u32| {
+            let mut s = status_of(50, joined, Some(10), &[90], None);
+            let mut replica: ReplicaStatus = s.section::<status::Replica>().unwrap();
+            replica.ranges = ranges;
+            replica.ranges_ready = ready;
+            s.sections.insert("replica".into(), to_value(&replica));
+            readiness(&s)
+        };
+        assert!(with(true, 4, 4).is_ok());
+        let e = with(true, 4, 3).unwrap_err();
+        assert!(e.contains("3 of 4"), "{e}");
+        assert!(with(false, 4, 4).unwrap_err().contains("not joined"));
+        // No ranges reported (an older replica plugin): the first rule, by
+        // `ready_range`, which is not merged here.
+        assert!(with(true, 0, 0).is_err());
+        // An older status without the fields reads as `ranges: 0`.
+        let old = serde_json::json!({"copies": 3, "ready_range": null, "stats": {
+            "rounds": 0, "primary_records": 0, "under_replicated": 0, "wanted_holders": 0,
+            "confirmed_holders": [], "purged": 0, "last_round_ms": 0}});
+        let old: ReplicaStatus = serde_json::from_value(old).unwrap();
+        assert_eq!((old.ranges, old.ranges_ready), (0, 0));
     }
 
     #[test]

@@ -73,11 +73,16 @@ pub struct MailboxStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaStats {
     pub rounds: u64,
+    /// Live records of all our ranges, as of the last round.
     pub primary_records: u64,
-    /// Live records of our range held by fewer gestores than wanted, as of
-    /// the last round.
+    /// Live records of our ranges held by fewer gestores than wanted, as of
+    /// the last round (summed over the ranges).
     pub under_replicated: u64,
+    /// Gestores that should hold each record, the owner included (the most
+    /// over our ranges).
     pub wanted_holders: u64,
+    /// Copy holders (URLs) that merged a whole range in the last round, any
+    /// of our ranges.
     pub confirmed_holders: Vec<String>,
     pub purged: u64,
     pub last_round_ms: u64,
@@ -87,8 +92,17 @@ pub struct ReplicaStats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaStatus {
     pub copies: usize,
-    /// `(start, end]` of the range merged with the successor, in hex.
+    /// `(start, end]` merged with its first copy holder, in hex: the
+    /// range of the first virtual node (the gestor's own id).
     pub ready_range: Option<(String, String)>,
+    /// Ranges (virtual nodes) this gestor has; 0 from a replica plugin
+    /// from before virtual nodes, or while the ring cannot be asked.
+    #[serde(default)]
+    pub ranges: u32,
+    /// Of those, ranges merged with their first copy holder over the whole
+    /// of their current range (one that grew is not, until merged again).
+    #[serde(default)]
+    pub ranges_ready: u32,
     pub stats: ReplicaStats,
 }
 

@@ -5,7 +5,7 @@
 //! simulator (`sim.rs`) drives the very same code.
 
 use gestor_api::replica::{CopySource, SyncReply};
-use gestor_api::ring::{Neighbourhood, PeerRef};
+use gestor_api::ring::{self, Neighbourhood, PeerRef, VirtualNodes};
 use gestor_api::status::ReplicaStats;
 use gestor_sdk::store::in_ring_interval;
 use gestor_sdk::{Timestamp, UserRecord};
@@ -55,19 +55,48 @@ impl Default for ReplicaConfig {
     }
 }
 
-/// The gestores that should hold copies of `nb.me`'s range, in order: its
-/// first `copies` distinct successors other than itself.
-pub fn holders(nb: &Neighbourhood, copies: usize) -> Vec<PeerRef> {
-    let mut out: Vec<PeerRef> = Vec::new();
-    for p in &nb.successors {
+/// The gestores that should hold copies of `nb`'s range, in order: the
+/// first `copies` distinct physical gestores (by URL) after it, never the
+/// one it belongs to ([`ring::distinct_successors`]). `ours` are all the
+/// virtual nodes of `nb`'s gestor: when its successor list runs through
+/// them (several of that gestor's positions in a row), the list is carried
+/// on from the last of them, so a short list still finds other gestores.
+pub fn holders(ours: &VirtualNodes, nb: &Neighbourhood, copies: usize) -> Vec<PeerRef> {
+    let mut walk = nb.clone();
+    let mut carried = vec![nb.me.id];
+    // Positions before this were carried on from already: only go forward,
+    // never cut off what a later list added.
+    let mut from = 0;
+    loop {
+        let out = ring::distinct_successors(&walk, copies);
         if out.len() == copies {
-            break;
+            return out;
         }
-        if p.id != nb.me.id && !out.iter().any(|o| o.id == p.id) {
-            out.push(p.clone());
-        }
+        // The furthest position of our own gestor in the list: what
+        // follows it is its own successor list.
+        let mut next = walk.successors.iter().enumerate().skip(from).rev();
+        let next = next.find_map(|(i, p)| {
+            if p.addr != nb.me.addr || carried.contains(&p.id) {
+                return None;
+            }
+            ours.nodes.iter().find(|v| v.me.id == p.id).map(|v| (i, v))
+        });
+        let Some((at, vnode)) = next else {
+            return out;
+        };
+        carried.push(vnode.me.id);
+        walk.successors.truncate(at + 1);
+        walk.successors.extend(vnode.successors.iter().cloned());
+        from = at + 1;
     }
-    out
+}
+
+/// A gestor alone in the ring: every successor of every one of its
+/// virtual nodes is at its own URL. It owns every key and copies nowhere.
+pub fn alone(ours: &VirtualNodes) -> bool {
+    ours.nodes
+        .iter()
+        .all(|nb| nb.successors.iter().all(|p| p.addr == nb.me.addr))
 }
 
 /// Where one write's copies go.
@@ -83,10 +112,60 @@ pub struct WritePlan {
 /// smaller ring) must hold the record flushed, so that with the owner any
 /// two gestores can fail after the acknowledgement and one copy survives —
 /// and the first surviving successor, the new owner, already has it.
-pub fn plan_write(nb: &Neighbourhood, config: &ReplicaConfig) -> WritePlan {
-    let mut all = holders(nb, config.copies);
+pub fn plan_write(ours: &VirtualNodes, nb: &Neighbourhood, config: &ReplicaConfig) -> WritePlan {
+    let mut all = holders(ours, nb, config.copies);
     let rest = all.split_off(config.ack_copies.min(all.len()));
     WritePlan { must: all, rest }
+}
+
+/// Records that share one write plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteGroup {
+    pub plan: WritePlan,
+    pub records: Vec<UserRecord>,
+}
+
+/// Whether two plans copy to the same gestores in the same roles (by URL:
+/// other virtual nodes of the same gestores make no other plan).
+fn same_gestores(a: &WritePlan, b: &WritePlan) -> bool {
+    let addrs = |v: &[PeerRef]| v.iter().map(|p| p.addr.clone()).collect::<Vec<_>>();
+    addrs(&a.must) == addrs(&b.must) && addrs(&a.rest) == addrs(&b.rest)
+}
+
+/// Plan a batch of writes: each record's copies go to the holders of the
+/// virtual node whose range holds it, and records with the same holders
+/// travel together (one queue entry per holder). The second part are the
+/// records no range of ours holds now (the ring is moving, or a
+/// predecessor is not known yet); a lone gestor holds every key.
+pub fn plan_writes(
+    ours: &VirtualNodes,
+    records: Vec<UserRecord>,
+    config: &ReplicaConfig,
+) -> (Vec<WriteGroup>, Vec<UserRecord>) {
+    let lone = alone(ours) && !ours.nodes.is_empty();
+    let mut groups: Vec<WriteGroup> = Vec::new();
+    let mut unowned = Vec::new();
+    for r in records {
+        let plan = match ours.for_key(r.ring_pos) {
+            Some(nb) => plan_write(ours, nb, config),
+            None if lone => WritePlan {
+                must: Vec::new(),
+                rest: Vec::new(),
+            },
+            None => {
+                unowned.push(r);
+                continue;
+            }
+        };
+        match groups.iter_mut().find(|g| same_gestores(&g.plan, &plan)) {
+            Some(g) => g.records.push(r),
+            None => groups.push(WriteGroup {
+                plan,
+                records: vec![r],
+            }),
+        }
+    }
+    (groups, unowned)
 }
 
 /// Where a write stands.
@@ -105,7 +184,8 @@ pub enum AckOutcome {
 #[derive(Debug, Clone)]
 pub struct Ack {
     must: Vec<PeerRef>,
-    confirmed: HashSet<u64>,
+    /// By URL: a gestor is one holder whichever virtual node named it.
+    confirmed: HashSet<String>,
     failed: Vec<PeerRef>,
 }
 
@@ -118,26 +198,26 @@ impl Ack {
         }
     }
 
-    /// `holder` has the record, flushed.
-    pub fn confirm(&mut self, holder: u64) {
-        if self.must.iter().any(|p| p.id == holder) {
-            self.confirmed.insert(holder);
+    /// The holder at URL `holder` has the record, flushed.
+    pub fn confirm(&mut self, holder: &str) {
+        if self.must.iter().any(|p| p.addr == holder) {
+            self.confirmed.insert(holder.to_string());
         }
     }
 
-    /// `holder` did not confirm (unreachable, refused, timed out).
-    pub fn fail(&mut self, holder: u64) {
-        let known = self.must.iter().find(|p| p.id == holder);
-        if let Some(p) = known.filter(|p| !self.failed.iter().any(|f| f.id == p.id)) {
+    /// The holder at URL `holder` did not confirm (unreachable, refused,
+    /// timed out).
+    pub fn fail(&mut self, holder: &str) {
+        let known = self.must.iter().find(|p| p.addr == holder);
+        if let Some(p) = known.filter(|p| !self.failed.iter().any(|f| f.addr == p.addr)) {
             self.failed.push(p.clone());
         }
     }
 
     pub fn outcome(&self) -> AckOutcome {
-        let answered = self
-            .must
-            .iter()
-            .all(|p| self.confirmed.contains(&p.id) || self.failed.iter().any(|f| f.id == p.id));
+        let answered = self.must.iter().all(|p| {
+            self.confirmed.contains(&p.addr) || self.failed.iter().any(|f| f.addr == p.addr)
+        });
         if !answered {
             return AckOutcome::Pending;
         }
@@ -254,12 +334,24 @@ pub fn plan_sync(local: &[UserRecord], theirs: Vec<(String, Timestamp)>) -> Sync
     SyncPlan { push, pull }
 }
 
-/// One anti-entropy round: merge `range` with each of `holders`.
+/// One virtual node's part of an anti-entropy round: merge its `range`
+/// with each of its `holders`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoundPlan {
-    /// `(predecessor, me]`.
+    /// The virtual node's id.
+    pub vnode: u64,
+    /// `(predecessor, vnode]`.
     pub range: (u64, u64),
     pub holders: Vec<PeerRef>,
+}
+
+/// How one range's merges went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeDone {
+    /// Holders (URLs) that merged the whole range this round.
+    pub confirmed: Vec<String>,
+    /// Live records of the range.
+    pub primary: u64,
 }
 
 /// What to do once a round's merges are done.
@@ -274,13 +366,49 @@ pub struct RoundEnd {
 /// Versions a gestor reported holding, by username (`None`: not held).
 pub type Versions = HashMap<String, Option<Timestamp>>;
 
+/// A range merged with its first holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Merged {
+    /// `(start, end]`; `start == end`: the whole ring.
+    range: (u64, u64),
+    /// Nothing to merge with: the gestor was alone. Good only while it
+    /// still is (a healed partition brings others back: merge first).
+    alone: bool,
+}
+
+impl Merged {
+    /// Whether `key` may be served from this merge; `alone`: the gestor is
+    /// alone now.
+    fn holds(&self, key: u64, alone: bool) -> bool {
+        let (start, end) = self.range;
+        (alone || !self.alone) && (start == end || in_ring_interval(key, start, end))
+    }
+
+    /// Whether this merge covers all of `nb`'s range now: `(pred, me]`
+    /// inside `(start, end]`. A range that grew (its predecessor died) is
+    /// not covered until merged again.
+    fn covers(&self, nb: &Neighbourhood, alone: bool) -> bool {
+        let (start, end) = self.range;
+        if self.alone && !alone {
+            return false;
+        }
+        if start == end {
+            return true;
+        }
+        let Some(pred) = nb.predecessor.as_ref().map(|p| p.id) else {
+            return false;
+        };
+        end == nb.me.id && (pred == start || (pred != end && in_ring_interval(pred, start, end)))
+    }
+}
+
 /// The replica's state between events: readiness, the replica watch and
 /// the owners we hold copies for.
 #[derive(Debug, Clone)]
 pub struct ReplicaCore {
     pub config: ReplicaConfig,
-    /// Range `(pred, me]` last merged with the first successor.
-    ready: Option<(u64, u64)>,
+    /// Per virtual node (by id): the range last merged with its first holder.
+    ready: HashMap<u64, Merged>,
     /// Heartbeats from our copy holders: addr → ms.
     heard: HashMap<String, u64>,
     /// When each current holder was first expected to heartbeat.
@@ -294,7 +422,7 @@ impl ReplicaCore {
     pub fn new(config: ReplicaConfig) -> Self {
         ReplicaCore {
             config,
-            ready: None,
+            ready: HashMap::new(),
             heard: HashMap::new(),
             expected_since: HashMap::new(),
             owners: HashMap::new(),
@@ -302,8 +430,20 @@ impl ReplicaCore {
         }
     }
 
-    pub fn ready_range(&self) -> Option<(u64, u64)> {
-        self.ready
+    /// The range merged for virtual node `vnode` (status: the first one's).
+    pub fn ready_range(&self, vnode: u64) -> Option<(u64, u64)> {
+        self.ready.get(&vnode).map(|m| m.range)
+    }
+
+    /// How many of `ours` are merged over their whole range now.
+    pub fn ranges_ready(&self, ours: &VirtualNodes) -> u32 {
+        let alone = alone(ours);
+        let ready = ours.nodes.iter().filter(|nb| {
+            self.ready
+                .get(&nb.me.id)
+                .is_some_and(|m| m.covers(nb, alone))
+        });
+        ready.count() as u32
     }
 
     pub fn stats(&self) -> &ReplicaStats {
@@ -314,75 +454,103 @@ impl ReplicaCore {
         self.stats.purged += n;
     }
 
-    /// May this gestor serve `key`? Only once it merged the part of its
-    /// range holding it with its first successor. `nb` is the ring now.
-    pub fn is_ready(&self, key: u64, nb: Option<&Neighbourhood>) -> bool {
-        match self.ready {
-            // Ready as a ring of one; no longer true once others are back
-            // (a healed partition): merge first.
-            Some((start, end)) if start == end => {
-                nb.is_some_and(|nb| nb.successors.iter().all(|p| p.id == nb.me.id))
-            }
-            Some((start, end)) => in_ring_interval(key, start, end),
-            None => false,
-        }
-    }
-
-    /// Start a round; `None` when there is nothing to merge (no ring yet,
-    /// or alone: then the whole ring is ours and complete).
-    pub fn begin_round(&mut self, nb: &Neighbourhood) -> Option<RoundPlan> {
-        if nb.successors.is_empty() {
-            return None;
-        }
-        let holders = holders(nb, self.config.copies);
-        let Some(pred) = &nb.predecessor else {
-            if holders.is_empty() {
-                self.ready = Some((nb.me.id, nb.me.id));
-            }
-            return None;
+    /// May this gestor serve `key`? Only once the virtual node whose range
+    /// holds it merged that part with its first holder. `ours` is the ring
+    /// now; when no range of ours holds the key (a predecessor not known)
+    /// or the ring cannot be asked, any merged range holding it will do,
+    /// as it did before virtual nodes.
+    pub fn is_ready(&self, key: u64, ours: Option<&VirtualNodes>) -> bool {
+        let Some(ours) = ours else {
+            return self.ready.values().any(|m| !m.alone && m.holds(key, false));
         };
-        let range = (pred.id, nb.me.id);
-        if holders.is_empty() {
-            self.ready = Some(range);
+        let alone = alone(ours);
+        match ours.for_key(key) {
+            Some(nb) => self
+                .ready
+                .get(&nb.me.id)
+                .is_some_and(|m| m.holds(key, alone)),
+            None => self.ready.values().any(|m| m.holds(key, alone)),
         }
-        Some(RoundPlan { range, holders })
     }
 
-    /// The merge with `plan.holders[index]` succeeded; merging with the
-    /// first successor makes the range servable. True when that is news.
+    /// Start a round: one plan per virtual node whose range is known and
+    /// has someone to merge with or records to count. A range with no
+    /// holder (the gestor is alone) is ready as it is.
+    pub fn begin_round(&mut self, ours: &VirtualNodes) -> Vec<RoundPlan> {
+        let mut plans = Vec::new();
+        for nb in &ours.nodes {
+            // No ring yet.
+            if nb.successors.is_empty() {
+                continue;
+            }
+            let holders = holders(ours, nb, self.config.copies);
+            let range = match &nb.predecessor {
+                Some(pred) => (pred.id, nb.me.id),
+                None if holders.is_empty() => (nb.me.id, nb.me.id),
+                None => continue,
+            };
+            if holders.is_empty() {
+                let merged = Merged { range, alone: true };
+                self.ready.insert(nb.me.id, merged);
+            }
+            if nb.predecessor.is_some() {
+                plans.push(RoundPlan {
+                    vnode: nb.me.id,
+                    range,
+                    holders,
+                });
+            }
+        }
+        plans
+    }
+
+    /// The merge of `plan`'s range with `plan.holders[index]` succeeded;
+    /// merging with the first holder makes the range servable. True when
+    /// that is news.
     pub fn merged(&mut self, plan: &RoundPlan, index: usize) -> bool {
         if index != 0 {
             return false;
         }
-        let news = self.ready != Some(plan.range);
-        self.ready = Some(plan.range);
-        news
+        let merged = Merged {
+            range: plan.range,
+            alone: false,
+        };
+        self.ready.insert(plan.vnode, merged) != Some(merged)
     }
 
-    /// Close a round: statistics, replica watch, and whether surplus copies
-    /// are due. `primary` counts the live records of our range.
-    pub fn end_round(
-        &mut self,
-        plan: &RoundPlan,
-        confirmed: Vec<String>,
-        primary: u64,
-        now: u64,
-    ) -> RoundEnd {
+    /// Close a round (`done[i]` is how `plans[i]` went): statistics,
+    /// replica watch, and whether surplus copies are due.
+    pub fn end_round(&mut self, plans: &[RoundPlan], done: &[RangeDone], now: u64) -> RoundEnd {
         let s = &mut self.stats;
         s.rounds += 1;
-        s.primary_records = primary;
-        s.wanted_holders = plan.holders.len() as u64 + 1;
-        s.under_replicated = if confirmed.len() < plan.holders.len() {
-            primary
-        } else {
-            0
-        };
+        s.primary_records = done.iter().map(|d| d.primary).sum();
+        s.wanted_holders = plans
+            .iter()
+            .map(|p| p.holders.len() as u64 + 1)
+            .max()
+            .unwrap_or(1);
+        s.under_replicated = plans
+            .iter()
+            .zip(done)
+            .filter(|(p, d)| d.confirmed.len() < p.holders.len())
+            .map(|(_, d)| d.primary)
+            .sum();
+        let mut confirmed: Vec<String> = done.iter().flat_map(|d| d.confirmed.clone()).collect();
+        confirmed.sort();
+        confirmed.dedup();
         s.confirmed_holders = confirmed;
         s.last_round_ms = now;
         let every = self.config.gc_every_rounds;
         let collect_surplus = every > 0 && s.rounds.is_multiple_of(every);
+        // One watch per gestor, whichever of our ranges it holds copies of.
+        let mut holders: Vec<PeerRef> = Vec::new();
+        for h in plans.iter().flat_map(|p| &p.holders) {
+            if !holders.iter().any(|o| o.addr == h.addr) {
+                holders.push(h.clone());
+            }
+        }
         RoundEnd {
-            suspects: self.watch(&plan.holders, now),
+            suspects: self.watch(&holders, now),
             collect_surplus,
         }
     }
@@ -437,10 +605,11 @@ impl ReplicaCore {
     }
 }
 
-/// Records held here that lie outside our range `(start, end]`.
-pub fn outside_range(all: Vec<UserRecord>, start: u64, end: u64) -> Vec<UserRecord> {
+/// Records held here that lie outside every range of ours (a virtual node
+/// whose predecessor is not known has no range yet).
+pub fn outside_ranges(all: Vec<UserRecord>, ours: &VirtualNodes) -> Vec<UserRecord> {
     all.into_iter()
-        .filter(|r| !in_ring_interval(r.ring_pos, start, end))
+        .filter(|r| ours.for_key(r.ring_pos).is_none())
         .collect()
 }
 
@@ -469,17 +638,18 @@ pub fn newer_here(batch: &[UserRecord], at_owner: &Versions) -> Vec<UserRecord> 
         .collect()
 }
 
-/// Usernames of `batch` safe to purge here: we are not a designated holder
-/// of the owner (`designated` are its holders), and the owner and every
-/// designated holder reported (`at`, owner first) the same or a newer
-/// version. Empty unless every one of them answered.
+/// Usernames of `batch` safe to purge here: we (URL `me`) are not a
+/// designated holder of the owning virtual node (`designated` are its
+/// holders), and the owner and every designated holder reported (`at`,
+/// owner first) the same or a newer version. Empty unless every one of
+/// them answered.
 pub fn purgeable(
     batch: &[UserRecord],
-    me: u64,
+    me: &str,
     designated: &[PeerRef],
     at: &[Versions],
 ) -> Vec<String> {
-    if designated.iter().any(|h| h.id == me) || at.len() != designated.len() + 1 {
+    if designated.iter().any(|h| h.addr == me) || at.len() != designated.len() + 1 {
         return Vec::new();
     }
     batch

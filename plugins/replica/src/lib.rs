@@ -1,34 +1,47 @@
-//! Copies of every record on the owner's successors: seed processes
+//! Copies of every record on the gestores after its owner: seed processes
 //! *Receive_duplicate* and *Find_if_duplicates_are_alive*.
+//!
+//! A gestor owns several ranges of the ring, one per virtual node
+//! (`ring.virtual_nodes`, asked with `ring.ranges`): virtual node `v` owns
+//! `(predecessor of v, v]`. A record's copy holders are the first `copies`
+//! *distinct physical gestores* (distinct URLs) after the virtual node
+//! owning it, never its own gestor ([`core::holders`]): a successor list
+//! names the same gestor several times, and two copies on one disk would
+//! not survive two failures. A holder is known by its URL, not by the id
+//! of whichever virtual node named it.
 //!
 //! The rules live in [`core`] (I/O-free, driven by the simulator in `sim`
 //! too); this file is the shell that feeds it the ring, the store, replies
 //! and `ctx.now_ms()`, and carries its decisions out.
 //!
 //! * **Write path** (`replica.replicate`, a local call from the directory on
-//!   the owner): the record goes to the owner's first `copies` successors.
-//!   The write is acknowledged once the owner and its first two successors
-//!   hold it durably (flushed); the others get it in the background. Any two
-//!   gestores can then fail: if the owner is among them, the first surviving
-//!   successor — which becomes the owner — already has the record. Copies
-//!   travel through the [`pipeline`]: per-holder bounded queues served by a
-//!   fixed pool of senders, which batch concurrent writes into one
-//!   `replica.put` (one round trip, one flush on the holder).
-//! * **Anti-entropy** (loop): the owner compares a digest of its range
-//!   `(predecessor, me]` with each copy holder's; where they differ they
+//!   the owner): each record goes to the first `copies` holders of the range
+//!   holding it (an import batch may span several ranges: records are
+//!   grouped by holders). The write is acknowledged once the owner and the
+//!   first two holders hold it durably (flushed); the others get it in the
+//!   background. Any two gestores can then fail: if the owner is among
+//!   them, the first surviving holder — whose virtual node becomes the
+//!   owner — already has the record. Copies travel through the
+//!   [`pipeline`]: per-gestor bounded queues served by a fixed pool of
+//!   senders, which batch concurrent writes into one `replica.put` (one
+//!   round trip, one flush on the holder).
+//! * **Anti-entropy** (loop): for each of its ranges the owner compares a
+//!   digest with each of that range's holders; where they differ they
 //!   exchange versions and each side gets what the other has newer. This
-//!   restores the copy count after failures, hands a joining gestor its range
-//!   (it pulls from its successor), and lets a restarted gestor catch up.
-//! * **Readiness** (`replica.ready`): a gestor serves a key only once it has
-//!   merged that part of its range with its first successor, so a gestor that
-//!   just joined or took over never answers from an incomplete store.
+//!   restores the copy count after failures, hands a joining gestor its
+//!   ranges (it pulls from the holders), and lets a restarted gestor catch up.
+//! * **Readiness** (`replica.ready`): a gestor serves a key only once the
+//!   range holding it was merged with its first holder, so a gestor that
+//!   just joined or took over never answers from an incomplete store; a
+//!   range that grew (its predecessor died) waits for the next merge.
+//!   `status.replica` counts the ranges and the merged ones (`/ready`).
 //! * **Replica watch**: copy holders publish heartbeats (topic `replica.hb`)
 //!   to the owners they hold copies for; an owner that stops hearing from a
 //!   holder reports it to the ring (`ring.suspect`) and the next round copies
-//!   to the next successor instead.
-//! * **Surplus copies** (records this gestor no longer has to hold) are
-//!   purged only after the owner and every designated holder report the same
-//!   or a newer version.
+//!   to the next gestor instead.
+//! * **Surplus copies** (records in no range of ours that this gestor no
+//!   longer has to hold) are purged only after the owner and every
+//!   designated holder report the same or a newer version.
 
 pub mod core;
 pub mod pipeline;
@@ -36,16 +49,17 @@ pub mod pipeline;
 mod sim;
 
 pub use crate::core::ReplicaConfig;
-use crate::core::{Ack, AckOutcome, ReplicaCore, RoundPlan, Versions, WritePlan};
+use crate::core::{Ack, AckOutcome, RangeDone, ReplicaCore, RoundPlan, Versions, WritePlan};
 use crate::pipeline::{EnqueueError, Pipeline, Waiter};
 use gestor_api::replica::{self, CopySource, Heartbeat, Held, Names, PutBody, PutReply, SyncBody};
-use gestor_api::ring::{self, KeyBody, Neighbourhood as Neighbours, PeerRef};
+use gestor_api::ring::{self, KeyBody, PeerRef, VirtualNodes};
 use gestor_api::status::{self, ReplicaStatus};
 use gestor_api::topics;
 use gestor_sdk::{
     declare_plugin, CallError, Empty, ErrorCode, HandlerError, Plugin, PluginContext, PluginError,
     Timestamp, UserRecord,
 };
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,24 +88,44 @@ fn send_copy(
     Ok(())
 }
 
+/// A `ring.ranges` answer; a ring plugin from before virtual nodes does
+/// not serve it, and then its one neighbourhood (`ring.neighbours`) is
+/// the one range.
+fn ranges_of(
+    asked: Result<VirtualNodes, CallError>,
+    neighbours: impl FnOnce() -> Result<ring::Neighbourhood, CallError>,
+) -> Option<VirtualNodes> {
+    match asked {
+        Ok(ranges) => Some(ranges),
+        Err(CallError::Remote(e)) if e.code == ErrorCode::UnknownKind => {
+            let nb = neighbours().ok()?;
+            Some(VirtualNodes { nodes: vec![nb] })
+        }
+        Err(_) => None,
+    }
+}
+
 struct Shared {
     ctx: PluginContext,
     config: ReplicaConfig,
     core: Mutex<ReplicaCore>,
     pipeline: Arc<Pipeline>,
-    walk: Mutex<Walk>,
+    /// Per virtual node (by id): where the walk of its range stands.
+    walks: Mutex<HashMap<u64, Walk>>,
 }
 
-/// Arcs merged per anti-entropy round: a large range is walked over
-/// several rounds, so the background work per round stays bounded (at a
-/// million users a full pass of one gestor's range takes ~8 rounds).
+/// Arcs merged per range per anti-entropy round: a large range is walked
+/// over several rounds, so the background work per round stays bounded (at
+/// a million users a full pass of one gestor's ranges takes ~8 rounds).
 const ARCS_PER_ROUND: usize = 8;
 
-/// Where the anti-entropy walk of our range stands.
+/// Where the anti-entropy walk of one virtual node's range stands.
 #[derive(Default)]
 struct Walk {
     range: (u64, u64),
-    holders: Vec<u64>,
+    /// By URL: the same gestors named through other virtual nodes are the
+    /// same holders.
+    holders: Vec<String>,
     arcs: Vec<(u64, u64)>,
     next: usize,
     /// Per holder: failed an arc in this pass.
@@ -122,7 +156,7 @@ impl Shared {
             core: Mutex::new(ReplicaCore::new(config.clone())),
             config,
             pipeline,
-            walk: Mutex::new(Walk::default()),
+            walks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -141,8 +175,11 @@ impl Shared {
         }
     }
 
-    fn neighbours(&self) -> Option<Neighbours> {
-        self.ctx.call_local::<ring::Neighbours>(&Empty).ok()
+    /// Every virtual node of ours with its neighbourhood.
+    fn ranges(&self) -> Option<VirtualNodes> {
+        ranges_of(self.ctx.call_local::<ring::Ranges>(&Empty), || {
+            self.ctx.call_local::<ring::Neighbours>(&Empty)
+        })
     }
 
     fn suspect(&self, peer: &PeerRef) {
@@ -197,45 +234,101 @@ impl Shared {
     }
 
     /// Copy freshly written records (one write, or an import batch) and
-    /// answer once the core's acknowledgement rule is met; holders that
-    /// fail are reported to the ring and the copy is retried with the
-    /// holders it names then, until twice the RPC timeout has passed.
+    /// answer once the core's acknowledgement rule is met for every record;
+    /// each record's holders are those of the virtual node whose range
+    /// holds it. Holders that fail are reported to the ring and what is not
+    /// acknowledged yet is retried with the holders it names then, until
+    /// twice the RPC timeout has passed. A record no range of ours holds
+    /// (the ring moved since the directory's owner check) waits for the
+    /// ring too: a predecessor learnt in the meantime gives it a range;
+    /// else the write fails and the client retries at the new owner.
     fn replicate_many(&self, records: Vec<UserRecord>) -> Result<u32, HandlerError> {
         if records.is_empty() {
             return Ok(0);
         }
         let deadline = self.now() + 2 * self.config.rpc_timeout_ms;
+        let mut pending = records;
+        let mut holders = u32::MAX;
         loop {
-            let Some(nb) = self.neighbours() else {
+            let Some(ours) = self.ranges() else {
                 return Err(HandlerError::unavailable("ring not joined"));
             };
-            let plan = core::plan_write(&nb, &self.config);
-            let suspects = match self.copy_once(&plan, &records)? {
-                AckOutcome::Acked { holders } => return Ok(holders),
-                AckOutcome::Failed { suspects } => suspects,
-                AckOutcome::Pending => Vec::new(),
-            };
+            let (groups, unowned) = core::plan_writes(&ours, pending, &self.config);
+            let mut failed = Vec::new();
+            let mut suspects = Vec::new();
+            for (group, outcome) in groups.iter().zip(self.copy_once(&groups)?) {
+                match outcome {
+                    AckOutcome::Acked { holders: n } => {
+                        holders = holders.min(n);
+                        continue;
+                    }
+                    AckOutcome::Failed { suspects: s } => suspects.extend(s),
+                    AckOutcome::Pending => {}
+                }
+                failed.extend(group.records.iter().cloned());
+            }
+            if failed.is_empty() && unowned.is_empty() {
+                return Ok(holders);
+            }
             for p in &suspects {
                 tracing::info!(holder = %p.addr, "copy holder unreachable; routing around it");
                 self.suspect(p);
             }
             if self.now() >= deadline {
-                return Err(HandlerError::unavailable(format!(
-                    "write not acknowledged: {} of {} required copy holders failed",
-                    suspects.len(),
-                    plan.must.len()
-                )));
+                return Err(HandlerError::unavailable(if unowned.is_empty() {
+                    format!(
+                        "write not acknowledged: {} required copy holders failed",
+                        suspects.len()
+                    )
+                } else {
+                    format!(
+                        "{} records lie in no range of this gestor now (the ring is moving)",
+                        unowned.len()
+                    )
+                }));
             }
+            pending = failed;
+            pending.extend(unowned);
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// Queue the copies of one attempt and wait for the required holders.
-    fn copy_once(
+    /// Queue the copies of one attempt, every group at once, and wait for
+    /// each group's required holders.
+    fn copy_once(&self, groups: &[core::WriteGroup]) -> Result<Vec<AckOutcome>, HandlerError> {
+        let mut waiters = Vec::new();
+        for g in groups {
+            waiters.push(self.enqueue_copies(&g.plan, &g.records)?);
+        }
+        let outcomes = groups.iter().zip(waiters).map(|(g, waiter)| {
+            let mut ack = Ack::new(&g.plan);
+            let chunks = g.records.len().div_ceil(CHUNK).max(1) as u32;
+            // A batch may wait behind one in flight: two sends' worth of time.
+            let answers = waiter.wait(g.plan.must.len(), self.timeout() * 2 * chunks);
+            for (holder, result) in &answers {
+                match result {
+                    Ok(()) => ack.confirm(holder),
+                    Err(_) => ack.fail(holder),
+                }
+            }
+            // Silent past the wait: failed, as a timed-out call would be.
+            for h in &g.plan.must {
+                if !answers.iter().any(|(addr, _)| *addr == h.addr) {
+                    ack.fail(&h.addr);
+                }
+            }
+            ack.outcome()
+        });
+        Ok(outcomes.collect())
+    }
+
+    /// Queue one group's copies: required holders with a waiter, the
+    /// others in the background.
+    fn enqueue_copies(
         &self,
         plan: &WritePlan,
         records: &[UserRecord],
-    ) -> Result<AckOutcome, HandlerError> {
+    ) -> Result<Arc<Waiter>, HandlerError> {
         let waiter = Waiter::new();
         for h in &plan.must {
             self.pipeline
@@ -250,23 +343,7 @@ impl Shared {
                 tracing::debug!(holder = %h.addr, "background copy dropped (anti-entropy will repair): {e}");
             }
         }
-        let mut ack = Ack::new(plan);
-        let chunks = records.len().div_ceil(CHUNK).max(1) as u32;
-        // A batch may wait behind one in flight: two sends' worth of time.
-        let answers = waiter.wait(plan.must.len(), self.timeout() * 2 * chunks);
-        for (holder, result) in &answers {
-            match result {
-                Ok(()) => ack.confirm(*holder),
-                Err(_) => ack.fail(*holder),
-            }
-        }
-        // Silent past the wait: failed, as a timed-out call would be.
-        for h in &plan.must {
-            if !answers.iter().any(|(id, _)| *id == h.id) {
-                ack.fail(h.id);
-            }
-        }
-        Ok(ack.outcome())
+        Ok(waiter)
     }
 
     fn serve_sync(&self, body: SyncBody) -> Result<replica::SyncReply, HandlerError> {
@@ -315,16 +392,18 @@ impl Shared {
         Ok(())
     }
 
-    /// The next arcs of our range to merge: a new pass when the last one
-    /// ended or the range or holders changed (then sized from what we hold).
-    fn next_arcs(&self, walk: &mut Walk, plan: &RoundPlan) -> Vec<(u64, u64)> {
-        let holders: Vec<u64> = plan.holders.iter().map(|h| h.id).collect();
+    /// The next arcs of a range to merge: a new pass when the last one
+    /// ended or the range or holders changed (then sized from what we hold,
+    /// shared among our `ranges`).
+    fn next_arcs(&self, walk: &mut Walk, plan: &RoundPlan, ranges: usize) -> Vec<(u64, u64)> {
+        let holders: Vec<String> = plan.holders.iter().map(|h| h.addr.clone()).collect();
         let (start, end) = plan.range;
         if walk.range != plan.range || walk.holders != holders || walk.next >= walk.arcs.len() {
             let expected = match walk.last_full {
                 Some(n) if walk.range == plan.range => n,
-                // New range: all we hold bounds it.
-                _ => self.ctx.store().count().unwrap_or(0),
+                // New range: its share of all we hold (ranges are of
+                // similar size; a wrong guess only sizes the arcs).
+                _ => self.ctx.store().count().unwrap_or(0) / ranges.max(1) as u64,
             };
             if walk.range != plan.range {
                 walk.last_full = None;
@@ -342,12 +421,12 @@ impl Shared {
         arcs
     }
 
-    /// Merge the next arcs of our range with every holder (each arc read
+    /// Merge the next arcs of a range with every holder (each arc read
     /// once for all holders); a holder that fails an arc is left out for
     /// the rest of the pass. Whether the pass is complete.
-    fn merge_arcs(&self, walk: &mut Walk, plan: &RoundPlan) -> bool {
+    fn merge_arcs(&self, walk: &mut Walk, plan: &RoundPlan, ranges: usize) -> bool {
         let store = self.ctx.store();
-        for arc in self.next_arcs(walk, plan) {
+        for arc in self.next_arcs(walk, plan, ranges) {
             let local = match store.scan_ring(arc.0, arc.1) {
                 Ok(local) => local,
                 Err(e) => {
@@ -374,35 +453,48 @@ impl Shared {
         complete
     }
 
+    /// One anti-entropy round: every virtual node's range with its own
+    /// holders.
     fn round(&self) {
-        let Some(nb) = self.neighbours() else { return };
-        let Some(plan) = lock(&self.core).begin_round(&nb) else {
-            return;
-        };
+        let Some(ours) = self.ranges() else { return };
+        let plans = lock(&self.core).begin_round(&ours);
+        let mut walks = lock(&self.walks);
+        // Virtual nodes are fixed for a gestor's life; drop none but gone ones.
+        walks.retain(|id, _| ours.nodes.iter().any(|nb| nb.me.id == *id));
+        let done: Vec<RangeDone> = plans
+            .iter()
+            .map(|plan| self.round_range(walks.entry(plan.vnode).or_default(), plan, plans.len()))
+            .collect();
+        drop(walks);
+        let now = self.now();
+        let end = lock(&self.core).end_round(&plans, &done, now);
+        for h in &end.suspects {
+            tracing::warn!(holder = %h.addr, "copy holder silent; reporting it dead");
+            self.suspect(h);
+        }
+        if end.collect_surplus {
+            self.collect_surplus(&ours);
+        }
+    }
+
+    /// This round's part of one range: merge the next arcs, and mark the
+    /// range ready once a whole pass merged with its first holder.
+    fn round_range(&self, walk: &mut Walk, plan: &RoundPlan, ranges: usize) -> RangeDone {
         let (start, end) = plan.range;
-        let mut walk = lock(&self.walk);
-        let complete = self.merge_arcs(&mut walk, &plan);
+        let complete = self.merge_arcs(walk, plan, ranges);
         let mut confirmed = Vec::new();
         for (i, h) in plan.holders.iter().enumerate() {
             if walk.failed[i] {
                 continue;
             }
             confirmed.push(h.addr.clone());
-            // Ready to serve once a whole pass merged with the successor.
-            if complete && lock(&self.core).merged(&plan, i) {
-                tracing::info!(start = %format!("{start:016x}"), end = %format!("{end:016x}"), "range merged with successor; serving it");
+            if complete && lock(&self.core).merged(plan, i) {
+                tracing::info!(start = %format!("{start:016x}"), end = %format!("{end:016x}"), "range merged with its first holder; serving it");
             }
         }
-        let primary = walk.last_full.unwrap_or(walk.counted);
-        drop(walk);
-        let now = self.now();
-        let done = lock(&self.core).end_round(&plan, confirmed, primary, now);
-        for h in &done.suspects {
-            tracing::warn!(holder = %h.addr, "copy holder silent; reporting it dead");
-            self.suspect(h);
-        }
-        if done.collect_surplus {
-            self.collect_surplus(&nb, &plan);
+        RangeDone {
+            confirmed,
+            primary: walk.last_full.unwrap_or(walk.counted),
         }
     }
 
@@ -484,17 +576,22 @@ fn serve_queries(ctx: &PluginContext, shared: &Arc<Shared>) -> Result<(), Plugin
     })?;
     let s = shared.clone();
     ctx.serve::<replica::Ready>(move |_, body| {
-        let nb = s.neighbours();
-        Ok(lock(&s.core).is_ready(body.key, nb.as_ref()))
+        let ours = s.ranges();
+        Ok(lock(&s.core).is_ready(body.key, ours.as_ref()))
     })?;
     let s = shared.clone();
     ctx.serve::<status::Replica>(move |_, _| {
+        // Counted against the ring now: a range that grew is not ready.
+        let ours = s.ranges().unwrap_or_default();
         let core = lock(&s.core);
+        let first = ours.nodes.first().map(|nb| nb.me.id);
         Ok(ReplicaStatus {
             copies: s.config.copies,
-            ready_range: core
-                .ready_range()
+            ready_range: first
+                .and_then(|id| core.ready_range(id))
                 .map(|(a, b)| (format!("{a:016x}"), format!("{b:016x}"))),
+            ranges: ours.nodes.len() as u32,
+            ranges_ready: core.ranges_ready(&ours),
             stats: core.stats().clone(),
         })
     })

@@ -1,4 +1,5 @@
-//! Replication on a bounded pool: one queue per copy holder, served by a
+//! Replication on a bounded pool: one queue per copy holder (per gestor
+//! URL, whichever of its virtual nodes named it), served by a
 //! fixed set of sender threads. A sender takes everything queued for a
 //! holder (up to `batch_records`) and sends it as one `replica.put`, so
 //! concurrent writes share one round trip and one flush on the holder
@@ -29,10 +30,12 @@ pub enum EnqueueError {
     Stopping,
 }
 
-/// Where one write learns, holder by holder, whether its copies are flushed.
+/// Where one write learns, holder by holder (by URL: one gestor is one
+/// holder, whichever of its virtual nodes named it), whether its copies are
+/// flushed.
 #[derive(Default)]
 pub struct Waiter {
-    answers: Mutex<Vec<(u64, Result<(), String>)>>,
+    answers: Mutex<Vec<(String, Result<(), String>)>>,
     changed: Condvar,
 }
 
@@ -41,13 +44,13 @@ impl Waiter {
         Arc::new(Self::default())
     }
 
-    fn tell(&self, holder: u64, result: Result<(), String>) {
-        lock(&self.answers).push((holder, result));
+    fn tell(&self, holder: &str, result: Result<(), String>) {
+        lock(&self.answers).push((holder.to_string(), result));
         self.changed.notify_all();
     }
 
     /// Answers so far, waiting up to `timeout` for at least `wanted`.
-    pub fn wait(&self, wanted: usize, timeout: Duration) -> Vec<(u64, Result<(), String>)> {
+    pub fn wait(&self, wanted: usize, timeout: Duration) -> Vec<(String, Result<(), String>)> {
         let guard = lock(&self.answers);
         let (guard, _) = self
             .changed
@@ -165,21 +168,21 @@ impl Pipeline {
     pub fn stop(&self) {
         let mut state = lock(&self.state);
         state.stopping = true;
-        let jobs: Vec<(u64, Job)> = state
+        let jobs: Vec<(String, Job)> = state
             .holders
             .values_mut()
             .flat_map(|q| {
-                let id = q.peer.id;
+                let addr = q.peer.addr.clone();
                 q.queued = 0;
-                q.jobs.drain(..).map(move |j| (id, j))
+                q.jobs.drain(..).map(move |j| (addr.clone(), j))
             })
             .collect();
         state.due.clear();
         drop(state);
         self.work.notify_all();
-        for (id, job) in jobs {
+        for (addr, job) in jobs {
             if let Some(w) = job.waiter {
-                w.tell(id, Err("replication is stopping".into()));
+                w.tell(&addr, Err("replication is stopping".into()));
             }
         }
     }
@@ -198,7 +201,7 @@ impl Pipeline {
             }
             for job in jobs {
                 if let Some(w) = job.waiter {
-                    w.tell(peer.id, result.clone());
+                    w.tell(&peer.addr, result.clone());
                 }
             }
             self.finished(&peer.addr);
@@ -311,7 +314,7 @@ mod tests {
         open.store(true, Ordering::SeqCst);
         for w in &waiters {
             let got = w.wait(1, Duration::from_secs(5));
-            assert_eq!(got, vec![(1, Ok(()))]);
+            assert_eq!(got, vec![(peer(1).addr, Ok(()))]);
         }
         let sizes = lock(&sizes).clone();
         assert_eq!(sizes.iter().sum::<usize>(), 21);
@@ -320,6 +323,32 @@ mod tests {
             "one in flight, the rest batched: {sizes:?}"
         );
         assert_eq!(pool.stats().batches, sizes.len() as u64);
+        pool.stop();
+    }
+
+    #[test]
+    fn virtual_nodes_of_one_gestor_share_its_queue() {
+        let (open, sizes, send) = gated();
+        let pool = Pipeline::start(2, 100, 50, send);
+        let at = |id| PeerRef {
+            id,
+            addr: peer(1).addr,
+        };
+        let waiters: Vec<Arc<Waiter>> = (0..6).map(|_| Waiter::new()).collect();
+        for (i, w) in waiters.iter().enumerate() {
+            let holder = at(100 + i as u64);
+            pool.enqueue(&holder, vec![rec(i)], Some(w.clone()))
+                .unwrap();
+        }
+        open.store(true, Ordering::SeqCst);
+        for w in &waiters {
+            assert_eq!(
+                w.wait(1, Duration::from_secs(5)),
+                vec![(peer(1).addr, Ok(()))]
+            );
+        }
+        let sizes = lock(&sizes).clone();
+        assert!(sizes.len() <= 2, "one gestor, one queue: {sizes:?}");
         pool.stop();
     }
 
@@ -341,7 +370,7 @@ mod tests {
         assert_eq!(refused, Some(EnqueueError::Full(peer(666).addr)));
         open.store(true, Ordering::SeqCst);
         let got = w.wait(1, Duration::from_secs(5));
-        assert_eq!(got, vec![(666, Err("unreachable".to_string()))]);
+        assert_eq!(got, vec![(peer(666).addr, Err("unreachable".to_string()))]);
         pool.stop();
         assert_eq!(
             pool.enqueue(&peer(1), vec![rec(0)], None),

@@ -1,7 +1,8 @@
 //! A seeded simulator for the replication rule, driving [`crate::core`]
 //! with in-memory stores (`gestor_sdk::testing`).
 //!
-//! N gestores on a ring, each with a lagging view of who is alive; random
+//! N gestores on a ring, each at one or several positions (virtual nodes,
+//! in most schedules), each with a lagging view of who is alive; random
 //! writes and deletes routed by a random entry gestor's view; copies, syncs
 //! and heartbeats lost or delayed at random; failure waves of at most two
 //! gestores at once (crash and restart with the disk, lose the disk, or
@@ -11,10 +12,11 @@
 //! write survives — the newest acknowledged version of every key is held by
 //! its current owner, which serves it, and by at least three distinct live
 //! gestores (fewer only if fewer are alive) once the ring is stable.
+//! Gestores are distinct physical ones: a copy on the owner's own disk, or
+//! two on one gestor, counts once.
 
-use crate::core::{self, Ack, AckOutcome, ReplicaConfig, ReplicaCore, RoundPlan, Versions};
-use gestor_api::ring::{Neighbourhood, PeerRef};
-use gestor_sdk::store::in_ring_interval;
+use crate::core::{self, Ack, AckOutcome, RangeDone, ReplicaConfig, ReplicaCore, Versions};
+use gestor_api::ring::{Neighbourhood, PeerRef, VirtualNodes};
 use gestor_sdk::testing::{MemoryDisk, MemoryStore};
 use gestor_sdk::{Store, Timestamp, UserRecord};
 use rand::{Rng, RngCore};
@@ -62,6 +64,9 @@ impl RngCore for SimRng {
 #[derive(Debug, Clone)]
 pub struct Params {
     pub nodes: usize,
+    /// Positions (virtual nodes) per gestor at most; each gestor gets 1 to
+    /// this many.
+    pub vnodes: usize,
     pub keys: usize,
     pub ticks: u64,
     /// Probability that a message (or its reply) is lost.
@@ -75,6 +80,7 @@ impl Params {
     pub fn random(rng: &mut SimRng) -> Self {
         Params {
             nodes: rng.gen_range(3..=8),
+            vnodes: rng.gen_range(1..=4),
             keys: rng.gen_range(5..=30),
             ticks: 300,
             loss: [0.0, 0.05, 0.2][rng.gen_range(0..3)],
@@ -96,14 +102,17 @@ struct Node {
     /// `None` while down.
     store: Option<MemoryStore>,
     core: ReplicaCore,
-    /// Ids this gestor believes alive (itself included), sorted.
+    /// Its positions on the ring, the first one its id.
+    vnodes: Vec<u64>,
+    /// Positions of the gestores this one believes alive (its own
+    /// included), sorted.
     view: Vec<u64>,
     /// Predecessor known (a joining gestor learns it on its first refresh).
     has_pred: bool,
     phase: u64,
 }
 
-/// A copy on its way: delivered at `at` to `to`.
+/// A copy on its way: delivered at `at` to gestor `to`.
 struct InFlight {
     at: u64,
     to: u64,
@@ -113,7 +122,10 @@ struct InFlight {
 pub struct Sim {
     rng: SimRng,
     p: Params,
+    /// By gestor id (its first position).
     nodes: BTreeMap<u64, Node>,
+    /// Every position ever taken → its gestor.
+    gestor_of: BTreeMap<u64, u64>,
     keys: Vec<(String, u64)>,
     /// Newest acknowledged version per key, and the tick it was acked at.
     acked: HashMap<String, (Timestamp, u64)>,
@@ -126,13 +138,6 @@ pub struct Sim {
     /// Down gestores and the tick they come back at (with or without disk).
     restarts: Vec<(u64, u64, bool)>,
     pub log: Vec<String>,
-}
-
-fn peer(nodes: &BTreeMap<u64, Node>, id: u64) -> PeerRef {
-    PeerRef {
-        id,
-        addr: nodes.get(&id).map(|n| n.addr.clone()).unwrap_or_default(),
-    }
 }
 
 /// The first id at or after `pos` in the sorted `ids`, wrapping.
@@ -153,6 +158,7 @@ impl Sim {
             rng,
             p,
             nodes: BTreeMap::new(),
+            gestor_of: BTreeMap::new(),
             keys,
             acked: HashMap::new(),
             last_acked: None,
@@ -166,7 +172,7 @@ impl Sim {
         for _ in 0..sim.p.nodes {
             sim.join();
         }
-        let live = sim.live();
+        let live = sim.live_positions();
         for n in sim.nodes.values_mut() {
             n.view = live.clone();
             n.has_pred = true;
@@ -182,6 +188,7 @@ impl Sim {
         self.nodes.get(&id).is_some_and(|n| n.store.is_some())
     }
 
+    /// Live gestores, by id.
     fn live(&self) -> Vec<u64> {
         self.nodes
             .iter()
@@ -190,15 +197,49 @@ impl Sim {
             .collect()
     }
 
-    /// A new gestor at a random position, knowing the ring as it is now.
+    /// Positions of the live gestores, sorted.
+    fn live_positions(&self) -> Vec<u64> {
+        let live = self.nodes.values().filter(|n| n.store.is_some());
+        let mut all: Vec<u64> = live.flat_map(|n| n.vnodes.clone()).collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// The gestor at position `pos`.
+    fn gestor(&self, pos: u64) -> u64 {
+        self.gestor_of.get(&pos).copied().unwrap_or(pos)
+    }
+
+    /// Position `pos` as a ring peer: its id and its gestor's URL.
+    fn at(&self, pos: u64) -> PeerRef {
+        let addr = self.nodes.get(&self.gestor(pos)).map(|n| n.addr.clone());
+        PeerRef {
+            id: pos,
+            addr: addr.unwrap_or_default(),
+        }
+    }
+
+    /// The gestor owning `pos` in `view` (a list of positions).
+    fn owner_in(&self, view: &[u64], pos: u64) -> Option<u64> {
+        successor_of(view, pos).map(|v| self.gestor(v))
+    }
+
+    /// A new gestor at random positions, knowing the ring as it is now.
     fn join(&mut self) {
         let id: u64 = self.rng.gen();
+        let count = self.rng.gen_range(1..=self.p.vnodes.max(1));
+        let mut vnodes = vec![id];
+        vnodes.extend((1..count).map(|_| self.rng.gen::<u64>()));
+        for v in &vnodes {
+            self.gestor_of.insert(*v, id);
+        }
         let disk = MemoryDisk::new();
         let node = Node {
             addr: format!("sim://{id:016x}"),
             store: Some(MemoryStore::open(&disk)),
             disk,
             core: ReplicaCore::new(self.p.config.clone()),
+            vnodes,
             view: Vec::new(),
             has_pred: false,
             phase: self.rng.gen_range(0..64),
@@ -211,21 +252,28 @@ impl Sim {
         self.log.push(format!("t{} join {id:016x}", self.tick));
     }
 
-    /// `id`'s neighbourhood as its view has it.
-    fn neighbourhood(&self, id: u64) -> Neighbourhood {
-        let view = &self.nodes[&id].view;
-        let at = view.iter().position(|&v| v == id).unwrap_or(0);
+    /// Gestor `id`'s ranges (`ring.ranges`) as its view has them: one
+    /// neighbourhood per position, successor lists of `SUCCESSORS`
+    /// positions (naming the same gestores several times).
+    fn ranges(&self, id: u64) -> VirtualNodes {
+        let node = &self.nodes[&id];
+        let nodes = node.vnodes.iter().map(|&v| self.vnode(node, v)).collect();
+        VirtualNodes { nodes }
+    }
+
+    fn vnode(&self, node: &Node, v: u64) -> Neighbourhood {
+        let view = &node.view;
+        let at = view.iter().position(|&p| p == v).unwrap_or(0);
         let n = view.len();
         let mut successors: Vec<PeerRef> = (1..=SUCCESSORS.min(n.saturating_sub(1)))
-            .map(|k| peer(&self.nodes, view[(at + k) % n]))
+            .map(|k| self.at(view[(at + k) % n]))
             .collect();
         if successors.is_empty() {
-            successors.push(peer(&self.nodes, id));
+            successors.push(self.at(v));
         }
-        let predecessor =
-            (n > 1 && self.nodes[&id].has_pred).then(|| peer(&self.nodes, view[(at + n - 1) % n]));
+        let predecessor = (n > 1 && node.has_pred).then(|| self.at(view[(at + n - 1) % n]));
         Neighbourhood {
-            me: peer(&self.nodes, id),
+            me: self.at(v),
             predecessor,
             successors,
         }
@@ -233,7 +281,7 @@ impl Sim {
 
     /// Stabilization: `id` learns who is alive now.
     fn refresh(&mut self, id: u64) {
-        let live = self.live();
+        let live = self.live_positions();
         if let Some(n) = self.nodes.get_mut(&id) {
             n.view = live;
             n.has_pred = true;

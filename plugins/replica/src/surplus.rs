@@ -1,7 +1,7 @@
-//! Surplus copies: records held here outside our own range. A newer version
-//! than its owner's goes back to the owner; a copy we are no longer a
-//! designated holder of is dropped once the owner and every designated
-//! holder report the same or a newer version (the rule is
+//! Surplus copies: records held here outside every one of our ranges. A
+//! newer version than its owner's goes back to the owner; a copy we are no
+//! longer a designated holder of is dropped once the owner and every
+//! designated holder report the same or a newer version (the rule is
 //! [`core::purgeable`]).
 
 use super::*;
@@ -13,31 +13,36 @@ struct Tally {
     purged: u64,
 }
 
-/// An owner of records we hold outside our range, with its range's start.
+/// The virtual node owning records we hold outside our ranges: its
+/// gestor, its range's start and its designated holders.
 struct OwnerRange {
     owner: PeerRef,
-    nb: Neighbours,
     from: u64,
+    designated: Vec<PeerRef>,
 }
 
 impl Shared {
-    pub(crate) fn collect_surplus(&self, nb: &Neighbours, plan: &RoundPlan) {
-        let store = self.ctx.store();
-        let (start, end) = plan.range;
-        if start == end {
+    pub(crate) fn collect_surplus(&self, ours: &VirtualNodes) {
+        let Some(me) = ours.addr().map(str::to_string) else {
+            return;
+        };
+        // Alone, the whole ring is ours.
+        if core::alone(ours) {
             return;
         }
+        let store = self.ctx.store();
         let mut tally = Tally::default();
         let mut budget = 64;
-        // What lies outside our range is the rest of the ring, (end, start]:
-        // walked one arc at a time, bounded by what we hold in all.
+        // Our ranges are scattered over the ring (virtual nodes): the whole
+        // ring is walked one arc at a time, bounded by what we hold in all,
+        // and what no range of ours holds is surplus.
         let held = store.count().unwrap_or(0);
-        for arc in core::arcs_for(end, start, held) {
+        for arc in core::arcs_for(0, 0, held) {
             let Ok(part) = store.scan_ring(arc.0, arc.1) else {
                 return;
             };
-            let mut outside = core::outside_range(part, start, end);
-            budget = self.settle_owners(nb, &mut outside, &mut tally, budget);
+            let mut outside = core::outside_ranges(part, ours);
+            budget = self.settle_owners(&me, &mut outside, &mut tally, budget);
             if budget == 0 {
                 break;
             }
@@ -60,7 +65,7 @@ impl Shared {
     /// most `budget` owners; what is left of the budget.
     fn settle_owners(
         &self,
-        nb: &Neighbours,
+        me: &str,
         outside: &mut Vec<UserRecord>,
         tally: &mut Tally,
         mut budget: usize,
@@ -70,7 +75,7 @@ impl Shared {
                 break;
             };
             budget -= 1;
-            let Ok(found) = self.owner_range(nb, first.ring_pos) else {
+            let Ok(found) = self.owner_range(me, first.ring_pos) else {
                 return 0;
             };
             let batch = match &found {
@@ -81,30 +86,42 @@ impl Shared {
                 // Unknown range, or the first record was not in the owner's
                 // range after all (the ring is moving): a later round.
                 _ if batch.is_empty() => outside.retain(|r| r.username != first.username),
-                Some(o) => self.settle(nb.me.id, &o, &batch, tally),
+                Some(o) => self.settle(me, &o, &batch, tally),
                 None => {}
             }
         }
         budget
     }
 
-    /// The owner of `key` and its range; `Ok(None)` when its range is not
-    /// known now; `Err` when the ring cannot be asked at all.
-    fn owner_range(&self, nb: &Neighbours, key: u64) -> Result<Option<OwnerRange>, CallError> {
+    /// The virtual node owning `key` and its range; `Ok(None)` when its
+    /// range is not known now (or it is one of ours: the ring moved);
+    /// `Err` when the ring cannot be asked at all.
+    fn owner_range(&self, me: &str, key: u64) -> Result<Option<OwnerRange>, CallError> {
         let owner = self
             .ctx
             .call_local::<ring::Lookup>(&KeyBody { key })?
             .peer();
-        if owner.id == nb.me.id {
+        if owner.addr == me {
             return Ok(None);
         }
-        let owner_nb = self
-            .ctx
-            .call::<ring::Neighbours>(&owner.addr, &Empty, self.timeout())
-            .ok();
-        Ok(owner_nb.and_then(|o| {
-            let from = o.predecessor.as_ref()?.id;
-            Some(OwnerRange { owner, nb: o, from })
+        let timeout = self.timeout();
+        let theirs = ranges_of(
+            self.ctx.call::<ring::Ranges>(&owner.addr, &Empty, timeout),
+            || {
+                self.ctx
+                    .call::<ring::Neighbours>(&owner.addr, &Empty, timeout)
+            },
+        );
+        // The lookup names the owning virtual node by its id.
+        Ok(theirs.and_then(|t| {
+            let nb = t.nodes.iter().find(|nb| nb.me.id == owner.id)?;
+            let from = nb.predecessor.as_ref()?.id;
+            let designated = core::holders(&t, nb, self.config.copies);
+            Some(OwnerRange {
+                owner,
+                from,
+                designated,
+            })
         }))
     }
 
@@ -116,12 +133,12 @@ impl Shared {
     }
 
     /// Hand newer versions of `batch` to its owner; purge what is safe.
-    fn settle(&self, me: u64, o: &OwnerRange, batch: &[UserRecord], tally: &mut Tally) {
+    fn settle(&self, me: &str, o: &OwnerRange, batch: &[UserRecord], tally: &mut Tally) {
         // A designated holder's copies are merged both ways by the owner's
         // own anti-entropy (which pulls what is newer here): nothing to do,
         // and no version queries for the bulk of what a gestor holds.
-        let designated = core::holders(&o.nb, self.config.copies);
-        if designated.iter().any(|h| h.id == me) {
+        // Designated is by URL: any of our virtual nodes named.
+        if o.designated.iter().any(|h| h.addr == me) {
             return;
         }
         let names = Names {
@@ -135,14 +152,14 @@ impl Shared {
             tally.handed += newer.len();
         }
         let mut at = vec![at_owner];
-        for h in &designated {
+        for h in &o.designated {
             match self.versions_at(h, &names) {
                 Some(v) => at.push(v),
                 None => break,
             }
         }
         let store = self.ctx.store();
-        for name in core::purgeable(batch, me, &designated, &at) {
+        for name in core::purgeable(batch, me, &o.designated, &at) {
             if store.purge(&name).unwrap_or(false) {
                 tally.purged += 1;
             }

@@ -15,6 +15,27 @@ fn nb(me: u64, pred: Option<u64>, succ: &[u64]) -> Neighbourhood {
     }
 }
 
+/// One gestor's only range (no virtual nodes).
+fn one(nb: Neighbourhood) -> VirtualNodes {
+    VirtualNodes { nodes: vec![nb] }
+}
+
+/// Virtual node `id` of the gestor numbered `gestor` (its URL).
+fn at(id: u64, gestor: u64) -> PeerRef {
+    PeerRef {
+        id,
+        addr: format!("tcp://127.0.0.1:{gestor}"),
+    }
+}
+
+fn vnode(me: PeerRef, pred: Option<PeerRef>, successors: &[PeerRef]) -> Neighbourhood {
+    Neighbourhood {
+        me,
+        predecessor: pred,
+        successors: successors.to_vec(),
+    }
+}
+
 fn ts(wall_ms: u64) -> Timestamp {
     Timestamp {
         wall_ms,
@@ -40,35 +61,192 @@ fn rec(name: &str, pos: u64, wall: u64) -> UserRecord {
 #[test]
 fn holders_are_distinct_successors_other_than_me() {
     let ids = |v: Vec<PeerRef>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
-    assert_eq!(ids(holders(&nb(1, None, &[2, 3, 4, 5, 6]), 3)), [2, 3, 4]);
-    assert_eq!(ids(holders(&nb(1, None, &[2, 1, 2, 3]), 3)), [2, 3]);
-    assert_eq!(ids(holders(&nb(1, None, &[1]), 3)), Vec::<u64>::new());
-    assert_eq!(ids(holders(&nb(1, None, &[2, 3]), 0)), Vec::<u64>::new());
+    let h = |n: Neighbourhood, copies| ids(holders(&one(n.clone()), &n, copies));
+    assert_eq!(h(nb(1, None, &[2, 3, 4, 5, 6]), 3), [2, 3, 4]);
+    assert_eq!(h(nb(1, None, &[2, 1, 2, 3]), 3), [2, 3]);
+    assert_eq!(h(nb(1, None, &[1]), 3), Vec::<u64>::new());
+    assert_eq!(h(nb(1, None, &[2, 3]), 0), Vec::<u64>::new());
+}
+
+#[test]
+fn holders_are_distinct_gestores_not_virtual_nodes() {
+    // Gestor 1 has virtual nodes 10 and 30; gestor 2 has 20 and 25.
+    let ours = VirtualNodes {
+        nodes: vec![
+            vnode(
+                at(10, 1),
+                Some(at(5, 4)),
+                &[at(20, 2), at(25, 2), at(30, 1), at(40, 3)],
+            ),
+            vnode(
+                at(30, 1),
+                Some(at(25, 2)),
+                &[at(40, 3), at(50, 4), at(60, 5)],
+            ),
+        ],
+    };
+    let addrs = |v: Vec<PeerRef>| v.into_iter().map(|p| p.addr).collect::<Vec<_>>();
+    // From 10: gestor 2 once, never gestor 1 (its own disk), then 3; the
+    // list ends, so it carries on from our own virtual node 30's list.
+    assert_eq!(
+        addrs(holders(&ours, &ours.nodes[0], 3)),
+        [at(0, 2).addr, at(0, 3).addr, at(0, 4).addr]
+    );
+    assert_eq!(
+        addrs(holders(&ours, &ours.nodes[0], 2)),
+        [at(0, 2).addr, at(0, 3).addr]
+    );
+    // Without our other range to carry on from: what the list gives.
+    let alone = one(ours.nodes[0].clone());
+    assert_eq!(holders(&alone, &alone.nodes[0], 3).len(), 2);
+    // A lone gestor with several virtual nodes copies nowhere.
+    let lone = VirtualNodes {
+        nodes: vec![
+            vnode(at(10, 1), Some(at(30, 1)), &[at(30, 1)]),
+            vnode(at(30, 1), Some(at(10, 1)), &[at(10, 1)]),
+        ],
+    };
+    assert!(alone_ok(&lone));
+    assert!(holders(&lone, &lone.nodes[0], 3).is_empty());
+    assert!(!alone_ok(&ours));
+}
+
+#[test]
+fn carrying_on_never_loses_what_a_later_list_found() {
+    // Gestor 1 at 10, 20, 40, 50; gestor 3 at 70 only; gestor 2 elsewhere.
+    let (g1, g2) = (|id| at(id, 1), |id| at(id, 2));
+    let ours = VirtualNodes {
+        nodes: vec![
+            vnode(
+                g1(10),
+                Some(g2(5)),
+                &[g1(20), g2(30), g2(35), g1(40), g1(50)],
+            ),
+            vnode(
+                g1(20),
+                Some(g1(10)),
+                &[g2(30), g2(35), g1(40), g1(50), g2(60)],
+            ),
+            vnode(
+                g1(40),
+                Some(g2(35)),
+                &[g1(50), g2(60), at(70, 3), g2(80), g2(85)],
+            ),
+            vnode(
+                g1(50),
+                Some(g1(40)),
+                &[g2(60), at(70, 3), g2(80), g2(85), g2(88)],
+            ),
+        ],
+    };
+    let addrs = |v: Vec<PeerRef>| v.into_iter().map(|p| p.addr).collect::<Vec<_>>();
+    // Carried on from 50, which finds gestor 3; going back to carry on
+    // from 40 or 20 (shorter reach) must not cut it off again.
+    assert_eq!(
+        addrs(holders(&ours, &ours.nodes[0], 3)),
+        [at(0, 2).addr, at(0, 3).addr]
+    );
+}
+
+fn alone_ok(ours: &VirtualNodes) -> bool {
+    super::alone(ours)
+}
+
+#[test]
+fn writes_are_grouped_by_the_holders_of_their_range() {
+    let config = ReplicaConfig::default();
+    let ours = VirtualNodes {
+        nodes: vec![
+            vnode(
+                at(100, 1),
+                Some(at(50, 2)),
+                &[at(200, 2), at(300, 3), at(400, 4)],
+            ),
+            vnode(
+                at(500, 1),
+                Some(at(400, 4)),
+                &[at(600, 5), at(700, 2), at(800, 3)],
+            ),
+            // Same holders as the first range: one group.
+            vnode(
+                at(900, 1),
+                Some(at(850, 4)),
+                &[at(950, 2), at(960, 3), at(970, 4)],
+            ),
+        ],
+    };
+    let records = vec![
+        rec("a", 60, 1),
+        rec("b", 450, 1),
+        rec("c", 870, 1),
+        rec("d", 150, 1),
+    ];
+    let (groups, unowned) = plan_writes(&ours, records, &config);
+    assert_eq!(unowned, vec![rec("d", 150, 1)], "in no range of ours");
+    assert_eq!(groups.len(), 2);
+    let names = |g: &WriteGroup| {
+        g.records
+            .iter()
+            .map(|r| r.username.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&groups[0]), ["a", "c"]);
+    assert_eq!(groups[0].plan.must, vec![at(200, 2), at(300, 3)]);
+    assert_eq!(names(&groups[1]), ["b"]);
+    assert_eq!(groups[1].plan.must, vec![at(600, 5), at(700, 2)]);
+    assert_eq!(groups[1].plan.rest, vec![at(800, 3)]);
+    // A lone gestor whose predecessor is not known owns every key.
+    let lone = one(vnode(at(7, 1), None, &[at(7, 1)]));
+    let (groups, unowned) = plan_writes(&lone, vec![rec("a", 60, 1)], &config);
+    assert!(unowned.is_empty());
+    assert_eq!(
+        Ack::new(&groups[0].plan).outcome(),
+        AckOutcome::Acked { holders: 1 }
+    );
+}
+
+#[test]
+fn a_holder_is_its_url_whichever_virtual_node_named_it() {
+    let plan = WritePlan {
+        must: vec![at(20, 2), at(30, 3)],
+        rest: vec![],
+    };
+    let mut ack = Ack::new(&plan);
+    ack.confirm(&at(999, 2).addr);
+    ack.fail(&at(31, 3).addr);
+    assert_eq!(
+        ack.outcome(),
+        AckOutcome::Failed {
+            suspects: vec![at(30, 3)]
+        }
+    );
 }
 
 #[test]
 fn write_needs_the_first_two_holders_flushed() {
     let config = ReplicaConfig::default();
-    let plan = plan_write(&nb(1, Some(9), &[2, 3, 4, 5]), &config);
+    let ring = nb(1, Some(9), &[2, 3, 4, 5]);
+    let plan = plan_write(&one(ring.clone()), &ring, &config);
     assert_eq!(plan.must, vec![peer(2), peer(3)]);
     assert_eq!(plan.rest, vec![peer(4)]);
     let mut ack = Ack::new(&plan);
     assert_eq!(ack.outcome(), AckOutcome::Pending);
-    ack.confirm(4); // a background holder counts for nothing
-    ack.confirm(2);
+    ack.confirm(&peer(4).addr); // a background holder counts for nothing
+    ack.confirm(&peer(2).addr);
     assert_eq!(ack.outcome(), AckOutcome::Pending);
-    ack.confirm(3);
+    ack.confirm(&peer(3).addr);
     assert_eq!(ack.outcome(), AckOutcome::Acked { holders: 3 });
 }
 
 #[test]
 fn a_failed_required_holder_is_a_suspect() {
-    let plan = plan_write(&nb(1, Some(9), &[2, 3, 4]), &ReplicaConfig::default());
+    let ring = nb(1, Some(9), &[2, 3, 4]);
+    let plan = plan_write(&one(ring.clone()), &ring, &ReplicaConfig::default());
     let mut ack = Ack::new(&plan);
-    ack.fail(3);
-    ack.fail(3);
+    ack.fail(&peer(3).addr);
+    ack.fail(&peer(3).addr);
     assert_eq!(ack.outcome(), AckOutcome::Pending);
-    ack.confirm(2);
+    ack.confirm(&peer(2).addr);
     assert_eq!(
         ack.outcome(),
         AckOutcome::Failed {
@@ -80,12 +258,14 @@ fn a_failed_required_holder_is_a_suspect() {
 #[test]
 fn small_rings_need_every_other_gestor() {
     let config = ReplicaConfig::default();
-    let two = plan_write(&nb(1, Some(2), &[2, 1]), &config);
+    let ring = nb(1, Some(2), &[2, 1]);
+    let two = plan_write(&one(ring.clone()), &ring, &config);
     assert_eq!((two.must.len(), two.rest.len()), (1, 0));
     let mut ack = Ack::new(&two);
-    ack.confirm(2);
+    ack.confirm(&peer(2).addr);
     assert_eq!(ack.outcome(), AckOutcome::Acked { holders: 2 });
-    let alone = plan_write(&nb(1, None, &[1]), &config);
+    let ring = nb(1, None, &[1]);
+    let alone = plan_write(&one(ring.clone()), &ring, &config);
     assert_eq!(Ack::new(&alone).outcome(), AckOutcome::Acked { holders: 1 });
 }
 
@@ -110,25 +290,84 @@ fn sync_pushes_ours_newer_and_pulls_theirs_newer() {
 #[test]
 fn readiness_follows_the_merge_with_the_first_successor() {
     let mut core = ReplicaCore::new(ReplicaConfig::default());
-    let ring = nb(10, Some(5), &[20, 30, 40]);
+    let ring = one(nb(10, Some(5), &[20, 30, 40]));
     assert!(!core.is_ready(7, Some(&ring)));
-    let plan = core.begin_round(&ring).expect("a round");
-    assert_eq!(plan.range, (5, 10));
+    let plans = core.begin_round(&ring);
+    assert_eq!(plans.len(), 1);
+    let plan = &plans[0];
+    assert_eq!((plan.vnode, plan.range), (10, (5, 10)));
     assert!(
-        !core.merged(&plan, 1),
+        !core.merged(plan, 1),
         "a later holder does not make us ready"
     );
     assert!(!core.is_ready(7, Some(&ring)));
-    assert!(core.merged(&plan, 0));
+    assert_eq!(core.ranges_ready(&ring), 0);
+    assert!(core.merged(plan, 0));
     assert!(core.is_ready(7, Some(&ring)));
     assert!(!core.is_ready(11, Some(&ring)));
+    assert_eq!(core.ranges_ready(&ring), 1);
+    // The predecessor died: the range grew, not ready until merged again.
+    let grown = one(nb(10, Some(2), &[20, 30, 40]));
+    assert!(!core.is_ready(4, Some(&grown)));
+    assert!(core.is_ready(7, Some(&grown)));
+    assert_eq!(core.ranges_ready(&grown), 0);
+    // A gestor joined at 7: the range shrank, still merged.
+    assert_eq!(core.ranges_ready(&one(nb(10, Some(7), &[20]))), 1);
 
     let mut alone = ReplicaCore::new(ReplicaConfig::default());
-    assert_eq!(alone.begin_round(&nb(10, None, &[10])), None);
-    assert!(alone.is_ready(99, Some(&nb(10, None, &[10]))));
+    let lone = one(nb(10, None, &[10]));
+    assert!(alone.begin_round(&lone).is_empty());
+    assert!(alone.is_ready(99, Some(&lone)));
+    assert_eq!(alone.ranges_ready(&lone), 1);
     assert!(
         !alone.is_ready(99, Some(&ring)),
         "others are back: merge first"
+    );
+    assert_eq!(alone.ranges_ready(&ring), 0);
+}
+
+#[test]
+fn readiness_is_per_virtual_node() {
+    let mut core = ReplicaCore::new(ReplicaConfig::default());
+    // Gestor 1 at 100 and 500.
+    let ours = VirtualNodes {
+        nodes: vec![
+            vnode(at(100, 1), Some(at(50, 2)), &[at(200, 2), at(300, 3)]),
+            vnode(at(500, 1), Some(at(400, 3)), &[at(600, 2), at(700, 3)]),
+        ],
+    };
+    let plans = core.begin_round(&ours);
+    assert_eq!(
+        plans.iter().map(|p| p.vnode).collect::<Vec<_>>(),
+        [100, 500]
+    );
+    assert!(core.merged(&plans[1], 0));
+    assert!(core.is_ready(450, Some(&ours)));
+    assert!(
+        !core.is_ready(60, Some(&ours)),
+        "the other range is not merged"
+    );
+    assert_eq!(core.ranges_ready(&ours), 1);
+    assert_eq!(core.ready_range(100), None);
+    assert!(core.merged(&plans[0], 0));
+    assert_eq!(core.ranges_ready(&ours), 2);
+    assert_eq!(core.ready_range(100), Some((50, 100)));
+    // Alone with several virtual nodes: every range ready with no merge,
+    // until another gestor shows up.
+    let mut lone = ReplicaCore::new(ReplicaConfig::default());
+    let ring = VirtualNodes {
+        nodes: vec![
+            vnode(at(100, 1), Some(at(500, 1)), &[at(500, 1)]),
+            vnode(at(500, 1), Some(at(100, 1)), &[at(100, 1)]),
+        ],
+    };
+    let plans = lone.begin_round(&ring);
+    assert!(plans.iter().all(|p| p.holders.is_empty()));
+    assert_eq!(lone.ranges_ready(&ring), 2);
+    assert!(lone.is_ready(300, Some(&ring)) && lone.is_ready(50, Some(&ring)));
+    assert!(
+        !lone.is_ready(450, Some(&ours)),
+        "merged alone; others are back"
     );
 }
 
@@ -140,17 +379,55 @@ fn silent_holders_become_suspects_after_the_timeout() {
         ..ReplicaConfig::default()
     };
     let mut core = ReplicaCore::new(config);
-    let ring = nb(10, Some(5), &[20, 30]);
-    let plan = core.begin_round(&ring).unwrap();
-    let first = core.end_round(&plan, vec![], 3, 1_000);
+    let ring = one(nb(10, Some(5), &[20, 30]));
+    let plans = core.begin_round(&ring);
+    let done = |confirmed: Vec<String>| {
+        vec![RangeDone {
+            confirmed,
+            primary: 3,
+        }]
+    };
+    let first = core.end_round(&plans, &done(vec![]), 1_000);
     assert!(first.suspects.is_empty());
     assert!(!first.collect_surplus);
     assert_eq!(core.stats().under_replicated, 3);
     core.heard(peer(20).addr, 1_150);
-    let later = core.end_round(&plan, vec![peer(20).addr, peer(30).addr], 3, 1_200);
+    let later = core.end_round(&plans, &done(vec![peer(20).addr, peer(30).addr]), 1_200);
     assert_eq!(later.suspects, vec![peer(30)]);
     assert!(later.collect_surplus);
     assert_eq!(core.stats().under_replicated, 0);
+}
+
+#[test]
+fn round_figures_add_up_over_the_ranges() {
+    let mut core = ReplicaCore::new(ReplicaConfig::default());
+    let ours = VirtualNodes {
+        nodes: vec![
+            vnode(at(100, 1), Some(at(50, 2)), &[at(200, 2), at(300, 3)]),
+            vnode(at(500, 1), Some(at(400, 3)), &[at(600, 2), at(700, 3)]),
+        ],
+    };
+    let plans = core.begin_round(&ours);
+    let done = [
+        RangeDone {
+            confirmed: vec![at(0, 2).addr, at(0, 3).addr],
+            primary: 4,
+        },
+        RangeDone {
+            confirmed: vec![at(0, 2).addr],
+            primary: 6,
+        },
+    ];
+    let end = core.end_round(&plans, &done, 1_000);
+    let s = core.stats();
+    assert_eq!((s.primary_records, s.under_replicated), (10, 6));
+    assert_eq!(s.confirmed_holders, [at(0, 2).addr, at(0, 3).addr]);
+    assert_eq!(s.wanted_holders, 3);
+    assert!(end.suspects.is_empty());
+    // The watch knows each holder once, by URL: silence makes one suspect
+    // per gestor, not one per range.
+    let later = core.end_round(&plans, &done, 1_000 + 60_000);
+    assert_eq!(later.suspects.len(), 2);
 }
 
 #[test]
@@ -188,15 +465,18 @@ fn surplus_is_purged_only_when_every_holder_has_it() {
         held(Some(6), Some(5)),
         held(Some(5), None),
     ];
-    assert_eq!(purgeable(&batch, 9, &designated, &all), ["a"]);
+    let me = peer(9).addr;
+    assert_eq!(purgeable(&batch, &me, &designated, &all), ["a"]);
     assert!(
-        purgeable(&batch, 9, &designated, &all[..2]).is_empty(),
+        purgeable(&batch, &me, &designated, &all[..2]).is_empty(),
         "one did not answer"
     );
     assert!(
-        purgeable(&batch, 3, &designated, &all).is_empty(),
+        purgeable(&batch, &peer(3).addr, &designated, &all).is_empty(),
         "we are designated"
     );
+    // Designated through another of our virtual nodes: still us.
+    assert!(purgeable(&batch, &at(0, 3).addr, &designated, &all).is_empty());
 }
 
 #[test]

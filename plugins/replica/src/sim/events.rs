@@ -65,7 +65,7 @@ impl Sim {
         }
         let entry = live[self.rng.gen_range(0..live.len())];
         let (name, pos) = self.keys[self.rng.gen_range(0..self.keys.len())].clone();
-        let Some(owner) = successor_of(&self.nodes[&entry].view, pos) else {
+        let Some(owner) = self.owner_in(&self.nodes[&entry].view, pos) else {
             return;
         };
         if !self.reachable(owner) || !self.serves(owner, pos) {
@@ -102,16 +102,12 @@ impl Sim {
         }
     }
 
-    /// The directory's owner check: `pos` in `(pred, me]` and the range ready.
+    /// The directory's owner check (`ring.responsible`: a range of ours
+    /// holds `pos`, or we are alone) and the replica's readiness.
     fn serves(&self, owner: u64, pos: u64) -> bool {
-        let nb = self.neighbourhood(owner);
-        let alone = nb.successors.iter().all(|p| p.id == owner);
-        let mine = alone
-            || nb
-                .predecessor
-                .as_ref()
-                .is_some_and(|p| in_ring_interval(pos, p.id, owner));
-        mine && self.nodes[&owner].core.is_ready(pos, Some(&nb))
+        let ours = self.ranges(owner);
+        let mine = core::alone(&ours) || ours.for_key(pos).is_some();
+        mine && self.nodes[&owner].core.is_ready(pos, Some(&ours))
     }
 
     /// The write path: copies per the core's plan until acknowledged (a few
@@ -121,17 +117,26 @@ impl Sim {
             if !self.is_up(owner) {
                 return false;
             }
-            let plan = core::plan_write(&self.neighbourhood(owner), &self.p.config);
+            let ours = self.ranges(owner);
+            let (groups, unowned) = core::plan_writes(&ours, vec![record.clone()], &self.p.config);
+            let Some(plan) = groups
+                .first()
+                .map(|g| g.plan.clone())
+                .filter(|_| unowned.is_empty())
+            else {
+                self.refresh(owner);
+                continue;
+            };
             let mut ack = Ack::new(&plan);
             for h in &plan.must {
-                if self.send(h.id, std::slice::from_ref(record)) {
-                    ack.confirm(h.id);
+                if self.send(self.gestor(h.id), std::slice::from_ref(record)) {
+                    ack.confirm(&h.addr);
                 } else {
-                    ack.fail(h.id);
+                    ack.fail(&h.addr);
                 }
             }
             for h in &plan.rest {
-                self.send(h.id, std::slice::from_ref(record));
+                self.send(self.gestor(h.id), std::slice::from_ref(record));
             }
             match ack.outcome() {
                 AckOutcome::Acked { .. } => return true,
@@ -141,31 +146,34 @@ impl Sim {
         false
     }
 
-    /// One anti-entropy round of `id`, as the plugin's `round` does it.
+    /// One anti-entropy round of `id`, as the plugin's `round` does it:
+    /// every range with its own holders.
     fn round(&mut self, id: u64) {
-        let nb = self.neighbourhood(id);
-        let Some(plan) = self.core(id).begin_round(&nb) else {
-            return;
-        };
-        let mut confirmed = Vec::new();
-        for (i, h) in plan.holders.iter().enumerate() {
-            if self.sync(id, h.id, plan.range) {
-                confirmed.push(h.addr.clone());
-                self.core(id).merged(&plan, i);
+        let ours = self.ranges(id);
+        let plans = self.core(id).begin_round(&ours);
+        let mut done = Vec::new();
+        for plan in &plans {
+            let mut confirmed = Vec::new();
+            for (i, h) in plan.holders.iter().enumerate() {
+                if self.sync(id, self.gestor(h.id), plan.range) {
+                    confirmed.push(h.addr.clone());
+                    self.core(id).merged(plan, i);
+                }
             }
+            let (start, end) = plan.range;
+            let primary = self
+                .store(id)
+                .and_then(|s| s.scan_ring(start, end).ok())
+                .map_or(0, |v| v.iter().filter(|r| !r.deleted).count() as u64);
+            done.push(RangeDone { confirmed, primary });
         }
-        let (start, end) = plan.range;
-        let primary = self
-            .store(id)
-            .and_then(|s| s.scan_ring(start, end).ok())
-            .map_or(0, |v| v.iter().filter(|r| !r.deleted).count() as u64);
         let now = self.now();
-        let done = self.core(id).end_round(&plan, confirmed, primary, now);
-        if !done.suspects.is_empty() {
+        let end = self.core(id).end_round(&plans, &done, now);
+        if !end.suspects.is_empty() {
             self.refresh(id);
         }
-        if done.collect_surplus {
-            self.collect_surplus(id, &plan);
+        if end.collect_surplus {
+            self.collect_surplus(id, &ours);
         }
     }
 

@@ -21,9 +21,9 @@ impl Sim {
         let aimed = aimed.and_then(|name| self.keys.iter().find(|k| k.0 == name).map(|k| k.1));
         let victims: Vec<u64> = match aimed {
             Some(pos) => {
-                let owner = successor_of(&live, pos).unwrap_or(live[0]);
-                let at = live.iter().position(|&id| id == owner).unwrap_or(0);
-                let both = [owner, live[(at + 1) % live.len()]];
+                let positions = self.live_positions();
+                let owner = self.owner_in(&positions, pos).unwrap_or(live[0]);
+                let both = [owner, self.first_holder(&positions, pos, owner)];
                 both[..2 - self.failed.len()].to_vec()
             }
             None => vec![live[self.rng.gen_range(0..live.len())]],
@@ -36,6 +36,17 @@ impl Sim {
             }
         }
         any
+    }
+
+    /// The first gestor other than `owner` after the position owning
+    /// `pos` (the owner itself on a ring of one gestor).
+    fn first_holder(&self, positions: &[u64], pos: u64, owner: u64) -> u64 {
+        let start = positions.partition_point(|&p| p < pos);
+        let n = positions.len();
+        (0..n)
+            .map(|k| self.gestor(positions[(start + k) % n]))
+            .find(|&g| g != owner)
+            .unwrap_or(owner)
     }
 
     fn fail(&mut self, victim: u64) {
@@ -134,6 +145,7 @@ impl Sim {
     /// `serving`: their owners must also answer for them.
     pub(super) fn check(&self, min_age: u64, serving: bool) -> Result<(), String> {
         let live = self.live();
+        let positions = self.live_positions();
         // Owner + 2: what "acknowledged" promises, whatever the configuration.
         let wanted = live.len().min(3);
         for (name, pos) in &self.keys {
@@ -148,7 +160,7 @@ impl Sim {
                     .and_then(|s| s.get(name).ok().flatten())
                     .is_some_and(|r| r.version >= *version)
             };
-            let owner = successor_of(&live, *pos).ok_or("no live gestor")?;
+            let owner = self.owner_in(&positions, *pos).ok_or("no live gestor")?;
             let held = live.iter().filter(|id| holds(id)).count();
             if !holds(&owner) || held < wanted {
                 return Err(format!(

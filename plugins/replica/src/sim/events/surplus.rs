@@ -3,32 +3,42 @@
 use super::*;
 
 impl Sim {
-    pub(super) fn collect_surplus(&mut self, id: u64, plan: &RoundPlan) {
+    pub(super) fn collect_surplus(&mut self, id: u64, ours: &VirtualNodes) {
+        if core::alone(ours) {
+            return;
+        }
         let Some(all) = self.store(id).and_then(|s| s.scan_ring(0, 0).ok()) else {
             return;
         };
-        let (start, end) = plan.range;
-        let mut outside = core::outside_range(all, start, end);
+        let mut outside = core::outside_ranges(all, ours);
         for _ in 0..64 {
             let Some(first) = outside.first().cloned() else {
                 break;
             };
-            // `ring.lookup` as this gestor's view answers it.
-            let Some(owner) = successor_of(&self.nodes[&id].view, first.ring_pos) else {
+            // `ring.lookup` as this gestor's view answers it: a position.
+            let Some(vnode) = successor_of(&self.nodes[&id].view, first.ring_pos) else {
                 break;
             };
-            let owner_nb = (owner != id && self.reachable(owner))
-                .then(|| self.neighbourhood(owner))
-                .filter(|nb| nb.predecessor.is_some());
-            let batch = match &owner_nb {
+            let owner = self.gestor(vnode);
+            // `ring.ranges` of the owner over the network, its virtual
+            // node named by the lookup.
+            let theirs = (owner != id && self.reachable(owner)).then(|| self.ranges(owner));
+            let owner_nb = theirs.as_ref().and_then(|t| {
+                let nb = t.nodes.iter().find(|nb| nb.me.id == vnode)?;
+                nb.predecessor.is_some().then_some(nb)
+            });
+            let batch = match owner_nb {
                 Some(nb) => {
-                    let from = nb.predecessor.as_ref().map_or(owner, |p| p.id);
-                    core::take_owner_batch(&mut outside, from, owner)
+                    let from = nb.predecessor.as_ref().map_or(vnode, |p| p.id);
+                    core::take_owner_batch(&mut outside, from, vnode)
                 }
                 None => Vec::new(),
             };
-            match owner_nb {
-                Some(nb) if !batch.is_empty() => self.settle(id, owner, &nb, &batch),
+            match (owner_nb, &theirs) {
+                (Some(nb), Some(t)) if !batch.is_empty() => {
+                    let designated = core::holders(t, nb, self.p.config.copies);
+                    self.settle(id, owner, &designated, &batch)
+                }
                 _ => outside.retain(|r| r.username != first.username),
             }
         }
@@ -50,7 +60,7 @@ impl Sim {
         )
     }
 
-    fn settle(&mut self, me: u64, owner: u64, owner_nb: &Neighbourhood, batch: &[UserRecord]) {
+    fn settle(&mut self, me: u64, owner: u64, designated: &[PeerRef], batch: &[UserRecord]) {
         let Some(at_owner) = self.versions_at(owner, batch) else {
             return;
         };
@@ -58,18 +68,18 @@ impl Sim {
         if !newer.is_empty() {
             self.send(owner, &newer);
         }
-        let designated = core::holders(owner_nb, self.p.config.copies);
-        if designated.iter().any(|h| h.id == me) {
+        let my_addr = self.nodes[&me].addr.clone();
+        if designated.iter().any(|h| h.addr == my_addr) {
             return;
         }
         let mut at = vec![at_owner];
-        for h in &designated {
-            match self.versions_at(h.id, batch) {
+        for h in designated {
+            match self.versions_at(self.gestor(h.id), batch) {
                 Some(v) => at.push(v),
                 None => break,
             }
         }
-        let purge = core::purgeable(batch, me, &designated, &at);
+        let purge = core::purgeable(batch, &my_addr, designated, &at);
         if let Some(s) = self.store(me) {
             for name in &purge {
                 let _ = s.purge(name);
