@@ -158,7 +158,7 @@ impl<'a> Boxes<'a> {
     /// tombstones until `until`, puts admitted like the owner's. Returns
     /// the changes made, and the items stored for holders this node owns
     /// (`mine`): handed over by a previous owner, they must now be copied
-    /// to this node's successors like its own puts.
+    /// to this gestor's copy holders like its own puts.
     pub fn apply_copy(
         &self,
         plan: &core::CopyPlan,

@@ -1,13 +1,13 @@
 //! The mailbox's rules, I/O-free: store keys and de-duplication by id, the
-//! quota, which changes go to which successors, what a copy may change,
+//! quota, which changes go to which gestores, what a copy may change,
 //! expiry and tombstones, and what a resync or a handoff sends. Everything
-//! here takes its inputs (items, ring neighbours, `now`, verdicts the shell
-//! obtained) and returns decisions; [`crate::boxes`] applies them to a
+//! here takes its inputs (items, this gestor's virtual nodes and their
+//! neighbours, `now`, verdicts the shell obtained) and returns decisions; [`crate::boxes`] applies them to a
 //! [`gestor_sdk::Store`], and the plugin (lib.rs) does the network and the
 //! clock.
 
 use gestor_api::mailbox::{CopyBody, Held};
-use gestor_api::ring::Neighbourhood;
+use gestor_api::ring::{distinct_successors, VirtualNodes};
 use gestor_sdk::hash::ring_position;
 use gestor_sdk::store::in_ring_interval;
 use std::collections::BTreeMap;
@@ -136,15 +136,64 @@ pub fn admit(tombstoned: bool, occupancy: Occupancy, max_per_user: usize) -> Adm
     }
 }
 
-/// The addresses of the first `copies` successors other than this node.
-pub fn copy_targets(n: &Neighbourhood, copies: usize) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for p in &n.successors {
-        if p.id != n.me.id && p.addr != n.me.addr && !out.contains(&p.addr) && out.len() < copies {
-            out.push(p.addr.clone());
-        }
+/// The gestores that hold copies of the mailboxes at ring position `pos`:
+/// the first `copies` distinct physical successors (by URL, never our own)
+/// of the virtual node whose range holds `pos`. Copies on our own disk, or
+/// two on one other gestor, would not survive two failures. None when no
+/// virtual node of ours holds `pos` now: a node that joined took it (the
+/// resync hands it over, tombstones first), and our targets could be that
+/// new owner through another of its virtual nodes, taking a put whose
+/// removal it would refuse from us.
+pub fn copy_targets(ranges: &VirtualNodes, pos: u64, copies: usize) -> Vec<String> {
+    let Some(nb) = ranges.for_key(pos) else {
+        return Vec::new();
+    };
+    distinct_successors(nb, copies)
+        .into_iter()
+        .map(|p| p.addr)
+        .collect()
+}
+
+/// Where copies of a change set go: its changes grouped by their target
+/// gestores (mailboxes of different virtual nodes of ours have different
+/// successors), each group in `mailbox.copy` batches; and the changes of
+/// mailboxes no virtual node of ours holds now. A lone gestor's changes
+/// (no targets) are dropped: nobody can hold a copy.
+pub fn copy_groups(
+    ranges: &VirtualNodes,
+    copies: usize,
+    body: CopyBody,
+) -> (BTreeMap<Vec<String>, Vec<CopyBody>>, CopyBody) {
+    // `None`: no virtual node of ours holds the mailbox.
+    let mut groups: BTreeMap<Option<Vec<String>>, CopyBody> = BTreeMap::new();
+    let group_of = |holder: &str| {
+        let pos = ring_position(holder.as_bytes());
+        ranges
+            .for_key(pos)
+            .map(|_| copy_targets(ranges, pos, copies))
+    };
+    for (holder, id) in body.removed {
+        let group = groups.entry(group_of(&holder)).or_default();
+        group.removed.push((holder, id));
     }
-    out
+    for held in body.puts {
+        let group = groups.entry(group_of(held.holder())).or_default();
+        group.puts.push(held);
+    }
+    let not_ours = groups.remove(&None).unwrap_or_default();
+    let groups = groups
+        .into_iter()
+        .filter_map(|(targets, body)| Some((targets?, batches(&body))))
+        .filter(|(targets, _)| !targets.is_empty())
+        .collect();
+    (groups, not_ours)
+}
+
+/// Whether a mailbox no virtual node holds may still be ours: some virtual
+/// node's predecessor is unknown (it failed and the ring has not settled),
+/// so its range cannot be told now.
+pub fn ranges_unsettled(ranges: &VirtualNodes) -> bool {
+    ranges.nodes.iter().any(|nb| nb.predecessor.is_none())
 }
 
 /// Changes made on this owner, not yet pushed to its successors.
@@ -166,14 +215,22 @@ impl Pending {
         self.body.puts.is_empty() && self.body.removed.is_empty()
     }
 
-    /// Everything pending, as `mailbox.copy` requests; removals first so a
-    /// put of an id removed meanwhile is refused by its tombstone.
-    pub fn take(&mut self) -> Vec<CopyBody> {
-        batches(&std::mem::take(&mut self.body))
+    /// Everything pending (to split with [`copy_groups`]).
+    pub fn take(&mut self) -> CopyBody {
+        std::mem::take(&mut self.body)
+    }
+
+    /// Put back changes that could not be placed yet, before newer ones.
+    pub fn requeue(&mut self, mut body: CopyBody) {
+        body.puts.append(&mut self.body.puts);
+        body.removed.append(&mut self.body.removed);
+        self.body = body;
     }
 }
 
-/// Split a change set into requests of at most [`COPY_BATCH`] items.
+/// Split a change set into requests of at most [`COPY_BATCH`] items;
+/// removals first so a put of an id removed meanwhile is refused by its
+/// tombstone.
 pub fn batches(body: &CopyBody) -> Vec<CopyBody> {
     let mut out = Vec::new();
     for chunk in body.removed.chunks(COPY_BATCH) {
@@ -273,11 +330,13 @@ pub fn removal_authority<'a>(
 /// Where a resync sends one holder's items and tombstones.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resync {
-    /// This node owns the mailbox: to its successors (puts and removals).
+    /// This gestor owns the mailbox: to the copy targets of the virtual
+    /// node that holds it (puts and removals).
     Successors,
-    /// The mailbox was in this node's range until a node joined just
-    /// before it and took that part: to the new owner (puts and removals),
-    /// so it gets the mail it must deliver and the acks already made.
+    /// The mailbox was in one of our virtual nodes' ranges until a node
+    /// joined just before that virtual node and took that part: to the new
+    /// owner (puts and removals), so it gets the mail it must deliver and
+    /// the acks already made.
     Handoff,
     /// A copy (or a stale one): nothing to send. Copies never hand off: a
     /// stale copy of acknowledged mail would come back at a new owner that
@@ -285,19 +344,19 @@ pub enum Resync {
     Skip,
 }
 
-/// Resync's memory between rounds: the ring positions that left this
-/// node's range and are not yet handed over.
-#[derive(Debug, Default)]
+/// Resync's memory of one virtual node between rounds: the ring positions
+/// that left its range and are not yet handed over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResyncState {
     last_predecessor: Option<u64>,
-    /// `(start, end]`: positions now owned by nodes that joined before us.
+    /// `(start, end]`: positions now owned by nodes that joined before it.
     moved: Option<(u64, u64)>,
 }
 
 impl ResyncState {
-    /// Note this node's predecessor now (often: the plugin does it every
-    /// copy tick, 100 ms, so a failure and a join are seen apart). A new
-    /// predecessor inside the old range `(old, me)` took `(old, new]`.
+    /// Note the virtual node's predecessor now (often: the plugin does it
+    /// every copy tick, 100 ms, so a failure and a join are seen apart). A
+    /// new predecessor inside the old range `(old, me)` took `(old, new]`.
     pub fn observe(&mut self, me: u64, predecessor: Option<u64>) {
         if let (Some(old), Some(new)) = (self.last_predecessor, predecessor) {
             if new != old && new != me && in_ring_interval(new, old, me) {
@@ -308,55 +367,101 @@ impl ResyncState {
         self.last_predecessor = predecessor;
     }
 
-    /// Where a holder at ring position `pos` goes; `mine`: this node owns it.
+    /// Whether `pos` left this virtual node's range and is not handed yet.
+    pub fn moved(&self, pos: u64) -> bool {
+        self.moved
+            .is_some_and(|(start, end)| in_ring_interval(pos, start, end))
+    }
+}
+
+/// Resync's memory of every virtual node of this gestor, by vnode id:
+/// each one's range shrinks on its own when a node joins before it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resyncs {
+    by_vnode: BTreeMap<u64, ResyncState>,
+}
+
+impl Resyncs {
+    /// Note every virtual node's predecessor (see [`ResyncState::observe`]);
+    /// forget virtual nodes that are no longer ours.
+    pub fn observe(&mut self, ranges: &VirtualNodes) {
+        self.by_vnode
+            .retain(|id, _| ranges.nodes.iter().any(|nb| nb.me.id == *id));
+        for nb in &ranges.nodes {
+            let pred = nb.predecessor.as_ref().map(|p| p.id);
+            self.by_vnode
+                .entry(nb.me.id)
+                .or_default()
+                .observe(nb.me.id, pred);
+        }
+    }
+
+    /// Where a holder at ring position `pos` goes; `mine`: this gestor owns it.
     pub fn target(&self, pos: u64, mine: bool) -> Resync {
-        match self.moved {
-            _ if mine => Resync::Successors,
-            Some((start, end)) if in_ring_interval(pos, start, end) => Resync::Handoff,
-            _ => Resync::Skip,
+        if mine {
+            Resync::Successors
+        } else if self.by_vnode.values().any(|s| s.moved(pos)) {
+            Resync::Handoff
+        } else {
+            Resync::Skip
         }
     }
 
     /// Whether a handoff is still to be made.
     pub fn handing_off(&self) -> bool {
-        self.moved.is_some()
+        self.by_vnode.values().any(|s| s.moved.is_some())
     }
 
-    /// Whether `owner` (a node id) joined inside the range that left
-    /// this node: it took its range from us (or from one who did). An
-    /// owner elsewhere got the mailbox from someone else, and what we hold
-    /// of it is a copy.
-    pub fn took_from_me(&self, owner: u64) -> bool {
-        self.moved
-            .is_some_and(|(start, end)| in_ring_interval(owner, start, end))
+    /// Whether `owner` (the virtual node id owning `pos` now) joined inside
+    /// the range that left the virtual node of ours `pos` was in: it took
+    /// `pos` from us (or from one who did). An owner elsewhere got the
+    /// mailbox from someone else, and what we hold of it is a copy.
+    pub fn took_from_me(&self, pos: u64, owner: u64) -> bool {
+        self.by_vnode
+            .values()
+            .any(|s| s.moved(pos) && s.moved(owner))
     }
 
-    /// A whole round delivered every handoff: nothing left to hand.
-    pub fn handed(&mut self) {
-        self.moved = None;
+    /// A whole round that started with `round` delivered every handoff:
+    /// nothing left to hand, except ranges that moved during the round.
+    pub fn handed(&mut self, round: &Resyncs) {
+        for (id, state) in &mut self.by_vnode {
+            if round.by_vnode.get(id).map(|r| r.moved) == Some(state.moved) {
+                state.moved = None;
+            }
+        }
     }
 }
 
 /// What one resync page sends where.
 #[derive(Debug, Default)]
 pub struct ResyncPlan {
-    /// Items of mailboxes this node owns, for its successors.
-    pub successors: CopyBody,
+    /// Items of mailboxes this gestor owns, by their copy targets.
+    pub copies: BTreeMap<Vec<String>, CopyBody>,
     /// Items of mailboxes that moved to another node, by their new owner.
     pub handoffs: BTreeMap<String, CopyBody>,
     /// A moved mailbox whose new owner is unknown now (retry next round).
     pub unplaced: bool,
 }
 
-/// Sort one page of items or tombstones (see [`ResyncState::target`]).
+/// Where one holder's page entries go.
+#[derive(Debug, Clone)]
+enum Route {
+    Copies(Vec<String>),
+    Owner(String),
+    Unplaced,
+}
+
+/// Sort one page of items or tombstones (see [`Resyncs::target`]).
 /// `mine(holder)` is asked once per holder of the page, `owner_of(holder)`
-/// (the owner's id and address) once per moved holder.
+/// (the owning virtual node's id and address) once per moved holder.
 pub struct Planner<'s, M, O> {
-    state: &'s ResyncState,
+    state: &'s Resyncs,
+    ranges: &'s VirtualNodes,
+    copies: usize,
     mine: M,
     owner_of: O,
-    decided: BTreeMap<String, Option<String>>,
-    successors_mark: String,
+    decided: BTreeMap<String, Option<Route>>,
 }
 
 impl<'s, M, O> Planner<'s, M, O>
@@ -364,31 +469,40 @@ where
     M: FnMut(&str) -> bool,
     O: FnMut(&str) -> Option<(u64, String)>,
 {
-    pub fn new(state: &'s ResyncState, mine: M, owner_of: O) -> Self {
+    /// `ranges` and `copies`: where the copies of our own mailboxes go.
+    pub fn new(
+        state: &'s Resyncs,
+        ranges: &'s VirtualNodes,
+        copies: usize,
+        mine: M,
+        owner_of: O,
+    ) -> Self {
         Planner {
             state,
+            ranges,
+            copies,
             mine,
             owner_of,
             decided: BTreeMap::new(),
-            // Not a URL: stands for "my successors" in `decided`.
-            successors_mark: String::from("\0successors"),
         }
     }
 
-    /// `None`: skip; `Some(mark)`: to the successors; `Some(url)`: to that owner.
-    fn route(&mut self, holder: &str) -> Option<String> {
+    /// `None`: skip.
+    fn route(&mut self, holder: &str) -> Option<Route> {
         if let Some(d) = self.decided.get(holder) {
             return d.clone();
         }
         let pos = ring_position(holder.as_bytes());
         let d = match self.state.target(pos, (self.mine)(holder)) {
-            Resync::Successors => Some(self.successors_mark.clone()),
+            Resync::Successors => Some(Route::Copies(copy_targets(self.ranges, pos, self.copies))),
             Resync::Handoff => match (self.owner_of)(holder) {
-                Some((id, addr)) if self.state.took_from_me(id) => Some(addr),
+                // Our own URL: another virtual node of ours took it, and
+                // `mine` will say so once the ring view agrees.
+                Some((_, addr)) if Some(addr.as_str()) == self.ranges.addr() => None,
+                Some((id, addr)) if self.state.took_from_me(pos, id) => Some(Route::Owner(addr)),
                 // Owned by a node that did not take it from us: a copy.
                 Some(_) => None,
-                // Unknown now: retry next round.
-                None => Some(String::new()),
+                None => Some(Route::Unplaced),
             },
             Resync::Skip => None,
         };
@@ -396,14 +510,16 @@ where
         d
     }
 
-    fn body<'p>(&self, plan: &'p mut ResyncPlan, to: String) -> Option<&'p mut CopyBody> {
-        if to == self.successors_mark {
-            Some(&mut plan.successors)
-        } else if to.is_empty() {
-            plan.unplaced = true;
-            None
-        } else {
-            Some(plan.handoffs.entry(to).or_default())
+    fn body(plan: &mut ResyncPlan, to: Route) -> Option<&mut CopyBody> {
+        match to {
+            // A lone gestor: nobody to copy to.
+            Route::Copies(targets) if targets.is_empty() => None,
+            Route::Copies(targets) => Some(plan.copies.entry(targets).or_default()),
+            Route::Owner(addr) => Some(plan.handoffs.entry(addr).or_default()),
+            Route::Unplaced => {
+                plan.unplaced = true;
+                None
+            }
         }
     }
 
@@ -414,7 +530,7 @@ where
             let Some(to) = self.route(held.holder()) else {
                 continue;
             };
-            if let Some(body) = self.body(&mut plan, to) {
+            if let Some(body) = Self::body(&mut plan, to) {
                 body.puts.push(held);
             }
         }
@@ -437,7 +553,7 @@ where
             let Some(to) = self.route(holder) else {
                 continue;
             };
-            if let Some(body) = self.body(&mut plan, to) {
+            if let Some(body) = Self::body(&mut plan, to) {
                 body.removed.push((holder.to_string(), id.to_string()));
             }
         }
@@ -449,7 +565,7 @@ where
 mod tests {
     use super::*;
     use gestor_api::chat::ChatMessage;
-    use gestor_api::ring::PeerRef;
+    use gestor_api::ring::{Neighbourhood, PeerRef};
 
     pub(crate) fn held(from: &str, seq: u64, id: &str, bounce: Option<&str>) -> Held {
         Held {
@@ -521,36 +637,125 @@ mod tests {
         assert!(tomb_expired(b"bad", 1));
     }
 
-    #[test]
-    fn copies_go_to_distinct_successors_other_than_me() {
-        let peer = |id: u64| PeerRef {
+    fn at(id: u64, gestor: u16) -> PeerRef {
+        PeerRef {
             id,
-            addr: format!("tcp://n{id}"),
-        };
-        let n = Neighbourhood {
-            me: peer(1),
-            predecessor: Some(peer(9)),
-            successors: vec![peer(2), peer(2), peer(1), peer(3), peer(4)],
-        };
-        assert_eq!(copy_targets(&n, 2), vec!["tcp://n2", "tcp://n3"]);
-        assert_eq!(copy_targets(&n, 0), Vec::<String>::new());
-        let alone = Neighbourhood {
-            me: peer(1),
-            predecessor: None,
-            successors: vec![peer(1)],
-        };
-        assert!(copy_targets(&alone, 2).is_empty());
+            addr: format!("tcp://n{gestor}"),
+        }
+    }
+
+    /// A virtual node: `(id, predecessor, successors)`, peers as `(id, gestor)`.
+    type VNode<'a> = (u64, Option<(u64, u16)>, &'a [(u64, u16)]);
+
+    /// Gestor 1's virtual nodes.
+    fn ours(vnodes: &[VNode<'_>]) -> VirtualNodes {
+        VirtualNodes {
+            nodes: vnodes
+                .iter()
+                .map(|(id, pred, succ)| Neighbourhood {
+                    me: at(*id, 1),
+                    predecessor: pred.map(|(p, g)| at(p, g)),
+                    successors: succ.iter().map(|(s, g)| at(*s, *g)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn copies_go_to_distinct_gestores_after_the_owning_virtual_node() {
+        // Gestor 1 at 100 and 300; gestor 2 at 200 and 400, gestor 3 at 250.
+        let ranges = ours(&[
+            (
+                100,
+                Some((50, 4)),
+                &[(200, 2), (250, 3), (300, 1), (400, 2)],
+            ),
+            (
+                300,
+                Some((250, 3)),
+                &[(400, 2), (100, 1), (200, 2), (450, 4)],
+            ),
+        ]);
+        let targets = |pos| copy_targets(&ranges, pos, 2);
+        assert_eq!(targets(60), vec!["tcp://n2", "tcp://n3"]);
+        // Never our own URL, never one gestor twice.
+        assert_eq!(targets(260), vec!["tcp://n2", "tcp://n4"]);
+        assert_eq!(copy_targets(&ranges, 60, 0), Vec::<String>::new());
+        // Not ours now (a node joined): no copies.
+        assert!(targets(150).is_empty());
+        let alone = ours(&[(1, Some((1, 1)), &[(1, 1)])]);
+        assert!(copy_targets(&alone, 7, 2).is_empty());
+        assert!(copy_targets(&VirtualNodes::default(), 7, 2).is_empty());
+    }
+
+    fn not_ours_of(removed: &[(&str, &str)]) -> CopyBody {
+        CopyBody {
+            puts: Vec::new(),
+            removed: removed
+                .iter()
+                .map(|(h, id)| (h.to_string(), id.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn changes_are_grouped_by_their_copy_targets() {
+        let (a, b) = (ring_position(b"alice"), ring_position(b"bruno"));
+        // A virtual node ending at each of alice's and bruno's positions.
+        let ranges = ours(&[
+            (a, Some((a - 1, 4)), &[(a + 1, 2), (a + 2, 3)]),
+            (b, Some((b - 1, 4)), &[(b + 1, 1), (b + 2, 3), (b + 3, 5)]),
+        ]);
+        let mut p = Pending::default();
+        p.put(Held {
+            mail: ChatMessage {
+                to: "alice".into(),
+                ..held("bruno", 1, "a1", None).mail
+            },
+            ..held("bruno", 1, "a1", None)
+        });
+        // A bounce is held by its sender.
+        p.put(held("bruno", 1, "b1", Some("expired")));
+        p.removed("bruno", "b0");
+        // bob's mailbox is none of ours: not copied.
+        p.removed("bob", "x");
+        let (groups, not_ours) = copy_groups(&ranges, 2, p.take());
+        assert!(p.is_empty());
+        assert_eq!(not_ours.removed, vec![("bob".into(), "x".into())]);
+        assert!(not_ours.puts.is_empty());
+        assert_eq!(groups.len(), 2);
+        let to_alice = &groups[&vec!["tcp://n2".to_string(), "tcp://n3".into()]];
+        assert_eq!(to_alice.len(), 1);
+        assert_eq!(to_alice[0].puts[0].mail.id, "a1");
+        // Our own gestor 1 is no target of bruno's.
+        let to_bruno = &groups[&vec!["tcp://n3".to_string(), "tcp://n5".into()]];
+        // Removals first, then puts.
+        assert_eq!(to_bruno[0].removed, vec![("bruno".into(), "b0".into())]);
+        assert_eq!(to_bruno[1].puts[0].mail.id, "b1");
+        assert!(!ranges_unsettled(&ranges));
+        let alone = ours(&[(1, Some((1, 1)), &[])]);
+        p.removed("bob", "x");
+        let (groups, not_ours) = copy_groups(&alone, 2, p.take());
+        assert!(groups.is_empty() && not_ours.removed.is_empty());
+        // Kept for later, before newer changes.
+        p.removed("bob", "y");
+        p.requeue(not_ours_of(&[("bob", "x")]));
+        assert_eq!(batches(&p.take())[0].removed[0].1, "x");
+        assert!(ranges_unsettled(&ours(&[
+            (1, Some((0, 2)), &[]),
+            (5, None, &[])
+        ])));
     }
 
     #[test]
     fn pending_changes_batch_removals_first() {
         let mut p = Pending::default();
-        assert!(p.is_empty() && p.take().is_empty());
+        assert!(p.is_empty() && batches(&p.take()).is_empty());
         for i in 0..(COPY_BATCH + 1) {
             p.put(held("alice", i as u64 + 1, &format!("id{i}"), None));
         }
         p.removed("bob", "x");
-        let batches = p.take();
+        let batches = batches(&p.take());
         assert_eq!(batches.len(), 3);
         assert_eq!(batches[0].removed.len(), 1);
         assert_eq!(batches[1].puts.len(), COPY_BATCH);
@@ -599,32 +804,64 @@ mod tests {
 
     #[test]
     fn a_joining_predecessor_takes_part_of_the_range() {
-        let mut r = ResyncState::default();
-        r.observe(100, Some(10));
+        let one = |pred: u64| ours(&[(100, Some((pred, 2)), &[])]);
+        let mut r = Resyncs::default();
+        r.observe(&one(10));
         assert!(!r.handing_off());
         assert_eq!(r.target(50, true), Resync::Successors);
         assert_eq!(r.target(50, false), Resync::Skip);
         // A node joins at 40: (10, 40] moved.
-        r.observe(100, Some(40));
+        r.observe(&one(40));
         assert!(r.handing_off());
         assert_eq!(r.target(20, false), Resync::Handoff);
         assert_eq!(r.target(40, false), Resync::Handoff);
         assert_eq!(r.target(5, false), Resync::Skip);
-        // Another at 60 before the first handoff went through: (10, 60].
-        r.observe(100, Some(60));
+        assert!(r.took_from_me(20, 40));
+        // Another at 60 while a round is under way: (10, 60].
+        let round = r.clone();
+        r.observe(&one(60));
         assert_eq!(r.target(20, false), Resync::Handoff);
         assert_eq!(r.target(55, false), Resync::Handoff);
-        r.handed();
+        // That round did not know of 60: its success hands nothing off.
+        r.handed(&round);
+        assert!(r.handing_off());
+        let round = r.clone();
+        r.handed(&round);
         assert_eq!(r.target(20, false), Resync::Skip);
         // The predecessor died (the range grew): nothing moved away.
-        r.observe(100, Some(5));
+        r.observe(&one(5));
         assert!(!r.handing_off());
         // Wrapping past zero.
-        let mut w = ResyncState::default();
-        w.observe(3, Some(u64::MAX - 10));
-        w.observe(3, Some(1));
+        let mut w = Resyncs::default();
+        w.observe(&ours(&[(3, Some((u64::MAX - 10, 2)), &[])]));
+        w.observe(&ours(&[(3, Some((1, 2)), &[])]));
         assert_eq!(w.target(u64::MAX, false), Resync::Handoff);
         assert_eq!(w.target(2, false), Resync::Skip);
+    }
+
+    #[test]
+    fn each_virtual_node_hands_off_what_left_its_own_range() {
+        // Gestor 1 at 100 (after 10) and at 500 (after 300).
+        let view = |p1, p2| ours(&[(100, Some((p1, 2)), &[]), (500, Some((p2, 3)), &[])]);
+        let mut r = Resyncs::default();
+        r.observe(&view(10, 300));
+        // A node joins at 400, before 500: (300, 400] moved, not 100's range.
+        r.observe(&view(10, 400));
+        assert_eq!(r.target(350, false), Resync::Handoff);
+        assert_eq!(r.target(50, false), Resync::Skip);
+        assert!(r.took_from_me(350, 400));
+        assert!(!r.took_from_me(350, 60), "60 did not join in 500's range");
+        // Another joins at 60, before 100.
+        r.observe(&view(60, 400));
+        assert!(r.took_from_me(20, 60));
+        assert!(
+            !r.took_from_me(20, 400),
+            "the position and its owner left different virtual nodes"
+        );
+        // A virtual node no longer ours: forgotten, with what it had moved.
+        r.observe(&ours(&[(100, Some((60, 2)), &[])]));
+        assert_eq!(r.target(350, false), Resync::Skip);
+        assert!(r.handing_off(), "100's handoff is still due");
     }
 
     #[test]
@@ -637,46 +874,71 @@ mod tests {
 
     #[test]
     fn resync_pages_split_by_destination() {
-        let mut r = ResyncState::default();
-        let (me, pred) = (u64::MAX, 0);
-        r.observe(me, Some(pred));
-        let carla = ring_position(b"carla");
-        r.observe(me, Some(carla));
+        let pos = |u: &str| ring_position(u.as_bytes());
+        let (bob, bruno, carla) = (pos("bob"), pos("bruno"), pos("carla"));
+        let vnode = |me: u64, pred: u64, succ: &'static [(u64, u16)]| (me, Some((pred, 9)), succ);
+        // Our virtual nodes at bob's and bruno's positions (different copy
+        // targets) and one just after carla's, which a node joining at
+        // carla's position cuts.
+        let view = |carla_pred| {
+            ours(&[
+                vnode(bob, bob.wrapping_sub(1), &[(1, 2), (2, 3)]),
+                vnode(
+                    bruno,
+                    bruno.wrapping_sub(1),
+                    &[(3, 1), (4, 4), (5, 4), (6, 5)],
+                ),
+                vnode(carla.wrapping_add(10), carla_pred, &[]),
+            ])
+        };
+        let mut r = Resyncs::default();
+        r.observe(&view(carla.wrapping_sub(10)));
+        let ranges = view(carla);
+        r.observe(&ranges);
+        let to_carla = Held {
+            mail: ChatMessage {
+                to: "carla".into(),
+                ..held("alice", 2, "b", None).mail
+            },
+            stored_ms: 0,
+            bounce: None,
+        };
         let items = vec![
             held("alice", 1, "a", None),
             held("carol", 1, "c", None),
-            Held {
-                mail: ChatMessage {
-                    to: "carla".into(),
-                    ..held("alice", 2, "b", None).mail
-                },
-                stored_ms: 0,
-                bounce: None,
-            },
+            held("bruno", 1, "d", Some("expired")),
+            to_carla.clone(),
+            held("zed", 1, "z", Some("expired")),
         ];
+        let mine = |h: &str| h == "bob" || h == "bruno";
         let mut asked = Vec::new();
-        let plan = Planner::new(
-            &r,
-            |h| h == "bob",
-            |h| {
-                asked.push(h.to_string());
-                Some((carla, format!("tcp://{h}-owner")))
-            },
-        )
+        let plan = Planner::new(&r, &ranges, 2, mine, |h| {
+            asked.push(h.to_string());
+            Some((carla, format!("tcp://{h}-owner")))
+        })
         .items(items);
-        // bob's mail: mine, to the successors, one copy per item.
-        assert_eq!(plan.successors.puts.len(), 2);
-        let moved = in_ring_interval(carla, pred, carla);
-        assert!(moved);
+        // Ours: to each virtual node's own copy targets, one copy per item.
+        let targets = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
+        assert_eq!(plan.copies[&targets("tcp://n2", "tcp://n3")].puts.len(), 2);
+        assert_eq!(plan.copies[&targets("tcp://n4", "tcp://n5")].puts.len(), 1);
+        assert_eq!(plan.copies.len(), 2);
         assert_eq!(plan.handoffs["tcp://carla-owner"].puts.len(), 1);
-        assert_eq!(asked, vec!["carla"]);
-        let tombs = Planner::new(&r, |h| h == "bob", |_| None).tombs([
+        assert_eq!(asked, vec!["carla"], "zed's owner is not asked");
+        // Carla's owner now is us (another virtual node), or one that did
+        // not take it from us: no handoff.
+        for owner in [(carla, "tcp://n1"), (carla.wrapping_sub(20), "tcp://x")] {
+            let plan = Planner::new(&r, &ranges, 2, mine, |_| Some((owner.0, owner.1.into())))
+                .items(vec![to_carla.clone()]);
+            assert!(plan.handoffs.is_empty() && !plan.unplaced, "{owner:?}");
+        }
+        let tombs = Planner::new(&r, &ranges, 2, mine, |_| None).tombs([
             &b"bob/x"[..],
             b"carla/y",
             b"zed/z",
             b"nokey",
         ]);
-        assert_eq!(tombs.successors.removed, vec![("bob".into(), "x".into())]);
+        let removed = &tombs.copies[&targets("tcp://n2", "tcp://n3")].removed;
+        assert_eq!(removed, &vec![("bob".into(), "x".into())]);
         assert!(tombs.unplaced, "carla's new owner unknown");
         assert!(tombs.handoffs.is_empty());
     }

@@ -3,7 +3,7 @@
 //!
 //! **Mailbox.** A message for a user who is offline is left with the gestor
 //! responsible for the *recipient* (the same gestor that holds the user's
-//! directory record), which copies it to its first `copies` successors. The
+//! directory record), which copies it to `copies` other gestores. The
 //! recipient fetches it at its next login (authenticated through the local
 //! `dir.authenticate`) and acknowledges it; the ack deletes the message on
 //! the owner and on the copies and leaves a tombstone so that a late copy
@@ -12,6 +12,17 @@
 //! bounded per user and in size, and expire after `ttl_ms`; an expired
 //! message is not dropped silently — a *bounce* is left in the sender's own
 //! mailbox.
+//!
+//! **Ranges.** A gestor holds `ring.virtual_nodes` positions on the ring
+//! (`ring.ranges`); each virtual node owns the keys in `(predecessor, me]`
+//! and the gestor owns their union. A mailbox's copies go to the first
+//! `copies` distinct *gestores* (by URL, never the owner's own) in the
+//! successor list of the virtual node holding the recipient's key, so
+//! mailboxes of different virtual nodes of one gestor are copied to
+//! different gestores. A node that joins just before one of our virtual
+//! nodes takes part of that virtual node's range: resync remembers each
+//! virtual node's predecessor and hands the mailboxes that left its range
+//! to the joiner. With one virtual node this is the plain Chord range.
 //!
 //! The rules (keys, de-duplication, quota, copies, removals, expiry,
 //! resync and handoff) are the I/O-free [`core`]; [`boxes`] applies them to
@@ -62,12 +73,14 @@ pub struct MailboxConfig {
     pub max_text_bytes: usize,
     /// A message not fetched within this many ms expires and bounces to its sender.
     pub ttl_ms: u64,
-    /// Successors that hold a copy of the owner's mailboxes.
+    /// Other gestores that hold a copy of each mailbox: the first distinct
+    /// ones after the virtual node that owns it.
     pub copies: usize,
     /// How often expired messages are looked for.
     pub expire_every_ms: u64,
-    /// How often the owner re-sends its mailboxes to its current successors
-    /// (repairs copies after the ring changed or a copy was lost).
+    /// How often the owner re-sends its mailboxes to their current copy
+    /// holders and hands moved ones to joiners (repairs copies after the
+    /// ring changed or a copy was lost).
     pub resync_every_ms: u64,
     /// Deadline of a forwarded request to the responsible gestor.
     pub forward_timeout_ms: u64,
@@ -103,10 +116,10 @@ impl Default for MailboxConfig {
 pub(crate) struct Shared {
     pub config: Mutex<MailboxConfig>,
     pub ctx: Mutex<Option<PluginContext>>,
-    /// Changes not yet pushed to the successors.
+    /// Changes not yet pushed to the copy holders.
     pending: Mutex<core::Pending>,
-    /// What resync remembers between rounds (handoffs made).
-    resync: Mutex<core::ResyncState>,
+    /// What resync remembers between rounds, per virtual node (handoffs due).
+    resync: Mutex<core::Resyncs>,
     pub presence: presence::Watches,
     /// Removals in copies refused: the sender did not own the recipient.
     removals_refused: AtomicU64,
@@ -280,8 +293,9 @@ impl Shared {
     /// are believed only from that gestor — as this node's own ring view
     /// names it, and as a session this node itself made with that URL
     /// proves it (a sender's own claims prove nothing). On the owner itself
-    /// (whose own acks never come by copy), only from its first successor:
-    /// the previous owner handing over the range this node took
+    /// (whose own acks never come by copy), only from the first other
+    /// gestor after the virtual node of ours that holds the mailbox: the
+    /// previous owner handing over the range that virtual node took
     /// ([`core::removal_authority`]). A copy holder also expires mail on
     /// its own.
     fn removal_from_owner(&self, ctx: &PluginContext, meta: &RequestMeta, holder: &str) -> bool {
@@ -291,8 +305,9 @@ impl Shared {
         };
         let me = ctx.request_url();
         let successor = if owner == me {
-            self.neighbours(ctx)
-                .and_then(|n| core::copy_targets(&n, 1).into_iter().next())
+            let pos = ring_position(holder.as_bytes());
+            self.ranges(ctx)
+                .and_then(|r| core::copy_targets(&r, pos, 1).into_iter().next())
         } else {
             None
         };
@@ -354,11 +369,14 @@ impl Shared {
 
     // ---- loops -------------------------------------------------------------
 
-    fn neighbours(&self, ctx: &PluginContext) -> Option<ring::Neighbourhood> {
-        match ctx.call_local::<ring::Neighbours>(&Empty) {
-            Ok(n) => Some(n),
+    /// Every virtual node of this gestor with its neighbours (`None`: the
+    /// ring cannot say now).
+    fn ranges(&self, ctx: &PluginContext) -> Option<ring::VirtualNodes> {
+        match ctx.call_local::<ring::Ranges>(&Empty) {
+            Ok(r) if r.nodes.is_empty() => None,
+            Ok(r) => Some(r),
             Err(e) => {
-                tracing::debug!("ring.neighbours: {e}");
+                tracing::debug!("ring.ranges: {e}");
                 None
             }
         }
@@ -382,25 +400,25 @@ impl Shared {
         all
     }
 
-    /// Push queued changes to the successors.
+    /// Push queued changes to the copy targets of each change's mailbox.
     fn flush_copies(&self) {
         let Ok(ctx) = self.ctx() else { return };
         // Seen every tick, so resync tells a join from a failure (see
         // `ResyncState::observe`).
-        let Some(n) = self.neighbours(&ctx) else {
+        let Some(ranges) = self.ranges(&ctx) else {
             return;
         };
-        self.resync_state()
-            .observe(n.me.id, n.predecessor.as_ref().map(|p| p.id));
-        let batches = self.pending().take();
-        if batches.is_empty() {
-            return;
+        self.resync_state().observe(&ranges);
+        let body = self.pending().take();
+        let (groups, not_ours) = core::copy_groups(&ranges, self.config().copies, body);
+        // Not ours: a joiner took it (the resync hands it over), unless a
+        // range cannot be told now; then keep it for the next tick.
+        if core::ranges_unsettled(&ranges) {
+            self.pending().requeue(not_ours);
         }
-        self.push(
-            &ctx,
-            &core::copy_targets(&n, self.config().copies),
-            &batches,
-        );
+        for (targets, batches) in groups {
+            self.push(&ctx, &targets, &batches);
+        }
     }
 
     /// The owner of `holder`, as this node's ring view names it.
@@ -415,57 +433,66 @@ impl Shared {
         }
     }
 
-    /// Re-send every mailbox this node owns, and its tombstones, to its
-    /// successors; hand the mailboxes a joining predecessor took over to
-    /// it. A page of the store at a time.
+    /// Re-send every mailbox this gestor owns, and its tombstones, to the
+    /// copy targets of the virtual node holding it; hand the mailboxes a
+    /// node that joined before one of our virtual nodes took over to it. A
+    /// page of the store at a time.
     fn resync(&self) {
         let Ok(ctx) = self.ctx() else { return };
-        let Some(n) = self.neighbours(&ctx) else {
+        let Some(ranges) = self.ranges(&ctx) else {
             return;
         };
-        self.resync_state()
-            .observe(n.me.id, n.predecessor.as_ref().map(|p| p.id));
-        let targets = core::copy_targets(&n, self.config().copies);
+        // The round plans with what it saw at its start; `handed` keeps
+        // what moved meanwhile for the next round.
+        let round = {
+            let mut state = self.resync_state();
+            state.observe(&ranges);
+            state.clone()
+        };
+        let round_ring = (&round, &ranges);
         let store = ctx.store();
         let boxes = Boxes::new(&*store);
         let mut all_handed = true;
         // Tombstones first: a new owner must know what was acknowledged
         // before it is handed mail that a stale copy may still hold.
         let tombs = boxes.walk(core::ACKED, b"", |page| {
-            let plan = self.planner(&ctx, |p| p.tombs(page.iter().map(|(k, _)| k.as_slice())));
-            all_handed &= self.send_plan(&ctx, &targets, plan);
+            let keys = page.iter().map(|(k, _)| k.as_slice());
+            let plan = self.planner(&ctx, round_ring, |p| p.tombs(keys));
+            all_handed &= self.send_plan(&ctx, plan);
             ControlFlow::Continue(())
         });
         let walked = boxes.walk_items(b"", |page| {
             let items = page.into_iter().map(|(_, h)| h).collect();
-            let plan = self.planner(&ctx, |p| p.items(items));
-            all_handed &= self.send_plan(&ctx, &targets, plan);
+            let plan = self.planner(&ctx, round_ring, |p| p.items(items));
+            all_handed &= self.send_plan(&ctx, plan);
             ControlFlow::Continue(())
         });
         match walked.and(tombs) {
             Err(e) => tracing::warn!("mailbox resync: {e}"),
-            Ok(()) if all_handed => self.resync_state().handed(),
+            Ok(()) if all_handed => self.resync_state().handed(&round),
             Ok(()) => {}
         }
     }
 
-    fn resync_state(&self) -> std::sync::MutexGuard<'_, core::ResyncState> {
+    fn resync_state(&self) -> std::sync::MutexGuard<'_, core::Resyncs> {
         self.resync.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Plan one resync page with this node's ring view.
+    /// Plan one resync page with this round's state and ring view.
     fn planner(
         &self,
         ctx: &PluginContext,
+        (state, ranges): (&core::Resyncs, &ring::VirtualNodes),
         f: impl FnOnce(
             &mut core::Planner<'_, &dyn Fn(&str) -> bool, &dyn Fn(&str) -> Option<(u64, String)>>,
         ) -> core::ResyncPlan,
     ) -> core::ResyncPlan {
         let mine = |holder: &str| self.responsible(ctx, holder).unwrap_or(false);
         let owner_of = |holder: &str| self.owner_of(ctx, holder);
-        let state = self.resync_state();
         let mut planner = core::Planner::new(
-            &state,
+            state,
+            ranges,
+            self.config().copies,
             &mine as &dyn Fn(&str) -> bool,
             &owner_of as &dyn Fn(&str) -> Option<(u64, String)>,
         );
@@ -473,8 +500,10 @@ impl Shared {
     }
 
     /// Send a resync plan; whether every handoff in it went through.
-    fn send_plan(&self, ctx: &PluginContext, targets: &[String], plan: core::ResyncPlan) -> bool {
-        self.push(ctx, targets, &core::batches(&plan.successors));
+    fn send_plan(&self, ctx: &PluginContext, plan: core::ResyncPlan) -> bool {
+        for (targets, body) in &plan.copies {
+            self.push(ctx, targets, &core::batches(body));
+        }
         let mut all = !plan.unplaced;
         for (owner, body) in plan.handoffs {
             let ok = self.push(ctx, std::slice::from_ref(&owner), &core::batches(&body));
@@ -622,7 +651,7 @@ fn make() -> Mailbox {
             config: Mutex::new(MailboxConfig::default()),
             ctx: Mutex::new(None),
             pending: Mutex::new(core::Pending::default()),
-            resync: Mutex::new(core::ResyncState::default()),
+            resync: Mutex::new(core::Resyncs::default()),
             presence: presence::Watches::default(),
             removals_refused: AtomicU64::new(0),
         }),

@@ -1,12 +1,16 @@
 //! Seeded random schedules driving the mailbox rules across a simulated ring.
 //!
-//! Nodes on a Chord ring (consistent views; the ring itself is tested in
-//! gestor-chord), each with its own store, change set and resync memory,
+//! Gestores on a Chord ring (consistent views; the ring itself is tested in
+//! gestor-chord), each at one or (in half the schedules) 1–4 random
+//! positions — virtual nodes, each owning the keys up to it — and each with
+//! its own store, change set and resync memory per virtual node,
 //! run the plugin's steps through the same code the plugin runs
 //! ([`Boxes`] on a store, the [`core`] planners): puts on the recipient's
 //! owner, copy rounds to the successors (some copies lost), fetches and
-//! acks, resync rounds (owner → successors, tombstones too, handoffs to a
-//! node that took over a range), nodes joining and up to two crashing.
+//! acks, resync rounds (owner → the distinct gestores after the owning
+//! virtual node, tombstones too, handoffs to a node that took over part of
+//! a virtual node's range), gestores joining (all their virtual nodes at
+//! once) and up to two crashing.
 //! Crashes land after a copy and a resync round of every node (copies
 //! leave every 100 ms, resyncs every 10 s; a crash inside those windows
 //! can lose mail that only the crashed node held, which is not simulated).
@@ -19,12 +23,13 @@
 //! `MAILBOX_SIM_RUNS` sets the number of schedules (default 1,000).
 
 use gestor_api::chat::ChatMessage;
-use gestor_api::mailbox::Held;
+use gestor_api::mailbox::{CopyBody, Held};
+use gestor_api::ring::{Neighbourhood, PeerRef, VirtualNodes};
 use gestor_mailbox::boxes::Boxes;
-use gestor_mailbox::core::{self, Admit, Pending, ResyncState, ACKED};
+use gestor_mailbox::core::{self, Admit, Pending, Resyncs, ACKED};
 use gestor_sdk::error::StoreError;
 use gestor_sdk::hash::ring_position;
-use gestor_sdk::store::{in_ring_interval, KvPairs, PutOutcome, Store, UserRecord};
+use gestor_sdk::store::{KvPairs, PutOutcome, Store, UserRecord};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -101,18 +106,28 @@ impl Store for MemStore {
 }
 
 const COPIES: usize = 2;
+/// Successor-list length r (the ring plugin's default).
+const SUCCESSOR_LIST: usize = 8;
 const MAX_PER_USER: usize = 1_000;
 const TTL: u64 = u64::MAX / 4;
 const USERS: [&str; 6] = ["alice", "bruno", "carla", "dmitri", "elena", "farid"];
 
+/// A gestor's resync planner over the simulated ring.
+type SimPlanner<'a> = core::Planner<
+    'a,
+    Box<dyn FnMut(&str) -> bool + 'a>,
+    Box<dyn FnMut(&str) -> Option<(u64, String)> + 'a>,
+>;
+
 struct Node {
-    id: u64,
+    /// Virtual node positions, the first the gestor's own id.
+    ids: Vec<u64>,
     addr: String,
     up: bool,
     joined: bool,
     store: MemStore,
     pending: Pending,
-    resync: ResyncState,
+    resync: Resyncs,
 }
 
 struct Sim {
@@ -126,23 +141,29 @@ struct Sim {
     /// Message id → nodes that ever held it.
     holders: BTreeMap<String, BTreeSet<usize>>,
     loss: f64,
+    /// Items and removals handed to a node that joined.
+    handoffs: usize,
     /// What happened, for the failure message.
     log: Vec<String>,
-    ring: Vec<usize>,
+    /// Live members' virtual nodes `(position, gestor)`, in ring order.
+    ring: Vec<(u64, usize)>,
 }
 
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
+        let max_vnodes = if rng.gen_bool(0.5) { 4 } else { 1 };
         let nodes = (0..8)
             .map(|i| Node {
-                id: rng.gen(),
+                ids: (0..rng.gen_range(1..=max_vnodes))
+                    .map(|_| rng.gen())
+                    .collect(),
                 addr: format!("tcp://node{i}"),
                 up: true,
                 joined: i < 4,
                 store: MemStore::default(),
                 pending: Pending::default(),
-                resync: ResyncState::default(),
+                resync: Resyncs::default(),
             })
             .collect();
         let loss = [0.0, 0.1, 0.3][rng.gen_range(0..3)];
@@ -155,52 +176,72 @@ impl Sim {
             acked: BTreeSet::new(),
             holders: BTreeMap::new(),
             loss,
-            log: vec![format!("seed {seed}, loss {loss}")],
+            handoffs: 0,
+            log: vec![format!("seed {seed}, loss {loss}, vnodes 1-{max_vnodes}")],
             ring: Vec::new(),
         };
         sim.ring_changed();
         sim
     }
 
-    /// Live ring members, in ring order.
-    fn ring(&self) -> Vec<usize> {
-        self.ring.clone()
+    /// Live ring members, each once.
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].up && self.nodes[*i].joined)
+            .collect()
     }
 
     fn ring_changed(&mut self) {
-        let mut r: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].up && self.nodes[*i].joined)
+        let mut r: Vec<(u64, usize)> = self
+            .live()
+            .into_iter()
+            .flat_map(|i| self.nodes[i].ids.iter().map(move |id| (*id, i)))
             .collect();
-        r.sort_by_key(|i| self.nodes[*i].id);
+        r.sort();
         self.ring = r;
     }
 
+    /// The virtual node owning `pos`: the first at or after it, wrapping.
+    fn owner_vnode(&self, pos: u64) -> (u64, usize) {
+        let at = self.ring.partition_point(|(id, _)| *id < pos);
+        self.ring.get(at).copied().unwrap_or(self.ring[0])
+    }
+
     fn owner(&self, user: &str) -> usize {
-        let pos = ring_position(user.as_bytes());
-        let ring = &self.ring;
-        for (k, i) in ring.iter().enumerate() {
-            let pred = ring[(k + ring.len() - 1) % ring.len()];
-            if ring.len() == 1 || in_ring_interval(pos, self.nodes[pred].id, self.nodes[*i].id) {
-                return *i;
-            }
-        }
-        unreachable!("a ring has an owner for every key")
+        self.owner_vnode(ring_position(user.as_bytes())).1
     }
 
-    fn predecessor(&self, node: usize) -> Option<u64> {
-        let ring = self.ring();
-        let k = ring.iter().position(|i| *i == node)?;
-        Some(self.nodes[ring[(k + ring.len() - 1) % ring.len()]].id)
-    }
-
-    fn successors(&self, node: usize) -> Vec<usize> {
-        let ring = self.ring();
-        let Some(k) = ring.iter().position(|i| *i == node) else {
-            return Vec::new();
+    /// `ring.ranges` of a live gestor: each virtual node with its
+    /// predecessor and its successor list (stopping before itself).
+    fn ranges(&self, node: usize) -> VirtualNodes {
+        let peer = |(id, n): (u64, usize)| PeerRef {
+            id,
+            addr: self.nodes[n].addr.clone(),
         };
-        (1..ring.len())
-            .map(|d| ring[(k + d) % ring.len()])
-            .take(COPIES)
+        let len = self.ring.len();
+        let nodes = self.nodes[node]
+            .ids
+            .iter()
+            .filter_map(|id| {
+                let k = self.ring.iter().position(|v| *v == (*id, node))?;
+                Some(Neighbourhood {
+                    me: peer(self.ring[k]),
+                    predecessor: Some(peer(self.ring[(k + len - 1) % len])),
+                    successors: (1..len.min(SUCCESSOR_LIST + 1))
+                        .map(|d| peer(self.ring[(k + d) % len]))
+                        .collect(),
+                })
+            })
+            .collect();
+        VirtualNodes { nodes }
+    }
+
+    /// Where `node` copies `holder`'s mailbox (core::copy_targets).
+    fn copy_targets(&self, node: usize, holder: &str, copies: usize) -> Vec<usize> {
+        let pos = ring_position(holder.as_bytes());
+        core::copy_targets(&self.ranges(node), pos, copies)
+            .iter()
+            .map(|a| self.by_addr(a))
             .collect()
     }
 
@@ -240,12 +281,7 @@ impl Sim {
     }
 
     /// A `mailbox.copy` from `from` reaching `to` (or lost).
-    fn deliver_copy(
-        &mut self,
-        from: usize,
-        to: usize,
-        body: gestor_api::mailbox::CopyBody,
-    ) -> bool {
+    fn deliver_copy(&mut self, from: usize, to: usize, body: CopyBody) -> bool {
         if self.rng.gen_bool(self.loss) {
             self.log.push(format!("copy node{from} -> node{to} lost"));
             return false;
@@ -255,7 +291,10 @@ impl Sim {
         let me = self.nodes[to].addr.clone();
         let plan = core::plan_copy(body, |holder| {
             let owner = self.nodes[self.owner(holder)].addr.clone();
-            let successor = self.first_successor(to).map(|s| self.nodes[s].addr.clone());
+            let successor = self
+                .copy_targets(to, holder, 1)
+                .first()
+                .map(|s| self.nodes[*s].addr.clone());
             core::removal_authority(&me, &owner, successor.as_deref())
                 == Some(self.nodes[from].addr.as_str())
         });
@@ -269,12 +308,7 @@ impl Sim {
         true
     }
 
-    fn push(
-        &mut self,
-        from: usize,
-        targets: &[usize],
-        batches: &[gestor_api::mailbox::CopyBody],
-    ) -> bool {
+    fn push(&mut self, from: usize, targets: &[usize], batches: &[CopyBody]) -> bool {
         let mut all = true;
         for &t in targets {
             for b in batches {
@@ -287,33 +321,73 @@ impl Sim {
         all
     }
 
+    /// The gestores behind copy targets `node` chose: at most `COPIES`,
+    /// each once, never `node` itself (a copy on the owner's own disk, or
+    /// two on one gestor, would not survive two failures).
+    fn copy_holders(&self, node: usize, targets: &[String]) -> Vec<usize> {
+        let out: Vec<usize> = targets.iter().map(|a| self.by_addr(a)).collect();
+        let distinct: BTreeSet<usize> = out.iter().copied().collect();
+        if out.len() > COPIES || distinct.len() < out.len() || distinct.contains(&node) {
+            self.fail(format!("node{node} copies to {out:?}"));
+        }
+        out
+    }
+
     fn flush(&mut self, node: usize) {
         self.log.push(format!("node{node} copies"));
-        let batches = self.nodes[node].pending.take();
-        let targets = self.successors(node);
-        self.push(node, &targets, &batches);
+        let body = self.nodes[node].pending.take();
+        // The simulated ring always knows every predecessor: changes of
+        // mailboxes no longer ours are the resync's (core::ranges_unsettled).
+        let (groups, _) = core::copy_groups(&self.ranges(node), COPIES, body);
+        for (targets, batches) in groups {
+            let targets = self.copy_holders(node, &targets);
+            self.push(node, &targets, &batches);
+        }
     }
 
-    fn first_successor(&self, node: usize) -> Option<usize> {
-        self.successors(node).first().copied()
-    }
-
-    fn send_plan(&mut self, node: usize, targets: &[usize], plan: core::ResyncPlan) -> bool {
-        self.push(node, targets, &core::batches(&plan.successors));
+    fn send_plan(&mut self, node: usize, plan: core::ResyncPlan) -> bool {
+        for (targets, body) in &plan.copies {
+            let targets = self.copy_holders(node, targets);
+            self.push(node, &targets, &core::batches(body));
+        }
         let mut all = !plan.unplaced;
         for (owner, body) in plan.handoffs {
             let o = self.by_addr(&owner);
+            if o == node {
+                self.fail(format!("node{node} hands a mailbox to itself"));
+            }
+            self.handoffs += body.puts.len() + body.removed.len();
+            self.log.push(format!("node{node} hands to node{o}"));
             all &= self.push(node, &[o], &core::batches(&body));
         }
         all
     }
 
+    /// `node`'s resync planner: `mine` is ring.responsible, `owner_of`
+    /// ring.lookup (the owning virtual node's id, its gestor's URL).
+    fn planner<'a>(
+        &'a self,
+        node: usize,
+        round: &'a Resyncs,
+        ranges: &'a VirtualNodes,
+    ) -> SimPlanner<'a> {
+        core::Planner::new(
+            round,
+            ranges,
+            COPIES,
+            Box::new(move |h| self.owner(h) == node),
+            Box::new(move |h| {
+                let (id, o) = self.owner_vnode(ring_position(h.as_bytes()));
+                Some((id, self.nodes[o].addr.clone()))
+            }),
+        )
+    }
+
     fn resync(&mut self, node: usize) {
         self.log.push(format!("node{node} resyncs"));
-        let pred = self.predecessor(node);
-        let id = self.nodes[node].id;
-        self.nodes[node].resync.observe(id, pred);
-        let targets = self.successors(node);
+        let ranges = self.ranges(node);
+        self.nodes[node].resync.observe(&ranges);
+        let round = self.nodes[node].resync.clone();
         let mut pages = Vec::new();
         self.boxes(node)
             .walk_items(b"", |page| {
@@ -329,31 +403,18 @@ impl Sim {
             })
             .unwrap();
         let mut all = true;
-        let mine = |s: &Sim, h: &str| s.owner(h) == node;
-        let owner_of = |s: &Sim, h: &str| {
-            let o = &s.nodes[s.owner(h)];
-            Some((o.id, o.addr.clone()))
-        };
         for keys in tomb_pages {
-            let plan = core::Planner::new(
-                &self.nodes[node].resync,
-                |h| mine(self, h),
-                |h| owner_of(self, h),
-            )
-            .tombs(keys.iter().map(Vec::as_slice));
-            all &= self.send_plan(node, &targets, plan);
+            let plan = self
+                .planner(node, &round, &ranges)
+                .tombs(keys.iter().map(Vec::as_slice));
+            all &= self.send_plan(node, plan);
         }
         for page in pages {
-            let plan = core::Planner::new(
-                &self.nodes[node].resync,
-                |h| mine(self, h),
-                |h| owner_of(self, h),
-            )
-            .items(page);
-            all &= self.send_plan(node, &targets, plan);
+            let plan = self.planner(node, &round, &ranges).items(page);
+            all &= self.send_plan(node, plan);
         }
         if all {
-            self.nodes[node].resync.handed();
+            self.nodes[node].resync.handed(&round);
         }
     }
 
@@ -403,7 +464,7 @@ impl Sim {
     }
 
     fn step(&mut self) {
-        let ring = self.ring();
+        let ring = self.live();
         match self.rng.gen_range(0..100) {
             0..=29 => self.put(),
             30..=49 => {
@@ -451,18 +512,18 @@ impl Sim {
     /// Every node notes its predecessor between events, as the plugin
     /// does every copy tick.
     fn observe(&mut self) {
-        for n in self.ring() {
-            let (id, pred) = (self.nodes[n].id, self.predecessor(n));
-            self.nodes[n].resync.observe(id, pred);
+        for n in self.live() {
+            let ranges = self.ranges(n);
+            self.nodes[n].resync.observe(&ranges);
         }
     }
 
     /// Lossless repair rounds, then the end checks.
     fn fail(&self, what: String) -> ! {
         let ring: Vec<String> = self
-            .ring()
+            .ring
             .iter()
-            .map(|i| format!("node{i}@{:x}", self.nodes[*i].id))
+            .map(|(id, i)| format!("node{i}@{id:x}"))
             .collect();
         panic!("{what}\nring {ring:?}\n{}", self.log.join("\n"));
     }
@@ -470,7 +531,7 @@ impl Sim {
     fn settle_and_check(&mut self) {
         self.loss = 0.0;
         for _ in 0..3 {
-            for n in self.ring() {
+            for n in self.live() {
                 self.flush(n);
                 self.resync(n);
             }
@@ -509,6 +570,8 @@ fn mail_survives_random_schedules() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000);
     let (mut sent, mut acked) = (0, 0);
+    // Schedules with several virtual nodes per gestor, and their handoffs.
+    let (mut multi, mut multi_handoffs) = (0, 0);
     for seed in 0..runs {
         let mut sim = Sim::new(seed);
         for _ in 0..150 {
@@ -517,10 +580,18 @@ fn mail_survives_random_schedules() {
         sim.settle_and_check();
         sent += sim.sent.len();
         acked += sim.acked.len();
+        if sim.nodes.iter().any(|n| n.ids.len() > 1) {
+            multi += 1;
+            multi_handoffs += sim.handoffs;
+        }
     }
     assert!(
         acked > 0 && acked < sent,
         "{acked} of {sent} acked: schedules too tame"
     );
-    eprintln!("{runs} schedules: {sent} messages, {acked} acked");
+    assert!(
+        runs < 20 || (multi > 0 && multi_handoffs > 0),
+        "{multi} schedules with virtual nodes, {multi_handoffs} handoffs in them"
+    );
+    eprintln!("{runs} schedules: {sent} messages, {acked} acked; {multi} with virtual nodes, {multi_handoffs} items handed off in them");
 }
