@@ -130,6 +130,10 @@ pub struct Sim {
     /// Newest acknowledged version per key, and the tick it was acked at.
     acked: HashMap<String, (Timestamp, u64)>,
     last_acked: Option<String>,
+    /// A write was acknowledged while fewer than three gestores were alive
+    /// (held by fewer copies than two failures need) and may not be fully
+    /// copied to gestores that joined since.
+    small_ring_ack: bool,
     in_flight: Vec<InFlight>,
     tick: u64,
     counter: u32,
@@ -162,6 +166,7 @@ impl Sim {
             keys,
             acked: HashMap::new(),
             last_acked: None,
+            small_ring_ack: false,
             in_flight: Vec::new(),
             tick: 0,
             counter: 0,

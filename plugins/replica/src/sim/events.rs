@@ -99,6 +99,7 @@ impl Sim {
             let newest = self.acked.entry(name.clone()).or_insert((version, tick));
             *newest = (*newest).max((version, tick));
             self.last_acked = Some(name);
+            self.small_ring_ack |= self.live().len() < 3;
         }
     }
 

@@ -135,9 +135,16 @@ impl Sim {
     /// A new wave starts only when the writes acknowledged before the last
     /// few sync rounds are all fully held: the ones younger than that may
     /// still have background copies on the way, and what protects them is
-    /// the acknowledgement rule alone — the part under test.
-    fn may_start_wave(&self) -> bool {
+    /// the acknowledgement rule alone — the part under test. A write
+    /// acknowledged on a ring of two had only two copies to promise: every
+    /// write must be fully held (copied to gestores that joined since)
+    /// before two more failures.
+    fn may_start_wave(&mut self) -> bool {
         let sync_ticks = (self.p.config.sync_every_ms / TICK_MS).max(1);
+        if self.small_ring_ack {
+            self.small_ring_ack = self.check(0, false).is_err();
+            return !self.small_ring_ack;
+        }
         self.check(sync_ticks * 3, false).is_ok()
     }
 
