@@ -413,7 +413,17 @@ impl Ring {
         let ok = wait_until(deadline, || {
             let joined = self.joined();
             if joined != live {
-                last = format!("{joined} of {live} nodes report a joined ring");
+                let waiting: Vec<String> = self
+                    .live_urls()
+                    .iter()
+                    .filter_map(|u| Some((u, self.status(u)?)))
+                    .filter(|(_, s)| view_of(s).is_empty())
+                    .map(|(u, s)| format!("{u}: {}", s["sections"]["ring"]))
+                    .collect();
+                last = format!(
+                    "{joined} of {live} nodes report a joined ring; not joined: {}",
+                    waiting.join("; ")
+                );
                 return false;
             }
             let views = self.views();

@@ -3,10 +3,11 @@
 //!
 //! Random positions balance the key space only slowly: with 8 gestores a
 //! gestor's share has a max/mean of about 1.5 at 8 random positions each
-//! and needs well over 100 to stay under 1.25 (simulated; see the tests).
+//! and needs well over 100 to stay under 1.25 (simulated).
 //! So a joining gestor that knows the whole ring takes its extra positions
-//! where they relieve most: each one splits the largest arc of the gestor
-//! that owns the most key space then. The gestor creating a ring spaces its
+//! where they relieve most: each one takes part of the largest arc of the
+//! gestor that owns the most key space then (ARCHITECTURE §6.1 has the
+//! measured balance per count). The gestor creating a ring spaces its
 //! positions evenly. Without a complete table (a ring still forming) the
 //! positions are hashes: worse balance, never a wrong answer.
 
@@ -57,9 +58,10 @@ fn shares(ring: &BTreeMap<u64, String>) -> (BTreeMap<&str, u128>, Vec<(u64, u64,
 
 /// `count` positions for the gestor at `me`, whose first position is
 /// `first`, given the ring as `table` (complete). Each new position takes
-/// part of the largest arc of the most loaded other gestor; `salt` (our
-/// id, say) moves the cut off the exact middle so two gestores placing
-/// themselves from the same table do not pick the same point.
+/// part of the largest arc of the most loaded other gestor: as much as
+/// brings us to an even share (spread over the positions left), within
+/// 10–90% of that arc. `salt` (our id, say) nudges the cut so two gestores
+/// placing themselves from the same table do not pick the same point.
 pub fn steal(table: &RingTable, me: &str, first: u64, count: usize, salt: u64) -> Vec<u64> {
     let mut ring: BTreeMap<u64, String> = table
         .members
@@ -86,9 +88,19 @@ pub fn steal(table: &RingTable, me: &str, first: u64, count: usize, salt: u64) -
             .max_by_key(|(_, pos, len)| (*len, *pos))
             .copied()
             .expect("the heaviest gestor owns an arc");
-        // Cut between 40% and 60% of the arc.
-        salt = salt.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let cut = len * (40 + u128::from(salt >> 44) % 21) / 100;
+        // Take what brings us to an even share, spread over the positions
+        // still to place, within 10–90% of the arc; plus up to 1% of it
+        // picked by 32 bits of the salt, so two gestores placing by the
+        // same table (joining at the same time) never land on one point.
+        let gestores = load.len() as u128;
+        let mine = load.get(me).copied().unwrap_or(0);
+        let remaining = (count.max(1) - out.len()) as u128;
+        let need = (RING / gestores).saturating_sub(mine) / remaining;
+        salt = salt
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let jitter = (len / 100) * u128::from(salt >> 32) / (1 << 32);
+        let cut = need.clamp(len / 10, len * 9 / 10) + jitter;
         let pos = from.wrapping_add(cut.max(1) as u64);
         if ring.contains_key(&pos) {
             continue;
@@ -103,6 +115,7 @@ pub fn steal(table: &RingTable, me: &str, first: u64, count: usize, salt: u64) -
 mod tests {
     use super::*;
     use gestor_api::ring::PeerRef;
+    use std::collections::BTreeSet;
 
     fn table_of(ring: &BTreeMap<u64, String>) -> RingTable {
         RingTable {
@@ -189,6 +202,19 @@ mod tests {
             worst = worst.max(max_over_mean(&ring, 8));
         }
         assert!(worst > 1.25, "hashed positions balanced as well ({worst:.2})");
+    }
+
+    #[test]
+    fn gestores_placing_by_the_same_table_take_different_positions() {
+        let ring = grow(1, 4, 7);
+        let table = table_of(&ring);
+        let mut seen = BTreeSet::new();
+        for g in 1..200u64 {
+            let first = ring_position(format!("late/{g}").as_bytes());
+            for p in steal(&table, &format!("tcp://10.0.0.{g}:1"), first, 4, first) {
+                assert!(seen.insert(p), "two gestores at {p:016x}");
+            }
+        }
     }
 
     #[test]
