@@ -516,7 +516,10 @@ fn partition_and_heal(
             .iter()
             .filter_map(|i| ring.status(&ring.nodes[*i].url))
             .collect();
-        let joined = statuses.iter().filter(|s| !gestor::demo::view_of(s).is_empty()).count();
+        let joined = statuses
+            .iter()
+            .filter(|s| !gestor::demo::view_of(s).is_empty())
+            .count();
         let views: Vec<_> = statuses.iter().flat_map(gestor::demo::view_of).collect();
         let ids: Vec<u64> = views.iter().map(|v| v.id).collect();
         joined == side.len()

@@ -339,7 +339,8 @@ impl Lab {
     fn wait_ring(&self, live: &[usize], deadline: Duration) -> Result<(), String> {
         let mut last = String::new();
         let ok = wait_until(deadline, || {
-            let per_gestor: Vec<Vec<View>> = live.iter().map(|&i| self.views(&self.url(i))).collect();
+            let per_gestor: Vec<Vec<View>> =
+                live.iter().map(|&i| self.views(&self.url(i))).collect();
             let joined = per_gestor.iter().filter(|v| !v.is_empty()).count();
             if joined != live.len() {
                 last = format!("{joined} of {} gestores report a joined ring", live.len());

@@ -51,10 +51,19 @@ fn check_positions(ring: &Ring) {
     let positions = ring.positions();
     assert_eq!(positions.len(), GESTORES * VIRTUAL_NODES, "{positions:?}");
     let distinct: BTreeSet<u64> = positions.iter().map(|(id, _)| *id).collect();
-    assert_eq!(distinct.len(), positions.len(), "two virtual nodes share a position");
+    assert_eq!(
+        distinct.len(),
+        positions.len(),
+        "two virtual nodes share a position"
+    );
     let mut per_gestor: BTreeMap<usize, usize> = BTreeMap::new();
-    positions.iter().for_each(|(_, g)| *per_gestor.entry(*g).or_default() += 1);
-    assert!(per_gestor.values().all(|&n| n == VIRTUAL_NODES), "{per_gestor:?}");
+    positions
+        .iter()
+        .for_each(|(_, g)| *per_gestor.entry(*g).or_default() += 1);
+    assert!(
+        per_gestor.values().all(|&n| n == VIRTUAL_NODES),
+        "{per_gestor:?}"
+    );
     let urls = ring.urls();
     let want: BTreeSet<(u64, String)> = positions
         .iter()
@@ -73,7 +82,10 @@ fn check_positions(ring: &Ring) {
         last = Some(got);
         ok
     });
-    assert!(listed, "the ring table does not list every position: {last:?}");
+    assert!(
+        listed,
+        "the ring table does not list every position: {last:?}"
+    );
 }
 
 fn virtual_nodes_keep_four_distinct_holders(transport: TransportKind, storage: StorageKind) {
@@ -82,7 +94,10 @@ fn virtual_nodes_keep_four_distinct_holders(transport: TransportKind, storage: S
         section,
         &format!("{section}virtual_nodes = {VIRTUAL_NODES}\n"),
     );
-    assert_ne!(config, TEST_CONFIG, "the test configuration has a ring section");
+    assert_ne!(
+        config, TEST_CONFIG,
+        "the test configuration has a ring section"
+    );
     let mut ring = Ring::start_with_config(GESTORES, transport, storage, &config);
     ring.wait_stable(Duration::from_secs(90))
         .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
@@ -114,14 +129,18 @@ fn virtual_nodes_keep_four_distinct_holders(transport: TransportKind, storage: S
                 }
             }
         });
-        assert!(ok, "{what}: records not on exactly {HOLDERS} gestores: {last}\n{}", ring.logs());
+        assert!(
+            ok,
+            "{what}: records not on exactly {HOLDERS} gestores: {last}\n{}",
+            ring.logs()
+        );
     };
     exact(&ring, "after registering");
     all_found(&ring).unwrap_or_else(|e| panic!("before failures: {e}"));
 
     // The two gestores owning most users fail at the same moment.
     let positions = ring.positions();
-    let mut owned = vec![0usize; GESTORES];
+    let mut owned = [0usize; GESTORES];
     for i in 0..USERS {
         owned[Ring::owner_in(&positions, ring_position(name(i).as_bytes()))] += 1;
     }
@@ -133,7 +152,11 @@ fn virtual_nodes_keep_four_distinct_holders(transport: TransportKind, storage: S
         last = all_found(&ring);
         last.is_ok()
     });
-    assert!(found, "users lost after two failures: {last:?}\n{}", ring.logs());
+    assert!(
+        found,
+        "users lost after two failures: {last:?}\n{}",
+        ring.logs()
+    );
     // And the copies come back to 4 distinct gestores among the 4 left.
     exact(&ring, "after two failures");
 }

@@ -249,11 +249,15 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
     // closes at once — no failure detection involved.
     let mut ring = ring;
     let victim = 5;
-    let victim_ids: Vec<u64> = gestor::demo::view_of(&ring.status(&ring.nodes[victim].url).unwrap())
-        .iter()
-        .map(|v| v.id)
-        .collect();
-    assert!(!victim_ids.is_empty(), "the victim reports its virtual nodes");
+    let victim_ids: Vec<u64> =
+        gestor::demo::view_of(&ring.status(&ring.nodes[victim].url).unwrap())
+            .iter()
+            .map(|v| v.id)
+            .collect();
+    assert!(
+        !victim_ids.is_empty(),
+        "the victim reports its virtual nodes"
+    );
     assert_eq!(
         ring.nodes[victim].terminate(Duration::from_secs(10)),
         Some(0),

@@ -502,7 +502,11 @@ impl Shared {
         if addr == me {
             return;
         }
-        let mut ids: Vec<u64> = all.iter().filter(|p| p.addr == addr).map(|p| p.id).collect();
+        let mut ids: Vec<u64> = all
+            .iter()
+            .filter(|p| p.addr == addr)
+            .map(|p| p.id)
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         for node in nodes.iter_mut() {
@@ -556,7 +560,9 @@ impl Shared {
                 .map(|nb| nb.successors.clone());
             match list {
                 Some(successors) => next = walk.learn(&successors),
-                None => tracing::debug!(peer = %peer.addr, "ring table walk stopped: position gone"),
+                None => {
+                    tracing::debug!(peer = %peer.addr, "ring table walk stopped: position gone")
+                }
             }
         }
         *guard(&self.table) = walk.finish();

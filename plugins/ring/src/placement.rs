@@ -39,8 +39,11 @@ pub fn hashed(first: u64, count: usize) -> Vec<u64> {
     out
 }
 
-/// Key space owned per gestor URL and each position's arc length.
-fn shares(ring: &BTreeMap<u64, String>) -> (BTreeMap<&str, u128>, Vec<(u64, u64, u128)>) {
+/// An arc of the ring: `(from, to, length)`, owned by the position `to`.
+type Arc = (u64, u64, u128);
+
+/// Key space owned per gestor URL and each position's arc.
+fn shares(ring: &BTreeMap<u64, String>) -> (BTreeMap<&str, u128>, Vec<Arc>) {
     let mut load: BTreeMap<&str, u128> = BTreeMap::new();
     let mut arcs = Vec::with_capacity(ring.len());
     let mut prev = ring.keys().next_back().copied().unwrap_or(0);
@@ -160,7 +163,10 @@ mod tests {
     #[test]
     fn evenly_spaced_positions_split_the_ring_equally() {
         let p = evenly_spaced(10, 4);
-        assert_eq!(p, vec![10, 10 + (1 << 62), 10 + (1 << 63), 10 + 3 * (1 << 62)]);
+        assert_eq!(
+            p,
+            vec![10, 10 + (1 << 62), 10 + (1 << 63), 10 + 3 * (1 << 62)]
+        );
         assert_eq!(evenly_spaced(7, 1), vec![7]);
     }
 
@@ -182,7 +188,10 @@ mod tests {
             for count in [4, 8] {
                 let ring = grow(8, count, seed);
                 let ratio = max_over_mean(&ring, 8);
-                assert!(ratio <= 1.25, "seed {seed}, {count} positions: max/mean {ratio:.2}");
+                assert!(
+                    ratio <= 1.25,
+                    "seed {seed}, {count} positions: max/mean {ratio:.2}"
+                );
             }
         }
     }
@@ -201,7 +210,10 @@ mod tests {
             }
             worst = worst.max(max_over_mean(&ring, 8));
         }
-        assert!(worst > 1.25, "hashed positions balanced as well ({worst:.2})");
+        assert!(
+            worst > 1.25,
+            "hashed positions balanced as well ({worst:.2})"
+        );
     }
 
     #[test]
