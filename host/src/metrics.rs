@@ -517,15 +517,29 @@ fn ring_metrics(r: &mut Registry, ring: &RingStatus) {
         "Entries in this gestor's successor list",
         ring.successors.len() as i64,
     );
-    let mut known = BTreeSet::from([ring.id]);
-    known.extend(ring.successors.iter().map(|p| p.id));
-    known.extend(ring.predecessor.iter().map(|p| p.id));
-    known.extend(ring.fingers.iter().map(|f| f.id));
+    gauge(
+        r,
+        "ring_virtual_nodes",
+        "Positions (virtual nodes) this gestor holds on the ring",
+        ring.virtual_nodes.len().max(1) as i64,
+    );
+    // Gestores by URL: with virtual nodes, lists name positions.
+    let mut known: BTreeSet<&str> = BTreeSet::new();
+    for nb in &ring.virtual_nodes {
+        known.insert(&nb.me.addr);
+        known.extend(nb.successors.iter().map(|p| p.addr.as_str()));
+        known.extend(nb.predecessor.iter().map(|p| p.addr.as_str()));
+    }
+    known.extend(ring.successors.iter().map(|p| p.addr.as_str()));
+    known.extend(ring.predecessor.iter().map(|p| p.addr.as_str()));
+    known.extend(ring.fingers.iter().map(|f| f.addr.as_str()));
+    // Our own URL, when the status lists no virtual nodes.
+    let own = usize::from(ring.virtual_nodes.is_empty());
     gauge(
         r,
         "ring_known_members",
-        "Distinct gestores this one knows (itself, predecessor, successors, fingers): the ring size while the ring is no larger than the successor list plus one",
-        known.len() as i64,
+        "Distinct gestores this one knows (itself, and the predecessors, successors and fingers of its positions): the ring size while the ring is no larger than the successor list plus one",
+        (known.len() + own) as i64,
     );
     counter(
         r,

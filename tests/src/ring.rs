@@ -30,6 +30,8 @@ check_predecessor_every_ms = 400
 rpc_timeout_ms = 500
 tick_every_ms = 50
 merge_probe_every_ms = 500
+# A joining gestor places its virtual nodes once its table is complete.
+table_every_ms = 500
 
 [plugins.config.gestor_initial]
 gossip_every_ms = 300
@@ -51,6 +53,21 @@ pub struct Ring {
     pub config_text: String,
     /// Recording relays in front of nodes started with [`Ring::add_relayed_node`].
     pub relays: Vec<crate::relay::Relay>,
+}
+
+/// `config` (a test configuration with a `[plugins.config.gestor_ring]`
+/// section) with every gestor taking `positions` virtual nodes.
+pub fn with_virtual_nodes(config: &str, positions: usize) -> String {
+    let section = "[plugins.config.gestor_ring]\n";
+    assert!(
+        config.contains(section),
+        "no ring section to set virtual_nodes in"
+    );
+    config.replacen(
+        section,
+        &format!("{section}virtual_nodes = {positions}\n"),
+        1,
+    )
 }
 
 impl Ring {

@@ -8,7 +8,7 @@ use gestor_sdk::hash::ring_position;
 use gestor_sdk::Empty;
 use gestor_tests::cluster::client_layer;
 use gestor_tests::cluster::wait_until;
-use gestor_tests::ring::Ring;
+use gestor_tests::ring::{with_virtual_nodes, Ring, TEST_CONFIG};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -368,8 +368,10 @@ fn four_joins_under_lookups(transport: TransportKind, storage: StorageKind) {
 /// it makes still outrank the older versions it holds, and the newer address
 /// survives the old owner's return.
 fn lagging_clock_cannot_win_with_old_write(transport: TransportKind, storage: StorageKind) {
-    // Ids place the lagging gestor right after `owner`, so it takes over.
-    let mut ring = Ring::start(0, transport, storage);
+    // Ids place the lagging gestor right after `owner`, so it takes over:
+    // one position per gestor (classic Chord), so the ids say it all.
+    let config = with_virtual_nodes(TEST_CONFIG, 1);
+    let mut ring = Ring::start_with_config(0, transport, storage, &config);
     ring.add_node_with(&["--id", "0x1000000000000000"], "");
     ring.add_node_with(&["--id", "0x5000000000000000"], "");
     let owner = ring.nodes.len() - 1;

@@ -9,7 +9,7 @@ use gestor_client::client::Client;
 use gestor_sdk::hash::ring_position;
 use gestor_sdk::Empty;
 use gestor_tests::cluster::{client_layer, wait_until};
-use gestor_tests::ring::{Ring, TEST_CONFIG};
+use gestor_tests::ring::{with_virtual_nodes, Ring, TEST_CONFIG};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -89,15 +89,7 @@ fn check_positions(ring: &Ring) {
 }
 
 fn virtual_nodes_keep_four_distinct_holders(transport: TransportKind, storage: StorageKind) {
-    let section = "[plugins.config.gestor_ring]\n";
-    let config = TEST_CONFIG.replace(
-        section,
-        &format!("{section}virtual_nodes = {VIRTUAL_NODES}\n"),
-    );
-    assert_ne!(
-        config, TEST_CONFIG,
-        "the test configuration has a ring section"
-    );
+    let config = with_virtual_nodes(TEST_CONFIG, VIRTUAL_NODES);
     let mut ring = Ring::start_with_config(GESTORES, transport, storage, &config);
     ring.wait_stable(Duration::from_secs(90))
         .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));

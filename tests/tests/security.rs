@@ -2,6 +2,7 @@
 //! combination (nng/zmq × sqlite/sled), with real `gestor node` processes.
 
 use gestor::config::{StorageKind, TransportKind};
+use gestor_api::user::{self, Credentials};
 use gestor_client::client::{Client, ClientError};
 use gestor_client::directory::AliveSender;
 use gestor_sdk::{Empty, ErrorCode, KindClass, Value};
@@ -679,26 +680,39 @@ fn password_attempts_are_limited(transport: TransportKind, storage: StorageKind)
         .unwrap_or_else(|e| panic!("ring did not form: {e}"));
     let urls = ring.urls();
     // Per account: 10 wrong passwords, then rate_limited even for the right one.
+    // Every attempt goes to one entry gestor (`request`, never routed by the
+    // ring table), so the per-source counts below are predictable.
     let mut c = client(&ring, &urls[0]);
-    c.register("guessme", "pw-right").expect("register");
+    let credentials = |name: &str, password: &str, address: Option<&str>| Credentials {
+        username: name.into(),
+        password: password.into(),
+        address: address.map(str::to_string),
+    };
+    c.request::<user::Register>(&credentials("guessme", "pw-right", None))
+        .expect("register");
     let mut codes = Vec::new();
     for i in 0..12 {
-        match c.login("guessme", &format!("wrong-{i}"), "127.0.0.1:7000") {
+        let wrong = credentials("guessme", &format!("wrong-{i}"), Some("127.0.0.1:7000"));
+        match c.request::<user::Login>(&wrong) {
             Err(ClientError::Remote(e)) => codes.push(e.code),
             other => panic!("wrong password accepted: {other:?}"),
         }
     }
     assert_eq!(codes[..10], [ErrorCode::Unauthorized; 10], "{codes:?}");
     assert_eq!(codes[10..], [ErrorCode::RateLimited; 2], "{codes:?}");
-    match c.login("guessme", "pw-right", "127.0.0.1:7000") {
+    let right = credentials("guessme", "pw-right", Some("127.0.0.1:7000"));
+    match c.request::<user::Login>(&right) {
         Err(ClientError::Remote(e)) => assert_eq!(e.code, ErrorCode::RateLimited),
         other => panic!("[{transport}/{storage}] the locked account logged in: {other:?}"),
     }
-    // Per source (through another gestor, whose count is its own): 30 per minute.
+    // Per source (through another gestor, whose count is its own): 30 per
+    // minute. Sent to that one gestor (`request`, not routed by the ring
+    // table): the limit is each entry gestor's, and one-hop routing would
+    // spread the attempts over the owners.
     let mut d = client(&ring, &urls[1]);
     let mut limited = 0;
     for i in 0..40 {
-        match d.register(&format!("src{i:02}"), "pw-source") {
+        match d.request::<user::Register>(&credentials(&format!("src{i:02}"), "pw-source", None)) {
             Ok(_) => {}
             Err(ClientError::Remote(e)) if e.code == ErrorCode::RateLimited => limited += 1,
             Err(e) => panic!("register src{i:02}: {e}"),
