@@ -120,6 +120,12 @@ def build(args):
 
 # ---------------------------------------------------------------- gestor ring
 
+def positions(ring_status):
+    """A gestor's ring positions (virtual node ids) from its status.ring."""
+    nodes = ring_status.get("virtual_nodes") or []
+    return [n["me"]["id"] for n in nodes] or [ring_status["id"]]
+
+
 class Ring:
     """N secure gestores on 127.0.0.1, joined through the first."""
 
@@ -182,18 +188,19 @@ class Ring:
         return json.loads(done.stdout).get("sections", {}).get("ring")
 
     def wait_ordered(self, limit_secs=120):
-        """Until every gestor's successor is the next id and its predecessor the previous one."""
+        """Until every position's successor is the next position and its predecessor the previous one."""
         deadline = time.monotonic() + limit_secs
         while time.monotonic() < deadline:
             rings = [self.status(url) for url in self.urls]
             if all(r and r.get("joined") for r in rings):
-                ids = sorted(v for r in rings for v in (r.get("virtual_ids") or [r["id"]]))
+                ids = sorted(v for r in rings for v in positions(r))
                 ok = True
                 for r in rings:
-                    i = ids.index(r["id"])
-                    succ = (r.get("successors") or [{}])[0].get("id")
-                    pred = (r.get("predecessor") or {}).get("id")
-                    ok &= succ == ids[(i + 1) % len(ids)] and pred == ids[i - 1]
+                    for nb in r.get("virtual_nodes") or [dict(r, me={"id": r["id"]})]:
+                        i = ids.index(nb["me"]["id"])
+                        succ = (nb.get("successors") or [{}])[0].get("id")
+                        pred = (nb.get("predecessor") or {}).get("id")
+                        ok &= succ == ids[(i + 1) % len(ids)] and pred == ids[i - 1]
                 if ok:
                     return
             time.sleep(1)
@@ -210,8 +217,7 @@ class Ring:
             done = subprocess.run([GESTOR, "status", "--json", "--gestor", url, "--transport", self.transport,
                                    "--cluster-pub", self.cluster_pub], capture_output=True, text=True, timeout=30)
             statuses.append(json.loads(done.stdout)["sections"] if done.returncode == 0 else {})
-        owner = {v: g for g, s in enumerate(statuses) if s.get("ring")
-                 for v in (s["ring"].get("virtual_ids") or [s["ring"]["id"]])}
+        owner = {v: g for g, s in enumerate(statuses) if s.get("ring") for v in positions(s["ring"])}
         ids = sorted(owner)
         shares = {}
         for i, v in enumerate(ids):

@@ -112,7 +112,17 @@ struct Shared {
     pipeline: Arc<Pipeline>,
     /// Per virtual node (by id): where the walk of its range stands.
     walks: Mutex<HashMap<u64, Walk>>,
+    /// The ring's answer to `ring.ranges` and when (node ms), for the per
+    /// request paths: every lookup asks `replica.ready`, and every write
+    /// plans its copies, and a fresh `ring.ranges` (all positions with
+    /// their successor lists, encoded and decoded) costs more than the
+    /// lookup itself.
+    recent_ranges: Mutex<Option<(u64, Arc<VirtualNodes>)>>,
 }
+
+/// How old the ranges a request is answered by may be: below the ring's
+/// own maintenance period, so no staler than the ring itself.
+const RANGES_MAX_AGE_MS: u64 = 100;
 
 /// Arcs merged per range per anti-entropy round: a large range is walked
 /// over several rounds, so the background work per round stays bounded (at
@@ -157,6 +167,7 @@ impl Shared {
             config,
             pipeline,
             walks: Mutex::new(HashMap::new()),
+            recent_ranges: Mutex::new(None),
         })
     }
 
@@ -177,9 +188,22 @@ impl Shared {
 
     /// Every virtual node of ours with its neighbourhood.
     fn ranges(&self) -> Option<VirtualNodes> {
-        ranges_of(self.ctx.call_local::<ring::Ranges>(&Empty), || {
+        let ranges = ranges_of(self.ctx.call_local::<ring::Ranges>(&Empty), || {
             self.ctx.call_local::<ring::Neighbours>(&Empty)
-        })
+        })?;
+        *lock(&self.recent_ranges) = Some((self.now(), Arc::new(ranges.clone())));
+        Some(ranges)
+    }
+
+    /// [`Self::ranges`], or its answer if under `RANGES_MAX_AGE_MS` old.
+    fn recent_ranges(&self) -> Option<Arc<VirtualNodes>> {
+        let now = self.now();
+        if let Some((at, ranges)) = &*lock(&self.recent_ranges) {
+            if now.saturating_sub(*at) < RANGES_MAX_AGE_MS {
+                return Some(Arc::clone(ranges));
+            }
+        }
+        self.ranges().map(Arc::new)
     }
 
     fn suspect(&self, peer: &PeerRef) {
@@ -249,8 +273,15 @@ impl Shared {
         let deadline = self.now() + 2 * self.config.rpc_timeout_ms;
         let mut pending = records;
         let mut holders = u32::MAX;
+        let mut first = true;
         loop {
-            let Some(ours) = self.ranges() else {
+            // A retry asks the ring again: it has heard of the suspects.
+            let ours = if std::mem::take(&mut first) {
+                self.recent_ranges()
+            } else {
+                self.ranges().map(Arc::new)
+            };
+            let Some(ours) = ours else {
                 return Err(HandlerError::unavailable("ring not joined"));
             };
             let (groups, unowned) = core::plan_writes(&ours, pending, &self.config);
@@ -576,8 +607,8 @@ fn serve_queries(ctx: &PluginContext, shared: &Arc<Shared>) -> Result<(), Plugin
     })?;
     let s = shared.clone();
     ctx.serve::<replica::Ready>(move |_, body| {
-        let ours = s.ranges();
-        Ok(lock(&s.core).is_ready(body.key, ours.as_ref()))
+        let ours = s.recent_ranges();
+        Ok(lock(&s.core).is_ready(body.key, ours.as_deref()))
     })?;
     let s = shared.clone();
     ctx.serve::<status::Replica>(move |_, _| {
