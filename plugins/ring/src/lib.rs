@@ -120,6 +120,13 @@ fn neighbourhood(node: &Node) -> Neighbourhood {
     }
 }
 
+/// Every virtual node's neighbourhood, as `ring.ranges` answers.
+fn virtual_nodes(nodes: &[Node]) -> VirtualNodes {
+    VirtualNodes {
+        nodes: nodes.iter().map(neighbourhood).collect(),
+    }
+}
+
 /// The store namespace and key of our positions.
 const POSITIONS: (&str, &[u8]) = ("ring", b"positions");
 
@@ -479,9 +486,7 @@ impl Shared {
     }
 
     fn ranges(&self) -> VirtualNodes {
-        VirtualNodes {
-            nodes: self.nodes().iter().map(neighbourhood).collect(),
-        }
+        virtual_nodes(&self.nodes())
     }
 
     /// A plugin of ours found the peer `id` unreachable: drop every virtual
@@ -525,7 +530,7 @@ impl Shared {
             if !nodes[0].joined() {
                 return;
             }
-            (neighbourhood(&nodes[0]), self.ranges_of(&nodes))
+            (neighbourhood(&nodes[0]), virtual_nodes(&nodes))
         };
         let (mut walk, mut next) = table::TableWalk::start(start.me.clone(), &start.successors);
         let mut asked: HashMap<String, VirtualNodes> = HashMap::new();
@@ -566,12 +571,6 @@ impl Shared {
             }
         }
         *guard(&self.table) = walk.finish();
-    }
-
-    fn ranges_of(&self, nodes: &[Node]) -> VirtualNodes {
-        VirtualNodes {
-            nodes: nodes.iter().map(neighbourhood).collect(),
-        }
     }
 
     fn status(&self) -> RingStatus {

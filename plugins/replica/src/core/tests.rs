@@ -326,16 +326,20 @@ fn readiness_follows_the_merge_with_the_first_successor() {
     assert_eq!(alone.ranges_ready(&ring), 0);
 }
 
-#[test]
-fn readiness_is_per_virtual_node() {
-    let mut core = ReplicaCore::new(ReplicaConfig::default());
-    // Gestor 1 at 100 and 500.
-    let ours = VirtualNodes {
+/// Gestor 1 at 100 and 500, each position with its own holders.
+fn two_positions() -> VirtualNodes {
+    VirtualNodes {
         nodes: vec![
             vnode(at(100, 1), Some(at(50, 2)), &[at(200, 2), at(300, 3)]),
             vnode(at(500, 1), Some(at(400, 3)), &[at(600, 2), at(700, 3)]),
         ],
-    };
+    }
+}
+
+#[test]
+fn readiness_is_per_virtual_node() {
+    let mut core = ReplicaCore::new(ReplicaConfig::default());
+    let ours = two_positions();
     let plans = core.begin_round(&ours);
     assert_eq!(
         plans.iter().map(|p| p.vnode).collect::<Vec<_>>(),
@@ -401,12 +405,7 @@ fn silent_holders_become_suspects_after_the_timeout() {
 #[test]
 fn round_figures_add_up_over_the_ranges() {
     let mut core = ReplicaCore::new(ReplicaConfig::default());
-    let ours = VirtualNodes {
-        nodes: vec![
-            vnode(at(100, 1), Some(at(50, 2)), &[at(200, 2), at(300, 3)]),
-            vnode(at(500, 1), Some(at(400, 3)), &[at(600, 2), at(700, 3)]),
-        ],
-    };
+    let ours = two_positions();
     let plans = core.begin_round(&ours);
     let done = [
         RangeDone {
