@@ -43,6 +43,12 @@ heartbeat_timeout_ms = 2000
 rpc_timeout_ms = 1000
 "#;
 
+/// The log filter test gestores run with: `info`, or `GESTOR_TEST_LOG` when
+/// set (e.g. `info,gestor_ring=debug` to see why a fault test failed).
+fn node_log_filter() -> String {
+    std::env::var("GESTOR_TEST_LOG").unwrap_or_else(|_| "info".into())
+}
+
 pub struct Ring {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<NodeProc>,
@@ -138,7 +144,7 @@ impl Ring {
                 transport,
                 &args,
                 ring.dir.path(),
-                &[("RUST_LOG", "info")],
+                &[("RUST_LOG", &node_log_filter())],
             );
             ring.nodes.push(node);
         }
@@ -263,7 +269,7 @@ impl Ring {
             self.transport,
             args,
             self.dir.path(),
-            &[("RUST_LOG", "info")],
+            &[("RUST_LOG", &node_log_filter())],
         );
         assert!(
             wait_ready(url, self.transport, Duration::from_secs(30)),
@@ -468,11 +474,55 @@ impl Ring {
         }
     }
 
+    /// The last lines of every gestor's log, then every live gestor's ring
+    /// state: what a failed fault test needs to say why.
     pub fn logs(&self) -> String {
-        self.nodes
+        let lines = std::env::var("GESTOR_TEST_LOG_LINES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(40);
+        let mut out: String = self
+            .nodes
             .iter()
-            .map(|n| format!("==== {}\n{}", n.url, tail(&n.log(), 40)))
-            .collect()
+            .map(|n| format!("==== {}\n{}\n", n.url, tail(&n.log(), lines)))
+            .collect();
+        out.push_str(&self.describe());
+        out
+    }
+
+    /// Every live gestor's positions: `id <- predecessor -> successors`,
+    /// each peer as `id@port`.
+    pub fn describe(&self) -> String {
+        let short = |p: &serde_json::Value| -> String {
+            let id = p.get("id").and_then(|v| v.as_u64()).unwrap_or(0);
+            let addr = p.get("addr").and_then(|v| v.as_str()).unwrap_or("?");
+            let port = addr.rsplit(':').next().unwrap_or(addr);
+            format!("{:04x}@{port}", id >> 48)
+        };
+        let mut out = String::from("==== ring state\n");
+        for url in self.live_urls() {
+            let Some(status) = self.status(&url) else {
+                out.push_str(&format!("{url}: no answer\n"));
+                continue;
+            };
+            let ring = &status["sections"]["ring"];
+            out.push_str(&format!("{url} joined={}\n", ring["joined"]));
+            for nb in ring["virtual_nodes"].as_array().into_iter().flatten() {
+                let pred = nb.get("predecessor").map(short).unwrap_or("-".into());
+                let succ: Vec<String> = nb["successors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(short)
+                    .collect();
+                out.push_str(&format!(
+                    "  {} <- {pred} -> {}\n",
+                    short(&nb["me"]),
+                    succ.join(" ")
+                ));
+            }
+        }
+        out
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {

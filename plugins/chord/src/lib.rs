@@ -25,6 +25,10 @@
 //! * **Failure detection** ([`Config::dead_after_misses`]): a timeout is a
 //!   miss, not a death. A suspect is probed with `Ping` on every tick and
 //!   dropped only after that many misses in a row; `NotInRing` drops at once.
+//!   An edge that runs several nodes in one process (virtual nodes) may
+//!   answer `Failure::Skipped` for a peer process it already knows to be
+//!   failing (no miss, no wait) and then drop all of that process's nodes
+//!   at once with [`Node::peer_dead`].
 //! * **Merge probes** ([`Config::merge_probe_every_ms`]): a member asks a
 //!   seed or a past successor where its own id belongs in *that* peer's
 //!   ring and adopts the answer if it is a closer successor, so rings formed
@@ -292,6 +296,18 @@ pub enum Failure {
     Unreachable,
     /// No answer in time.
     Timeout,
+    /// Not sent: the edge already knows the peer's process is failing
+    /// and waits before trying it again. No evidence against this peer in
+    /// particular, so no miss; the edge declares the process dead itself
+    /// ([`Node::peer_dead`]) once enough real attempts have failed.
+    Skipped,
+}
+
+impl Failure {
+    /// Whether this failure counts as a miss against the peer.
+    pub fn counts(self) -> bool {
+        !matches!(self, Failure::Skipped)
+    }
 }
 
 #[cfg(test)]

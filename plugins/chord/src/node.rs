@@ -424,7 +424,11 @@ impl Node {
     }
 
     /// Zave's rectify: accept the candidate if we have no (live) predecessor
-    /// or it is closer than the current one.
+    /// or it is closer than the current one. A predecessor that has missed
+    /// answers lately counts as not live: the candidate, which has just
+    /// reached us, takes its place (if the old one was only slow it
+    /// rectifies us back, being closer). Waiting for the old one's last
+    /// miss would leave its keys with no responsible node meanwhile.
     fn rectify(&mut self, candidate: Peer) {
         if candidate.id == self.me.id {
             return;
@@ -433,6 +437,7 @@ impl Node {
             None => true,
             // Same id: refresh (the address may have changed).
             Some(p) if p.id == candidate.id => true,
+            Some(p) if self.suspects.contains_key(&p.id) => true,
             Some(p) => in_open(candidate.id, p.id, self.me.id),
         };
         if accept {
@@ -502,8 +507,8 @@ impl Node {
             Task::CheckPredecessor { pred: peer } | Task::Probe { peer } if member => {
                 match reply {
                     Ok(Response::Ack) => {}
-                    Err(_) => {
-                        self.miss(&peer);
+                    Err(f) => {
+                        self.miss(&peer, f.counts());
                     }
                     _ => self.forget(peer.id),
                 }
@@ -585,7 +590,7 @@ impl Node {
                 predecessor,
                 successors,
             }) => self.after_successor_state(succ, predecessor, successors, now_ms),
-            Err(_) if !self.miss(&succ) => Vec::new(),
+            Err(f) if !self.miss(&succ, f.counts()) => Vec::new(),
             _ => {
                 // Dead (or not a member): drop it, try the next one now.
                 self.forget(succ.id);
@@ -628,8 +633,8 @@ impl Node {
             Ok(Response::State { successors, .. }) => self.adopt(&cand, &successors),
             other => {
                 match other {
-                    Err(_) => {
-                        self.miss(&cand);
+                    Err(f) => {
+                        self.miss(&cand, f.counts());
                     }
                     _ => self.forget(cand.id),
                 }
@@ -653,8 +658,8 @@ impl Node {
             Ok(Response::Found(step)) => lookup.on_reply(step),
             other => {
                 match other {
-                    Err(_) => {
-                        self.miss(to);
+                    Err(f) => {
+                        self.miss(to, f.counts());
                     }
                     _ => self.forget(to.id),
                 }
@@ -723,16 +728,20 @@ impl Node {
         out
     }
 
-    /// A request to `peer` went unanswered. Returns whether the peer is gone
-    /// from our tables: dropped now (its misses reached the limit), or never
-    /// in them. Otherwise it stays a suspect and is probed on the next tick.
-    fn miss(&mut self, peer: &Peer) -> bool {
+    /// A request to `peer` went unanswered (`counted`: a real miss, not a
+    /// request the edge skipped). Returns whether the peer is gone from our
+    /// tables: dropped now (its misses reached the limit), or never in
+    /// them. Otherwise it stays a suspect and is probed on the next tick.
+    fn miss(&mut self, peer: &Peer, counted: bool) -> bool {
         if peer.id == self.me.id {
             return false;
         }
         if !self.knows(peer.id) {
             self.suspects.remove(&peer.id);
             return true;
+        }
+        if !counted {
+            return false;
         }
         let suspect = self.suspects.entry(peer.id).or_insert_with(|| Suspect {
             peer: peer.clone(),
@@ -1199,7 +1208,16 @@ impl Node {
             .find(|p| p.id == id)
             .cloned();
         if let Some(peer) = known {
-            self.miss(&peer);
+            self.miss(&peer, true);
+        }
+    }
+
+    /// The edge knows `id`'s process is dead (every real attempt to reach
+    /// it failed, [`Config::dead_after_misses`] times in a row): drop it
+    /// everywhere now, without probing it first.
+    pub fn peer_dead(&mut self, id: Id) {
+        if self.knows(id) {
+            self.forget(id);
         }
     }
 
@@ -1709,6 +1727,38 @@ mod tests {
             }
         }
         assert_eq!(n.suspected(), 0);
+    }
+
+    #[test]
+    fn skipped_requests_are_no_misses_and_peer_dead_drops_at_once() {
+        let mut n = detecting_member(100, &[300, 400], Some(50));
+        // Three skipped rounds; three misses would have dropped it.
+        for now in [100, 700, 1300] {
+            let ask = stabilize_request(&mut n, now);
+            assert_eq!(ask.to, p(300));
+            assert!(n.on_reply(ask.token, Err(Failure::Skipped), now).is_empty());
+        }
+        assert_eq!(ids(&n), vec![300, 400], "skipped: no evidence");
+        n.peer_dead(300);
+        assert_eq!(ids(&n), vec![400]);
+        n.peer_dead(50);
+        assert_eq!(n.predecessor(), None);
+    }
+
+    #[test]
+    fn rectify_replaces_a_predecessor_that_is_missing_answers() {
+        let mut n = detecting_member(100, &[300], Some(80));
+        // A farther candidate does not displace a live predecessor...
+        n.handle(None, Request::Rectify { candidate: p(60) }, 0);
+        assert_eq!(n.predecessor(), Some(&p(80)));
+        // ...but does once the predecessor has missed an answer.
+        n.peer_failed(80);
+        assert_eq!(n.suspected(), 1);
+        n.handle(None, Request::Rectify { candidate: p(60) }, 0);
+        assert_eq!(n.predecessor(), Some(&p(60)));
+        // The old one, alive after all, is closer and takes it back.
+        n.handle(None, Request::Rectify { candidate: p(80) }, 0);
+        assert_eq!(n.predecessor(), Some(&p(80)));
     }
 
     #[test]

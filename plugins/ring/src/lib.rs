@@ -18,6 +18,7 @@
 //! `table_every_ms`, for one-hop routing), and the status section
 //! `status.ring`.
 
+mod liveness;
 mod placement;
 mod table;
 
@@ -127,6 +128,27 @@ fn virtual_nodes(nodes: &[Node]) -> VirtualNodes {
     }
 }
 
+/// Every peer our virtual nodes know: successors, predecessors, fingers.
+fn known_peers(nodes: &[Node]) -> impl Iterator<Item = Peer> + '_ {
+    nodes.iter().flat_map(|n| {
+        let mut peers: Vec<Peer> = n.successors().to_vec();
+        peers.extend(n.predecessor().cloned());
+        peers.extend(n.fingers().into_iter().flatten());
+        peers
+    })
+}
+
+/// The ids of every position at `addr` that our virtual nodes know.
+fn ids_at(nodes: &[Node], addr: &str) -> Vec<u64> {
+    let mut ids: Vec<u64> = known_peers(nodes)
+        .filter(|p| *p.addr == *addr)
+        .map(|p| p.id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// The store namespace and key of our positions.
 const POSITIONS: (&str, &[u8]) = ("ring", b"positions");
 
@@ -144,6 +166,8 @@ struct Shared {
     /// When the first virtual node joined, while the others wait to be
     /// placed.
     placing_since: Mutex<Option<u64>>,
+    /// Which gestores are failing, by URL (see `liveness`).
+    liveness: Mutex<liveness::Liveness>,
 }
 
 /// Gestores asked per table walk: rings up to about this many times the
@@ -191,6 +215,9 @@ impl Shared {
             // A sibling virtual node: no network.
             return Ok(self.handle(Some(from), Some(to.id), request));
         }
+        if guard(&self.liveness).gate(&to.addr, self.now()) == liveness::Gate::Skip {
+            return Err(Failure::Skipped);
+        }
         let body = RpcBody {
             from: Some(peer_ref(from)),
             to: Some(to.id),
@@ -199,15 +226,40 @@ impl Shared {
         // `NotInRing` goes to the Chord core as an answer: the peer is alive
         // but no member, which drops it at once (and counts for the joining
         // tie-break), unlike a miss.
-        match self.ctx.call::<Rpc>(&to.addr, &body, self.rpc_timeout()) {
+        let result = self.ctx.call::<Rpc>(&to.addr, &body, self.rpc_timeout());
+        if let Err(CallError::Transport(e)) = &result {
+            tracing::debug!(peer = %to.addr, "ring rpc failed: {e}");
+            self.gestor_failed(&to.addr);
+        } else {
+            // An answer, even an error reply: the process is alive.
+            guard(&self.liveness).answered(&to.addr);
+        }
+        match result {
             Ok(r) => Ok(r),
             Err(CallError::Transport(gestor_sdk::TransportError::Timeout { .. })) => {
                 Err(Failure::Timeout)
             }
             Err(e) => {
-                tracing::debug!(peer = %to.addr, "ring rpc failed: {e}");
+                tracing::debug!(peer = %to.addr, "ring rpc refused: {e}");
                 Err(Failure::Unreachable)
             }
+        }
+    }
+
+    /// A real request to the gestor at `addr` failed; after enough in a row
+    /// every position of it leaves every one of ours at once.
+    fn gestor_failed(&self, addr: &str) {
+        let dead = guard(&self.liveness).failed(addr, self.now());
+        if !dead {
+            return;
+        }
+        let mut nodes = self.nodes();
+        let ids = ids_at(&nodes, addr);
+        if !ids.is_empty() {
+            tracing::info!(gestor = %addr, positions = ids.len(), "gestor unreachable; dropped from the ring");
+        }
+        for node in nodes.iter_mut() {
+            ids.iter().for_each(|&id| node.peer_dead(id));
         }
     }
 
@@ -440,9 +492,11 @@ impl Shared {
                 LookupAction::Ask(peer) => {
                     match self.rpc(&me, &peer, Request::FindSuccessor { key }) {
                         Ok(Response::Found(step)) => lookup.on_reply(step),
-                        _ => {
+                        other => {
                             let mut nodes = self.nodes();
-                            nodes[index].peer_failed(peer.id);
+                            if !matches!(other, Err(Failure::Skipped)) {
+                                nodes[index].peer_failed(peer.id);
+                            }
                             lookup.on_failure(&nodes[index]);
                         }
                     }
@@ -491,32 +545,28 @@ impl Shared {
 
     /// A plugin of ours found the peer `id` unreachable: drop every virtual
     /// node of its gestor from every one of ours (they share its fate).
+    /// The report also counts against the gestor's URL, as a failed
+    /// request of our own would.
     fn suspect(&self, id: u64) {
-        let mut nodes = self.nodes();
-        let me = nodes[0].me().addr.clone();
-        let known = |n: &Node| -> Vec<Peer> {
-            let mut peers: Vec<Peer> = n.successors().to_vec();
-            peers.extend(n.predecessor().cloned());
-            peers.extend(n.fingers().into_iter().flatten());
-            peers
+        let addr = {
+            let mut nodes = self.nodes();
+            let me = nodes[0].me().addr.clone();
+            let Some(addr) = known_peers(&nodes)
+                .find(|p| p.id == id)
+                .map(|p| p.addr.to_string())
+            else {
+                return;
+            };
+            if *addr == *me {
+                return;
+            }
+            let ids = ids_at(&nodes, &addr);
+            for node in nodes.iter_mut() {
+                ids.iter().for_each(|&i| node.peer_failed(i));
+            }
+            addr
         };
-        let all: Vec<Peer> = nodes.iter().flat_map(known).collect();
-        let Some(addr) = all.iter().find(|p| p.id == id).map(|p| p.addr.clone()) else {
-            return;
-        };
-        if addr == me {
-            return;
-        }
-        let mut ids: Vec<u64> = all
-            .iter()
-            .filter(|p| p.addr == addr)
-            .map(|p| p.id)
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        for node in nodes.iter_mut() {
-            ids.iter().for_each(|&i| node.peer_failed(i));
-        }
+        self.gestor_failed(&addr);
     }
 
     /// Walk the ring through successor lists (`ring.ranges`, one ask per
@@ -677,6 +727,13 @@ impl Plugin for Ring {
             stats: Mutex::new((0, 0)),
             table: Mutex::new(RingTable::default()),
             placing_since: Mutex::new(None),
+            // Retry a failing gestor after one stabilize period; while an
+            // attempt is out (up to one RPC timeout) the others wait.
+            liveness: Mutex::new(liveness::Liveness::new(
+                config.dead_after_misses,
+                config.stabilize_every_ms,
+                config.rpc_timeout_ms,
+            )),
         });
         *guard(&self.shared) = Some(shared.clone());
         serve_remote(&ctx, &shared)?;

@@ -1,0 +1,130 @@
+//! Failure detection per gestor (one URL), not per ring position.
+//!
+//! A gestor holds several virtual nodes, and every one of ours may have
+//! several of its positions as successors, predecessor or fingers. Waiting
+//! out a timeout for each of them, one after another on the maintenance
+//! thread, made a dead gestor take tens of seconds to leave the ring (its
+//! keys unserved meanwhile). Here a failed request marks the URL failing:
+//! until its retry time, requests to it are skipped at once
+//! (`Failure::Skipped`, no miss), and after `dead_after` real attempts in a
+//! row have failed the caller drops every position at that URL. Plain code:
+//! the plugin supplies the clock and does the sending.
+
+use std::collections::HashMap;
+
+/// Failing URLs remembered at most; beyond it the one retried soonest is
+/// forgotten (it would be tried again shortly anyway).
+const MAX_FAILING: usize = 1024;
+
+#[derive(Debug, Clone, Copy)]
+struct Failing {
+    /// Real attempts that failed in a row.
+    fails: u32,
+    /// No request is sent before this time (ms).
+    retry_at: u64,
+}
+
+pub struct Liveness {
+    failing: HashMap<String, Failing>,
+    dead_after: u32,
+    /// Wait after a failure before the next real attempt.
+    retry_after_ms: u64,
+    /// Longest a real attempt takes: while one is out, others are skipped.
+    attempt_ms: u64,
+}
+
+/// What to do with a request to a URL.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gate {
+    Send,
+    Skip,
+}
+
+impl Liveness {
+    pub fn new(dead_after: u32, retry_after_ms: u64, attempt_ms: u64) -> Liveness {
+        Liveness {
+            failing: HashMap::new(),
+            dead_after: dead_after.max(1),
+            retry_after_ms,
+            attempt_ms,
+        }
+    }
+
+    /// Whether to send a request to `url` now. Granting an attempt to a
+    /// failing URL holds the others back until it is over.
+    pub fn gate(&mut self, url: &str, now_ms: u64) -> Gate {
+        match self.failing.get_mut(url) {
+            None => Gate::Send,
+            Some(f) if now_ms >= f.retry_at => {
+                f.retry_at = now_ms + self.attempt_ms + self.retry_after_ms;
+                Gate::Send
+            }
+            Some(_) => Gate::Skip,
+        }
+    }
+
+    /// `url` answered: it is alive.
+    pub fn answered(&mut self, url: &str) {
+        self.failing.remove(url);
+    }
+
+    /// A real attempt to reach `url` failed. True when it has now failed
+    /// `dead_after` times in a row: the caller drops the gestor.
+    pub fn failed(&mut self, url: &str, now_ms: u64) -> bool {
+        if !self.failing.contains_key(url) && self.failing.len() >= MAX_FAILING {
+            let soonest = self
+                .failing
+                .iter()
+                .min_by_key(|(_, f)| f.retry_at)
+                .map(|(u, _)| u.clone());
+            if let Some(u) = soonest {
+                self.failing.remove(&u);
+            }
+        }
+        let f = self.failing.entry(url.to_string()).or_insert(Failing {
+            fails: 0,
+            retry_at: 0,
+        });
+        f.fails = f.fails.saturating_add(1);
+        f.retry_at = now_ms + self.retry_after_ms;
+        f.fails >= self.dead_after
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Gate, Liveness, MAX_FAILING};
+
+    #[test]
+    fn a_failing_url_is_skipped_until_its_retry_time() {
+        let mut l = Liveness::new(3, 200, 500);
+        assert_eq!(l.gate("a", 0), Gate::Send);
+        assert!(!l.failed("a", 500));
+        assert_eq!(l.gate("a", 600), Gate::Skip);
+        assert_eq!(l.gate("b", 600), Gate::Send, "other URLs unaffected");
+        assert_eq!(l.gate("a", 700), Gate::Send);
+        // That attempt is out: the rest wait for it.
+        assert_eq!(l.gate("a", 701), Gate::Skip);
+    }
+
+    #[test]
+    fn dead_after_that_many_real_failures_in_a_row() {
+        let mut l = Liveness::new(3, 200, 500);
+        assert!(!l.failed("a", 0));
+        assert!(!l.failed("a", 1000));
+        assert!(l.failed("a", 2000));
+        // One answer clears it.
+        l.answered("a");
+        assert_eq!(l.gate("a", 2001), Gate::Send);
+        assert!(!l.failed("a", 3000));
+    }
+
+    #[test]
+    fn bounded() {
+        let mut l = Liveness::new(3, 200, 500);
+        for i in 0..MAX_FAILING + 10 {
+            l.failed(&format!("u{i}"), i as u64);
+        }
+        assert_eq!(l.failing.len(), MAX_FAILING);
+    }
+}
