@@ -27,3 +27,27 @@ macro_rules! matrix {
     )* };
     ($($test:ident),* $(,)?) => { $crate::matrix!($($test => $test),*); };
 }
+
+/// Half the matrix, with every transport and every store still run once,
+/// for long scenarios whose logic is the same on every backend (the full
+/// matrix of `ring_matrix`, `faults`' kills and the conformance suites
+/// covers the backends themselves): `half_matrix!(straight => t)` runs
+/// nng/sqlite and zmq/sled, `half_matrix!(crossed => t)` nng/sled and
+/// zmq/sqlite.
+#[macro_export]
+macro_rules! half_matrix {
+    (straight => $($test:ident),* $(,)?) => { $(
+        mod $test {
+            use gestor::config::{StorageKind, TransportKind};
+            #[test] fn nng_sqlite() { super::$test(TransportKind::Nng, StorageKind::Sqlite) }
+            #[test] fn zmq_sled() { super::$test(TransportKind::Zmq, StorageKind::Sled) }
+        }
+    )* };
+    (crossed => $($test:ident),* $(,)?) => { $(
+        mod $test {
+            use gestor::config::{StorageKind, TransportKind};
+            #[test] fn nng_sled() { super::$test(TransportKind::Nng, StorageKind::Sled) }
+            #[test] fn zmq_sqlite() { super::$test(TransportKind::Zmq, StorageKind::Sqlite) }
+        }
+    )* };
+}

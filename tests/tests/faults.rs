@@ -687,15 +687,20 @@ fn gestores_that_all_start_joining_form_one_ring(transport: TransportKind, stora
     all_found(&ring, &addresses(n), Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
 }
 
-gestor_tests::matrix!(
+// Losing no acknowledged write when two (or three adjacent) gestores die
+// is the promise: every combination. The other scenarios exercise the same
+// ring and replica code on every backend, so each runs on half the matrix,
+// alternating, and every combination still runs five of them.
+gestor_tests::matrix!(kill_two_at_once, kill_three_adjacent);
+gestor_tests::half_matrix!(straight =>
     stalled_gestor_is_routed_around_and_taken_back,
-    gestores_that_all_start_joining_form_one_ring,
-    kill_two_at_once,
-    kill_three_adjacent,
     rolling_restart,
-    rejoin_keeps_newer_writes,
     four_joins_under_lookups,
-    lagging_clock_cannot_win_with_old_write,
     partition_then_heal,
-    partition_into_two_rings_then_heal
+);
+gestor_tests::half_matrix!(crossed =>
+    gestores_that_all_start_joining_form_one_ring,
+    rejoin_keeps_newer_writes,
+    lagging_clock_cannot_win_with_old_write,
+    partition_into_two_rings_then_heal,
 );

@@ -588,4 +588,5 @@ fn multi_host(transport: TransportKind, storage: StorageKind) {
     );
 }
 
-gestor_tests::matrix!(multi_host);
+// Every transport and every store once: each run takes minutes of real links.
+gestor_tests::half_matrix!(straight => multi_host);
