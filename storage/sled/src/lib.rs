@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 const BACKEND: &str = "sled";
 const FORMAT_KEY: &[u8] = b"gestor.format";
 const FORMAT_VERSION: &[u8] = b"1";
+/// How long opening waits for another holder of the data directory's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 const FLAG_LIVE: u8 = 0;
 const FLAG_TOMBSTONE: u8 = 1;
 
@@ -114,13 +116,33 @@ impl SledStore {
             .map(|m| m.len() > 0)
             .unwrap_or(false);
 
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            sled::Config::new().path(dir).open()
-        }));
+        // sled's file lock outlives a dropped handle by a moment (its
+        // flusher thread lets go last), and a restarted gestor may start
+        // while the old process is still exiting: wait a little for it.
+        let locked_since = std::time::Instant::now();
+        let opened = loop {
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                sled::Config::new().path(dir).open()
+            }));
+            match &attempt {
+                Ok(Err(sled::Error::Io(e)))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && locked_since.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                _ => break attempt,
+            }
+        };
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(sled::Error::Corruption { at, .. })) => {
                 return Err(corrupt_err(format!("sled reports corruption at {at:?}")))
+            }
+            Ok(Err(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(open_err(format!(
+                    "{e}: another process holds this data directory (a gestor still running on it?)"
+                )))
             }
             Ok(Err(sled::Error::Io(e))) => return Err(open_err(e.to_string())),
             Ok(Err(e)) => return Err(corrupt_err(e.to_string())),
