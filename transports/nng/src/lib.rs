@@ -244,54 +244,91 @@ struct NngReplier {
     workers: Vec<JoinHandle<()>>,
 }
 
-/// One worker's context and the Aio that drives it. The Aio callback only
-/// forwards results to the worker thread through `results`.
+/// One worker's context and the two Aios that drive it, one for receiving
+/// and one for replying. A REP context takes a receive while its last reply
+/// is still being sent (nng keeps the two apart), so the worker does not
+/// wait for each reply to go out before taking the next request: one wake-up
+/// less per request. It waits only before its next reply, if the last one
+/// is still pending. The callbacks only forward results to the worker.
 struct Slot {
     ctx: Context,
-    aio: Aio,
-    results: Receiver<AioResult>,
+    recv_aio: Aio,
+    received: Receiver<AioResult>,
+    send_aio: Aio,
+    sent: Receiver<AioResult>,
+    /// A reply handed to `send_aio` whose result has not been read yet.
+    sending: bool,
+}
+
+/// An Aio whose callback forwards each result to the returned receiver.
+fn forwarding_aio() -> Result<(Aio, Receiver<AioResult>), TransportError> {
+    let (tx, rx): (Sender<AioResult>, Receiver<AioResult>) = crossbeam_channel::unbounded();
+    // Must not block: runs on an nng thread.
+    let aio = Aio::new(move |_aio, result| {
+        let _ = tx.send(result);
+    })
+    .map_err(|e| backend("allocate aio", e))?;
+    Ok((aio, rx))
+}
+
+/// Wait for the result on `results`, looking at `stop` every 100 ms.
+/// `None` means "stop now".
+fn wait(results: &Receiver<AioResult>, stop: &AtomicBool) -> Option<AioResult> {
+    loop {
+        match results.recv_timeout(SHUTDOWN_POLL) {
+            Ok(result) => return Some(result),
+            Err(RecvTimeoutError::Timeout) => {
+                if stop.load(Ordering::Acquire) {
+                    return None;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
 }
 
 impl Slot {
     fn new(socket: &Socket) -> Result<Slot, TransportError> {
         let ctx = Context::new(socket).map_err(|e| backend("open context", e))?;
-        let (tx, results): (Sender<AioResult>, Receiver<AioResult>) =
-            crossbeam_channel::unbounded();
-        // Must not block: runs on an nng thread.
-        let aio = Aio::new(move |_aio, result| {
-            let _ = tx.send(result);
+        let (recv_aio, received) = forwarding_aio()?;
+        let (send_aio, sent) = forwarding_aio()?;
+        Ok(Slot {
+            ctx,
+            recv_aio,
+            received,
+            send_aio,
+            sent,
+            sending: false,
         })
-        .map_err(|e| backend("allocate aio", e))?;
-        Ok(Slot { ctx, aio, results })
     }
 
-    /// Wait for the pending operation, looking at `stop` every 100 ms.
-    /// `None` means "stop now".
-    fn wait(&self, stop: &AtomicBool) -> Option<AioResult> {
-        loop {
-            match self.results.recv_timeout(SHUTDOWN_POLL) {
-                Ok(result) => return Some(result),
-                Err(RecvTimeoutError::Timeout) => {
-                    if stop.load(Ordering::Acquire) {
-                        return None;
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => return None,
+    /// Read the result of the reply in flight, if any. False: stop now.
+    fn finish_reply(&mut self, stop: &AtomicBool, url: &str) -> bool {
+        if !std::mem::take(&mut self.sending) {
+            return true;
+        }
+        match wait(&self.sent, stop) {
+            None => false,
+            Some(AioResult::Send(Err((_, nng::Error::Closed)))) => false,
+            Some(AioResult::Send(Err((_, e)))) => {
+                tracing::debug!(%url, error = %e, "nng replier: reply not delivered");
+                true
             }
+            Some(_) => true,
         }
     }
 
-    fn serve(&self, handler: &dyn RequestHandler, max: usize, stop: &AtomicBool, url: &str) {
+    fn serve(&mut self, handler: &dyn RequestHandler, max: usize, stop: &AtomicBool, url: &str) {
         while !stop.load(Ordering::Acquire) {
-            if let Err(e) = self.aio.set_timeout(None) {
+            if let Err(e) = self.recv_aio.set_timeout(None) {
                 tracing::error!(%url, error = %e, "nng replier: aio busy");
                 return;
             }
-            if let Err(e) = self.ctx.recv(&self.aio) {
+            if let Err(e) = self.ctx.recv(&self.recv_aio) {
                 tracing::error!(%url, error = %e, "nng replier: cannot start receive");
                 return;
             }
-            let request = match self.wait(stop) {
+            let request = match wait(&self.received, stop) {
                 None => return,
                 Some(AioResult::Recv(Ok(msg))) => msg,
                 Some(AioResult::Recv(Err(nng::Error::Closed))) => return,
@@ -320,21 +357,17 @@ impl Slot {
                     "nng replier: reply exceeds max_message_bytes; dropped");
                 continue;
             }
-            if let Err(e) = self.aio.set_timeout(Some(REPLY_SEND_TIMEOUT)) {
+            // One reply in flight per context: the previous one first.
+            if !self.finish_reply(stop, url) {
+                return;
+            }
+            if let Err(e) = self.send_aio.set_timeout(Some(REPLY_SEND_TIMEOUT)) {
                 tracing::error!(%url, error = %e, "nng replier: aio busy");
                 return;
             }
-            if let Err((_, e)) = self.ctx.send(&self.aio, Message::from(&reply[..])) {
-                tracing::warn!(%url, error = %e, "nng replier: cannot send reply");
-                continue;
-            }
-            match self.wait(stop) {
-                None => return,
-                Some(AioResult::Send(Err((_, nng::Error::Closed)))) => return,
-                Some(AioResult::Send(Err((_, e)))) => {
-                    tracing::debug!(%url, error = %e, "nng replier: reply not delivered");
-                }
-                Some(_) => {}
+            match self.ctx.send(&self.send_aio, Message::from(&reply[..])) {
+                Ok(()) => self.sending = true,
+                Err((_, e)) => tracing::warn!(%url, error = %e, "nng replier: cannot send reply"),
             }
         }
     }
@@ -342,10 +375,12 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // Let any running callback finish before the Aio is freed, so the
-        // callback never ends up holding the last reference to it.
-        self.aio.cancel();
-        self.aio.wait();
+        // Let any running callback finish before the Aios are freed, so a
+        // callback never ends up holding the last reference to its Aio.
+        for aio in [&self.recv_aio, &self.send_aio] {
+            aio.cancel();
+            aio.wait();
+        }
     }
 }
 
@@ -366,10 +401,13 @@ impl NngReplier {
             url: url.to_string(),
             socket,
             stop,
-            aios: slots.iter().map(|s| s.aio.clone()).collect(),
+            aios: slots
+                .iter()
+                .flat_map(|s| [s.recv_aio.clone(), s.send_aio.clone()])
+                .collect(),
             workers: Vec::with_capacity(workers),
         };
-        for (i, slot) in slots.into_iter().enumerate() {
+        for (i, mut slot) in slots.into_iter().enumerate() {
             let handler = Arc::clone(&handler);
             let stop = Arc::clone(&replier.stop);
             let url = replier.url.clone();
