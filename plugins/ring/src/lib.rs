@@ -543,10 +543,10 @@ impl Shared {
         virtual_nodes(&self.nodes())
     }
 
-    /// A plugin of ours found the peer `id` unreachable: drop every virtual
-    /// node of its gestor from every one of ours (they share its fate).
-    /// The report also counts against the gestor's URL, as a failed
-    /// request of our own would.
+    /// A plugin of ours found the peer `id` unreachable: one miss against
+    /// every virtual node of its gestor in every one of ours (they share its
+    /// fate), and one failed attempt against the gestor's URL, as a failed
+    /// request of our own would be.
     fn suspect(&self, id: u64) {
         let addr = {
             let mut nodes = self.nodes();
