@@ -227,8 +227,7 @@ impl Shared {
         // but no member, which drops it at once (and counts for the joining
         // tie-break), unlike a miss.
         let result = self.ctx.call::<Rpc>(&to.addr, &body, self.rpc_timeout());
-        if let Err(CallError::Transport(e)) = &result {
-            tracing::debug!(peer = %to.addr, "ring rpc failed: {e}");
+        if let Err(CallError::Transport(_)) = &result {
             self.gestor_failed(&to.addr);
         } else {
             // An answer, even an error reply: the process is alive.
@@ -240,7 +239,7 @@ impl Shared {
                 Err(Failure::Timeout)
             }
             Err(e) => {
-                tracing::debug!(peer = %to.addr, "ring rpc refused: {e}");
+                tracing::debug!(peer = %to.addr, "ring rpc failed: {e}");
                 Err(Failure::Unreachable)
             }
         }
