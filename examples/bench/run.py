@@ -370,7 +370,7 @@ def main():
     parser.add_argument("--transport", default="nng,zmq", help="comma-separated: nng, zmq")
     parser.add_argument("--storage", default="sqlite", choices=["sqlite", "sled"])
     parser.add_argument("--gestores", type=int, default=8)
-    parser.add_argument("--virtual-nodes", type=int, default=4, help="ring.virtual_nodes of every gestor")
+    parser.add_argument("--virtual-nodes", type=int, default=6, help="ring.virtual_nodes of every gestor")
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--users", type=int, default=320, help="accounts registered, logged in, moved, looked up")
     parser.add_argument("--duration-secs", type=int, default=10, help="lookup phase length")

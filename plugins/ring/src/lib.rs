@@ -64,8 +64,9 @@ pub struct RingConfig {
     /// How often the ring is walked for `ring.table` (the members clients
     /// route by).
     pub table_every_ms: u64,
-    /// How long a joining gestor waits for a complete ring table to place
-    /// its extra positions by, before it falls back to hashed positions.
+    /// How long a joining gestor waits for the ring to stand still (two
+    /// surveys in a row that agree) to place its extra positions by; then
+    /// it places them by its last complete survey, or by hashes without one.
     pub placement_wait_ms: u64,
 }
 
@@ -73,7 +74,7 @@ impl Default for RingConfig {
     fn default() -> Self {
         RingConfig {
             successors: 8,
-            virtual_nodes: 4,
+            virtual_nodes: 6,
             stabilize_every_ms: 500,
             fix_fingers_every_ms: 200,
             check_predecessor_every_ms: 1000,
@@ -166,9 +167,16 @@ struct Shared {
     /// When the first virtual node joined, while the others wait to be
     /// placed.
     placing_since: Mutex<Option<u64>>,
+    /// The ring as the walks saw it, while our positions wait to be placed.
+    settling: Mutex<placement::Settling>,
+    /// When the last table walk started.
+    walked_at: Mutex<Option<u64>>,
     /// Which gestores are failing, by URL (see `liveness`).
     liveness: Mutex<liveness::Liveness>,
 }
+
+/// How often the ring is walked while our positions wait to be placed.
+const PLACING_WALK_EVERY_MS: u64 = 500;
 
 /// Gestores asked per table walk: rings up to about this many times the
 /// successor-list length get a complete table.
@@ -407,14 +415,32 @@ impl Shared {
         if alone {
             return Some(placement::evenly_spaced(first, wanted));
         }
-        let table = guard(&self.table).clone();
         let me = self.ctx.request_url();
-        if table.complete && table.members.iter().any(|m| m.addr != me) {
-            return Some(placement::steal(&table, &me, first, wanted, first));
-        }
         let now = self.now();
         let since = *guard(&self.placing_since).get_or_insert(now);
-        if now.saturating_sub(since) < self.config.placement_wait_ms {
+        let waited_out = now.saturating_sub(since) >= self.config.placement_wait_ms;
+        let view = {
+            let settling = guard(&self.settling);
+            match settling.settled() {
+                Some(view) => Some(view.clone()),
+                // A ring that never stands still (gestores joining all the
+                // while): the latest complete view is still better than hashes.
+                None if waited_out => settling.latest().cloned(),
+                None => return None,
+            }
+        };
+        if let Some(view) = view.filter(|v| v.members.iter().any(|m| m.addr != me)) {
+            let gestores: std::collections::BTreeSet<&str> =
+                view.members.iter().map(|m| m.addr.as_str()).collect();
+            tracing::info!(
+                members = view.members.len(),
+                gestores = gestores.len(),
+                settled = !waited_out,
+                "placing virtual nodes by the ring"
+            );
+            return Some(placement::steal(&view, &me, first, wanted, first));
+        }
+        if !waited_out {
             return None;
         }
         tracing::warn!("no complete ring table to place virtual nodes by; hashing their positions");
@@ -574,13 +600,33 @@ impl Shared {
     /// which names no owners: clients then go through any gestor, as
     /// without a table.
     fn walk_table(&self) {
-        let (start, mine) = {
+        let (start, mine, placing) = {
             let nodes = self.nodes();
             if !nodes[0].joined() {
                 return;
             }
-            (neighbourhood(&nodes[0]), virtual_nodes(&nodes))
+            let wanted = self.config.virtual_nodes.clamp(1, MAX_VIRTUAL_NODES);
+            (
+                neighbourhood(&nodes[0]),
+                virtual_nodes(&nodes),
+                nodes.len() < wanted,
+            )
         };
+        // Every `table_every_ms`; while our positions wait to be placed,
+        // every PLACING_WALK_EVERY_MS, so the ring is seen to settle soon.
+        let now = self.now();
+        let every = if placing {
+            PLACING_WALK_EVERY_MS.min(self.config.table_every_ms)
+        } else {
+            self.config.table_every_ms
+        };
+        {
+            let mut walked_at = guard(&self.walked_at);
+            if walked_at.is_some_and(|t| now.saturating_sub(t) < every) {
+                return;
+            }
+            *walked_at = Some(now);
+        }
         let (mut walk, mut next) = table::TableWalk::start(start.me.clone(), &start.successors);
         let mut asked: HashMap<String, VirtualNodes> = HashMap::new();
         asked.insert(start.me.addr.clone(), mine);
@@ -620,6 +666,34 @@ impl Shared {
             }
         }
         *guard(&self.table) = walk.finish();
+        if placing {
+            let view = self.survey(virtual_nodes(&self.nodes()));
+            guard(&self.settling).observe(view);
+        }
+    }
+
+    /// Every position of every gestor that answers (see
+    /// [`placement::Survey`]), for placing ours.
+    fn survey(&self, mine: VirtualNodes) -> RingTable {
+        let me = self.ctx.request_url();
+        let mut survey = placement::Survey::start(&me, &mine);
+        for _ in 0..MAX_WALK_ASKS {
+            let Some(addr) = survey.next() else {
+                return survey.finish();
+            };
+            if self.ctx.stopping() {
+                break;
+            }
+            match self
+                .ctx
+                .call::<ring::Ranges>(&addr, &Empty, self.rpc_timeout())
+            {
+                Ok(answer) => survey.learn(&answer),
+                Err(e) => tracing::debug!(peer = %addr, "ring survey: no answer: {e}"),
+            }
+        }
+        // Too many gestores to ask in one survey: no view.
+        RingTable::default()
     }
 
     fn status(&self) -> RingStatus {
@@ -726,6 +800,8 @@ impl Plugin for Ring {
             stats: Mutex::new((0, 0)),
             table: Mutex::new(RingTable::default()),
             placing_since: Mutex::new(None),
+            settling: Mutex::new(placement::Settling::default()),
+            walked_at: Mutex::new(None),
             // Retry a failing gestor after one stabilize period; while an
             // attempt is out (up to one RPC timeout) the others wait.
             liveness: Mutex::new(liveness::Liveness::new(
@@ -744,9 +820,10 @@ impl Plugin for Ring {
             move || s.refresh_seeds(),
         );
         let s = shared.clone();
+        // Wakes often; `walk_table` decides whether a walk is due.
         ctx.every(
             "table",
-            Duration::from_millis(config.table_every_ms.max(100)),
+            Duration::from_millis(PLACING_WALK_EVERY_MS.min(config.table_every_ms.max(100))),
             move || s.walk_table(),
         );
         let s = shared;

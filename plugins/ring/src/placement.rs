@@ -11,9 +11,9 @@
 //! positions evenly. Without a complete table (a ring still forming) the
 //! positions are hashes: worse balance, never a wrong answer.
 
-use gestor_api::ring::RingTable;
+use gestor_api::ring::{PeerRef, RingTable, VirtualNodes};
 use gestor_sdk::hash::ring_position;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 const RING: u128 = 1 << 64;
 
@@ -37,6 +37,89 @@ pub fn hashed(first: u64, count: usize) -> Vec<u64> {
         i += 1;
     }
     out
+}
+
+/// The ring as placement sees it, surveyed breadth first: every gestor
+/// that any answer names (as a predecessor or successor) is asked once for
+/// all its positions (`ring.ranges`). A walk along successor lists is not
+/// enough here: a list learns of a new position one stabilize round per
+/// hop, so a gestor that joined seconds ago is missing from most lists,
+/// and positions placed by such a table pile onto the wrong arcs. A gestor
+/// that does not answer is left out (its arcs are its successors' now).
+pub struct Survey {
+    positions: BTreeMap<u64, PeerRef>,
+    named: BTreeSet<String>,
+    to_ask: VecDeque<String>,
+}
+
+impl Survey {
+    /// Start from our own answer (`me`: our URL).
+    pub fn start(me: &str, mine: &VirtualNodes) -> Survey {
+        let mut survey = Survey {
+            positions: BTreeMap::new(),
+            named: BTreeSet::from([me.to_string()]),
+            to_ask: VecDeque::new(),
+        };
+        survey.learn(mine);
+        survey
+    }
+
+    /// The next gestor to ask, if any is left.
+    pub fn next(&mut self) -> Option<String> {
+        self.to_ask.pop_front()
+    }
+
+    /// One gestor's answer: its positions, and the gestores it names.
+    pub fn learn(&mut self, answer: &VirtualNodes) {
+        for nb in &answer.nodes {
+            self.positions.insert(nb.me.id, nb.me.clone());
+            for p in nb.predecessor.iter().chain(&nb.successors) {
+                if self.named.insert(p.addr.clone()) {
+                    self.to_ask.push_back(p.addr.clone());
+                }
+            }
+        }
+    }
+
+    /// The positions of every gestor that answered; `complete` when no
+    /// gestor named was left unasked.
+    pub fn finish(self) -> RingTable {
+        RingTable {
+            members: self.positions.into_values().collect(),
+            complete: self.to_ask.is_empty(),
+        }
+    }
+}
+
+/// Successive views of the ring, for a gestor waiting to place its
+/// positions. A ring that is still taking in a joiner gives views that
+/// differ from walk to walk; placement waits for two complete views in a
+/// row that agree.
+#[derive(Debug, Default)]
+pub struct Settling {
+    last: Option<RingTable>,
+    agreed: bool,
+}
+
+impl Settling {
+    pub fn observe(&mut self, view: RingTable) {
+        if !view.complete {
+            *self = Settling::default();
+            return;
+        }
+        self.agreed = self.last.as_ref() == Some(&view);
+        self.last = Some(view);
+    }
+
+    /// The view, once two in a row agreed.
+    pub fn settled(&self) -> Option<&RingTable> {
+        self.last.as_ref().filter(|_| self.agreed)
+    }
+
+    /// The last complete view, settled or not.
+    pub fn latest(&self) -> Option<&RingTable> {
+        self.last.as_ref()
+    }
 }
 
 /// An arc of the ring: `(from, to, length)`, owned by the position `to`.
@@ -183,13 +266,16 @@ mod tests {
     }
 
     #[test]
-    fn placed_positions_keep_eight_gestores_within_a_quarter_of_the_mean() {
-        for seed in 0..50 {
-            for count in [4, 8] {
+    fn placed_positions_keep_eight_gestores_within_a_fifth_of_the_mean() {
+        // 1.2, not issue 10's 1.25: real joiners see tables a little less
+        // exact than these, and need the margin. At 4 positions the worst
+        // of 2,000 seeds is 1.28, hence the default of 6 (worst 1.15).
+        for seed in 0..1000 {
+            for count in [6, 8] {
                 let ring = grow(8, count, seed);
                 let ratio = max_over_mean(&ring, 8);
                 assert!(
-                    ratio <= 1.25,
+                    ratio <= 1.2,
                     "seed {seed}, {count} positions: max/mean {ratio:.2}"
                 );
             }
@@ -227,6 +313,57 @@ mod tests {
                 assert!(seen.insert(p), "two gestores at {p:016x}");
             }
         }
+    }
+
+    #[test]
+    fn the_survey_asks_every_gestor_named_and_settles_when_two_agree() {
+        use gestor_api::ring::Neighbourhood;
+        let peer = |id: u64, addr: &str| PeerRef {
+            id,
+            addr: addr.into(),
+        };
+        let nb = |me: PeerRef, pred: PeerRef, succ: Vec<PeerRef>| Neighbourhood {
+            me,
+            predecessor: Some(pred),
+            successors: succ,
+        };
+        // We (a) know only b; b names c, whose second position (90) is in
+        // no successor list yet.
+        let mine = VirtualNodes {
+            nodes: vec![nb(peer(10, "a"), peer(50, "c"), vec![peer(20, "b")])],
+        };
+        let mut survey = Survey::start("a", &mine);
+        assert_eq!(survey.next().as_deref(), Some("c"));
+        assert_eq!(survey.next().as_deref(), Some("b"));
+        survey.learn(&VirtualNodes {
+            nodes: vec![nb(peer(20, "b"), peer(10, "a"), vec![peer(50, "c")])],
+        });
+        survey.learn(&VirtualNodes {
+            nodes: vec![
+                nb(peer(50, "c"), peer(20, "b"), vec![peer(10, "a")]),
+                nb(peer(90, "c"), peer(50, "c"), vec![peer(10, "a")]),
+            ],
+        });
+        assert_eq!(survey.next(), None, "each gestor asked once");
+        let view = survey.finish();
+        assert!(view.complete);
+        let ids: Vec<u64> = view.members.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![10, 20, 50, 90]);
+
+        let mut s = Settling::default();
+        s.observe(view.clone());
+        assert!(s.settled().is_none(), "one view is no agreement");
+        let mut grown = view.clone();
+        grown.members.push(peer(95, "d"));
+        s.observe(grown.clone());
+        assert!(s.settled().is_none(), "the ring changed");
+        s.observe(grown.clone());
+        assert_eq!(s.settled(), Some(&grown));
+        s.observe(RingTable {
+            complete: false,
+            ..grown
+        });
+        assert!(s.settled().is_none() && s.latest().is_none());
     }
 
     #[test]
