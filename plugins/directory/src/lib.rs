@@ -15,13 +15,12 @@
 
 mod import;
 pub mod limits;
+mod password;
 pub mod presence;
 pub mod rules;
 pub mod writes;
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::PasswordHash;
 use gestor_api::ring::KeyBody;
 use gestor_api::status::{self, DirectoryStatus};
 use gestor_api::user::{
@@ -205,20 +204,10 @@ impl Shared {
 
     fn hash_password(&self, password: &str) -> Result<String, HandlerError> {
         let config = self.config();
-        let params = Params::new(
-            config.password_memory_kib,
-            config.password_iterations,
-            1,
-            None,
-        )
-        .map_err(|e| HandlerError::internal(format!("argon2 parameters: {e}")))?;
-        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let salt = SaltString::generate(&mut OsRng);
+        let (memory, iterations) = (config.password_memory_kib, config.password_iterations);
         let password = password.to_string();
         self.slots().run(HASH_SLOT_WAIT, move || {
-            argon
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
+            password::hash(password.as_bytes(), memory, iterations)
                 .map_err(|e| HandlerError::internal(format!("argon2: {e}")))
         })?
     }
@@ -256,18 +245,15 @@ impl Shared {
             .map_err(|e| HandlerError::internal(format!("stored hash unreadable: {e}")))?;
         let (stored, password) = (record.password_hash.clone(), password.to_string());
         let verified = self.slots().run(HASH_SLOT_WAIT, move || {
-            // Parsed again on the pool: the hash must be owned there.
-            PasswordHash::new(&stored)
-                .map_err(|_| argon2::password_hash::Error::PhcStringField)
-                .and_then(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed))
+            matches!(password::verify(password.as_bytes(), &stored), Ok(true))
         })?;
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         match verified {
-            Ok(()) => {
+            true => {
                 failures.succeeded(account);
                 Ok(())
             }
-            Err(_) => {
+            false => {
                 failures.failed(account, self.now_ms()?);
                 Err(err(ErrorCode::Unauthorized, "wrong password"))
             }
