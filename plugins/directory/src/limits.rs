@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 /// ([`HashPriority`]), fed by a queue of at most `queue` jobs. When the queue
 /// is full a request answers `busy` at once instead of tying up a request
 /// worker, and under a flood the cores go to lookups and ring maintenance
-/// first. Each job holds its argon2 memory only while it runs, so memory
-/// stays bounded by `threads` × the memory cost.
+/// first. Each thread keeps one argon2 block buffer (see `password`), so
+/// memory stays bounded by `threads` × the memory cost.
 pub struct HashPool {
     jobs: std::sync::mpsc::SyncSender<Job>,
     /// (running, waiting)
