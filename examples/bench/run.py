@@ -373,8 +373,8 @@ def main():
     parser.add_argument("--virtual-nodes", type=int, default=6, help="ring.virtual_nodes of every gestor")
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--users", type=int, default=960,
-                        help="accounts registered, logged in, moved, looked up (30 per thread at 32 threads,
-                        so the register phase is not mostly its ramp-down)")
+                        help="accounts registered, logged in, moved, looked up (30 per thread at 32"
+                             " threads, so the register phase is not mostly its ramp-down)")
     parser.add_argument("--duration-secs", type=int, default=10, help="lookup phase length")
     parser.add_argument("--preload", type=int, default=0, help="accounts imported first (e.g. 1000000)")
     parser.add_argument("--skip-etcd", action="store_true")
