@@ -167,7 +167,7 @@ struct Shared {
     /// When the first virtual node joined, while the others wait to be
     /// placed.
     placing_since: Mutex<Option<u64>>,
-    /// The ring as the walks saw it, while our positions wait to be placed.
+    /// The ring as our surveys saw it, while our positions wait to be placed.
     settling: Mutex<placement::Settling>,
     /// When the last table walk started.
     walked_at: Mutex<Option<u64>>,
@@ -443,7 +443,7 @@ impl Shared {
         if !waited_out {
             return None;
         }
-        tracing::warn!("no complete ring table to place virtual nodes by; hashing their positions");
+        tracing::warn!("no complete survey of the ring to place virtual nodes by; hashing their positions");
         Some(placement::hashed(first, wanted))
     }
 
