@@ -443,7 +443,9 @@ impl Shared {
         if !waited_out {
             return None;
         }
-        tracing::warn!("no complete survey of the ring to place virtual nodes by; hashing their positions");
+        tracing::warn!(
+            "no complete survey of the ring to place virtual nodes by; hashing their positions"
+        );
         Some(placement::hashed(first, wanted))
     }
 

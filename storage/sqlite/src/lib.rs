@@ -196,6 +196,10 @@ impl SqliteStore {
             Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
                 corrupt_err(e.to_string())
             }
+            Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => open_err(format!(
+                "another process holds this database (is a gestor already running on this data \
+                 directory?): {e}"
+            )),
             _ => open_err(e.to_string()),
         };
 
@@ -216,6 +220,17 @@ impl SqliteStore {
         .map_err(|e| open_err(e.to_string()))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| open_err(e.to_string()))?;
+        // One connection, one process: hold the file locks for the
+        // connection's life instead of taking and dropping them (fcntl(2)
+        // calls) around every transaction, which was ~5% of a request
+        // worker's time during an import. Set before the first read, so WAL
+        // keeps its index in memory rather than in a shared `-shm` file.
+        // A second process opening the same file is refused (after
+        // BUSY_TIMEOUT) instead of writing beside us.
+        conn.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .map_err(|e| open_err(e.to_string()))?;
 
         // SQLite reads the header lazily, so a garbage file only shows up on
         // the first real statement: check before touching anything else.
@@ -652,6 +667,21 @@ mod tests {
         let dir = tmp();
         let err = SqliteStore::open(&dir).unwrap_err();
         assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_opener_is_refused_while_the_first_holds_the_file() {
+        let dir = tmp();
+        let path = dir.join("gestor.db");
+        let first = SqliteStore::open(&path).unwrap();
+        let err = SqliteStore::open(&path).err().expect("opened twice");
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        assert!(err.to_string().contains("another process"), "{err}");
+        drop(first);
+        let again = SqliteStore::open(&path).unwrap();
+        assert_eq!(again.count().unwrap(), 0);
+        drop(again);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
