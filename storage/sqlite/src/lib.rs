@@ -675,7 +675,9 @@ mod tests {
         let dir = tmp();
         let path = dir.join("gestor.db");
         let first = SqliteStore::open(&path).unwrap();
-        let err = SqliteStore::open(&path).err().expect("opened twice");
+        let Err(err) = SqliteStore::open(&path) else {
+            panic!("opened twice")
+        };
         assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
         assert!(err.to_string().contains("another process"), "{err}");
         drop(first);
