@@ -602,33 +602,10 @@ impl Shared {
     /// which names no owners: clients then go through any gestor, as
     /// without a table.
     fn walk_table(&self) {
-        let (start, mine, placing) = {
+        let (start, mine) = {
             let nodes = self.nodes();
-            if !nodes[0].joined() {
-                return;
-            }
-            let wanted = self.config.virtual_nodes.clamp(1, MAX_VIRTUAL_NODES);
-            (
-                neighbourhood(&nodes[0]),
-                virtual_nodes(&nodes),
-                nodes.len() < wanted,
-            )
+            (neighbourhood(&nodes[0]), virtual_nodes(&nodes))
         };
-        // Every `table_every_ms`; while our positions wait to be placed,
-        // every PLACING_WALK_EVERY_MS, so the ring is seen to settle soon.
-        let now = self.now();
-        let every = if placing {
-            PLACING_WALK_EVERY_MS.min(self.config.table_every_ms)
-        } else {
-            self.config.table_every_ms
-        };
-        {
-            let mut walked_at = guard(&self.walked_at);
-            if walked_at.is_some_and(|t| now.saturating_sub(t) < every) {
-                return;
-            }
-            *walked_at = Some(now);
-        }
         let (mut walk, mut next) = table::TableWalk::start(start.me.clone(), &start.successors);
         let mut asked: HashMap<String, VirtualNodes> = HashMap::new();
         asked.insert(start.me.addr.clone(), mine);
@@ -668,6 +645,33 @@ impl Shared {
             }
         }
         *guard(&self.table) = walk.finish();
+    }
+
+    /// The table thread: walk the ring every `table_every_ms`; while our
+    /// positions wait to be placed, every PLACING_WALK_EVERY_MS, each walk
+    /// followed by a survey for placement, so the ring is seen to settle soon.
+    fn table_tick(&self) {
+        let placing = {
+            let nodes = self.nodes();
+            if !nodes[0].joined() {
+                return;
+            }
+            nodes.len() < self.config.virtual_nodes.clamp(1, MAX_VIRTUAL_NODES)
+        };
+        let now = self.now();
+        let every = if placing {
+            PLACING_WALK_EVERY_MS.min(self.config.table_every_ms)
+        } else {
+            self.config.table_every_ms
+        };
+        {
+            let mut walked_at = guard(&self.walked_at);
+            if walked_at.is_some_and(|t| now.saturating_sub(t) < every) {
+                return;
+            }
+            *walked_at = Some(now);
+        }
+        self.walk_table();
         if placing {
             let view = self.survey(virtual_nodes(&self.nodes()));
             guard(&self.settling).observe(view);
@@ -822,11 +826,11 @@ impl Plugin for Ring {
             move || s.refresh_seeds(),
         );
         let s = shared.clone();
-        // Wakes often; `walk_table` decides whether a walk is due.
+        // Wakes often; `table_tick` decides whether a walk is due.
         ctx.every(
             "table",
             Duration::from_millis(PLACING_WALK_EVERY_MS.min(config.table_every_ms.max(100))),
-            move || s.walk_table(),
+            move || s.table_tick(),
         );
         let s = shared;
         ctx.every(

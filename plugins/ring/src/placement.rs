@@ -8,8 +8,10 @@
 //! where they relieve most: each one takes part of the largest arc of the
 //! gestor that owns the most key space then (ARCHITECTURE §6.1 has the
 //! measured balance per count). The gestor creating a ring spaces its
-//! positions evenly. Without a complete table (a ring still forming) the
-//! positions are hashes: worse balance, never a wrong answer.
+//! positions evenly. The table is a survey of every gestor's positions
+//! ([`Survey`]), taken once the ring stands still ([`Settling`]); without
+//! a complete survey (a ring still forming) the positions are hashes:
+//! worse balance, never a wrong answer.
 
 use gestor_api::ring::{PeerRef, RingTable, VirtualNodes};
 use gestor_sdk::hash::ring_position;
@@ -93,7 +95,7 @@ impl Survey {
 
 /// Successive views of the ring, for a gestor waiting to place its
 /// positions. A ring that is still taking in a joiner gives views that
-/// differ from walk to walk; placement waits for two complete views in a
+/// differ from survey to survey; placement waits for two complete views in a
 /// row that agree.
 #[derive(Debug, Default)]
 pub struct Settling {
