@@ -137,6 +137,14 @@ pub enum TransportError {
     /// `--insecure` (plaintext) node, or a plaintext side a secure gestor.
     #[error("refusing {url}: {reason}")]
     OtherMode { url: String, reason: String },
+    /// The connection dropped while the request waited for its reply; it
+    /// may or may not have run (handlers are idempotent: retry).
+    #[error("connection to {url} lost before the reply")]
+    ConnectionLost { url: String },
+    /// A handler tried on the transport's I/O thread ([`Kind::FAST_PATH`](crate::Kind::FAST_PATH))
+    /// asked for a call that would wait there; a worker serves the request instead.
+    #[error("a call to {url} would block the transport's I/O thread")]
+    WouldBlock { url: String },
 }
 
 /// Failure of a call made through the host to another gestor or plugin.

@@ -53,6 +53,13 @@ pub trait Kind {
     const NAME: &'static str;
     /// Who may send it.
     const CLASS: KindClass;
+    /// Try it on the transport's I/O thread first: its handler usually
+    /// answers from memory and the local store. A call it makes there that
+    /// would wait on another gestor is refused at once
+    /// ([`TransportError::WouldBlock`](crate::TransportError::WouldBlock)),
+    /// and the request is then served again, from the start, by a worker;
+    /// so only kinds that change nothing before such a call may say yes.
+    const FAST_PATH: bool = false;
     /// The request body.
     type Request: Serialize + DeserializeOwned;
     /// The reply body.

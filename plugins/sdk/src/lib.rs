@@ -42,7 +42,7 @@ pub use plugin::{
 pub use store::{PutOutcome, Store, UserRecord};
 pub use transport::{
     Endpoint, Publisher, Replier, RequestHandler, Requester, Subscriber, Transport,
-    TransportOptions,
+    TransportOptions, Triage,
 };
 pub use wire::{Reply, Request};
 

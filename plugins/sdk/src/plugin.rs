@@ -27,8 +27,9 @@ use std::time::Duration;
 
 /// First field of every declaration; changes whenever the declaration
 /// layout, or a trait or type that crosses the boundary (`Host`, `Plugin`,
-/// `RequestMeta`, the error types), does — here for `Host::now_ms`.
-pub const ABI_MAGIC: u64 = 0x6765_7374_6f72_0005;
+/// `RequestMeta`, the error types), does — here for the `fast_path` of
+/// `Host::register_request`, `Host::can_wait` and `TransportError::WouldBlock`.
+pub const ABI_MAGIC: u64 = 0x6765_7374_6f72_0006;
 
 /// Compiler, SDK and build facts that must match between host and plugin.
 #[repr(C)]
@@ -152,12 +153,14 @@ pub trait Host: Send + Sync {
     /// The `[plugins.config.NAME]` table of the configuration, as CBOR.
     fn plugin_config(&self, plugin: &str) -> Value;
     /// Serve request `kind`; `class` says who may send it (the host keeps
-    /// it beside the handler).
+    /// it beside the handler), `fast_path` whether to try it on the
+    /// transport's I/O thread first ([`Kind::FAST_PATH`]).
     fn register_request(
         &self,
         plugin: &str,
         kind: &str,
         class: KindClass,
+        fast_path: bool,
         handler: RequestFn,
     ) -> Result<(), PluginError>;
     fn register_signal(
@@ -198,6 +201,12 @@ pub trait Host: Send + Sync {
     fn set_initial_gestors(&self, list: Vec<String>);
     /// True once shutdown has begun; loops should return promptly.
     fn stopping(&self) -> bool;
+    /// False while a fast-path request runs on the transport's I/O thread
+    /// ([`Kind::FAST_PATH`]), where nothing may wait; asking there also
+    /// sends the request to a worker, to run again from the start.
+    fn can_wait(&self) -> bool {
+        true
+    }
 }
 
 /// The handle a plugin receives in [`Plugin::start`].
@@ -310,7 +319,7 @@ impl PluginContext {
             + Sync
             + 'static,
     ) -> Result<(), PluginError> {
-        self.on_request(K::NAME, K::CLASS, move |meta, body| {
+        self.register(K::NAME, K::CLASS, K::FAST_PATH, move |meta, body| {
             let req: K::Request = from_value(body)?;
             handler(meta, req).map(|rep| to_value(&rep))
         })
@@ -320,6 +329,19 @@ impl PluginContext {
     /// kinds only known at run time; prefer [`serve`](Self::serve). A panic
     /// in `handler` becomes an `internal` error reply.
     pub fn on_request<F>(&self, kind: &str, class: KindClass, handler: F) -> Result<(), PluginError>
+    where
+        F: Fn(&RequestMeta, &Value) -> Result<Value, HandlerError> + Send + Sync + 'static,
+    {
+        self.register(kind, class, false, handler)
+    }
+
+    fn register<F>(
+        &self,
+        kind: &str,
+        class: KindClass,
+        fast_path: bool,
+        handler: F,
+    ) -> Result<(), PluginError>
     where
         F: Fn(&RequestMeta, &Value) -> Result<Value, HandlerError> + Send + Sync + 'static,
     {
@@ -340,7 +362,7 @@ impl PluginContext {
             },
         );
         self.host
-            .register_request(&self.plugin, kind, class, guarded)
+            .register_request(&self.plugin, kind, class, fast_path, guarded)
     }
 
     /// Handle signals whose topic starts with `topic_prefix`.
@@ -397,6 +419,13 @@ impl PluginContext {
             .request_client(url, K::NAME, to_value(body), timeout)?;
         v.deserialized()
             .map_err(|e| CallError::MalformedReply(e.to_string()))
+    }
+
+    /// Whether this handler may wait (sleep, retry, call another gestor).
+    /// False on the transport's I/O thread ([`Kind::FAST_PATH`]): return at
+    /// once, with any error; a worker then runs the request again.
+    pub fn can_wait(&self) -> bool {
+        self.host.can_wait()
     }
 
     /// Dispatch `K` to its handler on this node, without the network.

@@ -9,7 +9,10 @@
 //!   others. A [`Requester`] has one request outstanding at a time, fails with
 //!   [`TransportError::Timeout`] when no reply comes by the deadline, and
 //!   recovers by itself once the peer is back. Requests may be retried by the
-//!   library after a reconnect, so handlers must be idempotent.
+//!   library after a reconnect, so handlers must be idempotent. A backend
+//!   with an I/O thread first offers each request to
+//!   [`RequestHandler::triage`] there: a request answered at once skips the
+//!   hand-off to a worker and back (see [`Triage`]).
 //! * **PUB-SUB.** A message is one frame: `topic ++ 0x00 ++ payload`.
 //!   Subscribers filter on a topic prefix. Either side may bind. Publishing
 //!   never blocks: messages to a slow or absent subscriber are dropped.
@@ -33,6 +36,35 @@ pub trait RequestHandler: Send + Sync {
     fn handle_from(&self, request: &[u8], source: Option<&str>) -> Vec<u8> {
         let _ = source;
         self.handle(request)
+    }
+
+    /// Called on the backend's I/O thread, where nothing may wait: answer
+    /// now if that needs no waiting, or say how a worker should. The
+    /// default sends everything to a worker.
+    fn triage(&self, request: &[u8], source: Option<&str>) -> Triage {
+        let _ = (request, source);
+        Triage::Worker
+    }
+}
+
+/// What [`RequestHandler::triage`] decided.
+pub enum Triage {
+    /// The reply, made on the I/O thread.
+    Reply(Vec<u8>),
+    /// A worker runs [`RequestHandler::handle_from`] on the request.
+    Worker,
+    /// A worker runs this instead: triage already consumed the request
+    /// (say, decrypted it) and left the rest of the work here.
+    Continue(Box<dyn FnOnce() -> Vec<u8> + Send>),
+}
+
+impl std::fmt::Debug for Triage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Triage::Reply(r) => write!(f, "Reply({} bytes)", r.len()),
+            Triage::Worker => f.write_str("Worker"),
+            Triage::Continue(_) => f.write_str("Continue(..)"),
+        }
     }
 }
 

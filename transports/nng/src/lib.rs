@@ -21,9 +21,13 @@
 //! A [`Requester`] is a REQ0 socket dialled without blocking, so it can be
 //! created before anyone listens and reconnects by itself. `request` sends
 //! and receives with socket timeouts derived from the caller's deadline.
-//! nng re-sends an outstanding request when its connection drops (and after
-//! `ResendTime`, which is set far above any sensible request timeout), which
-//! is why the contract asks handlers to be idempotent.
+//! The resend timer (`ResendTime`) is off: nng would insert a timer for
+//! every request into its one global, sorted, locked timer list, which cost
+//! a bench client with 32 threads 7% of its CPU. So a request whose
+//! connection drops fails at once (`ECONNRESET`) instead of being re-sent
+//! by nng, and the caller retries as after any transport error; a request
+//! may still run twice (a reply lost with its connection), which is why the
+//! contract asks handlers to be idempotent.
 //!
 //! ## PUB-SUB
 //!
@@ -42,7 +46,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use gestor_sdk::transport::{decode_signal, encode_signal};
 use gestor_sdk::{
     Endpoint, Publisher, Replier, RequestHandler, Requester, Subscriber, Transport, TransportError,
-    TransportOptions,
+    TransportOptions, Triage,
 };
 use nng::options::protocol::pubsub::Subscribe;
 use nng::options::protocol::reqrep::ResendTime;
@@ -63,9 +67,6 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 /// Quick reconnects so a restarted peer is found again within a request timeout.
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_millis(500);
-/// Timer-driven re-send of a request; far above any request timeout, so a
-/// request is only re-sent when its connection drops.
-const RESEND_TIME: Duration = Duration::from_secs(600);
 /// A reply that cannot be handed to nng within this time is dropped.
 const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// nng accepts socket buffer depths in 0..=8192 messages.
@@ -186,7 +187,7 @@ impl Transport for NngTransport {
     ) -> Result<Box<dyn Requester>, TransportError> {
         let socket = new_socket(Protocol::Req0, options)?;
         socket
-            .set_opt::<ResendTime>(Some(RESEND_TIME))
+            .set_opt::<ResendTime>(None)
             .map_err(|e| backend("set ResendTime", e))?;
         dial(&socket, url)?;
         Ok(Box::new(NngRequester {
@@ -239,147 +240,141 @@ struct NngReplier {
     url: String,
     socket: Socket,
     stop: Arc<AtomicBool>,
-    /// Handles on the workers' Aios, to cancel their waits on drop.
-    aios: Vec<Aio>,
+    slots: Vec<Slot>,
     workers: Vec<JoinHandle<()>>,
 }
 
-/// One worker's context and the two Aios that drive it, one for receiving
-/// and one for replying. A REP context takes a receive while its last reply
-/// is still being sent (nng keeps the two apart), so the worker does not
-/// wait for each reply to go out before taking the next request: one wake-up
-/// less per request. It waits only before its next reply, if the last one
-/// is still pending. The callbacks only forward results to the worker.
+/// One REP context, driven by its Aio's callback on an nng thread. The
+/// callback offers each request to the handler's triage: a reply made
+/// there is sent from the callback at once; anything else goes to the
+/// slot's worker thread, which sends the reply on the same context. The
+/// end of each reply starts the next receive, so a context holds one
+/// request at a time and `replier_workers` contexts serve that many at once.
 struct Slot {
     ctx: Context,
-    recv_aio: Aio,
-    received: Receiver<AioResult>,
-    send_aio: Aio,
-    sent: Receiver<AioResult>,
-    /// A reply handed to `send_aio` whose result has not been read yet.
-    sending: bool,
+    aio: Aio,
 }
 
-/// An Aio whose callback forwards each result to the returned receiver.
-fn forwarding_aio() -> Result<(Aio, Receiver<AioResult>), TransportError> {
-    let (tx, rx): (Sender<AioResult>, Receiver<AioResult>) = crossbeam_channel::unbounded();
-    // Must not block: runs on an nng thread.
-    let aio = Aio::new(move |_aio, result| {
-        let _ = tx.send(result);
-    })
-    .map_err(|e| backend("allocate aio", e))?;
-    Ok((aio, rx))
+/// What a slot's worker does for one request.
+enum Work {
+    /// Run the handler on the request.
+    Handle {
+        request: Message,
+        source: Option<String>,
+    },
+    /// Finish what triage started on the nng thread.
+    Continue(Box<dyn FnOnce() -> Vec<u8> + Send>),
 }
 
-/// Wait for the result on `results`, looking at `stop` every 100 ms.
-/// `None` means "stop now".
-fn wait(results: &Receiver<AioResult>, stop: &AtomicBool) -> Option<AioResult> {
-    loop {
-        match results.recv_timeout(SHUTDOWN_POLL) {
-            Ok(result) => return Some(result),
-            Err(RecvTimeoutError::Timeout) => {
-                if stop.load(Ordering::Acquire) {
-                    return None;
+/// What a slot's callback and worker share.
+struct Serving {
+    ctx: Context,
+    handler: Arc<dyn RequestHandler>,
+    stop: Arc<AtomicBool>,
+    max: usize,
+    url: String,
+}
+
+impl Serving {
+    /// Start the next receive. Its timeout only bounds how long shutdown
+    /// may wait for an idle context; a receive that times out starts again.
+    fn receive(&self, aio: &Aio) {
+        if self.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let url = &self.url;
+        if let Err(e) = aio.set_timeout(Some(SHUTDOWN_POLL)) {
+            tracing::error!(%url, error = %e, "nng replier: aio busy; context stops serving");
+            return;
+        }
+        if let Err(e) = self.ctx.recv(aio) {
+            tracing::error!(%url, error = %e, "nng replier: cannot start receive; context stops serving");
+        }
+    }
+
+    fn reply(&self, aio: &Aio, reply: Vec<u8>) {
+        let url = &self.url;
+        if reply.len() > self.max {
+            tracing::error!(%url, size = reply.len(), limit = self.max,
+                "nng replier: reply exceeds max_message_bytes; dropped");
+            return self.receive(aio);
+        }
+        if let Err(e) = aio.set_timeout(Some(REPLY_SEND_TIMEOUT)) {
+            tracing::error!(%url, error = %e, "nng replier: aio busy; context stops serving");
+            return;
+        }
+        if let Err((_, e)) = self.ctx.send(aio, Message::from(&reply[..])) {
+            tracing::warn!(%url, error = %e, "nng replier: cannot send reply");
+            self.receive(aio);
+        }
+    }
+
+    /// The Aio's callback. Never blocks: triage answers from memory or
+    /// hands the request on.
+    fn on_event(&self, aio: &Aio, result: AioResult, worker: &Sender<Work>) {
+        if self.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let url = &self.url;
+        match result {
+            AioResult::Recv(Ok(mut request)) => {
+                let source = source_of(&mut request);
+                let triage = catch_unwind(AssertUnwindSafe(|| {
+                    self.handler.triage(request.as_slice(), source.as_deref())
+                }));
+                let work = match triage {
+                    Ok(Triage::Reply(reply)) => return self.reply(aio, reply),
+                    Ok(Triage::Worker) => Work::Handle { request, source },
+                    Ok(Triage::Continue(rest)) => Work::Continue(rest),
+                    Err(_) => {
+                        tracing::error!(%url, "nng replier: triage panicked; request dropped");
+                        return self.receive(aio);
+                    }
+                };
+                // The worker holds at most this one job: the context
+                // takes no other request until its reply is sent.
+                if worker.send(work).is_err() {
+                    tracing::debug!(%url, "nng replier: worker gone; request dropped");
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => return None,
-        }
-    }
-}
-
-impl Slot {
-    fn new(socket: &Socket) -> Result<Slot, TransportError> {
-        let ctx = Context::new(socket).map_err(|e| backend("open context", e))?;
-        let (recv_aio, received) = forwarding_aio()?;
-        let (send_aio, sent) = forwarding_aio()?;
-        Ok(Slot {
-            ctx,
-            recv_aio,
-            received,
-            send_aio,
-            sent,
-            sending: false,
-        })
-    }
-
-    /// Read the result of the reply in flight, if any. False: stop now.
-    fn finish_reply(&mut self, stop: &AtomicBool, url: &str) -> bool {
-        if !std::mem::take(&mut self.sending) {
-            return true;
-        }
-        match wait(&self.sent, stop) {
-            None => false,
-            Some(AioResult::Send(Err((_, nng::Error::Closed)))) => false,
-            Some(AioResult::Send(Err((_, e)))) => {
+            AioResult::Recv(Err(nng::Error::Closed))
+            | AioResult::Send(Err((_, nng::Error::Closed))) => {}
+            AioResult::Recv(Err(nng::Error::TimedOut)) => self.receive(aio),
+            AioResult::Recv(Err(e)) => {
+                tracing::debug!(%url, error = %e, "nng replier: receive failed");
+                self.receive(aio);
+            }
+            AioResult::Send(Err((_, e))) => {
                 tracing::debug!(%url, error = %e, "nng replier: reply not delivered");
-                true
+                self.receive(aio);
             }
-            Some(_) => true,
+            AioResult::Send(Ok(())) | AioResult::Sleep(_) => self.receive(aio),
         }
     }
 
-    fn serve(&mut self, handler: &dyn RequestHandler, max: usize, stop: &AtomicBool, url: &str) {
-        while !stop.load(Ordering::Acquire) {
-            if let Err(e) = self.recv_aio.set_timeout(None) {
-                tracing::error!(%url, error = %e, "nng replier: aio busy");
-                return;
-            }
-            if let Err(e) = self.ctx.recv(&self.recv_aio) {
-                tracing::error!(%url, error = %e, "nng replier: cannot start receive");
-                return;
-            }
-            let request = match wait(&self.received, stop) {
-                None => return,
-                Some(AioResult::Recv(Ok(msg))) => msg,
-                Some(AioResult::Recv(Err(nng::Error::Closed))) => return,
-                // Cancelled by drop: the loop condition ends the worker.
-                Some(AioResult::Recv(Err(nng::Error::Canceled))) => continue,
-                Some(AioResult::Recv(Err(e))) => {
-                    tracing::debug!(%url, error = %e, "nng replier: receive failed");
-                    continue;
-                }
-                Some(_) => continue,
+    /// The slot's worker: serves what triage handed on, until stopped.
+    fn work(&self, aio: &Aio, jobs: &Receiver<Work>) {
+        let url = &self.url;
+        while !self.stop.load(Ordering::Acquire) {
+            let work = match jobs.recv_timeout(SHUTDOWN_POLL) {
+                Ok(work) => work,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
             };
-            let mut request = request;
-            let source = source_of(&mut request);
-            let reply = match catch_unwind(AssertUnwindSafe(|| {
-                handler.handle_from(&request, source.as_deref())
-            })) {
-                Ok(reply) => reply,
+            let reply = catch_unwind(AssertUnwindSafe(|| match work {
+                Work::Handle { request, source } => self
+                    .handler
+                    .handle_from(request.as_slice(), source.as_deref()),
+                Work::Continue(rest) => rest(),
+            }));
+            match reply {
+                Ok(reply) => self.reply(aio, reply),
                 Err(_) => {
-                    // The contract says handlers never panic; keep the worker alive anyway.
+                    // The contract says handlers never panic; keep the context serving anyway.
                     tracing::error!(%url, "nng replier: handler panicked; request dropped");
-                    continue;
+                    self.receive(aio);
                 }
-            };
-            if reply.len() > max {
-                tracing::error!(%url, size = reply.len(), limit = max,
-                    "nng replier: reply exceeds max_message_bytes; dropped");
-                continue;
             }
-            // One reply in flight per context: the previous one first.
-            if !self.finish_reply(stop, url) {
-                return;
-            }
-            if let Err(e) = self.send_aio.set_timeout(Some(REPLY_SEND_TIMEOUT)) {
-                tracing::error!(%url, error = %e, "nng replier: aio busy");
-                return;
-            }
-            match self.ctx.send(&self.send_aio, Message::from(&reply[..])) {
-                Ok(()) => self.sending = true,
-                Err((_, e)) => tracing::warn!(%url, error = %e, "nng replier: cannot send reply"),
-            }
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        // Let any running callback finish before the Aios are freed, so a
-        // callback never ends up holding the last reference to its Aio.
-        for aio in [&self.recv_aio, &self.send_aio] {
-            aio.cancel();
-            aio.wait();
         }
     }
 }
@@ -391,33 +386,39 @@ impl NngReplier {
         options: &TransportOptions,
     ) -> Result<NngReplier, TransportError> {
         let socket = new_socket(Protocol::Rep0, options)?;
-        let workers = options.replier_workers.max(1);
-        let slots = (0..workers)
-            .map(|_| Slot::new(&socket))
-            .collect::<Result<Vec<_>, _>>()?;
-        listen(&socket, url)?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut replier = NngReplier {
             url: url.to_string(),
             socket,
             stop,
-            aios: slots
-                .iter()
-                .flat_map(|s| [s.recv_aio.clone(), s.send_aio.clone()])
-                .collect(),
-            workers: Vec::with_capacity(workers),
+            slots: Vec::new(),
+            workers: Vec::new(),
         };
-        for (i, mut slot) in slots.into_iter().enumerate() {
-            let handler = Arc::clone(&handler);
-            let stop = Arc::clone(&replier.stop);
-            let url = replier.url.clone();
-            let max = options.max_message_bytes;
+        let workers = options.replier_workers.max(1);
+        let mut started = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let serving = Arc::new(Serving {
+                ctx: Context::new(&replier.socket).map_err(|e| backend("open context", e))?,
+                handler: Arc::clone(&handler),
+                stop: Arc::clone(&replier.stop),
+                max: options.max_message_bytes,
+                url: replier.url.clone(),
+            });
+            let (to_worker, jobs) = crossbeam_channel::unbounded::<Work>();
+            let on_event = Arc::clone(&serving);
+            // Runs on an nng thread.
+            let aio = Aio::new(move |aio, result| on_event.on_event(&aio, result, &to_worker))
+                .map_err(|e| backend("allocate aio", e))?;
+            replier.slots.push(Slot {
+                ctx: serving.ctx.clone(),
+                aio: aio.clone(),
+            });
             let spawned = std::thread::Builder::new()
                 .name(format!("nng-rep-{i}"))
-                .spawn(move || slot.serve(handler.as_ref(), max, &stop, &url));
+                .spawn(move || serving.work(&aio, &jobs));
             match spawned {
                 Ok(h) => replier.workers.push(h),
-                // Dropping `replier` stops the workers already started.
+                // Dropping `replier` stops what was started.
                 Err(e) => {
                     return Err(TransportError::Backend {
                         backend: BACKEND,
@@ -425,8 +426,18 @@ impl NngReplier {
                     })
                 }
             }
+            started.push(i);
         }
-        tracing::debug!(url, workers, "nng replier serving");
+        listen(&replier.socket, url)?;
+        for slot in &replier.slots {
+            if let Err(e) = slot.aio.set_timeout(Some(SHUTDOWN_POLL)) {
+                return Err(backend("set aio timeout", e));
+            }
+            slot.ctx
+                .recv(&slot.aio)
+                .map_err(|e| backend("start receive", e))?;
+        }
+        tracing::debug!(url, workers = started.len(), "nng replier serving");
         Ok(replier)
     }
 }
@@ -440,20 +451,25 @@ impl Replier for NngReplier {
 impl Drop for NngReplier {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        // Wake the workers; one that started a new operation after this
-        // sees the stop flag within 100 ms.
-        for aio in &self.aios {
-            aio.cancel();
-        }
-        // Join before closing: nng 1.4 crashes when a context operation
-        // races with the close of its socket, so every context must be
-        // idle and closed (by its worker) first.
+        // A worker finishing a request sends its reply, then sees the flag.
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {
                 tracing::error!(url = %self.url, "nng replier worker panicked");
             }
         }
-        self.aios.clear();
+        // nng 1.4 crashes when a context operation races with the close of
+        // its socket, so every Aio must be idle first. A callback that read
+        // the flag just before it was set may start one more operation, so
+        // twice: cancel, then wait for the callback.
+        for _ in 0..2 {
+            for slot in &self.slots {
+                slot.aio.cancel();
+                slot.aio.wait();
+            }
+        }
+        for slot in self.slots.drain(..) {
+            slot.ctx.close();
+        }
         // Releases the listening address.
         self.socket.close();
         tracing::debug!(url = %self.url, "nng replier stopped");
@@ -492,6 +508,9 @@ impl Requester for NngRequester {
         match self.socket.recv() {
             Ok(msg) => Ok(msg.as_slice().to_vec()),
             Err(nng::Error::TimedOut) => Err(timeout(&self.url, timeout_)),
+            Err(nng::Error::ConnectionReset) => Err(TransportError::ConnectionLost {
+                url: self.url.clone(),
+            }),
             Err(nng::Error::Closed) => Err(TransportError::Closed),
             Err(e) => Err(backend("receive reply", e)),
         }

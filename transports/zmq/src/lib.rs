@@ -51,7 +51,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use gestor_sdk::transport::{decode_signal, encode_signal};
 use gestor_sdk::{
     Endpoint, Publisher, Replier, RequestHandler, Requester, Subscriber, Transport, TransportError,
-    TransportOptions,
+    TransportOptions, Triage,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -381,9 +381,19 @@ impl Transport for ZmqTransport {
 /// including the empty delimiter) and the body.
 struct Job {
     envelope: Vec<Vec<u8>>,
-    body: Vec<u8>,
-    /// The requester's IP address, when libzmq knows it.
-    source: Option<String>,
+    work: Work,
+}
+
+/// What a worker does for one request.
+enum Work {
+    /// Run the handler on the request.
+    Handle {
+        body: Vec<u8>,
+        /// The requester's IP address, when libzmq knows it.
+        source: Option<String>,
+    },
+    /// Finish what triage started on the I/O thread.
+    Continue(Box<dyn FnOnce() -> Vec<u8> + Send>),
 }
 
 struct ZmqReplier {
@@ -443,7 +453,13 @@ impl ZmqReplier {
         let stop = Arc::clone(&replier.stop);
         let url_owned = replier.url.clone();
         replier.spawn("zmq-rep-io".to_string(), move || {
-            io_loop(&router, &pull, &jobs_tx, &stop, &url_owned);
+            let served = Served {
+                router: &router,
+                handler: handler.as_ref(),
+                max,
+                url: &url_owned,
+            };
+            io_loop(&served, &pull, &jobs_tx, &stop);
             listener.release(&router);
         })?;
         tracing::debug!(url, workers, "zmq replier serving");
@@ -469,14 +485,56 @@ impl ZmqReplier {
     }
 }
 
-/// Owns the ROUTER and the reply PULL: dispatches requests, routes replies.
-fn io_loop(
-    router: &zmq::Socket,
-    pull: &zmq::Socket,
-    jobs: &Sender<Job>,
-    stop: &AtomicBool,
-    url: &str,
-) {
+/// What the I/O thread serves with: its ROUTER and the handler.
+struct Served<'a> {
+    router: &'a zmq::Socket,
+    handler: &'a dyn RequestHandler,
+    max: usize,
+    url: &'a str,
+}
+
+impl Served<'_> {
+    /// Offer the request to the handler's triage; a reply made here goes
+    /// straight out, anything else becomes a job for the workers.
+    fn triage(&self, envelope: Vec<Vec<u8>>, body: Vec<u8>, source: Option<String>) -> Option<Job> {
+        let url = self.url;
+        let triage = catch_unwind(AssertUnwindSafe(|| {
+            self.handler.triage(&body, source.as_deref())
+        }));
+        let work = match triage {
+            Ok(Triage::Reply(reply)) => {
+                self.send(envelope, reply);
+                return None;
+            }
+            Ok(Triage::Worker) => Work::Handle { body, source },
+            Ok(Triage::Continue(rest)) => Work::Continue(rest),
+            Err(_) => {
+                tracing::error!(%url, "zmq replier: triage panicked; request dropped");
+                return None;
+            }
+        };
+        Some(Job { envelope, work })
+    }
+
+    fn send(&self, mut envelope: Vec<Vec<u8>>, reply: Vec<u8>) {
+        let url = self.url;
+        if reply.len() > self.max {
+            tracing::error!(%url, size = reply.len(), limit = self.max,
+                "zmq replier: reply exceeds max_message_bytes; dropped");
+            return;
+        }
+        envelope.push(reply);
+        // ROUTER drops replies to requesters that went away.
+        if let Err(e) = self.router.send_multipart(envelope, zmq::DONTWAIT) {
+            tracing::debug!(%url, error = %e, "zmq replier: reply not routed");
+        }
+    }
+}
+
+/// Owns the ROUTER and the reply PULL: serves what triage answers at once,
+/// hands the rest to the workers, routes their replies.
+fn io_loop(served: &Served<'_>, pull: &zmq::Socket, jobs: &Sender<Job>, stop: &AtomicBool) {
+    let (router, url) = (served.router, served.url);
     while !stop.load(Ordering::Acquire) {
         let (router_ready, pull_ready) = {
             let mut items = [
@@ -512,10 +570,8 @@ fn io_loop(
                     continue;
                 }
                 let body = parts.pop().unwrap_or_default();
-                let job = Job {
-                    envelope: parts,
-                    body,
-                    source,
+                let Some(job) = served.triage(parts, body, source) else {
+                    continue;
                 };
                 if jobs.try_send(job).is_err() {
                     tracing::warn!(%url, "zmq replier: workers saturated; request dropped");
@@ -566,8 +622,9 @@ fn worker(
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let reply = match catch_unwind(AssertUnwindSafe(|| {
-            handler.handle_from(&job.body, job.source.as_deref())
+        let reply = match catch_unwind(AssertUnwindSafe(|| match job.work {
+            Work::Handle { body, source } => handler.handle_from(&body, source.as_deref()),
+            Work::Continue(rest) => rest(),
         })) {
             Ok(reply) => reply,
             Err(_) => {
