@@ -283,6 +283,34 @@ type Sid = [u8; SID_LEN];
 
 /// Serves an opened request from a proven peer; returns the reply to seal.
 pub type SecureHandler = Arc<dyn Fn(&[u8], &Peer) -> Vec<u8> + Send + Sync>;
+/// Answers a request on the transport's I/O thread when it can do so
+/// without waiting (`None`: a worker serves it with the [`SecureHandler`]).
+pub type FastHandler = Arc<dyn Fn(&[u8], &Peer) -> Option<Vec<u8>> + Send + Sync>;
+
+/// A request opened under its session, waiting for its reply.
+struct OpenedRequest {
+    session: Arc<Session>,
+    plain: Vec<u8>,
+    counter: u64,
+}
+
+impl OpenedRequest {
+    /// Seal `reply` to this request (and remember it for a resend).
+    fn seal_reply(&self, reply: &[u8]) -> Vec<u8> {
+        let counter = self.counter;
+        match self
+            .session
+            .seal(frame::REPLY, reply, &counter.to_be_bytes())
+        {
+            Ok((sealed, _)) => {
+                self.session.remember_reply(counter, &sealed);
+                sealed
+            }
+            Err(e) => refusal_frame(refusal::UNKNOWN_SESSION, &e),
+        }
+    }
+}
+
 /// `(topic, payload, sender)` of a signal that opened under a known session.
 pub type AuthenticSignal = (Vec<u8>, Vec<u8>, Peer);
 
@@ -758,41 +786,13 @@ impl SecureLayer {
                     refusal_frame(refusal::UNKNOWN_SESSION, "unknown session; handshake again")
                 }
             }
-            Some(&frame::REQUEST) => {
-                let Some((_, sid, _, _)) = parse_sealed(frame) else {
-                    s.malformed.fetch_add(1, Ordering::Relaxed);
-                    return refusal_frame(refusal::MALFORMED, "short request frame");
-                };
-                let Some(session) = self.session(&sid).filter(|x| !x.initiator) else {
-                    s.unknown_session.fetch_add(1, Ordering::Relaxed);
-                    return refusal_frame(
-                        refusal::UNKNOWN_SESSION,
-                        "unknown session; handshake again",
-                    );
-                };
-                let (plain, counter) = match session.open(frame, &[]) {
-                    Ok(x) => x,
-                    Err(refusal::REPLAYED) => {
-                        // A resend of a request already answered: the same reply.
-                        let counter = parse_sealed(frame).map_or(u64::MAX, |f| f.2);
-                        if let Some(reply) = session.remembered_reply(counter) {
-                            if session.authentic(frame) {
-                                return reply;
-                            }
-                        }
-                        return self.count_refusal(refusal::REPLAYED);
-                    }
-                    Err(code) => return self.count_refusal(code),
-                };
-                let reply = handler(&plain, &session.peer);
-                match session.seal(frame::REPLY, &reply, &counter.to_be_bytes()) {
-                    Ok((sealed, _)) => {
-                        session.remember_reply(counter, &sealed);
-                        sealed
-                    }
-                    Err(e) => refusal_frame(refusal::UNKNOWN_SESSION, &e),
+            Some(&frame::REQUEST) => match self.open_request(frame) {
+                Ok(opened) => {
+                    let reply = handler(&opened.plain, &opened.session.peer);
+                    opened.seal_reply(&reply)
                 }
-            }
+                Err(answer) => answer,
+            },
             Some(&frame::PLAIN_REQUEST) => {
                 s.malformed.fetch_add(1, Ordering::Relaxed);
                 refusal_frame(
@@ -806,6 +806,82 @@ impl SecureLayer {
                     refusal::MALFORMED,
                     "not a secure frame: this gestor accepts only Noise-secured sessions (docs/PROTOCOL.md §3.1)",
                 )
+            }
+        }
+    }
+
+    /// Open a sealed request: the session and plaintext, or the frame to
+    /// answer at once (a refusal, or the remembered reply to a resend).
+    fn open_request(&self, frame: &[u8]) -> Result<OpenedRequest, Vec<u8>> {
+        let s = &self.shared;
+        let Some((_, sid, _, _)) = parse_sealed(frame) else {
+            s.malformed.fetch_add(1, Ordering::Relaxed);
+            return Err(refusal_frame(refusal::MALFORMED, "short request frame"));
+        };
+        let Some(session) = self.session(&sid).filter(|x| !x.initiator) else {
+            s.unknown_session.fetch_add(1, Ordering::Relaxed);
+            return Err(refusal_frame(
+                refusal::UNKNOWN_SESSION,
+                "unknown session; handshake again",
+            ));
+        };
+        match session.open(frame, &[]) {
+            Ok((plain, counter)) => Ok(OpenedRequest {
+                session,
+                plain,
+                counter,
+            }),
+            Err(refusal::REPLAYED) => {
+                // A resend of a request already answered: the same reply.
+                let counter = parse_sealed(frame).map_or(u64::MAX, |f| f.2);
+                if let Some(reply) = session.remembered_reply(counter) {
+                    if session.authentic(frame) {
+                        return Err(reply);
+                    }
+                }
+                Err(self.count_refusal(refusal::REPLAYED))
+            }
+            Err(code) => Err(self.count_refusal(code)),
+        }
+    }
+
+    /// [`serve_from`](Self::serve_from) split for a transport's I/O thread:
+    /// a request `fast` answers (`Some`) is sealed and answered there; any
+    /// other goes to a worker, already opened when it was a sealed one.
+    fn triage(
+        &self,
+        frame: &[u8],
+        fast: &FastHandler,
+        handler: &SecureHandler,
+    ) -> gestor_sdk::Triage {
+        use gestor_sdk::Triage;
+        if self.shared.plaintext {
+            return match frame.split_first() {
+                Some((&frame::PLAIN_REQUEST, request)) => {
+                    match fast(request, &Self::unverified_peer()) {
+                        Some(reply) => Triage::Reply([&[frame::PLAIN_REPLY][..], &reply].concat()),
+                        None => Triage::Worker,
+                    }
+                }
+                _ => Triage::Worker,
+            };
+        }
+        // Handshakes cost public-key operations: they go to the workers.
+        if frame.first() != Some(&frame::REQUEST) {
+            return Triage::Worker;
+        }
+        let opened = match self.open_request(frame) {
+            Ok(opened) => opened,
+            Err(answer) => return Triage::Reply(answer),
+        };
+        match fast(&opened.plain, &opened.session.peer) {
+            Some(reply) => Triage::Reply(opened.seal_reply(&reply)),
+            None => {
+                let handler = Arc::clone(handler);
+                Triage::Continue(Box::new(move || {
+                    let reply = handler(&opened.plain, &opened.session.peer);
+                    opened.seal_reply(&reply)
+                }))
             }
         }
     }
@@ -1148,10 +1224,36 @@ impl SecureLayer {
         handler: SecureHandler,
         options: &TransportOptions,
     ) -> Result<Box<dyn Replier>, TransportError> {
+        self.bind_replier(url, handler, None, options)
+    }
+
+    /// [`replier`](Self::replier) that first offers each request to `fast`
+    /// on the transport's I/O thread (backends without one ignore it).
+    pub fn replier_with_fast_path(
+        &self,
+        url: &str,
+        handler: SecureHandler,
+        fast: FastHandler,
+        options: &TransportOptions,
+    ) -> Result<Box<dyn Replier>, TransportError> {
+        self.bind_replier(url, handler, Some(fast), options)
+    }
+
+    fn bind_replier(
+        &self,
+        url: &str,
+        handler: SecureHandler,
+        fast: Option<FastHandler>,
+        options: &TransportOptions,
+    ) -> Result<Box<dyn Replier>, TransportError> {
         let layer = self.clone();
         self.shared.transport.replier(
             url,
-            Arc::new(ServeSecurely { layer, handler }),
+            Arc::new(ServeSecurely {
+                layer,
+                handler,
+                fast,
+            }),
             &with_overhead(options),
         )
     }
@@ -1354,6 +1456,7 @@ impl SecureLayer {
 struct ServeSecurely {
     layer: SecureLayer,
     handler: SecureHandler,
+    fast: Option<FastHandler>,
 }
 
 impl gestor_sdk::RequestHandler for ServeSecurely {
@@ -1363,6 +1466,12 @@ impl gestor_sdk::RequestHandler for ServeSecurely {
     fn handle_from(&self, frame: &[u8], source: Option<&str>) -> Vec<u8> {
         self.layer
             .serve_from(frame, source, |req, peer| (self.handler)(req, peer))
+    }
+    fn triage(&self, frame: &[u8], _source: Option<&str>) -> gestor_sdk::Triage {
+        match &self.fast {
+            Some(fast) => self.layer.triage(frame, fast, &self.handler),
+            None => gestor_sdk::Triage::Worker,
+        }
     }
 }
 

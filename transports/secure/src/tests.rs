@@ -682,3 +682,124 @@ fn secure_and_plaintext_sides_refuse_each_other_on_both_transports() {
     );
     assert_eq!(plain.stats().malformed, 2);
 }
+
+/// A replier whose fast path answers `fast…` and defers the rest to the
+/// worker handler; counts where each ran.
+fn fast_path_server(
+    layer: &SecureLayer,
+    url: &str,
+    fast_calls: Arc<AtomicUsize>,
+    worker_calls: Arc<AtomicUsize>,
+) -> Box<dyn Replier> {
+    layer
+        .replier_with_fast_path(
+            url,
+            Arc::new(move |req: &[u8], _: &Peer| {
+                worker_calls.fetch_add(1, Ordering::SeqCst);
+                [b"worker:", req].concat()
+            }),
+            Arc::new(move |req: &[u8], peer: &Peer| {
+                fast_calls.fetch_add(1, Ordering::SeqCst);
+                let who = if peer.is_gestor() { "gestor" } else { "client" };
+                req.starts_with(b"fast")
+                    .then(|| [format!("{who}:").as_bytes(), req].concat())
+            }),
+            &TransportOptions::default(),
+        )
+        .expect("replier")
+}
+
+#[test]
+fn the_fast_path_answers_on_the_io_thread_and_defers_the_rest_in_both_modes() {
+    for t in transports() {
+        for insecure in [false, true] {
+            let cluster = Cluster::new();
+            let url = tcp_url();
+            let (server, client) = if insecure {
+                let sig = tcp_url();
+                let server =
+                    SecureLayer::new(t.clone(), SecureConfig::insecure().with_urls(&url, &sig));
+                (
+                    server,
+                    SecureLayer::new(t.clone(), SecureConfig::insecure()),
+                )
+            } else {
+                (cluster.gestor(&t, "a"), cluster.client(&t))
+            };
+            let (fast, worker) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let _rep = fast_path_server(&server, &url, fast.clone(), worker.clone());
+            let mut r = client
+                .requester(&url, &TransportOptions::default())
+                .unwrap();
+            let who = if insecure { "gestor" } else { "client" };
+            let case = format!("{} insecure={insecure}", t.name());
+            for i in 0..3 {
+                let fast_req = format!("fast{i}");
+                let got = r.request(fast_req.as_bytes(), T).unwrap();
+                assert_eq!(got, format!("{who}:{fast_req}").into_bytes(), "{case}");
+                let slow_req = format!("slow{i}");
+                let got = r.request(slow_req.as_bytes(), T).unwrap();
+                assert_eq!(got, format!("worker:{slow_req}").into_bytes(), "{case}");
+            }
+            assert_eq!(
+                fast.load(Ordering::SeqCst),
+                6,
+                "{case}: every request offered"
+            );
+            assert_eq!(
+                worker.load(Ordering::SeqCst),
+                3,
+                "{case}: only deferred ones on workers"
+            );
+            assert_eq!(
+                server.stats().replayed,
+                0,
+                "{case}: a deferred request is opened once"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_request_deferred_by_the_fast_path_is_answered_once_and_its_resend_replayed() {
+    let t: Arc<dyn Transport> = Arc::new(gestor_transport_nng::NngTransport::new());
+    let cluster = Cluster::new();
+    let server = cluster.gestor(&t, "a");
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let mut wire = SecureRequester {
+        layer: cluster.gestor(&t, "b"),
+        inner: Box::new(Wire {
+            server: server.clone(),
+            frames: frames.clone(),
+        }),
+        url: "wire".into(),
+        require_gestor: true,
+    };
+    assert_eq!(wire.request(b"warm", T).unwrap(), b"ok:warm");
+    // Seal a request the way the requester does, then serve it through triage.
+    let session = server_side_session_frame(&mut wire, b"deferred");
+    let handler: SecureHandler = Arc::new(|req: &[u8], _: &Peer| [b"late:", req].concat());
+    let declines: FastHandler = Arc::new(|_: &[u8], _: &Peer| None);
+    let gestor_sdk::Triage::Continue(rest) = server.triage(&session, &declines, &handler) else {
+        panic!("a declined sealed request is continued on a worker");
+    };
+    let reply = rest();
+    assert_eq!(reply[0], frame::REPLY);
+    // The same frame again (a REQ resend) gets the remembered reply, and
+    // neither handler runs.
+    let refuses: FastHandler = Arc::new(|_: &[u8], _: &Peer| panic!("ran"));
+    let again = server.triage(&session, &refuses, &handler);
+    let gestor_sdk::Triage::Reply(resent) = again else {
+        panic!("a resend is answered on the I/O thread");
+    };
+    assert_eq!(resent, reply);
+}
+
+/// A request sealed in `wire`'s session, as it would cross the network.
+fn server_side_session_frame(wire: &mut SecureRequester, payload: &[u8]) -> Vec<u8> {
+    let session = wire
+        .layer
+        .session_with(&wire.url, wire.inner.as_mut(), T, true)
+        .unwrap();
+    session.seal(frame::REQUEST, payload, &[]).unwrap().0
+}
