@@ -136,6 +136,19 @@ fn p50(mut v: Vec<Duration>) -> f64 {
     v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
+/// The floor's server: it echoes on the transport's I/O thread (the
+/// fastest way a backend answers anything), like lookups on their owner.
+struct Echo;
+
+impl gestor_sdk::RequestHandler for Echo {
+    fn handle(&self, request: &[u8]) -> Vec<u8> {
+        request.to_vec()
+    }
+    fn triage(&self, request: &[u8], _source: Option<&str>) -> gestor_sdk::Triage {
+        gestor_sdk::Triage::Reply(request.to_vec())
+    }
+}
+
 /// Measure [`ChannelCost`] for `transport` (interleaved, so both see the
 /// same machine load).
 pub fn channel_cost(transport: TransportKind) -> Result<ChannelCost> {
@@ -147,11 +160,7 @@ pub fn channel_cost(transport: TransportKind) -> Result<ChannelCost> {
     let options = TransportOptions::default();
     let raw = gestor_backends::build_transport(transport);
     let plain_url = free()?;
-    let _plain = raw.replier(
-        &plain_url,
-        std::sync::Arc::new(|f: &[u8]| f.to_vec()),
-        &options,
-    )?;
+    let _plain = raw.replier(&plain_url, std::sync::Arc::new(Echo), &options)?;
     // A throwaway cluster: the server is admitted, the client trusts it.
     let cluster = gestor_secure::ClusterKey::generate();
     let server = gestor_secure::SecureLayer::new(
@@ -159,9 +168,10 @@ pub fn channel_cost(transport: TransportKind) -> Result<ChannelCost> {
         gestor_secure::SecureConfig::gestor(cluster.admit("bench")?, cluster.public()),
     );
     let secure_url = free()?;
-    let _secure = server.replier(
+    let _secure = server.replier_with_fast_path(
         &secure_url,
         std::sync::Arc::new(|f: &[u8], _: &gestor_secure::Peer| f.to_vec()),
+        std::sync::Arc::new(|f: &[u8], _: &gestor_secure::Peer| Some(f.to_vec())),
         &options,
     )?;
     let client = Trust::Cluster(cluster.public()).layer(transport);

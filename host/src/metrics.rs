@@ -88,6 +88,12 @@ struct DroppedLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FastPathLabels {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     path: &'static str,
     code: &'static str,
@@ -130,6 +136,7 @@ pub struct Metrics {
     signals_dropped: Family<DroppedLabels, Counter>,
     http: Family<HttpLabels, Counter>,
     http_refused: Counter,
+    fast_path: Family<FastPathLabels, Counter>,
     /// Every kind `gestor-api` declares.
     api_kinds: HashSet<&'static str>,
     /// Kinds registered by plugins that `gestor-api` does not declare,
@@ -182,6 +189,13 @@ impl Metrics {
             "HTTP connections closed unanswered because every HTTP worker and queue slot was taken",
             http_refused.clone(),
         );
+        let fast_path = Family::<FastPathLabels, Counter>::default();
+        registry.register(
+            "fast_path_requests",
+            "Requests of a fast-path kind tried on the transport's I/O thread, by kind and outcome \
+             (served there, or deferred to a worker because they had to wait on another gestor)",
+            fast_path.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -190,6 +204,7 @@ impl Metrics {
             signals_dropped,
             http,
             http_refused,
+            fast_path,
             api_kinds: gestor_api::all().iter().map(|k| k.name).collect(),
             plugin_kinds: RwLock::new(HashMap::new()),
         }
@@ -243,6 +258,17 @@ impl Metrics {
         self.latency
             .get_or_create(&KindLabel { kind })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A request of a fast-path kind was tried on the I/O thread:
+    /// `served` there, or `deferred` to a worker.
+    pub fn fast_path(&self, kind: &str, served: bool) {
+        self.fast_path
+            .get_or_create(&FastPathLabels {
+                kind: self.kind_label(kind),
+                outcome: if served { "served" } else { "deferred" },
+            })
+            .inc();
     }
 
     /// A request refused before its kind was known (malformed, too large,

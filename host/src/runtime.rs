@@ -23,7 +23,7 @@ use gestor_sdk::wire::to_value;
 use gestor_sdk::wire::{decode_item, decode_request, from_cbor, to_cbor, Reply, Request};
 use gestor_sdk::{
     CallError, Clock, ErrorCode, HandlerError, Host, Kind, KindClass, PluginContext, PluginError,
-    RequestMeta, Store, Value,
+    RequestMeta, Store, TransportError, Value,
 };
 use gestor_secure::{Peer, SecureLayer};
 use std::collections::{BTreeMap, HashMap};
@@ -64,7 +64,39 @@ struct Registered {
     plugin: String,
     /// Who may send this kind (stored, not enforced here).
     class: KindClass,
+    /// Tried on the transport's I/O thread first ([`gestor_sdk::Kind::FAST_PATH`]).
+    fast_path: bool,
     handler: RequestFn,
+}
+
+thread_local! {
+    /// Set while a fast-path request runs on the transport's I/O thread;
+    /// `refused` records that it asked for a call that would wait there.
+    static ON_IO_THREAD: std::cell::Cell<IoThread> = const {
+        std::cell::Cell::new(IoThread { active: false, refused: false })
+    };
+}
+
+#[derive(Clone, Copy)]
+struct IoThread {
+    active: bool,
+    refused: bool,
+}
+
+/// `Err(WouldBlock)` when called on the I/O thread (and noted there, so
+/// the request goes to a worker); the network may wait, that thread may not.
+fn may_wait_for(url: &str) -> Result<(), CallError> {
+    ON_IO_THREAD.with(|state| {
+        let mut now = state.get();
+        if !now.active {
+            return Ok(());
+        }
+        now.refused = true;
+        state.set(now);
+        Err(CallError::Transport(TransportError::WouldBlock {
+            url: url.to_string(),
+        }))
+    })
 }
 
 /// Everything plugins reach through [`Host`].
@@ -232,6 +264,52 @@ impl HostCore {
         };
         reply.initial_gestors = self.initial_gestors();
         to_cbor(&reply)
+    }
+
+    /// [`Self::handle_frame`] on the transport's I/O thread, for fast-path
+    /// kinds only: `None` sends the frame to a worker (not a fast-path
+    /// kind, not a valid request, or it had to wait on another gestor —
+    /// then a worker runs it again from the start, which is why fast-path
+    /// kinds change nothing before such a call).
+    pub fn handle_frame_fast(&self, frame: &[u8], origin: &Origin) -> Option<Vec<u8>> {
+        if frame.len() > self.transport_options.max_message_bytes {
+            return None;
+        }
+        let req = decode_request(frame).ok()?;
+        if !self.is_fast_path(&req.kind) {
+            return None;
+        }
+        let started = Instant::now();
+        let outer = ON_IO_THREAD.replace(IoThread {
+            active: true,
+            refused: false,
+        });
+        let result = self.dispatch_uncounted(&req.kind, &req.body, origin);
+        let state = ON_IO_THREAD.replace(outer);
+        self.metrics.fast_path(&req.kind, !state.refused);
+        if state.refused {
+            return None;
+        }
+        self.metrics.request(
+            &req.kind,
+            origin_label(origin),
+            result.as_ref().err().map(|e| e.code),
+            started.elapsed(),
+        );
+        let mut reply = Reply::from_result(result);
+        reply.initial_gestors = self.initial_gestors();
+        Some(to_cbor(&reply))
+    }
+
+    fn is_fast_path(&self, kind: &str) -> bool {
+        if kind == node::Ping::NAME {
+            return node::Ping::FAST_PATH;
+        }
+        self.handlers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(kind)
+            .is_some_and(|r| r.fast_path)
     }
 
     fn take_client_worker(&self) -> Option<ClientWorker<'_>> {
@@ -499,6 +577,7 @@ impl HostCore {
         timeout: Duration,
         to_client: bool,
     ) -> Result<Value, CallError> {
+        may_wait_for(url)?;
         let frame = to_cbor(&Request::new(kind, body));
         let (pool_key, mut requester) = self.checkout_requester(url, to_client)?;
         let bytes = requester.request(&frame, timeout)?;
@@ -550,6 +629,7 @@ impl Host for HostCore {
         plugin: &str,
         kind: &str,
         class: KindClass,
+        fast_path: bool,
         handler: RequestFn,
     ) -> Result<(), PluginError> {
         let mut handlers = self.handlers.write().unwrap_or_else(|p| p.into_inner());
@@ -573,10 +653,11 @@ impl Host for HostCore {
             Registered {
                 plugin: plugin.to_string(),
                 class,
+                fast_path,
                 handler,
             },
         );
-        tracing::debug!(plugin, kind, %class, "request kind registered");
+        tracing::debug!(plugin, kind, %class, fast_path, "request kind registered");
         Ok(())
     }
 
@@ -642,7 +723,12 @@ impl Host for HostCore {
             .map_err(CallError::Remote)
     }
 
+    fn can_wait(&self) -> bool {
+        may_wait_for("").is_ok()
+    }
+
     fn gestor_key(&self, url: &str, timeout: Duration) -> Result<Option<[u8; 32]>, CallError> {
+        may_wait_for(url)?;
         Ok(self
             .secure
             .gestor_key_at(url, &self.transport_options, timeout)?)
@@ -753,11 +839,15 @@ fn serve_requests(core: &Arc<HostCore>, listen: &str) -> Result<Box<dyn Replier>
         max_message_bytes: core.transport_options.max_message_bytes.saturating_mul(2),
         ..core.transport_options.clone()
     };
+    let fast_core = core.clone();
     core.secure
-        .replier(
+        .replier_with_fast_path(
             listen,
             Arc::new(move |frame: &[u8], peer: &Peer| {
                 handler_core.handle_frame(frame, &Origin::Network(peer.clone()))
+            }),
+            Arc::new(move |frame: &[u8], peer: &Peer| {
+                fast_core.handle_frame_fast(frame, &Origin::Network(peer.clone()))
             }),
             &replier_options,
         )

@@ -7,7 +7,8 @@
 
 use gestor::config::{StorageKind, TransportKind};
 use gestor_client::client::{Client, ClientError};
-use gestor_sdk::{ErrorCode, Value};
+use gestor_sdk::hash::ring_position;
+use gestor_sdk::{ErrorCode, Kind, Value};
 use gestor_tests::cluster::{call, client_layer, target_dir, wait_until, NodeProc};
 use gestor_tests::ports::{free_port, tcp_url};
 use gestor_tests::ring::Ring;
@@ -335,8 +336,70 @@ fn ready_only_after_join(transport: TransportKind, storage: StorageKind) {
     assert_eq!(status, 404, "{body}");
 }
 
+/// A lookup is tried on the I/O thread of the gestor it reaches: served
+/// there when that gestor owns the user, otherwise deferred to a worker
+/// that forwards it (where the owner serves the forwarded `dir.lookup` on
+/// its I/O thread). Every answer is right either way.
+fn lookups_take_the_fast_path_on_their_owner(transport: TransportKind, storage: StorageKind) {
+    let mut ring = Ring::start(0, transport, storage);
+    let https: Vec<String> = (0..3).map(|_| add_http_node(&mut ring, &[])).collect();
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
+    let urls = ring.urls();
+    let names: Vec<String> = (0..20).map(|i| format!("fast{i:02}")).collect();
+    register_all(transport, &urls[0], &names);
+    let positions = ring.positions();
+    for (i, url) in urls.iter().enumerate() {
+        for name in &names {
+            let found = gestor_tests::cluster::request::<gestor_api::user::Lookup>(
+                url,
+                transport,
+                &gestor_api::user::UserOnly {
+                    username: name.clone(),
+                },
+            )
+            .unwrap_or_else(|e| panic!("lookup {name} at gestor {i}: {e}"));
+            assert_eq!(&found.user, name);
+        }
+        let owned = names
+            .iter()
+            .filter(|n| Ring::owner_in(&positions, ring_position(n.as_bytes())) == i)
+            .count() as f64;
+        let m = scrape(&https[i]);
+        let fast = |kind: &str, outcome: &str| {
+            sample(
+                &m,
+                &format!(r#"gestor_fast_path_requests_total{{kind="{kind}",outcome="{outcome}"}}"#),
+            )
+        };
+        assert_eq!(
+            fast(gestor_api::user::Lookup::NAME, "served"),
+            owned,
+            "gestor {i}: {m:?}"
+        );
+        assert_eq!(
+            fast(gestor_api::user::Lookup::NAME, "deferred"),
+            names.len() as f64 - owned,
+            "gestor {i}: {m:?}"
+        );
+    }
+    // The forwarded halves: every lookup of a user its owner was not asked
+    // directly reached the owner as a `dir.lookup`, served on its I/O thread.
+    let forwarded: f64 = https
+        .iter()
+        .map(|h| {
+            sample(
+                &scrape(h),
+                r#"gestor_fast_path_requests_total{kind="dir.lookup",outcome="served"}"#,
+            )
+        })
+        .sum();
+    assert_eq!(forwarded, (names.len() * (urls.len() - 1)) as f64);
+}
+
 gestor_tests::matrix!(
     metrics_under_load => metrics_move_under_lookup_load,
+    lookups_fast_path => lookups_take_the_fast_path_on_their_owner,
     ready_after_join => ready_only_after_join,
 );
 

@@ -60,7 +60,8 @@ kinds! {
     Login = "dir.login", Internal, Credentials => LoggedIn;
     /// `dir.lookup` — **internal**: forwarded `user.lookup`; also called
     /// locally by the mailbox plugin on the owner (presence, mailbox checks).
-    Lookup = "dir.lookup", Internal, UserOnly => Found;
+    /// Fast path: answered from the owner's store, without waiting.
+    Lookup = "dir.lookup", Internal + fast_path, UserOnly => Found;
     /// `dir.set_address` — **internal**: forwarded `user.set_address`.
     SetAddress = "dir.set_address", Internal, Authenticated => Done;
     /// `dir.logout` — **internal**: forwarded `user.logout`.

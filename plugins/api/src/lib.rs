@@ -21,14 +21,16 @@
 
 pub use gestor_sdk::{Empty, Kind, KindClass};
 
-/// Declare kinds: `Name = "wire.name", Class, Request => Reply;`, each with
-/// its documentation, and the module's `KINDS` list.
+/// Declare kinds: `Name = "wire.name", Class, Request => Reply;` (or
+/// `Class + fast_path` for a kind tried on the I/O thread first, see
+/// [`Kind::FAST_PATH`]), each with its documentation, and the module's
+/// `KINDS` list.
 macro_rules! kinds {
     (
         $(@extra [$($extra:ty),* $(,)?];)?
         $(
             $(#[$doc:meta])*
-            $name:ident = $wire:literal, $class:ident, $req:ty => $rep:ty;
+            $name:ident = $wire:literal, $class:ident $(+ $fast:ident)?, $req:ty => $rep:ty;
         )*
     ) => {
         $(
@@ -39,6 +41,7 @@ macro_rules! kinds {
             impl $crate::Kind for $name {
                 const NAME: &'static str = $wire;
                 const CLASS: $crate::KindClass = $crate::KindClass::$class;
+                $(const FAST_PATH: bool = { let $fast = true; $fast };)?
                 type Request = $req;
                 type Reply = $rep;
             }

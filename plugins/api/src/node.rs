@@ -81,7 +81,7 @@ kinds! {
     /// status section. Used by `gestor status`, `gestor copies`, the demo
     /// and the tests; gestores ask it of each other for the signal URL.
     Status = "node.status", Client, Empty => NodeStatus;
-    /// `node.ping` — **client**: liveness; answers `"pong"`. Chat clients
-    /// answer it too.
-    Ping = "node.ping", Client, Empty => String;
+    /// `node.ping` — **client**: liveness; answers `"pong"` (on the I/O
+    /// thread: fast path). Chat clients answer it too.
+    Ping = "node.ping", Client + fast_path, Empty => String;
 }

@@ -8,7 +8,7 @@
 
 use crate::ring::{self, KeyBody};
 use gestor_sdk::hash::ring_position;
-use gestor_sdk::{CallError, ErrorCode, HandlerError, Kind, PluginContext};
+use gestor_sdk::{CallError, ErrorCode, HandlerError, Kind, PluginContext, TransportError};
 use std::time::{Duration, Instant};
 
 pub const USERNAME_MIN: usize = 3;
@@ -78,6 +78,10 @@ pub fn forward<K: Kind>(
                 {
                     return Err(e)
                 }
+                // Tried on the I/O thread: a worker serves it again at once.
+                Err(e @ CallError::Transport(TransportError::WouldBlock { .. })) => {
+                    return Err(e.into())
+                }
                 Err(e) => {
                     tracing::debug!(%username, owner = %owner.addr, kind = K::NAME, "forward failed, retrying: {e}");
                     if matches!(e, CallError::Transport(_)) {
@@ -89,7 +93,8 @@ pub fn forward<K: Kind>(
             },
             Err(e) => e.into(),
         };
-        if Instant::now() + backoff > until {
+        // On the I/O thread: no sleeping there; a worker runs it again.
+        if Instant::now() + backoff > until || !ctx.can_wait() {
             return Err(last);
         }
         std::thread::sleep(backoff);

@@ -96,8 +96,10 @@ kinds! {
     Register = "user.register", Client, Credentials => Registered;
     /// `user.login` — **client**: start a session with an address.
     Login = "user.login", Client, Credentials => LoggedIn;
-    /// `user.lookup` — **client**: where is a user, is it online.
-    Lookup = "user.lookup", Client, UserOnly => Found;
+    /// `user.lookup` — **client**: where is a user, is it online. Fast
+    /// path: the owner answers it on its I/O thread; any other gestor
+    /// forwards it from a worker.
+    Lookup = "user.lookup", Client + fast_path, UserOnly => Found;
     /// `user.set_address` — **client**: change the address (session token).
     SetAddress = "user.set_address", Client, Authenticated => Done;
     /// `user.logout` — **client**: end the session (offline at once).

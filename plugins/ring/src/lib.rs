@@ -235,6 +235,10 @@ impl Shared {
         // but no member, which drops it at once (and counts for the joining
         // tie-break), unlike a miss.
         let result = self.ctx.call::<Rpc>(&to.addr, &body, self.rpc_timeout());
+        // Not sent (a fast-path request on the I/O thread): no evidence.
+        if let Err(CallError::Transport(gestor_sdk::TransportError::WouldBlock { .. })) = &result {
+            return Err(Failure::Skipped);
+        }
         if let Err(CallError::Transport(_)) = &result {
             self.gestor_failed(&to.addr);
         } else {
@@ -517,6 +521,11 @@ impl Shared {
                 }
                 LookupAction::Failed => break,
                 LookupAction::Ask(peer) => {
+                    // On the I/O thread (a fast-path request): no network
+                    // there, and no peer is blamed; a worker asks instead.
+                    if *peer.addr != *me.addr && !self.ctx.can_wait() {
+                        return Err(HandlerError::unavailable("ring lookup must wait"));
+                    }
                     match self.rpc(&me, &peer, Request::FindSuccessor { key }) {
                         Ok(Response::Found(step)) => lookup.on_reply(step),
                         other => {
