@@ -69,6 +69,9 @@ struct Registered {
     handler: RequestFn,
 }
 
+/// The largest frame [`HostCore::handle_frame_fast`] decodes.
+const FAST_PATH_MAX_FRAME: usize = 4 * 1024;
+
 thread_local! {
     /// Set while a fast-path request runs on the transport's I/O thread;
     /// `refused` records that it asked for a call that would wait there.
@@ -272,7 +275,9 @@ impl HostCore {
     /// then a worker runs it again from the start, which is why fast-path
     /// kinds change nothing before such a call).
     pub fn handle_frame_fast(&self, frame: &[u8], origin: &Origin) -> Option<Vec<u8>> {
-        if frame.len() > self.transport_options.max_message_bytes {
+        // Fast-path requests are small; a bigger frame (an import batch) is
+        // not decoded here only to be decoded again by a worker.
+        if frame.len() > FAST_PATH_MAX_FRAME.min(self.transport_options.max_message_bytes) {
             return None;
         }
         let req = decode_request(frame).ok()?;

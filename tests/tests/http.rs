@@ -384,7 +384,9 @@ fn lookups_take_the_fast_path_on_their_owner(transport: TransportKind, storage: 
         );
     }
     // The forwarded halves: every lookup of a user its owner was not asked
-    // directly reached the owner as a `dir.lookup`, served on its I/O thread.
+    // directly reached the owner as a `dir.lookup`, served on its I/O thread
+    // (more than once when a forward was retried: say, an owner still
+    // merging a range it took over answered `unavailable` first).
     let forwarded: f64 = https
         .iter()
         .map(|h| {
@@ -394,7 +396,11 @@ fn lookups_take_the_fast_path_on_their_owner(transport: TransportKind, storage: 
             )
         })
         .sum();
-    assert_eq!(forwarded, (names.len() * (urls.len() - 1)) as f64);
+    let expected = (names.len() * (urls.len() - 1)) as f64;
+    assert!(
+        forwarded >= expected,
+        "{forwarded} forwarded lookups served, expected at least {expected}"
+    );
 }
 
 gestor_tests::matrix!(

@@ -5,18 +5,19 @@
 //!
 //! ## REQ-REP
 //!
-//! A [`Replier`] is one REP0 socket with `replier_workers` **contexts**. Each
-//! context is driven by its own worker thread: the thread starts an async
-//! receive on its context, waits (in ≤100 ms slices, so it notices shutdown)
-//! for the [`Aio`] callback to hand the result over a channel, runs the
-//! handler, and sends the reply on the same context. nng routes each reply
-//! back to the requester that sent the request, so up to `replier_workers`
-//! requests are served at once and a slow handler only occupies its own
-//! worker. Aio callbacks never block: they only push into a channel.
-//! Dropping the replier cancels the workers' pending operations, joins them
-//! (waiting for handlers already running), and only then closes the socket,
-//! because nng 1.4 aborts when a context operation races with its socket's
-//! close.
+//! A [`Replier`] is one REP0 socket with `replier_workers` **contexts**, each
+//! with one [`Aio`] and one worker thread. The Aio's callback (on an nng
+//! thread) receives a request and offers it to [`RequestHandler::triage`]: a
+//! reply made there is sent at once from the callback; anything else goes
+//! over a channel to the context's worker, which runs the handler and sends
+//! the reply on the same context. The end of a reply starts the context's
+//! next receive, so each context holds one request at a time: up to
+//! `replier_workers` requests are served at once, and a slow handler only
+//! occupies its own context. nng routes each reply back to the requester
+//! that sent the request. Dropping the replier joins the workers (waiting
+//! for handlers already running), cancels the Aios and waits for their
+//! callbacks, and only then closes the contexts and the socket, because nng
+//! 1.4 aborts when a context operation races with its socket's close.
 //!
 //! A [`Requester`] is a REQ0 socket dialled without blocking, so it can be
 //! created before anyone listens and reconnects by itself. `request` sends

@@ -13,7 +13,9 @@
 //! * one **I/O thread** owning a bound ROUTER socket and an `inproc` PULL
 //!   socket; it polls both (100 ms timeout, to notice shutdown). A request
 //!   arriving on the ROUTER (routing envelope + empty delimiter + body) is
-//!   handed to the worker pool through a channel; a reply arriving on the
+//!   first offered to [`RequestHandler::triage`] there: a reply made at
+//!   once goes straight back out on the ROUTER; anything else is handed to
+//!   the worker pool through a channel. A reply arriving on the
 //!   PULL (the same envelope + reply body) is forwarded to the ROUTER, which
 //!   routes it back to the right requester.
 //! * `replier_workers` **worker threads**, each owning a PUSH socket connected
