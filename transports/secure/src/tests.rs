@@ -500,13 +500,14 @@ fn a_client_signal_session_is_remade_after_the_gestor_restarts() {
     );
 }
 
-#[test]
-fn a_resent_request_between_gestores_gets_the_same_reply_once_run() {
+/// Gestor "b" requesting from gestor "a" through [`Wire`] (no sockets):
+/// the server, b's requester and the frames it sent.
+fn gestor_pair_over_a_wire() -> (SecureLayer, SecureRequester, Arc<Mutex<Vec<Vec<u8>>>>) {
     let t: Arc<dyn Transport> = Arc::new(gestor_transport_nng::NngTransport::new());
     let cluster = Cluster::new();
     let server = cluster.gestor(&t, "a");
     let frames = Arc::new(Mutex::new(Vec::new()));
-    let mut wire = SecureRequester {
+    let wire = SecureRequester {
         layer: cluster.gestor(&t, "b"),
         inner: Box::new(Wire {
             server: server.clone(),
@@ -515,6 +516,12 @@ fn a_resent_request_between_gestores_gets_the_same_reply_once_run() {
         url: "wire".into(),
         require_gestor: true,
     };
+    (server, wire, frames)
+}
+
+#[test]
+fn a_resent_request_between_gestores_gets_the_same_reply_once_run() {
+    let (server, mut wire, frames) = gestor_pair_over_a_wire();
     assert_eq!(wire.request(b"once", T).unwrap(), b"ok:once");
     let sealed = frames.lock().unwrap().last().unwrap().clone();
     let first_reply_bytes = server.serve(&sealed, |_, _| panic!("a resend ran again"));
@@ -762,19 +769,7 @@ fn the_fast_path_answers_on_the_io_thread_and_defers_the_rest_in_both_modes() {
 
 #[test]
 fn a_request_deferred_by_the_fast_path_is_answered_once_and_its_resend_replayed() {
-    let t: Arc<dyn Transport> = Arc::new(gestor_transport_nng::NngTransport::new());
-    let cluster = Cluster::new();
-    let server = cluster.gestor(&t, "a");
-    let frames = Arc::new(Mutex::new(Vec::new()));
-    let mut wire = SecureRequester {
-        layer: cluster.gestor(&t, "b"),
-        inner: Box::new(Wire {
-            server: server.clone(),
-            frames: frames.clone(),
-        }),
-        url: "wire".into(),
-        require_gestor: true,
-    };
+    let (server, mut wire, _) = gestor_pair_over_a_wire();
     assert_eq!(wire.request(b"warm", T).unwrap(), b"ok:warm");
     // Seal a request the way the requester does, then serve it through triage.
     let session = server_side_session_frame(&mut wire, b"deferred");
