@@ -105,11 +105,17 @@ fn register_all(transport: TransportKind, url: &str, names: &[String]) {
     }
 }
 
-fn metrics_move_under_lookup_load(transport: TransportKind, storage: StorageKind) {
+/// A formed ring of three gestores, each with its HTTP endpoint (returned).
+fn ring_of_three_with_http(transport: TransportKind, storage: StorageKind) -> (Ring, Vec<String>) {
     let mut ring = Ring::start(0, transport, storage);
     let https: Vec<String> = (0..3).map(|_| add_http_node(&mut ring, &[])).collect();
     ring.wait_stable(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
+    (ring, https)
+}
+
+fn metrics_move_under_lookup_load(transport: TransportKind, storage: StorageKind) {
+    let (ring, https) = ring_of_three_with_http(transport, storage);
     let urls = ring.urls();
     let names: Vec<String> = (0..20).map(|i| format!("scraped{i:02}")).collect();
     register_all(transport, &urls[1], &names);
@@ -341,10 +347,7 @@ fn ready_only_after_join(transport: TransportKind, storage: StorageKind) {
 /// that forwards it (where the owner serves the forwarded `dir.lookup` on
 /// its I/O thread). Every answer is right either way.
 fn lookups_take_the_fast_path_on_their_owner(transport: TransportKind, storage: StorageKind) {
-    let mut ring = Ring::start(0, transport, storage);
-    let https: Vec<String> = (0..3).map(|_| add_http_node(&mut ring, &[])).collect();
-    ring.wait_stable(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
+    let (ring, https) = ring_of_three_with_http(transport, storage);
     let urls = ring.urls();
     let names: Vec<String> = (0..20).map(|i| format!("fast{i:02}")).collect();
     register_all(transport, &urls[0], &names);

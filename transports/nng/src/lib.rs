@@ -396,7 +396,6 @@ impl NngReplier {
             workers: Vec::new(),
         };
         let workers = options.replier_workers.max(1);
-        let mut started = Vec::with_capacity(workers);
         for i in 0..workers {
             let serving = Arc::new(Serving {
                 ctx: Context::new(&replier.socket).map_err(|e| backend("open context", e))?,
@@ -427,7 +426,6 @@ impl NngReplier {
                     })
                 }
             }
-            started.push(i);
         }
         listen(&replier.socket, url)?;
         for slot in &replier.slots {
@@ -438,7 +436,7 @@ impl NngReplier {
                 .recv(&slot.aio)
                 .map_err(|e| backend("start receive", e))?;
         }
-        tracing::debug!(url, workers = started.len(), "nng replier serving");
+        tracing::debug!(url, workers, "nng replier serving");
         Ok(replier)
     }
 }

@@ -287,6 +287,14 @@ pub type SecureHandler = Arc<dyn Fn(&[u8], &Peer) -> Vec<u8> + Send + Sync>;
 /// without waiting (`None`: a worker serves it with the [`SecureHandler`]).
 pub type FastHandler = Arc<dyn Fn(&[u8], &Peer) -> Option<Vec<u8>> + Send + Sync>;
 
+/// A reply frame of an insecure node: the type byte, then the reply as it is.
+fn plain_reply(reply: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + reply.len());
+    out.push(frame::PLAIN_REPLY);
+    out.extend_from_slice(reply);
+    out
+}
+
 /// A request opened under its session, waiting for its reply.
 struct OpenedRequest {
     session: Arc<Session>,
@@ -859,7 +867,7 @@ impl SecureLayer {
             return match frame.split_first() {
                 Some((&frame::PLAIN_REQUEST, request)) => {
                     match fast(request, &Self::unverified_peer()) {
-                        Some(reply) => Triage::Reply([&[frame::PLAIN_REPLY][..], &reply].concat()),
+                        Some(reply) => Triage::Reply(plain_reply(&reply)),
                         None => Triage::Worker,
                     }
                 }
@@ -902,11 +910,7 @@ impl SecureLayer {
         let s = &self.shared;
         match frame.first() {
             Some(&frame::PLAIN_REQUEST) => {
-                let reply = handler(&frame[1..], &Self::unverified_peer());
-                let mut out = Vec::with_capacity(1 + reply.len());
-                out.push(frame::PLAIN_REPLY);
-                out.extend_from_slice(&reply);
-                out
+                plain_reply(&handler(&frame[1..], &Self::unverified_peer()))
             }
             Some(k) if (frame::HELLO..=frame::PROBE_REPLY).contains(k) => {
                 s.malformed.fetch_add(1, Ordering::Relaxed);
