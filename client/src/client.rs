@@ -16,9 +16,11 @@
 use gestor_api::ring::{self, RingTable, MAX_TABLE};
 use gestor_sdk::hash::ring_position;
 use gestor_sdk::transport::{Requester, TransportOptions};
-use gestor_sdk::wire::{from_cbor, to_cbor, to_value, Reply, Request};
+use gestor_sdk::wire::{from_cbor, peek_text, to_cbor, Reply, PROTOCOL_VERSION};
 use gestor_sdk::{ErrorCode, HandlerError, Kind, TransportError, Value};
 use gestor_secure::SecureLayer;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -57,6 +59,58 @@ struct Routes {
     /// The gestores do not serve `ring.table` (an older ring): route
     /// through them as before.
     unsupported: bool,
+}
+
+/// A reply envelope with its body decoded straight into `T` (one pass, no
+/// intermediate CBOR value tree); `None` for a `null` body.
+#[derive(Deserialize)]
+struct ReplyOf<T> {
+    ok: bool,
+    #[serde(default = "none")]
+    body: Option<T>,
+    #[serde(default)]
+    error: Option<HandlerError>,
+    #[serde(default)]
+    initial_gestors: Vec<String>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+/// A reply frame as `ReplyOf<T>`. A frame that is a valid envelope whose
+/// body is not a `T` is read again generically, so an error reply keeps
+/// its error whatever its body, and a wrong successful body is reported as
+/// such.
+fn decode_reply<T: DeserializeOwned>(bytes: &[u8]) -> Result<ReplyOf<T>, String> {
+    if let Ok(reply) = from_cbor::<ReplyOf<T>>(bytes) {
+        return Ok(reply);
+    }
+    let reply = from_cbor::<Reply>(bytes)?;
+    if reply.ok {
+        let body = reply
+            .body
+            .deserialized()
+            .map_err(|e| format!("reply body: {e}"))?;
+        return Ok(ReplyOf {
+            ok: true,
+            body: Some(body),
+            error: None,
+            initial_gestors: reply.initial_gestors,
+        });
+    }
+    Ok(ReplyOf {
+        ok: false,
+        body: None,
+        error: reply.error,
+        initial_gestors: reply.initial_gestors,
+    })
+}
+
+/// A successful answer: the body, and the gestor it names as responsible.
+struct Answer<T> {
+    body: T,
+    answered_by: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,11 +179,7 @@ impl Client {
 
     /// Send the typed kind `K` to the first gestor that answers.
     pub fn request<K: Kind>(&mut self, body: &K::Request) -> Result<K::Reply, ClientError> {
-        let reply = self.call(K::NAME, to_value(body))?;
-        reply.deserialized().map_err(|e| ClientError::Malformed {
-            url: "reply body".into(),
-            reason: e.to_string(),
-        })
+        Ok(self.call_via::<K::Reply>(None, K::NAME, body)?.body)
     }
 
     /// Send the per-user kind `K` for `username` straight to its owner when
@@ -142,14 +192,10 @@ impl Client {
         body: &K::Request,
     ) -> Result<K::Reply, ClientError> {
         let owner = self.owner_of(username);
-        let reply = self.call_via(owner.as_deref(), K::NAME, to_value(body))?;
+        let reply = self.call_via::<K::Reply>(owner.as_deref(), K::NAME, body)?;
         if let Some(owner) = &owner {
-            let answered_by = reply
-                .as_map()
-                .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("gestor")))
-                .and_then(|(_, v)| v.as_text());
-            match answered_by {
-                Some(g) if g != owner => {
+            match reply.answered_by {
+                Some(g) if g != *owner => {
                     self.routes.stats.redirected += 1;
                     self.routes.stale = true;
                 }
@@ -157,10 +203,7 @@ impl Client {
                 None => {}
             }
         }
-        reply.deserialized().map_err(|e| ClientError::Malformed {
-            url: "reply body".into(),
-            reason: e.to_string(),
-        })
+        Ok(reply.body)
     }
 
     /// The owner of `username` in the ring table, fetching the table first
@@ -198,14 +241,12 @@ impl Client {
         self.routes
             .silent
             .retain(|_, t| t.elapsed() < TABLE_MAX_AGE);
-        match self.call(<ring::Table as Kind>::NAME, Value::Null) {
-            Ok(v) => match v.deserialized::<RingTable>() {
-                Ok(t) if t.members.len() <= MAX_TABLE => {
-                    self.routes.table = Some(t);
-                    self.routes.stale = false;
-                }
-                _ => self.routes.table = None,
-            },
+        match self.call_via::<RingTable>(None, <ring::Table as Kind>::NAME, &Value::Null) {
+            Ok(Answer { body: t, .. }) if t.members.len() <= MAX_TABLE => {
+                self.routes.table = Some(t);
+                self.routes.stale = false;
+            }
+            Ok(_) | Err(ClientError::Malformed { .. }) => self.routes.table = None,
             Err(ClientError::Remote(e)) if e.code == ErrorCode::UnknownKind => {
                 self.routes.unsupported = true;
                 self.routes.table = None;
@@ -220,17 +261,29 @@ impl Client {
     /// A `busy` answer (the gestor's password-hashing slots are full) is
     /// retried with jittered, doubling backoff until the request deadline.
     pub fn call(&mut self, kind: &str, body: Value) -> Result<Value, ClientError> {
-        self.call_via(None, kind, body)
+        Ok(self.call_via::<Value>(None, kind, &body)?.body)
     }
 
-    /// [`Client::call`], trying `preferred` first.
-    fn call_via(
+    /// [`Client::call`] with the reply body decoded as `T`, trying
+    /// `preferred` first.
+    fn call_via<T: DeserializeOwned>(
         &mut self,
         preferred: Option<&str>,
         kind: &str,
-        body: Value,
-    ) -> Result<Value, ClientError> {
-        let frame = to_cbor(&Request::new(kind, body));
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<Answer<T>, ClientError> {
+        // The envelope of `Request`, its body encoded straight from `body`.
+        #[derive(Serialize)]
+        struct RequestOf<'a, B: ?Sized> {
+            v: u32,
+            kind: &'a str,
+            body: &'a B,
+        }
+        let frame = to_cbor(&RequestOf {
+            v: PROTOCOL_VERSION,
+            kind,
+            body,
+        });
         let deadline = std::time::Instant::now() + self.timeout;
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -248,22 +301,47 @@ impl Client {
         }
     }
 
-    fn call_once(&mut self, preferred: Option<&str>, frame: &[u8]) -> Result<Value, ClientError> {
+    fn call_once<T: DeserializeOwned>(
+        &mut self,
+        preferred: Option<&str>,
+        frame: &[u8],
+    ) -> Result<Answer<T>, ClientError> {
         let mut tried = Vec::new();
         let mut last = TransportError::Closed;
-        let mut candidates: Vec<String> = self.gestores.clone();
-        if let Some(p) = preferred {
-            candidates.retain(|u| u != p);
-            candidates.insert(0, p.to_string());
-        }
-        for url in candidates {
-            match self.send_to(&url, frame) {
-                Ok(reply) => {
-                    if !reply.initial_gestors.is_empty() {
-                        self.initial_gestors = reply.initial_gestors.clone();
-                        self.add_fallbacks(&reply.initial_gestors.clone());
+        // The preferred gestor first, then the others in order; the list is
+        // copied only when the first choice does not answer.
+        let first = preferred.or(self.gestores.first().map(String::as_str));
+        let Some(first) = first.map(str::to_string) else {
+            return Err(ClientError::Unreachable {
+                tried: String::new(),
+                last,
+            });
+        };
+        let mut rest: Option<std::vec::IntoIter<String>> = None;
+        let mut next = Some(first.clone());
+        while let Some(url) = next.take() {
+            match self.send_to::<T>(&url, frame) {
+                Ok((reply, answered_by)) => {
+                    if !reply.initial_gestors.is_empty()
+                        && reply.initial_gestors != self.initial_gestors
+                    {
+                        self.add_fallbacks(&reply.initial_gestors);
+                        self.initial_gestors = reply.initial_gestors;
                     }
-                    return reply.into_result().map_err(ClientError::Remote);
+                    return match (reply.ok, reply.body, reply.error) {
+                        (true, Some(body), _) => Ok(Answer { body, answered_by }),
+                        // A `null` body: fine for kinds that answer nothing.
+                        (true, None, _) => match Value::Null.deserialized::<T>() {
+                            Ok(body) => Ok(Answer { body, answered_by }),
+                            Err(e) => Err(ClientError::Malformed {
+                                url,
+                                reason: format!("reply body: {e}"),
+                            }),
+                        },
+                        (false, _, error) => Err(ClientError::Remote(error.unwrap_or_else(|| {
+                            HandlerError::internal("error reply without error")
+                        }))),
+                    };
                 }
                 // A gestor that is not one of ours, or that runs in the other
                 // security mode, is never a fallback to skip past quietly:
@@ -284,6 +362,12 @@ impl Client {
                 }
                 Err(other) => return Err(other),
             }
+            let others = rest.get_or_insert_with(|| {
+                let mut others = self.gestores.clone();
+                others.retain(|u| *u != first);
+                others.into_iter()
+            });
+            next = others.next();
         }
         Err(ClientError::Unreachable {
             tried: tried.join(", "),
@@ -291,7 +375,13 @@ impl Client {
         })
     }
 
-    fn send_to(&mut self, url: &str, frame: &[u8]) -> Result<Reply, ClientError> {
+    /// One request to `url`: its reply, and which gestor the body says
+    /// answered as responsible (the redirect hint), read from the frame.
+    fn send_to<T: DeserializeOwned>(
+        &mut self,
+        url: &str,
+        frame: &[u8],
+    ) -> Result<(ReplyOf<T>, Option<String>), ClientError> {
         if !self.requesters.contains_key(url) {
             let r = if self.to_client_endpoint {
                 self.secure.requester_to_client(url, &self.options)?
@@ -302,10 +392,15 @@ impl Client {
         }
         let requester = self.requesters.get_mut(url).ok_or(TransportError::Closed)?;
         match requester.request(frame, self.timeout) {
-            Ok(bytes) => from_cbor::<Reply>(&bytes).map_err(|reason| ClientError::Malformed {
-                url: url.into(),
-                reason,
-            }),
+            Ok(bytes) => {
+                let answered_by = peek_text(&bytes, &["body", "gestor"]).map(str::to_string);
+                decode_reply(&bytes)
+                    .map(|reply| (reply, answered_by))
+                    .map_err(|reason| ClientError::Malformed {
+                        url: url.into(),
+                        reason,
+                    })
+            }
             Err(e) => {
                 // A fresh socket next time rather than one in an unknown state.
                 self.requesters.remove(url);

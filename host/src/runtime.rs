@@ -20,7 +20,9 @@ use gestor_sdk::hlc::system_ms;
 use gestor_sdk::plugin::{LoopFn, RequestFn, SignalFn};
 use gestor_sdk::transport::{Endpoint, Publisher, Replier, Requester, Transport, TransportOptions};
 use gestor_sdk::wire::to_value;
-use gestor_sdk::wire::{decode_item, decode_request, from_cbor, to_cbor, Reply, Request};
+use gestor_sdk::wire::{
+    decode_item, decode_request, encode_reply, from_cbor, peek_kind, to_cbor, Reply, Request,
+};
 use gestor_sdk::{
     CallError, Clock, ErrorCode, HandlerError, Host, Kind, KindClass, PluginContext, PluginError,
     RequestMeta, Store, TransportError, Value,
@@ -239,18 +241,17 @@ impl HostCore {
                     self.clients_turned_away.fetch_add(1, Ordering::Relaxed);
                     self.metrics
                         .refused_frame(OriginLabel::Client, ErrorCode::Busy);
-                    let mut reply = error_reply(
+                    let reply = error_reply(
                         ErrorCode::Busy,
                         "every request worker for clients is taken; retry shortly",
                     );
-                    reply.initial_gestors = self.initial_gestors();
-                    return to_cbor(&reply);
+                    return self.encode_reply(&reply);
                 }
             },
             _ => None,
         };
         let refused = |code: ErrorCode| self.metrics.refused_frame(origin_label(origin), code);
-        let mut reply = if frame.len() > self.transport_options.max_message_bytes {
+        let reply = if frame.len() > self.transport_options.max_message_bytes {
             refused(ErrorCode::TooLarge);
             error_reply(
                 ErrorCode::TooLarge,
@@ -265,8 +266,16 @@ impl HostCore {
                 Ok(req) => Reply::from_result(self.dispatch(&req.kind, &req.body, origin)),
             }
         };
-        reply.initial_gestors = self.initial_gestors();
-        to_cbor(&reply)
+        self.encode_reply(&reply)
+    }
+
+    /// `reply` as sent: with the current initial-gestors list (seed §1).
+    fn encode_reply(&self, reply: &Reply) -> Vec<u8> {
+        let list = self
+            .initial_gestors
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        encode_reply(reply, &list)
     }
 
     /// [`Self::handle_frame`] on the transport's I/O thread, for fast-path
@@ -278,6 +287,11 @@ impl HostCore {
         // Fast-path requests are small; a bigger frame (an import batch) is
         // not decoded here only to be decoded again by a worker.
         if frame.len() > FAST_PATH_MAX_FRAME.min(self.transport_options.max_message_bytes) {
+            return None;
+        }
+        // Most frames are not fast-path kinds: tell from the headers
+        // before decoding (a worker decodes those anyway).
+        if !self.is_fast_path(peek_kind(frame)?) {
             return None;
         }
         let req = decode_request(frame).ok()?;
@@ -301,9 +315,7 @@ impl HostCore {
             result.as_ref().err().map(|e| e.code),
             started.elapsed(),
         );
-        let mut reply = Reply::from_result(result);
-        reply.initial_gestors = self.initial_gestors();
-        Some(to_cbor(&reply))
+        Some(self.encode_reply(&Reply::from_result(result)))
     }
 
     fn is_fast_path(&self, kind: &str) -> bool {

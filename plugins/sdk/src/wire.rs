@@ -83,6 +83,26 @@ impl Reply {
     }
 }
 
+/// Encode `reply` with `initial_gestors` in place of its own list, without
+/// copying either: the same bytes as setting the field and [`to_cbor`].
+pub fn encode_reply(reply: &Reply, initial_gestors: &[String]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct ReplyRef<'a> {
+        v: u32,
+        ok: bool,
+        body: &'a Value,
+        error: &'a Option<HandlerError>,
+        initial_gestors: &'a [String],
+    }
+    to_cbor(&ReplyRef {
+        v: reply.v,
+        ok: reply.ok,
+        body: &reply.body,
+        error: &reply.error,
+        initial_gestors,
+    })
+}
+
 /// Deepest nesting of arrays and maps in a request frame or a signal
 /// payload; the envelope map itself is level 1. Real bodies use under 8
 /// levels; the bound keeps a hostile frame from costing stack.
@@ -258,6 +278,52 @@ fn scan_item(bytes: &[u8]) -> Result<usize, ItemError> {
     }
 }
 
+/// The `kind` of a request frame, read from the envelope's headers without
+/// decoding it: for routing a frame before paying for its decode (the
+/// host's fast path). `None` when it cannot tell cheaply; the full
+/// [`decode_request`] is the judge of validity, this only picks a path.
+pub fn peek_kind(frame: &[u8]) -> Option<&str> {
+    peek_text(frame, &["kind"])
+}
+
+/// The text at `path` (map keys, outermost first) in a CBOR frame, found by
+/// walking headers only: e.g. `["body", "gestor"]` of a reply. `None` when
+/// a step is not a definite-length map of text keys, the key is missing or
+/// the value is not a definite text string; never panics on any input.
+pub fn peek_text<'a>(frame: &'a [u8], path: &[&str]) -> Option<&'a str> {
+    let text_at = |pos: &mut usize| -> Option<&'a str> {
+        let h = read_header(frame, pos).ok()?;
+        let len = match (h.major, h.arg) {
+            (3, Some(len)) => usize::try_from(len).ok()?,
+            _ => return None,
+        };
+        let end = pos.checked_add(len).filter(|&end| end <= frame.len())?;
+        let text = std::str::from_utf8(&frame[*pos..end]).ok()?;
+        *pos = end;
+        Some(text)
+    };
+    let mut pos = 0usize;
+    let (last, maps) = path.split_last()?;
+    'outer: for (level, wanted) in maps.iter().chain(std::iter::once(last)).enumerate() {
+        let map = read_header(frame, &mut pos).ok()?;
+        let pairs = match (map.major, map.arg) {
+            (5, Some(n)) => n,
+            _ => return None,
+        };
+        for _ in 0..pairs {
+            if text_at(&mut pos)? == *wanted {
+                if level + 1 == path.len() {
+                    return text_at(&mut pos);
+                }
+                continue 'outer;
+            }
+            pos += scan_item(frame.get(pos..)?).ok()?;
+        }
+        return None;
+    }
+    None
+}
+
 /// A short name of a CBOR value's type, for error messages.
 fn type_name(value: &Value) -> &'static str {
     match value {
@@ -420,6 +486,22 @@ mod tests {
         let req = Request::new("echo", Value::Text("hi".into()));
         let back: Request = from_cbor(&to_cbor(&req)).unwrap();
         assert_eq!(back, req);
+    }
+
+    #[test]
+    fn encode_reply_matches_the_owned_encoding() {
+        let list = vec![
+            "tcp://127.0.0.1:1".to_string(),
+            "tcp://127.0.0.1:2".to_string(),
+        ];
+        for mut reply in [
+            Reply::ok(Value::Text("pong".into())),
+            Reply::err(HandlerError::bad_request("no")),
+        ] {
+            let borrowed = encode_reply(&reply, &list);
+            reply.initial_gestors = list.clone();
+            assert_eq!(borrowed, to_cbor(&reply));
+        }
     }
 
     #[test]
@@ -604,6 +686,64 @@ mod tests {
             &[0xbb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
         ] {
             assert!(decode_item(bad).is_err(), "{bad:02x?}");
+        }
+    }
+
+    #[test]
+    fn peek_kind_agrees_with_the_decoder() {
+        let frame = to_cbor(&Request::new(
+            "user.lookup",
+            Value::Map(vec![(text("username"), text("ana"))]),
+        ));
+        assert_eq!(peek_kind(&frame), Some("user.lookup"));
+        // "kind" after other keys, one of them a nested map.
+        let later = envelope(vec![
+            (
+                text("body"),
+                Value::Map(vec![(text("kind"), text("decoy"))]),
+            ),
+            (text("v"), Value::Integer(1.into())),
+            (text("kind"), text("dir.set_address")),
+        ]);
+        assert_eq!(peek_kind(&later), Some("dir.set_address"));
+        assert_eq!(decode_request(&later).unwrap().kind, "dir.set_address");
+        // Nothing it cannot read cheaply, and never a panic.
+        assert_eq!(
+            peek_kind(&envelope(vec![(text("v"), Value::Integer(1.into()))])),
+            None
+        );
+        assert_eq!(
+            peek_kind(&envelope(vec![(text("kind"), Value::Integer(3.into()))])),
+            None
+        );
+        for cut in 0..frame.len() {
+            let _ = peek_kind(&frame[..cut]);
+        }
+        for garbage in [
+            &b""[..],
+            &[0xff],
+            &[0xa1, 0x64],
+            &[0xbf, 0xff],
+            &[0x1b, 0xff],
+        ] {
+            assert_eq!(peek_kind(garbage), None);
+        }
+        let mut reply = Reply::ok(Value::Map(vec![
+            (text("user"), text("ana")),
+            (text("gestor"), text("tcp://127.0.0.1:7000")),
+        ]));
+        reply.initial_gestors = vec!["tcp://127.0.0.1:7001".into()];
+        let reply = to_cbor(&reply);
+        assert_eq!(
+            peek_text(&reply, &["body", "gestor"]),
+            Some("tcp://127.0.0.1:7000")
+        );
+        assert_eq!(peek_text(&reply, &["body", "user"]), Some("ana"));
+        assert_eq!(peek_text(&reply, &["body", "nobody"]), None);
+        assert_eq!(peek_text(&reply, &["error", "code"]), None);
+        assert_eq!(peek_text(&reply, &[]), None);
+        for cut in 0..reply.len() {
+            let _ = peek_text(&reply[..cut], &["body", "gestor"]);
         }
     }
 
