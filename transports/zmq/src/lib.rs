@@ -677,19 +677,14 @@ struct ZmqRequester {
 }
 
 impl ZmqRequester {
-    /// Wait until `events` is ready or the deadline passes; `false` on timeout.
-    fn wait(&self, events: zmq::PollEvents, deadline: Instant) -> Result<bool, TransportError> {
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match self.socket.poll(events, ms(remaining)) {
-                Ok(0) if remaining.is_zero() => return Ok(false),
-                Ok(0) => continue,
-                Ok(_) => return Ok(true),
-                Err(zmq::Error::EINTR) => continue,
-                Err(zmq::Error::ETERM) => return Err(TransportError::Closed),
-                Err(e) => return Err(backend("poll", e)),
-            }
-        }
+    /// Bound the next blocking send or receive by `left` (at least 1 ms:
+    /// 0 would mean "do not wait").
+    fn set_timeouts(&self, left: Duration) -> Result<(), TransportError> {
+        let left = ms(left).clamp(1, i64::from(i32::MAX)) as i32;
+        self.socket
+            .set_sndtimeo(left)
+            .and_then(|()| self.socket.set_rcvtimeo(left))
+            .map_err(|e| backend("set timeouts", e))
     }
 }
 
@@ -701,21 +696,31 @@ impl Requester for ZmqRequester {
                 limit: self.max,
             });
         }
+        // Blocking calls with socket timeouts rather than `zmq_poll` then a
+        // non-blocking call: one wait inside libzmq instead of a poll set
+        // built, polled and queried for events around every call.
         let deadline = Instant::now() + timeout;
-        if !self.wait(zmq::POLLOUT, deadline)? {
-            return Err(timeout_error(&self.url, timeout));
-        }
-        match self.socket.send(payload, zmq::DONTWAIT) {
-            Ok(()) => {}
-            Err(zmq::Error::EAGAIN) => return Err(timeout_error(&self.url, timeout)),
-            Err(zmq::Error::ETERM) => return Err(TransportError::Closed),
-            Err(e) => return Err(backend("send request", e)),
+        self.set_timeouts(timeout)?;
+        loop {
+            match self.socket.send(payload, 0) {
+                Ok(()) => break,
+                // REQ waits here for a connected peer.
+                Err(zmq::Error::EAGAIN) => return Err(timeout_error(&self.url, timeout)),
+                Err(zmq::Error::EINTR) if Instant::now() < deadline => {
+                    self.set_timeouts(deadline.saturating_duration_since(Instant::now()))?
+                }
+                Err(zmq::Error::EINTR) => return Err(timeout_error(&self.url, timeout)),
+                Err(zmq::Error::ETERM) => return Err(TransportError::Closed),
+                Err(e) => return Err(backend("send request", e)),
+            }
         }
         loop {
-            if !self.wait(zmq::POLLIN, deadline)? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err(timeout_error(&self.url, timeout));
             }
-            match self.socket.recv_multipart(zmq::DONTWAIT) {
+            self.set_timeouts(left)?;
+            match self.socket.recv_multipart(0) {
                 Ok(parts) if parts.len() == 1 && parts[0].len() > self.max => {
                     tracing::warn!(url = %self.url, size = parts[0].len(), limit = self.max,
                         "zmq requester: oversize reply dropped");
@@ -724,8 +729,9 @@ impl Requester for ZmqRequester {
                 Ok(_) => {
                     tracing::debug!(url = %self.url, "zmq requester: multipart reply ignored")
                 }
-                // REQ_CORRELATE may have discarded a stale reply: keep waiting.
-                Err(zmq::Error::EAGAIN) => {}
+                // The timeout, a signal, or REQ_CORRELATE discarding a stale
+                // reply: the deadline decides.
+                Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => {}
                 Err(zmq::Error::ETERM) => return Err(TransportError::Closed),
                 Err(e) => return Err(backend("receive reply", e)),
             }
