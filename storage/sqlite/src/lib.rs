@@ -86,8 +86,14 @@ CREATE TABLE IF NOT EXISTS kv (
 ) WITHOUT ROWID;
 ";
 
-const USER_COLUMNS: &str =
-    "username, ring_pos, address, password_hash, online, last_seen_ms, version, deleted, session_hash";
+/// The users columns in `UserRecord` order, as a literal so that the hot
+/// statements below are constants (no SQL text built per call).
+macro_rules! user_columns {
+    () => {
+        "username, ring_pos, address, password_hash, online, last_seen_ms, version, deleted, session_hash"
+    };
+}
+const USER_COLUMNS: &str = user_columns!();
 
 /// SQLite-backed [`Store`]. One connection behind a mutex: SQLite serialises
 /// writers anyway, and the directory's reads are short point lookups.
@@ -392,8 +398,10 @@ impl Store for SqliteStore {
         let conn = self.conn();
         // One statement: the LWW comparison and the write are atomic.
         let changed = conn
-            .prepare_cached(&format!(
-                "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            .prepare_cached(concat!(
+                "INSERT INTO users (",
+                user_columns!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(username) DO UPDATE SET
                      ring_pos = excluded.ring_pos,
                      address = excluded.address,
@@ -438,8 +446,10 @@ impl Store for SqliteStore {
     fn get(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
         let conn = self.conn();
         let raw = conn
-            .prepare_cached(&format!(
-                "SELECT {USER_COLUMNS} FROM users WHERE username = ?1"
+            .prepare_cached(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE username = ?1"
             ))
             .and_then(|mut stmt| stmt.query_row([username], raw_user).optional())
             .map_err(backend_err)?;

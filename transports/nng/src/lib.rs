@@ -68,8 +68,15 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 /// Quick reconnects so a restarted peer is found again within a request timeout.
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_millis(500);
-/// A reply that cannot be handed to nng within this time is dropped.
-const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// A reply that cannot be handed to nng within this time is dropped. It
+/// only waits while the previous reply on the same connection is still
+/// being written; short, since shutdown waits for workers to finish.
+const REPLY_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// The same bound for a reply sent from an nng thread, which must not
+/// wait: a REQ peer has one request out per connection, so its
+/// connection only lags the reply by the moment nng takes to mark the
+/// previous reply written.
+const IO_THREAD_SEND_WAIT: Duration = Duration::from_millis(5);
 /// nng accepts socket buffer depths in 0..=8192 messages.
 const MAX_NNG_BUFFER: usize = 8192;
 
@@ -270,6 +277,8 @@ enum Work {
 /// What a slot's callback and worker share.
 struct Serving {
     ctx: Context,
+    /// Sends the slot's replies.
+    replies: InlineAio,
     handler: Arc<dyn RequestHandler>,
     stop: Arc<AtomicBool>,
     max: usize,
@@ -293,21 +302,20 @@ impl Serving {
         }
     }
 
-    fn reply(&self, aio: &Aio, reply: Vec<u8>) {
+    /// Send `reply` on the context, then start the next receive. `wait`
+    /// bounds how long the connection may take to accept it: only a peer
+    /// with another reply still being written to it makes the send wait.
+    fn reply(&self, aio: &Aio, reply: Vec<u8>, wait: Duration) {
         let url = &self.url;
         if reply.len() > self.max {
             tracing::error!(%url, size = reply.len(), limit = self.max,
                 "nng replier: reply exceeds max_message_bytes; dropped");
             return self.receive(aio);
         }
-        if let Err(e) = aio.set_timeout(Some(REPLY_SEND_TIMEOUT)) {
-            tracing::error!(%url, error = %e, "nng replier: aio busy; context stops serving");
-            return;
+        if let Err(e) = self.replies.send(&self.ctx, &reply, wait) {
+            tracing::debug!(%url, error = %e, "nng replier: reply not delivered");
         }
-        if let Err((_, e)) = self.ctx.send(aio, Message::from(&reply[..])) {
-            tracing::warn!(%url, error = %e, "nng replier: cannot send reply");
-            self.receive(aio);
-        }
+        self.receive(aio);
     }
 
     /// The Aio's callback. Never blocks: triage answers from memory or
@@ -324,7 +332,7 @@ impl Serving {
                     self.handler.triage(request.as_slice(), source.as_deref())
                 }));
                 let work = match triage {
-                    Ok(Triage::Reply(reply)) => return self.reply(aio, reply),
+                    Ok(Triage::Reply(reply)) => return self.reply(aio, reply, IO_THREAD_SEND_WAIT),
                     Ok(Triage::Worker) => Work::Handle { request, source },
                     Ok(Triage::Continue(rest)) => Work::Continue(rest),
                     Err(_) => {
@@ -369,7 +377,7 @@ impl Serving {
                 Work::Continue(rest) => rest(),
             }));
             match reply {
-                Ok(reply) => self.reply(aio, reply),
+                Ok(reply) => self.reply(aio, reply, REPLY_SEND_TIMEOUT),
                 Err(_) => {
                     // The contract says handlers never panic; keep the context serving anyway.
                     tracing::error!(%url, "nng replier: handler panicked; request dropped");
@@ -377,6 +385,82 @@ impl Serving {
                 }
             }
         }
+    }
+}
+
+/// An nng aio without a callback, for sending replies. nng completes such
+/// an operation on the thread that finishes it, so a reply sent from an
+/// Aio callback or a worker costs no hand-off to an nng task thread (the
+/// `nng` crate's `Aio` always has a callback, which nng runs on a task
+/// thread: one more wake-up per request, measured in the README).
+struct InlineAio(std::ptr::NonNull<nng::ffi::nng_aio>);
+
+// SAFETY: nng aios may be used from any thread; this one is used by one at
+// a time, since a slot holds one request at a time and its reply is sent
+// either by the Aio callback or by the slot's worker, never both.
+unsafe impl Send for InlineAio {}
+unsafe impl Sync for InlineAio {}
+
+/// An nng error code as text.
+fn nng_error(code: std::os::raw::c_int) -> nng::Error {
+    nng::Error::from(std::num::NonZeroU32::new(code as u32).unwrap_or(std::num::NonZeroU32::MIN))
+}
+
+impl InlineAio {
+    fn new() -> Result<Self, TransportError> {
+        let mut aio = std::ptr::null_mut();
+        // SAFETY: `aio` is a valid out-pointer; no callback, so no argument.
+        let rv = unsafe { nng::ffi::nng_aio_alloc(&mut aio, None, std::ptr::null_mut()) };
+        if rv != 0 {
+            return Err(backend("allocate aio", nng_error(rv)));
+        }
+        std::ptr::NonNull::new(aio)
+            .map(InlineAio)
+            .ok_or_else(|| backend("allocate aio", nng::Error::OutOfMemory))
+    }
+
+    /// Send a copy of `body` on `ctx` and wait for the outcome, at most
+    /// `wait` for the connection to take it.
+    fn send(&self, ctx: &Context, body: &[u8], wait: Duration) -> Result<(), nng::Error> {
+        let aio = self.0.as_ptr();
+        let wait = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: `aio` is ours and idle (one operation at a time, each
+        // waited for below); the message is allocated with room for `body`
+        // and owned by the aio until nng takes it, or freed here if not.
+        unsafe {
+            let mut msg = std::ptr::null_mut();
+            let rv = nng::ffi::nng_msg_alloc(&mut msg, body.len());
+            if rv != 0 {
+                return Err(nng_error(rv));
+            }
+            std::ptr::copy_nonoverlapping(
+                body.as_ptr(),
+                nng::ffi::nng_msg_body(msg).cast::<u8>(),
+                body.len(),
+            );
+            nng::ffi::nng_aio_set_timeout(aio, wait);
+            nng::ffi::nng_aio_set_msg(aio, msg);
+            nng::ffi::nng_ctx_send(ctx.nng_ctx(), aio);
+            nng::ffi::nng_aio_wait(aio);
+            let rv = nng::ffi::nng_aio_result(aio);
+            if rv != 0 {
+                // On failure the message is still the aio's.
+                let msg = nng::ffi::nng_aio_get_msg(aio);
+                nng::ffi::nng_aio_set_msg(aio, std::ptr::null_mut());
+                if !msg.is_null() {
+                    nng::ffi::nng_msg_free(msg);
+                }
+                return Err(nng_error(rv));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InlineAio {
+    fn drop(&mut self) {
+        // SAFETY: idle (every send is waited for) and never used again.
+        unsafe { nng::ffi::nng_aio_free(self.0.as_ptr()) }
     }
 }
 
@@ -399,6 +483,7 @@ impl NngReplier {
         for i in 0..workers {
             let serving = Arc::new(Serving {
                 ctx: Context::new(&replier.socket).map_err(|e| backend("open context", e))?,
+                replies: InlineAio::new()?,
                 handler: Arc::clone(&handler),
                 stop: Arc::clone(&replier.stop),
                 max: options.max_message_bytes,
