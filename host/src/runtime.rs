@@ -294,10 +294,8 @@ impl HostCore {
         if !self.is_fast_path(peek_kind(frame)?) {
             return None;
         }
+        // A valid envelope has one `kind`, the one peeked above.
         let req = decode_request(frame).ok()?;
-        if !self.is_fast_path(&req.kind) {
-            return None;
-        }
         let started = Instant::now();
         let outer = ON_IO_THREAD.replace(IoThread {
             active: true,

@@ -346,18 +346,14 @@ impl Serving {
                     tracing::debug!(%url, "nng replier: worker gone; request dropped");
                 }
             }
-            AioResult::Recv(Err(nng::Error::Closed))
-            | AioResult::Send(Err((_, nng::Error::Closed))) => {}
+            AioResult::Recv(Err(nng::Error::Closed)) => {}
             AioResult::Recv(Err(nng::Error::TimedOut)) => self.receive(aio),
             AioResult::Recv(Err(e)) => {
                 tracing::debug!(%url, error = %e, "nng replier: receive failed");
                 self.receive(aio);
             }
-            AioResult::Send(Err((_, e))) => {
-                tracing::debug!(%url, error = %e, "nng replier: reply not delivered");
-                self.receive(aio);
-            }
-            AioResult::Send(Ok(())) | AioResult::Sleep(_) => self.receive(aio),
+            // This Aio only receives (replies go through `InlineAio`).
+            AioResult::Send(_) | AioResult::Sleep(_) => self.receive(aio),
         }
     }
 
@@ -401,7 +397,7 @@ struct InlineAio(std::ptr::NonNull<nng::ffi::nng_aio>);
 unsafe impl Send for InlineAio {}
 unsafe impl Sync for InlineAio {}
 
-/// An nng error code as text.
+/// An nng error code as the `nng` crate's error.
 fn nng_error(code: std::os::raw::c_int) -> nng::Error {
     nng::Error::from(std::num::NonZeroU32::new(code as u32).unwrap_or(std::num::NonZeroU32::MIN))
 }
