@@ -314,10 +314,13 @@ pub fn reqrep_recovers_after_replier_restart(t: &dyn Transport) {
     assert_eq!(must_request(req.as_mut(), b"hi"), b"first");
     drop(first);
 
-    assert!(matches!(
-        req.request(b"hi", Duration::from_millis(300)),
-        Err(TransportError::Timeout { .. })
-    ));
+    // Unanswered: it times out, or fails as a lost connection when the
+    // request went out on the connection the replier was closing (nng's
+    // requester does not re-send).
+    match req.request(b"hi", Duration::from_millis(300)) {
+        Err(TransportError::Timeout { .. } | TransportError::ConnectionLost { .. }) => {}
+        other => panic!("expected a failure with the replier gone, got {other:?}"),
+    }
 
     let _second = replier(t, &url, Arc::new(|_: &[u8]| b"second".to_vec()));
     // The same requester reconnects by itself; a stale reply must not leak in.
