@@ -43,7 +43,7 @@
 //! socket; `RecvMaxSize` makes nng drop the connection of a peer that sends
 //! a bigger frame (the peer reconnects; nothing reaches the application).
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use gestor_sdk::transport::{decode_signal, encode_signal};
 use gestor_sdk::{
     Endpoint, Publisher, Replier, RequestHandler, Requester, Subscriber, Transport, TransportError,
@@ -63,8 +63,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const BACKEND: &str = "nng";
-/// How often blocked threads look at the stop flag.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 /// Quick reconnects so a restarted peer is found again within a request timeout.
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_millis(500);
@@ -261,6 +259,9 @@ struct NngReplier {
 struct Slot {
     ctx: Context,
     aio: Aio,
+    /// Wakes the slot's worker to stop (it blocks on its queue, so an idle
+    /// replier costs no periodic wake-ups).
+    worker: Sender<Work>,
 }
 
 /// What a slot's worker does for one request.
@@ -272,6 +273,8 @@ enum Work {
     },
     /// Finish what triage started on the nng thread.
     Continue(Box<dyn FnOnce() -> Vec<u8> + Send>),
+    /// The replier is being dropped.
+    Stop,
 }
 
 /// What a slot's callback and worker share.
@@ -286,17 +289,12 @@ struct Serving {
 }
 
 impl Serving {
-    /// Start the next receive. Its timeout only bounds how long shutdown
-    /// may wait for an idle context; a receive that times out starts again.
+    /// Start the next receive. It has no timeout: shutdown cancels it.
     fn receive(&self, aio: &Aio) {
         if self.stop.load(Ordering::Acquire) {
             return;
         }
         let url = &self.url;
-        if let Err(e) = aio.set_timeout(Some(SHUTDOWN_POLL)) {
-            tracing::error!(%url, error = %e, "nng replier: aio busy; context stops serving");
-            return;
-        }
         if let Err(e) = self.ctx.recv(aio) {
             tracing::error!(%url, error = %e, "nng replier: cannot start receive; context stops serving");
         }
@@ -360,20 +358,18 @@ impl Serving {
     /// The slot's worker: serves what triage handed on, until stopped.
     fn work(&self, aio: &Aio, jobs: &Receiver<Work>) {
         let url = &self.url;
-        while !self.stop.load(Ordering::Acquire) {
-            let work = match jobs.recv_timeout(SHUTDOWN_POLL) {
-                Ok(work) => work,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
+        while let Ok(work) = jobs.recv() {
             let reply = catch_unwind(AssertUnwindSafe(|| match work {
-                Work::Handle { request, source } => self
-                    .handler
-                    .handle_from(request.as_slice(), source.as_deref()),
-                Work::Continue(rest) => rest(),
+                Work::Handle { request, source } => Some(
+                    self.handler
+                        .handle_from(request.as_slice(), source.as_deref()),
+                ),
+                Work::Continue(rest) => Some(rest()),
+                Work::Stop => None,
             }));
             match reply {
-                Ok(reply) => self.reply(aio, reply, REPLY_SEND_TIMEOUT),
+                Ok(Some(reply)) => self.reply(aio, reply, REPLY_SEND_TIMEOUT),
+                Ok(None) => return,
                 Err(_) => {
                     // The contract says handlers never panic; keep the context serving anyway.
                     tracing::error!(%url, "nng replier: handler panicked; request dropped");
@@ -486,6 +482,7 @@ impl NngReplier {
                 url: replier.url.clone(),
             });
             let (to_worker, jobs) = crossbeam_channel::unbounded::<Work>();
+            let to_worker_stop = to_worker.clone();
             let on_event = Arc::clone(&serving);
             // Runs on an nng thread.
             let aio = Aio::new(move |aio, result| on_event.on_event(&aio, result, &to_worker))
@@ -493,6 +490,7 @@ impl NngReplier {
             replier.slots.push(Slot {
                 ctx: serving.ctx.clone(),
                 aio: aio.clone(),
+                worker: to_worker_stop,
             });
             let spawned = std::thread::Builder::new()
                 .name(format!("nng-rep-{i}"))
@@ -510,9 +508,6 @@ impl NngReplier {
         }
         listen(&replier.socket, url)?;
         for slot in &replier.slots {
-            if let Err(e) = slot.aio.set_timeout(Some(SHUTDOWN_POLL)) {
-                return Err(backend("set aio timeout", e));
-            }
             slot.ctx
                 .recv(&slot.aio)
                 .map_err(|e| backend("start receive", e))?;
@@ -531,7 +526,11 @@ impl Replier for NngReplier {
 impl Drop for NngReplier {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        // A worker finishing a request sends its reply, then sees the flag.
+        // A worker finishes the request it holds (and sends its reply)
+        // before it reads the stop.
+        for slot in &self.slots {
+            let _ = slot.worker.send(Work::Stop);
+        }
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {
                 tracing::error!(url = %self.url, "nng replier worker panicked");

@@ -49,7 +49,7 @@
 //! in `request`/`recv` instead — the limit holds for the application, but
 //! such a frame is buffered in memory once.
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use gestor_sdk::transport::{decode_signal, encode_signal};
 use gestor_sdk::{
     Endpoint, Publisher, Replier, RequestHandler, Requester, Subscriber, Transport, TransportError,
@@ -65,7 +65,6 @@ const BACKEND: &str = "zmq";
 /// How often blocked threads look at the stop flag, in ms.
 const SHUTDOWN_POLL_MS: i64 = 100;
 const DRAIN_BATCH: usize = 256;
-const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 /// Quick reconnects so a restarted peer is found again within a request timeout.
 const RECONNECT_IVL_MS: i32 = 50;
 const RECONNECT_IVL_MAX_MS: i32 = 500;
@@ -618,12 +617,13 @@ fn worker(
     stop: &AtomicBool,
     url: &str,
 ) {
-    while !stop.load(Ordering::Acquire) {
-        let job = match jobs.recv_timeout(SHUTDOWN_POLL) {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
+    // Blocks until a job comes: the I/O thread owns the only sender, so its
+    // exit at shutdown wakes every worker (an idle replier makes no
+    // periodic wake-ups).
+    while let Ok(job) = jobs.recv() {
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
         let reply = match catch_unwind(AssertUnwindSafe(|| match job.work {
             Work::Handle { body, source } => handler.handle_from(&body, source.as_deref()),
             Work::Continue(rest) => rest(),
