@@ -355,6 +355,11 @@ def print_report(results):
                       f"  errors {p['errors']}  busy {p.get('busy', 0)}")
         print(f"  RSS MiB per gestor: {' '.join(f'{r:.0f}' for r in g['rss_mib'])}")
         print(f"  primary records per gestor: {' '.join(str(r) for r in g['balance']['primary_records'])}")
+        par = g["parallel"]
+        if par.get("argon2_all_cores_per_s"):
+            print(f"  argon2: one hash {par['argon2_hash_ms']:.1f} ms (fastest timed), limit {par['argon2_limit_per_s']:.0f}/s; "
+                  f"every core hashing at once, nothing else running: {par['argon2_all_cores_per_s']:.0f}/s "
+                  f"({ratio(par['argon2_all_cores_per_s'], par['argon2_limit_per_s']):.2f} of the limit)")
         for name, value, target, met in goal_rows(g, etcd, odht):
             print(f"  {name:<48} {value:6.2f}  goal {target:<6} {met}")
 
