@@ -214,6 +214,12 @@ pub struct Config {
     pub successors: usize,
     pub stabilize_every_ms: u64,
     pub fix_fingers_every_ms: u64,
+    /// How many times finger repair may halve its pace (double
+    /// `fix_fingers_every_ms`) while whole cycles find every finger
+    /// unchanged. Any change, a failed lookup, a forgotten peer or a new
+    /// neighbour brings it back to full pace. 0: never slow down.
+    #[serde(default)]
+    pub fix_fingers_backoff: u32,
     pub check_predecessor_every_ms: u64,
     /// Failure detection that tells slow from dead: a peer is dropped only
     /// after this many missed answers in a row (the first miss makes it a
@@ -232,6 +238,7 @@ impl Default for Config {
             successors: 8,
             stabilize_every_ms: 1000,
             fix_fingers_every_ms: 500,
+            fix_fingers_backoff: 3,
             check_predecessor_every_ms: 2000,
             dead_after_misses: 3,
             merge_probe_every_ms: 5000,

@@ -135,6 +135,14 @@ pub struct Node {
     successors: Vec<Peer>,
     fingers: Vec<Option<Peer>>,
     next_finger: usize,
+    /// Doublings of the finger-repair period now in force (up to
+    /// `config.fix_fingers_backoff`), and whether the current cycle has
+    /// changed a finger.
+    fix_backoff: u32,
+    fix_cycle_changed: bool,
+    /// (predecessor, first successor) when finger repair last looked: a
+    /// new neighbour means the ring changed, so fingers go back to full pace.
+    fix_neighbours: (Option<Id>, Option<Id>),
     pending: BTreeMap<u64, Pending>,
     next_token: u64,
     last_stabilize: u64,
@@ -163,6 +171,9 @@ impl Node {
             successors: Vec::new(),
             fingers: vec![None; FINGERS],
             next_finger: 0,
+            fix_backoff: 0,
+            fix_cycle_changed: false,
+            fix_neighbours: (None, None),
             pending: BTreeMap::new(),
             next_token: 1,
             last_stabilize: 0,
@@ -187,6 +198,8 @@ impl Node {
         self.successors.clear();
         self.fingers = vec![None; FINGERS];
         self.next_finger = 0;
+        self.fix_backoff = 0;
+        self.fix_cycle_changed = false;
         self.pending.clear();
         self.suspects.clear();
         self.round = JoinRound::default();
@@ -332,7 +345,7 @@ impl Node {
                     out.extend(self.start_check_predecessor(now_ms));
                 }
                 if !self.in_flight(Kind::FixFinger)
-                    && now_ms.saturating_sub(self.last_fix) >= self.config.fix_fingers_every_ms
+                    && now_ms.saturating_sub(self.last_fix) >= self.fix_period()
                 {
                     self.last_fix = now_ms;
                     out.extend(self.start_fix_finger(now_ms));
@@ -347,6 +360,25 @@ impl Node {
             }
         }
         out
+    }
+
+    /// The finger-repair period now: the configured one, doubled once per
+    /// quiet cycle up to `fix_fingers_backoff` times; full pace again as
+    /// soon as the node's neighbours differ from the last look.
+    fn fix_period(&mut self) -> u64 {
+        let neighbours = (
+            self.predecessor.as_ref().map(|p| p.id),
+            self.successors.first().map(|s| s.id),
+        );
+        if neighbours != self.fix_neighbours {
+            self.fix_neighbours = neighbours;
+            self.fix_backoff = 0;
+        }
+        let shift = self
+            .fix_backoff
+            .min(self.config.fix_fingers_backoff)
+            .min(16);
+        self.config.fix_fingers_every_ms.saturating_mul(1 << shift)
     }
 
     fn timeout(&self, kind: Kind) -> u64 {
@@ -674,6 +706,7 @@ impl Node {
             }
             Drive::Failed => {
                 self.next_finger = (index + 1) % FINGERS;
+                self.fix_backoff = 0;
                 Vec::new()
             }
         }
@@ -1041,6 +1074,7 @@ impl Node {
                 Drive::Done(owner) => self.set_finger(i, &owner),
                 Drive::Failed => {
                     self.next_finger = (i + 1) % FINGERS;
+                    self.fix_backoff = 0;
                     return Vec::new();
                 }
             }
@@ -1061,17 +1095,28 @@ impl Node {
                 break;
             }
             if let Some(slot) = self.fingers.get_mut(j) {
-                *slot = value.clone();
+                if *slot != value {
+                    *slot = value.clone();
+                    self.fix_cycle_changed = true;
+                    self.fix_backoff = 0;
+                }
             }
             j += 1;
         }
         self.next_finger = j % FINGERS;
+        if j >= FINGERS {
+            // A whole cycle done: slow down only if it changed nothing.
+            if !std::mem::take(&mut self.fix_cycle_changed) {
+                self.fix_backoff = (self.fix_backoff + 1).min(self.config.fix_fingers_backoff);
+            }
+        }
     }
 
     fn drop_finger(&mut self, id: Id) {
         for f in self.fingers.iter_mut() {
             if f.as_ref().map(|p| p.id) == Some(id) {
                 *f = None;
+                self.fix_backoff = 0;
             }
         }
     }
@@ -1279,6 +1324,7 @@ mod tests {
             successors: r,
             stabilize_every_ms: 100,
             fix_fingers_every_ms: 100,
+            fix_fingers_backoff: 0,
             check_predecessor_every_ms: 100,
             // The 2001 rule (first miss drops) and no merge probes, unless a
             // test asks for them.

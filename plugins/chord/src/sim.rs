@@ -162,6 +162,7 @@ impl Sim {
             successors,
             stabilize_every_ms: 100,
             fix_fingers_every_ms: 100,
+            fix_fingers_backoff: 3,
             check_predecessor_every_ms: 100,
             dead_after_misses: 3,
             merge_probe_every_ms: 1000,
@@ -761,6 +762,55 @@ mod tests {
             sim.add_node();
         }
         sim.run_until_stable(300).unwrap();
+        sim.settle(300).unwrap();
+        all_lookups_correct(&mut sim, 300);
+    }
+
+    /// Messages a settled 32-node ring sends in 200 quiet steps, with finger
+    /// repair allowed `backoff` doublings of its period.
+    fn quiet_messages(backoff: u32) -> u64 {
+        let mut config = Sim::fast_config(4);
+        config.fix_fingers_backoff = backoff;
+        let mut sim = Sim::new(11, config);
+        for _ in 0..32 {
+            sim.add_node();
+            sim.step();
+        }
+        sim.settle(400).unwrap();
+        let before = sim.messages;
+        for _ in 0..200 {
+            sim.step();
+        }
+        sim.messages - before
+    }
+
+    #[test]
+    fn finger_repair_slows_down_on_a_still_ring() {
+        let (steady, backing_off) = (quiet_messages(0), quiet_messages(3));
+        // Stabilize and predecessor checks keep their pace; only finger
+        // lookups thin out.
+        assert!(
+            backing_off * 10 < steady * 8,
+            "{backing_off} messages with backoff, {steady} without"
+        );
+    }
+
+    #[test]
+    fn finger_repair_regains_pace_after_crashes_and_joins() {
+        let mut sim = grow(5, 8, 48);
+        sim.settle(300).unwrap();
+        // Long enough for every node to reach the slowest pace.
+        for _ in 0..400 {
+            sim.step();
+        }
+        let members = sim.members();
+        for victim in [members[3], members[4], members[30]] {
+            sim.kill(victim);
+        }
+        for _ in 0..3 {
+            sim.add_node();
+        }
+        sim.run_until_stable(200).unwrap();
         sim.settle(300).unwrap();
         all_lookups_correct(&mut sim, 300);
     }
