@@ -345,7 +345,6 @@ impl Serving {
                 }
             }
             AioResult::Recv(Err(nng::Error::Closed)) => {}
-            AioResult::Recv(Err(nng::Error::TimedOut)) => self.receive(aio),
             AioResult::Recv(Err(e)) => {
                 tracing::debug!(%url, error = %e, "nng replier: receive failed");
                 self.receive(aio);

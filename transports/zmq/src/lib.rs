@@ -62,7 +62,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const BACKEND: &str = "zmq";
-/// How often blocked threads look at the stop flag, in ms.
+/// How often the replier's I/O thread looks at the stop flag, in ms (its
+/// exit then wakes the workers).
 const SHUTDOWN_POLL_MS: i64 = 100;
 const DRAIN_BATCH: usize = 256;
 /// Quick reconnects so a restarted peer is found again within a request timeout.
