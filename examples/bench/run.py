@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Issue 10's benchmark, side by side in one run on one machine.
 
-Starts an N-gestor secure ring (release build, loopback) per transport, runs
-every `gestor bench` phase, reads each gestor's RSS, then runs the references
-on the same machine: a 3-member etcd (Debian's etcd-server, through
-examples/bench/src/etcd_load.rs) and an N-node OpenDHT (Debian's
-python3-opendht, through opendht_get.py). Prints each goal of issue 10 as a
-ratio to its reference, measured in this run. Installs the references with
-apt-get when they are missing and it can.
+Starts a 3-member etcd (Debian's etcd-server, through
+examples/bench/src/etcd_load.rs) and, per transport, an N-gestor secure ring
+(release build, loopback). Registers the bench users, then runs rounds: the
+gestor phases (login, set_address, lookup; serial lookups) and right after
+them etcd's (put, range, serial range), each system paused (SIGSTOP) while
+the other is measured. Then reads each gestor's RSS and runs an N-node
+OpenDHT (Debian's python3-opendht, through opendht_get.py). Prints each goal
+of issue 10 as a ratio to its reference: the median of the rounds' ratios,
+with the lowest and highest. Installs the references with apt-get when they
+are missing and it can.
 
     python3 examples/bench/run.py                  # nng and zmq, 8 gestores
     python3 examples/bench/run.py --transport nng --preload 1000000
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,18 +64,33 @@ def start(cmd, log_path, env=None):
     return child
 
 
-def stop_all():
-    for child in CHILDREN:
+def stop(children):
+    """SIGTERM `children` (resumed first: a stopped process keeps the signal
+    pending), then SIGKILL whatever has not exited 10 s later."""
+    for child in children:
         if child.poll() is None:
+            child.send_signal(signal.SIGCONT)
             child.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 10
-    for child in CHILDREN:
+    for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+
+
+def stop_all():
+    stop(CHILDREN)
     CHILDREN.clear()
+
+
+def pause(children, paused):
+    """SIGSTOP or SIGCONT every process of one system, so that the system not
+    being measured takes no CPU from the one that is."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
 
 
 def run_json(cmd, timeout):
@@ -238,11 +257,15 @@ def gestor_bench(ring, args, threads, phases, extra=()):
     return run_json(cmd, timeout=3600 + args.preload // 100)
 
 
-def measure_gestor(work, args, transport):
+def measure_gestor(work, args, transport, etcd):
+    """Register once, then `args.rounds` rounds, each the gestor phases and
+    right after them etcd's, every system paused while the other runs: the
+    machine's swings (±20% between runs here) then hit both sides of each
+    ratio alike, and the report takes the median round."""
     log(f"{transport}: starting {args.gestores} gestores")
     ring = Ring(work, transport, args.gestores, args.storage, args.virtual_nodes)
     ring.wait_ordered()
-    result = {"transport": transport}
+    result = {"transport": transport, "rounds": []}
     if args.preload:
         log(f"{transport}: preloading {args.preload} accounts")
         cred = ring.dir / "operator.cred"
@@ -250,48 +273,85 @@ def measure_gestor(work, args, transport):
                         "--name", "operator"], check=True, capture_output=True)
         result["preload"] = gestor_bench(ring, args, 4, "lookup",
                                          ["--preload", str(args.preload), "--credential", cred])
-    log(f"{transport}: register, login, set_address, lookup at {args.threads} threads")
-    result["parallel"] = gestor_bench(ring, args, args.threads, "register,login,set_address,lookup")
-    log(f"{transport}: serial lookups")
-    result["serial"] = gestor_bench(ring, args, 1, "lookup")
+    log(f"{transport}: register at {args.threads} threads")
+    result["register"] = gestor_bench(ring, args, args.threads, "register")
+    for n in range(1, args.rounds + 1):
+        log(f"{transport}: round {n}/{args.rounds}: login, set_address, lookup at {args.threads} threads;"
+            " serial lookups")
+        pause(ring.children, False)
+        ring.wait_ordered()
+        one = {"parallel": gestor_bench(ring, args, args.threads, "login,set_address,lookup"),
+               "serial": gestor_bench(ring, args, 1, "lookup")}
+        if etcd:
+            pause(ring.children, True)
+            one["etcd"] = etcd.measure(args)
+        result["rounds"].append(one)
+    pause(ring.children, False)
+    ring.wait_ordered()
     result["rss_mib"] = ring.rss()
     result["balance"] = ring.balance()
-    stop_all()
+    stop(ring.children)
     return result
 
 
 # ---------------------------------------------------------------- references
 
-def measure_etcd(work, args):
-    log("etcd: starting 3 members")
-    ports = free_ports(6)
-    members = ",".join(f"m{i}=http://127.0.0.1:{ports[2 * i]}" for i in range(3))
-    endpoints = []
-    for i in range(3):
-        peer, client = ports[2 * i], ports[2 * i + 1]
-        start(["etcd", "--name", f"m{i}", "--data-dir", work / f"etcd-m{i}",
-               "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-               "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-               "--listen-client-urls", f"http://127.0.0.1:{client}",
-               "--advertise-client-urls", f"http://127.0.0.1:{client}",
-               "--initial-cluster", members, "--initial-cluster-state", "new",
-               "--log-level", "error"], work / f"etcd-m{i}.log")
-        endpoints.append(f"127.0.0.1:{client}")
-    deadline = time.monotonic() + 60
-    while subprocess.run(["etcdctl", "--endpoints", ",".join(endpoints), "endpoint", "health"],
-                         capture_output=True, env=dict(os.environ, ETCDCTL_API="3")).returncode != 0:
-        if time.monotonic() > deadline:
-            raise SystemExit("bench: etcd did not become healthy in 60 s")
-        time.sleep(0.5)
-    load = [ETCD_LOAD, "--endpoints", ",".join(endpoints), "--keys", str(args.users),
-            "--duration-secs", str(args.duration_secs)]
-    result = {
-        "put": run_json(load + ["--op", "put", "--clients", str(args.threads)], 600),
-        "range": run_json(load + ["--op", "range", "--serializable", "--clients", str(args.threads)], 600),
-        "range_serial": run_json(load + ["--op", "range", "--serializable", "--clients", "1"], 600),
-    }
-    stop_all()
-    return result
+class Etcd:
+    """A 3-member etcd on 127.0.0.1, kept paused between its rounds."""
+
+    def __init__(self, work):
+        log("etcd: starting 3 members")
+        ports = free_ports(6)
+        members = ",".join(f"m{i}=http://127.0.0.1:{ports[2 * i]}" for i in range(3))
+        self.endpoints, self.children = [], []
+        for i in range(3):
+            peer, client = ports[2 * i], ports[2 * i + 1]
+            self.children.append(start(
+                ["etcd", "--name", f"m{i}", "--data-dir", work / f"etcd-m{i}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                 "--listen-client-urls", f"http://127.0.0.1:{client}",
+                 "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                 "--initial-cluster", members, "--initial-cluster-state", "new",
+                 "--log-level", "error"], work / f"etcd-m{i}.log"))
+            self.endpoints.append(f"127.0.0.1:{client}")
+        self.wait_healthy()
+        pause(self.children, True)
+
+    def healthy(self):
+        """Every member answers its /health with a leader known."""
+        for endpoint in self.endpoints:
+            try:
+                with urllib.request.urlopen(f"http://{endpoint}/health", timeout=2) as answer:
+                    if json.load(answer).get("health") != "true":
+                        return False
+            except (OSError, ValueError):
+                return False
+        return True
+
+    def wait_healthy(self, limit_secs=60):
+        deadline = time.monotonic() + limit_secs
+        while not self.healthy():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: etcd was not healthy within {limit_secs} s")
+            time.sleep(0.5)
+
+    def measure(self, args):
+        """One round: put, serializable range at the same client count as the
+        gestor phases, and serial range; paused again afterwards."""
+        log("etcd: put, range, serial range")
+        pause(self.children, False)
+        # Resumed members may first elect a leader again.
+        self.wait_healthy()
+        load = [ETCD_LOAD, "--endpoints", ",".join(self.endpoints), "--keys", str(args.users),
+                "--duration-secs", str(args.duration_secs)]
+        result = {
+            "put": run_json(load + ["--op", "put", "--clients", str(args.threads)], 600),
+            "range": run_json(load + ["--op", "range", "--serializable", "--clients", str(args.threads)], 600),
+            "range_serial": run_json(load + ["--op", "range", "--serializable", "--clients", "1"], 600),
+        }
+        pause(self.children, True)
+        return result
 
 
 def measure_opendht(args):
@@ -308,60 +368,91 @@ def ratio(a, b):
     return a / b if b else float("nan")
 
 
-def goal_rows(g, etcd, odht):
-    """(goal, measured ratio, target, met) for one transport."""
-    phases = g["parallel"]["phases"]
-    serial = g["serial"]["phases"]["lookup"]
-    floor = g["serial"]["channel"]["plain_p50_ms"]
-    rows = [("serial lookup p50 / raw round trip", ratio(serial["p50_ms"], floor), 2.0, "<=")]
+def median(values):
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def round_ratios(one, odht):
+    """Each goal's ratio within one round: (name, value, target, sense)."""
+    phases, serial = one["parallel"]["phases"], one["serial"]["phases"]["lookup"]
+    rows = [("serial lookup p50 / raw round trip",
+             ratio(serial["p50_ms"], one["serial"]["channel"]["plain_p50_ms"]), 2.0, "<=")]
     if odht:
         rows.append(("serial lookup p50 / OpenDHT get p50", ratio(serial["p50_ms"], odht["p50_ms"]), 0.5, "<="))
+    etcd = one.get("etcd")
     if etcd:
-        rows.append((f"lookups/s ({g['parallel']['threads']} thr) / etcd range c={etcd['range']['clients']}",
+        rows.append((f"lookups/s ({one['parallel']['threads']} thr) / etcd range c={etcd['range']['clients']}",
                      ratio(phases["lookup"]["per_second"], etcd["range"]["per_second"]), 1.5, ">="))
         rows.append((f"set_address/s / etcd put c={etcd['put']['clients']}",
                      ratio(phases["set_address"]["per_second"], etcd["put"]["per_second"]), 1.0, ">="))
-    limit = g["parallel"].get("argon2_limit_per_s")
+    return rows
+
+
+def goal_rows(g, odht):
+    """(goal, median ratio over the rounds, lowest, highest, target, met) for
+    one transport; the goals measured once have no spread."""
+    per_round = [round_ratios(one, odht) for one in g["rounds"]]
+    rows = []
+    for i, (name, _, target, sense) in enumerate(per_round[0] if per_round else []):
+        values = [r[i][1] for r in per_round]
+        rows.append((name, median(values), min(values), max(values), target, sense))
+    reg = g["register"]
+    limit = reg.get("argon2_limit_per_s")
     if limit:
-        rows.append(("register/s / argon2 limit", ratio(phases["register"]["per_second"], limit), 0.8, ">="))
-    rows.append(("max RSS MiB / 200 MiB", ratio(max(g["rss_mib"]), 200.0), 1.0, "<="))
-    rows.append(("key space per gestor, max / mean", g["balance"]["keyspace_max_over_mean"], 1.25, "<="))
+        value = ratio(reg["phases"]["register"]["per_second"], limit)
+        rows.append(("register/s / argon2 limit", value, value, value, 0.8, ">="))
+    for name, value, target in (("max RSS MiB / 200 MiB", ratio(max(g["rss_mib"]), 200.0), 1.0),
+                                ("key space per gestor, max / mean", g["balance"]["keyspace_max_over_mean"], 1.25)):
+        rows.append((name, value, value, value, target, "<="))
     out = []
-    for name, value, target, sense in rows:
+    for name, value, low, high, target, sense in rows:
         met = value <= target if sense == "<=" else value >= target
-        out.append((name, value, f"{sense} {target}", "met" if met else "NOT met"))
+        out.append((name, value, low, high, f"{sense} {target}", "met" if met else "NOT met"))
     return out
 
 
+def print_phase(name, p):
+    print(f"    {name:<12} {p['per_second']:>9.1f}/s  p50 {p['p50_ms']:.3f} ms  p99 {p['p99_ms']:.3f} ms"
+          f"  errors {p['errors']}  busy {p.get('busy', 0)}")
+
+
 def print_report(results):
-    etcd, odht = results.get("etcd"), results.get("opendht")
+    odht = results.get("opendht")
     print(f"machine: {results['machine']}")
-    if etcd:
-        print(f"etcd 3.4 (3 members, JSON gateway): put c={etcd['put']['clients']} {etcd['put']['per_second']:.0f}/s, "
-              f"serializable range c={etcd['range']['clients']} {etcd['range']['per_second']:.0f}/s, "
-              f"serial range p50 {etcd['range_serial']['p50_ms']:.3f} ms")
     if odht:
         print(f"OpenDHT ({odht['nodes']} nodes): serial get p50 {odht['p50_ms']:.3f} ms, p99 {odht['p99_ms']:.3f} ms")
     for g in results["gestor"]:
-        phases = g["parallel"]["phases"]
         print(f"\ngestor, {g['transport']}, {len(g['rss_mib'])} gestores:")
-        print(f"  raw REQ/REP round trip p50 {g['serial']['channel']['plain_p50_ms']:.3f} ms; "
-              f"serial lookup p50 {g['serial']['phases']['lookup']['p50_ms']:.3f} ms, "
-              f"mean hops {g['serial']['phases']['lookup'].get('mean_hops', 0):.2f}")
-        for name in ("preload", "register", "login", "set_address", "lookup"):
-            p = phases.get(name) or (g.get("preload", {}).get("phases", {}).get(name))
+        for name in ("preload", "register"):
+            p = g.get(name, {}).get("phases", {}).get(name)
             if p:
-                print(f"  {name:<12} {p['per_second']:>9.1f}/s  p50 {p['p50_ms']:.3f} ms  p99 {p['p99_ms']:.3f} ms"
-                      f"  errors {p['errors']}  busy {p.get('busy', 0)}")
+                print_phase(name, p)
+        for n, one in enumerate(g["rounds"], 1):
+            serial = one["serial"]
+            print(f"  round {n}: raw REQ/REP round trip p50 {serial['channel']['plain_p50_ms']:.3f} ms; "
+                  f"serial lookup p50 {serial['phases']['lookup']['p50_ms']:.3f} ms, "
+                  f"mean hops {serial['phases']['lookup'].get('mean_hops', 0):.2f}")
+            for name in ("login", "set_address", "lookup"):
+                if name in one["parallel"]["phases"]:
+                    print_phase(name, one["parallel"]["phases"][name])
+            etcd = one.get("etcd")
+            if etcd:
+                print(f"    etcd 3.4 (3 members, JSON gateway): put c={etcd['put']['clients']} "
+                      f"{etcd['put']['per_second']:.0f}/s, serializable range c={etcd['range']['clients']} "
+                      f"{etcd['range']['per_second']:.0f}/s, serial range p50 {etcd['range_serial']['p50_ms']:.3f} ms")
         print(f"  RSS MiB per gestor: {' '.join(f'{r:.0f}' for r in g['rss_mib'])}")
         print(f"  primary records per gestor: {' '.join(str(r) for r in g['balance']['primary_records'])}")
-        par = g["parallel"]
-        if par.get("argon2_all_cores_per_s"):
-            print(f"  argon2: one hash {par['argon2_hash_ms']:.1f} ms (fastest timed), limit {par['argon2_limit_per_s']:.0f}/s; "
-                  f"every core hashing at once, nothing else running: {par['argon2_all_cores_per_s']:.0f}/s "
-                  f"({ratio(par['argon2_all_cores_per_s'], par['argon2_limit_per_s']):.2f} of the limit)")
-        for name, value, target, met in goal_rows(g, etcd, odht):
-            print(f"  {name:<48} {value:6.2f}  goal {target:<6} {met}")
+        reg = g["register"]
+        if reg.get("argon2_all_cores_per_s"):
+            print(f"  argon2: one hash {reg['argon2_hash_ms']:.1f} ms (fastest timed), limit {reg['argon2_limit_per_s']:.0f}/s; "
+                  f"every core hashing at once, nothing else running: {reg['argon2_all_cores_per_s']:.0f}/s "
+                  f"({ratio(reg['argon2_all_cores_per_s'], reg['argon2_limit_per_s']):.2f} of the limit)")
+        print(f"  {'goal (median of the rounds; lowest-highest)':<48} {'ratio':>6}")
+        for name, value, low, high, target, met in goal_rows(g, odht):
+            spread = f"({low:.2f}-{high:.2f})" if high > low else ""
+            print(f"  {name:<48} {value:6.2f} {spread:<12}  goal {target:<6} {met}")
 
 
 def machine():
@@ -380,7 +471,9 @@ def main():
     parser.add_argument("--users", type=int, default=960,
                         help="accounts registered, logged in, moved, looked up (30 per thread at 32"
                              " threads, so the register phase is not mostly its ramp-down)")
-    parser.add_argument("--duration-secs", type=int, default=10, help="lookup phase length")
+    parser.add_argument("--duration-secs", type=int, default=10, help="length of each timed phase")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per transport, each the gestor phases then etcd's (median reported)")
     parser.add_argument("--preload", type=int, default=0, help="accounts imported first (e.g. 1000000)")
     parser.add_argument("--skip-etcd", action="store_true")
     parser.add_argument("--skip-opendht", action="store_true")
@@ -388,6 +481,8 @@ def main():
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     # SIGTERM (e.g. `timeout`) ends the run through the `finally` below, so
     # no gestor, etcd or OpenDHT process is left behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -397,10 +492,10 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="gestor-bench-"))
     results = {"machine": machine(), "gestor": []}
     try:
+        etcd = None if args.skip_etcd else Etcd(work)
         for transport in args.transport.split(","):
-            results["gestor"].append(measure_gestor(work, args, transport.strip()))
-        if not args.skip_etcd:
-            results["etcd"] = measure_etcd(work, args)
+            results["gestor"].append(measure_gestor(work, args, transport.strip(), etcd))
+        stop_all()
         if not args.skip_opendht:
             results["opendht"] = measure_opendht(args)
     finally:

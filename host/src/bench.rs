@@ -22,6 +22,7 @@ use gestor_secure::SecureLayer;
 use rand::Rng;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -307,15 +308,7 @@ where
                                 lat.push(t0.elapsed());
                                 hops += h as u64;
                             }
-                            Some(Err(ClientError::Remote(e)))
-                                if matches!(
-                                    e.code,
-                                    gestor_sdk::ErrorCode::Busy
-                                        | gestor_sdk::ErrorCode::RateLimited
-                                ) =>
-                            {
-                                busy += 1
-                            }
+                            Some(Err(e)) if is_shed(&e) => busy += 1,
                             Some(Err(_)) => errors += 1,
                         }
                         i += 1;
@@ -350,21 +343,51 @@ fn register_users(o: &BenchOptions) -> Phase {
     })
 }
 
+/// Attempts for one user in a once-per-user phase after the gestor shed
+/// the load (`busy`, `rate_limited`: "try again later"). Every user must end
+/// up registered and logged in, or the later phases would look up users that
+/// do not exist and count those lookups as errors.
+const SHED_ATTEMPTS: u32 = 8;
+
+fn is_shed(e: &ClientError) -> bool {
+    matches!(e, ClientError::Remote(e) if matches!(
+        e.code,
+        gestor_sdk::ErrorCode::Busy | gestor_sdk::ErrorCode::RateLimited
+    ))
+}
+
 /// Run `work(client, n, name)` once for every bench user `n` (each thread
-/// takes every threads-th one). Bounded by the user count, with a generous
-/// time cap.
+/// takes every threads-th one), retrying a shed attempt after a growing
+/// pause, as a client should; the user's latency includes its retries, and
+/// the phase's `busy` counts the shed attempts. Bounded by the user count
+/// and [`SHED_ATTEMPTS`], with a generous time cap.
 fn every_user_once<F>(o: &BenchOptions, work: F) -> Phase
 where
     F: Fn(&mut Client, u64, &str) -> Result<u32, ClientError> + Send + Sync + Copy,
 {
     let (users, threads, prefix) = (o.users, o.threads, o.prefix.as_str());
-    run_threads(o, o.threads, Duration::from_secs(600), move |c, t, i| {
+    let shed = AtomicU64::new(0);
+    let shed_count = &shed;
+    let mut phase = run_threads(o, o.threads, Duration::from_secs(600), move |c, t, i| {
         let n = t as u64 + i * threads as u64;
         if n >= users as u64 {
             return None;
         }
-        Some(work(c, n, &format!("{prefix}{n}")))
-    })
+        let name = format!("{prefix}{n}");
+        let mut attempt = 1;
+        loop {
+            match work(c, n, &name) {
+                Err(e) if is_shed(&e) && attempt < SHED_ATTEMPTS => {
+                    shed_count.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(25 << attempt.min(6)));
+                    attempt += 1;
+                }
+                result => return Some(result),
+            }
+        }
+    });
+    phase.busy += shed.into_inner();
+    phase
 }
 
 /// Lookups of random bench users, until `duration` has passed.
