@@ -115,6 +115,9 @@ pub struct TransportSection {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSection {
     pub backend: StorageKind,
+    /// User records kept in memory in front of the store (most recently
+    /// read; a change drops the copy); 0 turns the cache off.
+    pub cache_records: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,6 +179,7 @@ impl Default for StorageSection {
     fn default() -> Self {
         StorageSection {
             backend: StorageKind::Sqlite,
+            cache_records: 20_000,
         }
     }
 }

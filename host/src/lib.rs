@@ -17,5 +17,6 @@ pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod out;
+pub mod record_cache;
 pub mod runtime;
 pub mod security;

@@ -794,6 +794,7 @@ fn open_backends(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn Transport>)
             config.node.data_dir.display()
         )
     })?;
+    let store = crate::record_cache::CachedStore::wrap(store, config.storage.cache_records);
     let mut transport = build_transport(config.transport.backend);
     if let Some(path) = &config.transport.fault_file {
         tracing::warn!(file = %path.display(), "fault injection enabled: URLs listed there are unreachable");
