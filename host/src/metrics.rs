@@ -17,6 +17,7 @@
 //!   target, mailbox items, the directory's password-hash slots, the secure
 //!   layer's counters — turned into gauges and counters, never re-derived.
 
+use crate::record_cache::CachedStore;
 use gestor_api::node::{NodeStatus, SecurityStatus};
 use gestor_api::status::{self, DirectoryStatus, MailboxStatus, ReplicaStatus, RingStatus};
 use gestor_sdk::ErrorCode;
@@ -27,7 +28,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 /// Label for a kind nobody declared or registered (anything a peer made up).
@@ -142,6 +143,8 @@ pub struct Metrics {
     /// Kinds registered by plugins that `gestor-api` does not declare,
     /// interned once each (bounded by [`MAX_PLUGIN_KINDS`]).
     plugin_kinds: RwLock<HashMap<String, &'static str>>,
+    /// The record cache in front of the store, when it is on.
+    record_cache: OnceLock<Arc<CachedStore>>,
 }
 
 impl Default for Metrics {
@@ -207,7 +210,13 @@ impl Metrics {
             fast_path,
             api_kinds: gestor_api::all().iter().map(|k| k.name).collect(),
             plugin_kinds: RwLock::new(HashMap::new()),
+            record_cache: OnceLock::new(),
         }
+    }
+
+    /// Report `cache`'s size, hits and misses with every scrape.
+    pub fn watch_record_cache(&self, cache: Arc<CachedStore>) {
+        let _ = self.record_cache.set(cache);
     }
 
     /// A plugin registered `kind`: give it a label of its own if
@@ -338,6 +347,28 @@ impl Metrics {
             &mut out,
             &encode_status(status, ready),
         );
+        if let Some(cache) = self.record_cache.get() {
+            let (stats, mut r) = (cache.stats(), Registry::with_prefix("gestor"));
+            gauge(
+                &mut r,
+                "record_cache_records",
+                "User records held by the cache in front of the store (storage.cache_records)",
+                stats.records as i64,
+            );
+            counter(
+                &mut r,
+                "record_cache_hits",
+                "Store reads answered from the record cache",
+                stats.hits,
+            );
+            counter(
+                &mut r,
+                "record_cache_misses",
+                "Store reads the record cache passed to the store",
+                stats.misses,
+            );
+            let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &r);
+        }
         out
     }
 }

@@ -35,6 +35,16 @@ pub struct CachedStore {
     cached: Mutex<Cached>,
 }
 
+impl std::fmt::Debug for CachedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedStore")
+            .field("backend", &self.inner.backend())
+            .field("capacity", &self.capacity)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
 /// What the cache has done (the tests read it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStats {
@@ -44,15 +54,6 @@ pub struct CacheStats {
 }
 
 impl CachedStore {
-    /// `inner` behind a cache of at most `capacity` records; 0 returns
-    /// `inner` itself.
-    pub fn wrap(inner: Arc<dyn Store>, capacity: usize) -> Arc<dyn Store> {
-        match capacity {
-            0 => inner,
-            _ => Arc::new(Self::new(inner, capacity)),
-        }
-    }
-
     pub fn new(inner: Arc<dyn Store>, capacity: usize) -> Self {
         CachedStore {
             inner,

@@ -11,6 +11,7 @@
 use crate::config::Config;
 use crate::loader::{self, LoadedPlugin};
 use crate::metrics::{Metrics, OriginLabel, SignalDrop};
+use crate::record_cache::CachedStore;
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use gestor_api::node::{self, NodeStatus, SecurityStatus};
@@ -784,9 +785,17 @@ impl Host for HostCore {
     }
 }
 
-/// The configured store, and the transport (behind the fault injector when
-/// `transport.fault_file` is set).
-fn open_backends(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn Transport>)> {
+struct Backends {
+    /// The configured store, behind the record cache when that is on.
+    store: Arc<dyn Store>,
+    cache: Option<Arc<CachedStore>>,
+    transport: Arc<dyn Transport>,
+}
+
+/// The configured store (behind the record cache unless
+/// `storage.cache_records` is 0), and the transport (behind the fault
+/// injector when `transport.fault_file` is set).
+fn open_backends(config: &Config) -> Result<Backends> {
     let store = open_store(config.storage.backend, &config.node.data_dir).with_context(|| {
         format!(
             "refusing to start: the {} store in {} cannot be used",
@@ -794,7 +803,16 @@ fn open_backends(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn Transport>)
             config.node.data_dir.display()
         )
     })?;
-    let store = crate::record_cache::CachedStore::wrap(store, config.storage.cache_records);
+    let cache = (config.storage.cache_records > 0).then(|| {
+        Arc::new(CachedStore::new(
+            store.clone(),
+            config.storage.cache_records,
+        ))
+    });
+    let store = match &cache {
+        Some(cache) => cache.clone() as Arc<dyn Store>,
+        None => store,
+    };
     let mut transport = build_transport(config.transport.backend);
     if let Some(path) = &config.transport.fault_file {
         tracing::warn!(file = %path.display(), "fault injection enabled: URLs listed there are unreachable");
@@ -803,7 +821,11 @@ fn open_backends(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn Transport>)
             crate::faults::FaultRules::new(path.clone()),
         ));
     }
-    Ok((store, transport))
+    Ok(Backends {
+        store,
+        cache,
+        transport,
+    })
 }
 
 /// Load the configured plugins (not started yet).
@@ -928,9 +950,13 @@ impl Node {
         let request_url = config.advertise_url();
         let signal_url = config.advertised_signal_url()?;
         let bind_signal = config.signal_url()?;
-        let (store, transport) = open_backends(config)?;
-        let secure = crate::security::node_layer(config, transport, &request_url, &signal_url)?;
-        let core = Arc::new(HostCore::new(config, secure.clone(), store)?);
+        let backends = open_backends(config)?;
+        let secure =
+            crate::security::node_layer(config, backends.transport, &request_url, &signal_url)?;
+        let core = Arc::new(HostCore::new(config, secure.clone(), backends.store)?);
+        if let Some(cache) = backends.cache {
+            core.metrics().watch_record_cache(cache);
+        }
         // Load every plugin before binding anything: a bad one stops start-up.
         let plugins = load_plugins(config)?;
         // The HTTP endpoint first: if anything below fails, dropping it stops it.

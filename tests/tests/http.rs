@@ -165,6 +165,12 @@ fn metrics_move_under_lookup_load(transport: TransportKind, storage: StorageKind
     stop.store(true, Ordering::SeqCst);
     load.join().expect("load thread");
     assert!(done.load(Ordering::SeqCst) > 0);
+    // The owners answered the repeated lookups from their record caches.
+    let cache_hits: f64 = https
+        .iter()
+        .map(|h| sample(&scrape(h), "gestor_record_cache_hits_total"))
+        .sum();
+    assert!(cache_hits > 0.0, "no record cache hit on any gestor");
 
     // Histograms filled: a finite bucket holds lookups, the sum is positive,
     // and the +Inf bucket equals the count.
