@@ -33,6 +33,9 @@ pub struct CachedStore {
     inner: Arc<dyn Store>,
     capacity: usize,
     cached: Mutex<Cached>,
+    /// Lets a test land a change after a read and before its fill.
+    #[cfg(test)]
+    between_read_and_fill: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl std::fmt::Debug for CachedStore {
@@ -59,6 +62,8 @@ impl CachedStore {
             inner,
             capacity: capacity.max(1),
             cached: Mutex::new(Cached::default()),
+            #[cfg(test)]
+            between_read_and_fill: Mutex::new(None),
         }
     }
 
@@ -131,6 +136,10 @@ impl Store for CachedStore {
             c.changes
         };
         let read = self.inner.get(username)?;
+        #[cfg(test)]
+        if let Some(change) = self.between_read_and_fill.lock().unwrap().take() {
+            change();
+        }
         if let Some(record) = &read {
             self.fill(record, before);
         }
@@ -261,65 +270,13 @@ mod tests {
         }
     }
 
-    /// A store that, the first time it is read, lets a change through the
-    /// cache land after the read and before the cache is filled.
-    struct ChangeDuringRead {
-        inner: Arc<dyn Store>,
-        change: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    }
-
-    impl Store for ChangeDuringRead {
-        fn backend(&self) -> &'static str {
-            self.inner.backend()
-        }
-        fn put(&self, r: &UserRecord) -> Result<PutOutcome, StoreError> {
-            self.inner.put(r)
-        }
-        fn get(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-            let read = self.inner.get(username);
-            let change = self.change.lock().unwrap().take();
-            if let Some(change) = change {
-                change();
-            }
-            read
-        }
-        fn purge(&self, username: &str) -> Result<bool, StoreError> {
-            self.inner.purge(username)
-        }
-        fn scan_ring(&self, start: u64, end: u64) -> Result<Vec<UserRecord>, StoreError> {
-            self.inner.scan_ring(start, end)
-        }
-        fn count(&self) -> Result<u64, StoreError> {
-            self.inner.count()
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            self.inner.flush()
-        }
-        fn kv_get(&self, ns: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.kv_get(ns, key)
-        }
-        fn kv_put(&self, ns: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-            self.inner.kv_put(ns, key, value)
-        }
-        fn kv_delete(&self, ns: &str, key: &[u8]) -> Result<bool, StoreError> {
-            self.inner.kv_delete(ns, key)
-        }
-        fn kv_scan_prefix(&self, ns: &str, prefix: &[u8]) -> Result<KvPairs, StoreError> {
-            self.inner.kv_scan_prefix(ns, prefix)
-        }
-    }
-
     #[test]
     fn a_read_that_raced_a_change_is_not_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let racing = Arc::new(ChangeDuringRead {
-            inner: sqlite(&dir),
-            change: Mutex::new(None),
-        });
-        let cache = Arc::new(CachedStore::new(racing.clone(), 8));
+        let cache = Arc::new(CachedStore::new(sqlite(&dir), 8));
         cache.put(&user("bo", 10, "127.0.0.1:1")).unwrap();
         let writer = cache.clone();
-        *racing.change.lock().unwrap() = Some(Box::new(move || {
+        *cache.between_read_and_fill.lock().unwrap() = Some(Box::new(move || {
             writer.put(&user("bo", 11, "127.0.0.1:2")).unwrap();
         }));
         // This read saw the old address; the change landed before the fill.
