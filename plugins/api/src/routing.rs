@@ -56,6 +56,25 @@ pub fn forward<K: Kind>(
     body: &K::Request,
     deadline: Duration,
 ) -> Result<(K::Reply, u32), HandlerError> {
+    forward_or_serve::<K>(ctx, username, body, deadline, None)
+}
+
+/// The owner side of `K` in the calling plugin, run directly when the
+/// owner is this gestor.
+pub type ServeHere<'a, K> =
+    &'a dyn Fn(&<K as Kind>::Request) -> Result<<K as Kind>::Reply, HandlerError>;
+
+/// [`forward`], but when this gestor is the owner, `here` serves the request
+/// in the calling plugin: no dispatch through the host, no conversion of the
+/// body to and from a generic CBOR value. Its errors are treated as a remote
+/// owner's would be.
+pub fn forward_or_serve<K: Kind>(
+    ctx: &PluginContext,
+    username: &str,
+    body: &K::Request,
+    deadline: Duration,
+    here: Option<ServeHere<'_, K>>,
+) -> Result<(K::Reply, u32), HandlerError> {
     validate_username(username)?;
     let key = ring_position(username.as_bytes());
     let until = Instant::now() + deadline;
@@ -71,7 +90,7 @@ pub fn forward<K: Kind>(
             ctx.call_local::<ring::Lookup>(&KeyBody { key })
         };
         let last: HandlerError = match owner {
-            Ok(owner) => match ctx.call::<K>(&owner.addr, body, attempt) {
+            Ok(owner) => match call_owner::<K>(ctx, &owner.addr, body, attempt, here) {
                 Ok(rep) => return Ok((rep, owner.hops)),
                 Err(CallError::Remote(e))
                     if e.code != ErrorCode::Unavailable && e.code != ErrorCode::Timeout =>
@@ -99,6 +118,20 @@ pub fn forward<K: Kind>(
         }
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// One attempt at the owner at `addr`: `here` when that is this gestor.
+fn call_owner<K: Kind>(
+    ctx: &PluginContext,
+    addr: &str,
+    body: &K::Request,
+    attempt: Duration,
+    here: Option<ServeHere<'_, K>>,
+) -> Result<K::Reply, CallError> {
+    match here {
+        Some(serve) if addr == ctx.request_url() => serve(body).map_err(CallError::Remote),
+        _ => ctx.call::<K>(addr, body, attempt),
     }
 }
 

@@ -157,14 +157,21 @@ impl Shared {
     }
 
     /// Forward `K` to the gestor responsible for `username` (see
-    /// `gestor_api::routing::forward`), recording the lookup's hops.
-    fn route<K: Kind>(&self, username: &str, body: &K::Request) -> Result<K::Reply, HandlerError>
+    /// `gestor_api::routing::forward_or_serve`), recording the lookup's
+    /// hops; `here` is the owner side, run directly when that is us.
+    fn route<K: Kind>(
+        &self,
+        username: &str,
+        body: &K::Request,
+        here: impl Fn(&K::Request) -> Result<K::Reply, HandlerError>,
+    ) -> Result<K::Reply, HandlerError>
     where
         K::Reply: WithHops,
     {
         let ctx = self.ctx()?;
         let deadline = Duration::from_millis(self.config().forward_timeout_ms);
-        let (mut rep, hops) = routing::forward::<K>(&ctx, username, body, deadline)?;
+        let (mut rep, hops) =
+            routing::forward_or_serve::<K>(&ctx, username, body, deadline, Some(&here))?;
         rep.set_hops(hops);
         Ok(rep)
     }
@@ -639,23 +646,29 @@ impl Shared {
         let s = self.clone();
         ctx.serve::<user::Register>(move |meta, r| {
             s.count_source(meta)?;
-            s.route::<dir::Register>(&r.username, &r)
+            s.route::<dir::Register>(&r.username, &r, |r| s.register(r.clone()))
         })?;
         let s = self.clone();
         ctx.serve::<user::Login>(move |meta, r| {
             s.count_source(meta)?;
-            s.route::<dir::Login>(&r.username, &r)
+            s.route::<dir::Login>(&r.username, &r, |r| s.login(r.clone()))
         })?;
         let s = self.clone();
-        ctx.serve::<user::Lookup>(move |_, r| s.route::<dir::Lookup>(&r.username, &r))?;
+        ctx.serve::<user::Lookup>(move |_, r| {
+            s.route::<dir::Lookup>(&r.username, &r, |r| s.lookup(r.clone()))
+        })?;
         let s = self.clone();
-        ctx.serve::<user::SetAddress>(move |_, r| s.route::<dir::SetAddress>(&r.username, &r))?;
+        ctx.serve::<user::SetAddress>(move |_, r| {
+            s.route::<dir::SetAddress>(&r.username, &r, |r| s.set_address(r.clone()))
+        })?;
         let s = self.clone();
-        ctx.serve::<user::Logout>(move |_, r| s.route::<dir::Logout>(&r.username, &r))?;
+        ctx.serve::<user::Logout>(move |_, r| {
+            s.route::<dir::Logout>(&r.username, &r, |r| s.logout(r.clone()))
+        })?;
         let s = self.clone();
         ctx.serve::<user::Delete>(move |meta, r| {
             s.count_source(meta)?;
-            s.route::<dir::Delete>(&r.username, &r)
+            s.route::<dir::Delete>(&r.username, &r, |r| s.delete(r.clone()))
         })?;
         Ok(())
     }
