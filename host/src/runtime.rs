@@ -10,7 +10,7 @@
 
 use crate::config::Config;
 use crate::loader::{self, LoadedPlugin};
-use crate::metrics::{Metrics, OriginLabel, SignalDrop};
+use crate::metrics::{KindMeter, Metrics, OriginLabel, SignalDrop};
 use crate::record_cache::CachedStore;
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
@@ -70,6 +70,7 @@ struct Registered {
     /// Tried on the transport's I/O thread first ([`gestor_sdk::Kind::FAST_PATH`]).
     fast_path: bool,
     handler: RequestFn,
+    meter: Arc<KindMeter>,
 }
 
 /// The largest frame [`HostCore::handle_frame_fast`] decodes.
@@ -302,18 +303,13 @@ impl HostCore {
             active: true,
             refused: false,
         });
-        let result = self.dispatch_uncounted(&req.kind, &req.body, origin);
+        let (result, meter) = self.dispatch_uncounted(&req.kind, &req.body, origin);
         let state = ON_IO_THREAD.replace(outer);
         self.metrics.fast_path(&req.kind, !state.refused);
         if state.refused {
             return None;
         }
-        self.metrics.request(
-            &req.kind,
-            origin_label(origin),
-            result.as_ref().err().map(|e| e.code),
-            started.elapsed(),
-        );
+        self.count(&req.kind, meter.as_deref(), origin, &result, started);
         Some(self.encode_reply(&Reply::from_result(result)))
     }
 
@@ -358,40 +354,74 @@ impl HostCore {
     /// the host's own `node.*`, passes here.
     fn dispatch(&self, kind: &str, body: &Value, origin: &Origin) -> Result<Value, HandlerError> {
         let started = Instant::now();
-        let result = self.dispatch_uncounted(kind, body, origin);
-        self.metrics.request(
-            kind,
-            origin_label(origin),
-            result.as_ref().err().map(|e| e.code),
-            started.elapsed(),
-        );
+        let (result, meter) = self.dispatch_uncounted(kind, body, origin);
+        self.count(kind, meter.as_deref(), origin, &result, started);
         result
     }
 
+    /// Count one request in the metrics: through its kind's meter when it
+    /// has a handler, by label otherwise.
+    fn count(
+        &self,
+        kind: &str,
+        meter: Option<&KindMeter>,
+        origin: &Origin,
+        result: &Result<Value, HandlerError>,
+        started: Instant,
+    ) {
+        let (origin, outcome) = (origin_label(origin), result.as_ref().err().map(|e| e.code));
+        match meter {
+            Some(meter) => self
+                .metrics
+                .metered(meter, origin, outcome, started.elapsed()),
+            None => self
+                .metrics
+                .request(kind, origin, outcome, started.elapsed()),
+        }
+    }
+
+    /// Authorize and run `kind`'s handler; with the result, the kind's
+    /// meter when a plugin serves it.
     fn dispatch_uncounted(
         &self,
         kind: &str,
         body: &Value,
         origin: &Origin,
-    ) -> Result<Value, HandlerError> {
+    ) -> (Result<Value, HandlerError>, Option<Arc<KindMeter>>) {
         if kind == node::Status::NAME {
-            return Ok(to_value(&self.status()));
+            return (Ok(to_value(&self.status())), None);
         }
         if kind == node::Ping::NAME {
-            return Ok(to_value("pong"));
+            return (Ok(to_value("pong")), None);
         }
-        let (handler, class) = {
+        let (handler, class, meter) = {
             let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
             match handlers.get(kind) {
-                Some(r) => (r.handler.clone(), r.class),
+                Some(r) => (r.handler.clone(), r.class, r.meter.clone()),
                 None => {
-                    return Err(HandlerError::new(
+                    let error = HandlerError::new(
                         ErrorCode::UnknownKind,
                         format!("no handler for request kind {kind:?}"),
-                    ))
+                    );
+                    return (Err(error), None);
                 }
             }
         };
+        (
+            self.authorized_call(kind, class, &handler, body, origin),
+            Some(meter),
+        )
+    }
+
+    /// `handler` for `kind` of `class`, if `origin` may call it.
+    fn authorized_call(
+        &self,
+        kind: &str,
+        class: KindClass,
+        handler: &RequestFn,
+        body: &Value,
+        origin: &Origin,
+    ) -> Result<Value, HandlerError> {
         // Authorization, before any plugin sees the request.
         if let Origin::Network(peer) = origin {
             let refusal = match class {
@@ -671,6 +701,7 @@ impl Host for HostCore {
                 class,
                 fast_path,
                 handler,
+                meter: Arc::new(self.metrics.meter(kind)),
             },
         );
         tracing::debug!(plugin, kind, %class, fast_path, "request kind registered");
