@@ -30,6 +30,15 @@ const TABLE_MAX_AGE: Duration = Duration::from_secs(10);
 /// Not more often than this, however stale: a ring that keeps changing
 /// must not turn every request into two.
 const TABLE_MIN_INTERVAL: Duration = Duration::from_millis(500);
+/// The longest a request sent straight to the owner the table names waits
+/// for it, when the client's timeout is longer. A killed gestor stays in
+/// tables until the ring notices, and REQ sockets give no sign that the
+/// peer is gone, so without this one stale route cost the whole timeout
+/// before the request went to another gestor. It is above the longest a
+/// live owner takes before it answers `busy` (a registration waits up to
+/// 2 s for a hashing slot), so a slow owner is not mistaken for a dead
+/// one and sent the request twice.
+pub const OWNER_ATTEMPT: Duration = Duration::from_secs(3);
 
 /// How one-hop routing went for a client (tests and the bench read it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -320,7 +329,12 @@ impl Client {
         let mut rest: Option<std::vec::IntoIter<String>> = None;
         let mut next = Some(first.clone());
         while let Some(url) = next.take() {
-            match self.send_to::<T>(&url, frame) {
+            let timeout = if preferred == Some(url.as_str()) {
+                self.timeout.min(OWNER_ATTEMPT)
+            } else {
+                self.timeout
+            };
+            match self.send_to::<T>(&url, frame, timeout) {
                 Ok((reply, answered_by)) => {
                     if !reply.initial_gestors.is_empty()
                         && reply.initial_gestors != self.initial_gestors
@@ -381,6 +395,7 @@ impl Client {
         &mut self,
         url: &str,
         frame: &[u8],
+        timeout: Duration,
     ) -> Result<(ReplyOf<T>, Option<String>), ClientError> {
         if !self.requesters.contains_key(url) {
             let r = if self.to_client_endpoint {
@@ -391,7 +406,7 @@ impl Client {
             self.requesters.insert(url.to_string(), r);
         }
         let requester = self.requesters.get_mut(url).ok_or(TransportError::Closed)?;
-        match requester.request(frame, self.timeout) {
+        match requester.request(frame, timeout) {
             Ok(bytes) => {
                 let answered_by = peek_text(&bytes, &["body", "gestor"]).map(str::to_string);
                 decode_reply(&bytes)
