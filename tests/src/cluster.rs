@@ -130,7 +130,11 @@ static BUILD: Once = Once::new();
 
 /// Make sure the binary and every plugin are built, in this test's profile.
 /// `cargo test` builds no cdylib that no test links, so we ask cargo here
-/// (a no-op when `./bootstrap test` already built the workspace).
+/// (a no-op when `./bootstrap test` already built the workspace). With
+/// `--all-targets`, as `./bootstrap` builds: the plugins' unit tests turn on
+/// dev-only features of shared crates, so a build without it compiled every
+/// plugin again (30–60 s of the suite) and swapped the plugin files the
+/// tests load.
 pub fn ensure_built() {
     BUILD.call_once(|| {
         if std::env::var_os("GESTOR_TESTS_NO_BUILD").is_some() {
@@ -138,7 +142,7 @@ pub fn ensure_built() {
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--workspace", "--quiet"]);
+        cmd.args(["build", "--workspace", "--all-targets", "--quiet"]);
         if target_dir().ends_with("release") {
             cmd.arg("--release");
         }
