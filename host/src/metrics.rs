@@ -282,29 +282,31 @@ impl Metrics {
         let kind = meter.kind;
         match outcome {
             None => meter.ok[origin as usize]
-                .get_or_init(|| {
-                    self.requests
-                        .get_or_create(&RequestLabels {
-                            kind,
-                            origin: origin.as_str(),
-                            outcome: "ok",
-                        })
-                        .clone()
-                })
+                .get_or_init(|| self.requests_counter(kind, origin, None))
                 .inc(),
-            Some(code) => self
-                .requests
-                .get_or_create(&RequestLabels {
-                    kind,
-                    origin: origin.as_str(),
-                    outcome: code.as_str(),
-                })
-                .inc(),
+            Some(_) => self.requests_counter(kind, origin, outcome).inc(),
         };
         meter
             .latency
             .get_or_init(|| self.latency.get_or_create(&KindLabel { kind }).clone())
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The `gestor_requests_total` series of `kind` from `origin` ending
+    /// in `outcome` (`None` = ok).
+    fn requests_counter(
+        &self,
+        kind: &'static str,
+        origin: OriginLabel,
+        outcome: Option<ErrorCode>,
+    ) -> Counter {
+        self.requests
+            .get_or_create(&RequestLabels {
+                kind,
+                origin: origin.as_str(),
+                outcome: outcome.map_or("ok", ErrorCode::as_str),
+            })
+            .clone()
     }
 
     /// One request of `kind` handled in `elapsed`, ending in `outcome`
@@ -317,13 +319,7 @@ impl Metrics {
         elapsed: Duration,
     ) {
         let kind = self.kind_label(kind);
-        self.requests
-            .get_or_create(&RequestLabels {
-                kind,
-                origin: origin.as_str(),
-                outcome: outcome.map_or("ok", ErrorCode::as_str),
-            })
-            .inc();
+        self.requests_counter(kind, origin, outcome).inc();
         self.latency
             .get_or_create(&KindLabel { kind })
             .observe(elapsed.as_secs_f64());
