@@ -450,6 +450,7 @@ mod tests {
             lookups: 0,
             lookup_hops: 0,
             virtual_nodes: Vec::new(),
+            leave_splices: 0,
         };
         let replica = ReplicaStatus {
             copies: 3,

@@ -33,6 +33,10 @@ pub struct RingStatus {
     /// above (`id`) first; one when `ring.virtual_nodes` is 1.
     #[serde(default)]
     pub virtual_nodes: Vec<Neighbourhood>,
+    /// Leave notices from other gestors that changed a virtual node's
+    /// neighbours, since start.
+    #[serde(default)]
+    pub leave_splices: u64,
 }
 
 /// `status.directory`.

@@ -158,6 +158,10 @@ pub struct Node {
     /// Past successors, for merge probes after a partition.
     seen: VecDeque<Peer>,
     suspects: BTreeMap<Id, Suspect>,
+    /// Leave notices from another node that changed our neighbours: how a
+    /// test tells a ring closed by notices from one closed by failure
+    /// detection.
+    leave_splices: u64,
 }
 
 impl Node {
@@ -186,6 +190,7 @@ impl Node {
             merge_cursor: 0,
             seen: VecDeque::new(),
             suspects: BTreeMap::new(),
+            leave_splices: 0,
         }
     }
 
@@ -481,9 +486,11 @@ impl Node {
         if leaver.id == self.me.id {
             return;
         }
+        let mut spliced = false;
         // We are the leaver's successor: its predecessor becomes ours.
         if self.predecessor.as_ref().map(|p| p.id) == Some(leaver.id) {
             self.predecessor = their_pred.filter(|p| p.id != self.me.id && p.id != leaver.id);
+            spliced = true;
         }
         // We are (one of) its predecessors: our entries before it, then its
         // (fresher) list. The ordered-prefix rule cuts the part of its list
@@ -498,6 +505,10 @@ impl Node {
             if self.successors.is_empty() {
                 self.successors = vec![self.me.clone()];
             }
+            spliced = true;
+        }
+        if spliced {
+            self.leave_splices += 1;
         }
         self.drop_finger(leaver.id);
     }
@@ -1274,6 +1285,11 @@ impl Node {
         &self.config
     }
 
+    /// Leave notices that changed this node's predecessor or successors.
+    pub fn leave_splices(&self) -> u64 {
+        self.leave_splices
+    }
+
     pub fn predecessor(&self) -> Option<&Peer> {
         self.predecessor.as_ref()
     }
@@ -1661,7 +1677,22 @@ mod tests {
         }
         assert_eq!(ids(&pred), vec![300, 400]);
         assert_eq!(succ.predecessor(), Some(&p(100)));
+        assert_eq!((pred.leave_splices(), succ.leave_splices()), (1, 1));
         assert_eq!(leaver.handle(None, Request::Ping, 0), Response::NotInRing);
+    }
+
+    #[test]
+    fn leaving_notice_from_a_stranger_changes_nothing() {
+        let mut n = member(100, &[300, 400], Some(400));
+        let notice = Request::Leaving {
+            leaver: p(200),
+            predecessor: Some(p(100)),
+            successors: vec![p(300)],
+        };
+        assert_eq!(n.handle(None, notice, 0), Response::Ack);
+        assert_eq!(ids(&n), vec![300, 400]);
+        assert_eq!(n.predecessor(), Some(&p(400)));
+        assert_eq!(n.leave_splices(), 0);
     }
 
     #[test]

@@ -745,6 +745,7 @@ impl Shared {
             lookups: stats.0,
             lookup_hops: stats.1,
             virtual_nodes: nodes.iter().map(neighbourhood).collect(),
+            leave_splices: nodes.iter().map(Node::leave_splices).sum(),
         }
     }
 }
