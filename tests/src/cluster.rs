@@ -143,6 +143,28 @@ pub fn ensure_built() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--workspace", "--all-targets", "--quiet"]);
+        // Cargo runs a test with the package's own variables set. A build
+        // script that watches one of them (`ring`'s watches
+        // CARGO_MANIFEST_DIR) would then see it change, and the build
+        // from here would recompile half the workspace — and the next
+        // build from outside, the other half back.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_BIN_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                ]
+                .contains(&name.as_ref())
+            {
+                cmd.env_remove(name.as_ref());
+            }
+        }
         if target_dir().ends_with("release") {
             cmd.arg("--release");
         }
