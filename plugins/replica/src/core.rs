@@ -36,6 +36,10 @@ pub struct ReplicaConfig {
     pub queue_records: usize,
     /// Records sent to one holder in one message at most.
     pub batch_records: usize,
+    /// How long a background copy (to a holder beyond the `ack_copies` a
+    /// write waits for) may wait to share a message and a flush with the
+    /// next copy to the same holder; 0 sends it at once.
+    pub background_linger_ms: u64,
 }
 
 impl Default for ReplicaConfig {
@@ -51,6 +55,7 @@ impl Default for ReplicaConfig {
             sender_threads: 4,
             queue_records: 4_096,
             batch_records: 256,
+            background_linger_ms: 50,
         }
     }
 }

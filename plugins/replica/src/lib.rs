@@ -157,6 +157,7 @@ impl Shared {
             config.sender_threads,
             config.queue_records,
             config.batch_records,
+            Duration::from_millis(config.background_linger_ms),
             Box::new(move |to: &PeerRef, records: &[UserRecord]| {
                 send_copy(&sender_ctx, &from, timeout, to, records).map_err(|e| e.to_string())
             }),

@@ -7,12 +7,18 @@
 //! flushed there. At most one batch per holder is in flight, and a holder's
 //! queue holds at most `queue_records`: a write that finds it full is
 //! refused, nothing grows without bound.
+//!
+//! Background copies (the holders beyond those a write waits for) linger:
+//! a queue holding only them is sent once its oldest has waited `linger`,
+//! or at once when a waited-for copy to the same holder arrives, which
+//! they then ride with. So the extra copy rarely costs a round trip or a
+//! flush of its own.
 
 use gestor_api::ring::PeerRef;
 use gestor_sdk::UserRecord;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -70,6 +76,8 @@ struct HolderQueue {
     jobs: VecDeque<Job>,
     queued: usize,
     in_flight: bool,
+    /// Only background jobs queued, not in `due`: when to send them anyway.
+    lingering_until: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -93,15 +101,18 @@ pub struct Pipeline {
     send: Box<SendFn>,
     queue_records: usize,
     batch_records: usize,
+    linger: Duration,
     stats: Mutex<PipelineStats>,
 }
 
 impl Pipeline {
-    /// A pool of `threads` senders.
+    /// A pool of `threads` senders; background copies wait up to `linger`
+    /// for company.
     pub fn start(
         threads: usize,
         queue_records: usize,
         batch_records: usize,
+        linger: Duration,
         send: Box<SendFn>,
     ) -> Arc<Self> {
         let pipeline = Arc::new(Pipeline {
@@ -110,6 +121,7 @@ impl Pipeline {
             send,
             queue_records: queue_records.max(1),
             batch_records: batch_records.max(1),
+            linger,
             stats: Mutex::new(PipelineStats::default()),
         });
         for i in 0..threads.max(1) {
@@ -143,6 +155,7 @@ impl Pipeline {
                 jobs: VecDeque::new(),
                 queued: 0,
                 in_flight: false,
+                lingering_until: None,
             });
         // An oversized job is accepted into an empty queue, so a big
         // import batch is never refused for its size alone.
@@ -151,10 +164,20 @@ impl Pipeline {
         }
         q.queued += records.len();
         q.peer = holder.clone();
+        let waited_for = waiter.is_some();
         q.jobs.push_back(Job { records, waiter });
-        let due = !q.in_flight && q.jobs.len() == 1;
-        if due {
+        // Already due or in flight: the job goes with the next batch.
+        let was_idle = !q.in_flight && (q.jobs.len() == 1 || q.lingering_until.is_some());
+        if !was_idle {
+            return Ok(());
+        }
+        if waited_for || self.linger.is_zero() || q.queued >= self.batch_records {
+            q.lingering_until = None;
             state.due.push_back(holder.addr.clone());
+            self.work.notify_one();
+        } else if q.lingering_until.is_none() {
+            q.lingering_until = Some(Instant::now() + self.linger);
+            // A sender may be asleep with a later deadline.
             self.work.notify_one();
         }
         Ok(())
@@ -215,11 +238,28 @@ impl Pipeline {
             if state.stopping {
                 return None;
             }
+            // Lingering queues whose time is up become due; the earliest
+            // still lingering bounds the sleep. Holders are a few dozen.
+            let now = Instant::now();
+            let mut wake = now + Duration::from_millis(500);
+            let mut expired = Vec::new();
+            for (addr, q) in state.holders.iter_mut() {
+                match q.lingering_until {
+                    Some(t) if t <= now => {
+                        q.lingering_until = None;
+                        expired.push(addr.clone());
+                    }
+                    Some(t) => wake = wake.min(t),
+                    None => {}
+                }
+            }
+            state.due.extend(expired);
             if let Some(addr) = state.due.pop_front() {
                 let limit = self.batch_records;
                 let Some(q) = state.holders.get_mut(&addr) else {
                     continue;
                 };
+                q.lingering_until = None;
                 let mut jobs = Vec::new();
                 let mut taken = 0;
                 while let Some(job) = q.jobs.front() {
@@ -235,7 +275,7 @@ impl Pipeline {
             }
             state = self
                 .work
-                .wait_timeout(state, Duration::from_millis(500))
+                .wait_timeout(state, wake.saturating_duration_since(now))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -305,7 +345,7 @@ mod tests {
     #[test]
     fn writes_queued_behind_a_batch_share_the_next_one() {
         let (open, sizes, send) = gated();
-        let pool = Pipeline::start(2, 100, 50, send);
+        let pool = Pipeline::start(2, 100, 50, Duration::ZERO, send);
         let waiters: Vec<Arc<Waiter>> = (0..21).map(|_| Waiter::new()).collect();
         for (i, w) in waiters.iter().enumerate() {
             pool.enqueue(&peer(1), vec![rec(i)], Some(w.clone()))
@@ -326,10 +366,79 @@ mod tests {
         pool.stop();
     }
 
+    /// (holder port, batch size) of every batch sent.
+    type Sent = Arc<Mutex<Vec<(u64, usize)>>>;
+
+    /// A sender that records every batch and answers at once.
+    fn recording() -> (Sent, Box<SendFn>) {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let s = sent.clone();
+        let send: Box<SendFn> = Box::new(move |p: &PeerRef, r: &[UserRecord]| {
+            lock(&s).push((p.id, r.len()));
+            Ok(())
+        });
+        (sent, send)
+    }
+
+    #[test]
+    fn background_copies_ride_with_the_next_waited_for_copy() {
+        let (sent, send) = recording();
+        let pool = Pipeline::start(2, 100, 50, Duration::from_secs(30), send);
+        for i in 0..3 {
+            pool.enqueue(&peer(1), vec![rec(i)], None).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(lock(&sent).is_empty(), "background copies linger");
+        let w = Waiter::new();
+        pool.enqueue(&peer(1), vec![rec(3)], Some(w.clone()))
+            .unwrap();
+        assert_eq!(
+            w.wait(1, Duration::from_secs(5)),
+            vec![(peer(1).addr, Ok(()))]
+        );
+        assert_eq!(*lock(&sent), vec![(1, 4)], "one batch carried all four");
+        pool.stop();
+    }
+
+    #[test]
+    fn background_copies_alone_go_out_after_the_linger() {
+        let (sent, send) = recording();
+        let pool = Pipeline::start(1, 100, 50, Duration::from_millis(40), send);
+        let queued = Instant::now();
+        pool.enqueue(&peer(1), vec![rec(0)], None).unwrap();
+        pool.enqueue(&peer(1), vec![rec(1)], None).unwrap();
+        pool.enqueue(&peer(2), vec![rec(2)], None).unwrap();
+        while lock(&sent).len() < 2 {
+            assert!(queued.elapsed() < Duration::from_secs(5), "never sent");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(queued.elapsed() >= Duration::from_millis(40));
+        let mut got = lock(&sent).clone();
+        got.sort();
+        assert_eq!(got, vec![(1, 2), (2, 1)]);
+        pool.stop();
+    }
+
+    #[test]
+    fn a_full_batch_of_background_copies_does_not_linger() {
+        let (sent, send) = recording();
+        let pool = Pipeline::start(1, 100, 3, Duration::from_secs(30), send);
+        let started = Instant::now();
+        for i in 0..3 {
+            pool.enqueue(&peer(1), vec![rec(i)], None).unwrap();
+        }
+        while lock(&sent).is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(5), "never sent");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(*lock(&sent), vec![(1, 3)]);
+        pool.stop();
+    }
+
     #[test]
     fn virtual_nodes_of_one_gestor_share_its_queue() {
         let (open, sizes, send) = gated();
-        let pool = Pipeline::start(2, 100, 50, send);
+        let pool = Pipeline::start(2, 100, 50, Duration::ZERO, send);
         let at = |id| PeerRef {
             id,
             addr: peer(1).addr,
@@ -355,7 +464,7 @@ mod tests {
     #[test]
     fn full_queue_refuses_and_failures_reach_the_waiter() {
         let (open, _, send) = gated();
-        let pool = Pipeline::start(1, 3, 10, send);
+        let pool = Pipeline::start(1, 3, 10, Duration::ZERO, send);
         let w = Waiter::new();
         pool.enqueue(&peer(666), vec![rec(0)], Some(w.clone()))
             .unwrap();
@@ -381,7 +490,7 @@ mod tests {
     #[test]
     fn stop_fails_queued_waiters() {
         let (_open, _, send) = gated();
-        let pool = Pipeline::start(1, 100, 1, send);
+        let pool = Pipeline::start(1, 100, 1, Duration::ZERO, send);
         pool.enqueue(&peer(1), vec![rec(0)], None).unwrap();
         let w = Waiter::new();
         pool.enqueue(&peer(1), vec![rec(1)], Some(w.clone()))
