@@ -148,7 +148,7 @@ def positions(ring_status):
 class Ring:
     """N secure gestores on 127.0.0.1, joined through the first."""
 
-    def __init__(self, work, transport, nodes, storage, virtual_nodes):
+    def __init__(self, work, transport, nodes, storage, virtual_nodes, extra_config=""):
         self.dir = work / f"ring-{transport}"
         self.dir.mkdir()
         self.transport = transport
@@ -161,7 +161,9 @@ class Ring:
         config.write_text("[plugins.config.gestor_directory]\n"
                           "password_attempts_per_source_per_minute = 0\n"
                           "[plugins.config.gestor_ring]\n"
-                          f"virtual_nodes = {virtual_nodes}\n")
+                          f"virtual_nodes = {virtual_nodes}\n"
+                          # Tables of other plugins, for A/B runs (ab.py).
+                          + extra_config)
         ports = free_ports(2 * nodes)
         self.urls, self.children = [], []
         for i in range(nodes):

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""A/B of two gestor settings, on fresh rings, alternating.
+
+Each round starts one ring per setting (the order alternates between rounds,
+so a drift of the machine does not favour one side), registers and logs in
+the bench users, runs the chosen phases of `gestor bench`, and stops the
+ring. Prints every round and each side's mean. Uses the release build that
+run.py uses (cargo build --release --workspace first).
+
+    python3 examples/bench/ab.py --phases set_address \\
+        --a '[plugins.config.gestor_replica]
+    background_linger_ms = 0' --b ''
+
+A setting is TOML appended to the bench ring's gestor.toml: tables other
+than [plugins.config.gestor_directory] and [plugins.config.gestor_ring],
+which the ring writes itself.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+import run as bench
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--a", required=True, help="TOML for side A ('' = defaults)")
+    ap.add_argument("--b", required=True, help="TOML for side B ('' = defaults)")
+    ap.add_argument("--phases", default="set_address",
+                    help="measured phases (register and login run first anyway)")
+    ap.add_argument("--transport", default="zmq")
+    ap.add_argument("--storage", default="sqlite")
+    ap.add_argument("--gestores", type=int, default=8)
+    ap.add_argument("--virtual-nodes", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=32)
+    ap.add_argument("--users", type=int, default=960)
+    ap.add_argument("--duration-secs", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    if not bench.GESTOR.exists():
+        raise SystemExit(f"ab: {bench.GESTOR} missing; cargo build --release --workspace first")
+    measured = [p for p in args.phases.split(",") if p]
+    phases = ",".join(["register", "login"] + [p for p in measured if p not in ("register", "login")])
+    sides = {"A": args.a, "B": args.b}
+    results = {"A": [], "B": []}
+    try:
+        for rnd in range(args.rounds):
+            for side in ("A", "B") if rnd % 2 == 0 else ("B", "A"):
+                work = Path(tempfile.mkdtemp(prefix=f"gestor-ab-{side}-"))
+                ring = bench.Ring(work, args.transport, args.gestores, args.storage,
+                                  args.virtual_nodes, extra_config=sides[side] + "\n")
+                ring.wait_ordered()
+                cmd = [bench.GESTOR, "bench", "--json", "--threads", str(args.threads),
+                       "--users", str(args.users), "--duration-secs", str(args.duration_secs),
+                       "--phases", phases, *ring.client_flags()]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    raise SystemExit(f"ab: gestor bench failed: {out.stderr.strip()}")
+                report = json.loads(out.stdout)["phases"]
+                row = {p: {k: report[p][k] for k in ("per_second", "p50_ms", "errors")}
+                       for p in measured}
+                results[side].append(row)
+                print(f"round {rnd + 1} {side}: {json.dumps(row)}", flush=True)
+                bench.stop_all()
+    finally:
+        bench.stop_all()
+    for p in measured:
+        for side in ("A", "B"):
+            rates = [r[p]["per_second"] for r in results[side]]
+            print(f"{p} {side}: per_second {', '.join(f'{x:,.0f}' for x in rates)} "
+                  f"(mean {statistics.mean(rates):,.0f})")
+
+
+if __name__ == "__main__":
+    main()
