@@ -380,6 +380,15 @@ mod tests {
         (sent, send)
     }
 
+    /// Wait (at most 5 s) until `batches` batches were sent.
+    fn wait_sent(sent: &Sent, batches: usize) {
+        let started = Instant::now();
+        while lock(sent).len() < batches {
+            assert!(started.elapsed() < Duration::from_secs(5), "never sent");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     #[test]
     fn background_copies_ride_with_the_next_waited_for_copy() {
         let (sent, send) = recording();
@@ -408,10 +417,7 @@ mod tests {
         pool.enqueue(&peer(1), vec![rec(0)], None).unwrap();
         pool.enqueue(&peer(1), vec![rec(1)], None).unwrap();
         pool.enqueue(&peer(2), vec![rec(2)], None).unwrap();
-        while lock(&sent).len() < 2 {
-            assert!(queued.elapsed() < Duration::from_secs(5), "never sent");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_sent(&sent, 2);
         assert!(queued.elapsed() >= Duration::from_millis(40));
         let mut got = lock(&sent).clone();
         got.sort();
@@ -423,14 +429,10 @@ mod tests {
     fn a_full_batch_of_background_copies_does_not_linger() {
         let (sent, send) = recording();
         let pool = Pipeline::start(1, 100, 3, Duration::from_secs(30), send);
-        let started = Instant::now();
         for i in 0..3 {
             pool.enqueue(&peer(1), vec![rec(i)], None).unwrap();
         }
-        while lock(&sent).is_empty() {
-            assert!(started.elapsed() < Duration::from_secs(5), "never sent");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_sent(&sent, 1);
         assert_eq!(*lock(&sent), vec![(1, 3)]);
         pool.stop();
     }
