@@ -17,6 +17,7 @@ which the ring writes itself.
 """
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -40,6 +41,7 @@ def main():
     ap.add_argument("--users", type=int, default=960)
     ap.add_argument("--duration-secs", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--keep", action="store_true", help="keep each ring's directory (logs, data)")
     args = ap.parse_args()
     if not bench.GESTOR.exists():
         raise SystemExit(f"ab: {bench.GESTOR} missing; cargo build --release --workspace first")
@@ -66,6 +68,10 @@ def main():
                 results[side].append(row)
                 print(f"round {rnd + 1} {side}: {json.dumps(row)}", flush=True)
                 bench.stop_all()
+                if args.keep:
+                    print(f"round {rnd + 1} {side}: kept {work}", flush=True)
+                else:
+                    shutil.rmtree(work, ignore_errors=True)
     finally:
         bench.stop_all()
     for p in measured:
