@@ -258,6 +258,11 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
         !victim_ids.is_empty(),
         "the victim reports its virtual nodes"
     );
+    // A position whose successor or predecessor is one of the victim's.
+    let beside_victim = |v: &gestor_chord::View| {
+        victim_ids.contains(&v.successors[0])
+            || v.predecessor.is_some_and(|p| victim_ids.contains(&p))
+    };
     // Which other gestors have a victim position beside one of theirs, and
     // how many leave notices each has applied so far.
     let splices_of = |s: &serde_json::Value| {
@@ -273,16 +278,8 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
         .enumerate()
         .filter(|(i, _)| *i != victim)
         .filter_map(|(_, n)| Some((n.url.clone(), ring.status(&n.url)?)))
-        .filter(|(_, s)| {
-            gestor::demo::view_of(s).iter().any(|v| {
-                victim_ids.contains(&v.successors[0])
-                    || v.predecessor.is_some_and(|p| victim_ids.contains(&p))
-            })
-        })
-        .map(|(url, s)| {
-            let before = splices_of(&s);
-            (url, before)
-        })
+        .filter(|(_, s)| gestor::demo::view_of(s).iter().any(beside_victim))
+        .map(|(url, s)| (url, splices_of(&s)))
         .collect();
     assert!(!neighbours.is_empty(), "the victim has neighbours");
     assert_eq!(
@@ -296,19 +293,11 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
     // victim position beside one of its own applied at least one notice.
     // The deadline only bounds the wait; the evidence is the count.
     let closed = |views: &[gestor_chord::View]| -> Result<(), String> {
-        for v in views {
-            if victim_ids.contains(&v.successors[0]) {
-                return Err(format!(
-                    "{:016x} still has the leaver as its successor",
-                    v.id
-                ));
-            }
-            if v.predecessor.is_some_and(|p| victim_ids.contains(&p)) {
-                return Err(format!(
-                    "{:016x} still has the leaver as its predecessor",
-                    v.id
-                ));
-            }
+        if let Some(v) = views.iter().find(|v| beside_victim(v)) {
+            return Err(format!(
+                "{:016x} still has the leaver as its successor or predecessor",
+                v.id
+            ));
         }
         check_invariants(views).map_err(|e| format!("{e:?}"))
     };
