@@ -14,6 +14,14 @@ run.py uses (cargo build --release --workspace first).
 A setting is TOML appended to the bench ring's gestor.toml: tables other
 than [plugins.config.gestor_directory] and [plugins.config.gestor_ring],
 which the ring writes itself.
+
+To compare two builds instead (say the commit before a change and after
+it), give each side its release directory; the settings may then both be
+'':
+
+    git worktree add /tmp/base HEAD~1 && (cd /tmp/base && cargo build --release --workspace)
+    python3 examples/bench/ab.py --a '' --b '' \
+        --a-build /tmp/base/target/release --b-build target/release
 """
 import argparse
 import json
@@ -31,6 +39,9 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--a", required=True, help="TOML for side A ('' = defaults)")
     ap.add_argument("--b", required=True, help="TOML for side B ('' = defaults)")
+    ap.add_argument("--a-build", type=Path, help="release directory of side A's build "
+                    "(gestor and plugins; default: this checkout's target/release)")
+    ap.add_argument("--b-build", type=Path, help="release directory of side B's build")
     ap.add_argument("--phases", default="set_address",
                     help="measured phases (register and login run first anyway)")
     ap.add_argument("--transport", default="zmq")
@@ -43,8 +54,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep each ring's directory (logs, data)")
     args = ap.parse_args()
-    if not bench.GESTOR.exists():
-        raise SystemExit(f"ab: {bench.GESTOR} missing; cargo build --release --workspace first")
+    builds = {"A": (args.a_build or bench.RELEASE).resolve(),
+              "B": (args.b_build or bench.RELEASE).resolve()}
+    for side, build in builds.items():
+        if not (build / "gestor").exists():
+            raise SystemExit(f"ab: {build / 'gestor'} missing (side {side}); "
+                             "cargo build --release --workspace first")
     measured = [p for p in args.phases.split(",") if p]
     phases = ",".join(["register", "login"] + [p for p in measured if p not in ("register", "login")])
     sides = {"A": args.a, "B": args.b}
@@ -53,6 +68,8 @@ def main():
         for rnd in range(args.rounds):
             for side in ("A", "B") if rnd % 2 == 0 else ("B", "A"):
                 work = Path(tempfile.mkdtemp(prefix=f"gestor-ab-{side}-"))
+                # run.py's ring and commands read these at each call.
+                bench.RELEASE, bench.GESTOR = builds[side], builds[side] / "gestor"
                 ring = bench.Ring(work, args.transport, args.gestores, args.storage,
                                   args.virtual_nodes, extra_config=sides[side] + "\n")
                 ring.wait_ordered()

@@ -125,6 +125,14 @@ impl Store for CachedStore {
         outcome
     }
 
+    fn put_batch(&self, records: &[UserRecord]) -> Result<Vec<PutOutcome>, StoreError> {
+        let outcomes = self.inner.put_batch(records);
+        for record in records {
+            self.changed(&record.username);
+        }
+        outcomes
+    }
+
     fn get(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
         let before = {
             let mut c = self.lock();

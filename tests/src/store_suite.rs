@@ -66,6 +66,7 @@ macro_rules! store_suite {
                 round_trip_every_field,
                 empty_username_is_invalid,
                 put_applies_only_newer,
+                put_batch_is_put_in_order,
                 delete_tombstone_blocks_older_put,
                 purge_removes_all_trace,
                 scan_ring_plain,
@@ -206,6 +207,65 @@ pub fn put_applies_only_newer(open: Factory) {
         assert_eq!(store.get("ana").unwrap(), Some(r));
         current = newer;
     }
+}
+
+/// A batch has the outcomes and the effect of the same puts one by one,
+/// in order: later entries for the same user compete with earlier ones.
+pub fn put_batch_is_put_in_order(open: Factory) {
+    let dir = tempdir();
+    let store = open(dir.path());
+    assert!(store.put_batch(&[]).unwrap().is_empty());
+    store.put(&record("ana", 1, ts(10, 0, 1))).unwrap();
+    store.put(&record("bo", 2, ts(10, 0, 1))).unwrap();
+
+    let mut ana_newer = record("ana", 1, ts(11, 0, 1));
+    ana_newer.address = "newer:1".into();
+    let mut ana_older_again = record("ana", 1, ts(10, 5, 1));
+    ana_older_again.address = "older:1".into();
+    let batch = [
+        ana_newer.clone(),
+        record("bo", 2, ts(9, 0, 1)),  // older than stored
+        record("cy", 3, ts(1, 0, 1)),  // new user
+        ana_older_again,               // older than the batch's own ana
+        record("cy", 30, ts(2, 0, 1)), // newer, and moves on the ring
+    ];
+    let outcomes = store.put_batch(&batch).unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            PutOutcome::Applied,
+            PutOutcome::Stale {
+                current: ts(10, 0, 1)
+            },
+            PutOutcome::Applied,
+            PutOutcome::Stale {
+                current: ts(11, 0, 1)
+            },
+            PutOutcome::Applied,
+        ]
+    );
+    assert_eq!(store.get("ana").unwrap(), Some(ana_newer));
+    assert_eq!(
+        store.get("bo").unwrap(),
+        Some(record("bo", 2, ts(10, 0, 1)))
+    );
+    assert_eq!(
+        store.get("cy").unwrap(),
+        Some(record("cy", 30, ts(2, 0, 1)))
+    );
+    assert_eq!(scan_positions(&*store, 0, 10), BTreeSet::from([1, 2]));
+    assert_eq!(scan_positions(&*store, 10, 40), BTreeSet::from([30]));
+
+    // A bad record is an error; what a transactional backend applied of
+    // the batch is then nothing, what another applied is a prefix of it.
+    let err = store
+        .put_batch(&[record("dee", 4, ts(1, 0, 1)), record("", 5, ts(1, 0, 1))])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    assert_eq!(
+        store.count().unwrap(),
+        3 + store.get("dee").unwrap().iter().count() as u64
+    );
 }
 
 pub fn delete_tombstone_blocks_older_put(open: Factory) {

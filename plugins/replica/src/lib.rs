@@ -222,9 +222,9 @@ impl Shared {
     fn apply(&self, records: Vec<UserRecord>) -> Result<PutReply, HandlerError> {
         let store = self.ctx.store();
         let clock = self.ctx.clock();
-        let (mut applied, mut stale) = (0, 0);
         let mut refused = None;
         let mut invalid = None;
+        let mut accepted = Vec::with_capacity(records.len());
         for r in records {
             // Defence in depth: even an admitted gestor cannot plant a
             // record no client request could have produced.
@@ -237,13 +237,13 @@ impl Shared {
                 refused = Some(e);
                 continue;
             }
-            if store.put(&r)?.applied() {
-                applied += 1;
-            } else {
-                stale += 1;
-            }
+            accepted.push(r);
         }
-        // One flush for the whole batch: the group commit of the pipeline.
+        // One transaction and one flush for the whole batch: the group
+        // commit of the pipeline.
+        let outcomes = store.put_batch(&accepted)?;
+        let applied = outcomes.iter().filter(|o| o.applied()).count() as u32;
+        let stale = outcomes.len() as u32 - applied;
         store.flush()?;
         if let Some(e) = refused {
             return Err(HandlerError::new(ErrorCode::ClockSkew, e.to_string()));

@@ -66,6 +66,14 @@ pub trait Store: Send + Sync {
     /// compare-and-set). Tombstones go through here too.
     fn put(&self, record: &UserRecord) -> Result<PutOutcome, StoreError>;
 
+    /// [`Store::put`] for each record, in order, with each one's outcome.
+    /// Backends may apply the batch in one transaction, which is cheaper to
+    /// make durable; then an error means none of it was applied. The
+    /// default puts one at a time (an error leaves the earlier ones).
+    fn put_batch(&self, records: &[UserRecord]) -> Result<Vec<PutOutcome>, StoreError> {
+        records.iter().map(|r| self.put(r)).collect()
+    }
+
     /// The stored record or tombstone for `username`.
     fn get(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
 

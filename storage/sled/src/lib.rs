@@ -241,32 +241,46 @@ impl Store for SledStore {
     }
 
     fn put(&self, record: &UserRecord) -> Result<PutOutcome, StoreError> {
-        if record.username.is_empty() {
-            return Err(StoreError::Invalid("empty username".into()));
-        }
-        let encoded = encode(record)?;
-        let name = record.username.as_bytes();
-        let new_ring = ring_key(record.ring_pos, &record.username);
-        // Serializable transaction over both trees: the version check, the
-        // record and its ring index entry change together or not at all.
-        let result = (&self.users, &self.ring).transaction(|(users, ring)| {
-            if let Some(bytes) = users.get(name)? {
-                let current = self
-                    .decode(&bytes)
-                    .map_err(ConflictableTransactionError::Abort)?;
-                if record.version <= current.version {
-                    return Ok(PutOutcome::Stale {
-                        current: current.version,
-                    });
-                }
-                ring.remove(ring_key(current.ring_pos, &current.username))?;
+        Ok(self.put_batch(std::slice::from_ref(record))?.remove(0))
+    }
+
+    /// One serializable transaction for the whole batch (which reads its
+    /// own writes, so a later entry for the same user competes with an
+    /// earlier one): all of it or none.
+    fn put_batch(&self, records: &[UserRecord]) -> Result<Vec<PutOutcome>, StoreError> {
+        let mut encoded = Vec::with_capacity(records.len());
+        for record in records {
+            if record.username.is_empty() {
+                return Err(StoreError::Invalid("empty username".into()));
             }
-            users.insert(name, encoded.as_slice())?;
-            ring.insert(new_ring.as_slice(), &[] as &[u8])?;
-            Ok(PutOutcome::Applied)
+            encoded.push((encode(record)?, ring_key(record.ring_pos, &record.username)));
+        }
+        // The version check, the record and its ring index entry change
+        // together or not at all.
+        let result = (&self.users, &self.ring).transaction(|(users, ring)| {
+            let mut outcomes = Vec::with_capacity(records.len());
+            for (record, (bytes, new_ring)) in records.iter().zip(&encoded) {
+                let name = record.username.as_bytes();
+                if let Some(stored) = users.get(name)? {
+                    let current = self
+                        .decode(&stored)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    if record.version <= current.version {
+                        outcomes.push(PutOutcome::Stale {
+                            current: current.version,
+                        });
+                        continue;
+                    }
+                    ring.remove(ring_key(current.ring_pos, &current.username))?;
+                }
+                users.insert(name, bytes.as_slice())?;
+                ring.insert(new_ring.as_slice(), &[] as &[u8])?;
+                outcomes.push(PutOutcome::Applied);
+            }
+            Ok(outcomes)
         });
         match result {
-            Ok(outcome) => Ok(outcome),
+            Ok(outcomes) => Ok(outcomes),
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(backend_err(e)),
         }
