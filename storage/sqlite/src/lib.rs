@@ -95,6 +95,34 @@ macro_rules! user_columns {
 }
 const USER_COLUMNS: &str = user_columns!();
 
+/// The last-writer-wins upsert of a user, `SET`ting `$set_first` too and
+/// requiring `$also` of the stored row.
+macro_rules! upsert_user {
+    ($set_first:literal, $also:literal) => {
+        concat!(
+            "INSERT INTO users (",
+            user_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT(username) DO UPDATE SET ",
+            $set_first,
+            "address = excluded.address,
+                 password_hash = excluded.password_hash,
+                 online = excluded.online,
+                 last_seen_ms = excluded.last_seen_ms,
+                 version = excluded.version,
+                 deleted = excluded.deleted,
+                 session_hash = excluded.session_hash
+             WHERE excluded.version > users.version",
+            $also
+        )
+    };
+}
+/// For a row stored under the same ring position: leaves the position and
+/// its index entry alone.
+const UPSERT_KEEPING_POSITION: &str = upsert_user!("", " AND users.ring_pos = excluded.ring_pos");
+/// Any row, the position included.
+const UPSERT: &str = upsert_user!("ring_pos = excluded.ring_pos, ", "");
+
 /// SQLite-backed [`Store`]. One connection behind a mutex: SQLite serialises
 /// writers anyway, and the directory's reads are short point lookups.
 pub struct SqliteStore {
@@ -349,49 +377,16 @@ impl SqliteStore {
         // The usual case leaves `ring_pos` out of the update (it follows
         // from the username, so it is unchanged): SQLite then rewrites one
         // page, not also the `users_ring_pos` index entry — half the bytes
-        // written to the WAL per put.
-        let changed = conn
-            .prepare_cached(concat!(
-                "INSERT INTO users (",
-                user_columns!(),
-                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT(username) DO UPDATE SET
-                     address = excluded.address,
-                     password_hash = excluded.password_hash,
-                     online = excluded.online,
-                     last_seen_ms = excluded.last_seen_ms,
-                     version = excluded.version,
-                     deleted = excluded.deleted,
-                     session_hash = excluded.session_hash
-                 WHERE excluded.version > users.version
-                   AND users.ring_pos = excluded.ring_pos"
-            ))
-            .and_then(|mut stmt| stmt.execute(values))
-            .map_err(backend_err)?;
-        if changed > 0 {
-            return Ok(PutOutcome::Applied);
-        }
-        // Stale, or a stored ring position that differs: the full update.
-        let changed = conn
-            .prepare_cached(concat!(
-                "INSERT INTO users (",
-                user_columns!(),
-                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT(username) DO UPDATE SET
-                     ring_pos = excluded.ring_pos,
-                     address = excluded.address,
-                     password_hash = excluded.password_hash,
-                     online = excluded.online,
-                     last_seen_ms = excluded.last_seen_ms,
-                     version = excluded.version,
-                     deleted = excluded.deleted,
-                     session_hash = excluded.session_hash
-                 WHERE excluded.version > users.version"
-            ))
-            .and_then(|mut stmt| stmt.execute(values))
-            .map_err(backend_err)?;
-        if changed > 0 {
-            return Ok(PutOutcome::Applied);
+        // written to the WAL per put. When that changes nothing (stale, or
+        // stored under another position) the full upsert runs.
+        for upsert in [UPSERT_KEEPING_POSITION, UPSERT] {
+            let changed = conn
+                .prepare_cached(upsert)
+                .and_then(|mut stmt| stmt.execute(values))
+                .map_err(backend_err)?;
+            if changed > 0 {
+                return Ok(PutOutcome::Applied);
+            }
         }
         // Still under the connection lock, so this is the version that won.
         let current: Vec<u8> = conn
