@@ -200,7 +200,7 @@ kinds! {
     /// answers from its last walk of the ring (see the ring plugin), never
     /// more than `MAX_TABLE` members. A stale table costs a redirect, not a
     /// wrong answer: only the owner answers a request sent to it directly.
-    Table = "ring.table", Client + fast_path, Empty => RingTable;
+    Table = "ring.table", Client, Empty => RingTable;
 
     /// `ring.suspect` — **local**: a plugin of this gestor found the peer
     /// `key` (a node id) unreachable; stop routing through it now. Only
