@@ -476,9 +476,6 @@ impl Store for SqliteStore {
         for record in records {
             validate(record)?;
         }
-        if records.len() < 2 {
-            return records.iter().map(|r| self.put(r)).collect();
-        }
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -830,19 +827,14 @@ mod tests {
         let path = dir.join("gestor.db");
         let store = SqliteStore::open(&path).unwrap();
         let r = UserRecord {
-            username: "ana".into(),
             ring_pos: u64::MAX,
             address: "h:1".into(),
-            password_hash: "$argon2id$x".into(),
-            online: true,
-            last_seen_ms: 5,
             version: Timestamp {
                 wall_ms: 1,
                 logical: 2,
                 node: 3,
             },
-            deleted: false,
-            session_hash: String::new(),
+            ..user("ana", 5)
         };
         store.put(&r).unwrap();
         store.kv_put("chord", b"k", b"v").unwrap();
