@@ -179,7 +179,7 @@ pub fn channel_cost(transport: TransportKind) -> Result<ChannelCost> {
     let secure_url = free()?;
     let _secure = server.replier_with_fast_path(
         &secure_url,
-        std::sync::Arc::new(|f: &[u8], _: &gestor_secure::Peer| f.to_vec()),
+        std::sync::Arc::new(|f: &[u8], _: &gestor_secure::Peer, _| f.to_vec()),
         std::sync::Arc::new(|f: &[u8], _: &gestor_secure::Peer| Some(f.to_vec())),
         &options,
     )?;

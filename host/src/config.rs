@@ -5,6 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use gestor_backends::{StorageKind, TransportKind};
 
@@ -106,6 +107,11 @@ pub struct TransportSection {
     /// replication and forwarded requests from other gestores never wait
     /// behind clients. A client request that would take one answers `busy`.
     pub reserved_for_gestores: usize,
+    /// A client request that waited longer than this for a request worker
+    /// is answered `busy` without being run; 0 runs every request however
+    /// late. Below the client library's 3 s wait for an owner, so a client
+    /// hears `busy` (and retries the same gestor) before it gives up on it.
+    pub max_queue_wait_ms: u64,
     /// Testing only: a file listing URLs this node must not reach (one per
     /// line, re-read when it changes) — simulates a network partition.
     pub fault_file: Option<PathBuf>,
@@ -163,6 +169,11 @@ impl Default for NodeSection {
     }
 }
 
+/// Default of `transport.max_queue_wait_ms`.
+pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 1_000;
+/// The least non-zero `transport.max_queue_wait_ms`.
+const MIN_QUEUE_WAIT_MS: u64 = 50;
+
 impl Default for TransportSection {
     fn default() -> Self {
         TransportSection {
@@ -170,6 +181,7 @@ impl Default for TransportSection {
             max_message_bytes: 4 * 1024 * 1024,
             replier_workers: 8,
             reserved_for_gestores: 2,
+            max_queue_wait_ms: DEFAULT_MAX_QUEUE_WAIT_MS,
             fault_file: None,
         }
     }
@@ -263,6 +275,12 @@ impl Config {
         port_plus_one(&self.advertise_url())
     }
 
+    /// `transport.max_queue_wait_ms` as a limit; `None` when off.
+    pub fn max_queue_wait(&self) -> Option<Duration> {
+        let ms = self.transport.max_queue_wait_ms;
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
     pub fn node_id(&self) -> Result<u64> {
         match &self.node.id {
             None => Ok(gestor_sdk::hash::ring_position(
@@ -297,6 +315,10 @@ impl Config {
         }
         if self.transport.reserved_for_gestores >= self.transport.replier_workers {
             bail!("transport.reserved_for_gestores: must be below transport.replier_workers");
+        }
+        let wait = self.transport.max_queue_wait_ms;
+        if wait != 0 && wait < MIN_QUEUE_WAIT_MS {
+            bail!("transport.max_queue_wait_ms: must be 0 (never shed) or at least {MIN_QUEUE_WAIT_MS}: a shorter wait turns away ordinary bursts");
         }
         if self.plugins.load.iter().any(|p| p.trim().is_empty()) {
             bail!("plugins.load: an empty plugin name");
@@ -493,9 +515,16 @@ mod tests {
         assert!(bad("[node]\nid = 'zz'").starts_with("node.id: "));
         assert!(bad("[clock]\nmax_ahead_ms = 0").starts_with("clock.max_ahead_ms: "));
         assert!(bad("[transport]\nreplier_workers = 0").starts_with("transport.replier_workers: "));
+        assert!(
+            bad("[transport]\nmax_queue_wait_ms = 10").starts_with("transport.max_queue_wait_ms: ")
+        );
         let mut ok = Config::from_toml("[node]\njoin = ['tcp://10.0.0.1:7100']").unwrap();
         ok.security.insecure = true;
         ok.validate().unwrap();
+        assert_eq!(ok.max_queue_wait(), Some(Duration::from_millis(1_000)));
+        ok.transport.max_queue_wait_ms = 0;
+        ok.validate().unwrap();
+        assert_eq!(ok.max_queue_wait(), None, "0 never sheds");
     }
 
     #[test]

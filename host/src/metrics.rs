@@ -612,6 +612,11 @@ fn security_metrics(r: &mut Registry, sec: &SecurityStatus) {
             "Client requests answered busy because every worker clients may hold was taken",
             sec.clients_turned_away,
         ),
+        (
+            "clients_shed",
+            "Client requests answered busy unrun: they had waited for a worker longer than transport.max_queue_wait_ms",
+            sec.clients_shed,
+        ),
     ] {
         counter(r, name, help, v);
     }

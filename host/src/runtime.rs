@@ -138,6 +138,10 @@ pub struct HostCore {
     client_workers: usize,
     clients_in_flight: std::sync::atomic::AtomicUsize,
     clients_turned_away: AtomicU64,
+    /// Client requests that waited in the queue past `max_queue_wait`.
+    clients_shed: AtomicU64,
+    /// How long a client request may wait for a worker and still be run.
+    max_queue_wait: Option<Duration>,
     started_ms: u64,
     /// What `/metrics` reports of the host's own work.
     metrics: Metrics,
@@ -228,16 +232,37 @@ impl HostCore {
                 .max(1),
             clients_in_flight: std::sync::atomic::AtomicUsize::new(0),
             clients_turned_away: AtomicU64::new(0),
+            clients_shed: AtomicU64::new(0),
+            max_queue_wait: config.max_queue_wait(),
             started_ms: system_ms(),
             metrics: Metrics::new(),
         })
     }
 
-    /// Decode, dispatch and encode one request frame from `origin`. Never panics on input.
-    pub fn handle_frame(&self, frame: &[u8], origin: &Origin) -> Vec<u8> {
+    /// Decode, dispatch and encode one request frame from `origin`, which
+    /// waited `queued` for a worker. Never panics on input.
+    pub fn handle_frame(&self, frame: &[u8], origin: &Origin, queued: Duration) -> Vec<u8> {
+        let from_client = matches!(origin, Origin::Network(Peer::Client { .. }));
+        // A client request that waited this long has most likely been given
+        // up on and sent again (or elsewhere): running it late would only
+        // make the queue behind it longer. Gestores' requests are not shed;
+        // they have their own lane below.
+        if from_client && self.max_queue_wait.is_some_and(|limit| queued > limit) {
+            self.clients_shed.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .refused_frame(OriginLabel::Client, ErrorCode::Busy);
+            let reply = error_reply(
+                ErrorCode::Busy,
+                format!(
+                    "the request waited {} ms for a request worker, so it was not run; retry shortly",
+                    queued.as_millis()
+                ),
+            );
+            return self.encode_reply(&reply);
+        }
         // The gestores' lane: clients never hold the last workers.
-        let _client_slot = match origin {
-            Origin::Network(Peer::Client { .. }) => match self.take_client_worker() {
+        let _client_slot = match from_client {
+            true => match self.take_client_worker() {
                 Some(slot) => Some(slot),
                 None => {
                     self.clients_turned_away.fetch_add(1, Ordering::Relaxed);
@@ -250,7 +275,7 @@ impl HostCore {
                     return self.encode_reply(&reply);
                 }
             },
-            _ => None,
+            false => None,
         };
         let refused = |code: ErrorCode| self.metrics.refused_frame(origin_label(origin), code);
         let reply = if frame.len() > self.transport_options.max_message_bytes {
@@ -549,6 +574,7 @@ impl HostCore {
             forbidden_requests: self.forbidden_requests.load(Ordering::Relaxed),
             forbidden_signals: self.forbidden_signals.load(Ordering::Relaxed),
             clients_turned_away: self.clients_turned_away.load(Ordering::Relaxed),
+            clients_shed: self.clients_shed.load(Ordering::Relaxed),
         }
     }
 
@@ -912,8 +938,8 @@ fn serve_requests(core: &Arc<HostCore>, listen: &str) -> Result<Box<dyn Replier>
     core.secure
         .replier_with_fast_path(
             listen,
-            Arc::new(move |frame: &[u8], peer: &Peer| {
-                handler_core.handle_frame(frame, &Origin::Network(peer.clone()))
+            Arc::new(move |frame: &[u8], peer: &Peer, queued: Duration| {
+                handler_core.handle_frame(frame, &Origin::Network(peer.clone()), queued)
             }),
             Arc::new(move |frame: &[u8], peer: &Peer| {
                 fast_core.handle_frame_fast(frame, &Origin::Network(peer.clone()))

@@ -47,6 +47,7 @@ macro_rules! transport_suite {
                 reqrep_round_trip,
                 reqrep_triage_answers_or_hands_on,
                 reqrep_concurrent_slow_handler,
+                reqrep_continuation_is_told_how_long_it_queued,
                 reqrep_timeout_when_peer_down,
                 reqrep_recovers_after_replier_restart,
                 reqrep_one_mebibyte,
@@ -175,7 +176,7 @@ impl RequestHandler for Triaged {
             Triage::Reply([b"io:", request].concat())
         } else if request.starts_with(b"cont") {
             let (request, continued) = (request.to_vec(), Arc::clone(&self.continued));
-            Triage::Continue(Box::new(move || {
+            Triage::Continue(Box::new(move |_queued| {
                 continued.fetch_add(1, Ordering::SeqCst);
                 [b"continued:", &request[..]].concat()
             }))
@@ -212,6 +213,87 @@ pub fn reqrep_triage_answers_or_hands_on(t: &dyn Transport) {
         handler.handled.load(Ordering::SeqCst),
         5,
         "only the slow requests reach handle"
+    );
+}
+
+/// With one worker held by a request, the next one is still taken in and
+/// triaged at once (it waits in the backend's queue, not unread in the
+/// library), and its continuation is told how long it waited there — what
+/// a server needs to turn away work its caller has likely given up on.
+pub fn reqrep_continuation_is_told_how_long_it_queued(t: &dyn Transport) {
+    const HOLD: Duration = Duration::from_millis(300);
+    #[derive(Default)]
+    struct Queue {
+        triaged: AtomicUsize,
+        holding: AtomicBool,
+        release: AtomicBool,
+        waited: std::sync::Mutex<Vec<(Vec<u8>, Duration)>>,
+    }
+    struct Held(Arc<Queue>);
+    impl RequestHandler for Held {
+        fn handle(&self, request: &[u8]) -> Vec<u8> {
+            request.to_vec()
+        }
+        fn triage(&self, request: &[u8], _source: Option<&str>) -> Triage {
+            self.0.triaged.fetch_add(1, Ordering::SeqCst);
+            let (q, request) = (Arc::clone(&self.0), request.to_vec());
+            Triage::Continue(Box::new(move |queued| {
+                if request == b"hold" {
+                    q.holding.store(true, Ordering::SeqCst);
+                    let cap = Instant::now() + Duration::from_secs(10);
+                    while !q.release.load(Ordering::SeqCst) && Instant::now() < cap {
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                q.waited.lock().unwrap().push((request.clone(), queued));
+                request
+            }))
+        }
+    }
+    let url = tcp_url();
+    let queue = Arc::new(Queue::default());
+    let one_worker = TransportOptions {
+        replier_workers: 1,
+        ..opts()
+    };
+    let _rep = t
+        .replier(&url, Arc::new(Held(Arc::clone(&queue))), &one_worker)
+        .unwrap_or_else(|e| panic!("{}: replier on {url}: {e}", t.name()));
+    let send = |payload: &'static [u8]| {
+        let mut req = requester(t, &url);
+        thread::spawn(move || req.request(payload, OK_TIMEOUT))
+    };
+    let held = send(b"hold");
+    let deadline = Instant::now() + SETTLE;
+    while !queue.holding.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "{}: hold never ran", t.name());
+        thread::sleep(Duration::from_millis(2));
+    }
+    let queued = send(b"queued");
+    while queue.triaged.load(Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{}: a request behind a busy worker was not taken in",
+            t.name()
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
+    // The stimulus, not a wait for a condition: keep the worker busy HOLD
+    // longer while the second request sits in the queue.
+    thread::sleep(HOLD);
+    queue.release.store(true, Ordering::SeqCst);
+    assert_eq!(held.join().unwrap().unwrap(), b"hold");
+    assert_eq!(queued.join().unwrap().unwrap(), b"queued");
+    let waited = queue.waited.lock().unwrap().clone();
+    let second = waited
+        .iter()
+        .find(|(r, _)| r == b"queued")
+        .map(|(_, d)| *d)
+        .expect("queued request ran");
+    assert!(
+        second >= HOLD,
+        "{}: waited {second:?} behind a worker held {HOLD:?} after it was queued",
+        t.name()
     );
 }
 

@@ -1,12 +1,16 @@
 //! A register flood from one source does not stop another client's lookups,
-//! on both transports and both stores. Password hashing runs at its production cost
+//! on both transports and both stores; requests that waited too long for a
+//! worker are answered `busy` instead of being run late. Password hashing runs at its production cost
 //! here (argon2id, 19 MiB, 2 passes): that is what the flood is made of.
 //! Two combinations (nng/sqlite, zmq/sled) run one after another (each
 //! floods both cores).
 
 use gestor::config::{StorageKind, TransportKind};
+use gestor_api::node;
 use gestor_client::client::{Client, ClientError};
-use gestor_sdk::ErrorCode;
+use gestor_sdk::transport::TransportOptions;
+use gestor_sdk::wire::{from_cbor, to_cbor, Reply, Request};
+use gestor_sdk::{ErrorCode, Kind, Requester, Value};
 use gestor_tests::cluster::client_layer;
 use gestor_tests::ring::{Ring, TEST_CONFIG};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -168,3 +172,90 @@ fn register_flood_leaves_lookups_alone(transport: TransportKind, storage: Storag
 // and each store still runs once; the ring and replication code is covered
 // on the full matrix by ring_matrix and faults' kills.
 gestor_tests::half_matrix!(straight => register_flood_leaves_lookups_alone);
+
+/// One `node.status` request, sent once (no retry), and its reply.
+fn status_once(requester: &mut dyn Requester) -> Reply {
+    let frame = to_cbor(&Request::new(<node::Status as Kind>::NAME, Value::Null));
+    let bytes = requester
+        .request(&frame, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("node.status: {e}"));
+    from_cbor::<Reply>(&bytes).unwrap_or_else(|e| panic!("node.status reply: {e}"))
+}
+
+/// While the one request worker hashes a password, requests sent behind it
+/// wait in the queue; with `max_queue_wait_ms` they are answered `busy`
+/// unrun once they waited longer than that (the client then retries), and
+/// counted. With 0 the same requests all run, late.
+fn requests_that_waited_too_long_are_answered_busy(transport: TransportKind, storage: StorageKind) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    for max_queue_wait_ms in [50, 0] {
+        // One worker for everyone, and a hash long enough to queue behind.
+        let config = TEST_CONFIG
+            .replace("password_memory_kib = 64", "password_memory_kib = 19456")
+            .replace("password_iterations = 1", "password_iterations = 24")
+            + &format!(
+                "\n[transport]\nreplier_workers = 1\nreserved_for_gestores = 0\n\
+                 max_queue_wait_ms = {max_queue_wait_ms}\n"
+            );
+        let ring = Ring::start_with_config(1, transport, storage, &config);
+        ring.wait_stable(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("gestor did not start: {e}\n{}", ring.logs()));
+        let url = ring.urls()[0].clone();
+        let mut probe = client_layer(transport)
+            .requester(&url, &TransportOptions::default())
+            .unwrap_or_else(|e| panic!("requester: {e}"));
+        assert!(status_once(probe.as_mut()).ok, "an idle gestor answers");
+
+        let done = Arc::new(AtomicBool::new(false));
+        let registering = {
+            let (url, done) = (url.clone(), done.clone());
+            std::thread::spawn(move || {
+                let result = client(transport, &url).register("queued-behind", "pw-slow");
+                done.store(true, Ordering::SeqCst);
+                result
+            })
+        };
+        // Bounded: until the registration is done, or 5,000 requests.
+        let (mut ran, mut shed) = (0, Vec::new());
+        for _ in 0..5_000 {
+            if done.load(Ordering::SeqCst) {
+                break;
+            }
+            let reply = status_once(probe.as_mut());
+            match reply.error {
+                None => ran += 1,
+                Some(e) if e.code == ErrorCode::Busy => shed.push(e.message),
+                Some(e) => panic!("node.status: {e}"),
+            }
+        }
+        registering
+            .join()
+            .expect("register thread")
+            .unwrap_or_else(|e| panic!("register behind the probes: {e}"));
+        let counted = ring
+            .status(&url)
+            .and_then(|s| s["security"]["clients_shed"].as_u64())
+            .expect("node.status counts shed requests");
+        let case = format!("[{transport}/{storage}] max_queue_wait_ms = {max_queue_wait_ms}");
+        if max_queue_wait_ms == 0 {
+            assert!(shed.is_empty(), "{case}: shed {shed:?}");
+            assert_eq!(counted, 0, "{case}");
+        } else {
+            assert!(
+                !shed.is_empty(),
+                "{case}: {ran} requests ran, none waited behind the hash long enough to be shed"
+            );
+            assert!(
+                shed.iter().all(|m| m.contains("waited")),
+                "{case}: {shed:?}"
+            );
+            assert_eq!(counted, shed.len() as u64, "{case}");
+        }
+        assert!(
+            status_once(probe.as_mut()).ok,
+            "{case}: idle again, answers"
+        );
+    }
+}
+
+gestor_tests::half_matrix!(crossed => requests_that_waited_too_long_are_answered_busy);

@@ -838,7 +838,8 @@ impl ChatClient {
             presence: Mutex::new(HashMap::new()),
         });
         let handler_inner = inner.clone();
-        let handler = Arc::new(move |frame: &[u8], peer: &Peer| handler_inner.handle(frame, peer));
+        let handler =
+            Arc::new(move |frame: &[u8], peer: &Peer, _queued| handler_inner.handle(frame, peer));
         let replier = secure.replier(
             &listen_url(&opts.address),
             handler,

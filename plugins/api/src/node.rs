@@ -64,6 +64,10 @@ pub struct SecurityStatus {
     /// hold was taken (the rest are kept for gestores).
     #[serde(default)]
     pub clients_turned_away: u64,
+    /// Client requests answered `busy` unrun because they had waited for
+    /// a request worker longer than `transport.max_queue_wait_ms`.
+    #[serde(default)]
+    pub clients_shed: u64,
 }
 
 impl NodeStatus {

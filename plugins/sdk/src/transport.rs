@@ -12,7 +12,10 @@
 //!   library after a reconnect, so handlers must be idempotent. A backend
 //!   with an I/O thread first offers each request to
 //!   [`RequestHandler::triage`] there: a request answered at once skips the
-//!   hand-off to a worker and back (see [`Triage`]).
+//!   hand-off to a worker and back (see [`Triage`]). A request it hands on
+//!   waits in a bounded queue the backend owns, and its continuation is told
+//!   how long it waited, so a server can turn away work its requester has
+//!   probably given up on instead of doing it late.
 //! * **PUB-SUB.** A message is one frame: `topic ++ 0x00 ++ payload`.
 //!   Subscribers filter on a topic prefix. Either side may bind. Publishing
 //!   never blocks: messages to a slow or absent subscriber are dropped.
@@ -54,8 +57,9 @@ pub enum Triage {
     /// A worker runs [`RequestHandler::handle_from`] on the request.
     Worker,
     /// A worker runs this instead: triage already consumed the request
-    /// (say, decrypted it) and left the rest of the work here.
-    Continue(Box<dyn FnOnce() -> Vec<u8> + Send>),
+    /// (say, decrypted it) and left the rest of the work here. It is given
+    /// how long the request waited between triage and the worker.
+    Continue(Box<dyn FnOnce(Duration) -> Vec<u8> + Send>),
 }
 
 impl std::fmt::Debug for Triage {
@@ -93,6 +97,11 @@ impl Endpoint {
         }
     }
 }
+
+/// Requests a replier takes in and holds for its workers, per worker,
+/// beyond those being served: the bound of its queue. A backend does not
+/// read more while it is full.
+pub const QUEUED_PER_WORKER: usize = 64;
 
 /// Tunables shared by both backends.
 #[derive(Debug, Clone)]

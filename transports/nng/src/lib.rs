@@ -5,19 +5,22 @@
 //!
 //! ## REQ-REP
 //!
-//! A [`Replier`] is one REP0 socket with `replier_workers` **contexts**, each
-//! with one [`Aio`] and one worker thread. The Aio's callback (on an nng
-//! thread) receives a request and offers it to [`RequestHandler::triage`]: a
-//! reply made there is sent at once from the callback; anything else goes
-//! over a channel to the context's worker, which runs the handler and sends
-//! the reply on the same context. The end of a reply starts the context's
-//! next receive, so each context holds one request at a time: up to
-//! `replier_workers` requests are served at once, and a slow handler only
-//! occupies its own context. nng routes each reply back to the requester
-//! that sent the request. Dropping the replier joins the workers (waiting
-//! for handlers already running), cancels the Aios and waits for their
-//! callbacks, and only then closes the contexts and the socket, because nng
-//! 1.4 aborts when a context operation races with its socket's close.
+//! A [`Replier`] is one REP0 socket with `replier_workers` worker threads
+//! and [`QUEUED_PER_WORKER`] times as many **contexts**, each with one
+//! [`Aio`]. The Aio's callback (on an nng thread) receives a request and
+//! offers it to [`RequestHandler::triage`]: a reply made there is sent at
+//! once from the callback; anything else is queued for the workers, and
+//! the worker that takes it runs the handler (or the continuation, told
+//! how long the request queued) and sends the reply on the request's
+//! context. The end of a reply starts the context's next receive, so each
+//! context holds one request at a time. Contexts outnumber workers so that
+//! waiting requests wait in our queue, where the wait is measured, and not
+//! unread in nng's pipes; a slow handler only occupies its own worker. nng
+//! routes each reply back to the requester that sent the request. Dropping
+//! the replier joins the workers (waiting for handlers already running,
+//! dropping what is still queued), cancels the Aios and waits for their
+//! callbacks, and only then closes the contexts and the socket, because
+//! nng 1.4 aborts when a context operation races with its socket's close.
 //!
 //! A [`Requester`] is a REQ0 socket dialled without blocking, so it can be
 //! created before anyone listens and reconnects by itself. `request` sends
@@ -44,7 +47,7 @@
 //! a bigger frame (the peer reconnects; nothing reaches the application).
 
 use crossbeam_channel::{Receiver, Sender};
-use gestor_sdk::transport::{decode_signal, encode_signal};
+use gestor_sdk::transport::{decode_signal, encode_signal, QUEUED_PER_WORKER};
 use gestor_sdk::{
     Endpoint, Publisher, Replier, RequestHandler, Requester, Subscriber, Transport, TransportError,
     TransportOptions, Triage,
@@ -247,24 +250,33 @@ struct NngReplier {
     socket: Socket,
     stop: Arc<AtomicBool>,
     slots: Vec<Slot>,
+    /// The workers' queue, kept to send each of them its stop.
+    to_workers: Sender<Option<Job>>,
     workers: Vec<JoinHandle<()>>,
 }
 
 /// One REP context, driven by its Aio's callback on an nng thread. The
 /// callback offers each request to the handler's triage: a reply made
-/// there is sent from the callback at once; anything else goes to the
-/// slot's worker thread, which sends the reply on the same context. The
-/// end of each reply starts the next receive, so a context holds one
-/// request at a time and `replier_workers` contexts serve that many at once.
+/// there is sent from the callback at once; anything else is queued for
+/// the worker pool, and the worker that takes it sends the reply on the
+/// same context. The end of each reply starts the next receive, so a
+/// context holds one request at a time. There are more contexts than
+/// workers ([`QUEUED_PER_WORKER`] per worker), so requests wait in our
+/// queue, where their wait is timed, rather than unread inside nng.
 struct Slot {
     ctx: Context,
     aio: Aio,
-    /// Wakes the slot's worker to stop (it blocks on its queue, so an idle
-    /// replier costs no periodic wake-ups).
-    worker: Sender<Work>,
 }
 
-/// What a slot's worker does for one request.
+/// A request a context took in, for the worker pool.
+struct Job {
+    serving: Arc<Serving>,
+    aio: Aio,
+    work: Work,
+    queued_at: Instant,
+}
+
+/// What a worker does for one request.
 enum Work {
     /// Run the handler on the request.
     Handle {
@@ -272,15 +284,13 @@ enum Work {
         source: Option<String>,
     },
     /// Finish what triage started on the nng thread.
-    Continue(Box<dyn FnOnce() -> Vec<u8> + Send>),
-    /// The replier is being dropped.
-    Stop,
+    Continue(Box<dyn FnOnce(Duration) -> Vec<u8> + Send>),
 }
 
-/// What a slot's callback and worker share.
+/// What a context's callback and the worker serving its request share.
 struct Serving {
     ctx: Context,
-    /// Sends the slot's replies.
+    /// Sends the context's replies.
     replies: InlineAio,
     handler: Arc<dyn RequestHandler>,
     stop: Arc<AtomicBool>,
@@ -318,7 +328,7 @@ impl Serving {
 
     /// The Aio's callback. Never blocks: triage answers from memory or
     /// hands the request on.
-    fn on_event(&self, aio: &Aio, result: AioResult, worker: &Sender<Work>) {
+    fn on_event(self: &Arc<Self>, aio: &Aio, result: AioResult, workers: &Sender<Option<Job>>) {
         if self.stop.load(Ordering::Acquire) {
             return;
         }
@@ -338,10 +348,16 @@ impl Serving {
                         return self.receive(aio);
                     }
                 };
-                // The worker holds at most this one job: the context
+                // The queue holds at most one job per context: a context
                 // takes no other request until its reply is sent.
-                if worker.send(work).is_err() {
-                    tracing::debug!(%url, "nng replier: worker gone; request dropped");
+                let job = Job {
+                    serving: Arc::clone(self),
+                    aio: aio.clone(),
+                    work,
+                    queued_at: Instant::now(),
+                };
+                if workers.send(Some(job)).is_err() {
+                    tracing::debug!(%url, "nng replier: workers gone; request dropped");
                 }
             }
             AioResult::Recv(Err(nng::Error::Closed)) => {}
@@ -353,27 +369,34 @@ impl Serving {
             AioResult::Send(_) | AioResult::Sleep(_) => self.receive(aio),
         }
     }
+}
 
-    /// The slot's worker: serves what triage handed on, until stopped.
-    fn work(&self, aio: &Aio, jobs: &Receiver<Work>) {
-        let url = &self.url;
-        while let Ok(work) = jobs.recv() {
-            let reply = catch_unwind(AssertUnwindSafe(|| match work {
-                Work::Handle { request, source } => Some(
-                    self.handler
-                        .handle_from(request.as_slice(), source.as_deref()),
-                ),
-                Work::Continue(rest) => Some(rest()),
-                Work::Stop => None,
-            }));
-            match reply {
-                Ok(Some(reply)) => self.reply(aio, reply, REPLY_SEND_TIMEOUT),
-                Ok(None) => return,
-                Err(_) => {
-                    // The contract says handlers never panic; keep the context serving anyway.
-                    tracing::error!(%url, "nng replier: handler panicked; request dropped");
-                    self.receive(aio);
-                }
+/// A worker of the pool: serves queued requests until it is sent `None`.
+/// After the stop flag it drops what is still queued instead of serving it.
+fn work(jobs: &Receiver<Option<Job>>, stop: &AtomicBool) {
+    while let Ok(Some(job)) = jobs.recv() {
+        if stop.load(Ordering::Acquire) {
+            continue;
+        }
+        let Job {
+            serving,
+            aio,
+            work,
+            queued_at,
+        } = job;
+        let reply = catch_unwind(AssertUnwindSafe(|| match work {
+            Work::Handle { request, source } => serving
+                .handler
+                .handle_from(request.as_slice(), source.as_deref()),
+            Work::Continue(rest) => rest(queued_at.elapsed()),
+        }));
+        match reply {
+            Ok(reply) => serving.reply(&aio, reply, REPLY_SEND_TIMEOUT),
+            Err(_) => {
+                // The contract says handlers never panic; keep the context serving anyway.
+                let url = &serving.url;
+                tracing::error!(%url, "nng replier: handler panicked; request dropped");
+                serving.receive(&aio);
             }
         }
     }
@@ -387,8 +410,8 @@ impl Serving {
 struct InlineAio(std::ptr::NonNull<nng::ffi::nng_aio>);
 
 // SAFETY: nng aios may be used from any thread; this one is used by one at
-// a time, since a slot holds one request at a time and its reply is sent
-// either by the Aio callback or by the slot's worker, never both.
+// a time, since a context holds one request at a time and its reply is
+// sent either by the Aio callback or by the one worker that took it.
 unsafe impl Send for InlineAio {}
 unsafe impl Sync for InlineAio {}
 
@@ -463,37 +486,22 @@ impl NngReplier {
     ) -> Result<NngReplier, TransportError> {
         let socket = new_socket(Protocol::Rep0, options)?;
         let stop = Arc::new(AtomicBool::new(false));
+        // Unbounded, yet never longer than the number of contexts.
+        let (to_workers, jobs) = crossbeam_channel::unbounded::<Option<Job>>();
         let mut replier = NngReplier {
             url: url.to_string(),
             socket,
             stop,
             slots: Vec::new(),
+            to_workers,
             workers: Vec::new(),
         };
         let workers = options.replier_workers.max(1);
         for i in 0..workers {
-            let serving = Arc::new(Serving {
-                ctx: Context::new(&replier.socket).map_err(|e| backend("open context", e))?,
-                replies: InlineAio::new()?,
-                handler: Arc::clone(&handler),
-                stop: Arc::clone(&replier.stop),
-                max: options.max_message_bytes,
-                url: replier.url.clone(),
-            });
-            let (to_worker, jobs) = crossbeam_channel::unbounded::<Work>();
-            let to_worker_stop = to_worker.clone();
-            let on_event = Arc::clone(&serving);
-            // Runs on an nng thread.
-            let aio = Aio::new(move |aio, result| on_event.on_event(&aio, result, &to_worker))
-                .map_err(|e| backend("allocate aio", e))?;
-            replier.slots.push(Slot {
-                ctx: serving.ctx.clone(),
-                aio: aio.clone(),
-                worker: to_worker_stop,
-            });
+            let (jobs, stop) = (jobs.clone(), Arc::clone(&replier.stop));
             let spawned = std::thread::Builder::new()
                 .name(format!("nng-rep-{i}"))
-                .spawn(move || serving.work(&aio, &jobs));
+                .spawn(move || work(&jobs, &stop));
             match spawned {
                 Ok(h) => replier.workers.push(h),
                 // Dropping `replier` stops what was started.
@@ -505,13 +513,34 @@ impl NngReplier {
                 }
             }
         }
+        for _ in 0..workers * QUEUED_PER_WORKER {
+            let serving = Arc::new(Serving {
+                ctx: Context::new(&replier.socket).map_err(|e| backend("open context", e))?,
+                replies: InlineAio::new()?,
+                handler: Arc::clone(&handler),
+                stop: Arc::clone(&replier.stop),
+                max: options.max_message_bytes,
+                url: replier.url.clone(),
+            });
+            let to_workers = replier.to_workers.clone();
+            let ctx = serving.ctx.clone();
+            // Runs on an nng thread.
+            let aio = Aio::new(move |aio, result| serving.on_event(&aio, result, &to_workers))
+                .map_err(|e| backend("allocate aio", e))?;
+            replier.slots.push(Slot { ctx, aio });
+        }
         listen(&replier.socket, url)?;
         for slot in &replier.slots {
             slot.ctx
                 .recv(&slot.aio)
                 .map_err(|e| backend("start receive", e))?;
         }
-        tracing::debug!(url, workers, "nng replier serving");
+        tracing::debug!(
+            url,
+            workers,
+            contexts = replier.slots.len(),
+            "nng replier serving"
+        );
         Ok(replier)
     }
 }
@@ -525,10 +554,10 @@ impl Replier for NngReplier {
 impl Drop for NngReplier {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        // A worker finishes the request it holds (and sends its reply)
-        // before it reads the stop.
-        for slot in &self.slots {
-            let _ = slot.worker.send(Work::Stop);
+        // A worker finishes the request it is serving (and sends its
+        // reply) before it reads the stop; what is still queued is dropped.
+        for _ in &self.workers {
+            let _ = self.to_workers.send(None);
         }
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {

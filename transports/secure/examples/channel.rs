@@ -44,7 +44,7 @@ fn main() {
         let _secure = server
             .replier(
                 &secure_url,
-                Arc::new(|f: &[u8], _: &Peer| f.to_vec()),
+                Arc::new(|f: &[u8], _: &Peer, _| f.to_vec()),
                 &options,
             )
             .expect("secure replier");

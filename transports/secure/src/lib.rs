@@ -281,8 +281,10 @@ struct Identity {
 
 type Sid = [u8; SID_LEN];
 
-/// Serves an opened request from a proven peer; returns the reply to seal.
-pub type SecureHandler = Arc<dyn Fn(&[u8], &Peer) -> Vec<u8> + Send + Sync>;
+/// Serves an opened request from a proven peer, told how long the request
+/// waited for a worker (zero when the backend did not say); returns the
+/// reply to seal.
+pub type SecureHandler = Arc<dyn Fn(&[u8], &Peer, Duration) -> Vec<u8> + Send + Sync>;
 /// Answers a request on the transport's I/O thread when it can do so
 /// without waiting (`None`: a worker serves it with the [`SecureHandler`]).
 pub type FastHandler = Arc<dyn Fn(&[u8], &Peer) -> Option<Vec<u8>> + Send + Sync>;
@@ -859,16 +861,23 @@ impl SecureLayer {
     fn triage(
         &self,
         frame: &[u8],
-        fast: &FastHandler,
+        fast: Option<&FastHandler>,
         handler: &SecureHandler,
     ) -> gestor_sdk::Triage {
         use gestor_sdk::Triage;
+        let fast = |request: &[u8], peer: &Peer| fast.and_then(|fast| fast(request, peer));
         if self.shared.plaintext {
             return match frame.split_first() {
                 Some((&frame::PLAIN_REQUEST, request)) => {
-                    match fast(request, &Self::unverified_peer()) {
+                    let peer = Self::unverified_peer();
+                    match fast(request, &peer) {
                         Some(reply) => Triage::Reply(plain_reply(&reply)),
-                        None => Triage::Worker,
+                        None => {
+                            let (handler, request) = (Arc::clone(handler), request.to_vec());
+                            Triage::Continue(Box::new(move |queued| {
+                                plain_reply(&handler(&request, &peer, queued))
+                            }))
+                        }
                     }
                 }
                 _ => Triage::Worker,
@@ -886,8 +895,8 @@ impl SecureLayer {
             Some(reply) => Triage::Reply(opened.seal_reply(&reply)),
             None => {
                 let handler = Arc::clone(handler);
-                Triage::Continue(Box::new(move || {
-                    let reply = handler(&opened.plain, &opened.session.peer);
+                Triage::Continue(Box::new(move |queued| {
+                    let reply = handler(&opened.plain, &opened.session.peer, queued);
                     opened.seal_reply(&reply)
                 }))
             }
@@ -1221,7 +1230,7 @@ impl SecureLayer {
 
     // ---------------------------------------------------------------- sockets
 
-    /// Bind `url` and serve secure requests with `handler(request, peer)`.
+    /// Bind `url` and serve secure requests with `handler(request, peer, queued)`.
     pub fn replier(
         &self,
         url: &str,
@@ -1468,14 +1477,14 @@ impl gestor_sdk::RequestHandler for ServeSecurely {
         self.handle_from(frame, None)
     }
     fn handle_from(&self, frame: &[u8], source: Option<&str>) -> Vec<u8> {
-        self.layer
-            .serve_from(frame, source, |req, peer| (self.handler)(req, peer))
+        self.layer.serve_from(frame, source, |req, peer| {
+            (self.handler)(req, peer, Duration::ZERO)
+        })
     }
+    /// Sealed requests are opened here even without a fast path, so that
+    /// the worker learns how long each one queued.
     fn triage(&self, frame: &[u8], _source: Option<&str>) -> gestor_sdk::Triage {
-        match &self.fast {
-            Some(fast) => self.layer.triage(frame, fast, &self.handler),
-            None => gestor_sdk::Triage::Worker,
-        }
+        self.layer.triage(frame, self.fast.as_ref(), &self.handler)
     }
 }
 

@@ -45,7 +45,7 @@ fn echo_server(layer: &SecureLayer, url: &str, calls: Arc<AtomicUsize>) -> Box<d
     layer
         .replier(
             url,
-            Arc::new(move |req: &[u8], peer: &Peer| {
+            Arc::new(move |req: &[u8], peer: &Peer, _queued| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 let who = if peer.is_gestor() { "gestor" } else { "client" };
                 let mut out = format!("{who}:").into_bytes();
@@ -701,7 +701,7 @@ fn fast_path_server(
     layer
         .replier_with_fast_path(
             url,
-            Arc::new(move |req: &[u8], _: &Peer| {
+            Arc::new(move |req: &[u8], _: &Peer, _queued| {
                 worker_calls.fetch_add(1, Ordering::SeqCst);
                 [b"worker:", req].concat()
             }),
@@ -773,17 +773,30 @@ fn a_request_deferred_by_the_fast_path_is_answered_once_and_its_resend_replayed(
     assert_eq!(wire.request(b"warm", T).unwrap(), b"ok:warm");
     // Seal a request the way the requester does, then serve it through triage.
     let session = server_side_session_frame(&mut wire, b"deferred");
-    let handler: SecureHandler = Arc::new(|req: &[u8], _: &Peer| [b"late:", req].concat());
+    let told = Arc::new(AtomicUsize::new(0));
+    let handler: SecureHandler = {
+        let told = Arc::clone(&told);
+        Arc::new(move |req: &[u8], _: &Peer, queued: Duration| {
+            told.store(queued.as_millis() as usize, Ordering::SeqCst);
+            [b"late:", req].concat()
+        })
+    };
     let declines: FastHandler = Arc::new(|_: &[u8], _: &Peer| None);
-    let gestor_sdk::Triage::Continue(rest) = server.triage(&session, &declines, &handler) else {
+    let gestor_sdk::Triage::Continue(rest) = server.triage(&session, Some(&declines), &handler)
+    else {
         panic!("a declined sealed request is continued on a worker");
     };
-    let reply = rest();
+    let reply = rest(Duration::from_millis(1234));
     assert_eq!(reply[0], frame::REPLY);
+    assert_eq!(
+        told.load(Ordering::SeqCst),
+        1234,
+        "the handler hears how long the request queued"
+    );
     // The same frame again (a REQ resend) gets the remembered reply, and
     // neither handler runs.
     let refuses: FastHandler = Arc::new(|_: &[u8], _: &Peer| panic!("ran"));
-    let again = server.triage(&session, &refuses, &handler);
+    let again = server.triage(&session, Some(&refuses), &handler);
     let gestor_sdk::Triage::Reply(resent) = again else {
         panic!("a resend is answered on the I/O thread");
     };

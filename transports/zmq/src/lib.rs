@@ -50,7 +50,7 @@
 //! such a frame is buffered in memory once.
 
 use crossbeam_channel::{Receiver, Sender};
-use gestor_sdk::transport::{decode_signal, encode_signal};
+use gestor_sdk::transport::{decode_signal, encode_signal, QUEUED_PER_WORKER};
 use gestor_sdk::{
     Endpoint, Publisher, Replier, RequestHandler, Requester, Subscriber, Transport, TransportError,
     TransportOptions, Triage,
@@ -384,6 +384,8 @@ impl Transport for ZmqTransport {
 struct Job {
     envelope: Vec<Vec<u8>>,
     work: Work,
+    /// When triage handed it on: a continuation is told how long it queued.
+    queued_at: Instant,
 }
 
 /// What a worker does for one request.
@@ -395,7 +397,7 @@ enum Work {
         source: Option<String>,
     },
     /// Finish what triage started on the I/O thread.
-    Continue(Box<dyn FnOnce() -> Vec<u8> + Send>),
+    Continue(Box<dyn FnOnce(Duration) -> Vec<u8> + Send>),
 }
 
 struct ZmqReplier {
@@ -441,7 +443,7 @@ impl ZmqReplier {
         };
         // Bounded so a flood of requests cannot grow memory without limit;
         // the I/O thread drops requests when it is full.
-        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(workers * 64);
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(workers * QUEUED_PER_WORKER);
         let max = options.max_message_bytes;
         for (i, push) in pushes.into_iter().enumerate() {
             let rx = jobs_rx.clone();
@@ -515,7 +517,11 @@ impl Served<'_> {
                 return None;
             }
         };
-        Some(Job { envelope, work })
+        Some(Job {
+            envelope,
+            work,
+            queued_at: Instant::now(),
+        })
     }
 
     fn send(&self, mut envelope: Vec<Vec<u8>>, reply: Vec<u8>) {
@@ -627,7 +633,7 @@ fn worker(
         }
         let reply = match catch_unwind(AssertUnwindSafe(|| match job.work {
             Work::Handle { body, source } => handler.handle_from(&body, source.as_deref()),
-            Work::Continue(rest) => rest(),
+            Work::Continue(rest) => rest(job.queued_at.elapsed()),
         })) {
             Ok(reply) => reply,
             Err(_) => {
