@@ -11,7 +11,10 @@
 //! keeps the ring table (`ring.table`) and sends each one straight to the
 //! username's owner, falling back to the other gestors. A reply naming
 //! another gestor as responsible (the redirect hint) marks the table stale,
-//! and the next per-user request fetches it again.
+//! and the next per-user request fetches it again. An owner that does not
+//! answer in time is pinged before the request goes elsewhere: an owner
+//! that answers the ping is overloaded, and sending its requests round
+//! through other gestores would only add their forwarding to its load.
 
 use gestor_api::ring::{self, RingTable, MAX_TABLE};
 use gestor_sdk::hash::ring_position;
@@ -35,10 +38,16 @@ const TABLE_MIN_INTERVAL: Duration = Duration::from_millis(500);
 /// tables until the ring notices, and REQ sockets give no sign that the
 /// peer is gone, so without this one stale route cost the whole timeout
 /// before the request went to another gestor. It is above the longest a
-/// live owner takes before it answers `busy` (a registration waits up to
-/// 2 s for a hashing slot), so a slow owner is not mistaken for a dead
-/// one and sent the request twice.
+/// live owner usually takes before it answers `busy` (a registration waits
+/// up to 2 s for a hashing slot; a request waits at most 1 s for a worker
+/// by default). An owner silent for longer is pinged: one that answers is
+/// slow, not gone, and gets the request again after a pause; only one that
+/// does not is gone round.
 pub const OWNER_ATTEMPT: Duration = Duration::from_secs(3);
+/// How long an owner that did not answer in time gets to answer a
+/// `node.ping`, which its transport's I/O thread answers even while every
+/// request worker is taken. An answer means it is alive and only slow.
+const PING_WAIT: Duration = Duration::from_secs(1);
 
 /// How one-hop routing went for a client (tests and the bench read it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,6 +59,11 @@ pub struct RoutingStats {
     pub redirected: u64,
     /// Sent to the owner the table named, which did not answer.
     pub owner_unreachable: u64,
+    /// Sent to the owner the table named, which did not answer in time but
+    /// answered a ping: retried there after a pause (as after `busy`), not
+    /// sent to another gestor, which would only forward it to the same
+    /// owner and hold a worker on both.
+    pub owner_slow: u64,
     /// `ring.table` fetches.
     pub table_fetches: u64,
 }
@@ -149,6 +163,8 @@ pub struct Client {
     timeout: Duration,
     requesters: HashMap<String, Box<dyn Requester>>,
     routes: Routes,
+    /// How long the owner the table names gets before it is pinged.
+    owner_attempt: Duration,
 }
 
 impl Client {
@@ -162,7 +178,15 @@ impl Client {
             timeout,
             requesters: HashMap::new(),
             routes: Routes::default(),
+            owner_attempt: OWNER_ATTEMPT,
         }
+    }
+
+    /// Wait `attempt` (default [`OWNER_ATTEMPT`]) for the owner the ring
+    /// table names before pinging it to tell a slow owner from a dead one.
+    pub fn with_owner_attempt(mut self, attempt: Duration) -> Self {
+        self.owner_attempt = attempt;
+        self
     }
 
     /// A client of another client's endpoint (a chat peer's receiver):
@@ -293,13 +317,13 @@ impl Client {
             kind,
             body,
         });
-        let deadline = std::time::Instant::now() + self.timeout;
+        let deadline = Instant::now() + self.timeout;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.call_once(preferred, &frame) {
+            match self.call_once(preferred, &frame, deadline) {
                 Err(ClientError::Remote(e)) if e.code == gestor_sdk::ErrorCode::Busy => {
                     let jitter = Duration::from_millis(rand::random::<u64>() % 50);
-                    if std::time::Instant::now() + backoff + jitter >= deadline {
+                    if Instant::now() + backoff + jitter >= deadline {
                         return Err(ClientError::Remote(e));
                     }
                     std::thread::sleep(backoff + jitter);
@@ -310,10 +334,13 @@ impl Client {
         }
     }
 
+    /// One try of `frame`: the preferred gestor, then the others in
+    /// order, each given what is left until `deadline`.
     fn call_once<T: DeserializeOwned>(
         &mut self,
         preferred: Option<&str>,
         frame: &[u8],
+        deadline: Instant,
     ) -> Result<Answer<T>, ClientError> {
         let mut tried = Vec::new();
         let mut last = TransportError::Closed;
@@ -329,10 +356,15 @@ impl Client {
         let mut rest: Option<std::vec::IntoIter<String>> = None;
         let mut next = Some(first.clone());
         while let Some(url) = next.take() {
-            let timeout = if preferred == Some(url.as_str()) {
-                self.timeout.min(OWNER_ATTEMPT)
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let to_owner = preferred == Some(url.as_str());
+            let timeout = if to_owner {
+                left.min(self.owner_attempt)
             } else {
-                self.timeout
+                left
             };
             match self.send_to::<T>(&url, frame, timeout) {
                 Ok((reply, answered_by)) => {
@@ -364,7 +396,23 @@ impl Client {
                     e @ (TransportError::Untrusted { .. } | TransportError::OtherMode { .. }),
                 )) => return Err(ClientError::Transport(e)),
                 Err(ClientError::Transport(e)) => {
-                    if preferred == Some(url.as_str()) {
+                    if to_owner && matches!(e, TransportError::Timeout { .. }) {
+                        // Slow or gone? Only a gone owner is worth going
+                        // around: another gestor would forward to it.
+                        match self.answers_ping(&url, deadline) {
+                            Some(true) => {
+                                self.routes.stats.owner_slow += 1;
+                                return Err(ClientError::Remote(HandlerError::new(
+                                    ErrorCode::Busy,
+                                    format!("{url} owns the name and is up, but slow ({e})"),
+                                )));
+                            }
+                            // No time left to tell: say what happened.
+                            None => return Err(ClientError::Transport(e)),
+                            Some(false) => {}
+                        }
+                    }
+                    if to_owner {
                         // The owner the table named is gone: refresh the
                         // table, and go elsewhere until the ring notices.
                         self.routes.stale = true;
@@ -387,6 +435,20 @@ impl Client {
             tried: tried.join(", "),
             last,
         })
+    }
+
+    /// Whether the gestor at `url` answers `node.ping` within [`PING_WAIT`]
+    /// and before `deadline`; `None` when the deadline leaves no time to ask.
+    fn answers_ping(&mut self, url: &str, deadline: Instant) -> Option<bool> {
+        let wait = PING_WAIT.min(deadline.saturating_duration_since(Instant::now()));
+        if wait < Duration::from_millis(10) {
+            return None;
+        }
+        let frame = to_cbor(&gestor_sdk::wire::Request::new(
+            <gestor_api::node::Ping as Kind>::NAME,
+            Value::Null,
+        ));
+        Some(matches!(self.send_to::<Value>(url, &frame, wait), Ok((reply, _)) if reply.ok))
     }
 
     /// One request to `url`: its reply, and which gestor the body says
@@ -422,5 +484,150 @@ impl Client {
                 Err(ClientError::Transport(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The owner-first routing against stand-in gestores on real nng
+    //! sockets (insecure mode): enough of the protocol to serve a ring
+    //! table, `node.ping` and `user.lookup`.
+    use super::*;
+    use gestor_api::node;
+    use gestor_api::ring::PeerRef;
+    use gestor_api::user::{self, Found, UserOnly};
+    use gestor_sdk::wire::{decode_request, encode_reply, to_value};
+    use gestor_secure::{Peer, SecureConfig};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn free_url() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("tcp://127.0.0.1:{}", l.local_addr().expect("addr").port())
+    }
+
+    fn layer(urls: Option<(&str, &str)>) -> SecureLayer {
+        let config = match urls {
+            Some((request, signal)) => SecureConfig::insecure().with_urls(request, signal),
+            None => SecureConfig::insecure(),
+        };
+        SecureLayer::new(
+            gestor_backends::build_transport(gestor_backends::TransportKind::Nng),
+            config,
+        )
+    }
+
+    /// A stand-in gestor at `url`: its table names `owner` as the owner of
+    /// every key; it counts the lookups it serves, and makes the first
+    /// one wait `first_delay`.
+    struct StandIn {
+        url: String,
+        lookups: Arc<AtomicUsize>,
+        _replier: Box<dyn gestor_sdk::Replier>,
+    }
+
+    impl StandIn {
+        fn start(url: String, owner: &str, first_delay: Duration) -> StandIn {
+            let signal = free_url();
+            let lookups = Arc::new(AtomicUsize::new(0));
+            let table = RingTable {
+                members: vec![PeerRef {
+                    id: u64::MAX,
+                    addr: owner.to_string(),
+                }],
+                complete: true,
+            };
+            let here = url.clone();
+            let served = Arc::clone(&lookups);
+            let replier = layer(Some((&url, &signal)))
+                .replier_with_fast_path(
+                    &url,
+                    Arc::new(move |frame: &[u8], _: &Peer, _queued| {
+                        let kind = decode_request(frame).expect("request").kind;
+                        assert_eq!(kind, <user::Lookup as Kind>::NAME);
+                        if served.fetch_add(1, Ordering::SeqCst) == 0 {
+                            std::thread::sleep(first_delay);
+                        }
+                        let found = Found {
+                            user: "ana".into(),
+                            address: "127.0.0.1:1".into(),
+                            online: true,
+                            last_seen_ms: 0,
+                            last_update: Default::default(),
+                            gestor: here.clone(),
+                            signal: String::new(),
+                            hops: 0,
+                        };
+                        encode_reply(&gestor_sdk::wire::Reply::ok(to_value(&found)), &[])
+                    }),
+                    Arc::new(move |frame: &[u8], _: &Peer| {
+                        let kind = decode_request(frame).ok()?.kind;
+                        let body = if kind == <node::Ping as Kind>::NAME {
+                            to_value("pong")
+                        } else if kind == <ring::Table as Kind>::NAME {
+                            to_value(&table)
+                        } else {
+                            return None;
+                        };
+                        Some(encode_reply(&gestor_sdk::wire::Reply::ok(body), &[]))
+                    }),
+                    &TransportOptions::default(),
+                )
+                .expect("stand-in replier");
+            StandIn {
+                url,
+                lookups,
+                _replier: replier,
+            }
+        }
+
+        fn lookups(&self) -> usize {
+            self.lookups.load(Ordering::SeqCst)
+        }
+    }
+
+    fn lookup(client: &mut Client) -> Result<Found, ClientError> {
+        client.request_for::<user::Lookup>(
+            "ana",
+            &UserOnly {
+                username: "ana".into(),
+            },
+        )
+    }
+
+    const ATTEMPT: Duration = Duration::from_millis(150);
+
+    #[test]
+    fn a_slow_owner_that_answers_a_ping_is_retried_not_gone_round() {
+        let owner_url = free_url();
+        let owner = StandIn::start(owner_url.clone(), &owner_url, ATTEMPT * 4);
+        let other = StandIn::start(free_url(), &owner_url, Duration::ZERO);
+        let mut client = Client::new(layer(None), vec![other.url.clone()], Duration::from_secs(5))
+            .with_owner_attempt(ATTEMPT);
+        let found = lookup(&mut client).expect("lookup through a slow owner");
+        assert_eq!(found.gestor, owner_url, "answered by the owner");
+        let stats = client.routing_stats();
+        assert_eq!(stats.owner_slow, 1, "{stats:?}");
+        assert_eq!(stats.owner_unreachable, 0, "{stats:?}");
+        assert_eq!(
+            other.lookups(),
+            0,
+            "never sent round through another gestor"
+        );
+        assert_eq!(owner.lookups(), 2, "the slow first try and its retry");
+    }
+
+    #[test]
+    fn a_silent_owner_that_answers_no_ping_is_gone_round() {
+        let gone = free_url();
+        let other = StandIn::start(free_url(), &gone, Duration::ZERO);
+        let mut client = Client::new(layer(None), vec![other.url.clone()], Duration::from_secs(5))
+            .with_owner_attempt(ATTEMPT);
+        let found = lookup(&mut client).expect("lookup with the owner gone");
+        assert_eq!(found.gestor, other.url);
+        let stats = client.routing_stats();
+        assert_eq!(stats.owner_unreachable, 1, "{stats:?}");
+        assert_eq!(stats.owner_slow, 0, "{stats:?}");
+        assert_eq!(other.lookups(), 1);
     }
 }

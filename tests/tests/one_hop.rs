@@ -37,6 +37,7 @@ fn pass(c: &mut Client) -> Result<RoutingStats, String> {
         direct: after.direct - before.direct,
         redirected: after.redirected - before.redirected,
         owner_unreachable: after.owner_unreachable - before.owner_unreachable,
+        owner_slow: after.owner_slow - before.owner_slow,
         table_fetches: after.table_fetches - before.table_fetches,
     })
 }
