@@ -39,7 +39,7 @@ const TABLE_MIN_INTERVAL: Duration = Duration::from_millis(500);
 /// peer is gone, so without this one stale route cost the whole timeout
 /// before the request went to another gestor. It is above the longest a
 /// live owner usually takes before it answers `busy` (a registration waits
-/// up to 2 s for a hashing slot; a request waits at most 1 s for a worker
+/// up to 1.5 s for a hashing slot; a request waits at most 1 s for a worker
 /// by default). An owner silent for longer is pinged: one that answers is
 /// slow, not gone, and gets the request again after a pause; only one that
 /// does not is gone round.

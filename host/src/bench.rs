@@ -309,7 +309,10 @@ where
                                 hops += h as u64;
                             }
                             Some(Err(e)) if is_shed(&e) => busy += 1,
-                            Some(Err(_)) => errors += 1,
+                            Some(Err(e)) => {
+                                tracing::debug!(error = %e, "bench: request failed");
+                                errors += 1
+                            }
                         }
                         i += 1;
                     }

@@ -48,6 +48,7 @@ macro_rules! transport_suite {
                 reqrep_triage_answers_or_hands_on,
                 reqrep_concurrent_slow_handler,
                 reqrep_continuation_is_told_how_long_it_queued,
+                reqrep_urgent_requests_go_first,
                 reqrep_timeout_when_peer_down,
                 reqrep_recovers_after_replier_restart,
                 reqrep_one_mebibyte,
@@ -293,6 +294,89 @@ pub fn reqrep_continuation_is_told_how_long_it_queued(t: &dyn Transport) {
     assert!(
         second >= HOLD,
         "{}: waited {second:?} behind a worker held {HOLD:?} after it was queued",
+        t.name()
+    );
+}
+
+/// With the one worker held, an `Urgent` request that arrives after
+/// `Continue` ones is still served before them.
+pub fn reqrep_urgent_requests_go_first(t: &dyn Transport) {
+    #[derive(Default)]
+    struct Order {
+        triaged: AtomicUsize,
+        holding: AtomicBool,
+        release: AtomicBool,
+        ran: std::sync::Mutex<Vec<Vec<u8>>>,
+    }
+    struct Lanes(Arc<Order>);
+    impl RequestHandler for Lanes {
+        fn handle(&self, request: &[u8]) -> Vec<u8> {
+            request.to_vec()
+        }
+        fn triage(&self, request: &[u8], _source: Option<&str>) -> Triage {
+            self.0.triaged.fetch_add(1, Ordering::SeqCst);
+            let (o, request) = (Arc::clone(&self.0), request.to_vec());
+            let urgent = request.starts_with(b"urgent");
+            let rest: gestor_sdk::transport::Continuation = Box::new(move |_| {
+                if request == b"hold" {
+                    o.holding.store(true, Ordering::SeqCst);
+                    let cap = Instant::now() + Duration::from_secs(10);
+                    while !o.release.load(Ordering::SeqCst) && Instant::now() < cap {
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                o.ran.lock().unwrap().push(request.clone());
+                request
+            });
+            if urgent {
+                Triage::Urgent(rest)
+            } else {
+                Triage::Continue(rest)
+            }
+        }
+    }
+    let url = tcp_url();
+    let order = Arc::new(Order::default());
+    let one_worker = TransportOptions {
+        replier_workers: 1,
+        ..opts()
+    };
+    let _rep = t
+        .replier(&url, Arc::new(Lanes(Arc::clone(&order))), &one_worker)
+        .unwrap_or_else(|e| panic!("{}: replier on {url}: {e}", t.name()));
+    let send = |payload: &'static [u8]| {
+        let mut req = requester(t, &url);
+        thread::spawn(move || req.request(payload, OK_TIMEOUT))
+    };
+    let deadline = Instant::now() + SETTLE;
+    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+        while !cond() {
+            assert!(Instant::now() < deadline, "{}: {what}", t.name());
+            thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let mut sent = vec![send(b"hold")];
+    wait_for("hold never ran", &|| order.holding.load(Ordering::SeqCst));
+    for (i, payload) in [&b"normal1"[..], b"normal2", b"urgent"]
+        .into_iter()
+        .enumerate()
+    {
+        sent.push(send(payload));
+        wait_for("a request was not taken in", &|| {
+            order.triaged.load(Ordering::SeqCst) == i + 2
+        });
+    }
+    order.release.store(true, Ordering::SeqCst);
+    for s in sent {
+        s.join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{}: {e}", t.name()));
+    }
+    let ran = order.ran.lock().unwrap().clone();
+    assert_eq!(
+        ran,
+        [&b"hold"[..], b"urgent", b"normal1", b"normal2"],
+        "{}: served in this order",
         t.name()
     );
 }

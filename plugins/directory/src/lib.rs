@@ -104,8 +104,11 @@ struct Shared {
 }
 
 /// How long a password job may wait in the hashing queue before it is
-/// dropped unrun (`busy`).
-const HASH_SLOT_WAIT: Duration = Duration::from_secs(2);
+/// dropped unrun (`busy`). With the default 1 s a request may wait for a
+/// worker first, a client then hears `busy` before the 3 s it gives the
+/// owner (`OWNER_ATTEMPT` in the client), instead of giving up and
+/// sending the registration again while the first still waits.
+const HASH_SLOT_WAIT: Duration = Duration::from_millis(1_500);
 /// Accounts whose recent failures are remembered.
 const FAILURE_ACCOUNTS: usize = 100_000;
 

@@ -59,8 +59,17 @@ pub enum Triage {
     /// A worker runs this instead: triage already consumed the request
     /// (say, decrypted it) and left the rest of the work here. It is given
     /// how long the request waited between triage and the worker.
-    Continue(Box<dyn FnOnce(Duration) -> Vec<u8> + Send>),
+    Continue(Continuation),
+    /// Like [`Triage::Continue`], but served before every `Continue` still
+    /// waiting: for requests that other servers are waiting on (a gestor's
+    /// from other gestores), so that one busy server's backlog of client
+    /// work does not make its peers time out and take it for dead.
+    Urgent(Continuation),
 }
+
+/// The rest of a request's work after triage, run by a worker with how
+/// long the request waited for it.
+pub type Continuation = Box<dyn FnOnce(Duration) -> Vec<u8> + Send>;
 
 impl std::fmt::Debug for Triage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,6 +77,7 @@ impl std::fmt::Debug for Triage {
             Triage::Reply(r) => write!(f, "Reply({} bytes)", r.len()),
             Triage::Worker => f.write_str("Worker"),
             Triage::Continue(_) => f.write_str("Continue(..)"),
+            Triage::Urgent(_) => f.write_str("Urgent(..)"),
         }
     }
 }

@@ -47,7 +47,7 @@
 //! a bigger frame (the peer reconnects; nothing reaches the application).
 
 use crossbeam_channel::{Receiver, Sender};
-use gestor_sdk::transport::{decode_signal, encode_signal, QUEUED_PER_WORKER};
+use gestor_sdk::transport::{decode_signal, encode_signal, Continuation, QUEUED_PER_WORKER};
 use gestor_sdk::{
     Endpoint, Publisher, Replier, RequestHandler, Requester, Subscriber, Transport, TransportError,
     TransportOptions, Triage,
@@ -250,8 +250,8 @@ struct NngReplier {
     socket: Socket,
     stop: Arc<AtomicBool>,
     slots: Vec<Slot>,
-    /// The workers' queue, kept to send each of them its stop.
-    to_workers: Sender<Option<Job>>,
+    /// The workers' queues; kept to send each worker its stop.
+    to_workers: Queues<Sender<Option<Job>>>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -266,6 +266,23 @@ struct NngReplier {
 struct Slot {
     ctx: Context,
     aio: Aio,
+}
+
+/// The worker pool's two queues: workers take from `urgent` first
+/// ([`Triage::Urgent`]). Unbounded, yet together never longer than the
+/// number of contexts. A stop (`None`) goes through `normal`.
+struct Queues<T> {
+    normal: T,
+    urgent: T,
+}
+
+impl<T: Clone> Clone for Queues<T> {
+    fn clone(&self) -> Self {
+        Queues {
+            normal: self.normal.clone(),
+            urgent: self.urgent.clone(),
+        }
+    }
 }
 
 /// A request a context took in, for the worker pool.
@@ -284,7 +301,7 @@ enum Work {
         source: Option<String>,
     },
     /// Finish what triage started on the nng thread.
-    Continue(Box<dyn FnOnce(Duration) -> Vec<u8> + Send>),
+    Continue(Continuation),
 }
 
 /// What a context's callback and the worker serving its request share.
@@ -328,7 +345,12 @@ impl Serving {
 
     /// The Aio's callback. Never blocks: triage answers from memory or
     /// hands the request on.
-    fn on_event(self: &Arc<Self>, aio: &Aio, result: AioResult, workers: &Sender<Option<Job>>) {
+    fn on_event(
+        self: &Arc<Self>,
+        aio: &Aio,
+        result: AioResult,
+        workers: &Queues<Sender<Option<Job>>>,
+    ) {
         if self.stop.load(Ordering::Acquire) {
             return;
         }
@@ -339,10 +361,11 @@ impl Serving {
                 let triage = catch_unwind(AssertUnwindSafe(|| {
                     self.handler.triage(request.as_slice(), source.as_deref())
                 }));
-                let work = match triage {
+                let (work, urgent) = match triage {
                     Ok(Triage::Reply(reply)) => return self.reply(aio, reply, IO_THREAD_SEND_WAIT),
-                    Ok(Triage::Worker) => Work::Handle { request, source },
-                    Ok(Triage::Continue(rest)) => Work::Continue(rest),
+                    Ok(Triage::Worker) => (Work::Handle { request, source }, false),
+                    Ok(Triage::Continue(rest)) => (Work::Continue(rest), false),
+                    Ok(Triage::Urgent(rest)) => (Work::Continue(rest), true),
                     Err(_) => {
                         tracing::error!(%url, "nng replier: triage panicked; request dropped");
                         return self.receive(aio);
@@ -356,7 +379,12 @@ impl Serving {
                     work,
                     queued_at: Instant::now(),
                 };
-                if workers.send(Some(job)).is_err() {
+                let queue = if urgent {
+                    &workers.urgent
+                } else {
+                    &workers.normal
+                };
+                if queue.send(Some(job)).is_err() {
                     tracing::debug!(%url, "nng replier: workers gone; request dropped");
                 }
             }
@@ -371,10 +399,21 @@ impl Serving {
     }
 }
 
+/// The next job, an urgent one first; `None` at the stop.
+fn next_job(jobs: &Queues<Receiver<Option<Job>>>) -> Option<Job> {
+    if let Ok(job) = jobs.urgent.try_recv() {
+        return job;
+    }
+    crossbeam_channel::select_biased! {
+        recv(jobs.urgent) -> job => job.ok().flatten(),
+        recv(jobs.normal) -> job => job.ok().flatten(),
+    }
+}
+
 /// A worker of the pool: serves queued requests until it is sent `None`.
 /// After the stop flag it drops what is still queued instead of serving it.
-fn work(jobs: &Receiver<Option<Job>>, stop: &AtomicBool) {
-    while let Ok(Some(job)) = jobs.recv() {
+fn work(jobs: &Queues<Receiver<Option<Job>>>, stop: &AtomicBool) {
+    while let Some(job) = next_job(jobs) {
         if stop.load(Ordering::Acquire) {
             continue;
         }
@@ -486,8 +525,18 @@ impl NngReplier {
     ) -> Result<NngReplier, TransportError> {
         let socket = new_socket(Protocol::Rep0, options)?;
         let stop = Arc::new(AtomicBool::new(false));
-        // Unbounded, yet never longer than the number of contexts.
-        let (to_workers, jobs) = crossbeam_channel::unbounded::<Option<Job>>();
+        let (normal_tx, normal_rx) = crossbeam_channel::unbounded::<Option<Job>>();
+        let (urgent_tx, urgent_rx) = crossbeam_channel::unbounded::<Option<Job>>();
+        let (to_workers, jobs) = (
+            Queues {
+                normal: normal_tx,
+                urgent: urgent_tx,
+            },
+            Queues {
+                normal: normal_rx,
+                urgent: urgent_rx,
+            },
+        );
         let mut replier = NngReplier {
             url: url.to_string(),
             socket,
@@ -557,7 +606,7 @@ impl Drop for NngReplier {
         // A worker finishes the request it is serving (and sends its
         // reply) before it reads the stop; what is still queued is dropped.
         for _ in &self.workers {
-            let _ = self.to_workers.send(None);
+            let _ = self.to_workers.normal.send(None);
         }
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {

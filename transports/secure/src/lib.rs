@@ -895,10 +895,18 @@ impl SecureLayer {
             Some(reply) => Triage::Reply(opened.seal_reply(&reply)),
             None => {
                 let handler = Arc::clone(handler);
-                Triage::Continue(Box::new(move |queued| {
+                // Other gestores wait on their requests (a forward, a copy,
+                // the ring's upkeep): they go before clients' requests.
+                let urgent = opened.session.peer.is_gestor();
+                let rest: gestor_sdk::transport::Continuation = Box::new(move |queued| {
                     let reply = handler(&opened.plain, &opened.session.peer, queued);
                     opened.seal_reply(&reply)
-                }))
+                });
+                if urgent {
+                    Triage::Urgent(rest)
+                } else {
+                    Triage::Continue(rest)
+                }
             }
         }
     }

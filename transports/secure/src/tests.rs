@@ -782,9 +782,10 @@ fn a_request_deferred_by_the_fast_path_is_answered_once_and_its_resend_replayed(
         })
     };
     let declines: FastHandler = Arc::new(|_: &[u8], _: &Peer| None);
-    let gestor_sdk::Triage::Continue(rest) = server.triage(&session, Some(&declines), &handler)
+    // From another gestor: continued on a worker ahead of clients' requests.
+    let gestor_sdk::Triage::Urgent(rest) = server.triage(&session, Some(&declines), &handler)
     else {
-        panic!("a declined sealed request is continued on a worker");
+        panic!("a gestor's declined sealed request is continued on a worker, urgently");
     };
     let reply = rest(Duration::from_millis(1234));
     assert_eq!(reply[0], frame::REPLY);
@@ -801,6 +802,38 @@ fn a_request_deferred_by_the_fast_path_is_answered_once_and_its_resend_replayed(
         panic!("a resend is answered on the I/O thread");
     };
     assert_eq!(resent, reply);
+}
+
+#[test]
+fn gestores_requests_go_ahead_of_clients_on_the_workers() {
+    let t: Arc<dyn Transport> = Arc::new(gestor_transport_nng::NngTransport::new());
+    let cluster = Cluster::new();
+    let server = cluster.gestor(&t, "a");
+    let handler: SecureHandler = Arc::new(|req: &[u8], _: &Peer, _| req.to_vec());
+    let declines: FastHandler = Arc::new(|_: &[u8], _: &Peer| None);
+    for (caller, urgent) in [(cluster.gestor(&t, "b"), true), (cluster.client(&t), false)] {
+        let mut wire = SecureRequester {
+            layer: caller,
+            inner: Box::new(Wire {
+                server: server.clone(),
+                frames: Arc::default(),
+            }),
+            url: "wire".into(),
+            require_gestor: true,
+        };
+        let frame = server_side_session_frame(&mut wire, b"work");
+        let lane = server.triage(&frame, Some(&declines), &handler);
+        assert_eq!(
+            matches!(lane, gestor_sdk::Triage::Urgent(_)),
+            urgent,
+            "{lane:?}"
+        );
+        assert_eq!(
+            matches!(lane, gestor_sdk::Triage::Continue(_)),
+            !urgent,
+            "{lane:?}"
+        );
+    }
 }
 
 /// A request sealed in `wire`'s session, as it would cross the network.

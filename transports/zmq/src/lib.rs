@@ -50,7 +50,7 @@
 //! such a frame is buffered in memory once.
 
 use crossbeam_channel::{Receiver, Sender};
-use gestor_sdk::transport::{decode_signal, encode_signal, QUEUED_PER_WORKER};
+use gestor_sdk::transport::{decode_signal, encode_signal, Continuation, QUEUED_PER_WORKER};
 use gestor_sdk::{
     Endpoint, Publisher, Replier, RequestHandler, Requester, Subscriber, Transport, TransportError,
     TransportOptions, Triage,
@@ -386,6 +386,16 @@ struct Job {
     work: Work,
     /// When triage handed it on: a continuation is told how long it queued.
     queued_at: Instant,
+    /// Served before every job that is not ([`Triage::Urgent`]).
+    urgent: bool,
+}
+
+/// The workers' two queues, each bounded so a flood of requests cannot
+/// grow memory without limit (the I/O thread drops a request when its
+/// queue is full). Workers take from `urgent` first.
+struct Queues<T> {
+    normal: T,
+    urgent: T,
 }
 
 /// What a worker does for one request.
@@ -397,7 +407,7 @@ enum Work {
         source: Option<String>,
     },
     /// Finish what triage started on the I/O thread.
-    Continue(Box<dyn FnOnce(Duration) -> Vec<u8> + Send>),
+    Continue(Continuation),
 }
 
 struct ZmqReplier {
@@ -441,12 +451,24 @@ impl ZmqReplier {
             stop,
             threads: Vec::with_capacity(workers + 1),
         };
-        // Bounded so a flood of requests cannot grow memory without limit;
-        // the I/O thread drops requests when it is full.
-        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(workers * QUEUED_PER_WORKER);
+        let (normal_tx, normal_rx) = crossbeam_channel::bounded::<Job>(workers * QUEUED_PER_WORKER);
+        let (urgent_tx, urgent_rx) = crossbeam_channel::bounded::<Job>(workers * QUEUED_PER_WORKER);
+        let (jobs_tx, jobs_rx) = (
+            Queues {
+                normal: normal_tx,
+                urgent: urgent_tx,
+            },
+            Queues {
+                normal: normal_rx,
+                urgent: urgent_rx,
+            },
+        );
         let max = options.max_message_bytes;
         for (i, push) in pushes.into_iter().enumerate() {
-            let rx = jobs_rx.clone();
+            let rx = Queues {
+                normal: jobs_rx.normal.clone(),
+                urgent: jobs_rx.urgent.clone(),
+            };
             let handler = Arc::clone(&handler);
             let stop = Arc::clone(&replier.stop);
             let url = replier.url.clone();
@@ -512,6 +534,14 @@ impl Served<'_> {
             }
             Ok(Triage::Worker) => Work::Handle { body, source },
             Ok(Triage::Continue(rest)) => Work::Continue(rest),
+            Ok(Triage::Urgent(rest)) => {
+                return Some(Job {
+                    envelope,
+                    work: Work::Continue(rest),
+                    queued_at: Instant::now(),
+                    urgent: true,
+                })
+            }
             Err(_) => {
                 tracing::error!(%url, "zmq replier: triage panicked; request dropped");
                 return None;
@@ -521,6 +551,7 @@ impl Served<'_> {
             envelope,
             work,
             queued_at: Instant::now(),
+            urgent: false,
         })
     }
 
@@ -541,7 +572,7 @@ impl Served<'_> {
 
 /// Owns the ROUTER and the reply PULL: serves what triage answers at once,
 /// hands the rest to the workers, routes their replies.
-fn io_loop(served: &Served<'_>, pull: &zmq::Socket, jobs: &Sender<Job>, stop: &AtomicBool) {
+fn io_loop(served: &Served<'_>, pull: &zmq::Socket, jobs: &Queues<Sender<Job>>, stop: &AtomicBool) {
     let (router, url) = (served.router, served.url);
     while !stop.load(Ordering::Acquire) {
         let (router_ready, pull_ready) = {
@@ -581,7 +612,12 @@ fn io_loop(served: &Served<'_>, pull: &zmq::Socket, jobs: &Sender<Job>, stop: &A
                 let Some(job) = served.triage(parts, body, source) else {
                     continue;
                 };
-                if jobs.try_send(job).is_err() {
+                let queue = if job.urgent {
+                    &jobs.urgent
+                } else {
+                    &jobs.normal
+                };
+                if queue.try_send(job).is_err() {
                     tracing::warn!(%url, "zmq replier: workers saturated; request dropped");
                 }
             }
@@ -616,8 +652,19 @@ fn drain(socket: &zmq::Socket) -> impl Iterator<Item = Vec<Vec<u8>>> + '_ {
     (0..DRAIN_BATCH).map_while(move |_| socket.recv_multipart(zmq::DONTWAIT).ok())
 }
 
+/// The next job, an urgent one first; `None` once the I/O thread is gone.
+fn next_job(jobs: &Queues<Receiver<Job>>) -> Option<Job> {
+    if let Ok(job) = jobs.urgent.try_recv() {
+        return Some(job);
+    }
+    crossbeam_channel::select_biased! {
+        recv(jobs.urgent) -> job => job.ok(),
+        recv(jobs.normal) -> job => job.ok(),
+    }
+}
+
 fn worker(
-    jobs: &Receiver<Job>,
+    jobs: &Queues<Receiver<Job>>,
     push: &zmq::Socket,
     handler: &dyn RequestHandler,
     max: usize,
@@ -627,7 +674,7 @@ fn worker(
     // Blocks until a job comes: the I/O thread owns the only sender, so its
     // exit at shutdown wakes every worker (an idle replier makes no
     // periodic wake-ups).
-    while let Ok(job) = jobs.recv() {
+    while let Some(job) = next_job(jobs) {
         if stop.load(Ordering::Acquire) {
             return;
         }
