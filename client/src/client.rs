@@ -48,6 +48,8 @@ pub const OWNER_ATTEMPT: Duration = Duration::from_secs(3);
 /// `node.ping`, which its transport's I/O thread answers even while every
 /// request worker is taken. An answer means it is alive and only slow.
 const PING_WAIT: Duration = Duration::from_secs(1);
+/// A `busy` answer is not retried with less time than this left.
+const LEAST_RETRY_WINDOW: Duration = Duration::from_millis(500);
 
 /// How one-hop routing went for a client (tests and the bench read it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -323,7 +325,9 @@ impl Client {
             match self.call_once(preferred, &frame, deadline) {
                 Err(ClientError::Remote(e)) if e.code == gestor_sdk::ErrorCode::Busy => {
                     let jitter = Duration::from_millis(rand::random::<u64>() % 50);
-                    if Instant::now() + backoff + jitter >= deadline {
+                    // A retry with almost no time left would end in a
+                    // timeout that hides the answer: the gestor is busy.
+                    if Instant::now() + backoff + jitter + LEAST_RETRY_WINDOW >= deadline {
                         return Err(ClientError::Remote(e));
                     }
                     std::thread::sleep(backoff + jitter);
