@@ -34,7 +34,7 @@ const TABLE_MAX_AGE: Duration = Duration::from_secs(10);
 /// must not turn every request into two.
 const TABLE_MIN_INTERVAL: Duration = Duration::from_millis(500);
 /// The longest a request sent straight to the owner the table names waits
-/// for it, when the client's timeout is longer. A killed gestor stays in
+/// for it (less when the request's deadline is near: see `GO_ROUND_TIME`). A killed gestor stays in
 /// tables until the ring notices, and REQ sockets give no sign that the
 /// peer is gone, so without this one stale route cost the whole timeout
 /// before the request went to another gestor. It is above the longest a
@@ -48,6 +48,9 @@ pub const OWNER_ATTEMPT: Duration = Duration::from_secs(3);
 /// `node.ping`, which its transport's I/O thread answers even while every
 /// request worker is taken. An answer means it is alive and only slow.
 const PING_WAIT: Duration = Duration::from_secs(1);
+/// What a request to the owner leaves of the time left, when it can: to
+/// ping a silent owner ([`PING_WAIT`]) and to send to another gestor.
+const GO_ROUND_TIME: Duration = Duration::from_secs(2);
 /// A `busy` answer is not retried with less time than this left.
 const LEAST_RETRY_WINDOW: Duration = Duration::from_millis(500);
 
@@ -365,8 +368,11 @@ impl Client {
                 break;
             }
             let to_owner = preferred == Some(url.as_str());
+            // A gone owner must leave time to ping it and to go round it:
+            // GO_ROUND_TIME of what is left, or half when that is less.
             let timeout = if to_owner {
-                left.min(self.owner_attempt)
+                let for_owner = (left / 2).max(left.saturating_sub(GO_ROUND_TIME));
+                for_owner.min(self.owner_attempt)
             } else {
                 left
             };
@@ -442,9 +448,10 @@ impl Client {
     }
 
     /// Whether the gestor at `url` answers `node.ping` within [`PING_WAIT`]
-    /// and before `deadline`; `None` when the deadline leaves no time to ask.
+    /// and half the time left before `deadline` (the other half is for
+    /// another gestor); `None` when the deadline leaves no time to ask.
     fn answers_ping(&mut self, url: &str, deadline: Instant) -> Option<bool> {
-        let wait = PING_WAIT.min(deadline.saturating_duration_since(Instant::now()));
+        let wait = PING_WAIT.min(deadline.saturating_duration_since(Instant::now()) / 2);
         if wait < Duration::from_millis(10) {
             return None;
         }
