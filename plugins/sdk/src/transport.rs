@@ -15,7 +15,9 @@
 //!   hand-off to a worker and back (see [`Triage`]). A request it hands on
 //!   waits in a bounded queue the backend owns, and its continuation is told
 //!   how long it waited, so a server can turn away work its requester has
-//!   probably given up on instead of doing it late.
+//!   probably given up on instead of doing it late. A backend keeps two
+//!   such queues and serves [`Triage::Urgent`] requests before
+//!   [`Triage::Continue`] ones.
 //! * **PUB-SUB.** A message is one frame: `topic ++ 0x00 ++ payload`.
 //!   Subscribers filter on a topic prefix. Either side may bind. Publishing
 //!   never blocks: messages to a slow or absent subscriber are dropped.

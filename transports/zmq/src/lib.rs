@@ -15,12 +15,15 @@
 //!   arriving on the ROUTER (routing envelope + empty delimiter + body) is
 //!   first offered to [`RequestHandler::triage`] there: a reply made at
 //!   once goes straight back out on the ROUTER; anything else is handed to
-//!   the worker pool through a channel. A reply arriving on the
+//!   the worker pool through one of two bounded channels, the urgent one
+//!   ([`Triage::Urgent`]) emptied first, with the time it was queued (a
+//!   continuation is told how long it waited). A reply arriving on the
 //!   PULL (the same envelope + reply body) is forwarded to the ROUTER, which
 //!   routes it back to the right requester.
 //! * `replier_workers` **worker threads**, each owning a PUSH socket connected
-//!   to that PULL. A worker takes a request from the channel (waiting ≤100 ms
-//!   at a time so it notices shutdown), runs the handler and pushes the reply.
+//!   to that PULL. A worker takes a request from the channels (blocking
+//!   until one comes or the I/O thread exits), runs the handler and pushes
+//!   the reply.
 //!
 //! So a slow handler occupies only its worker. Dropping the replier sets a
 //! stop flag and joins every thread; the ROUTER is unbound and closed with
