@@ -260,12 +260,15 @@ impl Client {
         }
         let key = ring_position(username.as_bytes());
         let owner = self.routes.table.as_ref()?.owner_of(key)?.addr.clone();
-        let silent_lately = self
-            .routes
+        (!self.silent_lately(&owner)).then_some(owner)
+    }
+
+    /// `url` did not answer a request, nor a ping, within TABLE_MAX_AGE.
+    fn silent_lately(&self, url: &str) -> bool {
+        self.routes
             .silent
-            .get(&owner)
-            .is_some_and(|t| t.elapsed() < TABLE_MAX_AGE);
-        (!silent_lately).then_some(owner)
+            .get(url)
+            .is_some_and(|t| t.elapsed() < TABLE_MAX_AGE)
     }
 
     /// How one-hop routing went so far.
@@ -324,9 +327,15 @@ impl Client {
         });
         let deadline = Instant::now() + self.timeout;
         let mut backoff = Duration::from_millis(50);
+        // Once the preferred gestor has answered (`busy`, or a ping), it is
+        // known to be up: later attempts need keep no time to go round it.
+        let mut preferred_up = false;
         loop {
-            match self.call_once(preferred, &frame, deadline) {
+            match self.call_once(preferred, &frame, deadline, preferred_up) {
                 Err(ClientError::Remote(e)) if e.code == gestor_sdk::ErrorCode::Busy => {
+                    // Busy from it, or from another gestor after it went
+                    // silent (then marked so, during this call).
+                    preferred_up = preferred.is_some_and(|p| !self.silent_lately(p));
                     let jitter = Duration::from_millis(rand::random::<u64>() % 50);
                     // A retry with almost no time left would end in a
                     // timeout that hides the answer: the gestor is busy.
@@ -348,6 +357,7 @@ impl Client {
         preferred: Option<&str>,
         frame: &[u8],
         deadline: Instant,
+        preferred_up: bool,
     ) -> Result<Answer<T>, ClientError> {
         let mut tried = Vec::new();
         let mut last = TransportError::Closed;
@@ -368,13 +378,15 @@ impl Client {
                 break;
             }
             let to_owner = preferred == Some(url.as_str());
-            // A gone owner must leave time to ping it and to go round it:
-            // GO_ROUND_TIME of what is left, or half when that is less.
-            let timeout = if to_owner {
-                let for_owner = (left / 2).max(left.saturating_sub(GO_ROUND_TIME));
-                for_owner.min(self.owner_attempt)
-            } else {
-                left
+            // An owner that may be gone must leave time to ping it and to
+            // go round it: GO_ROUND_TIME of what is left, or half when that
+            // is less.
+            let timeout = match (to_owner, preferred_up) {
+                (false, _) => left,
+                (true, true) => left.min(self.owner_attempt),
+                (true, false) => (left / 2)
+                    .max(left.saturating_sub(GO_ROUND_TIME))
+                    .min(self.owner_attempt),
             };
             match self.send_to::<T>(&url, frame, timeout) {
                 Ok((reply, answered_by)) => {
