@@ -350,8 +350,11 @@ impl Client {
         }
     }
 
-    /// One try of `frame`: the preferred gestor, then the others in
-    /// order, each given what is left until `deadline`.
+    /// One try of `frame`: the preferred gestor, then the others in order.
+    /// The preferred one (the owner the table names) gets part of what is
+    /// left until `deadline` (see `owner_timeout`); each other gestor gets
+    /// the client's whole timeout, so that one dead gestor early in the
+    /// list cannot leave the rest no time at all.
     fn call_once<T: DeserializeOwned>(
         &mut self,
         preferred: Option<&str>,
@@ -373,44 +376,13 @@ impl Client {
         let mut rest: Option<std::vec::IntoIter<String>> = None;
         let mut next = Some(first.clone());
         while let Some(url) = next.take() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
             let to_owner = preferred == Some(url.as_str());
-            // An owner that may be gone must leave time to ping it and to
-            // go round it: GO_ROUND_TIME of what is left, or half when that
-            // is less.
-            let timeout = match (to_owner, preferred_up) {
-                (false, _) => left,
-                (true, true) => left.min(self.owner_attempt),
-                (true, false) => (left / 2)
-                    .max(left.saturating_sub(GO_ROUND_TIME))
-                    .min(self.owner_attempt),
+            let timeout = match to_owner {
+                true => self.owner_timeout(deadline, preferred_up),
+                false => self.timeout,
             };
             match self.send_to::<T>(&url, frame, timeout) {
-                Ok((reply, answered_by)) => {
-                    if !reply.initial_gestors.is_empty()
-                        && reply.initial_gestors != self.initial_gestors
-                    {
-                        self.add_fallbacks(&reply.initial_gestors);
-                        self.initial_gestors = reply.initial_gestors;
-                    }
-                    return match (reply.ok, reply.body, reply.error) {
-                        (true, Some(body), _) => Ok(Answer { body, answered_by }),
-                        // A `null` body: fine for kinds that answer nothing.
-                        (true, None, _) => match Value::Null.deserialized::<T>() {
-                            Ok(body) => Ok(Answer { body, answered_by }),
-                            Err(e) => Err(ClientError::Malformed {
-                                url,
-                                reason: format!("reply body: {e}"),
-                            }),
-                        },
-                        (false, _, error) => Err(ClientError::Remote(error.unwrap_or_else(|| {
-                            HandlerError::internal("error reply without error")
-                        }))),
-                    };
-                }
+                Ok((reply, answered_by)) => return self.answer(url, reply, answered_by),
                 // A gestor that is not one of ours, or that runs in the other
                 // security mode, is never a fallback to skip past quietly:
                 // say so and stop.
@@ -418,28 +390,10 @@ impl Client {
                     e @ (TransportError::Untrusted { .. } | TransportError::OtherMode { .. }),
                 )) => return Err(ClientError::Transport(e)),
                 Err(ClientError::Transport(e)) => {
-                    if to_owner && matches!(e, TransportError::Timeout { .. }) {
-                        // Slow or gone? Only a gone owner is worth going
-                        // around: another gestor would forward to it.
-                        match self.answers_ping(&url, deadline) {
-                            Some(true) => {
-                                self.routes.stats.owner_slow += 1;
-                                return Err(ClientError::Remote(HandlerError::new(
-                                    ErrorCode::Busy,
-                                    format!("{url} owns the name and is up, but slow ({e})"),
-                                )));
-                            }
-                            // No time left to tell: say what happened.
-                            None => return Err(ClientError::Transport(e)),
-                            Some(false) => {}
-                        }
-                    }
                     if to_owner {
-                        // The owner the table named is gone: refresh the
-                        // table, and go elsewhere until the ring notices.
-                        self.routes.stale = true;
-                        self.routes.stats.owner_unreachable += 1;
-                        self.routes.silent.insert(url.clone(), Instant::now());
+                        if let Some(answer) = self.owner_silent(&url, &e, deadline) {
+                            return Err(answer);
+                        }
                     }
                     tried.push(url.clone());
                     last = e;
@@ -457,6 +411,80 @@ impl Client {
             tried: tried.join(", "),
             last,
         })
+    }
+
+    /// How long the owner the table names gets. One that may be gone must
+    /// leave time to ping it and to go round it: GO_ROUND_TIME of what is
+    /// left, or half when that is less. One that answered during this call
+    /// (`busy`, or a ping) is up, and may take all of it.
+    fn owner_timeout(&self, deadline: Instant, owner_up: bool) -> Duration {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let for_owner = match owner_up {
+            true => left,
+            false => (left / 2).max(left.saturating_sub(GO_ROUND_TIME)),
+        };
+        for_owner.min(self.owner_attempt)
+    }
+
+    /// The owner at `url` did not answer (`e`): `Some(error)` to end the
+    /// try with, or `None` to go round it. Slow or gone? Only a gone owner
+    /// is worth going round: another gestor would forward to it.
+    fn owner_silent(
+        &mut self,
+        url: &str,
+        e: &TransportError,
+        deadline: Instant,
+    ) -> Option<ClientError> {
+        if matches!(e, TransportError::Timeout { .. }) {
+            match self.answers_ping(url, deadline) {
+                Some(true) => {
+                    self.routes.stats.owner_slow += 1;
+                    return Some(ClientError::Remote(HandlerError::new(
+                        ErrorCode::Busy,
+                        format!("{url} owns the name and is up, but slow ({e})"),
+                    )));
+                }
+                // No time left to tell: say what happened.
+                None => return Some(ClientError::Transport(e.clone())),
+                Some(false) => {}
+            }
+        }
+        // The owner the table named is gone: refresh the table, and go
+        // elsewhere until the ring notices.
+        self.routes.stale = true;
+        self.routes.stats.owner_unreachable += 1;
+        self.routes.silent.insert(url.to_string(), Instant::now());
+        None
+    }
+
+    /// A reply from `url` as the call's outcome; its initial-gestors list
+    /// is kept.
+    fn answer<T: DeserializeOwned>(
+        &mut self,
+        url: String,
+        reply: ReplyOf<T>,
+        answered_by: Option<String>,
+    ) -> Result<Answer<T>, ClientError> {
+        if !reply.initial_gestors.is_empty() && reply.initial_gestors != self.initial_gestors {
+            self.add_fallbacks(&reply.initial_gestors);
+            self.initial_gestors = reply.initial_gestors;
+        }
+        match (reply.ok, reply.body, reply.error) {
+            (true, Some(body), _) => Ok(Answer { body, answered_by }),
+            // A `null` body: fine for kinds that answer nothing.
+            (true, None, _) => match Value::Null.deserialized::<T>() {
+                Ok(body) => Ok(Answer { body, answered_by }),
+                Err(e) => Err(ClientError::Malformed {
+                    url,
+                    reason: format!("reply body: {e}"),
+                }),
+            },
+            (false, _, error) => {
+                Err(ClientError::Remote(error.unwrap_or_else(|| {
+                    HandlerError::internal("error reply without error")
+                })))
+            }
+        }
     }
 
     /// Whether the gestor at `url` answers `node.ping` within [`PING_WAIT`]

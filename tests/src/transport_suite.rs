@@ -217,132 +217,64 @@ pub fn reqrep_triage_answers_or_hands_on(t: &dyn Transport) {
     );
 }
 
-/// With one worker held by a request, the next one is still taken in and
-/// triaged at once (it waits in the backend's queue, not unread in the
-/// library), and its continuation is told how long it waited there — what
-/// a server needs to turn away work its caller has likely given up on.
-pub fn reqrep_continuation_is_told_how_long_it_queued(t: &dyn Transport) {
-    const HOLD: Duration = Duration::from_millis(300);
-    #[derive(Default)]
-    struct Queue {
-        triaged: AtomicUsize,
-        holding: AtomicBool,
-        release: AtomicBool,
-        waited: std::sync::Mutex<Vec<(Vec<u8>, Duration)>>,
-    }
-    struct Held(Arc<Queue>);
-    impl RequestHandler for Held {
-        fn handle(&self, request: &[u8]) -> Vec<u8> {
-            request.to_vec()
-        }
-        fn triage(&self, request: &[u8], _source: Option<&str>) -> Triage {
-            self.0.triaged.fetch_add(1, Ordering::SeqCst);
-            let (q, request) = (Arc::clone(&self.0), request.to_vec());
-            Triage::Continue(Box::new(move |queued| {
-                if request == b"hold" {
-                    q.holding.store(true, Ordering::SeqCst);
-                    let cap = Instant::now() + Duration::from_secs(10);
-                    while !q.release.load(Ordering::SeqCst) && Instant::now() < cap {
-                        thread::sleep(Duration::from_millis(2));
-                    }
-                }
-                q.waited.lock().unwrap().push((request.clone(), queued));
-                request
-            }))
-        }
-    }
-    let url = tcp_url();
-    let queue = Arc::new(Queue::default());
-    let one_worker = TransportOptions {
-        replier_workers: 1,
-        ..opts()
-    };
-    let _rep = t
-        .replier(&url, Arc::new(Held(Arc::clone(&queue))), &one_worker)
-        .unwrap_or_else(|e| panic!("{}: replier on {url}: {e}", t.name()));
-    let send = |payload: &'static [u8]| {
-        let mut req = requester(t, &url);
-        thread::spawn(move || req.request(payload, OK_TIMEOUT))
-    };
-    let held = send(b"hold");
-    let deadline = Instant::now() + SETTLE;
-    while !queue.holding.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline, "{}: hold never ran", t.name());
-        thread::sleep(Duration::from_millis(2));
-    }
-    let queued = send(b"queued");
-    while queue.triaged.load(Ordering::SeqCst) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "{}: a request behind a busy worker was not taken in",
-            t.name()
-        );
-        thread::sleep(Duration::from_millis(2));
-    }
-    // The stimulus, not a wait for a condition: keep the worker busy HOLD
-    // longer while the second request sits in the queue.
-    thread::sleep(HOLD);
-    queue.release.store(true, Ordering::SeqCst);
-    assert_eq!(held.join().unwrap().unwrap(), b"hold");
-    assert_eq!(queued.join().unwrap().unwrap(), b"queued");
-    let waited = queue.waited.lock().unwrap().clone();
-    let second = waited
-        .iter()
-        .find(|(r, _)| r == b"queued")
-        .map(|(_, d)| *d)
-        .expect("queued request ran");
-    assert!(
-        second >= HOLD,
-        "{}: waited {second:?} behind a worker held {HOLD:?} after it was queued",
-        t.name()
-    );
+/// A one-worker replier's handler for the queueing checks: every request
+/// is continued on the worker (`urgent…` ones as `Triage::Urgent`), `hold`
+/// keeps the worker until released, and each run is recorded with how long
+/// its request queued.
+#[derive(Default)]
+struct HeldWorker {
+    triaged: AtomicUsize,
+    holding: AtomicBool,
+    release: AtomicBool,
+    ran: std::sync::Mutex<Vec<(Vec<u8>, Duration)>>,
 }
 
-/// With the one worker held, an `Urgent` request that arrives after
-/// `Continue` ones is still served before them.
-pub fn reqrep_urgent_requests_go_first(t: &dyn Transport) {
-    #[derive(Default)]
-    struct Order {
-        triaged: AtomicUsize,
-        holding: AtomicBool,
-        release: AtomicBool,
-        ran: std::sync::Mutex<Vec<Vec<u8>>>,
+struct Held(Arc<HeldWorker>);
+
+impl RequestHandler for Held {
+    fn handle(&self, request: &[u8]) -> Vec<u8> {
+        request.to_vec()
     }
-    struct Lanes(Arc<Order>);
-    impl RequestHandler for Lanes {
-        fn handle(&self, request: &[u8]) -> Vec<u8> {
-            request.to_vec()
-        }
-        fn triage(&self, request: &[u8], _source: Option<&str>) -> Triage {
-            self.0.triaged.fetch_add(1, Ordering::SeqCst);
-            let (o, request) = (Arc::clone(&self.0), request.to_vec());
-            let urgent = request.starts_with(b"urgent");
-            let rest: gestor_sdk::transport::Continuation = Box::new(move |_| {
-                if request == b"hold" {
-                    o.holding.store(true, Ordering::SeqCst);
-                    let cap = Instant::now() + Duration::from_secs(10);
-                    while !o.release.load(Ordering::SeqCst) && Instant::now() < cap {
-                        thread::sleep(Duration::from_millis(2));
-                    }
+    fn triage(&self, request: &[u8], _source: Option<&str>) -> Triage {
+        self.0.triaged.fetch_add(1, Ordering::SeqCst);
+        let (w, request) = (Arc::clone(&self.0), request.to_vec());
+        let urgent = request.starts_with(b"urgent");
+        let rest: gestor_sdk::transport::Continuation = Box::new(move |queued| {
+            if request == b"hold" {
+                w.holding.store(true, Ordering::SeqCst);
+                let cap = Instant::now() + Duration::from_secs(10);
+                while !w.release.load(Ordering::SeqCst) && Instant::now() < cap {
+                    thread::sleep(Duration::from_millis(2));
                 }
-                o.ran.lock().unwrap().push(request.clone());
-                request
-            });
-            if urgent {
-                Triage::Urgent(rest)
-            } else {
-                Triage::Continue(rest)
             }
+            w.ran.lock().unwrap().push((request.clone(), queued));
+            request
+        });
+        if urgent {
+            Triage::Urgent(rest)
+        } else {
+            Triage::Continue(rest)
         }
     }
+}
+
+/// Sends `hold` to a one-worker replier serving [`HeldWorker`], and once it
+/// holds the worker, each of `behind` in turn, each taken in (triaged)
+/// before the next is sent; after `hold_for` more it releases the worker.
+/// Every request must succeed. What ran, in order, with its queueing time.
+fn queue_behind_held_worker(
+    t: &dyn Transport,
+    behind: &[&'static [u8]],
+    hold_for: Duration,
+) -> Vec<(Vec<u8>, Duration)> {
     let url = tcp_url();
-    let order = Arc::new(Order::default());
+    let worker = Arc::new(HeldWorker::default());
     let one_worker = TransportOptions {
         replier_workers: 1,
         ..opts()
     };
     let _rep = t
-        .replier(&url, Arc::new(Lanes(Arc::clone(&order))), &one_worker)
+        .replier(&url, Arc::new(Held(Arc::clone(&worker))), &one_worker)
         .unwrap_or_else(|e| panic!("{}: replier on {url}: {e}", t.name()));
     let send = |payload: &'static [u8]| {
         let mut req = requester(t, &url);
@@ -356,25 +288,57 @@ pub fn reqrep_urgent_requests_go_first(t: &dyn Transport) {
         }
     };
     let mut sent = vec![send(b"hold")];
-    wait_for("hold never ran", &|| order.holding.load(Ordering::SeqCst));
-    for (i, payload) in [&b"normal1"[..], b"normal2", b"urgent"]
-        .into_iter()
-        .enumerate()
-    {
+    wait_for("hold never ran", &|| worker.holding.load(Ordering::SeqCst));
+    for (i, payload) in behind.iter().enumerate() {
         sent.push(send(payload));
-        wait_for("a request was not taken in", &|| {
-            order.triaged.load(Ordering::SeqCst) == i + 2
+        wait_for("a request behind a busy worker was not taken in", &|| {
+            worker.triaged.load(Ordering::SeqCst) == i + 2
         });
     }
-    order.release.store(true, Ordering::SeqCst);
-    for s in sent {
-        s.join()
+    // The stimulus, not a wait for a condition: the worker stays busy this
+    // much longer while the others sit in the queue.
+    thread::sleep(hold_for);
+    worker.release.store(true, Ordering::SeqCst);
+    for (s, payload) in sent
+        .into_iter()
+        .zip([&b"hold"[..]].into_iter().chain(behind.iter().copied()))
+    {
+        let reply = s
+            .join()
             .unwrap()
             .unwrap_or_else(|e| panic!("{}: {e}", t.name()));
+        assert_eq!(reply, payload, "{}", t.name());
     }
-    let ran = order.ran.lock().unwrap().clone();
+    let ran = worker.ran.lock().unwrap().clone();
+    ran
+}
+
+/// With one worker held by a request, the next one is still taken in and
+/// triaged at once (it waits in the backend's queue, not unread in the
+/// library), and its continuation is told how long it waited there — what
+/// a server needs to turn away work its caller has likely given up on.
+pub fn reqrep_continuation_is_told_how_long_it_queued(t: &dyn Transport) {
+    const HOLD: Duration = Duration::from_millis(300);
+    let ran = queue_behind_held_worker(t, &[b"queued"], HOLD);
+    let waited = ran
+        .iter()
+        .find(|(r, _)| r == b"queued")
+        .map(|(_, d)| *d)
+        .expect("queued request ran");
+    assert!(
+        waited >= HOLD,
+        "{}: waited {waited:?} behind a worker held {HOLD:?} after it was queued",
+        t.name()
+    );
+}
+
+/// With the one worker held, an `Urgent` request that arrives after
+/// `Continue` ones is still served before them.
+pub fn reqrep_urgent_requests_go_first(t: &dyn Transport) {
+    let ran = queue_behind_held_worker(t, &[b"normal1", b"normal2", b"urgent"], Duration::ZERO);
+    let order: Vec<&[u8]> = ran.iter().map(|(r, _)| &r[..]).collect();
     assert_eq!(
-        ran,
+        order,
         [&b"hold"[..], b"urgent", b"normal1", b"normal2"],
         "{}: served in this order",
         t.name()

@@ -150,10 +150,6 @@ where
 {
     const NAME: &'static str = "ring.rpc";
     const CLASS: KindClass = KindClass::Internal;
-    /// One step of the Chord core on memory: answered on the I/O thread,
-    /// so a gestor whose request workers are all taken still answers its
-    /// peers' maintenance, and is not taken for dead by them.
-    const FAST_PATH: bool = true;
     type Request = RpcBody<Q>;
     type Reply = R;
 }
@@ -164,7 +160,7 @@ kinds! {
     /// `ring.whoami` — **internal**: a gestor's own id and URL. Asked over
     /// the network by a gestor that joins (or rejoins after a partition)
     /// through this one.
-    Whoami = "ring.whoami", Internal + fast_path, Empty => PeerRef;
+    Whoami = "ring.whoami", Internal, Empty => PeerRef;
 
     /// `ring.lookup` — **local**: the gestor responsible for `key` (an
     /// iterative Chord lookup). Other plugins call it to route per-user
@@ -190,14 +186,14 @@ kinds! {
     /// another record's owner, before it drops a surplus copy). No client
     /// or tool sends it (`gestor status` shows the same through
     /// `node.status`).
-    Neighbours = "ring.neighbours", Internal + fast_path, Empty => Neighbourhood;
+    Neighbours = "ring.neighbours", Internal, Empty => Neighbourhood;
 
     /// `ring.ranges` — **internal**: every virtual node of this gestor with
     /// its predecessor and successor list ([`VirtualNodes`]). Called locally by
     /// the replica and mailbox plugins (which keys are ours, where their
     /// copies go) and over the network by the ring table walk and the
     /// replica plugin (another owner's range, before dropping a copy).
-    Ranges = "ring.ranges", Internal + fast_path, Empty => VirtualNodes;
+    Ranges = "ring.ranges", Internal, Empty => VirtualNodes;
 
     /// `ring.table` — **client**: the ring's members, so a client can send
     /// each per-user request straight to its owner (one hop). A gestor

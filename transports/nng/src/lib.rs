@@ -525,18 +525,18 @@ impl NngReplier {
     ) -> Result<NngReplier, TransportError> {
         let socket = new_socket(Protocol::Rep0, options)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (normal_tx, normal_rx) = crossbeam_channel::unbounded::<Option<Job>>();
-        let (urgent_tx, urgent_rx) = crossbeam_channel::unbounded::<Option<Job>>();
-        let (to_workers, jobs) = (
-            Queues {
-                normal: normal_tx,
-                urgent: urgent_tx,
-            },
-            Queues {
-                normal: normal_rx,
-                urgent: urgent_rx,
-            },
+        let (normal, urgent) = (
+            crossbeam_channel::unbounded(),
+            crossbeam_channel::unbounded(),
         );
+        let to_workers = Queues {
+            normal: normal.0,
+            urgent: urgent.0,
+        };
+        let jobs = Queues {
+            normal: normal.1,
+            urgent: urgent.1,
+        };
         let mut replier = NngReplier {
             url: url.to_string(),
             socket,

@@ -454,18 +454,19 @@ impl ZmqReplier {
             stop,
             threads: Vec::with_capacity(workers + 1),
         };
-        let (normal_tx, normal_rx) = crossbeam_channel::bounded::<Job>(workers * QUEUED_PER_WORKER);
-        let (urgent_tx, urgent_rx) = crossbeam_channel::bounded::<Job>(workers * QUEUED_PER_WORKER);
-        let (jobs_tx, jobs_rx) = (
-            Queues {
-                normal: normal_tx,
-                urgent: urgent_tx,
-            },
-            Queues {
-                normal: normal_rx,
-                urgent: urgent_rx,
-            },
+        let bound = workers * QUEUED_PER_WORKER;
+        let (normal, urgent) = (
+            crossbeam_channel::bounded(bound),
+            crossbeam_channel::bounded(bound),
         );
+        let jobs_tx = Queues {
+            normal: normal.0,
+            urgent: urgent.0,
+        };
+        let jobs_rx = Queues {
+            normal: normal.1,
+            urgent: urgent.1,
+        };
         let max = options.max_message_bytes;
         for (i, push) in pushes.into_iter().enumerate() {
             let rx = Queues {
