@@ -271,17 +271,26 @@ struct Slot {
 /// The worker pool's two queues: workers take from `urgent` first
 /// ([`Triage::Urgent`]). Unbounded, yet together never longer than the
 /// number of contexts. A stop (`None`) goes through `normal`.
+#[derive(Clone)]
 struct Queues<T> {
     normal: T,
     urgent: T,
 }
 
-impl<T: Clone> Clone for Queues<T> {
-    fn clone(&self) -> Self {
-        Queues {
-            normal: self.normal.clone(),
-            urgent: self.urgent.clone(),
-        }
+impl<J> Queues<Sender<J>> {
+    /// Senders and receivers of two channels made by `channel`.
+    fn pair(channel: impl Fn() -> (Sender<J>, Receiver<J>)) -> (Self, Queues<Receiver<J>>) {
+        let ((normal_tx, normal_rx), (urgent_tx, urgent_rx)) = (channel(), channel());
+        (
+            Queues {
+                normal: normal_tx,
+                urgent: urgent_tx,
+            },
+            Queues {
+                normal: normal_rx,
+                urgent: urgent_rx,
+            },
+        )
     }
 }
 
@@ -525,18 +534,7 @@ impl NngReplier {
     ) -> Result<NngReplier, TransportError> {
         let socket = new_socket(Protocol::Rep0, options)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (normal, urgent) = (
-            crossbeam_channel::unbounded(),
-            crossbeam_channel::unbounded(),
-        );
-        let to_workers = Queues {
-            normal: normal.0,
-            urgent: urgent.0,
-        };
-        let jobs = Queues {
-            normal: normal.1,
-            urgent: urgent.1,
-        };
+        let (to_workers, jobs) = Queues::pair(crossbeam_channel::unbounded);
         let mut replier = NngReplier {
             url: url.to_string(),
             socket,

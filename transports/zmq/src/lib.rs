@@ -396,9 +396,27 @@ struct Job {
 /// The workers' two queues, each bounded so a flood of requests cannot
 /// grow memory without limit (the I/O thread drops a request when its
 /// queue is full). Workers take from `urgent` first.
+#[derive(Clone)]
 struct Queues<T> {
     normal: T,
     urgent: T,
+}
+
+impl<J> Queues<Sender<J>> {
+    /// Senders and receivers of two channels made by `channel`.
+    fn pair(channel: impl Fn() -> (Sender<J>, Receiver<J>)) -> (Self, Queues<Receiver<J>>) {
+        let ((normal_tx, normal_rx), (urgent_tx, urgent_rx)) = (channel(), channel());
+        (
+            Queues {
+                normal: normal_tx,
+                urgent: urgent_tx,
+            },
+            Queues {
+                normal: normal_rx,
+                urgent: urgent_rx,
+            },
+        )
+    }
 }
 
 /// What a worker does for one request.
@@ -454,25 +472,11 @@ impl ZmqReplier {
             stop,
             threads: Vec::with_capacity(workers + 1),
         };
-        let bound = workers * QUEUED_PER_WORKER;
-        let (normal, urgent) = (
-            crossbeam_channel::bounded(bound),
-            crossbeam_channel::bounded(bound),
-        );
-        let jobs_tx = Queues {
-            normal: normal.0,
-            urgent: urgent.0,
-        };
-        let jobs_rx = Queues {
-            normal: normal.1,
-            urgent: urgent.1,
-        };
+        let (jobs_tx, jobs_rx) =
+            Queues::pair(|| crossbeam_channel::bounded(workers * QUEUED_PER_WORKER));
         let max = options.max_message_bytes;
         for (i, push) in pushes.into_iter().enumerate() {
-            let rx = Queues {
-                normal: jobs_rx.normal.clone(),
-                urgent: jobs_rx.urgent.clone(),
-            };
+            let rx = jobs_rx.clone();
             let handler = Arc::clone(&handler);
             let stop = Arc::clone(&replier.stop);
             let url = replier.url.clone();
