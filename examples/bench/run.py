@@ -376,11 +376,17 @@ def median(values):
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def floor_ms(channel):
+    """The raw round trip a lookup is compared with: to a replier in another
+    process, as a gestor is to its clients (older reports: in-process)."""
+    return channel.get("process_p50_ms", channel["plain_p50_ms"])
+
+
 def round_ratios(one, odht):
     """Each goal's ratio within one round: (name, value, target, sense)."""
     phases, serial = one["parallel"]["phases"], one["serial"]["phases"]["lookup"]
     rows = [("serial lookup p50 / raw round trip",
-             ratio(serial["p50_ms"], one["serial"]["channel"]["plain_p50_ms"]), 2.0, "<=")]
+             ratio(serial["p50_ms"], floor_ms(one["serial"]["channel"])), 2.0, "<=")]
     if odht:
         rows.append(("serial lookup p50 / OpenDHT get p50", ratio(serial["p50_ms"], odht["p50_ms"]), 0.5, "<="))
     etcd = one.get("etcd")
@@ -433,7 +439,8 @@ def print_report(results):
                 print_phase(name, p)
         for n, one in enumerate(g["rounds"], 1):
             serial = one["serial"]
-            print(f"  round {n}: raw REQ/REP round trip p50 {serial['channel']['plain_p50_ms']:.3f} ms; "
+            print(f"  round {n}: raw REQ/REP round trip p50 {floor_ms(serial['channel']):.3f} ms "
+                  f"(both ends in one process: {serial['channel']['plain_p50_ms']:.3f} ms); "
                   f"serial lookup p50 {serial['phases']['lookup']['p50_ms']:.3f} ms, "
                   f"mean hops {serial['phases']['lookup'].get('mean_hops', 0):.2f}")
             for name in ("login", "set_address", "lookup"):

@@ -124,15 +124,23 @@ pub struct BenchReport {
     pub argon2_all_cores_per_s: Option<f64>,
 }
 
-/// Serial round trips of a lookup-sized frame on 127.0.0.1, in this
-/// process: the bare transport (plaintext, the floor) against the same
-/// transport through the secure layer (session already made).
+/// Serial round trips of a lookup-sized frame on 127.0.0.1: the bare
+/// transport (plaintext) to a replier in another process (the floor), and
+/// in this process to a bare replier and to one behind the secure layer
+/// (session already made). Every reply is made on the replier's I/O thread.
 #[derive(Debug, Serialize)]
 pub struct ChannelCost {
     pub round_trips: usize,
+    /// To `gestor bench-echo`, a process of its own, as a gestor is to its
+    /// clients: the floor a lookup is compared with.
+    pub process_p50_ms: f64,
+    /// Both ends in this process. Not the floor: zmq then serves both ends
+    /// from one I/O thread, which two processes never share (faster than
+    /// two processes), and nng shares its threads and pollers between them
+    /// (slower).
     pub plain_p50_ms: f64,
     pub secure_p50_ms: f64,
-    /// secure p50 ÷ plaintext p50.
+    /// secure p50 ÷ plaintext p50, both in this process.
     pub ratio: f64,
 }
 
@@ -184,17 +192,23 @@ pub fn channel_cost(transport: TransportKind) -> Result<ChannelCost> {
         &options,
     )?;
     let client = Trust::Cluster(cluster.public()).layer(transport);
+    let echo = EchoProcess::start(transport, &free()?)?;
+    let mut remote = gestor_backends::build_transport(transport).requester(&echo.url, &options)?;
     let mut plain = raw.requester(&plain_url, &options)?;
     let mut secure = client.requester(&secure_url, &options)?;
     let frame = vec![0x5au8; CHANNEL_FRAME];
     let timeout = Duration::from_secs(5);
-    // Warm up both (connection set-up, the handshake).
+    // Warm up all three (connection set-up, the handshake).
     for _ in 0..50 {
+        remote.request(&frame, timeout)?;
         plain.request(&frame, timeout)?;
         secure.request(&frame, timeout)?;
     }
-    let (mut p, mut s) = (Vec::new(), Vec::new());
+    let (mut r, mut p, mut s) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..CHANNEL_ROUND_TRIPS {
+        let t = Instant::now();
+        remote.request(&frame, timeout)?;
+        r.push(t.elapsed());
         let t = Instant::now();
         plain.request(&frame, timeout)?;
         p.push(t.elapsed());
@@ -205,10 +219,98 @@ pub fn channel_cost(transport: TransportKind) -> Result<ChannelCost> {
     let (plain_p50_ms, secure_p50_ms) = (p50(p), p50(s));
     Ok(ChannelCost {
         round_trips: CHANNEL_ROUND_TRIPS,
+        process_p50_ms: p50(r),
         plain_p50_ms,
         secure_p50_ms,
         ratio: secure_p50_ms / plain_p50_ms.max(1e-9),
     })
+}
+
+/// How long `gestor bench-echo` may take to start, and at most lives.
+const ECHO_START: Duration = Duration::from_secs(10);
+const ECHO_LIFETIME: Duration = Duration::from_secs(600);
+
+/// A `gestor bench-echo` child: a bare replier in a process of its own.
+/// Stopped when dropped (its stdin closes, then it is killed if need be).
+struct EchoProcess {
+    url: String,
+    child: std::process::Child,
+}
+
+impl EchoProcess {
+    fn start(transport: TransportKind, url: &str) -> Result<EchoProcess> {
+        use anyhow::Context;
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let exe = std::env::current_exe().context("cannot locate the gestor executable")?;
+        let mut child = Command::new(exe)
+            .args([
+                "bench-echo",
+                "--transport",
+                &transport.to_string(),
+                "--url",
+                url,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start `gestor bench-echo`")?;
+        let stdout = child.stdout.take().context("bench-echo: no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let process = EchoProcess {
+            url: url.to_string(),
+            child,
+        };
+        match rx.recv_timeout(ECHO_START) {
+            Ok(line) if line.trim() == "ready" => Ok(process),
+            Ok(line) => bail!("`gestor bench-echo` did not start: {:?}", line.trim()),
+            Err(_) => bail!("`gestor bench-echo` not ready in {ECHO_START:?}"),
+        }
+    }
+}
+
+impl Drop for EchoProcess {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `gestor bench-echo`: answer every request with its own bytes, on the
+/// transport's I/O thread (the floor's far end), until stdin closes or
+/// [`ECHO_LIFETIME`] passes. Prints `ready` once bound.
+pub fn serve_echo(transport: TransportKind, url: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    let options = gestor_sdk::transport::TransportOptions::default();
+    let _replier = gestor_backends::build_transport(transport).replier(
+        url,
+        std::sync::Arc::new(Echo),
+        &options,
+    )?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(ECHO_LIFETIME);
+    Ok(())
 }
 
 fn phase(
@@ -769,6 +871,10 @@ pub fn print_report(report: &BenchReport) -> Result<(), crate::out::StdoutError>
     crate::outln!(
         "  secure layer: {} serial round trips of {} bytes on 127.0.0.1, p50 {:.3} ms vs {:.3} ms plaintext on the same transport: {:.2}x",
         ch.round_trips, CHANNEL_FRAME, ch.secure_p50_ms, ch.plain_p50_ms, ch.ratio
+    )?;
+    crate::outln!(
+        "  raw round trip to another process (the floor): p50 {:.3} ms",
+        ch.process_p50_ms
     )?;
     Ok(())
 }

@@ -137,6 +137,15 @@ enum Command {
     /// binary, which load the plugins next to it (build the workspace in the
     /// same profile first: `cargo build --release --workspace`).
     Bench(BenchArgs),
+    /// The far end of the bench's raw round trip: a bare replier that
+    /// echoes, in a process of its own (started by `gestor bench`).
+    #[command(hide = true)]
+    BenchEcho {
+        #[arg(long, value_enum)]
+        transport: TransportKind,
+        #[arg(long)]
+        url: String,
+    },
     /// Import accounts from another directory: FILE has one JSON object per
     /// line, {"username", "password_hash" (argon2id PHC), "address"
     /// (optional)}. Checked whole first; existing names are left as they are.
@@ -556,6 +565,7 @@ fn run_client_command(command: Command) -> Result<()> {
             keep_data,
         }),
         Command::Bench(bench) => run_bench(bench),
+        Command::BenchEcho { transport, url } => gestor::bench::serve_echo(transport, &url),
         Command::Import {
             file,
             batch,

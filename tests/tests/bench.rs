@@ -58,6 +58,9 @@ fn bench_phases(transport: TransportKind, storage: StorageKind) {
     assert_eq!(phases["register"]["ops"].as_u64(), Some(20));
     assert_eq!(phases["login"]["ops"].as_u64(), Some(20));
     assert_eq!(report["gestores"].as_array().map(Vec::len), Some(3));
+    // The floor: a round trip to `gestor bench-echo`, another process.
+    let floor = report["channel"]["process_p50_ms"].as_f64();
+    assert!(floor.is_some_and(|ms| ms > 0.0), "{}", report["channel"]);
 
     // The users exist now: lookups alone.
     let (code, out, err) = bench(&["--phases", "lookup"]);
