@@ -260,14 +260,20 @@ impl HostCore {
             );
             return self.encode_reply(&reply);
         }
-        // The gestores' lane: clients never hold the last workers.
-        let _client_slot = match from_client {
+        // The gestores' lane: client work never holds the last workers.
+        // A client kind is client work whoever sends it: a gestor
+        // forwarding a client's request to its owner waits, like the
+        // client's own request would, on hashing and on copies. The
+        // reserved workers stay free for the gestores' own kinds (ring
+        // upkeep, copies), which wait on no other gestor's workers.
+        let client_work = from_client || self.is_client_kind(frame);
+        let _client_slot = match client_work {
             true => match self.take_client_worker() {
                 Some(slot) => Some(slot),
                 None => {
                     self.clients_turned_away.fetch_add(1, Ordering::Relaxed);
                     self.metrics
-                        .refused_frame(OriginLabel::Client, ErrorCode::Busy);
+                        .refused_frame(origin_label(origin), ErrorCode::Busy);
                     let reply = error_reply(
                         ErrorCode::Busy,
                         "every request worker for clients is taken; retry shortly",
@@ -347,6 +353,12 @@ impl HostCore {
             .unwrap_or_else(|p| p.into_inner())
             .get(kind)
             .is_some_and(|r| r.fast_path)
+    }
+
+    /// Whether `frame` names a kind of class `client` (read from the
+    /// headers; a frame that does not parse is not, and fails later).
+    fn is_client_kind(&self, frame: &[u8]) -> bool {
+        peek_kind(frame).and_then(|kind| self.class_of(kind)) == Some(KindClass::Client)
     }
 
     fn take_client_worker(&self) -> Option<ClientWorker<'_>> {

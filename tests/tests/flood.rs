@@ -6,12 +6,13 @@
 //! floods both cores).
 
 use gestor::config::{StorageKind, TransportKind};
-use gestor_api::node;
+use gestor_api::user::{self, Credentials};
+use gestor_api::{node, ring, Empty};
 use gestor_client::client::{Client, ClientError};
 use gestor_sdk::transport::TransportOptions;
-use gestor_sdk::wire::{from_cbor, to_cbor, Reply, Request};
+use gestor_sdk::wire::{from_cbor, to_cbor, to_value, Reply, Request};
 use gestor_sdk::{ErrorCode, Kind, Requester, Value};
-use gestor_tests::cluster::client_layer;
+use gestor_tests::cluster::{client_layer, test_cluster};
 use gestor_tests::ring::{Ring, TEST_CONFIG};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -259,3 +260,98 @@ fn requests_that_waited_too_long_are_answered_busy(transport: TransportKind, sto
 }
 
 gestor_tests::half_matrix!(crossed => requests_that_waited_too_long_are_answered_busy);
+
+/// One request of kind `K` sent once (no retry) through `requester`.
+fn send_once<K: Kind>(requester: &mut dyn Requester, body: &K::Request) -> Reply {
+    let frame = to_cbor(&Request::new(K::NAME, to_value(body)));
+    let bytes = requester
+        .request(&frame, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{}: {e}", K::NAME));
+    from_cbor::<Reply>(&bytes).unwrap_or_else(|e| panic!("{} reply: {e}", K::NAME))
+}
+
+/// A client kind is client work even when a gestor sends it (a forwarded
+/// registration hashes and waits for copies like the client's own): it
+/// takes one of the workers clients may hold, and the reserved one stays
+/// free for the gestores' own kinds.
+fn client_kinds_from_gestores_leave_the_reserved_worker_free(
+    transport: TransportKind,
+    storage: StorageKind,
+) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // Two workers, one of them reserved; a hash long enough to overlap.
+    let config = TEST_CONFIG
+        .replace("password_memory_kib = 64", "password_memory_kib = 19456")
+        .replace("password_iterations = 1", "password_iterations = 48")
+        + "\n[transport]\nreplier_workers = 2\nreserved_for_gestores = 1\n";
+    let ring = Ring::start_with_config(1, transport, storage, &config);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("gestor did not start: {e}\n{}", ring.logs()));
+    let url = ring.urls()[0].clone();
+    let gestor = || {
+        test_cluster()
+            .operator_layer(transport)
+            .requester(&url, &TransportOptions::default())
+            .unwrap_or_else(|e| panic!("requester: {e}"))
+    };
+    let mut probe = gestor();
+    assert!(
+        send_once::<node::Status>(probe.as_mut(), &Empty).ok,
+        "an idle gestor answers a gestor's node.status"
+    );
+
+    let done = Arc::new(AtomicBool::new(false));
+    let registering = {
+        let (mut requester, done) = (gestor(), done.clone());
+        std::thread::spawn(move || {
+            let body = Credentials {
+                username: "sent-by-a-gestor".into(),
+                password: "pw-slow".into(),
+                address: None,
+            };
+            // The probes below take the client worker for moments too:
+            // a registration that met one is sent again (bounded).
+            let mut reply = send_once::<user::Register>(requester.as_mut(), &body);
+            for _ in 0..100 {
+                match &reply.error {
+                    Some(e) if e.code == ErrorCode::Busy => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        reply = send_once::<user::Register>(requester.as_mut(), &body);
+                    }
+                    _ => break,
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+            reply
+        })
+    };
+    // Bounded: until the registration is done, or for 30 s.
+    let mut turned_away = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !done.load(Ordering::SeqCst) {
+        let reply = send_once::<node::Status>(probe.as_mut(), &Empty);
+        if let Some(e) = reply.error {
+            assert_eq!(e.code, ErrorCode::Busy, "node.status: {e}");
+            turned_away = Some(e.message);
+            break;
+        }
+        // Gaps, so that the registration finds the worker free.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let case = format!("[{transport}/{storage}]");
+    let Some(message) = turned_away else {
+        let registered = registering.join().map(|r| format!("{r:?}"));
+        panic!("{case}: a gestor's node.status always ran beside its registration: {registered:?}")
+    };
+    assert!(
+        message.contains("for clients is taken"),
+        "{case}: {message}"
+    );
+    // The gestores' own kind still finds the reserved worker.
+    let whoami = send_once::<ring::Whoami>(probe.as_mut(), &Empty);
+    assert!(whoami.ok, "{case}: ring.whoami: {:?}", whoami.error);
+    let registered = registering.join().expect("register thread");
+    assert!(registered.ok, "{case}: register: {:?}", registered.error);
+}
+
+gestor_tests::half_matrix!(straight => client_kinds_from_gestores_leave_the_reserved_worker_free);

@@ -60,8 +60,9 @@ pub struct SecurityStatus {
     pub forbidden_requests: u64,
     /// Gestor signals sent by non-gestors, dropped.
     pub forbidden_signals: u64,
-    /// Client requests answered `busy` because every worker clients may
-    /// hold was taken (the rest are kept for gestores).
+    /// Requests of client kinds (a client's, or one a gestor forwarded)
+    /// answered `busy` because every worker they may hold was taken (the
+    /// rest are kept for the gestores' own kinds).
     #[serde(default)]
     pub clients_turned_away: u64,
     /// Client requests answered `busy` unrun because they had waited for
