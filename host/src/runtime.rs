@@ -355,10 +355,13 @@ impl HostCore {
             .is_some_and(|r| r.fast_path)
     }
 
-    /// Whether `frame` names a kind of class `client` (read from the
-    /// headers; a frame that does not parse is not, and fails later).
+    /// Whether `frame` is client work: a kind of class `client`, read from
+    /// the headers. A frame whose kind the headers do not show (say, an
+    /// indefinite-length envelope, which the full decode accepts) counts
+    /// as client work too, so that it cannot reach the reserved workers;
+    /// gestores encode their own kinds with definite lengths.
     fn is_client_kind(&self, frame: &[u8]) -> bool {
-        peek_kind(frame).and_then(|kind| self.class_of(kind)) == Some(KindClass::Client)
+        peek_kind(frame).is_none_or(|kind| self.class_of(kind) == Some(KindClass::Client))
     }
 
     fn take_client_worker(&self) -> Option<ClientWorker<'_>> {

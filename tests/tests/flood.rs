@@ -282,7 +282,7 @@ fn client_kinds_from_gestores_leave_the_reserved_worker_free(
     // Two workers, one of them reserved; a hash long enough to overlap.
     let config = TEST_CONFIG
         .replace("password_memory_kib = 64", "password_memory_kib = 19456")
-        .replace("password_iterations = 1", "password_iterations = 48")
+        .replace("password_iterations = 1", "password_iterations = 96")
         + "\n[transport]\nreplier_workers = 2\nreserved_for_gestores = 1\n";
     let ring = Ring::start_with_config(1, transport, storage, &config);
     ring.wait_stable(Duration::from_secs(60))
@@ -346,6 +346,29 @@ fn client_kinds_from_gestores_leave_the_reserved_worker_free(
     assert!(
         message.contains("for clients is taken"),
         "{case}: {message}"
+    );
+    // The same kind in an indefinite-length envelope, whose kind the
+    // headers do not show: still client work.
+    let mut indefinite = vec![0xbf];
+    for item in [
+        to_cbor(&"v"),
+        to_cbor(&1u32),
+        to_cbor(&"kind"),
+        to_cbor(&<node::Status as Kind>::NAME),
+        to_cbor(&"body"),
+        to_cbor(&()),
+    ] {
+        indefinite.extend(item);
+    }
+    indefinite.push(0xff);
+    let bytes = probe
+        .request(&indefinite, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("indefinite node.status: {e}"));
+    let reply = from_cbor::<Reply>(&bytes).expect("indefinite node.status reply");
+    assert_eq!(
+        reply.error.map(|e| e.code),
+        Some(ErrorCode::Busy),
+        "{case}: an indefinite-length envelope reached the reserved worker"
     );
     // The gestores' own kind still finds the reserved worker.
     let whoami = send_once::<ring::Whoami>(probe.as_mut(), &Empty);
