@@ -11,7 +11,7 @@ use gestor_api::{node, ring, Empty};
 use gestor_client::client::{Client, ClientError};
 use gestor_sdk::transport::TransportOptions;
 use gestor_sdk::wire::{from_cbor, to_cbor, to_value, Reply, Request};
-use gestor_sdk::{ErrorCode, Kind, Requester, Value};
+use gestor_sdk::{ErrorCode, Kind, Requester};
 use gestor_tests::cluster::{client_layer, test_cluster};
 use gestor_tests::ring::{Ring, TEST_CONFIG};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -176,11 +176,7 @@ gestor_tests::half_matrix!(straight => register_flood_leaves_lookups_alone);
 
 /// One `node.status` request, sent once (no retry), and its reply.
 fn status_once(requester: &mut dyn Requester) -> Reply {
-    let frame = to_cbor(&Request::new(<node::Status as Kind>::NAME, Value::Null));
-    let bytes = requester
-        .request(&frame, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("node.status: {e}"));
-    from_cbor::<Reply>(&bytes).unwrap_or_else(|e| panic!("node.status reply: {e}"))
+    send_once::<node::Status>(requester, &Empty)
 }
 
 /// While the one request worker hashes a password, requests sent behind it
