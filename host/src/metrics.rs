@@ -671,6 +671,18 @@ fn ring_metrics(r: &mut Registry, ring: &RingStatus) {
         "Routing hops (FindSuccessor requests to other gestores) of those lookups",
         ring.lookup_hops,
     );
+    counter(
+        r,
+        "ring_timeouts_alive",
+        "Requests to other gestores that timed out although the gestor then answered a ping (busy, not dead: not counted against it)",
+        ring.timeouts_alive,
+    );
+    counter(
+        r,
+        "ring_gestors_dropped",
+        "Gestores this one dropped from the ring as unreachable",
+        ring.gestors_dropped,
+    );
 }
 
 fn replica_metrics(r: &mut Registry, rep: &ReplicaStatus) {

@@ -451,6 +451,8 @@ mod tests {
             lookup_hops: 0,
             virtual_nodes: Vec::new(),
             leave_splices: 0,
+            timeouts_alive: 0,
+            gestors_dropped: 0,
         };
         let replica = ReplicaStatus {
             copies: 3,

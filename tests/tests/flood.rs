@@ -374,3 +374,95 @@ fn client_kinds_from_gestores_leave_the_reserved_worker_free(
 }
 
 gestor_tests::half_matrix!(straight => client_kinds_from_gestores_leave_the_reserved_worker_free);
+
+/// A gestor whose workers are all busy misses the ring's requests, but its
+/// transport's I/O thread still answers pings: the others count it slow,
+/// not dead, and keep it. (Dropping it moved its keys about and turned an
+/// overload into errors; ARCHITECTURE §2, "Overload".)
+fn a_gestor_with_every_worker_busy_stays_in_the_ring(
+    transport: TransportKind,
+    storage: StorageKind,
+) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // Two workers, none reserved, and hashes of about a second: two
+    // registrations hold every worker far past the ring's RPC timeout.
+    let config = TEST_CONFIG
+        .replace("password_memory_kib = 64", "password_memory_kib = 19456")
+        .replace("password_iterations = 1", "password_iterations = 96")
+        + "\n[transport]\nreplier_workers = 2\nreserved_for_gestores = 0\n";
+    let ring = Ring::start_with_config(3, transport, storage, &config);
+    ring.wait_stable(Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
+    let urls = ring.urls();
+    let case = format!("[{transport}/{storage}]");
+
+    // Bounded: two threads registering one user after another at every
+    // gestor for 5 s (many stabilize rounds and RPC timeouts), at most
+    // 40 attempts each.
+    let until = Instant::now() + Duration::from_secs(5);
+    let loaders: Vec<_> = (0..2 * urls.len())
+        .map(|t| {
+            let url = urls[t % urls.len()].clone();
+            std::thread::spawn(move || {
+                let mut requester = client_layer(transport)
+                    .requester(&url, &TransportOptions::default())
+                    .unwrap_or_else(|e| panic!("requester: {e}"));
+                for i in 0..40 {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    let body = Credentials {
+                        username: format!("busy-{t}-{i}"),
+                        password: "pw-slow".into(),
+                        address: None,
+                    };
+                    let frame = to_cbor(&Request::new(
+                        <user::Register as Kind>::NAME,
+                        to_value(&body),
+                    ));
+                    // Busy answers and timeouts are expected: only the load matters.
+                    let _ = requester.request(&frame, Duration::from_secs(10));
+                }
+            })
+        })
+        .collect();
+    for loader in loaders {
+        loader.join().expect("load thread");
+    }
+
+    // Once the load is over every gestor answers its status again.
+    let mut statuses = Vec::new();
+    for url in &urls {
+        let mut status = None;
+        gestor_tests::cluster::wait_until(Duration::from_secs(30), || {
+            status = ring.status(url);
+            status.is_some()
+        });
+        let status = status.unwrap_or_else(|| panic!("{case}: {url} gives no status"));
+        statuses.push((url.clone(), status["sections"]["ring"].clone()));
+    }
+    let figure = |ring: &serde_json::Value, name: &str| ring[name].as_u64().unwrap_or(0);
+    let alive: u64 = statuses
+        .iter()
+        .map(|(_, r)| figure(r, "timeouts_alive"))
+        .sum();
+    let dropped: Vec<String> = statuses
+        .iter()
+        .filter(|(_, r)| figure(r, "gestors_dropped") > 0)
+        .map(|(url, r)| format!("{url} dropped {}", r["gestors_dropped"]))
+        .collect();
+    assert!(
+        dropped.is_empty(),
+        "{case}: live gestores dropped each other: {dropped:?}\n{}",
+        ring.logs()
+    );
+    // The load did what it is for: requests timed out to live gestores.
+    assert!(
+        alive > 0,
+        "{case}: no request timed out to a live gestor; the load did not hold the workers"
+    );
+    ring.wait_stable(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{case}: ring not whole after the load: {e}"));
+}
+
+gestor_tests::half_matrix!(straight => a_gestor_with_every_worker_busy_stays_in_the_ring);

@@ -213,6 +213,8 @@ fn metrics_move_under_lookup_load(transport: TransportKind, storage: StorageKind
     assert!(routed > 0.0, "{m:?}");
     assert!(sample(&m, "gestor_ring_lookups_total") > 0.0);
     assert!(m.contains_key("gestor_ring_lookup_hops_total"));
+    assert!(m.contains_key("gestor_ring_timeouts_alive_total"));
+    assert!(m.contains_key("gestor_ring_gestors_dropped_total"));
     // The owners checked they were responsible and ready for each name
     // (`replica.ready`, a local call), whether the lookup was forwarded to
     // them (`dir.lookup`) or reached them first and was served in place,

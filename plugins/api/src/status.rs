@@ -37,6 +37,13 @@ pub struct RingStatus {
     /// neighbours, since start.
     #[serde(default)]
     pub leave_splices: u64,
+    /// Requests to other gestores that timed out although the gestor then
+    /// answered a ping (busy, not dead: not counted against it), since start.
+    #[serde(default)]
+    pub timeouts_alive: u64,
+    /// Gestores dropped from the ring as unreachable, since start.
+    #[serde(default)]
+    pub gestors_dropped: u64,
 }
 
 /// `status.directory`.

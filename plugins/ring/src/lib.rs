@@ -32,6 +32,7 @@ use gestor_sdk::{
 };
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -178,6 +179,9 @@ struct Shared {
     walked_at: Mutex<Option<u64>>,
     /// Which gestores are failing, by URL (see `liveness`).
     liveness: Mutex<liveness::Liveness>,
+    /// For `status.ring`: see `RingStatus`.
+    timeouts_alive: AtomicU64,
+    gestors_dropped: AtomicU64,
 }
 
 /// How often the ring is walked while our positions wait to be placed.
@@ -244,6 +248,14 @@ impl Shared {
         if let Err(CallError::Transport(gestor_sdk::TransportError::WouldBlock { .. })) = &result {
             return Err(Failure::Skipped);
         }
+        // A gestor whose workers are all busy times out but still answers
+        // pings: no evidence against it either.
+        if let Err(CallError::Transport(gestor_sdk::TransportError::Timeout { .. })) = &result {
+            if self.answers_ping(&to.addr) {
+                self.timeouts_alive.fetch_add(1, Ordering::Relaxed);
+                return Err(Failure::Skipped);
+            }
+        }
         if let Err(CallError::Transport(_)) = &result {
             self.gestor_failed(&to.addr);
         } else {
@@ -262,6 +274,28 @@ impl Shared {
         }
     }
 
+    /// Does the gestor at `addr` answer `node.ping` (on its I/O thread, so
+    /// busy workers do not matter)? Asked before a timeout counts against
+    /// it; a recent verdict is reused (see `liveness`).
+    fn answers_ping(&self, addr: &str) -> bool {
+        if let Some(verdict) = guard(&self.liveness).recent_ping(addr, self.now()) {
+            return verdict;
+        }
+        if !self.ctx.can_wait() {
+            return false;
+        }
+        let result = self
+            .ctx
+            .call::<gestor_api::node::Ping>(addr, &Empty, self.rpc_timeout() / 2);
+        // Any answer, even an error reply, shows the process alive.
+        let answered = !matches!(result, Err(CallError::Transport(_)));
+        guard(&self.liveness).pinged(addr, self.now(), answered);
+        if answered {
+            tracing::debug!(gestor = %addr, "slow to answer but alive: not counted as a miss");
+        }
+        answered
+    }
+
     /// A real request to the gestor at `addr` failed; after enough in a row
     /// every position of it leaves every one of ours at once.
     fn gestor_failed(&self, addr: &str) {
@@ -272,6 +306,7 @@ impl Shared {
         let mut nodes = self.nodes();
         let ids = ids_at(&nodes, addr);
         if !ids.is_empty() {
+            self.gestors_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::info!(gestor = %addr, positions = ids.len(), "gestor unreachable; dropped from the ring");
         }
         for node in nodes.iter_mut() {
@@ -584,13 +619,14 @@ impl Shared {
         virtual_nodes(&self.nodes())
     }
 
-    /// A plugin of ours found the peer `id` unreachable: one miss against
-    /// every virtual node of its gestor in every one of ours (they share its
+    /// A plugin of ours found the peer `id` unreachable. Unless its gestor
+    /// answers a ping (then it is only slow): one miss against every
+    /// virtual node of that gestor in every one of ours (they share its
     /// fate), and one failed attempt against the gestor's URL, as a failed
     /// request of our own would be.
     fn suspect(&self, id: u64) {
         let addr = {
-            let mut nodes = self.nodes();
+            let nodes = self.nodes();
             let me = nodes[0].me().addr.clone();
             let Some(addr) = known_peers(&nodes)
                 .find(|p| p.id == id)
@@ -601,12 +637,19 @@ impl Shared {
             if *addr == *me {
                 return;
             }
+            addr
+        };
+        if self.answers_ping(&addr) {
+            self.timeouts_alive.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        {
+            let mut nodes = self.nodes();
             let ids = ids_at(&nodes, &addr);
             for node in nodes.iter_mut() {
                 ids.iter().for_each(|&i| node.peer_failed(i));
             }
-            addr
-        };
+        }
         self.gestor_failed(&addr);
     }
 
@@ -746,6 +789,8 @@ impl Shared {
             lookup_hops: stats.1,
             virtual_nodes: nodes.iter().map(neighbourhood).collect(),
             leave_splices: nodes.iter().map(Node::leave_splices).sum(),
+            timeouts_alive: self.timeouts_alive.load(Ordering::Relaxed),
+            gestors_dropped: self.gestors_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -831,6 +876,8 @@ impl Plugin for Ring {
                 config.stabilize_every_ms,
                 config.rpc_timeout_ms,
             )),
+            timeouts_alive: AtomicU64::new(0),
+            gestors_dropped: AtomicU64::new(0),
         });
         *guard(&self.shared) = Some(shared.clone());
         serve_remote(&ctx, &shared)?;

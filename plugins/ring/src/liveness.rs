@@ -9,6 +9,13 @@
 //! (`Failure::Skipped`, no miss), and after `dead_after` real attempts in a
 //! row have failed the caller drops every position at that URL. Plain code:
 //! the plugin supplies the clock and does the sending.
+//!
+//! A timeout is not evidence of death on its own: an overloaded gestor's
+//! workers may all be busy while the process is fine. So before a timeout
+//! counts, the plugin pings the gestor (`node.ping`, answered on its
+//! transport's I/O thread, not by a worker) and records the verdict here;
+//! a verdict stays fresh for one retry cycle, so a dead gestor costs one
+//! ping per cycle, not one per request that timed out.
 
 use std::collections::HashMap;
 
@@ -26,6 +33,8 @@ struct Failing {
 
 pub struct Liveness {
     failing: HashMap<String, Failing>,
+    /// The last ping's verdict per URL: (when, answered).
+    pinged: HashMap<String, (u64, bool)>,
     dead_after: u32,
     /// Wait after a failure before the next real attempt.
     retry_after_ms: u64,
@@ -44,6 +53,7 @@ impl Liveness {
     pub fn new(dead_after: u32, retry_after_ms: u64, attempt_ms: u64) -> Liveness {
         Liveness {
             failing: HashMap::new(),
+            pinged: HashMap::new(),
             dead_after: dead_after.max(1),
             retry_after_ms,
             attempt_ms,
@@ -66,6 +76,33 @@ impl Liveness {
     /// `url` answered: it is alive.
     pub fn answered(&mut self, url: &str) {
         self.failing.remove(url);
+    }
+
+    /// What a ping to `url` found at `now_ms`.
+    pub fn pinged(&mut self, url: &str, now_ms: u64, answered: bool) {
+        if !self.pinged.contains_key(url) && self.pinged.len() >= MAX_FAILING {
+            let oldest = self
+                .pinged
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(u, _)| u.clone());
+            if let Some(u) = oldest {
+                self.pinged.remove(&u);
+            }
+        }
+        self.pinged.insert(url.to_string(), (now_ms, answered));
+        if answered {
+            self.answered(url);
+        }
+    }
+
+    /// The verdict of a ping to `url` less than one retry cycle old, if any.
+    pub fn recent_ping(&self, url: &str, now_ms: u64) -> Option<bool> {
+        let fresh_for = self.attempt_ms + self.retry_after_ms;
+        self.pinged
+            .get(url)
+            .filter(|(at, _)| now_ms.saturating_sub(*at) < fresh_for)
+            .map(|(_, answered)| *answered)
     }
 
     /// A real attempt to reach `url` failed. True when it has now failed
@@ -120,11 +157,32 @@ mod tests {
     }
 
     #[test]
+    fn a_ping_verdict_stays_fresh_for_one_retry_cycle() {
+        let mut l = Liveness::new(3, 200, 500);
+        assert_eq!(l.recent_ping("a", 0), None);
+        l.pinged("a", 1000, false);
+        assert_eq!(l.recent_ping("a", 1699), Some(false));
+        assert_eq!(l.recent_ping("a", 1700), None, "stale: ask again");
+        assert_eq!(l.recent_ping("b", 1000), None, "other URLs unaffected");
+        // An answered ping clears the failures too.
+        assert!(!l.failed("a", 2000));
+        assert!(!l.failed("a", 2300));
+        l.pinged("a", 2400, true);
+        assert_eq!(l.recent_ping("a", 2500), Some(true));
+        assert!(!l.failed("a", 2600), "the count started again");
+    }
+
+    #[test]
     fn bounded() {
         let mut l = Liveness::new(3, 200, 500);
         for i in 0..MAX_FAILING + 10 {
             l.failed(&format!("u{i}"), i as u64);
         }
         assert_eq!(l.failing.len(), MAX_FAILING);
+        for i in 0..MAX_FAILING + 10 {
+            l.pinged(&format!("u{i}"), i as u64, i % 2 == 0);
+        }
+        assert_eq!(l.pinged.len(), MAX_FAILING);
+        assert_eq!(l.recent_ping("u0", 100), None, "the oldest went first");
     }
 }
