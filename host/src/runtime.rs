@@ -69,6 +69,9 @@ struct Registered {
     class: KindClass,
     /// Tried on the transport's I/O thread first ([`gestor_sdk::Kind::FAST_PATH`]).
     fast_path: bool,
+    /// May run on the workers reserved for gestores
+    /// ([`gestor_sdk::Kind::UPKEEP`]).
+    upkeep: bool,
     handler: RequestFn,
     meter: Arc<KindMeter>,
 }
@@ -138,9 +141,9 @@ pub struct HostCore {
     client_workers: usize,
     clients_in_flight: std::sync::atomic::AtomicUsize,
     clients_turned_away: AtomicU64,
-    /// Client requests that waited in the queue past `max_queue_wait`.
+    /// Client work that waited in the queue past `max_queue_wait`.
     clients_shed: AtomicU64,
-    /// How long a client request may wait for a worker and still be run.
+    /// How long client work may wait for a worker and still be run.
     max_queue_wait: Option<Duration>,
     started_ms: u64,
     /// What `/metrics` reports of the host's own work.
@@ -243,14 +246,21 @@ impl HostCore {
     /// waited `queued` for a worker. Never panics on input.
     pub fn handle_frame(&self, frame: &[u8], origin: &Origin, queued: Duration) -> Vec<u8> {
         let from_client = matches!(origin, Origin::Network(Peer::Client { .. }));
-        // A client request that waited this long has most likely been given
-        // up on and sent again (or elsewhere): running it late would only
-        // make the queue behind it longer. Gestores' requests are not shed;
-        // they have their own lane below.
-        if from_client && self.max_queue_wait.is_some_and(|limit| queued > limit) {
+        // The gestores' lane: client work never holds the last workers.
+        // Everything but the ring's upkeep and copies is client work,
+        // whoever sends it: a gestor forwarding a client's request to its
+        // owner (`dir.register`, say) waits, as the client's own request
+        // would, on hashing and on copies. The reserved workers stay free
+        // for the upkeep kinds, which wait on no other gestor's workers.
+        let client_work = from_client || !self.is_upkeep_frame(frame);
+        // Client work that waited this long has most likely been given up
+        // on and sent again (or elsewhere): running it late would only make
+        // the queue behind it longer. Upkeep is not shed; it has its own
+        // lane below.
+        if client_work && self.max_queue_wait.is_some_and(|limit| queued > limit) {
             self.clients_shed.fetch_add(1, Ordering::Relaxed);
             self.metrics
-                .refused_frame(OriginLabel::Client, ErrorCode::Busy);
+                .refused_frame(origin_label(origin), ErrorCode::Busy);
             let reply = error_reply(
                 ErrorCode::Busy,
                 format!(
@@ -260,13 +270,6 @@ impl HostCore {
             );
             return self.encode_reply(&reply);
         }
-        // The gestores' lane: client work never holds the last workers.
-        // A client kind is client work whoever sends it: a gestor
-        // forwarding a client's request to its owner waits, like the
-        // client's own request would, on hashing and on copies. The
-        // reserved workers stay free for the gestores' own kinds (ring
-        // upkeep, copies), which wait on no other gestor's workers.
-        let client_work = from_client || self.is_client_kind(frame);
         let _client_slot = match client_work {
             true => match self.take_client_worker() {
                 Some(slot) => Some(slot),
@@ -355,13 +358,19 @@ impl HostCore {
             .is_some_and(|r| r.fast_path)
     }
 
-    /// Whether `frame` is client work: a kind of class `client`, read from
-    /// the headers. A frame whose kind the headers do not show (say, an
-    /// indefinite-length envelope, which the full decode accepts) counts
-    /// as client work too, so that it cannot reach the reserved workers;
-    /// gestores encode their own kinds with definite lengths.
-    fn is_client_kind(&self, frame: &[u8]) -> bool {
-        peek_kind(frame).is_none_or(|kind| self.class_of(kind) == Some(KindClass::Client))
+    /// Whether `frame` is an upkeep kind ([`gestor_sdk::Kind::UPKEEP`]),
+    /// read from the headers. A frame whose kind the headers do not show
+    /// (say, an indefinite-length envelope, which the full decode accepts)
+    /// is not, so that it cannot reach the reserved workers; gestores
+    /// encode their own kinds with definite lengths.
+    fn is_upkeep_frame(&self, frame: &[u8]) -> bool {
+        peek_kind(frame).is_some_and(|kind| {
+            self.handlers
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(kind)
+                .is_some_and(|r| r.upkeep)
+        })
     }
 
     fn take_client_worker(&self) -> Option<ClientWorker<'_>> {
@@ -717,6 +726,7 @@ impl Host for HostCore {
         kind: &str,
         class: KindClass,
         fast_path: bool,
+        upkeep: bool,
         handler: RequestFn,
     ) -> Result<(), PluginError> {
         let mut handlers = self.handlers.write().unwrap_or_else(|p| p.into_inner());
@@ -741,11 +751,14 @@ impl Host for HostCore {
                 plugin: plugin.to_string(),
                 class,
                 fast_path,
+                // Only gestores may send an upkeep kind: a client kind
+                // never gets the reserved workers, whatever it declares.
+                upkeep: upkeep && class == KindClass::Internal,
                 handler,
                 meter: Arc::new(self.metrics.meter(kind)),
             },
         );
-        tracing::debug!(plugin, kind, %class, fast_path, "request kind registered");
+        tracing::debug!(plugin, kind, %class, fast_path, upkeep, "request kind registered");
         Ok(())
     }
 

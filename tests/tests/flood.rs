@@ -7,7 +7,7 @@
 
 use gestor::config::{StorageKind, TransportKind};
 use gestor_api::user::{self, Credentials};
-use gestor_api::{node, ring, Empty};
+use gestor_api::{dir, node, ring, Empty};
 use gestor_client::client::{Client, ClientError};
 use gestor_sdk::transport::TransportOptions;
 use gestor_sdk::wire::{from_cbor, to_cbor, to_value, Reply, Request};
@@ -266,10 +266,11 @@ fn send_once<K: Kind>(requester: &mut dyn Requester, body: &K::Request) -> Reply
     from_cbor::<Reply>(&bytes).unwrap_or_else(|e| panic!("{} reply: {e}", K::NAME))
 }
 
-/// A client kind is client work even when a gestor sends it (a forwarded
-/// registration hashes and waits for copies like the client's own): it
-/// takes one of the workers clients may hold, and the reserved one stays
-/// free for the gestores' own kinds.
+/// Only the gestores' upkeep kinds may use the reserved workers: a client
+/// kind, or the owner side of a client's request that a gestor forwards
+/// (`dir.register` hashes and waits for copies like the client's own
+/// registration), takes one of the workers clients may hold, whoever sends
+/// it, and the reserved one stays free for ring upkeep and copies.
 fn client_kinds_from_gestores_leave_the_reserved_worker_free(
     transport: TransportKind,
     storage: StorageKind,
@@ -305,14 +306,16 @@ fn client_kinds_from_gestores_leave_the_reserved_worker_free(
                 password: "pw-slow".into(),
                 address: None,
             };
-            // The probes below take the client worker for moments too:
-            // a registration that met one is sent again (bounded).
-            let mut reply = send_once::<user::Register>(requester.as_mut(), &body);
+            // What a gestor forwards to the owner: an internal kind, but
+            // client work. The probes below take the client worker for
+            // moments too: a registration that met one is sent again
+            // (bounded).
+            let mut reply = send_once::<dir::Register>(requester.as_mut(), &body);
             for _ in 0..100 {
                 match &reply.error {
                     Some(e) if e.code == ErrorCode::Busy => {
                         std::thread::sleep(Duration::from_millis(10));
-                        reply = send_once::<user::Register>(requester.as_mut(), &body);
+                        reply = send_once::<dir::Register>(requester.as_mut(), &body);
                     }
                     _ => break,
                 }

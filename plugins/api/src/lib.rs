@@ -12,6 +12,11 @@
 //! * `internal` — only admitted gestores may call it over the network;
 //! * `local` — only from inside the same process (`call_local`).
 //!
+//! Lanes (how the host schedules it): a kind marked `upkeep` (ring upkeep
+//! and copies, answered from memory and the store) may run on the request
+//! workers reserved for gestores; every other kind is client work, whoever
+//! sends it (see [`Kind::UPKEEP`]).
+//!
 //! Each kind's documentation says why it has its class. A third-party
 //! plugin cannot add kinds here; it declares its own [`Kind`] types (see
 //! `examples/echo-plugin`).
@@ -21,16 +26,17 @@
 
 pub use gestor_sdk::{Empty, Kind, KindClass};
 
-/// Declare kinds: `Name = "wire.name", Class, Request => Reply;` (or
+/// Declare kinds: `Name = "wire.name", Class, Request => Reply;` (with
 /// `Class + fast_path` for a kind tried on the I/O thread first, see
-/// [`Kind::FAST_PATH`]), each with its documentation, and the module's
-/// `KINDS` list.
+/// [`Kind::FAST_PATH`], and `+ upkeep` for one that may run on the workers
+/// reserved for gestores, see [`Kind::UPKEEP`]), each with its
+/// documentation, and the module's `KINDS` list.
 macro_rules! kinds {
     (
         $(@extra [$($extra:ty),* $(,)?];)?
         $(
             $(#[$doc:meta])*
-            $name:ident = $wire:literal, $class:ident $(+ $fast:ident)?, $req:ty => $rep:ty;
+            $name:ident = $wire:literal, $class:ident $(+ $lane:ident)*, $req:ty => $rep:ty;
         )*
     ) => {
         $(
@@ -41,10 +47,15 @@ macro_rules! kinds {
             impl $crate::Kind for $name {
                 const NAME: &'static str = $wire;
                 const CLASS: $crate::KindClass = $crate::KindClass::$class;
-                $(const FAST_PATH: bool = { let $fast = true; $fast };)?
+                const FAST_PATH: bool = $crate::lane_set(&[$(stringify!($lane)),*], "fast_path");
+                const UPKEEP: bool = $crate::lane_set(&[$(stringify!($lane)),*], "upkeep");
                 type Request = $req;
                 type Reply = $rep;
             }
+            const _: () = assert!(
+                $crate::lanes_known(&[$(stringify!($lane)),*]),
+                concat!("kind ", $wire, ": a lane is fast_path or upkeep")
+            );
         )*
 
         /// Every kind declared in this module.
@@ -69,11 +80,54 @@ pub mod status;
 pub mod topics;
 pub mod user;
 
-/// A kind's name and class, for tables and checks.
+/// Whether `lanes` (the `+ …` of a declaration) names `lane`.
+#[doc(hidden)]
+pub const fn lane_set(lanes: &[&str], lane: &str) -> bool {
+    let mut i = 0;
+    while i < lanes.len() {
+        if same(lanes[i], lane) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether every one of `lanes` is a lane this macro knows.
+#[doc(hidden)]
+pub const fn lanes_known(lanes: &[&str]) -> bool {
+    let mut i = 0;
+    while i < lanes.len() {
+        if !same(lanes[i], "fast_path") && !same(lanes[i], "upkeep") {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// A kind's name, class and lane, for tables and checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KindInfo {
     pub name: &'static str,
     pub class: KindClass,
+    /// [`Kind::UPKEEP`].
+    pub upkeep: bool,
 }
 
 impl KindInfo {
@@ -81,6 +135,7 @@ impl KindInfo {
         KindInfo {
             name: K::NAME,
             class: K::CLASS,
+            upkeep: K::UPKEEP,
         }
     }
 }
@@ -138,6 +193,23 @@ mod tests {
             }
         }
         assert!(all().iter().any(|k| k.name.starts_with(node::PREFIX)));
+    }
+
+    #[test]
+    fn only_internal_kinds_are_upkeep() {
+        let upkeep: BTreeSet<&str> = all().iter().filter(|k| k.upkeep).map(|k| k.name).collect();
+        for k in all().iter().filter(|k| k.upkeep) {
+            assert_eq!(k.class, KindClass::Internal, "{}", k.name);
+        }
+        // The owner side of a client's request is client work.
+        for k in all() {
+            if k.name.starts_with("dir.") || k.name.starts_with("presence.") {
+                assert!(!k.upkeep, "{} is a client's request forwarded", k.name);
+            }
+        }
+        assert!(upkeep.contains("ring.rpc") && upkeep.contains("replica.put"));
+        assert!(lane_set(&["upkeep"], "upkeep") && !lane_set(&["fast_path"], "upkeep"));
+        assert!(lanes_known(&[]) && !lanes_known(&["fast"]));
     }
 
     #[test]

@@ -55,5 +55,5 @@ kinds! {
     Ack = "mailbox.ack", Internal, AckBody => Acked;
     /// `mailbox.copy` — **internal**: the owner's changes to its
     /// successors; answers how many were applied.
-    Copy = "mailbox.copy", Internal, CopyBody => u64;
+    Copy = "mailbox.copy", Internal + upkeep, CopyBody => u64;
 }

@@ -60,13 +60,13 @@ pub struct SecurityStatus {
     pub forbidden_requests: u64,
     /// Gestor signals sent by non-gestors, dropped.
     pub forbidden_signals: u64,
-    /// Requests of client kinds (a client's, or one a gestor forwarded)
-    /// answered `busy` because every worker they may hold was taken (the
-    /// rest are kept for the gestores' own kinds).
+    /// Client work (any kind but the gestores' upkeep kinds: a client's
+    /// request, or one a gestor forwarded) answered `busy` because every
+    /// worker it may hold was taken (the rest are kept for upkeep).
     #[serde(default)]
     pub clients_turned_away: u64,
-    /// Client requests answered `busy` unrun because they had waited for
-    /// a request worker longer than `transport.max_queue_wait_ms`.
+    /// Client work answered `busy` unrun because it had waited for a
+    /// request worker longer than `transport.max_queue_wait_ms`.
     #[serde(default)]
     pub clients_shed: u64,
 }

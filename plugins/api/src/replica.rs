@@ -76,16 +76,16 @@ kinds! {
     ReplicateBatch = "replica.replicate_batch", Local, Vec<UserRecord> => u32;
     /// `replica.put` — **internal**: records from their owner (or from a
     /// holder handing a newer version back), to store.
-    Put = "replica.put", Internal, PutBody => PutReply;
+    Put = "replica.put", Internal + upkeep, PutBody => PutReply;
     /// `replica.sync` — **internal**: anti-entropy between an owner and a
     /// copy holder.
-    Sync = "replica.sync", Internal, SyncBody => SyncReply;
+    Sync = "replica.sync", Internal + upkeep, SyncBody => SyncReply;
     /// `replica.get` — **internal**: anti-entropy pull of whole records
     /// (with password hashes) between gestores.
-    Get = "replica.get", Internal, Names => Vec<UserRecord>;
+    Get = "replica.get", Internal + upkeep, Names => Vec<UserRecord>;
     /// `replica.versions` — **internal**: which versions another gestor
     /// holds, before a surplus copy is dropped.
-    Versions = "replica.versions", Internal, Names => Vec<(String, Option<Timestamp>)>;
+    Versions = "replica.versions", Internal + upkeep, Names => Vec<(String, Option<Timestamp>)>;
     /// `replica.inventory` — **internal**: every record this gestor holds,
     /// with its version. Asked by `gestor copies` and the fault tests from
     /// outside the ring: an operator tool, which will need an operator

@@ -150,6 +150,7 @@ where
 {
     const NAME: &'static str = "ring.rpc";
     const CLASS: KindClass = KindClass::Internal;
+    const UPKEEP: bool = true;
     type Request = RpcBody<Q>;
     type Reply = R;
 }
@@ -160,7 +161,7 @@ kinds! {
     /// `ring.whoami` — **internal**: a gestor's own id and URL. Asked over
     /// the network by a gestor that joins (or rejoins after a partition)
     /// through this one.
-    Whoami = "ring.whoami", Internal, Empty => PeerRef;
+    Whoami = "ring.whoami", Internal + upkeep, Empty => PeerRef;
 
     /// `ring.lookup` — **local**: the gestor responsible for `key` (an
     /// iterative Chord lookup). Other plugins call it to route per-user
@@ -186,14 +187,14 @@ kinds! {
     /// another record's owner, before it drops a surplus copy). No client
     /// or tool sends it (`gestor status` shows the same through
     /// `node.status`).
-    Neighbours = "ring.neighbours", Internal, Empty => Neighbourhood;
+    Neighbours = "ring.neighbours", Internal + upkeep, Empty => Neighbourhood;
 
     /// `ring.ranges` — **internal**: every virtual node of this gestor with
     /// its predecessor and successor list ([`VirtualNodes`]). Called locally by
     /// the replica and mailbox plugins (which keys are ours, where their
     /// copies go) and over the network by the ring table walk and the
     /// replica plugin (another owner's range, before dropping a copy).
-    Ranges = "ring.ranges", Internal, Empty => VirtualNodes;
+    Ranges = "ring.ranges", Internal + upkeep, Empty => VirtualNodes;
 
     /// `ring.table` — **client**: the ring's members, so a client can send
     /// each per-user request straight to its owner (one hop). A gestor

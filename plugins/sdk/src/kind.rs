@@ -60,6 +60,14 @@ pub trait Kind {
     /// and the request is then served again, from the start, by a worker;
     /// so only kinds that change nothing before such a call may say yes.
     const FAST_PATH: bool = false;
+    /// Ring upkeep or copies between gestores: an internal kind whose
+    /// handler answers from this gestor's memory and store and never waits
+    /// on another gestor or on a password hash. Only such kinds may run on
+    /// the request workers reserved for gestores
+    /// (`transport.reserved_for_gestores`); every other kind is client
+    /// work whoever sends it, so that a forwarded registration cannot hold
+    /// the workers the ring's own upkeep needs.
+    const UPKEEP: bool = false;
     /// The request body.
     type Request: Serialize + DeserializeOwned;
     /// The reply body.

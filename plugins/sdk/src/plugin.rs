@@ -27,9 +27,9 @@ use std::time::Duration;
 
 /// First field of every declaration; changes whenever the declaration
 /// layout, or a trait or type that crosses the boundary (`Host`, `Plugin`,
-/// `RequestMeta`, the error types), does — here for the `fast_path` of
-/// `Host::register_request`, `Host::can_wait` and `TransportError::WouldBlock`.
-pub const ABI_MAGIC: u64 = 0x6765_7374_6f72_0006;
+/// `RequestMeta`, the error types), does — here for the `upkeep` of
+/// `Host::register_request`.
+pub const ABI_MAGIC: u64 = 0x6765_7374_6f72_0007;
 
 /// Compiler, SDK and build facts that must match between host and plugin.
 #[repr(C)]
@@ -154,13 +154,16 @@ pub trait Host: Send + Sync {
     fn plugin_config(&self, plugin: &str) -> Value;
     /// Serve request `kind`; `class` says who may send it (the host keeps
     /// it beside the handler), `fast_path` whether to try it on the
-    /// transport's I/O thread first ([`Kind::FAST_PATH`]).
+    /// transport's I/O thread first ([`Kind::FAST_PATH`]), `upkeep`
+    /// whether it may run on the workers reserved for gestores
+    /// ([`Kind::UPKEEP`]).
     fn register_request(
         &self,
         plugin: &str,
         kind: &str,
         class: KindClass,
         fast_path: bool,
+        upkeep: bool,
         handler: RequestFn,
     ) -> Result<(), PluginError>;
     fn register_signal(
@@ -319,10 +322,15 @@ impl PluginContext {
             + Sync
             + 'static,
     ) -> Result<(), PluginError> {
-        self.register(K::NAME, K::CLASS, K::FAST_PATH, move |meta, body| {
-            let req: K::Request = from_value(body)?;
-            handler(meta, req).map(|rep| to_value(&rep))
-        })
+        self.register(
+            K::NAME,
+            K::CLASS,
+            (K::FAST_PATH, K::UPKEEP),
+            move |meta, body| {
+                let req: K::Request = from_value(body)?;
+                handler(meta, req).map(|rep| to_value(&rep))
+            },
+        )
     }
 
     /// Serve request `kind` of class `class` with an untyped `handler`, for
@@ -332,14 +340,15 @@ impl PluginContext {
     where
         F: Fn(&RequestMeta, &Value) -> Result<Value, HandlerError> + Send + Sync + 'static,
     {
-        self.register(kind, class, false, handler)
+        self.register(kind, class, (false, false), handler)
     }
 
+    /// `lanes`: ([`Kind::FAST_PATH`], [`Kind::UPKEEP`]).
     fn register<F>(
         &self,
         kind: &str,
         class: KindClass,
-        fast_path: bool,
+        (fast_path, upkeep): (bool, bool),
         handler: F,
     ) -> Result<(), PluginError>
     where
@@ -362,7 +371,7 @@ impl PluginContext {
             },
         );
         self.host
-            .register_request(&self.plugin, kind, class, fast_path, guarded)
+            .register_request(&self.plugin, kind, class, fast_path, upkeep, guarded)
     }
 
     /// Handle signals whose topic starts with `topic_prefix`.
