@@ -257,6 +257,15 @@ fn requests_that_waited_too_long_are_answered_busy(transport: TransportKind, sto
 
 gestor_tests::half_matrix!(crossed => requests_that_waited_too_long_are_answered_busy);
 
+/// The test settings with hashes of about a second (argon2id, 19 MiB, 96
+/// passes) and two request workers, `reserved` of them for gestores.
+fn long_hashes_on_two_workers(reserved: usize) -> String {
+    TEST_CONFIG
+        .replace("password_memory_kib = 64", "password_memory_kib = 19456")
+        .replace("password_iterations = 1", "password_iterations = 96")
+        + &format!("\n[transport]\nreplier_workers = 2\nreserved_for_gestores = {reserved}\n")
+}
+
 /// One request of kind `K` sent once (no retry) through `requester`.
 fn send_once<K: Kind>(requester: &mut dyn Requester, body: &K::Request) -> Reply {
     let frame = to_cbor(&Request::new(K::NAME, to_value(body)));
@@ -277,10 +286,7 @@ fn client_kinds_from_gestores_leave_the_reserved_worker_free(
 ) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     // Two workers, one of them reserved; a hash long enough to overlap.
-    let config = TEST_CONFIG
-        .replace("password_memory_kib = 64", "password_memory_kib = 19456")
-        .replace("password_iterations = 1", "password_iterations = 96")
-        + "\n[transport]\nreplier_workers = 2\nreserved_for_gestores = 1\n";
+    let config = long_hashes_on_two_workers(1);
     let ring = Ring::start_with_config(1, transport, storage, &config);
     ring.wait_stable(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("gestor did not start: {e}\n{}", ring.logs()));
@@ -389,10 +395,7 @@ fn a_gestor_with_every_worker_busy_stays_in_the_ring(
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     // Two workers, none reserved, and hashes of about a second: two
     // registrations hold every worker far past the ring's RPC timeout.
-    let config = TEST_CONFIG
-        .replace("password_memory_kib = 64", "password_memory_kib = 19456")
-        .replace("password_iterations = 1", "password_iterations = 96")
-        + "\n[transport]\nreplier_workers = 2\nreserved_for_gestores = 0\n";
+    let config = long_hashes_on_two_workers(0);
     let ring = Ring::start_with_config(3, transport, storage, &config);
     ring.wait_stable(Duration::from_secs(90))
         .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
