@@ -251,8 +251,7 @@ impl Shared {
         // A gestor whose workers are all busy times out but still answers
         // pings: no evidence against it either.
         if let Err(CallError::Transport(gestor_sdk::TransportError::Timeout { .. })) = &result {
-            if self.answers_ping(&to.addr) {
-                self.timeouts_alive.fetch_add(1, Ordering::Relaxed);
+            if self.slow_not_dead(&to.addr) {
                 return Err(Failure::Skipped);
             }
         }
@@ -294,6 +293,21 @@ impl Shared {
             tracing::debug!(gestor = %addr, "slow to answer but alive: not counted as a miss");
         }
         answered
+    }
+
+    /// A request to `addr` timed out: is the gestor only slow? It is while
+    /// it answers pings, for a grace of `SLOW_GRACE_ATTEMPTS` RPC timeouts
+    /// without serving a request (see `liveness`).
+    fn slow_not_dead(&self, addr: &str) -> bool {
+        if !self.answers_ping(addr) {
+            return false;
+        }
+        if !guard(&self.liveness).forgive(addr, self.now()) {
+            tracing::warn!(gestor = %addr, "answers pings but no request for {} RPC timeouts: counted as failing", liveness::SLOW_GRACE_ATTEMPTS);
+            return false;
+        }
+        self.timeouts_alive.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// A real request to the gestor at `addr` failed; after enough in a row
@@ -639,8 +653,7 @@ impl Shared {
             }
             addr
         };
-        if self.answers_ping(&addr) {
-            self.timeouts_alive.fetch_add(1, Ordering::Relaxed);
+        if self.slow_not_dead(&addr) {
             return;
         }
         {

@@ -15,13 +15,22 @@
 //! counts, the plugin pings the gestor (`node.ping`, answered on its
 //! transport's I/O thread, not by a worker) and records the verdict here;
 //! a verdict stays fresh for one retry cycle, so a dead gestor costs one
-//! ping per cycle, not one per request that timed out.
+//! ping per cycle, not one per request that timed out. That benefit of the
+//! doubt lasts [`SLOW_GRACE_ATTEMPTS`] RPC timeouts from the first timeout
+//! forgiven: a gestor that answers pings but no request for that long (its
+//! workers wedged) counts as failing again, so that its keys go to a
+//! gestor that serves them.
 
 use std::collections::HashMap;
 
 /// Failing URLs remembered at most; beyond it the one retried soonest is
 /// forgotten (it would be tried again shortly anyway).
 const MAX_FAILING: usize = 1024;
+
+/// How many RPC timeouts' worth of time a gestor that answers pings but
+/// not requests is taken for slow rather than failing (20 s with the
+/// default 1 s timeout).
+pub const SLOW_GRACE_ATTEMPTS: u64 = 20;
 
 #[derive(Debug, Clone, Copy)]
 struct Failing {
@@ -35,6 +44,8 @@ pub struct Liveness {
     failing: HashMap<String, Failing>,
     /// The last ping's verdict per URL: (when, answered).
     pinged: HashMap<String, (u64, bool)>,
+    /// Since when each URL has answered pings but not requests.
+    slow_since: HashMap<String, u64>,
     dead_after: u32,
     /// Wait after a failure before the next real attempt.
     retry_after_ms: u64,
@@ -54,6 +65,7 @@ impl Liveness {
         Liveness {
             failing: HashMap::new(),
             pinged: HashMap::new(),
+            slow_since: HashMap::new(),
             dead_after: dead_after.max(1),
             retry_after_ms,
             attempt_ms,
@@ -73,26 +85,29 @@ impl Liveness {
         }
     }
 
-    /// `url` answered: it is alive.
+    /// `url` answered a request: it is alive and serving.
     pub fn answered(&mut self, url: &str) {
         self.failing.remove(url);
+        self.slow_since.remove(url);
+    }
+
+    /// A request to `url` timed out but `url` answers pings: whether to
+    /// forgive the timeout (no failure counted), which it is until
+    /// [`SLOW_GRACE_ATTEMPTS`] RPC timeouts after the first one forgiven
+    /// without a request answered since.
+    pub fn forgive(&mut self, url: &str, now_ms: u64) -> bool {
+        make_room(&mut self.slow_since, url, |since| *since);
+        let since = *self.slow_since.entry(url.to_string()).or_insert(now_ms);
+        now_ms.saturating_sub(since) < SLOW_GRACE_ATTEMPTS * self.attempt_ms
     }
 
     /// What a ping to `url` found at `now_ms`.
     pub fn pinged(&mut self, url: &str, now_ms: u64, answered: bool) {
-        if !self.pinged.contains_key(url) && self.pinged.len() >= MAX_FAILING {
-            let oldest = self
-                .pinged
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(u, _)| u.clone());
-            if let Some(u) = oldest {
-                self.pinged.remove(&u);
-            }
-        }
+        make_room(&mut self.pinged, url, |(at, _)| *at);
         self.pinged.insert(url.to_string(), (now_ms, answered));
         if answered {
-            self.answered(url);
+            // Alive, so not failing; whether it serves is `forgive`'s.
+            self.failing.remove(url);
         }
     }
 
@@ -108,16 +123,8 @@ impl Liveness {
     /// A real attempt to reach `url` failed. True when it has now failed
     /// `dead_after` times in a row: the caller drops the gestor.
     pub fn failed(&mut self, url: &str, now_ms: u64) -> bool {
-        if !self.failing.contains_key(url) && self.failing.len() >= MAX_FAILING {
-            let soonest = self
-                .failing
-                .iter()
-                .min_by_key(|(_, f)| f.retry_at)
-                .map(|(u, _)| u.clone());
-            if let Some(u) = soonest {
-                self.failing.remove(&u);
-            }
-        }
+        // The one retried soonest goes first: it would be tried again shortly anyway.
+        make_room(&mut self.failing, url, |f| f.retry_at);
         let f = self.failing.entry(url.to_string()).or_insert(Failing {
             fails: 0,
             retry_at: 0,
@@ -128,9 +135,24 @@ impl Liveness {
     }
 }
 
+/// Before `url` is added to `map`: keep it at most [`MAX_FAILING`]
+/// entries, dropping the one whose time (`at`) is earliest.
+fn make_room<V>(map: &mut HashMap<String, V>, url: &str, at: impl Fn(&V) -> u64) {
+    if map.contains_key(url) || map.len() < MAX_FAILING {
+        return;
+    }
+    let earliest = map
+        .iter()
+        .min_by_key(|(_, v)| at(v))
+        .map(|(u, _)| u.clone());
+    if let Some(u) = earliest {
+        map.remove(&u);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Gate, Liveness, MAX_FAILING};
+    use super::{Gate, Liveness, MAX_FAILING, SLOW_GRACE_ATTEMPTS};
 
     #[test]
     fn a_failing_url_is_skipped_until_its_retry_time() {
@@ -173,6 +195,24 @@ mod tests {
     }
 
     #[test]
+    fn slow_is_forgiven_for_a_while_unless_a_request_is_answered() {
+        let mut l = Liveness::new(3, 200, 500);
+        let grace = SLOW_GRACE_ATTEMPTS * 500;
+        assert!(l.forgive("a", 1000));
+        assert!(l.forgive("a", 1000 + grace - 1));
+        assert!(
+            !l.forgive("a", 1000 + grace),
+            "answers pings, serves nothing"
+        );
+        // A ping answered does not restart the grace; a request does.
+        l.pinged("a", 1000 + grace + 1, true);
+        assert!(!l.forgive("a", 1000 + grace + 2));
+        l.answered("a");
+        assert!(l.forgive("a", 1000 + grace + 3));
+        assert!(l.forgive("b", 1000 + grace + 3), "other URLs unaffected");
+    }
+
+    #[test]
     fn bounded() {
         let mut l = Liveness::new(3, 200, 500);
         for i in 0..MAX_FAILING + 10 {
@@ -183,6 +223,10 @@ mod tests {
             l.pinged(&format!("u{i}"), i as u64, i % 2 == 0);
         }
         assert_eq!(l.pinged.len(), MAX_FAILING);
+        for i in 0..MAX_FAILING + 10 {
+            l.forgive(&format!("u{i}"), i as u64);
+        }
+        assert_eq!(l.slow_since.len(), MAX_FAILING);
         assert_eq!(l.recent_ping("u0", 100), None, "the oldest went first");
     }
 }
