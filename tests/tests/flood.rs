@@ -266,9 +266,14 @@ fn long_hashes_on_two_workers(reserved: usize) -> String {
         + &format!("\n[transport]\nreplier_workers = 2\nreserved_for_gestores = {reserved}\n")
 }
 
+/// The envelope of one request of kind `K`.
+fn request_frame<K: Kind>(body: &K::Request) -> Vec<u8> {
+    to_cbor(&Request::new(K::NAME, to_value(body)))
+}
+
 /// One request of kind `K` sent once (no retry) through `requester`.
 fn send_once<K: Kind>(requester: &mut dyn Requester, body: &K::Request) -> Reply {
-    let frame = to_cbor(&Request::new(K::NAME, to_value(body)));
+    let frame = request_frame::<K>(body);
     let bytes = requester
         .request(&frame, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{}: {e}", K::NAME));
@@ -422,10 +427,7 @@ fn a_gestor_with_every_worker_busy_stays_in_the_ring(
                         password: "pw-slow".into(),
                         address: None,
                     };
-                    let frame = to_cbor(&Request::new(
-                        <user::Register as Kind>::NAME,
-                        to_value(&body),
-                    ));
+                    let frame = request_frame::<user::Register>(&body);
                     // Busy answers and timeouts are expected: only the load matters.
                     let _ = requester.request(&frame, Duration::from_secs(10));
                 }
