@@ -26,7 +26,9 @@ const BACKEND: &str = "sled";
 const FORMAT_KEY: &[u8] = b"gestor.format";
 const FORMAT_VERSION: &[u8] = b"1";
 /// How long opening waits for another holder of the data directory's lock.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// A dropped handle's last writes run on sled's process-wide I/O pool, which
+/// on a busy 2-core machine took over 3 s to get to them once.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const FLAG_LIVE: u8 = 0;
 const FLAG_TOMBSTONE: u8 = 1;
 
