@@ -16,6 +16,7 @@ use gestor_sdk::wire::{decode_request, to_cbor, to_value, MAX_DEPTH};
 use gestor_sdk::{ErrorCode, HandlerError, Kind, Request, TransportOptions, Value};
 use gestor_tests::cluster::{call, client_layer, field, map, request, wait_until};
 use gestor_tests::ring::Ring;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -123,6 +124,21 @@ fn the_document_states_what_the_code_does() {
         .map(|(k, _)| k.as_text().expect("text keys").to_string())
         .collect();
     assert_eq!(table, keys, "§18.3's mail.put table against the body sent");
+    // §14: the upkeep kinds listed are exactly those `gestor-api` marks.
+    let internal = section(&doc, "## 14.");
+    let from = internal
+        .find("marked **upkeep**:")
+        .expect("§14 lists the upkeep kinds");
+    let listed = &internal[from..];
+    let listed: BTreeSet<String> = backticked(&listed[..listed.find('—').expect("list ends")])
+        .into_iter()
+        .collect();
+    let marked: BTreeSet<String> = gestor_api::all()
+        .iter()
+        .filter(|k| k.upkeep)
+        .map(|k| k.name.to_string())
+        .collect();
+    assert_eq!(listed, marked, "§14's upkeep kinds against gestor-api's");
     // §9: the examples are the validator's (on the wire: below).
     let (valid, invalid) = address_examples();
     assert!(
