@@ -51,6 +51,9 @@ fn parse_line(line: &str, number: usize) -> Result<Option<ImportEntry>> {
             entry.username
         );
     }
+    if let Err(why) = gestor_api::routing::check_hash_cost(&entry.password_hash) {
+        bail!("line {number}: password_hash of {}: {why}", entry.username);
+    }
     Ok(Some(entry))
 }
 
@@ -161,6 +164,10 @@ mod tests {
                 "line 3: username",
             ),
             (r#"{"username":"ana","password_hash":"plain"}"#, "argon2id"),
+            (
+                r#"{"username":"ana","password_hash":"$argon2id$v=19$m=64,t=99,p=1$c2FsdHNhbHQ$aGFzaA"}"#,
+                "line 3: password_hash of ana: password hash costs",
+            ),
         ] {
             let err = format!("{:#}", parse_line(line, 3).unwrap_err());
             assert!(err.contains(needle), "{needle:?} not in {err}");

@@ -800,6 +800,10 @@ fn bad_config_is_refused_naming_the_key() {
             "[plugins.config.gestor_ring]\nsuccessors = \"many\"\n",
             "plugins.config.gestor_ring.successors",
         ),
+        (
+            "[plugins.config.gestor_directory]\npassword_memory_kib = 4194304\n",
+            "plugins.config.gestor_directory.password_memory_kib",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad-{i}.toml"));

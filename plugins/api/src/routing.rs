@@ -172,6 +172,49 @@ pub const ADDRESS_MAX: usize = 260;
 /// Longest stored password hash (a PHC argon2id string is ~100 bytes).
 pub const PASSWORD_HASH_MAX: usize = 256;
 
+/// The largest argon2 memory cost (KiB) a stored hash may ask for: 256 MiB.
+/// Verifying a hash allocates its memory cost, so a planted or imported hash
+/// with `m=4294967295` would ask for 4 TiB at the user's next login.
+pub const HASH_MEMORY_KIB_MAX: u32 = 256 * 1024;
+/// The most argon2 passes a stored hash may ask for (a huge `t` would hold a
+/// hashing thread for hours).
+pub const HASH_ITERATIONS_MAX: u32 = 16;
+/// The most argon2 lanes a stored hash may ask for.
+pub const HASH_LANES_MAX: u32 = 16;
+
+/// Refuse an argon2 PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`)
+/// whose costs are missing or beyond the maxima above. Only the parameter
+/// field is read; whether the rest verifies is argon2's business.
+pub fn check_hash_cost(phc: &str) -> Result<(), String> {
+    let params = phc
+        .split('$')
+        .find(|field| field.starts_with("m="))
+        .ok_or("password hash has no argon2 parameters (m=…,t=…,p=…)")?;
+    let (mut m, mut t, mut p) = (None, None, None);
+    for pair in params.split(',') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value: u32 = value
+            .parse()
+            .map_err(|_| format!("password hash parameter {pair:?} is not a number"))?;
+        match key {
+            "m" => m = Some(value),
+            "t" => t = Some(value),
+            "p" => p = Some(value),
+            _ => {}
+        }
+    }
+    let (Some(m), Some(t), Some(p)) = (m, t, p) else {
+        return Err("password hash lacks one of its costs m, t and p".into());
+    };
+    if m > HASH_MEMORY_KIB_MAX || t > HASH_ITERATIONS_MAX || p > HASH_LANES_MAX {
+        return Err(format!(
+            "password hash costs m={m},t={t},p={p} exceed the maxima \
+             m={HASH_MEMORY_KIB_MAX},t={HASH_ITERATIONS_MAX},p={HASH_LANES_MAX}"
+        ));
+    }
+    Ok(())
+}
+
 /// Why a record that arrived from another gestor cannot be stored, if it
 /// cannot: every write path checks this, so a buggy or compromised member
 /// cannot plant what no client request could have produced.
@@ -199,6 +242,9 @@ pub fn validate_record(record: &gestor_sdk::UserRecord) -> Result<(), String> {
     }
     if !record.deleted && !record.password_hash.starts_with("$argon2id$") {
         return Err("a live record must carry an argon2id hash".into());
+    }
+    if !record.deleted {
+        check_hash_cost(&record.password_hash)?;
     }
     let hex64 = record.session_hash.len() == 64
         && record.session_hash.bytes().all(|b| b.is_ascii_hexdigit());
@@ -243,6 +289,13 @@ mod record_tests {
             Box::new(|r| r.address = "x".repeat(1000)),
             Box::new(|r| r.password_hash = "plain".into()),
             Box::new(|r| r.session_hash = "zz".into()),
+            Box::new(|r| r.password_hash = "$argon2id$v=19$c2FsdA$aGFzaA".into()),
+            Box::new(|r| {
+                r.password_hash = "$argon2id$v=19$m=4294967295,t=1,p=1$c2FsdA$aGFzaA".into()
+            }),
+            Box::new(|r| r.password_hash = "$argon2id$v=19$m=64,t=100000,p=1$c2FsdA$aGFzaA".into()),
+            Box::new(|r| r.password_hash = "$argon2id$v=19$m=64,t=1,p=255$c2FsdA$aGFzaA".into()),
+            Box::new(|r| r.password_hash = "$argon2id$v=19$m=64,t=x,p=1$c2FsdA$aGFzaA".into()),
         ];
         for (i, mutate) in cases.iter().enumerate() {
             let mut r = good();
@@ -254,5 +307,20 @@ mod record_tests {
         tomb.password_hash.clear();
         tomb.session_hash.clear();
         assert!(validate_record(&tomb).is_ok());
+    }
+
+    #[test]
+    fn hash_costs_up_to_the_maxima_pass() {
+        assert!(check_hash_cost("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA").is_ok());
+        let most = format!(
+            "$argon2id$v=19$m={HASH_MEMORY_KIB_MAX},t={HASH_ITERATIONS_MAX},p={HASH_LANES_MAX}$c2FsdA$aGFzaA"
+        );
+        assert!(check_hash_cost(&most).is_ok());
+        let over = format!(
+            "$argon2id$v=19$m={},t=1,p=1$c2FsdA$aGFzaA",
+            HASH_MEMORY_KIB_MAX + 1
+        );
+        let why = check_hash_cost(&over).unwrap_err();
+        assert!(why.contains("exceed"), "{why}");
     }
 }

@@ -17,7 +17,7 @@ use gestor_api::dir::MAX_IMPORT_BATCH;
 use gestor_api::dir::{self, ImportBatch, ImportEntry, ImportRefusal, ImportReport};
 use gestor_api::replica;
 use gestor_api::ring::{self, KeyBody};
-use gestor_api::routing::validate_username;
+use gestor_api::routing::{check_hash_cost, validate_username};
 use gestor_sdk::hash::ring_position;
 use gestor_sdk::{CallError, ErrorCode, HandlerError, PluginContext, UserRecord};
 use std::time::Duration;
@@ -54,6 +54,7 @@ fn validate_entry(entry: &ImportEntry) -> Result<Option<String>, HandlerError> {
             "password_hash must be an argon2id PHC hash ($argon2id$v=19$m=…,t=…,p=…$salt$hash)",
         ));
     }
+    check_hash_cost(&entry.password_hash).map_err(HandlerError::bad_request)?;
     entry
         .address
         .as_deref()
@@ -223,6 +224,14 @@ mod tests {
                 "argon2id",
             ),
             (entry("ana", HASH, Some("nowhere")), "address"),
+            (
+                entry(
+                    "ana",
+                    "$argon2id$v=19$m=4294967295,t=1,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNo",
+                    None,
+                ),
+                "exceed",
+            ),
         ] {
             let e = validate_entry(&bad).unwrap_err();
             assert!(

@@ -756,9 +756,37 @@ impl Shared {
     }
 }
 
+/// Our own hashes must pass every member's `check_hash_cost`, or no holder
+/// would take their copies.
+fn check_hash_settings(ctx: &PluginContext, config: &DirectoryConfig) -> Result<(), PluginError> {
+    let bad = |key: &str, value: u32, range: String| PluginError::Start {
+        plugin: ctx.plugin_name().to_string(),
+        reason: format!(
+            "invalid configuration plugins.config.{}.{key}: {value} is not {range}",
+            ctx.plugin_name()
+        ),
+    };
+    if !(8..=routing::HASH_MEMORY_KIB_MAX).contains(&config.password_memory_kib) {
+        return Err(bad(
+            "password_memory_kib",
+            config.password_memory_kib,
+            format!("8 to {} (KiB)", routing::HASH_MEMORY_KIB_MAX),
+        ));
+    }
+    if !(1..=routing::HASH_ITERATIONS_MAX).contains(&config.password_iterations) {
+        return Err(bad(
+            "password_iterations",
+            config.password_iterations,
+            format!("1 to {}", routing::HASH_ITERATIONS_MAX),
+        ));
+    }
+    Ok(())
+}
+
 impl Plugin for Directory {
     fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
         let config: DirectoryConfig = ctx.config()?;
+        check_hash_settings(&ctx, &config)?;
         self.state.configure(&ctx, config.clone());
         self.state.serve_client_kinds(&ctx)?;
         self.state.serve_owner_kinds(&ctx)?;

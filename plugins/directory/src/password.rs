@@ -103,6 +103,11 @@ pub fn verify(password: &[u8], stored: &str) -> password_hash::Result<bool> {
         .map(Version::try_from)
         .transpose()?
         .unwrap_or_default();
+    // Costs beyond gestor-api's maxima: refused before any memory is taken
+    // (a record can predate the check, or come from an older member).
+    gestor_api::routing::check_hash_cost(stored).map_err(|_| {
+        password_hash::Error::ParamValueInvalid(password_hash::errors::InvalidValue::TooLong)
+    })?;
     let params = Params::try_from(&parsed)?;
     let computed = compute(algorithm, version, params, password, salt)?;
     // `Output`'s equality is constant-time.
@@ -113,6 +118,13 @@ pub fn verify(password: &[u8], stored: &str) -> password_hash::Result<bool> {
 mod tests {
     use super::*;
     use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+
+    #[test]
+    fn a_hash_asking_for_too_much_memory_is_refused_unrun() {
+        // 4 TiB if it were run: an error at once instead.
+        let huge = "$argon2id$v=19$m=4294967295,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$0Ybqp5sWybwCRW2dOGTHbxRJzKOFdXPSv8aQH9RYYD4";
+        assert!(verify(b"password", huge).is_err());
+    }
 
     #[test]
     fn hashes_verify_both_ways_with_the_argon2_crate() {
