@@ -129,7 +129,20 @@ fn is_address_error(e: zmq::Error) -> bool {
     )
 }
 
+/// libzmq takes endpoints as C strings, and the `zmq` crate panics on an
+/// interior NUL: such a URL (from a peer's reply, say) is refused here.
+fn no_nul(url: &str) -> Result<(), TransportError> {
+    if url.contains('\0') {
+        return Err(TransportError::BadAddress {
+            url: url.to_string(),
+            reason: "a NUL byte in the address".into(),
+        });
+    }
+    Ok(())
+}
+
 fn bind(socket: &zmq::Socket, url: &str) -> Result<(), TransportError> {
+    no_nul(url)?;
     socket.bind(url).map_err(|e| {
         if is_address_error(e) {
             TransportError::BadAddress {
@@ -147,6 +160,7 @@ fn bind(socket: &zmq::Socket, url: &str) -> Result<(), TransportError> {
 
 /// Asynchronous: succeeds with nobody listening; zmq keeps reconnecting.
 fn connect(socket: &zmq::Socket, url: &str) -> Result<(), TransportError> {
+    no_nul(url)?;
     socket.connect(url).map_err(|e| {
         if is_address_error(e) {
             TransportError::BadAddress {
