@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -127,8 +128,19 @@ impl Server {
                         // Ends when the accept thread drops the sender;
                         // once stopping, what is still queued is closed.
                         for stream in rx.iter() {
-                            if !stop.load(Ordering::SeqCst) {
-                                serve_connection(stream, &limits, &*handler, &*observer);
+                            if stop.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            // A panic in a handler closes that connection,
+                            // not this worker.
+                            let served = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                serve_connection(stream, &limits, &*handler, &*observer)
+                            }));
+                            if let Err(payload) = served {
+                                tracing::error!(
+                                    "http handler panicked: {}",
+                                    gestor_sdk::plugin::panic_message(&*payload)
+                                );
                             }
                         }
                     })?,

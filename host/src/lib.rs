@@ -3,6 +3,7 @@
 //! (their client side is the `gestor-client` crate).
 
 pub mod bench;
+pub mod boundary;
 pub mod chat_cli;
 pub mod config;
 pub mod copies;

@@ -8,6 +8,7 @@
 //! go to every handler whose topic prefix matches. Each plugin loop has a
 //! thread of its own. [`Node::stop`] reverses all of it.
 
+use crate::boundary::{catch, GuardedStore};
 use crate::config::Config;
 use crate::loader::{self, LoadedPlugin};
 use crate::metrics::{KindMeter, Metrics, OriginLabel, SignalDrop};
@@ -119,6 +120,7 @@ pub struct HostCore {
     transport_options: TransportOptions,
     transport_name: String,
     storage_name: String,
+    /// The store as plugins get it: behind [`GuardedStore`].
     store: Arc<dyn Store>,
     clock: Arc<Clock>,
     plugin_configs: HashMap<String, Value>,
@@ -207,7 +209,7 @@ impl HostCore {
             transport_options: transport_options(config),
             transport_name: config.transport.backend.to_string(),
             storage_name: config.storage.backend.to_string(),
-            store,
+            store: Arc::new(GuardedStore::new(store)),
             clock,
             plugin_configs: config
                 .plugins
@@ -682,6 +684,26 @@ impl HostCore {
         reply.into_result().map_err(CallError::Remote)
     }
 
+    /// Publish `body` to the signal endpoint at `url`, through a cached
+    /// publisher per gestor.
+    fn publish(&self, url: &str, topic: &str, body: &Value) -> Result<(), CallError> {
+        let payload = to_cbor(body);
+        let mut publishers = self.publishers.lock().unwrap_or_else(|p| p.into_inner());
+        if !publishers.contains_key(url) {
+            // Sealed with the session this node shares with that gestor;
+            // fails (and nothing is cached) until one exists.
+            let publisher = self.secure.publisher_to(url, &self.transport_options)?;
+            if publishers.len() >= MAX_CACHED_PEERS {
+                publishers.clear();
+            }
+            publishers.insert(url.to_string(), publisher);
+        }
+        match publishers.get_mut(url) {
+            Some(p) => Ok(p.publish(topic.as_bytes(), &payload)?),
+            None => Err(CallError::MalformedReply("publisher vanished".into())),
+        }
+    }
+
     fn checkin_requester(&self, url: &str, requester: Box<dyn Requester>) {
         let mut pool = self.requesters.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() >= MAX_CACHED_PEERS && !pool.contains_key(url) {
@@ -692,6 +714,11 @@ impl HostCore {
             slot.push(requester);
         }
     }
+}
+
+/// A host panic under a plugin's call, as the plugin sees it.
+fn panicked(message: String) -> CallError {
+    CallError::Remote(HandlerError::internal(message))
 }
 
 impl Host for HostCore {
@@ -806,7 +833,9 @@ impl Host for HostCore {
         if url == self.request_url {
             return self.call_local(kind, body);
         }
-        self.send_request(url, kind, body, timeout, false)
+        catch("a request", panicked, || {
+            self.send_request(url, kind, body, timeout, false)
+        })
     }
 
     fn request_client(
@@ -816,12 +845,16 @@ impl Host for HostCore {
         body: Value,
         timeout: Duration,
     ) -> Result<Value, CallError> {
-        self.send_request(url, kind, body, timeout, true)
+        catch("a request to a client", panicked, || {
+            self.send_request(url, kind, body, timeout, true)
+        })
     }
 
     fn call_local(&self, kind: &str, body: Value) -> Result<Value, CallError> {
-        self.dispatch(kind, &body, &Origin::Local)
-            .map_err(CallError::Remote)
+        catch("a local call", panicked, || {
+            self.dispatch(kind, &body, &Origin::Local)
+                .map_err(CallError::Remote)
+        })
     }
 
     fn can_wait(&self) -> bool {
@@ -830,27 +863,15 @@ impl Host for HostCore {
 
     fn gestor_key(&self, url: &str, timeout: Duration) -> Result<Option<[u8; 32]>, CallError> {
         may_wait_for(url)?;
-        Ok(self
-            .secure
-            .gestor_key_at(url, &self.transport_options, timeout)?)
+        catch("a key request", panicked, || {
+            Ok(self
+                .secure
+                .gestor_key_at(url, &self.transport_options, timeout)?)
+        })
     }
 
     fn signal(&self, url: &str, topic: &str, body: Value) -> Result<(), CallError> {
-        let payload = to_cbor(&body);
-        let mut publishers = self.publishers.lock().unwrap_or_else(|p| p.into_inner());
-        if !publishers.contains_key(url) {
-            // Sealed with the session this node shares with that gestor;
-            // fails (and nothing is cached) until one exists.
-            let publisher = self.secure.publisher_to(url, &self.transport_options)?;
-            if publishers.len() >= MAX_CACHED_PEERS {
-                publishers.clear();
-            }
-            publishers.insert(url.to_string(), publisher);
-        }
-        match publishers.get_mut(url) {
-            Some(p) => Ok(p.publish(topic.as_bytes(), &payload)?),
-            None => Err(CallError::MalformedReply("publisher vanished".into())),
-        }
+        catch("a signal", panicked, || self.publish(url, topic, &body))
     }
 
     fn initial_gestors(&self) -> Vec<String> {

@@ -15,8 +15,10 @@
 //! flush of its own.
 
 use gestor_api::ring::PeerRef;
+use gestor_sdk::plugin::panic_message;
 use gestor_sdk::UserRecord;
 use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -213,7 +215,10 @@ impl Pipeline {
     fn serve(&self) {
         while let Some((peer, jobs)) = self.next_batch() {
             let records: Vec<UserRecord> = jobs.iter().flat_map(|j| j.records.clone()).collect();
-            let result = (self.send)(&peer, &records);
+            // A panic must not end this sender with the holder marked in
+            // flight (its queue would never move again): it fails the batch.
+            let result = catch_unwind(AssertUnwindSafe(|| (self.send)(&peer, &records)))
+                .unwrap_or_else(|p| Err(format!("copy sender panicked: {}", panic_message(&*p))));
             if let Err(e) = &result {
                 tracing::debug!(holder = %peer.addr, records = records.len(), "copy batch failed: {e}");
             }

@@ -57,15 +57,37 @@ impl GroupCommit {
         // Every ticket issued so far belongs to a caller whose writes are done.
         let covers = state.issued;
         drop(state);
+        // Cleared however `sync` ends, even by a panic: a `syncing` left set
+        // would make every later caller wait for ever.
+        let mut running = Running {
+            group: self,
+            covers: None,
+        };
         let result = sync();
-        let mut state = self.lock();
-        state.syncing = false;
         if result.is_ok() {
+            running.covers = Some(covers);
+        }
+        drop(running);
+        result
+    }
+}
+
+/// The sync in progress; dropping it records the outcome and wakes waiters.
+struct Running<'a> {
+    group: &'a GroupCommit,
+    /// The ticket a successful sync made durable.
+    covers: Option<u64>,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut state = self.group.lock();
+        state.syncing = false;
+        if let Some(covers) = self.covers {
             state.durable = state.durable.max(covers);
         }
         drop(state);
-        self.changed.notify_all();
-        result
+        self.group.changed.notify_all();
     }
 }
 
@@ -146,5 +168,23 @@ mod tests {
             })
             .unwrap();
         assert!(ran, "the next caller must sync again");
+    }
+
+    #[test]
+    fn a_panicking_sync_leaves_the_group_usable() {
+        let group = GroupCommit::new();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            group.flush(|| -> Result<(), ()> { panic!("sync exploded") })
+        }));
+        assert!(caught.is_err());
+        // Would wait for ever on the first sync if it still counted as running.
+        let mut ran = false;
+        group
+            .flush(|| {
+                ran = true;
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert!(ran, "a panicked sync covers nothing");
     }
 }
