@@ -176,9 +176,11 @@ pub const PASSWORD_HASH_MAX: usize = 256;
 /// Verifying a hash allocates its memory cost, so a planted or imported hash
 /// with `m=4294967295` would ask for 4 TiB at the user's next login.
 pub const HASH_MEMORY_KIB_MAX: u32 = 256 * 1024;
-/// The most argon2 passes a stored hash may ask for (a huge `t` would hold a
-/// hashing thread for hours).
-pub const HASH_ITERATIONS_MAX: u32 = 16;
+/// The most work a stored hash may ask for, as memory (KiB) × passes: 16
+/// passes over the largest memory, about 100 times the default hash (a huge
+/// `t` would hold a hashing thread for hours). Few passes over much memory
+/// and many over little are both allowed.
+pub const HASH_WORK_MAX: u64 = HASH_MEMORY_KIB_MAX as u64 * 16;
 /// The most argon2 lanes a stored hash may ask for.
 pub const HASH_LANES_MAX: u32 = 16;
 
@@ -206,10 +208,11 @@ pub fn check_hash_cost(phc: &str) -> Result<(), String> {
     let (Some(m), Some(t), Some(p)) = (m, t, p) else {
         return Err("password hash lacks one of its costs m, t and p".into());
     };
-    if m > HASH_MEMORY_KIB_MAX || t > HASH_ITERATIONS_MAX || p > HASH_LANES_MAX {
+    if m > HASH_MEMORY_KIB_MAX || u64::from(m) * u64::from(t) > HASH_WORK_MAX || p > HASH_LANES_MAX
+    {
         return Err(format!(
-            "password hash costs m={m},t={t},p={p} exceed the maxima \
-             m={HASH_MEMORY_KIB_MAX},t={HASH_ITERATIONS_MAX},p={HASH_LANES_MAX}"
+            "password hash costs m={m},t={t},p={p} exceed the maxima: \
+             m at most {HASH_MEMORY_KIB_MAX}, m×t at most {HASH_WORK_MAX}, p at most {HASH_LANES_MAX}"
         ));
     }
     Ok(())
@@ -312,10 +315,13 @@ mod record_tests {
     #[test]
     fn hash_costs_up_to_the_maxima_pass() {
         assert!(check_hash_cost("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA").is_ok());
-        let most = format!(
-            "$argon2id$v=19$m={HASH_MEMORY_KIB_MAX},t={HASH_ITERATIONS_MAX},p={HASH_LANES_MAX}$c2FsdA$aGFzaA"
-        );
+        let most =
+            format!("$argon2id$v=19$m={HASH_MEMORY_KIB_MAX},t=16,p={HASH_LANES_MAX}$c2FsdA$aGFzaA");
         assert!(check_hash_cost(&most).is_ok());
+        // Many passes over little memory (the overload tests' slow hashes).
+        assert!(check_hash_cost("$argon2id$v=19$m=19456,t=96,p=1$c2FsdA$aGFzaA").is_ok());
+        let long = format!("$argon2id$v=19$m={HASH_MEMORY_KIB_MAX},t=17,p=1$c2FsdA$aGFzaA");
+        assert!(check_hash_cost(&long).is_err());
         let over = format!(
             "$argon2id$v=19$m={},t=1,p=1$c2FsdA$aGFzaA",
             HASH_MEMORY_KIB_MAX + 1

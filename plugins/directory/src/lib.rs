@@ -253,6 +253,9 @@ impl Shared {
             .check(account, self.now_ms()?)?;
         PasswordHash::new(&record.password_hash)
             .map_err(|e| HandlerError::internal(format!("stored hash unreadable: {e}")))?;
+        // Not a wrong password: a hash no member should have stored.
+        routing::check_hash_cost(&record.password_hash)
+            .map_err(|why| HandlerError::internal(format!("stored hash refused: {why}")))?;
         let (stored, password) = (record.password_hash.clone(), password.to_string());
         let verified = self.slots().run(HASH_SLOT_WAIT, move || {
             matches!(password::verify(password.as_bytes(), &stored), Ok(true))
@@ -773,11 +776,15 @@ fn check_hash_settings(ctx: &PluginContext, config: &DirectoryConfig) -> Result<
             format!("8 to {} (KiB)", routing::HASH_MEMORY_KIB_MAX),
         ));
     }
-    if !(1..=routing::HASH_ITERATIONS_MAX).contains(&config.password_iterations) {
+    let most = routing::HASH_WORK_MAX / u64::from(config.password_memory_kib);
+    if !(1..=most).contains(&u64::from(config.password_iterations)) {
         return Err(bad(
             "password_iterations",
             config.password_iterations,
-            format!("1 to {}", routing::HASH_ITERATIONS_MAX),
+            format!(
+                "1 to {most} (memory × passes at most {})",
+                routing::HASH_WORK_MAX
+            ),
         ));
     }
     Ok(())
