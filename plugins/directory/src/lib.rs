@@ -759,8 +759,8 @@ impl Shared {
     }
 }
 
-/// Our own hashes must pass every member's `check_hash_cost`, or no holder
-/// would take their copies.
+/// Our own hashes must pass `check_hash_cost`, or no gestor would verify
+/// them at login.
 fn check_hash_settings(ctx: &PluginContext, config: &DirectoryConfig) -> Result<(), PluginError> {
     let bad = |key: &str, value: u32, range: String| PluginError::Start {
         plugin: ctx.plugin_name().to_string(),
