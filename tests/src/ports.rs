@@ -1,24 +1,71 @@
 //! Loopback ports for tests that run in parallel, in one process or several.
 //!
-//! Asks the kernel for a free port (bind to port 0), and remembers what this
-//! process handed out so two tests in one binary never get the same one.
-//! Ports handed out are in the kernel's ephemeral range, so a race with
-//! another process is possible but unlikely; callers bind soon after.
+//! Asks the kernel for a free port (bind to port 0), then reserves it: within
+//! this process in a set, and across processes with an exclusive lock on a
+//! file named after the port in the temporary directory, held until this
+//! process exits. `./bootstrap test` runs two test processes at once, and a
+//! port one of them has picked but not bound yet is free to the kernel.
 
 use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::sync::Mutex;
 
-static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+struct Reserved {
+    ports: HashSet<u16>,
+    /// Open, locked files: the lock lasts as long as the descriptor.
+    locks: Vec<File>,
+}
 
-/// A free TCP port on 127.0.0.1.
+static RESERVED: Mutex<Option<Reserved>> = Mutex::new(None);
+
+fn lock_dir() -> PathBuf {
+    std::env::temp_dir().join("gestor-test-ports")
+}
+
+/// Whether no other process holds `port` (then this one does, until it
+/// exits). A lock that cannot be taken for another reason (say, an
+/// unwritable temporary directory) does not stop the test: the in-process
+/// set still holds.
+fn lock_across_processes(port: u16, locks: &mut Vec<File>) -> bool {
+    let dir = lock_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let file = match OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{port}.lock")))
+    {
+        Ok(file) => file,
+        Err(_) => return true,
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            locks.push(file);
+            true
+        }
+        Err(std::fs::TryLockError::WouldBlock) => false,
+        Err(std::fs::TryLockError::Error(_)) => true,
+    }
+}
+
+/// A free TCP port on 127.0.0.1, handed out once across the test processes
+/// running now.
 pub fn free_port() -> u16 {
-    let mut guard = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
-    let seen = guard.get_or_insert_with(HashSet::new);
+    let mut guard = RESERVED.lock().unwrap_or_else(|p| p.into_inner());
+    let reserved = guard.get_or_insert_with(|| Reserved {
+        ports: HashSet::new(),
+        locks: Vec::new(),
+    });
     for _ in 0..1000 {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local addr").port();
-        if seen.insert(port) {
+        if reserved.ports.contains(&port) {
+            continue;
+        }
+        if lock_across_processes(port, &mut reserved.locks) {
+            reserved.ports.insert(port);
             return port;
         }
     }
@@ -28,4 +75,27 @@ pub fn free_port() -> u16 {
 /// `tcp://127.0.0.1:PORT` on a fresh port.
 pub fn tcp_url() -> String {
     format!("tcp://127.0.0.1:{}", free_port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_is_handed_out_once() {
+        let ports: HashSet<u16> = (0..50).map(|_| free_port()).collect();
+        assert_eq!(ports.len(), 50);
+    }
+
+    #[test]
+    fn a_port_locked_by_another_holder_is_skipped() {
+        let port = free_port();
+        // A second open file description on the same path stands in for
+        // another process: flock conflicts between descriptions.
+        let mut other = Vec::new();
+        assert!(
+            !lock_across_processes(port, &mut other),
+            "port {port} is locked by this process and must not be taken again"
+        );
+    }
 }
