@@ -97,6 +97,24 @@ impl Ring {
     /// No gestor yet: a directory holding `config` as `gestor.toml`.
     fn empty(transport: TransportKind, storage: StorageKind, config: &str) -> Ring {
         let dir = tempfile::tempdir().expect("tempdir");
+        // The gestores of a ring on TEST_CONFIG share their machine's
+        // hashing slots, as an operator's several gestores on one machine
+        // would; so every ring test exercises the slot files.
+        let shared;
+        let config = if config == TEST_CONFIG {
+            let slots = dir.path().join("hash-slots");
+            shared = config.replacen(
+                "[plugins.config.gestor_directory]\n",
+                &format!(
+                    "[plugins.config.gestor_directory]\nmachine_hash_slots_dir = {:?}\n",
+                    slots.display().to_string()
+                ),
+                1,
+            );
+            &shared
+        } else {
+            config
+        };
         let config_path = dir.path().join("gestor.toml");
         std::fs::write(&config_path, config).expect("write config");
         Ring {

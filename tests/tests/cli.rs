@@ -804,6 +804,11 @@ fn bad_config_is_refused_naming_the_key() {
             "[plugins.config.gestor_directory]\npassword_memory_kib = 4194304\n",
             "plugins.config.gestor_directory.password_memory_kib",
         ),
+        (
+            // Below a file: no directory can be made there.
+            "[plugins.config.gestor_directory]\nmachine_hash_slots_dir = \"/dev/null/slots\"\n",
+            "plugins.config.gestor_directory.machine_hash_slots_dir",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad-{i}.toml"));

@@ -72,6 +72,15 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
         }
     });
 
+    // The gestores hashed through the ring's shared slot files (TEST_CONFIG
+    // rings share them, see `Ring::start`).
+    let slots = ring.dir.path().join("hash-slots");
+    assert!(
+        slots.join("slot-0").is_file(),
+        "no shared hashing slots in {}",
+        slots.display()
+    );
+
     // Every user is found, with the right data, through another gestor.
     std::thread::scope(|scope| {
         for t in 0..4 {

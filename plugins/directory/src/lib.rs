@@ -56,6 +56,13 @@ pub struct DirectoryConfig {
     /// per core. As many jobs may wait; beyond that a request answers
     /// `busy` at once.
     pub hash_slots: usize,
+    /// A directory shared by the gestores of one machine: each hash then
+    /// also holds one of its `machine_hash_slots` lock files, so that they
+    /// run that many hashes at once between them. Empty (default): off.
+    pub machine_hash_slots_dir: String,
+    /// Hashes at once across the gestores sharing `machine_hash_slots_dir`;
+    /// 0 = one per core.
+    pub machine_hash_slots: usize,
     /// How the hashing threads yield to lookups and ring maintenance:
     /// `idle` (default: only CPU time nothing else wants), `low` (nice
     /// +19: a small share even when the cores are busy) or `normal`.
@@ -78,6 +85,8 @@ impl Default for DirectoryConfig {
             password_iterations: 2,
             forward_timeout_ms: 5_000,
             hash_slots: 0,
+            machine_hash_slots_dir: String::new(),
+            machine_hash_slots: 0,
             hash_priority: limits::HashPriority::Idle,
             login_failures_per_minute: 10,
             password_attempts_per_source_per_minute: 600,
@@ -99,6 +108,8 @@ struct Shared {
     locks: Vec<Mutex<()>>,
     /// Set at start from the configuration.
     hash_slots: std::sync::OnceLock<limits::HashPool>,
+    /// The machine's shared hashing slots, when configured; set at start.
+    machine_slots: Mutex<Option<Arc<limits::MachineSlots>>>,
     failures: Mutex<limits::FailureLimiter>,
     sources: Mutex<limits::SourceLimiter>,
 }
@@ -235,11 +246,20 @@ impl Shared {
     }
 
     fn slots(&self) -> &limits::HashPool {
-        self.hash_slots
-            .get_or_init(|| match self.config().hash_slots {
-                0 => limits::HashPool::per_core(self.config().hash_priority),
-                n => limits::HashPool::new(n, n, self.config().hash_priority),
-            })
+        self.hash_slots.get_or_init(|| {
+            let config = self.config();
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let threads = match config.hash_slots {
+                0 => cores,
+                n => n,
+            };
+            let machine = self
+                .machine_slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            limits::HashPool::sharing(threads, threads, config.hash_priority, machine)
+        })
     }
 
     /// Check `password` against `record`: refused early (`rate_limited`) for
@@ -790,10 +810,41 @@ fn check_hash_settings(ctx: &PluginContext, config: &DirectoryConfig) -> Result<
     Ok(())
 }
 
+/// The shared hashing slots `machine_hash_slots_dir` names, checked usable
+/// now: a directory that cannot hold them stops the start, naming the key.
+fn open_machine_slots(
+    ctx: &PluginContext,
+    config: &DirectoryConfig,
+) -> Result<Option<Arc<limits::MachineSlots>>, PluginError> {
+    if config.machine_hash_slots_dir.is_empty() {
+        return Ok(None);
+    }
+    let count = match config.machine_hash_slots {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let dir = std::path::PathBuf::from(&config.machine_hash_slots_dir);
+    limits::MachineSlots::new(dir, count)
+        .map(|slots| Some(Arc::new(slots)))
+        .map_err(|e| PluginError::Start {
+            plugin: ctx.plugin_name().to_string(),
+            reason: format!(
+                "invalid configuration plugins.config.{}.machine_hash_slots_dir: {:?}: {e}",
+                ctx.plugin_name(),
+                config.machine_hash_slots_dir
+            ),
+        })
+}
+
 impl Plugin for Directory {
     fn start(&self, ctx: PluginContext) -> Result<(), PluginError> {
         let config: DirectoryConfig = ctx.config()?;
         check_hash_settings(&ctx, &config)?;
+        *self
+            .state
+            .machine_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = open_machine_slots(&ctx, &config)?;
         self.state.configure(&ctx, config.clone());
         self.state.serve_client_kinds(&ctx)?;
         self.state.serve_owner_kinds(&ctx)?;
@@ -821,6 +872,7 @@ fn make() -> Directory {
             writes: Mutex::new(writes::WriteQueue::new(PRESENCE_QUEUE)),
             locks: (0..USER_LOCKS).map(|_| Mutex::new(())).collect(),
             hash_slots: std::sync::OnceLock::new(),
+            machine_slots: Mutex::new(None),
             failures: Mutex::new(limits::FailureLimiter::new(0, 60_000, FAILURE_ACCOUNTS)),
             sources: Mutex::new(limits::SourceLimiter::new(0, FAILURE_ACCOUNTS)),
         }),

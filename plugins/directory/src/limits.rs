@@ -25,6 +25,82 @@ pub struct HashPool {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Hashing slots shared by every gestor on one machine: `count` lock files
+/// in one directory, one held (`flock`) for each hash. Gestores that share a
+/// machine then run at most `count` hashes at once between them instead of
+/// each running its own pool's worth; interleaving more argon2 hashes than
+/// there are cores makes each slower (their memory no longer stays in the
+/// caches). A lock is released when its holder closes the file or dies, so
+/// a gestor that crashes mid-hash leaks no slot.
+pub struct MachineSlots {
+    dir: std::path::PathBuf,
+    count: usize,
+    /// Whether a failure to take a slot was already logged.
+    warned: std::sync::atomic::AtomicBool,
+}
+
+impl MachineSlots {
+    /// Slots in `dir` (created if missing), as many as `count`; fails when
+    /// their files cannot be opened.
+    pub fn new(dir: std::path::PathBuf, count: usize) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let slots = MachineSlots {
+            dir,
+            count: count.max(1),
+            warned: Default::default(),
+        };
+        for slot in 0..slots.count {
+            slots.open(slot)?;
+        }
+        Ok(slots)
+    }
+
+    fn open(&self, slot: usize) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(format!("slot-{slot}")))
+    }
+
+    /// A free slot, held, trying `preferred` first; `None` when every slot
+    /// is taken.
+    fn try_acquire(&self, preferred: usize) -> std::io::Result<Option<std::fs::File>> {
+        for k in 0..self.count {
+            let file = self.open((preferred + k) % self.count)?;
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(file)),
+                Err(std::fs::TryLockError::WouldBlock) => continue,
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// A held slot: a free one if there is one (trying `preferred` first),
+    /// else waiting for `preferred`. `None` (hash without one) when the
+    /// files cannot be used; logged once.
+    pub fn acquire(&self, preferred: usize) -> Option<std::fs::File> {
+        let attempt = || -> std::io::Result<std::fs::File> {
+            if let Some(file) = self.try_acquire(preferred)? {
+                return Ok(file);
+            }
+            let file = self.open(preferred % self.count)?;
+            file.lock()?;
+            Ok(file)
+        };
+        match attempt() {
+            Ok(file) => Some(file),
+            Err(e) => {
+                if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(dir = %self.dir.display(), "cannot take a machine hashing slot; hashing without: {e}");
+                }
+                None
+            }
+        }
+    }
+}
+
 /// How the hashing threads yield to the rest of the gestor (Linux; elsewhere
 /// they run at the default priority). Lowering one's own priority needs no
 /// privilege.
@@ -47,15 +123,28 @@ const HASH_NICE: i32 = 19;
 
 impl HashPool {
     pub fn new(threads: usize, queue: usize, priority: HashPriority) -> Self {
+        Self::sharing(threads, queue, priority, None)
+    }
+
+    /// A pool whose threads also take one of the machine's slots
+    /// ([`MachineSlots`]) for each hash.
+    pub fn sharing(
+        threads: usize,
+        queue: usize,
+        priority: HashPriority,
+        machine: Option<Arc<MachineSlots>>,
+    ) -> Self {
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let load = Arc::new(Mutex::new((0, 0)));
         for i in 0..threads.max(1) {
             let rx = rx.clone();
+            let machine = machine.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("password-hash-{i}"))
                 .spawn(move || {
                     lower_own_priority(priority);
+                    let preferred = std::process::id() as usize + i;
                     loop {
                         // One receiver at a time; the lock is released
                         // before the job runs.
@@ -63,6 +152,8 @@ impl HashPool {
                             Ok(job) => job,
                             Err(_) => return, // the pool was dropped
                         };
+                        // Held for the job; released when dropped.
+                        let _slot = machine.as_ref().and_then(|m| m.acquire(preferred));
                         job();
                     }
                 });
@@ -76,12 +167,6 @@ impl HashPool {
             capacity: (threads.max(1), queue.max(1)),
             turned_away: Arc::default(),
         }
-    }
-
-    /// A pool sized to the machine: one thread per core, as many queued.
-    pub fn per_core(priority: HashPriority) -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self::new(cores, cores, priority)
     }
 
     /// Run `work` on the pool and wait for its result. `busy` at once when
@@ -381,6 +466,81 @@ mod tests {
         assert_eq!(slots.load(), (0, 0));
         assert!(slots.turned_away() >= 1);
         assert_eq!(slots.capacity(), (1, 1));
+    }
+
+    /// A fresh directory for one test's slot files.
+    fn slot_dir(test: &str) -> std::path::PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        std::env::temp_dir().join(format!(
+            "gestor-slots-{test}-{}-{nanos}",
+            std::process::id()
+        ))
+    }
+
+    #[test]
+    fn machine_slots_are_shared_between_holders_and_freed_on_close() {
+        let dir = slot_dir("shared");
+        // Two instances stand for two gestores: flock conflicts between
+        // open files, whatever process holds them.
+        let one = MachineSlots::new(dir.clone(), 2).unwrap();
+        let two = MachineSlots::new(dir.clone(), 2).unwrap();
+        let first = one.try_acquire(0).unwrap().expect("a free slot");
+        let second = two.try_acquire(0).unwrap().expect("the other slot");
+        assert!(one.try_acquire(1).unwrap().is_none(), "both slots are held");
+        drop(first);
+        let again = two.try_acquire(1).unwrap().expect("closing frees a slot");
+        // A waiter takes the slot once its holder lets go.
+        let (got_tx, got_rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let slot = one.acquire(0);
+            got_tx.send(slot.is_some()).unwrap();
+        });
+        drop(second);
+        drop(again);
+        assert_eq!(got_rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+        waiter.join().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn pools_sharing_the_machine_hash_one_at_a_time_with_one_slot() {
+        let dir = slot_dir("pools");
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Two gestores' pools of two threads each, one slot between them.
+        let pools: Vec<Arc<HashPool>> = (0..2)
+            .map(|_| {
+                let slots = Arc::new(MachineSlots::new(dir.clone(), 1).unwrap());
+                Arc::new(HashPool::sharing(2, 2, HashPriority::Normal, Some(slots)))
+            })
+            .collect();
+        let callers: Vec<_> = (0..8)
+            .map(|i| {
+                let (pool, running, most) = (pools[i % 2].clone(), running.clone(), most.clone());
+                std::thread::spawn(move || {
+                    pool.run(Duration::from_secs(30), move || {
+                        use std::sync::atomic::Ordering::SeqCst;
+                        let now = running.fetch_add(1, SeqCst) + 1;
+                        most.fetch_max(now, SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                        running.fetch_sub(1, SeqCst);
+                    })
+                })
+            })
+            .collect();
+        let mut ran = 0;
+        for caller in callers {
+            // A caller may find its pool's queue full: `busy`, as a client would.
+            if caller.join().unwrap().is_ok() {
+                ran += 1;
+            }
+        }
+        assert!(ran >= 2, "only {ran} jobs ran");
+        assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
