@@ -11,9 +11,9 @@ run.py uses (cargo build --release --workspace first).
         --a '[plugins.config.gestor_replica]
     background_linger_ms = 0' --b ''
 
-A setting is TOML appended to the bench ring's gestor.toml: tables other
-than [plugins.config.gestor_directory] and [plugins.config.gestor_ring],
-which the ring writes itself.
+A setting is TOML added to the bench ring's gestor.toml. Keys under
+[plugins.config.gestor_directory] or [plugins.config.gestor_ring], which the
+ring writes itself, replace the ring's own there.
 
 To compare two builds instead (say the commit before a change and after
 it), give each side its release directory; the settings may then both be

@@ -145,6 +145,49 @@ def positions(ring_status):
     return [n["me"]["id"] for n in nodes] or [ring_status["id"]]
 
 
+def ring_config(virtual_nodes, extra_config="", hash_slots_dir=None):
+    """The bench ring's gestor.toml: its own settings, then `extra_config`
+    (TOML, for A/B runs). A table of the extra that the ring also writes is
+    merged into the ring's, its keys replacing the ring's own."""
+    directory = {
+        # The bench is the only client and sends every registration from
+        # 127.0.0.1: the per-source password-attempt limit would refuse it.
+        "password_attempts_per_source_per_minute": "0",
+    }
+    if hash_slots_dir is not None:
+        # All the gestores run on this machine: they share its hashing
+        # slots, as an operator would set it up (README, gestor_directory).
+        directory["machine_hash_slots_dir"] = json.dumps(str(hash_slots_dir))
+    tables = {
+        "plugins.config.gestor_directory": directory,
+        "plugins.config.gestor_ring": {"virtual_nodes": str(virtual_nodes)},
+    }
+    top, other, current = [], [], None
+    for line in extra_config.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and not stripped.startswith("[["):
+            name = stripped.strip("[] ").replace(" ", "")
+            current = tables.get(name)
+            if current is None:
+                other.append(line)
+            continue
+        if current is not None:
+            key, sep, value = stripped.partition("=")
+            if sep:
+                current[key.strip()] = value.strip()
+            elif stripped and not stripped.startswith("#"):
+                raise SystemExit(f"bench: cannot read setting line {line!r}")
+        elif other:
+            other.append(line)
+        else:
+            top.append(line)
+    out = top[:]
+    for name, keys in tables.items():
+        out.append(f"[{name}]")
+        out += [f"{k} = {v}" for k, v in keys.items()]
+    return "\n".join(out + other) + "\n"
+
+
 class Ring:
     """N secure gestores on 127.0.0.1, joined through the first."""
 
@@ -156,14 +199,7 @@ class Ring:
         subprocess.run([GESTOR, "cluster", "init", "--dir", self.dir / "cluster"],
                        check=True, capture_output=True)
         config = self.dir / "gestor.toml"
-        # The bench is the only client and sends every registration from
-        # 127.0.0.1: the per-source password-attempt limit would refuse it.
-        config.write_text("[plugins.config.gestor_directory]\n"
-                          "password_attempts_per_source_per_minute = 0\n"
-                          "[plugins.config.gestor_ring]\n"
-                          f"virtual_nodes = {virtual_nodes}\n"
-                          # Tables of other plugins, for A/B runs (ab.py).
-                          + extra_config)
+        config.write_text(ring_config(virtual_nodes, extra_config, self.dir / "hash-slots"))
         ports = free_ports(2 * nodes)
         self.urls, self.children = [], []
         for i in range(nodes):
