@@ -177,14 +177,23 @@ mod tests {
             group.flush(|| -> Result<(), ()> { panic!("sync exploded") })
         }));
         assert!(caught.is_err());
-        // Would wait for ever on the first sync if it still counted as running.
-        let mut ran = false;
-        group
-            .flush(|| {
+        // The next flush would wait for ever if the first still counted as
+        // running: run it on a thread and fail after a deadline instead.
+        let group = Arc::new(group);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let next = group.clone();
+        std::thread::spawn(move || {
+            let mut ran = false;
+            let flushed = next.flush(|| {
                 ran = true;
                 Ok::<_, ()>(())
-            })
-            .unwrap();
+            });
+            let _ = done_tx.send((flushed, ran));
+        });
+        let (flushed, ran) = done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the next flush waits on the panicked sync");
+        flushed.unwrap();
         assert!(ran, "a panicked sync covers nothing");
     }
 }
