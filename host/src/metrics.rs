@@ -556,6 +556,31 @@ fn directory_metrics(r: &mut Registry, d: &DirectoryStatus) {
             "Password operations answered busy because every slot and queue place was taken",
             d.hash_busy,
         );
+        gauge(
+            r,
+            "password_hash_machine_slots",
+            "Hashing slots shared with the gestores of this machine (0 = not shared)",
+            d.machine_slots as i64,
+        );
+        for (name, help, v) in [
+            (
+                "password_hash_machine_slots_taken",
+                "Hashes that held a slot shared with the machine's gestores",
+                d.machine_slots_taken,
+            ),
+            (
+                "password_hash_machine_slots_missed",
+                "Password operations answered busy because no shared slot freed in time",
+                d.machine_slots_missed,
+            ),
+            (
+                "password_hash_machine_slots_without",
+                "Hashes run without a shared slot because its files could not be used",
+                d.machine_slots_without,
+            ),
+        ] {
+            counter(r, name, help, v);
+        }
     }
 }
 

@@ -99,7 +99,7 @@ impl Ring {
         let dir = tempfile::tempdir().expect("tempdir");
         // The gestores of a ring on TEST_CONFIG share their machine's
         // hashing slots, as an operator's several gestores on one machine
-        // would; so every ring test exercises the slot files.
+        // would; so every such ring test hashes through the slot files.
         let shared;
         let config = if config == TEST_CONFIG {
             let slots = dir.path().join("hash-slots");

@@ -809,6 +809,10 @@ fn bad_config_is_refused_naming_the_key() {
             "[plugins.config.gestor_directory]\nmachine_hash_slots_dir = \"/dev/null/slots\"\n",
             "plugins.config.gestor_directory.machine_hash_slots_dir",
         ),
+        (
+            "[plugins.config.gestor_directory]\nmachine_hash_slots = 4\n",
+            "plugins.config.gestor_directory.machine_hash_slots",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad-{i}.toml"));

@@ -72,14 +72,18 @@ fn directory_on_ring(transport: TransportKind, storage: StorageKind) {
         }
     });
 
-    // The gestores hashed through the ring's shared slot files (TEST_CONFIG
-    // rings share them, see `Ring::start`).
-    let slots = ring.dir.path().join("hash-slots");
-    assert!(
-        slots.join("slot-0").is_file(),
-        "no shared hashing slots in {}",
-        slots.display()
-    );
+    // Every hash held one of the ring's shared slots (TEST_CONFIG rings
+    // share them, see `Ring::empty`): 2 hashes per user, none without.
+    let (mut taken, mut without) = (0, 0);
+    for url in &urls {
+        let status = ring.status(url).expect("status");
+        let dir = &status["sections"]["directory"];
+        assert!(dir["machine_slots"].as_u64() > Some(0), "{dir}");
+        taken += dir["machine_slots_taken"].as_u64().expect("taken");
+        without += dir["machine_slots_without"].as_u64().expect("without");
+    }
+    assert!(taken >= 2 * total as u64, "{taken} hashes held a slot");
+    assert_eq!(without, 0);
 
     // Every user is found, with the right data, through another gestor.
     std::thread::scope(|scope| {

@@ -66,6 +66,21 @@ pub struct DirectoryStatus {
     /// Password operations answered `busy` since start.
     #[serde(default)]
     pub hash_busy: u64,
+    /// Slots shared with the other gestores of this machine
+    /// (`machine_hash_slots`; 0 = not shared).
+    #[serde(default)]
+    pub machine_slots: u64,
+    /// Hashes that held a shared slot, since start.
+    #[serde(default)]
+    pub machine_slots_taken: u64,
+    /// Password operations answered `busy` because no shared slot freed
+    /// within their wait, since start.
+    #[serde(default)]
+    pub machine_slots_missed: u64,
+    /// Hashes run without a shared slot because its files could not be
+    /// used, since start (then the machine's limit is not kept).
+    #[serde(default)]
+    pub machine_slots_without: u64,
 }
 
 /// `status.mailbox`.

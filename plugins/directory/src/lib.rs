@@ -15,6 +15,7 @@
 
 mod import;
 pub mod limits;
+pub mod machine_slots;
 mod password;
 pub mod presence;
 pub mod rules;
@@ -109,7 +110,7 @@ struct Shared {
     /// Set at start from the configuration.
     hash_slots: std::sync::OnceLock<limits::HashPool>,
     /// The machine's shared hashing slots, when configured; set at start.
-    machine_slots: Mutex<Option<Arc<limits::MachineSlots>>>,
+    machine_slots: Mutex<Option<Arc<machine_slots::MachineSlots>>>,
     failures: Mutex<limits::FailureLimiter>,
     sources: Mutex<limits::SourceLimiter>,
 }
@@ -753,6 +754,12 @@ impl Shared {
             let slots = s.slots();
             let (running, waiting) = slots.load();
             let (capacity, queue) = slots.capacity();
+            let machine = s
+                .machine_slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let (taken, missed, without) = machine.as_ref().map_or((0, 0, 0), |m| m.counts());
             Ok(DirectoryStatus {
                 alive_users,
                 records: store.count()?,
@@ -761,6 +768,10 @@ impl Shared {
                 hash_slots: capacity as u64,
                 hash_queue: queue as u64,
                 hash_busy: slots.turned_away(),
+                machine_slots: machine.as_ref().map_or(0, |m| m.count() as u64),
+                machine_slots_taken: taken,
+                machine_slots_missed: missed,
+                machine_slots_without: without,
             })
         })?;
         Ok(())
@@ -811,28 +822,46 @@ fn check_hash_settings(ctx: &PluginContext, config: &DirectoryConfig) -> Result<
 }
 
 /// The shared hashing slots `machine_hash_slots_dir` names, checked usable
-/// now: a directory that cannot hold them stops the start, naming the key.
+/// now: a directory that cannot hold them, or is not private, stops the
+/// start naming the key.
 fn open_machine_slots(
     ctx: &PluginContext,
     config: &DirectoryConfig,
-) -> Result<Option<Arc<limits::MachineSlots>>, PluginError> {
+) -> Result<Option<Arc<machine_slots::MachineSlots>>, PluginError> {
+    let refuse = |key: &str, why: String| PluginError::Start {
+        plugin: ctx.plugin_name().to_string(),
+        reason: format!(
+            "invalid configuration plugins.config.{}.{key}: {why}",
+            ctx.plugin_name()
+        ),
+    };
     if config.machine_hash_slots_dir.is_empty() {
+        if config.machine_hash_slots != 0 {
+            return Err(refuse(
+                "machine_hash_slots",
+                "set without machine_hash_slots_dir".into(),
+            ));
+        }
         return Ok(None);
     }
     let count = match config.machine_hash_slots {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n if n > machine_slots::MAX_MACHINE_SLOTS => {
+            return Err(refuse(
+                "machine_hash_slots",
+                format!("{n} is not 0 to {}", machine_slots::MAX_MACHINE_SLOTS),
+            ))
+        }
         n => n,
     };
     let dir = std::path::PathBuf::from(&config.machine_hash_slots_dir);
-    limits::MachineSlots::new(dir, count)
+    machine_slots::MachineSlots::new(dir, count)
         .map(|slots| Some(Arc::new(slots)))
-        .map_err(|e| PluginError::Start {
-            plugin: ctx.plugin_name().to_string(),
-            reason: format!(
-                "invalid configuration plugins.config.{}.machine_hash_slots_dir: {:?}: {e}",
-                ctx.plugin_name(),
-                config.machine_hash_slots_dir
-            ),
+        .map_err(|why| {
+            refuse(
+                "machine_hash_slots_dir",
+                format!("{:?}: {why}", config.machine_hash_slots_dir),
+            )
         })
 }
 

@@ -1,6 +1,7 @@
 //! Abuse limits on the owner: password hashing on a bounded, low-priority
 //! pool, and caps on wrong passwords per account and attempts per source.
 
+use crate::machine_slots::{MachineSlots, Taken, ThreadSlots};
 use gestor_sdk::{ErrorCode, HandlerError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,83 +24,8 @@ pub struct HashPool {
     turned_away: Arc<std::sync::atomic::AtomicU64>,
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Hashing slots shared by every gestor on one machine: `count` lock files
-/// in one directory, one held (`flock`) for each hash. Gestores that share a
-/// machine then run at most `count` hashes at once between them instead of
-/// each running its own pool's worth; interleaving more argon2 hashes than
-/// there are cores makes each slower (their memory no longer stays in the
-/// caches). A lock is released when its holder closes the file or dies, so
-/// a gestor that crashes mid-hash leaks no slot.
-pub struct MachineSlots {
-    dir: std::path::PathBuf,
-    count: usize,
-    /// Whether a failure to take a slot was already logged.
-    warned: std::sync::atomic::AtomicBool,
-}
-
-impl MachineSlots {
-    /// Slots in `dir` (created if missing), as many as `count`; fails when
-    /// their files cannot be opened.
-    pub fn new(dir: std::path::PathBuf, count: usize) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
-        let slots = MachineSlots {
-            dir,
-            count: count.max(1),
-            warned: Default::default(),
-        };
-        for slot in 0..slots.count {
-            slots.open(slot)?;
-        }
-        Ok(slots)
-    }
-
-    fn open(&self, slot: usize) -> std::io::Result<std::fs::File> {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join(format!("slot-{slot}")))
-    }
-
-    /// A free slot, held, trying `preferred` first; `None` when every slot
-    /// is taken.
-    fn try_acquire(&self, preferred: usize) -> std::io::Result<Option<std::fs::File>> {
-        for k in 0..self.count {
-            let file = self.open((preferred + k) % self.count)?;
-            match file.try_lock() {
-                Ok(()) => return Ok(Some(file)),
-                Err(std::fs::TryLockError::WouldBlock) => continue,
-                Err(std::fs::TryLockError::Error(e)) => return Err(e),
-            }
-        }
-        Ok(None)
-    }
-
-    /// A held slot: a free one if there is one (trying `preferred` first),
-    /// else waiting for `preferred`. `None` (hash without one) when the
-    /// files cannot be used; logged once.
-    pub fn acquire(&self, preferred: usize) -> Option<std::fs::File> {
-        let attempt = || -> std::io::Result<std::fs::File> {
-            if let Some(file) = self.try_acquire(preferred)? {
-                return Ok(file);
-            }
-            let file = self.open(preferred % self.count)?;
-            file.lock()?;
-            Ok(file)
-        };
-        match attempt() {
-            Ok(file) => Some(file),
-            Err(e) => {
-                if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::warn!(dir = %self.dir.display(), "cannot take a machine hashing slot; hashing without: {e}");
-                }
-                None
-            }
-        }
-    }
-}
+/// A queued hash, given the machine slots its thread takes them through.
+type Job = Box<dyn FnOnce(Option<&ThreadSlots>) + Send>;
 
 /// How the hashing threads yield to the rest of the gestor (Linux; elsewhere
 /// they run at the default priority). Lowering one's own priority needs no
@@ -109,7 +35,7 @@ impl MachineSlots {
 pub enum HashPriority {
     /// `SCHED_IDLE`: hashes run only on CPU time nothing else wants, so a
     /// register flood costs lookups almost nothing; under a load that keeps
-    /// every core busy, password checks wait (and answer `busy` after 2 s in
+    /// every core busy, password checks wait (and answer `busy` after 1.5 s in
     /// the queue).
     Idle,
     /// nice +19: hashes get a small share even when the cores are busy.
@@ -144,7 +70,10 @@ impl HashPool {
                 .name(format!("password-hash-{i}"))
                 .spawn(move || {
                     lower_own_priority(priority);
-                    let preferred = std::process::id() as usize + i;
+                    // Spread first tries over the slots.
+                    let slots = machine
+                        .as_ref()
+                        .map(|m| m.for_thread(std::process::id() as usize + i));
                     loop {
                         // One receiver at a time; the lock is released
                         // before the job runs.
@@ -152,9 +81,7 @@ impl HashPool {
                             Ok(job) => job,
                             Err(_) => return, // the pool was dropped
                         };
-                        // Held for the job; released when dropped.
-                        let _slot = machine.as_ref().and_then(|m| m.acquire(preferred));
-                        job();
+                        job(slots.as_ref());
                     }
                 });
             if let Err(e) = spawned {
@@ -181,15 +108,26 @@ impl HashPool {
         let load = self.load.clone();
         let turned_away = self.turned_away.clone();
         let queued_at = Instant::now();
-        let job: Job = Box::new(move || {
+        let job: Job = Box::new(move |slots| {
+            let turn_away = || {
+                let mut l = load.lock().unwrap_or_else(|p| p.into_inner());
+                l.1 = l.1.saturating_sub(1);
+                turned_away.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = done.send(None);
+            };
+            let until = queued_at + wait;
+            if Instant::now() > until {
+                return turn_away();
+            }
+            // The machine's slot, within the same deadline; held to the end.
+            let _slot = match slots.map(|s| s.take(until)) {
+                Some(Taken::Missed) => return turn_away(),
+                Some(Taken::Held(held)) => Some(held),
+                Some(Taken::Unusable) | None => None,
+            };
             {
                 let mut l = load.lock().unwrap_or_else(|p| p.into_inner());
                 l.1 = l.1.saturating_sub(1);
-                if queued_at.elapsed() > wait {
-                    turned_away.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let _ = done.send(None);
-                    return;
-                }
                 l.0 += 1;
             }
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
@@ -468,46 +406,9 @@ mod tests {
         assert_eq!(slots.capacity(), (1, 1));
     }
 
-    /// A fresh directory for one test's slot files.
-    fn slot_dir(test: &str) -> std::path::PathBuf {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        std::env::temp_dir().join(format!(
-            "gestor-slots-{test}-{}-{nanos}",
-            std::process::id()
-        ))
-    }
-
-    #[test]
-    fn machine_slots_are_shared_between_holders_and_freed_on_close() {
-        let dir = slot_dir("shared");
-        // Two instances stand for two gestores: flock conflicts between
-        // open files, whatever process holds them.
-        let one = MachineSlots::new(dir.clone(), 2).unwrap();
-        let two = MachineSlots::new(dir.clone(), 2).unwrap();
-        let first = one.try_acquire(0).unwrap().expect("a free slot");
-        let second = two.try_acquire(0).unwrap().expect("the other slot");
-        assert!(one.try_acquire(1).unwrap().is_none(), "both slots are held");
-        drop(first);
-        let again = two.try_acquire(1).unwrap().expect("closing frees a slot");
-        // A waiter takes the slot once its holder lets go.
-        let (got_tx, got_rx) = std::sync::mpsc::channel();
-        let waiter = std::thread::spawn(move || {
-            let slot = one.acquire(0);
-            got_tx.send(slot.is_some()).unwrap();
-        });
-        drop(second);
-        drop(again);
-        assert_eq!(got_rx.recv_timeout(Duration::from_secs(10)), Ok(true));
-        waiter.join().unwrap();
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
     #[test]
     fn pools_sharing_the_machine_hash_one_at_a_time_with_one_slot() {
-        let dir = slot_dir("pools");
+        let dir = crate::machine_slots::tests::slot_dir("pools");
         let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // Two gestores' pools of two threads each, one slot between them.
@@ -540,6 +441,32 @@ mod tests {
         }
         assert!(ran >= 2, "only {ran} jobs ran");
         assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_job_gets_busy_when_no_machine_slot_frees_in_time() {
+        let dir = crate::machine_slots::tests::slot_dir("deadline");
+        let slots = Arc::new(MachineSlots::new(dir.clone(), 1).unwrap());
+        // Another gestor holds the only slot for longer than the job waits.
+        let other = Arc::new(MachineSlots::new(dir.clone(), 1).unwrap()).for_thread(0);
+        let Taken::Held(held) = other.take(Instant::now()) else {
+            panic!("the free slot was not taken");
+        };
+        let pool = HashPool::sharing(1, 1, HashPriority::Normal, Some(slots.clone()));
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let e = pool
+            .run(Duration::from_millis(100), move || {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst)
+            })
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Busy);
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(slots.counts(), (0, 1, 0));
+        assert_eq!(pool.load(), (0, 0));
+        drop(held);
+        assert_eq!(pool.run(Duration::from_secs(10), || 5).unwrap(), 5);
         let _ = std::fs::remove_dir_all(dir);
     }
 
