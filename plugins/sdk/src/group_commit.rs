@@ -190,9 +190,15 @@ mod tests {
             });
             let _ = done_tx.send((flushed, ran));
         });
-        let (flushed, ran) = done_rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("the next flush waits on the panicked sync");
+        let (flushed, ran) = match done_rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(done) => done,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the next flush waits on the panicked sync")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the next flush panicked")
+            }
+        };
         flushed.unwrap();
         assert!(ran, "a panicked sync covers nothing");
     }
