@@ -157,7 +157,7 @@ def ring_config(virtual_nodes, extra_config="", hash_slots_dir=None):
     if hash_slots_dir is not None:
         # All the gestores run on this machine: they share its hashing
         # slots, as an operator would set it up (README, gestor_directory).
-        directory["machine_hash_slots_dir"] = json.dumps(str(hash_slots_dir))
+        directory["machine_hash_slots_dir"] = json.dumps(str(hash_slots_dir), ensure_ascii=False)
     tables = {
         "plugins.config.gestor_directory": directory,
         "plugins.config.gestor_ring": {"virtual_nodes": str(virtual_nodes)},
@@ -165,18 +165,22 @@ def ring_config(virtual_nodes, extra_config="", hash_slots_dir=None):
     top, other, current = [], [], None
     for line in extra_config.splitlines():
         stripped = line.strip()
-        if stripped.startswith("[") and not stripped.startswith("[["):
-            name = stripped.strip("[] ").replace(" ", "")
-            current = tables.get(name)
+        if stripped.startswith("["):
+            header = stripped.split("#", 1)[0].strip()
+            name = header.strip("[] ").replace(" ", "")
+            # An array of tables is never one of the ring's own.
+            current = None if header.startswith("[[") else tables.get(name)
             if current is None:
                 other.append(line)
             continue
         if current is not None:
             key, sep, value = stripped.partition("=")
-            if sep:
+            if sep and key.strip() and value.strip():
+                # A bare key and a one-line value: all the ring's tables hold.
                 current[key.strip()] = value.strip()
             elif stripped and not stripped.startswith("#"):
-                raise SystemExit(f"bench: cannot read setting line {line!r}")
+                raise SystemExit(f"bench: cannot read setting line {line!r} "
+                                 "(one `key = value` per line in the ring's own tables)")
         elif other:
             other.append(line)
         else:
@@ -199,7 +203,11 @@ class Ring:
         subprocess.run([GESTOR, "cluster", "init", "--dir", self.dir / "cluster"],
                        check=True, capture_output=True)
         config = self.dir / "gestor.toml"
-        config.write_text(ring_config(virtual_nodes, extra_config, self.dir / "hash-slots"))
+        # A build from before the setting existed would refuse it (A/B runs
+        # against an older build): its plugin does not name it.
+        shares_slots = b"machine_hash_slots_dir" in (RELEASE / "libgestor_directory.so").read_bytes()
+        config.write_text(ring_config(virtual_nodes, extra_config,
+                                      self.dir / "hash-slots" if shares_slots else None))
         ports = free_ports(2 * nodes)
         self.urls, self.children = [], []
         for i in range(nodes):
