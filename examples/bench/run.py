@@ -148,7 +148,9 @@ def positions(ring_status):
 def ring_config(virtual_nodes, extra_config="", hash_slots_dir=None):
     """The bench ring's gestor.toml: its own settings, then `extra_config`
     (TOML, for A/B runs). A table of the extra that the ring also writes is
-    merged into the ring's, its keys replacing the ring's own."""
+    merged into the ring's, its keys replacing the ring's own. Read line by
+    line, not as TOML: in the ring's own tables, one bare `key = value` per
+    line (no quoted or dotted keys, no multi-line values)."""
     directory = {
         # The bench is the only client and sends every registration from
         # 127.0.0.1: the per-source password-attempt limit would refuse it.

@@ -553,7 +553,7 @@ fn directory_metrics(r: &mut Registry, d: &DirectoryStatus) {
         counter(
             r,
             "password_hash_busy",
-            "Password operations answered busy because every slot and queue place was taken",
+            "Password operations answered busy: every slot and queue place was taken, or no shared machine slot freed in time",
             d.hash_busy,
         );
         gauge(

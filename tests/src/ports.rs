@@ -36,6 +36,11 @@ fn lock_dir() -> PathBuf {
 fn lock_across_processes(port: u16, locks: &mut Vec<File>) -> bool {
     let dir = lock_dir();
     let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    if !ours_alone(&dir) {
+        // Someone else's directory could switch the reservation off or
+        // block it: rely on the in-process set only.
+        return true;
+    }
     let file = match OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -55,6 +60,15 @@ fn lock_across_processes(port: u16, locks: &mut Vec<File>) -> bool {
         Err(std::fs::TryLockError::WouldBlock) => false,
         Err(std::fs::TryLockError::Error(_)) => true,
     }
+}
+
+/// `dir` is a real directory of this user's that nobody else may use.
+fn ours_alone(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    std::fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.file_type().is_dir() && m.uid() == me && m.mode() & 0o077 == 0)
 }
 
 /// A free TCP port on 127.0.0.1, handed out once across the test processes

@@ -54,7 +54,9 @@ pub struct DirectoryStatus {
     /// Password hashes (argon2) being computed now.
     #[serde(default)]
     pub hash_running: u64,
-    /// Password hashes waiting for a slot.
+    /// Password hashes waiting for a thread of the pool, or (when slots are
+    /// shared with the machine's other gestores) for one of those; so it
+    /// may exceed `hash_queue` by up to `hash_slots`.
     #[serde(default)]
     pub hash_waiting: u64,
     /// Hashes computed at once at most (`hash_slots`; 0 = not reported).

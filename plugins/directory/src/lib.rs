@@ -116,7 +116,7 @@ struct Shared {
 }
 
 /// How long a password job may wait in the hashing queue before it is
-/// dropped unrun (`busy`). With the default 1 s a request may wait for a
+/// dropped unrun (`busy`). With 1.5 s a request may wait for a
 /// worker first, a client then hears `busy` before the 3 s it gives the
 /// owner (`OWNER_ATTEMPT` in the client), instead of giving up and
 /// sending the registration again while the first still waits.
@@ -845,7 +845,10 @@ fn open_machine_slots(
         return Ok(None);
     }
     let count = match config.machine_hash_slots {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        // This gestor's CPUs (its quota and affinity count), capped.
+        0 => std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(machine_slots::MAX_MACHINE_SLOTS),
         n if n > machine_slots::MAX_MACHINE_SLOTS => {
             return Err(refuse(
                 "machine_hash_slots",

@@ -1,7 +1,7 @@
 //! Abuse limits on the owner: password hashing on a bounded, low-priority
 //! pool, and caps on wrong passwords per account and attempts per source.
 
-use crate::machine_slots::{MachineSlots, Taken, ThreadSlots};
+use crate::machine_slots::{MachineSlots, Taken};
 use gestor_sdk::{ErrorCode, HandlerError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,10 +22,11 @@ pub struct HashPool {
     capacity: (usize, usize),
     /// Requests answered `busy` so far.
     turned_away: Arc<std::sync::atomic::AtomicU64>,
+    /// Slots shared with the machine's other gestores, if configured.
+    machine: Option<Arc<MachineSlots>>,
 }
 
-/// A queued hash, given the machine slots its thread takes them through.
-type Job = Box<dyn FnOnce(Option<&ThreadSlots>) + Send>;
+type Job = Box<dyn FnOnce() + Send>;
 
 /// How the hashing threads yield to the rest of the gestor (Linux; elsewhere
 /// they run at the default priority). Lowering one's own priority needs no
@@ -65,15 +66,10 @@ impl HashPool {
         let load = Arc::new(Mutex::new((0, 0)));
         for i in 0..threads.max(1) {
             let rx = rx.clone();
-            let machine = machine.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("password-hash-{i}"))
                 .spawn(move || {
                     lower_own_priority(priority);
-                    // Spread first tries over the slots.
-                    let slots = machine
-                        .as_ref()
-                        .map(|m| m.for_thread(std::process::id() as usize + i));
                     loop {
                         // One receiver at a time; the lock is released
                         // before the job runs.
@@ -81,7 +77,7 @@ impl HashPool {
                             Ok(job) => job,
                             Err(_) => return, // the pool was dropped
                         };
-                        job(slots.as_ref());
+                        job();
                     }
                 });
             if let Err(e) = spawned {
@@ -93,12 +89,14 @@ impl HashPool {
             load,
             capacity: (threads.max(1), queue.max(1)),
             turned_away: Arc::default(),
+            machine,
         }
     }
 
     /// Run `work` on the pool and wait for its result. `busy` at once when
     /// the queue is full, and `busy` without running it when the job waited
-    /// longer than `wait` for a thread (its client has likely given up).
+    /// longer than `wait` for a thread, and then for a machine slot if the
+    /// pool shares them (its client has likely given up).
     pub fn run<T: Send + 'static>(
         &self,
         wait: Duration,
@@ -108,7 +106,8 @@ impl HashPool {
         let load = self.load.clone();
         let turned_away = self.turned_away.clone();
         let queued_at = Instant::now();
-        let job: Job = Box::new(move |slots| {
+        let machine = self.machine.clone();
+        let job: Job = Box::new(move || {
             let turn_away = || {
                 let mut l = load.lock().unwrap_or_else(|p| p.into_inner());
                 l.1 = l.1.saturating_sub(1);
@@ -120,7 +119,7 @@ impl HashPool {
                 return turn_away();
             }
             // The machine's slot, within the same deadline; held to the end.
-            let _slot = match slots.map(|s| s.take(until)) {
+            let slot = match machine.as_ref().map(|m| m.take(until)) {
                 Some(Taken::Missed) => return turn_away(),
                 Some(Taken::Held(held)) => Some(held),
                 Some(Taken::Unusable) | None => None,
@@ -131,12 +130,19 @@ impl HashPool {
                 l.0 += 1;
             }
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            let waited = slot.as_ref().is_some_and(|held| held.waited());
+            drop(slot);
             load.lock().unwrap_or_else(|p| p.into_inner()).0 -= 1;
             match outcome {
                 Ok(value) => {
                     let _ = done.send(Some(value));
                 }
                 Err(_) => tracing::error!("password hashing panicked"),
+            }
+            // Others were waiting for slots too: give their pollers a turn
+            // before this thread takes its next job.
+            if waited {
+                std::thread::sleep(crate::machine_slots::POLL);
             }
         });
         self.load.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
@@ -449,7 +455,7 @@ mod tests {
         let dir = crate::machine_slots::tests::slot_dir("deadline");
         let slots = Arc::new(MachineSlots::new(dir.clone(), 1).unwrap());
         // Another gestor holds the only slot for longer than the job waits.
-        let other = Arc::new(MachineSlots::new(dir.clone(), 1).unwrap()).for_thread(0);
+        let other = MachineSlots::new(dir.clone(), 1).unwrap();
         let Taken::Held(held) = other.take(Instant::now()) else {
             panic!("the free slot was not taken");
         };

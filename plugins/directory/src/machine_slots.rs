@@ -5,37 +5,50 @@
 //! interleaved beyond the core count each hash is slower (their memory no
 //! longer stays in the caches). With `machine_hash_slots_dir` set, the
 //! gestores naming that directory share `count` lock files in it and each
-//! hash holds one (`flock`), so they run at most `count` hashes at once
-//! between them. A lock is released when its holder closes the file or
-//! dies, so a gestor that crashes mid-hash leaks no slot.
+//! hash holds one (`flock` across processes, a flag within one), so they run
+//! at most `count` hashes at once between them. A lock is released when its
+//! holder closes the file or dies, so a gestor that crashes mid-hash leaks
+//! no slot.
 //!
 //! Anyone who can open the files can hold a slot, so the directory must be
-//! private to the gestores' user (or group): it is created 0700, and one
-//! that others may enter, or that belongs to another user, is refused.
-//! Waiting for a slot is bounded by the job's own deadline.
+//! private to the gestores' user: it is created 0700, and one that anyone
+//! else may use, or that belongs to another user, is refused. Waiting for a
+//! slot is bounded by the job's own deadline. It is not a queue: a hash that
+//! had to wait lets a poll interval pass after its turn before its thread
+//! tries again, so the other gestores' waiters get their turns.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Most slots a directory may hold: more than any machine has cores.
 pub const MAX_MACHINE_SLOTS: usize = 1024;
 
 /// How long a waiting hash sleeps between tries; flock has no timed wait.
-const POLL: Duration = Duration::from_millis(1);
+pub const POLL: Duration = Duration::from_millis(1);
 
-/// The slots of one directory, as one gestor sees them.
+/// The slots of one directory, as one gestor sees them: one open file per
+/// slot for the whole process (flock conflicts between open files, not
+/// threads), and a flag per slot for its threads.
 pub struct MachineSlots {
     dir: PathBuf,
-    count: usize,
+    slots: Vec<Slot>,
+    /// Spreads first tries over the slots.
+    next: AtomicUsize,
     /// Hashes that held a slot.
     taken: AtomicU64,
     /// Jobs whose deadline passed while every slot was held (`busy`).
     missed: AtomicU64,
-    /// Hashes run without a slot because the files could not be used.
+    /// Hashes run without a slot because its lock failed.
     without: AtomicU64,
+}
+
+struct Slot {
+    file: File,
+    /// Held by one of this process's threads.
+    held_here: AtomicBool,
 }
 
 /// What taking a slot came to.
@@ -44,36 +57,36 @@ pub enum Taken<'a> {
     Held(Held<'a>),
     /// Every slot stayed held until the deadline.
     Missed,
-    /// The files could not be used: hash without (counted, logged).
+    /// The lock failed: hash without (counted, logged).
     Unusable,
 }
 
-/// A held slot; unlocked when dropped.
+/// A held slot; let go when dropped.
 pub struct Held<'a> {
-    file: &'a File,
+    slot: &'a Slot,
+    waited: bool,
+}
+
+impl Held<'_> {
+    /// Whether the slot was free only after waiting: others may be waiting
+    /// too.
+    pub fn waited(&self) -> bool {
+        self.waited
+    }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        // Closing would unlock too; the thread keeps its files open.
-        let _ = self.file.unlock();
+        let _ = self.slot.file.unlock();
+        self.slot.held_here.store(false, Ordering::Release);
     }
 }
 
-/// The files one hashing thread locks through: flock conflicts between
-/// open files, so each thread opens its own.
-pub struct ThreadSlots {
-    machine: std::sync::Arc<MachineSlots>,
-    /// Why the files could not be opened, if so: then every hash runs
-    /// without a slot, counted.
-    files: std::io::Result<Vec<File>>,
-    preferred: usize,
-}
-
 impl MachineSlots {
-    /// `count` slots (at most [`MAX_MACHINE_SLOTS`]) in `dir`, which must
-    /// be absolute; the directory is created 0700 if missing, and refused
-    /// when it is a symlink, belongs to another user or lets others in.
+    /// `count` slots (1 to [`MAX_MACHINE_SLOTS`]) in `dir`, which must be
+    /// absolute; the directory is created 0700 if missing (its parent must
+    /// exist), and refused when it is a symlink, belongs to another user or
+    /// lets anyone else in.
     pub fn new(dir: PathBuf, count: usize) -> Result<Self, String> {
         if !dir.is_absolute() {
             return Err("not an absolute path".into());
@@ -87,46 +100,31 @@ impl MachineSlots {
             }
         }
         check_private(&dir)?;
-        let slots = MachineSlots {
+        let slots = (0..count)
+            .map(|slot| {
+                let path = dir.join(format!("slot-{slot}"));
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map(|file| Slot {
+                        file,
+                        held_here: AtomicBool::new(false),
+                    })
+                    .map_err(|e| format!("slot file {}: {e}", path.display()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(MachineSlots {
             dir,
-            count,
+            slots,
+            next: AtomicUsize::new(std::process::id() as usize),
             taken: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             without: AtomicU64::new(0),
-        };
-        for slot in 0..count {
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o660)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(slots.path(slot))
-                .map_err(|e| format!("slot file {}: {e}", slots.path(slot).display()))?;
-        }
-        Ok(slots)
-    }
-
-    fn path(&self, slot: usize) -> PathBuf {
-        self.dir.join(format!("slot-{slot}"))
-    }
-
-    /// A hashing thread's own open files (none created here: a slot file
-    /// made after start would not conflict with one already held).
-    pub fn for_thread(self: &std::sync::Arc<Self>, preferred: usize) -> ThreadSlots {
-        let files = (0..self.count)
-            .map(|slot| {
-                OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(self.path(slot))
-            })
-            .collect();
-        ThreadSlots {
-            machine: self.clone(),
-            files,
-            preferred,
-        }
+        })
     }
 
     /// (taken, missed, without), for status.
@@ -139,7 +137,7 @@ impl MachineSlots {
     }
 
     pub fn count(&self) -> usize {
-        self.count
+        self.slots.len()
     }
 
     /// Count a hash run without a slot, and say why: at the 1st, 2nd, 4th,
@@ -150,46 +148,49 @@ impl MachineSlots {
             tracing::warn!(dir = %self.dir.display(), without = n, "hashing without a machine slot: {why}");
         }
     }
-}
 
-impl ThreadSlots {
-    /// A slot, held, trying this thread's preferred one first and polling
-    /// until `until`.
+    /// A slot, held, polling every [`POLL`] until `until`.
     pub fn take(&self, until: Instant) -> Taken<'_> {
-        let files = match &self.files {
-            Ok(files) => files,
-            Err(e) => {
-                self.machine.ran_without(e);
-                return Taken::Unusable;
-            }
-        };
-        let count = files.len();
+        let count = self.slots.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut waited = false;
         loop {
             for k in 0..count {
-                let file = &files[(self.preferred + k) % count];
-                match file.try_lock() {
+                let slot = &self.slots[(first + k) % count];
+                if slot
+                    .held_here
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                match slot.file.try_lock() {
                     Ok(()) => {
-                        self.machine.taken.fetch_add(1, Ordering::Relaxed);
-                        return Taken::Held(Held { file });
+                        self.taken.fetch_add(1, Ordering::Relaxed);
+                        return Taken::Held(Held { slot, waited });
                     }
-                    Err(std::fs::TryLockError::WouldBlock) => continue,
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        slot.held_here.store(false, Ordering::Release);
+                    }
                     Err(std::fs::TryLockError::Error(e)) => {
-                        self.machine.ran_without(&e);
+                        slot.held_here.store(false, Ordering::Release);
+                        self.ran_without(&e);
                         return Taken::Unusable;
                     }
                 }
             }
             if Instant::now() >= until {
-                self.machine.missed.fetch_add(1, Ordering::Relaxed);
+                self.missed.fetch_add(1, Ordering::Relaxed);
                 return Taken::Missed;
             }
+            waited = true;
             std::thread::sleep(POLL);
         }
     }
 }
 
 /// The directory is ours alone: a real directory (not a symlink), owned by
-/// this process's user, with no access for others.
+/// this process's user, with no access for anyone else.
 fn check_private(dir: &Path) -> Result<(), String> {
     let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
     if !meta.file_type().is_dir() {
@@ -200,9 +201,9 @@ fn check_private(dir: &Path) -> Result<(), String> {
     if meta.uid() != me {
         return Err(format!("owned by uid {}, not this user ({me})", meta.uid()));
     }
-    if meta.mode() & 0o007 != 0 {
+    if meta.mode() & 0o077 != 0 {
         return Err(format!(
-            "others may use it (mode {:o}); chmod o-rwx",
+            "others may use it (mode {:o}); chmod go-rwx",
             meta.mode() & 0o777
         ));
     }
@@ -237,27 +238,36 @@ pub(crate) mod tests {
     #[test]
     fn slots_are_shared_between_gestores_and_freed_when_let_go() {
         let dir = slot_dir("shared");
-        // Two instances stand for two gestores: flock conflicts between
-        // open files, whatever process holds them.
+        // Two instances stand for two gestores: each opens its own files,
+        // and flock conflicts between open files, whatever process holds them.
         let one = Arc::new(MachineSlots::new(dir.clone(), 2).unwrap());
         let two = Arc::new(MachineSlots::new(dir.clone(), 2).unwrap());
-        let (a, b) = (one.for_thread(0), two.for_thread(0));
-        let c = one.for_thread(1);
         let now = Instant::now();
-        let first = held(a.take(now));
-        let second = held(b.take(now));
-        assert!(matches!(c.take(now), Taken::Missed), "both slots are held");
+        let first = held(one.take(now));
+        let second = held(two.take(now));
+        assert!(
+            matches!(one.take(now), Taken::Missed),
+            "both slots are held"
+        );
+        assert!(
+            matches!(two.take(now), Taken::Missed),
+            "both slots are held"
+        );
         drop(first);
-        let third = held(c.take(now));
+        let third = held(one.take(now));
+        assert!(!third.waited());
         // A waiter polls until a holder lets go, within its deadline.
         let (got_tx, got_rx) = std::sync::mpsc::channel();
-        let waiter = std::thread::spawn(move || {
-            let taken = matches!(
-                a.take(Instant::now() + Duration::from_secs(10)),
-                Taken::Held(_)
-            );
-            got_tx.send(taken).unwrap();
-        });
+        let waiter = {
+            let one = one.clone();
+            std::thread::spawn(move || {
+                let taken = match one.take(Instant::now() + Duration::from_secs(10)) {
+                    Taken::Held(h) => h.waited(),
+                    _ => false,
+                };
+                got_tx.send(taken).unwrap();
+            })
+        };
         assert!(
             got_rx.recv_timeout(Duration::from_millis(100)).is_err(),
             "took a slot while both were held"
@@ -267,6 +277,25 @@ pub(crate) mod tests {
         waiter.join().unwrap();
         drop(third);
         assert_eq!(one.counts(), (3, 1, 0));
+        assert_eq!(two.counts(), (1, 1, 0));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn threads_of_one_gestor_do_not_share_a_slot() {
+        let dir = slot_dir("threads");
+        let slots = Arc::new(MachineSlots::new(dir.clone(), 1).unwrap());
+        let now = Instant::now();
+        // The process holds the flock already; the flag keeps a second
+        // thread of it out.
+        let first = held(slots.take(now));
+        let other = {
+            let slots = slots.clone();
+            std::thread::spawn(move || matches!(slots.take(Instant::now()), Taken::Missed))
+        };
+        assert!(other.join().unwrap(), "a second thread took the held slot");
+        drop(first);
+        assert!(matches!(slots.take(now), Taken::Held(_)));
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -274,7 +303,7 @@ pub(crate) mod tests {
     fn a_directory_others_may_use_is_refused() {
         let dir = slot_dir("open");
         std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o750))
             .unwrap();
         let e = MachineSlots::new(dir.clone(), 2).err().expect("refused");
         assert!(e.contains("others may use it"), "{e}");
