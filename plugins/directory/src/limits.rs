@@ -130,7 +130,6 @@ impl HashPool {
                 l.0 += 1;
             }
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-            let waited = slot.as_ref().is_some_and(|held| held.waited());
             drop(slot);
             load.lock().unwrap_or_else(|p| p.into_inner()).0 -= 1;
             match outcome {
@@ -138,11 +137,6 @@ impl HashPool {
                     let _ = done.send(Some(value));
                 }
                 Err(_) => tracing::error!("password hashing panicked"),
-            }
-            // Others were waiting for slots too: give their pollers a turn
-            // before this thread takes its next job.
-            if waited {
-                std::thread::sleep(crate::machine_slots::POLL);
             }
         });
         self.load.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
