@@ -109,7 +109,8 @@ struct Shared {
     locks: Vec<Mutex<()>>,
     /// Set at start from the configuration.
     hash_slots: std::sync::OnceLock<limits::HashPool>,
-    /// The machine's shared hashing slots, when configured; set at start.
+    /// The machine's shared hashing slots, when configured: opened at
+    /// start, handed to the pool when it is made.
     machine_slots: Mutex<Option<Arc<machine_slots::MachineSlots>>>,
     failures: Mutex<limits::FailureLimiter>,
     sources: Mutex<limits::SourceLimiter>,
@@ -754,12 +755,8 @@ impl Shared {
             let slots = s.slots();
             let (running, waiting) = slots.load();
             let (capacity, queue) = slots.capacity();
-            let machine = s
-                .machine_slots
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let (taken, missed, without) = machine.as_ref().map_or((0, 0, 0), |m| m.counts());
+            let machine = slots.machine();
+            let (taken, missed, without) = machine.map_or((0, 0, 0), |m| m.counts());
             Ok(DirectoryStatus {
                 alive_users,
                 records: store.count()?,
@@ -768,7 +765,7 @@ impl Shared {
                 hash_slots: capacity as u64,
                 hash_queue: queue as u64,
                 hash_busy: slots.turned_away(),
-                machine_slots: machine.as_ref().map_or(0, |m| m.count() as u64),
+                machine_slots: machine.map_or(0, |m| m.count() as u64),
                 machine_slots_taken: taken,
                 machine_slots_missed: missed,
                 machine_slots_without: without,

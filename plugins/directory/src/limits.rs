@@ -164,6 +164,11 @@ impl HashPool {
         self.capacity
     }
 
+    /// The machine's shared slots this pool takes, if any.
+    pub fn machine(&self) -> Option<&MachineSlots> {
+        self.machine.as_deref()
+    }
+
     /// Requests answered `busy` since start.
     pub fn turned_away(&self) -> u64 {
         self.turned_away.load(std::sync::atomic::Ordering::Relaxed)
