@@ -12,8 +12,11 @@
 use gestor_sdk::plugin::panic_message;
 use gestor_sdk::store::KvPairs;
 use gestor_sdk::{PutOutcome, Store, StoreError, Timestamp, UserRecord};
+use prometheus_client::metrics::counter::Counter;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Run `f`; a panic in it is logged and becomes `on_panic(message)`.
 pub fn catch<T, E>(
@@ -31,14 +34,25 @@ pub fn catch<T, E>(
     }
 }
 
-/// The store as plugins see it: every call with its panics caught.
+/// Flushes plugins asked of the store (durability requests: concurrent
+/// ones share one sync in the backend) and the time they waited, for
+/// `/metrics`: the sync is the costliest step of an acknowledged write.
+#[derive(Debug, Clone, Default)]
+pub struct FlushMeter {
+    pub flushes: Counter,
+    pub seconds: Counter<f64, AtomicU64>,
+}
+
+/// The store as plugins see it: every call with its panics caught, and
+/// its flushes counted.
 pub struct GuardedStore {
     inner: Arc<dyn Store>,
+    flushes: FlushMeter,
 }
 
 impl GuardedStore {
-    pub fn new(inner: Arc<dyn Store>) -> Self {
-        Self { inner }
+    pub fn new(inner: Arc<dyn Store>, flushes: FlushMeter) -> Self {
+        Self { inner, flushes }
     }
 
     fn run<T>(
@@ -86,7 +100,11 @@ impl Store for GuardedStore {
         self.run("store count", |s| s.count())
     }
     fn flush(&self) -> Result<(), StoreError> {
-        self.run("store flush", |s| s.flush())
+        let started = Instant::now();
+        let flushed = self.run("store flush", |s| s.flush());
+        self.flushes.flushes.inc();
+        self.flushes.seconds.inc_by(started.elapsed().as_secs_f64());
+        flushed
     }
     fn kv_get(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.run("store kv_get", |s| s.kv_get(namespace, key))
@@ -160,7 +178,8 @@ mod tests {
 
     #[test]
     fn a_panicking_store_call_is_an_error() {
-        let store = GuardedStore::new(Arc::new(Panicking));
+        let meter = FlushMeter::default();
+        let store = GuardedStore::new(Arc::new(Panicking), meter.clone());
         match store.get("alice") {
             Err(StoreError::Backend { backend, reason }) => {
                 assert_eq!(backend, "panicking");
@@ -170,5 +189,7 @@ mod tests {
         }
         assert!(store.flush().is_err());
         assert!(store.kv_scan_page("ns", b"", None, 10).is_err());
+        // A flush that failed was still asked for, and counted.
+        assert_eq!(meter.flushes.get(), 1);
     }
 }

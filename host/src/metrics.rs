@@ -17,6 +17,7 @@
 //!   target, mailbox items, the directory's password-hash slots, the secure
 //!   layer's counters — turned into gauges and counters, never re-derived.
 
+use crate::boundary::FlushMeter;
 use crate::record_cache::CachedStore;
 use gestor_api::node::{NodeStatus, SecurityStatus};
 use gestor_api::status::{self, DirectoryStatus, MailboxStatus, ReplicaStatus, RingStatus};
@@ -158,6 +159,7 @@ pub struct Metrics {
     plugin_kinds: RwLock<HashMap<String, &'static str>>,
     /// The record cache in front of the store, when it is on.
     record_cache: OnceLock<Arc<CachedStore>>,
+    store_flushes: FlushMeter,
 }
 
 impl Default for Metrics {
@@ -212,6 +214,17 @@ impl Metrics {
              (served there, or deferred to a worker because they had to wait on another gestor)",
             fast_path.clone(),
         );
+        let store_flushes = FlushMeter::default();
+        registry.register(
+            "store_flushes",
+            "Flushes (durability requests) plugins made of the store; concurrent ones share one sync",
+            store_flushes.flushes.clone(),
+        );
+        registry.register(
+            "store_flush_seconds",
+            "Time plugins waited for those flushes, in seconds",
+            store_flushes.seconds.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -224,7 +237,14 @@ impl Metrics {
             api_kinds: gestor_api::all().iter().map(|k| k.name).collect(),
             plugin_kinds: RwLock::new(HashMap::new()),
             record_cache: OnceLock::new(),
+            store_flushes,
         }
+    }
+
+    /// Where the store plugins get ([`crate::boundary::GuardedStore`])
+    /// counts its flushes.
+    pub fn store_flushes(&self) -> FlushMeter {
+        self.store_flushes.clone()
     }
 
     /// Report `cache`'s size, hits and misses with every scrape.

@@ -200,6 +200,7 @@ impl HostCore {
             Box::new(move || (system_ms() as i64).saturating_add(offset).max(0) as u64),
         ));
         let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(0);
+        let metrics = Metrics::new();
         Ok(HostCore {
             node_id,
             request_url: config.advertise_url(),
@@ -209,7 +210,7 @@ impl HostCore {
             transport_options: transport_options(config),
             transport_name: config.transport.backend.to_string(),
             storage_name: config.storage.backend.to_string(),
-            store: Arc::new(GuardedStore::new(store)),
+            store: Arc::new(GuardedStore::new(store, metrics.store_flushes())),
             clock,
             plugin_configs: config
                 .plugins
@@ -240,7 +241,7 @@ impl HostCore {
             clients_shed: AtomicU64::new(0),
             max_queue_wait: config.max_queue_wait(),
             started_ms: system_ms(),
-            metrics: Metrics::new(),
+            metrics,
         })
     }
 

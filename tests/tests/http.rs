@@ -118,7 +118,23 @@ fn metrics_move_under_lookup_load(transport: TransportKind, storage: StorageKind
     let (ring, https) = ring_of_three_with_http(transport, storage);
     let urls = ring.urls();
     let names: Vec<String> = (0..20).map(|i| format!("scraped{i:02}")).collect();
+    let flushes = |https: &[String]| -> f64 {
+        https
+            .iter()
+            .map(|h| sample(&scrape(h), "gestor_store_flushes_total"))
+            .sum()
+    };
+    let flushes_before = flushes(&https);
     register_all(transport, &urls[1], &names);
+    // Every registration was acknowledged durable on its owner and on both
+    // copy holders (a ring of three): a flush asked on each, one by one.
+    let flushed = flushes(&https) - flushes_before;
+    assert!(
+        flushed >= (3 * names.len()) as f64,
+        "{flushed} store flushes for {} acknowledged registrations on three gestores",
+        names.len()
+    );
+    assert!(sample(&scrape(&https[0]), "gestor_store_flush_seconds_total") > 0.0);
 
     // A lookup load through the first gestor, bounded in time.
     let stop = Arc::new(AtomicBool::new(false));

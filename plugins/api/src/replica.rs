@@ -67,8 +67,10 @@ pub struct Heartbeat {
 
 kinds! {
     /// `replica.replicate` — **local**: copy a record the directory just
-    /// wrote; answers the number of gestores holding it once the
-    /// replication rule is met. Only the directory on the same gestor asks.
+    /// wrote (not yet flushed); answers the number of gestores holding it
+    /// once it is durable here too (this gestor's store is flushed while
+    /// the copies travel) and the replication rule is met. Only the
+    /// directory on the same gestor asks.
     Replicate = "replica.replicate", Local, UserRecord => u32;
     /// `replica.replicate_batch` — **local**: the same for a batch of
     /// records written together (`dir.import_owned`), copied with one

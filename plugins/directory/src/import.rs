@@ -131,10 +131,10 @@ impl Shared {
         if written.is_empty() {
             return Ok(report);
         }
-        ctx.store().flush()?;
+        // The replica plugin flushes this store while the copies travel.
         match ctx.call_local::<replica::ReplicateBatch>(&written) {
             Ok(_) => {}
-            Err(CallError::Remote(e)) if e.code == ErrorCode::UnknownKind => {}
+            Err(CallError::Remote(e)) if e.code == ErrorCode::UnknownKind => ctx.store().flush()?,
             Err(e) => {
                 // Written here but not acknowledged: report them refused so
                 // the importer retries; a retry finds them and re-copies.

@@ -366,17 +366,20 @@ impl Shared {
                 ))
             }
         }
-        store.flush()?;
         self.replicate(ctx, &record)?;
         Ok(record)
     }
 
-    /// Have `record` copied per the replication rule (a no-op without the
-    /// replica plugin).
+    /// Make the stored `record` durable here and have it copied per the
+    /// replication rule. The replica plugin flushes this store while the
+    /// copies travel (`replica.replicate`); without it, flush here.
     fn replicate(&self, ctx: &PluginContext, record: &UserRecord) -> Result<(), HandlerError> {
         match ctx.call_local::<replica::Replicate>(record) {
             Ok(_) => Ok(()),
-            Err(CallError::Remote(e)) if e.code == ErrorCode::UnknownKind => Ok(()),
+            Err(CallError::Remote(e)) if e.code == ErrorCode::UnknownKind => {
+                ctx.store().flush()?;
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -275,6 +275,7 @@ impl Shared {
         let mut pending = records;
         let mut holders = u32::MAX;
         let mut first = true;
+        let mut flushed_here = false;
         loop {
             // A retry asks the ring again: it has heard of the suspects.
             let ours = if std::mem::take(&mut first) {
@@ -288,7 +289,18 @@ impl Shared {
             let (groups, unowned) = core::plan_writes(&ours, pending, &self.config);
             let mut failed = Vec::new();
             let mut suspects = Vec::new();
-            for (group, outcome) in groups.iter().zip(self.copy_once(&groups)?) {
+            // The first attempt flushes this gestor's store while its copies
+            // travel: the owner's sync and the holders' overlap instead of
+            // adding up (the caller wrote the records and left the flush to
+            // us; see `replica.replicate`).
+            let flush_here = !std::mem::replace(&mut flushed_here, true);
+            let outcomes = self.copy_once(&groups, || {
+                if flush_here {
+                    self.ctx.store().flush()?;
+                }
+                Ok(())
+            })?;
+            for (group, outcome) in groups.iter().zip(outcomes) {
                 match outcome {
                     AckOutcome::Acked { holders: n } => {
                         holders = holders.min(n);
@@ -325,13 +337,18 @@ impl Shared {
         }
     }
 
-    /// Queue the copies of one attempt, every group at once, and wait for
-    /// each group's required holders.
-    fn copy_once(&self, groups: &[core::WriteGroup]) -> Result<Vec<AckOutcome>, HandlerError> {
+    /// Queue the copies of one attempt, every group at once, run `meanwhile`
+    /// while they travel, then wait for each group's required holders.
+    fn copy_once(
+        &self,
+        groups: &[core::WriteGroup],
+        meanwhile: impl FnOnce() -> Result<(), HandlerError>,
+    ) -> Result<Vec<AckOutcome>, HandlerError> {
         let mut waiters = Vec::new();
         for g in groups {
             waiters.push(self.enqueue_copies(&g.plan, &g.records)?);
         }
+        meanwhile()?;
         let outcomes = groups.iter().zip(waiters).map(|(g, waiter)| {
             let mut ack = Ack::new(&g.plan);
             let chunks = g.records.len().div_ceil(CHUNK).max(1) as u32;
