@@ -36,7 +36,8 @@ use gestor_sdk::{
 use rand::RngCore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// `[plugins.config.gestor_directory]`.
@@ -106,6 +107,9 @@ struct Shared {
     presence: Mutex<presence::Presence>,
     /// Presence writes asked for by alive signals, made by a worker loop.
     writes: Mutex<writes::WriteQueue>,
+    /// Wakes the presence writer: a write was queued, or the plugin stops.
+    writes_queued: Condvar,
+    stopping: AtomicBool,
     locks: Vec<Mutex<()>>,
     /// Set at start from the configuration.
     hash_slots: std::sync::OnceLock<limits::HashPool>,
@@ -132,8 +136,10 @@ const USER_LOCKS: usize = 64;
 const PRESENCE_QUEUE: usize = 4_096;
 /// Presence writes made per worker round; the rest wait for the next one.
 const PRESENCE_WRITES_PER_ROUND: usize = 256;
-/// How often the presence writer drains its queue.
-const PRESENCE_WRITER_EVERY: Duration = Duration::from_millis(20);
+/// The longest the presence writer sleeps with nothing queued: it is
+/// woken when a write is queued, so an idle gestor does not poll for
+/// work (it used to look every 20 ms).
+const PRESENCE_WRITER_IDLE: Duration = Duration::from_secs(1);
 
 /// Hex SHA-256 of a session token: what the record stores and replicates.
 fn session_hash(token: &str) -> String {
@@ -607,21 +613,33 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(&alive.username, write);
+        if pushed == writes::Pushed::Queued {
+            self.writes_queued.notify_one();
+        }
         if pushed == writes::Pushed::Dropped {
             self.presence().write_lost(&alive.username);
             tracing::debug!(username = %alive.username, "presence write queue full: write dropped");
         }
     }
 
-    /// The presence writer (a loop, not the signals thread): make the queued
-    /// "back online" writes.
+    /// The presence writer (a loop, not the signals thread): wait for
+    /// queued "back online" writes (at most [`PRESENCE_WRITER_IDLE`]), then
+    /// make up to a round of them.
     fn write_presence_queue(&self) {
+        let batch = {
+            let queue = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut queue, _) = self
+                .writes_queued
+                .wait_timeout_while(queue, PRESENCE_WRITER_IDLE, |q| {
+                    q.is_empty() && !self.stopping.load(Ordering::SeqCst)
+                })
+                .unwrap_or_else(|p| p.into_inner());
+            queue.take(PRESENCE_WRITES_PER_ROUND)
+        };
+        if batch.is_empty() {
+            return;
+        }
         let Ok(ctx) = self.ctx() else { return };
-        let batch = self
-            .writes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(PRESENCE_WRITES_PER_ROUND);
         for (username, job) in batch {
             let _guard = self.lock_user(&username);
             let Ok(mut record) = self.live_record(&ctx, &username) else {
@@ -742,7 +760,9 @@ impl Shared {
         let s = self.clone();
         ctx.on_signal(topics::ALIVE, move |_topic, body| s.on_alive(body))?;
         let s = self.clone();
-        ctx.every("presence-writer", PRESENCE_WRITER_EVERY, move || {
+        // The body waits for work itself; the pause between rounds only
+        // lets the loop see a shutdown.
+        ctx.every("presence-writer", Duration::from_millis(1), move || {
             s.write_presence_queue()
         });
         let s = self.clone();
@@ -890,6 +910,10 @@ impl Plugin for Directory {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        // Release the presence writer's wait, so its loop ends at once.
+        self.state.stopping.store(true, Ordering::SeqCst);
+        let _queue = self.state.writes.lock().unwrap_or_else(|p| p.into_inner());
+        self.state.writes_queued.notify_all();
     }
 }
 
@@ -902,6 +926,8 @@ fn make() -> Directory {
                 DirectoryConfig::default().presence_timeout_ms,
             )),
             writes: Mutex::new(writes::WriteQueue::new(PRESENCE_QUEUE)),
+            writes_queued: Condvar::new(),
+            stopping: AtomicBool::new(false),
             locks: (0..USER_LOCKS).map(|_| Mutex::new(())).collect(),
             hash_slots: std::sync::OnceLock::new(),
             machine_slots: Mutex::new(None),

@@ -355,7 +355,8 @@ pub struct ResyncState {
 
 impl ResyncState {
     /// Note the virtual node's predecessor now (often: the plugin does it
-    /// every copy tick, 100 ms, so a failure and a join are seen apart). A
+    /// every copy tick, 100 ms, or every 500 ms while nothing waits to be
+    /// copied, so a failure and a join are seen apart). A
     /// new predecessor inside the old range `(old, me)` took `(old, new]`.
     pub fn observe(&mut self, me: u64, predecessor: Option<u64>) {
         if let (Some(old), Some(new)) = (self.last_predecessor, predecessor) {
