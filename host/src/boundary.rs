@@ -34,8 +34,8 @@ pub fn catch<T, E>(
     }
 }
 
-/// Flushes plugins asked of the store (durability requests: concurrent
-/// ones share one sync in the backend) and the time they waited, for
+/// Flushes asked of the store (durability requests: concurrent ones share
+/// one sync in the backend) and the time spent waiting on them, for
 /// `/metrics`: the sync is the costliest step of an acknowledged write.
 #[derive(Debug, Clone, Default)]
 pub struct FlushMeter {

@@ -217,12 +217,12 @@ impl Metrics {
         let store_flushes = FlushMeter::default();
         registry.register(
             "store_flushes",
-            "Flushes (durability requests) plugins made of the store; concurrent ones share one sync",
+            "Flushes (durability requests) made of the store, by plugins and at shutdown; concurrent ones share one sync",
             store_flushes.flushes.clone(),
         );
         registry.register(
             "store_flush_seconds",
-            "Time plugins waited for those flushes, in seconds",
+            "Total time spent waiting on store flushes, in seconds",
             store_flushes.seconds.clone(),
         );
         Metrics {

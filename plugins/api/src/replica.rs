@@ -70,7 +70,9 @@ kinds! {
     /// wrote (not yet flushed); answers the number of gestores holding it
     /// once it is durable here too (this gestor's store is flushed while
     /// the copies travel) and the replication rule is met. Only the
-    /// directory on the same gestor asks.
+    /// directory on the same gestor asks, and it relies on that flush: a
+    /// directory plugin must not run beside a replica plugin built before
+    /// this contract (the plugins of one build go together).
     Replicate = "replica.replicate", Local, UserRecord => u32;
     /// `replica.replicate_batch` — **local**: the same for a batch of
     /// records written together (`dir.import_owned`), copied with one

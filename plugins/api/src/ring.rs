@@ -53,6 +53,15 @@ pub struct Neighbourhood {
     pub successors: Vec<PeerRef>,
 }
 
+/// One virtual node of this gestor and its predecessor's id (`None`: not
+/// known yet): what `ring.predecessors` answers, a small part of
+/// `ring.ranges` that is cheap to ask often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnodePredecessor {
+    pub id: u64,
+    pub predecessor: Option<u64>,
+}
+
 /// All of one gestor's places in the ring: one neighbourhood per virtual
 /// node (`ring.virtual_nodes`), the first one the gestor's own id. Each
 /// virtual node owns the keys in `(predecessor, me]`; the gestor owns the
@@ -195,6 +204,13 @@ kinds! {
     /// copies go) and over the network by the ring table walk and the
     /// replica plugin (another owner's range, before dropping a copy).
     Ranges = "ring.ranges", Internal + upkeep, Empty => VirtualNodes;
+
+    /// `ring.predecessors` — **local**: each virtual node of this gestor
+    /// with its predecessor's id, first one first. The mailbox watches
+    /// predecessors every 100 ms (to tell a join from a failure); the
+    /// whole `ring.ranges` that often cost more than anything else an idle
+    /// gestor did.
+    Predecessors = "ring.predecessors", Local, Empty => Vec<VnodePredecessor>;
 
     /// `ring.table` — **client**: the ring's members, so a client can send
     /// each per-user request straight to its owner (one hop). A gestor

@@ -6,8 +6,9 @@
 //! its own id), then sends each owner its share as `dir.import_owned`. The
 //! owner checks each entry as `user.register` would (name, responsibility,
 //! an argon2id PHC hash, the address), writes the new accounts with fresh
-//! versions, flushes once and has them copied as one batch
-//! (`replica.replicate_batch`): acknowledged means on the owner and the
+//! versions and has them copied as one batch (`replica.replicate_batch`,
+//! which also flushes the owner's store once, while the copies travel):
+//! acknowledged means on the owner and the
 //! required copy holders, as for any write. Names that already have a live
 //! account are left untouched, so an import can simply be run again.
 
@@ -136,8 +137,12 @@ impl Shared {
             Ok(_) => {}
             Err(CallError::Remote(e)) if e.code == ErrorCode::UnknownKind => ctx.store().flush()?,
             Err(e) => {
-                // Written here but not acknowledged: report them refused so
-                // the importer retries; a retry finds them and re-copies.
+                // Written here but not acknowledged: report them refused.
+                // A retry finds them and counts them as existing, so make
+                // them durable here at least; anti-entropy copies them.
+                if let Err(flush) = ctx.store().flush() {
+                    tracing::warn!("import: flushing unacknowledged accounts failed: {flush}");
+                }
                 let e: HandlerError = e.into();
                 report
                     .refused

@@ -136,10 +136,13 @@ const USER_LOCKS: usize = 64;
 const PRESENCE_QUEUE: usize = 4_096;
 /// Presence writes made per worker round; the rest wait for the next one.
 const PRESENCE_WRITES_PER_ROUND: usize = 256;
-/// The longest the presence writer sleeps with nothing queued: it is
-/// woken when a write is queued, so an idle gestor does not poll for
-/// work (it used to look every 20 ms).
+/// The longest the presence writer waits for a queued write before its
+/// loop looks for a shutdown. It is woken when a write is queued, so an
+/// idle gestor does not poll for work.
 const PRESENCE_WRITER_IDLE: Duration = Duration::from_secs(1);
+/// The host loop's pause between the writer's waits: bounds how often a
+/// stopping writer (which returns at once) is called again.
+const PRESENCE_WRITER_PAUSE: Duration = Duration::from_millis(50);
 
 /// Hex SHA-256 of a session token: what the record stores and replicates.
 fn session_hash(token: &str) -> String {
@@ -622,23 +625,33 @@ impl Shared {
         }
     }
 
-    /// The presence writer (a loop, not the signals thread): wait for
-    /// queued "back online" writes (at most [`PRESENCE_WRITER_IDLE`]), then
-    /// make up to a round of them.
+    /// The presence writer (a loop, not the signals thread): make the
+    /// queued "back online" writes, a round (at most 256) at a time, for as
+    /// long as writes keep coming; return after [`PRESENCE_WRITER_IDLE`]
+    /// with none, or at once when the plugin stops.
     fn write_presence_queue(&self) {
-        let batch = {
-            let queue = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-            let (mut queue, _) = self
-                .writes_queued
-                .wait_timeout_while(queue, PRESENCE_WRITER_IDLE, |q| {
-                    q.is_empty() && !self.stopping.load(Ordering::SeqCst)
-                })
-                .unwrap_or_else(|p| p.into_inner());
-            queue.take(PRESENCE_WRITES_PER_ROUND)
-        };
-        if batch.is_empty() {
-            return;
+        loop {
+            let batch = {
+                let queue = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+                let (mut queue, _) = self
+                    .writes_queued
+                    .wait_timeout_while(queue, PRESENCE_WRITER_IDLE, |q| {
+                        q.is_empty() && !self.stopping.load(Ordering::SeqCst)
+                    })
+                    .unwrap_or_else(|p| p.into_inner());
+                if self.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                queue.take(PRESENCE_WRITES_PER_ROUND)
+            };
+            if batch.is_empty() {
+                return;
+            }
+            self.write_presence_round(batch);
         }
+    }
+
+    fn write_presence_round(&self, batch: Vec<(String, writes::OnlineWrite)>) {
         let Ok(ctx) = self.ctx() else { return };
         for (username, job) in batch {
             let _guard = self.lock_user(&username);
@@ -760,9 +773,9 @@ impl Shared {
         let s = self.clone();
         ctx.on_signal(topics::ALIVE, move |_topic, body| s.on_alive(body))?;
         let s = self.clone();
-        // The body waits for work itself; the pause between rounds only
-        // lets the loop see a shutdown.
-        ctx.every("presence-writer", Duration::from_millis(1), move || {
+        // The body waits for work itself; between its waits the host loop
+        // looks for a shutdown.
+        ctx.every("presence-writer", PRESENCE_WRITER_PAUSE, move || {
             s.write_presence_queue()
         });
         let s = self.clone();
@@ -910,7 +923,8 @@ impl Plugin for Directory {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        // Release the presence writer's wait, so its loop ends at once.
+        // Release the presence writer's wait: it returns to its host loop,
+        // which ends when the host stops its loops.
         self.state.stopping.store(true, Ordering::SeqCst);
         let _queue = self.state.writes.lock().unwrap_or_else(|p| p.into_inner());
         self.state.writes_queued.notify_all();

@@ -7,7 +7,7 @@
 //! clock.
 
 use gestor_api::mailbox::{CopyBody, Held};
-use gestor_api::ring::{distinct_successors, VirtualNodes};
+use gestor_api::ring::{distinct_successors, VirtualNodes, VnodePredecessor};
 use gestor_sdk::hash::ring_position;
 use gestor_sdk::store::in_ring_interval;
 use std::collections::BTreeMap;
@@ -355,8 +355,7 @@ pub struct ResyncState {
 
 impl ResyncState {
     /// Note the virtual node's predecessor now (often: the plugin does it
-    /// every copy tick, 100 ms, or every 500 ms while nothing waits to be
-    /// copied, so a failure and a join are seen apart). A
+    /// every copy tick, 100 ms, so a failure and a join are seen apart). A
     /// new predecessor inside the old range `(old, me)` took `(old, new]`.
     pub fn observe(&mut self, me: u64, predecessor: Option<u64>) {
         if let (Some(old), Some(new)) = (self.last_predecessor, predecessor) {
@@ -386,14 +385,26 @@ impl Resyncs {
     /// Note every virtual node's predecessor (see [`ResyncState::observe`]);
     /// forget virtual nodes that are no longer ours.
     pub fn observe(&mut self, ranges: &VirtualNodes) {
+        let predecessors: Vec<VnodePredecessor> = ranges
+            .nodes
+            .iter()
+            .map(|nb| VnodePredecessor {
+                id: nb.me.id,
+                predecessor: nb.predecessor.as_ref().map(|p| p.id),
+            })
+            .collect();
+        self.observe_predecessors(&predecessors);
+    }
+
+    /// The same from `ring.predecessors`, all `observe` needs.
+    pub fn observe_predecessors(&mut self, vnodes: &[VnodePredecessor]) {
         self.by_vnode
-            .retain(|id, _| ranges.nodes.iter().any(|nb| nb.me.id == *id));
-        for nb in &ranges.nodes {
-            let pred = nb.predecessor.as_ref().map(|p| p.id);
+            .retain(|id, _| vnodes.iter().any(|v| v.id == *id));
+        for v in vnodes {
             self.by_vnode
-                .entry(nb.me.id)
+                .entry(v.id)
                 .or_default()
-                .observe(nb.me.id, pred);
+                .observe(v.id, v.predecessor);
         }
     }
 
@@ -863,6 +874,50 @@ mod tests {
         r.observe(&ours(&[(100, Some((60, 2)), &[])]));
         assert_eq!(r.target(350, false), Resync::Skip);
         assert!(r.handing_off(), "100's handoff is still due");
+    }
+
+    #[test]
+    fn predecessors_alone_tell_the_same_as_the_ranges() {
+        // The idle copy tick observes `ring.predecessors`, the busy one
+        // `ring.ranges`: interleaved, they must track one history.
+        let view = |p1: Option<u64>, p2| {
+            ours(&[(100, p1.map(|p| (p, 2)), &[]), (500, Some((p2, 3)), &[])])
+        };
+        let preds = |p1: Option<u64>, p2| {
+            vec![
+                VnodePredecessor {
+                    id: 100,
+                    predecessor: p1,
+                },
+                VnodePredecessor {
+                    id: 500,
+                    predecessor: Some(p2),
+                },
+            ]
+        };
+        let history = [
+            (Some(10), 300),
+            (None, 300),
+            (Some(10), 400),
+            (Some(60), 400),
+            (Some(5), 450),
+        ];
+        let (mut by_ranges, mut mixed) = (Resyncs::default(), Resyncs::default());
+        for (i, (p1, p2)) in history.into_iter().enumerate() {
+            by_ranges.observe(&view(p1, p2));
+            if i % 2 == 0 {
+                mixed.observe_predecessors(&preds(p1, p2));
+            } else {
+                mixed.observe(&view(p1, p2));
+            }
+            assert_eq!(by_ranges, mixed, "after step {i}");
+        }
+        // (300, 400] and (10, 60] moved; a dropped predecessor moved nothing.
+        assert!(mixed.took_from_me(350, 400));
+        assert!(mixed.took_from_me(20, 60));
+        // A virtual node missing from the answer is forgotten either way.
+        mixed.observe_predecessors(&preds(Some(60), 450)[..1]);
+        assert_eq!(mixed.target(350, false), Resync::Skip);
     }
 
     #[test]

@@ -65,9 +65,6 @@ use std::time::Duration;
 
 /// How often the copy loop runs.
 const COPY_EVERY: Duration = Duration::from_millis(100);
-/// With no change waiting to be copied, the copy loop looks at the ring
-/// every this many ticks (500 ms) instead of every tick.
-const IDLE_OBSERVE_TICKS: u64 = 5;
 
 /// `[plugins.config.gestor_mailbox]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -124,8 +121,6 @@ pub(crate) struct Shared {
     pub ctx: Mutex<Option<PluginContext>>,
     /// Changes not yet pushed to the copy holders.
     pending: Mutex<core::Pending>,
-    /// Copy ticks so far (see `flush_copies`).
-    copy_ticks: AtomicU64,
     /// What resync remembers between rounds, per virtual node (handoffs due).
     resync: Mutex<core::Resyncs>,
     pub presence: presence::Watches,
@@ -411,16 +406,20 @@ impl Shared {
     /// Push queued changes to the copy targets of each change's mailbox.
     fn flush_copies(&self) {
         let Ok(ctx) = self.ctx() else { return };
-        // With nothing to send, the ring is looked at every
-        // `IDLE_OBSERVE_TICKS`th tick only: asking for every range costs
-        // more than anything else an idle gestor does this often.
-        let idle = self.pending().is_empty();
-        let tick = self.copy_ticks.fetch_add(1, Ordering::Relaxed);
-        if idle && !tick.is_multiple_of(IDLE_OBSERVE_TICKS) {
-            return;
+        // The predecessors are seen every tick, so resync tells a join from
+        // a failure (see `ResyncState::observe`). With nothing to send they
+        // are all this needs, and far cheaper to ask than every range.
+        if self.pending().is_empty() {
+            match ctx.call_local::<ring::Predecessors>(&Empty) {
+                Ok(vnodes) if !vnodes.is_empty() => {
+                    self.resync_state().observe_predecessors(&vnodes);
+                    return;
+                }
+                Ok(_) => return,
+                // A ring plugin without the kind: read the ranges.
+                Err(e) => tracing::debug!("ring.predecessors: {e}"),
+            }
         }
-        // Seen often, so resync tells a join from a failure (see
-        // `ResyncState::observe`).
         let Some(ranges) = self.ranges(&ctx) else {
             return;
         };
@@ -665,7 +664,6 @@ fn make() -> Mailbox {
             config: Mutex::new(MailboxConfig::default()),
             ctx: Mutex::new(None),
             pending: Mutex::new(core::Pending::default()),
-            copy_ticks: AtomicU64::new(0),
             resync: Mutex::new(core::Resyncs::default()),
             presence: presence::Watches::default(),
             removals_refused: AtomicU64::new(0),

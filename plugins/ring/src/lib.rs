@@ -844,6 +844,16 @@ fn serve_remote(ctx: &PluginContext, shared: &Arc<Shared>) -> Result<(), PluginE
     let s = shared.clone();
     ctx.serve::<ring::Ranges>(move |_, _| Ok(s.ranges()))?;
     let s = shared.clone();
+    ctx.serve::<ring::Predecessors>(move |_, _| {
+        Ok(s.nodes()
+            .iter()
+            .map(|n| ring::VnodePredecessor {
+                id: n.me().id,
+                predecessor: n.predecessor().map(|p| p.id),
+            })
+            .collect())
+    })?;
+    let s = shared.clone();
     ctx.serve::<status::Ring>(move |_, _| Ok(s.status()))?;
     let s = shared.clone();
     ctx.serve::<ring::Table>(move |_, _| Ok(guard(&s.table).clone()))
