@@ -470,6 +470,8 @@ def goal_rows(g, odht):
 def print_phase(name, p):
     print(f"    {name:<12} {p['per_second']:>9.1f}/s  p50 {p['p50_ms']:.3f} ms  p99 {p['p99_ms']:.3f} ms"
           f"  errors {p['errors']}  busy {p.get('busy', 0)}")
+    if p.get("first_error"):
+        print(f"      first error: {p['first_error']}")
 
 
 def print_report(results):

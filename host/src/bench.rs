@@ -91,6 +91,10 @@ pub struct Phase {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub mean_hops: f64,
+    /// The first error's message (absent when `errors` is 0): what kind
+    /// of failure the count is, without a debug log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -315,7 +319,7 @@ pub fn serve_echo(transport: TransportKind, url: &str) -> Result<()> {
 
 fn phase(
     mut latencies: Vec<Duration>,
-    errors: u64,
+    (errors, first_error): (u64, Option<String>),
     busy: u64,
     hops: u64,
     elapsed: Duration,
@@ -340,6 +344,7 @@ fn phase(
         p99_ms: pick(0.99),
         max_ms: latencies.last().map(|d| ms(*d)).unwrap_or(0.0),
         mean_hops: if n == 0 { 0.0 } else { hops as f64 / n as f64 },
+        first_error,
     }
 }
 
@@ -348,6 +353,7 @@ fn phase(
 struct Raw {
     latencies: Vec<Duration>,
     errors: u64,
+    first_error: Option<String>,
     busy: u64,
     hops: u64,
     elapsed: Duration,
@@ -357,6 +363,7 @@ impl Raw {
     fn merge(&mut self, other: Raw) {
         self.latencies.extend(other.latencies);
         self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
         self.busy += other.busy;
         self.hops += other.hops;
         self.elapsed += other.elapsed;
@@ -364,7 +371,7 @@ impl Raw {
     fn phase(self) -> Phase {
         phase(
             self.latencies,
-            self.errors,
+            (self.errors, self.first_error),
             self.busy,
             self.hops,
             self.elapsed,
@@ -387,7 +394,7 @@ where
     F: Fn(&mut Client, usize, u64) -> Option<Result<u32, ClientError>> + Send + Sync + Copy,
 {
     let started = Instant::now();
-    let results: Vec<(Vec<Duration>, u64, u64, u64)> = std::thread::scope(|scope| {
+    let results: Vec<Raw> = std::thread::scope(|scope| {
         let handles: Vec<_> = layers
             .iter()
             .enumerate()
@@ -400,25 +407,26 @@ where
                 let secure = layer.clone();
                 scope.spawn(move || {
                     let mut client = Client::new(secure, gestores, Duration::from_secs(5));
-                    let (mut lat, mut errors, mut busy, mut hops) = (Vec::new(), 0u64, 0u64, 0u64);
+                    let mut raw = Raw::default();
                     let mut i = 0u64;
                     while started.elapsed() < duration {
                         let t0 = Instant::now();
                         match work(&mut client, t, i) {
                             None => break,
                             Some(Ok(h)) => {
-                                lat.push(t0.elapsed());
-                                hops += h as u64;
+                                raw.latencies.push(t0.elapsed());
+                                raw.hops += h as u64;
                             }
-                            Some(Err(e)) if is_shed(&e) => busy += 1,
+                            Some(Err(e)) if is_shed(&e) => raw.busy += 1,
                             Some(Err(e)) => {
                                 tracing::debug!(error = %e, "bench: request failed");
-                                errors += 1
+                                raw.errors += 1;
+                                raw.first_error.get_or_insert_with(|| e.to_string());
                             }
                         }
                         i += 1;
                     }
-                    (lat, errors, busy, hops)
+                    raw
                 })
             })
             .collect();
@@ -428,11 +436,8 @@ where
         elapsed: started.elapsed(),
         ..Raw::default()
     };
-    for (l, e, b, h) in results {
-        raw.latencies.extend(l);
-        raw.errors += e;
-        raw.busy += b;
-        raw.hops += h;
+    for thread in results {
+        raw.merge(thread);
     }
     raw
 }
@@ -775,6 +780,10 @@ fn preload(o: &BenchOptions) -> Result<Phase> {
         p99_ms: 0.0,
         max_ms: 0.0,
         mean_hops: 0.0,
+        first_error: summary
+            .refused
+            .first()
+            .map(|r| format!("{}: {}", r.username, r.message)),
     })
 }
 
@@ -805,6 +814,11 @@ fn print_rows(first: &str, rows: &[(&str, &Phase)]) -> Result<(), crate::out::St
             p.max_ms,
             p.mean_hops
         )?;
+    }
+    for (name, p) in rows {
+        if let Some(e) = &p.first_error {
+            crate::outln!("  {name}: first error: {e}")?;
+        }
     }
     Ok(())
 }
@@ -1009,4 +1023,37 @@ fn compare_in(dir: &std::path::Path, o: &CompareOptions) -> Result<CompareReport
         secure,
         insecure,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(errors: u64, first: Option<&str>) -> Raw {
+        Raw {
+            latencies: vec![Duration::from_millis(2)],
+            errors,
+            first_error: first.map(str::to_string),
+            ..Raw::default()
+        }
+    }
+
+    #[test]
+    fn a_phase_names_its_first_error_and_only_when_it_had_one() {
+        let mut raw = failed(0, None);
+        raw.merge(failed(
+            2,
+            Some("no reply from tcp://127.0.0.1:1 within 1249 ms"),
+        ));
+        raw.merge(failed(1, Some("later")));
+        let phase = raw.phase();
+        assert_eq!(phase.errors, 3);
+        assert_eq!(
+            phase.first_error.as_deref(),
+            Some("no reply from tcp://127.0.0.1:1 within 1249 ms")
+        );
+        let clean = serde_json::to_value(failed(0, None).phase()).unwrap();
+        assert!(clean.get("first_error").is_none(), "{clean}");
+        assert_eq!(clean["errors"], 0);
+    }
 }
