@@ -91,8 +91,9 @@ pub struct Phase {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub mean_hops: f64,
-    /// The first error's message (absent when `errors` is 0): what kind
-    /// of failure the count is, without a debug log.
+    /// One error's message (the first one met by the lowest-numbered
+    /// thread that met any; absent when `errors` is 0): what kind of
+    /// failure the count is, without a debug log.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
 }

@@ -5,7 +5,8 @@
 //! restarts (memory and queued writes lost, records kept), and some queued
 //! writes fail. The shell's steps are played as the plugin plays them: the
 //! signals "thread" asks the core and queues, a writer round drains the
-//! queue every 20 ms, the sweep runs every timeout/4.
+//! queue (the plugin's writer does when woken), the sweep runs every
+//! timeout/4.
 //!
 //! Checked at every step, from the schedule's own bookkeeping:
 //! - a lookup never says online unless the user is logged in and the owner

@@ -821,6 +821,16 @@ fn serve_local(ctx: &PluginContext, shared: &Arc<Shared>) -> Result<(), PluginEr
     ctx.serve::<ring::Route>(move |_, body| s.route(body.key))?;
     let s = shared.clone();
     ctx.serve::<ring::Responsible>(move |_, body| Ok(s.responsible(body.key).is_some()))?;
+    let s = shared.clone();
+    ctx.serve::<ring::Predecessors>(move |_, _| {
+        Ok(s.nodes()
+            .iter()
+            .map(|n| ring::VnodePredecessor {
+                id: n.me().id,
+                predecessor: n.predecessor().map(|p| p.id),
+            })
+            .collect())
+    })?;
     // Another plugin found this peer unreachable: stop routing through it
     // now rather than after our own failure detection notices.
     let s = shared.clone();
@@ -843,16 +853,6 @@ fn serve_remote(ctx: &PluginContext, shared: &Arc<Shared>) -> Result<(), PluginE
     ctx.serve::<ring::Neighbours>(move |_, _| Ok(neighbourhood(&s.nodes()[0])))?;
     let s = shared.clone();
     ctx.serve::<ring::Ranges>(move |_, _| Ok(s.ranges()))?;
-    let s = shared.clone();
-    ctx.serve::<ring::Predecessors>(move |_, _| {
-        Ok(s.nodes()
-            .iter()
-            .map(|n| ring::VnodePredecessor {
-                id: n.me().id,
-                predecessor: n.predecessor().map(|p| p.id),
-            })
-            .collect())
-    })?;
     let s = shared.clone();
     ctx.serve::<status::Ring>(move |_, _| Ok(s.status()))?;
     let s = shared.clone();
