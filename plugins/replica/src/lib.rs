@@ -275,10 +275,10 @@ impl Shared {
         let mut pending = records;
         let mut holders = u32::MAX;
         let mut first = true;
-        let mut flushed_here = false;
         loop {
+            let first_attempt = std::mem::take(&mut first);
             // A retry asks the ring again: it has heard of the suspects.
-            let ours = if std::mem::take(&mut first) {
+            let ours = if first_attempt {
                 self.recent_ranges()
             } else {
                 self.ranges().map(Arc::new)
@@ -293,9 +293,8 @@ impl Shared {
             // travel: the owner's sync and the holders' overlap instead of
             // adding up (the caller wrote the records and left the flush to
             // us; see `replica.replicate`).
-            let flush_here = !std::mem::replace(&mut flushed_here, true);
             let outcomes = self.copy_once(&groups, || {
-                if flush_here {
+                if first_attempt {
                     self.ctx.store().flush()?;
                 }
                 Ok(())
