@@ -191,6 +191,17 @@ const PLACING_WALK_EVERY_MS: u64 = 500;
 /// successor-list length get a complete table.
 const MAX_WALK_ASKS: usize = 64;
 
+/// What a timeout to a gestor means, after a ping (`Shared::doubt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Doubt {
+    /// It answers pings: busy, not gone; the timeout does not count.
+    Slow,
+    /// The ping went unanswered too.
+    Silent,
+    /// It answers pings but has served no request for the whole grace.
+    Wedged,
+}
+
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -250,13 +261,18 @@ impl Shared {
         }
         // A gestor whose workers are all busy times out but still answers
         // pings: no evidence against it either.
+        let mut doubt = None;
         if let Err(CallError::Transport(gestor_sdk::TransportError::Timeout { .. })) = &result {
-            if self.slow_not_dead(&to.addr) {
-                return Err(Failure::Skipped);
+            match self.doubt(&to.addr) {
+                Doubt::Slow => return Err(Failure::Skipped),
+                other => doubt = Some(other),
             }
         }
         if let Err(CallError::Transport(_)) = &result {
-            self.gestor_failed(&to.addr);
+            // Confirmed by a silent ping that already counted: no new evidence.
+            if !self.gestor_failed(&to.addr, doubt) {
+                return Err(Failure::Skipped);
+            }
         } else {
             // An answer, even an error reply: the process is alive.
             guard(&self.liveness).answered(&to.addr);
@@ -298,24 +314,32 @@ impl Shared {
     /// A request to `addr` timed out: is the gestor only slow? It is while
     /// it answers pings, for a grace of `SLOW_GRACE_ATTEMPTS` RPC timeouts
     /// without serving a request (see `liveness`).
-    fn slow_not_dead(&self, addr: &str) -> bool {
+    fn doubt(&self, addr: &str) -> Doubt {
         if !self.answers_ping(addr) {
-            return false;
+            return Doubt::Silent;
         }
         if !guard(&self.liveness).forgive(addr, self.now()) {
             tracing::warn!(gestor = %addr, "answers pings but no request for {} RPC timeouts: counted as failing", liveness::SLOW_GRACE_ATTEMPTS);
-            return false;
+            return Doubt::Wedged;
         }
         self.timeouts_alive.fetch_add(1, Ordering::Relaxed);
-        true
+        Doubt::Slow
     }
 
-    /// A real request to the gestor at `addr` failed; after enough in a row
-    /// every position of it leaves every one of ours at once.
-    fn gestor_failed(&self, addr: &str) {
-        let dead = guard(&self.liveness).failed(addr, self.now());
-        if !dead {
-            return;
+    /// A real request to the gestor at `addr` failed (after a timeout, what
+    /// `doubt` found); after enough in a row every position of it leaves
+    /// every one of ours at once. False when the failure did not count: a
+    /// silent ping that confirmed an earlier timeout confirmed this one.
+    fn gestor_failed(&self, addr: &str, doubt: Option<Doubt>) -> bool {
+        let now = self.now();
+        let dead = match doubt {
+            Some(Doubt::Silent) => guard(&self.liveness).failed_silent(addr, now),
+            _ => Some(guard(&self.liveness).failed(addr, now)),
+        };
+        match dead {
+            None => return false,
+            Some(false) => return true,
+            Some(true) => {}
         }
         let mut nodes = self.nodes();
         let ids = ids_at(&nodes, addr);
@@ -326,6 +350,7 @@ impl Shared {
         for node in nodes.iter_mut() {
             ids.iter().for_each(|&id| node.peer_dead(id));
         }
+        true
     }
 
     /// Perform `outbound` of virtual node `index` and everything the
@@ -653,17 +678,20 @@ impl Shared {
             }
             addr
         };
-        if self.slow_not_dead(&addr) {
+        let doubt = self.doubt(&addr);
+        if doubt == Doubt::Slow {
             return;
         }
-        {
-            let mut nodes = self.nodes();
-            let ids = ids_at(&nodes, &addr);
-            for node in nodes.iter_mut() {
-                ids.iter().for_each(|&i| node.peer_failed(i));
-            }
+        // Reports that one silent ping confirms count once here too: each
+        // is a miss in the Chord cores, which drop a peer after a few.
+        if !self.gestor_failed(&addr, Some(doubt)) {
+            return;
         }
-        self.gestor_failed(&addr);
+        let mut nodes = self.nodes();
+        let ids = ids_at(&nodes, &addr);
+        for node in nodes.iter_mut() {
+            ids.iter().for_each(|&i| node.peer_failed(i));
+        }
     }
 
     /// Walk the ring through successor lists (`ring.ranges`, one ask per

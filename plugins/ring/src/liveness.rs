@@ -38,6 +38,9 @@ struct Failing {
     fails: u32,
     /// No request is sent before this time (ms).
     retry_at: u64,
+    /// The silent ping (its time) behind the last failure counted, if one
+    /// confirmed it: the timeouts that ping confirms count once.
+    counted_ping: Option<u64>,
 }
 
 pub struct Liveness {
@@ -128,10 +131,36 @@ impl Liveness {
         let f = self.failing.entry(url.to_string()).or_insert(Failing {
             fails: 0,
             retry_at: 0,
+            counted_ping: None,
         });
         f.fails = f.fails.saturating_add(1);
         f.retry_at = now_ms + self.retry_after_ms;
+        f.counted_ping = None;
         f.fails >= self.dead_after
+    }
+
+    /// A request to `url` timed out and the latest ping to it went
+    /// unanswered. Like [`Liveness::failed`], except that the timeouts one
+    /// silent ping confirms count as one failure: requests that were out
+    /// at once (stabilize, the table walk, copies another plugin reports)
+    /// all time out together, and one ping missed on a loaded machine must
+    /// not make them `dead_after` failures in a row.
+    /// `None` when that ping's failure was already counted, else whether
+    /// `url` is now dead.
+    pub fn failed_silent(&mut self, url: &str, now_ms: u64) -> Option<bool> {
+        let ping = self
+            .pinged
+            .get(url)
+            .filter(|(_, answered)| !answered)
+            .map(|(at, _)| *at);
+        if ping.is_some() && self.failing.get(url).and_then(|f| f.counted_ping) == ping {
+            return None;
+        }
+        let dead = self.failed(url, now_ms);
+        if let Some(f) = self.failing.get_mut(url) {
+            f.counted_ping = ping;
+        }
+        Some(dead)
     }
 }
 
@@ -176,6 +205,30 @@ mod tests {
         l.answered("a");
         assert_eq!(l.gate("a", 2001), Gate::Send);
         assert!(!l.failed("a", 3000));
+    }
+
+    #[test]
+    fn timeouts_one_silent_ping_confirms_count_once() {
+        let mut l = Liveness::new(3, 200, 500);
+        l.pinged("a", 1000, false);
+        assert_eq!(l.failed_silent("a", 1000), Some(false));
+        // Requests that were out at the same time, confirmed by the same ping.
+        for t in [1010, 1100, 1600] {
+            assert_eq!(l.failed_silent("a", t), None, "still one failure at {t}");
+        }
+        assert_eq!(l.failing["a"].fails, 1);
+        // A new silent ping is new evidence, and so is any other failure.
+        l.pinged("a", 1800, false);
+        assert_eq!(l.failed_silent("a", 1800), Some(false));
+        assert!(l.failed("a", 2600), "the third in a row");
+        // With no ping on record each timeout counts.
+        let mut l = Liveness::new(2, 200, 500);
+        assert_eq!(l.failed_silent("b", 0), Some(false));
+        assert_eq!(l.failed_silent("b", 10), Some(true));
+        // An answered ping in between is not a silent one.
+        l.pinged("c", 0, true);
+        assert_eq!(l.failed_silent("c", 10), Some(false));
+        assert_eq!(l.failed_silent("c", 20), Some(true));
     }
 
     #[test]
