@@ -431,12 +431,22 @@ impl Node {
     /// peer to try), so nodes that only know of each other one way still
     /// find each other for the tie-break.
     pub fn handle(&mut self, from: Option<&Peer>, req: Request, now_ms: u64) -> Response {
-        let _ = now_ms;
         if !self.joined() {
             if let (Phase::Joining, Some(from)) = (&self.phase, from) {
                 self.add_seed(from.clone());
             }
             return Response::NotInRing;
+        }
+        // A request from our predecessor shows it alive as well as a check
+        // answered would: its stabilize reaches us every period, so the next
+        // check waits a full period from now (a predecessor that stops
+        // stabilizing with us is checked as before). A suspect is still
+        // probed and checked.
+        if let (Some(from), Some(pred)) = (from, &self.predecessor) {
+            if from.id == pred.id && from.addr == pred.addr && !self.suspects.contains_key(&pred.id)
+            {
+                self.last_check = self.last_check.max(now_ms);
+            }
         }
         match req {
             Request::Ping => Response::Ack,
@@ -1388,6 +1398,39 @@ mod tests {
         assert_eq!(out.request, Request::Rectify { candidate: p(10) });
         assert_eq!(ids(&n), vec![30, 70]);
         assert!(n.offer_successor(p(10), &[]).is_empty(), "never ourselves");
+    }
+
+    #[test]
+    fn a_predecessor_heard_from_is_not_checked() {
+        // Nobody answers here: unanswered stabilizes and finger lookups must
+        // not drop the predecessor meanwhile.
+        let mut n = member(10, &[50, 90], Some(90));
+        n.config.dead_after_misses = u32::MAX;
+        // Checks only: unanswered finger lookups make 90 a suspect, probed
+        // with pings of its own.
+        let checks = |n: &Node, out: &[Outbound]| {
+            out.iter()
+                .filter(|o| {
+                    n.pending.get(&o.token).map(|p| p.task.kind()) == Some(Kind::CheckPredecessor)
+                })
+                .count()
+        };
+        // The predecessor stabilizes with us every period: no check.
+        for t in (50..1000).step_by(50) {
+            n.suspects.clear();
+            n.handle(Some(&p(90)), Request::GetState, t);
+            let out = n.tick(t);
+            assert_eq!(checks(&n, &out), 0, "checked at {t} although heard from");
+        }
+        // Another peer's request does not count for it.
+        n.handle(Some(&p(50)), Request::GetState, 1000);
+        let out = n.tick(1100);
+        assert_eq!(checks(&n, &out), 1, "silent for a period: checked");
+        // Nor does a request under its id from another address.
+        let mut n = member(10, &[50, 90], Some(90));
+        n.handle(Some(&Peer::new(90, "elsewhere")), Request::GetState, 100);
+        let out = n.tick(100);
+        assert_eq!(checks(&n, &out), 1);
     }
 
     #[test]
