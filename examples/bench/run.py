@@ -401,6 +401,17 @@ class Etcd:
         pause(self.children, True)
         return result
 
+    def measure_put(self, args):
+        """Only `put` at the gestor phases' client count (ab.py --etcd)."""
+        log("etcd: put")
+        pause(self.children, False)
+        self.wait_healthy()
+        load = [ETCD_LOAD, "--endpoints", ",".join(self.endpoints), "--keys", str(args.users),
+                "--duration-secs", str(args.duration_secs), "--op", "put", "--clients", str(args.threads)]
+        result = run_json(load, 600)
+        pause(self.children, True)
+        return result
+
 
 def measure_opendht(args):
     log(f"opendht: {args.gestores} nodes")

@@ -426,27 +426,17 @@ impl Node {
         token
     }
 
-    /// Serve an incoming request. `from` is not trusted for anything but a
-    /// hint: while joining, a caller that names itself becomes a seed (a
-    /// peer to try), so nodes that only know of each other one way still
-    /// find each other for the tie-break.
+    /// Serve an incoming request. `from` is the caller's own claim, used as
+    /// a hint only: while joining, a caller that names itself becomes a
+    /// seed (a peer to try), so nodes that only know of each other one way
+    /// still find each other for the tie-break; as a member, a notify from
+    /// the predecessor postpones its check (`heard_from_predecessor`).
     pub fn handle(&mut self, from: Option<&Peer>, req: Request, now_ms: u64) -> Response {
         if !self.joined() {
             if let (Phase::Joining, Some(from)) = (&self.phase, from) {
                 self.add_seed(from.clone());
             }
             return Response::NotInRing;
-        }
-        // A request from our predecessor shows it alive as well as a check
-        // answered would: its stabilize reaches us every period, so the next
-        // check waits a full period from now (a predecessor that stops
-        // stabilizing with us is checked as before). A suspect is still
-        // probed and checked.
-        if let (Some(from), Some(pred)) = (from, &self.predecessor) {
-            if from.id == pred.id && from.addr == pred.addr && !self.suspects.contains_key(&pred.id)
-            {
-                self.last_check = self.last_check.max(now_ms);
-            }
         }
         match req {
             Request::Ping => Response::Ack,
@@ -457,6 +447,7 @@ impl Node {
             Request::FindSuccessor { key } => Response::Found(self.find_step(key)),
             Request::Rectify { candidate } => {
                 self.rectify(candidate);
+                self.heard_from_predecessor(from, now_ms);
                 Response::Ack
             }
             Request::Leaving {
@@ -466,6 +457,20 @@ impl Node {
             } => {
                 self.on_leaving(leaver, predecessor, successors);
                 Response::Ack
+            }
+        }
+    }
+
+    /// Our predecessor's notify (the `Rectify` ending each of its
+    /// stabilizes) shows it alive as well as a check answered would, so the
+    /// next check waits a full period from now: a live predecessor on a
+    /// settled ring is not pinged at all, one that stops stabilizing with us
+    /// is checked as before, and a suspect is still probed and checked.
+    fn heard_from_predecessor(&mut self, from: Option<&Peer>, now_ms: u64) {
+        if let (Some(from), Some(pred)) = (from, &self.predecessor) {
+            if from.id == pred.id && from.addr == pred.addr && !self.suspects.contains_key(&pred.id)
+            {
+                self.last_check = self.last_check.max(now_ms);
             }
         }
     }
@@ -1415,20 +1420,23 @@ mod tests {
                 })
                 .count()
         };
+        let notify = |from: Peer| Request::Rectify { candidate: from };
         // The predecessor stabilizes with us every period: no check.
         for t in (50..1000).step_by(50) {
             n.suspects.clear();
-            n.handle(Some(&p(90)), Request::GetState, t);
+            n.handle(Some(&p(90)), notify(p(90)), t);
             let out = n.tick(t);
             assert_eq!(checks(&n, &out), 0, "checked at {t} although heard from");
         }
-        // Another peer's request does not count for it.
-        n.handle(Some(&p(50)), Request::GetState, 1000);
-        let out = n.tick(1100);
+        // Its other requests do not count (a restarted predecessor rejoining
+        // asks too), nor does another peer's notify.
+        n.handle(Some(&p(90)), Request::GetState, 1000);
+        n.handle(Some(&p(50)), notify(p(50)), 1000);
+        let out = n.tick(1050);
         assert_eq!(checks(&n, &out), 1, "silent for a period: checked");
-        // Nor does a request under its id from another address.
+        // Nor does a notify under its id from another address.
         let mut n = member(10, &[50, 90], Some(90));
-        n.handle(Some(&Peer::new(90, "elsewhere")), Request::GetState, 100);
+        n.handle(Some(&Peer::new(90, "elsewhere")), notify(p(90)), 100);
         let out = n.tick(100);
         assert_eq!(checks(&n, &out), 1);
     }

@@ -254,6 +254,7 @@ impl Shared {
         // `NotInRing` goes to the Chord core as an answer: the peer is alive
         // but no member, which drops it at once (and counts for the joining
         // tie-break), unlike a miss.
+        let sent = self.now();
         let result = self.ctx.call::<Rpc>(&to.addr, &body, self.rpc_timeout());
         // Not sent (a fast-path request on the I/O thread): no evidence.
         if let Err(CallError::Transport(gestor_sdk::TransportError::WouldBlock { .. })) = &result {
@@ -269,8 +270,8 @@ impl Shared {
             }
         }
         if let Err(CallError::Transport(_)) = &result {
-            // Confirmed by a silent ping that already counted: no new evidence.
-            if !self.gestor_failed(&to.addr, doubt) {
+            // Overlapped a failure already counted: no new evidence.
+            if !self.gestor_failed(&to.addr, doubt, Some(sent)) {
                 return Err(Failure::Skipped);
             }
         } else {
@@ -328,12 +329,12 @@ impl Shared {
 
     /// A real request to the gestor at `addr` failed (after a timeout, what
     /// `doubt` found); after enough in a row every position of it leaves
-    /// every one of ours at once. False when the failure did not count: a
-    /// silent ping that confirmed an earlier timeout confirmed this one.
-    fn gestor_failed(&self, addr: &str, doubt: Option<Doubt>) -> bool {
+    /// every one of ours at once. False when the failure did not count: it
+    /// overlapped one already counted (`Liveness::failed_silent`).
+    fn gestor_failed(&self, addr: &str, doubt: Option<Doubt>, sent_ms: Option<u64>) -> bool {
         let now = self.now();
         let dead = match doubt {
-            Some(Doubt::Silent) => guard(&self.liveness).failed_silent(addr, now),
+            Some(Doubt::Silent) => guard(&self.liveness).failed_silent(addr, now, sent_ms),
             _ => Some(guard(&self.liveness).failed(addr, now)),
         };
         match dead {
@@ -684,7 +685,7 @@ impl Shared {
         }
         // Reports that one silent ping confirms count once here too: each
         // is a miss in the Chord cores, which drop a peer after a few.
-        if !self.gestor_failed(&addr, Some(doubt)) {
+        if !self.gestor_failed(&addr, Some(doubt), None) {
             return;
         }
         let mut nodes = self.nodes();

@@ -38,8 +38,10 @@ struct Failing {
     fails: u32,
     /// No request is sent before this time (ms).
     retry_at: u64,
-    /// The silent ping (its time) behind the last failure counted, if one
-    /// confirmed it: the timeouts that ping confirms count once.
+    /// When the last failure was counted.
+    counted_at: u64,
+    /// The silent ping (its time) behind the last silent failure counted:
+    /// the timeouts that ping confirms count once.
     counted_ping: Option<u64>,
 }
 
@@ -131,30 +133,42 @@ impl Liveness {
         let f = self.failing.entry(url.to_string()).or_insert(Failing {
             fails: 0,
             retry_at: 0,
+            counted_at: 0,
             counted_ping: None,
         });
         f.fails = f.fails.saturating_add(1);
         f.retry_at = now_ms + self.retry_after_ms;
-        f.counted_ping = None;
+        f.counted_at = now_ms;
         f.fails >= self.dead_after
     }
 
-    /// A request to `url` timed out and the latest ping to it went
-    /// unanswered. Like [`Liveness::failed`], except that the timeouts one
-    /// silent ping confirms count as one failure: requests that were out
-    /// at once (stabilize, the table walk, copies another plugin reports)
-    /// all time out together, and one ping missed on a loaded machine must
-    /// not make them `dead_after` failures in a row.
-    /// `None` when that ping's failure was already counted, else whether
-    /// `url` is now dead.
-    pub fn failed_silent(&mut self, url: &str, now_ms: u64) -> Option<bool> {
+    /// A request to `url` timed out and a ping to it went unanswered. Like
+    /// [`Liveness::failed`], except that requests that were out at once
+    /// count as one failure: the maintenance thread's, lookups' and the
+    /// copies other plugins report all time out together when the gestor's
+    /// workers are busy, and one ping missed on a loaded machine must not
+    /// make them `dead_after` failures in a row. Not counted: a timeout
+    /// confirmed by the ping that confirmed the last one counted, or whose
+    /// request was sent (`sent_ms`; unknown for a plugin's report, then
+    /// taken as within one attempt) before that failure was counted. Each
+    /// real attempt the gate grants afterwards starts later, so a dead
+    /// gestor still reaches `dead_after`. `None` when not counted, else
+    /// whether `url` is now dead.
+    pub fn failed_silent(&mut self, url: &str, now_ms: u64, sent_ms: Option<u64>) -> Option<bool> {
         let ping = self
             .pinged
             .get(url)
             .filter(|(_, answered)| !answered)
             .map(|(at, _)| *at);
-        if ping.is_some() && self.failing.get(url).and_then(|f| f.counted_ping) == ping {
-            return None;
+        if let Some(f) = self.failing.get(url) {
+            let same_ping = ping.is_some() && f.counted_ping == ping;
+            let overlapped = match sent_ms {
+                Some(sent) => sent < f.counted_at,
+                None => now_ms < f.counted_at + self.attempt_ms,
+            };
+            if same_ping || overlapped {
+                return None;
+            }
         }
         let dead = self.failed(url, now_ms);
         if let Some(f) = self.failing.get_mut(url) {
@@ -211,24 +225,36 @@ mod tests {
     fn timeouts_one_silent_ping_confirms_count_once() {
         let mut l = Liveness::new(3, 200, 500);
         l.pinged("a", 1000, false);
-        assert_eq!(l.failed_silent("a", 1000), Some(false));
+        assert_eq!(l.failed_silent("a", 1000, Some(500)), Some(false));
         // Requests that were out at the same time, confirmed by the same ping.
         for t in [1010, 1100, 1600] {
-            assert_eq!(l.failed_silent("a", t), None, "still one failure at {t}");
+            assert_eq!(
+                l.failed_silent("a", t, Some(t - 500)),
+                None,
+                "counted again at {t}"
+            );
         }
+        // Or by pings of their own, sent before the first was counted.
+        l.pinged("a", 1300, false);
+        assert_eq!(l.failed_silent("a", 1300, Some(800)), None);
+        // A plugin's report, sending time unknown: within one attempt.
+        l.pinged("a", 1400, false);
+        assert_eq!(l.failed_silent("a", 1400, None), None);
         assert_eq!(l.failing["a"].fails, 1);
-        // A new silent ping is new evidence, and so is any other failure.
+        // The next attempt the gate grants starts after the count: counted.
         l.pinged("a", 1800, false);
-        assert_eq!(l.failed_silent("a", 1800), Some(false));
-        assert!(l.failed("a", 2600), "the third in a row");
-        // With no ping on record each timeout counts.
+        assert_eq!(l.failed_silent("a", 1800, Some(1300)), Some(false));
+        l.pinged("a", 2400, false);
+        assert_eq!(
+            l.failed_silent("a", 2400, None),
+            Some(true),
+            "the third in a row"
+        );
+        // An answered ping restarts the count, and then each failure counts.
         let mut l = Liveness::new(2, 200, 500);
-        assert_eq!(l.failed_silent("b", 0), Some(false));
-        assert_eq!(l.failed_silent("b", 10), Some(true));
-        // An answered ping in between is not a silent one.
         l.pinged("c", 0, true);
-        assert_eq!(l.failed_silent("c", 10), Some(false));
-        assert_eq!(l.failed_silent("c", 20), Some(true));
+        assert_eq!(l.failed_silent("c", 10, Some(0)), Some(false));
+        assert!(l.failed("c", 20));
     }
 
     #[test]
