@@ -112,7 +112,8 @@ def main():
             if etcd:
                 puts.append(etcd.measure_put(args)["per_second"])
                 if not puts[-1]:
-                    raise SystemExit("ab: etcd's put made no request in the round (logs under the etcd directory)")
+                    raise SystemExit("ab: etcd's put made no request in the round "
+                                     "(run again with --keep to read etcd's logs)")
                 ratios = ", ".join(f"{side} {results[side][-1]['set_address']['per_second'] / puts[-1]:.2f}"
                                    for side in ("A", "B"))
                 print(f"round {rnd + 1} etcd put: {puts[-1]:,.0f} per s; set_address / put: {ratios}",

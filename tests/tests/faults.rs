@@ -126,7 +126,7 @@ fn populated_ring(
         .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
     let tokens = populate(&ring, n);
     ring.wait_copies(COPIES, n, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("initial copies: {e}"));
+        .unwrap_or_else(|e| panic!("initial copies: {e}\n{}", ring.logs()));
     (ring, tokens)
 }
 

@@ -1430,10 +1430,25 @@ mod tests {
         }
         // Its other requests do not count (a restarted predecessor rejoining
         // asks too), nor does another peer's notify.
+        n.suspects.clear();
         n.handle(Some(&p(90)), Request::GetState, 1000);
         n.handle(Some(&p(50)), notify(p(50)), 1000);
+        assert_eq!(n.predecessor.as_ref().map(|p| p.id), Some(90));
         let out = n.tick(1050);
         assert_eq!(checks(&n, &out), 1, "silent for a period: checked");
+        // A suspect's notify does not spare it the check.
+        let mut n = member(10, &[50, 90], Some(90));
+        n.config.dead_after_misses = u32::MAX;
+        n.suspects.insert(
+            90,
+            Suspect {
+                peer: p(90),
+                misses: 1,
+            },
+        );
+        n.handle(Some(&p(90)), notify(p(90)), 100);
+        let out = n.tick(100);
+        assert_eq!(checks(&n, &out), 1, "a suspect is checked");
         // Nor does a notify under its id from another address.
         let mut n = member(10, &[50, 90], Some(90));
         n.handle(Some(&Peer::new(90, "elsewhere")), notify(p(90)), 100);

@@ -155,10 +155,13 @@ impl Liveness {
     /// gestor still reaches `dead_after`. `None` when not counted, else
     /// whether `url` is now dead.
     pub fn failed_silent(&mut self, url: &str, now_ms: u64, sent_ms: Option<u64>) -> Option<bool> {
+        // A stale verdict confirms nothing now (a caller that could not
+        // wait for a ping records none).
+        let fresh_for = self.attempt_ms + self.retry_after_ms;
         let ping = self
             .pinged
             .get(url)
-            .filter(|(_, answered)| !answered)
+            .filter(|(at, answered)| !answered && now_ms.saturating_sub(*at) < fresh_for)
             .map(|(at, _)| *at);
         if let Some(f) = self.failing.get(url) {
             let same_ping = ping.is_some() && f.counted_ping == ping;
@@ -244,9 +247,10 @@ mod tests {
         // The next attempt the gate grants starts after the count: counted.
         l.pinged("a", 1800, false);
         assert_eq!(l.failed_silent("a", 1800, Some(1300)), Some(false));
-        l.pinged("a", 2400, false);
+        // A report with no ping of its own (its caller could not wait) once
+        // the last verdict is stale: that verdict does not hold it back.
         assert_eq!(
-            l.failed_silent("a", 2400, None),
+            l.failed_silent("a", 2600, None),
             Some(true),
             "the third in a row"
         );
