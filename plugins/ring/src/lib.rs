@@ -683,8 +683,9 @@ impl Shared {
         if doubt == Doubt::Slow {
             return;
         }
-        // Reports that one silent ping confirms count once here too: each
-        // is a miss in the Chord cores, which drop a peer after a few.
+        // Reports that overlap a failure already counted add nothing here
+        // either: each would be a miss in the Chord cores, which drop a
+        // peer after a few.
         if !self.gestor_failed(&addr, Some(doubt), None) {
             return;
         }

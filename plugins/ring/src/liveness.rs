@@ -118,11 +118,17 @@ impl Liveness {
 
     /// The verdict of a ping to `url` less than one retry cycle old, if any.
     pub fn recent_ping(&self, url: &str, now_ms: u64) -> Option<bool> {
+        self.fresh_ping(url, now_ms).map(|(_, answered)| answered)
+    }
+
+    /// (when, answered) of the last ping to `url`, if less than one retry
+    /// cycle old.
+    fn fresh_ping(&self, url: &str, now_ms: u64) -> Option<(u64, bool)> {
         let fresh_for = self.attempt_ms + self.retry_after_ms;
         self.pinged
             .get(url)
+            .copied()
             .filter(|(at, _)| now_ms.saturating_sub(*at) < fresh_for)
-            .map(|(_, answered)| *answered)
     }
 
     /// A real attempt to reach `url` failed. True when it has now failed
@@ -157,12 +163,10 @@ impl Liveness {
     pub fn failed_silent(&mut self, url: &str, now_ms: u64, sent_ms: Option<u64>) -> Option<bool> {
         // A stale verdict confirms nothing now (a caller that could not
         // wait for a ping records none).
-        let fresh_for = self.attempt_ms + self.retry_after_ms;
         let ping = self
-            .pinged
-            .get(url)
-            .filter(|(at, answered)| !answered && now_ms.saturating_sub(*at) < fresh_for)
-            .map(|(at, _)| *at);
+            .fresh_ping(url, now_ms)
+            .filter(|(_, answered)| !answered)
+            .map(|(at, _)| at);
         if let Some(f) = self.failing.get(url) {
             let same_ping = ping.is_some() && f.counted_ping == ping;
             let overlapped = match sent_ms {
