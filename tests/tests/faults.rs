@@ -673,6 +673,67 @@ fn stalled_gestor_is_routed_around_and_taken_back(transport: TransportKind, stor
     recovered(&ring, &expected, n, "a 20 s stall");
 }
 
+/// A gestor stopped with SIGTERM while one of its neighbours is stalled
+/// (SIGSTOP): the notices to the stalled one wait out an RPC timeout. Its
+/// other neighbours must still get theirs and splice: they used to wait
+/// behind the stalled one's while the positions already sent off answered
+/// `NotInRing`, so a neighbour dropped the leaver by itself and its notice,
+/// arriving later, changed nothing. No maintenance tick may start joining
+/// the leaving gestor again meanwhile (one did). The ring closes once the
+/// stalled gestor resumes.
+fn leave_while_a_neighbour_is_stalled(transport: TransportKind, storage: StorageKind) {
+    let mut ring = Ring::start(4, transport, storage);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}\n{}", ring.logs()));
+    let victim = 1;
+    let gestor_of: HashMap<u64, usize> = ring.positions().into_iter().collect();
+    // The gestores the victim will notify: its positions' predecessors and
+    // first successors, as its own views have them.
+    let mut neighbours: Vec<usize> = ring
+        .views()
+        .iter()
+        .filter(|v| gestor_of.get(&v.id) == Some(&victim))
+        .flat_map(|v| {
+            v.predecessor
+                .into_iter()
+                .chain(v.successors.first().copied())
+        })
+        .filter_map(|id| gestor_of.get(&id).copied())
+        .filter(|&g| g != victim)
+        .collect();
+    neighbours.sort_unstable();
+    neighbours.dedup();
+    let (stalled, others) = neighbours.split_first().expect("the victim has neighbours");
+    let splices = |ring: &Ring, i: usize| {
+        ring.status(&ring.nodes[i].url)
+            .and_then(|s| s["sections"]["ring"]["leave_splices"].as_u64())
+            .unwrap_or(0)
+    };
+    let before: Vec<u64> = others.iter().map(|&i| splices(&ring, i)).collect();
+    ring.pause(*stalled, true);
+    let code = ring.nodes[victim].terminate(Duration::from_secs(10));
+    ring.pause(*stalled, false);
+    assert_eq!(code, Some(0), "clean exit on SIGTERM");
+    let log = ring.nodes[victim].log();
+    let (_, stopping) = log
+        .split_once("shutting down")
+        .unwrap_or_else(|| panic!("the victim logged no shutdown:\n{log}"));
+    assert!(
+        !stopping.contains("joining the ring"),
+        "the leaving gestor joined the ring again while it stopped:\n{stopping}"
+    );
+    for (&i, &b) in others.iter().zip(&before) {
+        assert!(
+            wait_until(Duration::from_secs(10), || splices(&ring, i) > b),
+            "{} had the leaver beside it but applied no leave notice\n{}",
+            ring.nodes[i].url,
+            ring.logs()
+        );
+    }
+    ring.wait_stable(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("no ring after the leave: {e}\n{}", ring.logs()));
+}
+
 /// 5 gestores started at the same moment, each told to join through the
 /// other four and none to create the ring (no operator to pick one): the
 /// lowest id creates it, the rest join, and the ring serves and copies.
@@ -703,4 +764,5 @@ gestor_tests::half_matrix!(crossed =>
     rejoin_keeps_newer_writes,
     lagging_clock_cannot_win_with_old_write,
     partition_into_two_rings_then_heal,
+    leave_while_a_neighbour_is_stalled,
 );

@@ -1164,6 +1164,16 @@ impl Node {
     /// Leave gracefully: notices to predecessor and successor (fire and
     /// forget) so the ring closes at once. The node is then outside the ring.
     pub fn leave(&mut self) -> Vec<Outbound> {
+        let out = self.leave_notices();
+        self.depart();
+        out
+    }
+
+    /// The notices of [`Node::leave`], without leaving yet: an edge that
+    /// cannot deliver them all at once stays a member until it has, since
+    /// a neighbour that hears `NotInRing` from us first drops us by itself
+    /// and its notice then splices nothing.
+    pub fn leave_notices(&mut self) -> Vec<Outbound> {
         if !self.joined() {
             return Vec::new();
         }
@@ -1179,13 +1189,16 @@ impl Node {
                 targets.push(p.clone());
             }
         }
-        let out = targets
+        targets
             .into_iter()
             .map(|t| self.notice(t, req.clone()))
-            .collect();
+            .collect()
+    }
+
+    /// Step outside the ring (after [`Node::leave_notices`] went out).
+    pub fn depart(&mut self) {
         self.reset(0);
         self.phase = Phase::Outside;
-        out
     }
 
     /// Local routing decision: `Done(successor)` if `key` is in
@@ -1744,6 +1757,18 @@ mod tests {
         assert_eq!(ids(&pred), vec![300, 400]);
         assert_eq!(succ.predecessor(), Some(&p(100)));
         assert_eq!((pred.leave_splices(), succ.leave_splices()), (1, 1));
+        assert_eq!(leaver.handle(None, Request::Ping, 0), Response::NotInRing);
+    }
+
+    #[test]
+    fn a_leaver_answers_as_a_member_until_it_departs() {
+        let mut leaver = member(200, &[300, 400, 100], Some(100));
+        let out = leaver.leave_notices();
+        assert_eq!(out.len(), 2);
+        assert!(leaver.joined());
+        assert_eq!(leaver.handle(None, Request::Ping, 0), Response::Ack);
+        leaver.depart();
+        assert!(!leaver.joined());
         assert_eq!(leaver.handle(None, Request::Ping, 0), Response::NotInRing);
     }
 

@@ -182,7 +182,20 @@ struct Shared {
     /// For `status.ring`: see `RingStatus`.
     timeouts_alive: AtomicU64,
     gestors_dropped: AtomicU64,
+    /// Held by each maintenance tick; true once the gestor leaves the
+    /// ring. Without it a tick during the graceful leave found the first
+    /// position outside and started joining it again (nothing was sent
+    /// once stopping, but the position was `Joining` and the log said
+    /// "joining the ring"), and ticks changed positions mid-leave.
+    upkeep: Mutex<bool>,
 }
+
+/// A lane of leave notices: each with the position it is from.
+type LeaveLane = Vec<(Peer, Outbound)>;
+
+/// Threads that send a leaving gestor's notices at most; each serves one
+/// or more neighbouring gestores.
+const MAX_LEAVE_LANES: usize = 16;
 
 /// How often the ring is walked while our positions wait to be placed.
 const PLACING_WALK_EVERY_MS: u64 = 500;
@@ -290,6 +303,104 @@ impl Shared {
         }
     }
 
+    /// Graceful leave of every virtual node. Notices between our own
+    /// positions apply at once, in order, so each later notice carries the
+    /// neighbours an earlier leave gave its position. The rest go out
+    /// together, one lane per neighbouring gestor, each gestor's in order:
+    /// a stalled neighbour holds up only its own. Every position stays a
+    /// member until all are out (see `Node::leave_notices`).
+    fn leave_ring(&self) {
+        let count = self.nodes().len();
+        let mut by_gestor: Vec<(String, LeaveLane)> = Vec::new();
+        for i in 0..count {
+            let (me, out) = {
+                let mut nodes = self.nodes();
+                (nodes[i].me().clone(), nodes[i].leave_notices())
+            };
+            for o in out {
+                if *o.to.addr == *me.addr {
+                    self.handle(Some(&me), Some(o.to.id), o.request);
+                } else if let Some((_, list)) =
+                    by_gestor.iter_mut().find(|(addr, _)| **addr == *o.to.addr)
+                {
+                    list.push((me.clone(), o));
+                } else {
+                    by_gestor.push((o.to.addr.to_string(), vec![(me.clone(), o)]));
+                }
+            }
+        }
+        let lanes = by_gestor.len().clamp(1, MAX_LEAVE_LANES);
+        let mut work: Vec<LeaveLane> = (0..lanes).map(|_| Vec::new()).collect();
+        for (k, (_, notices)) in by_gestor.into_iter().enumerate() {
+            work[k % lanes].extend(notices);
+        }
+        // Each lane in a slot, so that one whose thread cannot start is
+        // still sent, on ours.
+        let slots: Vec<Mutex<Option<LeaveLane>>> = work
+            .into_iter()
+            .map(|lane| Mutex::new(Some(lane)))
+            .collect();
+        // A gestor that did not take one notice is not sent the rest: a
+        // stalled one would hold up our exit by an RPC timeout for each.
+        let send_lane = |slot: &Mutex<Option<LeaveLane>>| {
+            let mut unreached: Vec<Arc<str>> = Vec::new();
+            for (from, o) in guard(slot).take().unwrap_or_default() {
+                if unreached.contains(&o.to.addr) {
+                    continue;
+                }
+                if !self.send_leave_notice(&from, &o.to, o.request) {
+                    unreached.push(o.to.addr.clone());
+                }
+            }
+        };
+        std::thread::scope(|scope| {
+            for slot in &slots {
+                let spawned = std::thread::Builder::new()
+                    .name("ring-leave".into())
+                    .spawn_scoped(scope, || send_lane(slot));
+                if let Err(e) = spawned {
+                    tracing::warn!("no thread for leave notices, sending them in turn: {e}");
+                    send_lane(slot);
+                }
+            }
+        });
+        for node in self.nodes().iter_mut() {
+            node.depart();
+        }
+    }
+
+    /// Deliver one graceful-leave notice. Unlike [`Shared::rpc`] it ignores
+    /// the liveness gate: a notice is sent once, as the gestor stops, and a
+    /// neighbour that had one timeout counted lately must still hear it, or
+    /// it closes the ring only by failure detection. A notice that is not
+    /// delivered is logged; nothing is counted, as we are leaving. False
+    /// when the gestor did not answer at all.
+    fn send_leave_notice(&self, from: &Peer, to: &Peer, request: Request) -> bool {
+        let body = RpcBody {
+            from: Some(peer_ref(from)),
+            to: Some(to.id),
+            request,
+        };
+        match self.ctx.call::<Rpc>(&to.addr, &body, self.rpc_timeout()) {
+            Ok(Response::Ack) => {
+                tracing::debug!(peer = %to.addr, position = to.id, from = from.id, "leave notice delivered");
+                true
+            }
+            Ok(other) => {
+                tracing::warn!(peer = %to.addr, position = to.id, "leave notice refused: {other:?}");
+                true
+            }
+            Err(CallError::Transport(e)) => {
+                tracing::warn!(peer = %to.addr, position = to.id, "leave notice not delivered: {e}; none more to it");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(peer = %to.addr, position = to.id, "leave notice refused: {e}");
+                true
+            }
+        }
+    }
+
     /// Does the gestor at `addr` answer `node.ping` (on its I/O thread, so
     /// busy workers do not matter)? Asked before a timeout counts against
     /// it; a recent verdict is reused (see `liveness`).
@@ -375,6 +486,10 @@ impl Shared {
     }
 
     fn maintain(&self) {
+        let left = guard(&self.upkeep);
+        if *left {
+            return;
+        }
         let (joined, joining) = {
             let nodes = self.nodes();
             (nodes[0].joined(), nodes[0].joining())
@@ -931,6 +1046,7 @@ impl Plugin for Ring {
             )),
             timeouts_alive: AtomicU64::new(0),
             gestors_dropped: AtomicU64::new(0),
+            upkeep: Mutex::new(false),
         });
         *guard(&self.shared) = Some(shared.clone());
         serve_remote(&ctx, &shared)?;
@@ -958,21 +1074,15 @@ impl Plugin for Ring {
     }
 
     /// Graceful leave: every virtual node tells its predecessor and
-    /// successor, so the ring closes at once.
+    /// successor, so the ring closes at once. A maintenance tick under way
+    /// finishes first, and none runs after (see `Shared::upkeep`).
     fn stop(&self) {
         let Some(shared) = guard(&self.shared).clone() else {
             return;
         };
-        let count = shared.nodes().len();
-        for i in 0..count {
-            let (me, out) = {
-                let mut nodes = shared.nodes();
-                (nodes[i].me().clone(), nodes[i].leave())
-            };
-            for o in out {
-                let _ = shared.rpc(&me, &o.to, o.request);
-            }
-        }
+        let mut left = guard(&shared.upkeep);
+        *left = true;
+        shared.leave_ring();
         tracing::info!("left the ring");
     }
 }
