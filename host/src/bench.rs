@@ -4,7 +4,8 @@
 //! `register` (`--users` accounts; an existing one counts as done), `login`
 //! (each user once, keeping the session token), `set_address`
 //! (acknowledged address updates of random logged-in users) and `lookup`
-//! (random users), from `--threads` client threads spread over the
+//! (random users; after a register phase, login and lookups use only
+//! the users that exist), from `--threads` client threads spread over the
 //! `--gestor` entry points, each timed phase for `--duration-secs`; and
 //! reports throughput and latency percentiles per phase. Bounded by the
 //! user count and the duration.
@@ -443,14 +444,18 @@ where
     raw
 }
 
-/// Register `o.users` accounts (an existing one counts as done): each
-/// thread takes every threads-th user. Bounded by the user count, with a
-/// generous time cap.
-fn register_users(o: &BenchOptions) -> Phase {
-    every_user_once(o, |c, _n, name| match c.register(name, "bench-password") {
-        Ok(r) => Ok(r.hops),
-        Err(ClientError::Remote(e)) if e.code == gestor_sdk::ErrorCode::Conflict => Ok(0),
-        Err(e) => Err(e),
+/// Register `users` (an existing one counts as done): each thread takes
+/// every threads-th user. Bounded by the user count, with a generous time
+/// cap. Those that exist afterwards go into `registered`.
+fn register_users(o: &BenchOptions, users: &[u64], registered: &Mutex<Vec<u64>>) -> Phase {
+    every_user_once(o, users, |c, n, name| {
+        let hops = match c.register(name, "bench-password") {
+            Ok(r) => r.hops,
+            Err(ClientError::Remote(e)) if e.code == gestor_sdk::ErrorCode::Conflict => 0,
+            Err(e) => return Err(e),
+        };
+        registered.lock().unwrap_or_else(|p| p.into_inner()).push(n);
+        Ok(hops)
     })
 }
 
@@ -472,18 +477,16 @@ fn is_shed(e: &ClientError) -> bool {
 /// pause, as a client should; the user's latency includes its retries, and
 /// the phase's `busy` counts the shed attempts. Bounded by the user count
 /// and [`SHED_ATTEMPTS`], with a generous time cap.
-fn every_user_once<F>(o: &BenchOptions, work: F) -> Phase
+fn every_user_once<F>(o: &BenchOptions, users: &[u64], work: F) -> Phase
 where
     F: Fn(&mut Client, u64, &str) -> Result<u32, ClientError> + Send + Sync + Copy,
 {
-    let (users, threads, prefix) = (o.users, o.threads, o.prefix.as_str());
+    let (threads, prefix) = (o.threads as u64, o.prefix.as_str());
     let shed = AtomicU64::new(0);
     let shed_count = &shed;
     let mut phase = run_threads(o, o.threads, Duration::from_secs(600), move |c, t, i| {
-        let n = t as u64 + i * threads as u64;
-        if n >= users as u64 {
-            return None;
-        }
+        let at = usize::try_from(t as u64 + i * threads).ok()?;
+        let &n = users.get(at)?;
         let name = format!("{prefix}{n}");
         let mut attempt = 1;
         loop {
@@ -501,13 +504,9 @@ where
     phase
 }
 
-/// Lookups of random bench users, until `duration` has passed.
-fn lookups_raw(o: &BenchOptions, layers: &[SecureLayer], duration: Duration) -> Raw {
-    let (users, prefix) = (o.users, o.prefix.as_str());
-    run_raw(o, layers, duration, move |c, _t, _i| {
-        let n = rand::thread_rng().gen_range(0..users);
-        Some(c.lookup(&format!("{prefix}{n}")).map(|f| f.hops))
-    })
+/// Lookups of random users among `users`, until `duration` has passed.
+fn lookups_raw(o: &BenchOptions, users: &[u64], layers: &[SecureLayer], duration: Duration) -> Raw {
+    run_raw(o, layers, duration, random_lookups(&o.prefix, users))
 }
 
 /// The address user `n` logs in with, then moves to (`moves` counts its
@@ -516,10 +515,10 @@ fn bench_address(n: u64, moves: u64) -> String {
     format!("127.0.0.1:{}", 20_000 + (n * 7 + moves) % 40_000)
 }
 
-/// Log every bench user in once (each thread takes every threads-th user),
-/// keeping the tokens for `set_address`. Bounded by the user count.
-fn login_users(o: &BenchOptions, tokens: &Mutex<BTreeMap<u64, String>>) -> Phase {
-    every_user_once(o, |c, n, name| {
+/// Log every one of `users` in once (each thread takes every threads-th
+/// user), keeping the tokens for `set_address`. Bounded by the user count.
+fn login_users(o: &BenchOptions, users: &[u64], tokens: &Mutex<BTreeMap<u64, String>>) -> Phase {
+    every_user_once(o, users, |c, n, name| {
         c.login(name, "bench-password", &bench_address(n, 0))
             .map(|s| {
                 tokens
@@ -561,12 +560,21 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
     if o.preload > 0 {
         phases.insert("preload", preload(&o)?);
     }
+    // The users the later phases use: all of them, or after a register
+    // phase those that exist. A registration not acknowledged (its
+    // deadline passed while the ring shed load) is the register phase's
+    // error; looking that user up again would count it once more, in
+    // every later phase.
+    let mut users: Vec<u64> = (0..o.users as u64).collect();
     if wants(PhaseName::Register) {
-        phases.insert("register", register_users(&o));
+        let registered = Mutex::new(Vec::new());
+        phases.insert("register", register_users(&o, &users, &registered));
+        users = registered.into_inner().unwrap_or_else(|p| p.into_inner());
+        users.sort_unstable();
     }
     let tokens = Mutex::new(BTreeMap::new());
     if wants(PhaseName::Login) || wants(PhaseName::SetAddress) {
-        let login = login_users(&o, &tokens);
+        let login = login_users(&o, &users, &tokens);
         if wants(PhaseName::Login) {
             phases.insert("login", login);
         }
@@ -580,14 +588,17 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
         }
         phases.insert("set_address", set_addresses(&o, &tokens));
     }
+    if (wants(PhaseName::Lookup) || o.flood_threads > 0) && users.is_empty() {
+        bail!("lookup: no bench user is registered (see the register phase's errors)");
+    }
     if wants(PhaseName::Lookup) {
-        let lookups = random_lookups(&o.prefix, o.users);
+        let lookups = random_lookups(&o.prefix, &users);
         phases.insert("lookup", run_threads(&o, o.threads, o.duration, lookups));
     }
     let (lookup_flooded, flood) = match o.flood_threads {
         0 => (None, None),
         _ => {
-            let (flooded, flood) = lookups_under_flood(&o);
+            let (flooded, flood) = lookups_under_flood(&o, &users);
             (Some(flooded), flood)
         }
     };
@@ -694,14 +705,14 @@ fn time_one_hash() -> Result<f64> {
     Ok(times.into_iter().fold(f64::INFINITY, f64::min))
 }
 
-/// Lookups of random bench users: the lookup phase's work.
-fn random_lookups(
-    prefix: &str,
-    users: usize,
-) -> impl Fn(&mut Client, usize, u64) -> Option<Result<u32, ClientError>> + Send + Sync + Copy + '_
+/// Lookups of random users among `users`: the lookup phase's work.
+fn random_lookups<'a>(
+    prefix: &'a str,
+    users: &'a [u64],
+) -> impl Fn(&mut Client, usize, u64) -> Option<Result<u32, ClientError>> + Send + Sync + Copy + 'a
 {
     move |c, _t, _i| {
-        let n = rand::thread_rng().gen_range(0..users);
+        let n = users.get(rand::thread_rng().gen_range(0..users.len().max(1)))?;
         Some(c.lookup(&format!("{prefix}{n}")).map(|f| f.hops))
     }
 }
@@ -709,7 +720,7 @@ fn random_lookups(
 /// The same lookups again while a register flood goes through the first
 /// gestor: how much does one client's flood cost the others? The flooded
 /// lookups, and the flood (none if its threads panicked).
-fn lookups_under_flood(o: &BenchOptions) -> (Phase, Option<Phase>) {
+fn lookups_under_flood(o: &BenchOptions, users: &[u64]) -> (Phase, Option<Phase>) {
     let mut flood_opts = o.clone();
     flood_opts.gestores.truncate(1);
     let run_id: u64 = rand::random::<u32>() as u64;
@@ -733,7 +744,7 @@ fn lookups_under_flood(o: &BenchOptions) -> (Phase, Option<Phase>) {
         if others.gestores.len() > 1 {
             others.gestores.remove(0);
         }
-        let lookups = random_lookups(prefix, o.users);
+        let lookups = random_lookups(prefix, users);
         let flooded = run_threads(&others, o.threads, o.duration, lookups);
         (flooded, flood.join().ok())
     })
@@ -985,26 +996,38 @@ fn compare_in(dir: &std::path::Path, o: &CompareOptions) -> Result<CompareReport
         operator: None,
     };
     let (s, i) = (bench(&secure_ring), bench(&insecure_ring));
-    let register_secure = register_users(&s);
-    let register_insecure = register_users(&i);
+    let all: Vec<u64> = (0..o.users as u64).collect();
+    let (on_secure, on_insecure) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
+    let register_secure = register_users(&s, &all, &on_secure);
+    let register_insecure = register_users(&i, &all, &on_insecure);
+    // Both rings look up the same users: those registered on both.
+    let mut on_insecure = on_insecure.into_inner().unwrap_or_else(|p| p.into_inner());
+    on_insecure.sort_unstable();
+    let mut users = on_secure.into_inner().unwrap_or_else(|p| p.into_inner());
+    users.retain(|n| on_insecure.binary_search(n).is_ok());
+    users.sort_unstable();
+    if users.is_empty() {
+        bail!("no bench user is registered on both rings (see the register phases' errors)");
+    }
+    let users = users.as_slice();
     // One client layer per thread and ring for the whole run: sessions are
     // made once (in the warm-up), as a long-running client's would be.
     let layers = |b: &BenchOptions| -> Vec<SecureLayer> {
         (0..b.threads).map(|_| b.trust.layer(b.transport)).collect()
     };
     let (s_layers, i_layers) = (layers(&s), layers(&i));
-    lookups_raw(&s, &s_layers, WARM_UP);
-    lookups_raw(&i, &i_layers, WARM_UP);
+    lookups_raw(&s, users, &s_layers, WARM_UP);
+    lookups_raw(&i, users, &i_layers, WARM_UP);
     let slice = o.duration / o.rounds as u32;
     let (mut secure, mut insecure) = (Raw::default(), Raw::default());
     for round in 0..o.rounds {
         // Alternate which goes first, so neither always follows the other.
         if round % 2 == 0 {
-            secure.merge(lookups_raw(&s, &s_layers, slice));
-            insecure.merge(lookups_raw(&i, &i_layers, slice));
+            secure.merge(lookups_raw(&s, users, &s_layers, slice));
+            insecure.merge(lookups_raw(&i, users, &i_layers, slice));
         } else {
-            insecure.merge(lookups_raw(&i, &i_layers, slice));
-            secure.merge(lookups_raw(&s, &s_layers, slice));
+            insecure.merge(lookups_raw(&i, users, &i_layers, slice));
+            secure.merge(lookups_raw(&s, users, &s_layers, slice));
         }
     }
     let (secure, insecure) = (secure.phase(), insecure.phase());

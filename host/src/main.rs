@@ -202,6 +202,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,
     /// Accounts registered first (reused when they exist) and looked up.
+    /// After a register phase, the later phases use only those that exist.
     #[arg(long, default_value_t = 200)]
     users: usize,
     /// Prefix of the bench accounts' names.

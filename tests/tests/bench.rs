@@ -3,7 +3,7 @@
 
 use gestor::config::{StorageKind, TransportKind};
 use gestor_tests::cluster::{run_cli, test_cluster};
-use gestor_tests::ring::Ring;
+use gestor_tests::ring::{Ring, TEST_CONFIG};
 use std::time::Duration;
 
 const PHASES: [&str; 4] = ["register", "login", "set_address", "lookup"];
@@ -107,4 +107,52 @@ fn bench_phases(transport: TransportKind, storage: StorageKind) {
     assert!(err.contains("nonsense"), "{err}");
 }
 
+/// Users whose registration was refused are not looked up: with 3 password
+/// attempts per client address per minute on each of 3 gestores, at most 9
+/// of 16 users register, and the lookup phase asks only for those, so it
+/// counts no error of the register phase's making (it counted a `not_found`
+/// for every lookup of the others).
+fn lookups_skip_unregistered_users(transport: TransportKind, storage: StorageKind) {
+    let limit = "password_attempts_per_source_per_minute = 0";
+    assert!(TEST_CONFIG.contains(limit));
+    let config = TEST_CONFIG.replace(limit, "password_attempts_per_source_per_minute = 3");
+    let ring = Ring::start_with_config(3, transport, storage, &config);
+    ring.wait_stable(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("ring did not form: {e}"));
+    let t = transport.to_string();
+    let mut args = vec![
+        "bench",
+        "--json",
+        "--threads",
+        "4",
+        "--duration-secs",
+        "1",
+        "--users",
+        "16",
+        "--prefix",
+        "limited-",
+        "--phases",
+        "register,lookup",
+        "--transport",
+        &t,
+    ];
+    let urls = ring.urls();
+    for u in &urls {
+        args.extend(["--gestor", u.as_str()]);
+    }
+    let (code, out, err) = run_cli(&args, &[("RUST_LOG", "off")]);
+    assert_eq!(code, 0, "bench failed: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("--json prints JSON");
+    let (register, lookup) = (&report["phases"]["register"], &report["phases"]["lookup"]);
+    // A refused registration is shed load (`busy`), retried, then given up.
+    let registered = register["ops"].as_u64().unwrap_or(0);
+    assert!(
+        (1..=9).contains(&registered) && register["busy"].as_u64().unwrap_or(0) > 0,
+        "the limit should let 1 to 9 of 16 users register: {register}"
+    );
+    assert!(lookup["ops"].as_u64().unwrap_or(0) > 0, "{lookup}");
+    assert_eq!(lookup["errors"].as_u64(), Some(0), "{lookup}");
+}
+
 gestor_tests::matrix!(bench_phases);
+gestor_tests::half_matrix!(straight => lookups_skip_unregistered_users);
