@@ -413,10 +413,12 @@ impl Ring {
             match gestor::copies::run(&self.operator(), &start, copies) {
                 Ok(r) => {
                     last = format!(
-                        "records {} (want {expect_records}), under {:?}, histogram {:?}",
+                        "records {} (want {expect_records}), under {:?}, histogram {:?}, \
+                         unreachable {:?}",
                         r.records,
                         r.under.len(),
-                        r.histogram
+                        r.histogram,
+                        r.unreachable
                     );
                     r.records == expect_records && r.under.is_empty() && r.unreachable.is_empty()
                 }
@@ -427,10 +429,18 @@ impl Ring {
             }
         });
         if ok {
-            Ok(())
-        } else {
-            Err(last)
+            return Ok(());
         }
+        // What each gestor's replication was doing: rounds, their length,
+        // what it counts as under-replicated.
+        for url in self.live_urls() {
+            let replica = self
+                .status(&url)
+                .map(|s| s["sections"]["replica"].to_string())
+                .unwrap_or_else(|| "no answer".into());
+            last.push_str(&format!("\n{url} replica: {replica}"));
+        }
+        Err(last)
     }
 
     pub fn status(&self, url: &str) -> Option<serde_json::Value> {
