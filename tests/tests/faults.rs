@@ -550,11 +550,23 @@ fn partition_and_heal(
         });
         assert!(ok, "set {user} to {addr} via {url}: {last}");
         let seen = client(&ring, url).lookup(user).unwrap();
-        assert_eq!(
-            seen.address, addr,
-            "{user} via {url} right after the write (owner {})",
-            seen.gestor
-        );
+        if seen.address != addr {
+            // Which gestores hold which version of the user, and the rings.
+            let mut held = String::new();
+            for u in ring.live_urls() {
+                let inv = operator(&ring, &u).request::<replica::Inventory>(&Empty);
+                for h in inv.into_iter().flatten().filter(|h| h.username == user) {
+                    held.push_str(&format!("{u} {:?}\n", h.version));
+                }
+            }
+            panic!(
+                "{user} via {url} right after the write of {addr}: {} (owner {}, version {:?})\n{held}{}",
+                seen.address,
+                seen.gestor,
+                seen.last_update,
+                ring.logs()
+            );
+        }
         // Distinct wall-clock milliseconds, so "newest" is unambiguous.
         std::thread::sleep(Duration::from_millis(20));
     };
