@@ -505,6 +505,9 @@ def print_report(results):
             for name in ("login", "set_address", "lookup"):
                 if name in one["parallel"]["phases"]:
                     print_phase(name, one["parallel"]["phases"][name])
+            if one["parallel"].get("absent_users"):
+                print(f"    {one['parallel']['absent_users']} users were never registered; "
+                      "login, set_address and lookup leave them out")
             etcd = one.get("etcd")
             if etcd:
                 print(f"    etcd 3.4 (3 members, JSON gateway): put c={etcd['put']['clients']} "

@@ -128,6 +128,9 @@ pub struct BenchReport {
     /// phases. Below the ceiling by what the cores lose sharing memory
     /// bandwidth and cache.
     pub argon2_all_cores_per_s: Option<f64>,
+    /// Bench users that do not exist (their registration never went
+    /// through): login, set_address and lookup leave them out.
+    pub absent_users: usize,
 }
 
 /// Serial round trips of a lookup-sized frame on 127.0.0.1: the bare
@@ -515,6 +518,28 @@ fn bench_address(n: u64, moves: u64) -> String {
     format!("127.0.0.1:{}", 20_000 + (n * 7 + moves) % 40_000)
 }
 
+/// Which of `users` exist: each looked up once, untimed. Only a
+/// `not_found` answer leaves a user out; one that fails otherwise is kept,
+/// and its failures count in the phases that follow.
+fn existing_users(o: &BenchOptions, users: &[u64]) -> Vec<u64> {
+    let absent = Mutex::new(Vec::new());
+    let absent_ref = &absent;
+    every_user_once(o, users, move |c, n, name| match c.lookup(name) {
+        Err(ClientError::Remote(e)) if e.code == gestor_sdk::ErrorCode::NotFound => {
+            absent_ref.lock().unwrap_or_else(|p| p.into_inner()).push(n);
+            Err(ClientError::Remote(e))
+        }
+        other => other.map(|f| f.hops),
+    });
+    let mut absent = absent.into_inner().unwrap_or_else(|p| p.into_inner());
+    absent.sort_unstable();
+    users
+        .iter()
+        .copied()
+        .filter(|n| absent.binary_search(n).is_err())
+        .collect()
+}
+
 /// Log every one of `users` in once (each thread takes every threads-th
 /// user), keeping the tokens for `set_address`. Bounded by the user count.
 fn login_users(o: &BenchOptions, users: &[u64], tokens: &Mutex<BTreeMap<u64, String>>) -> Phase {
@@ -560,18 +585,21 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
     if o.preload > 0 {
         phases.insert("preload", preload(&o)?);
     }
-    // The users the later phases use: all of them, or after a register
-    // phase those that exist. A registration not acknowledged (its
-    // deadline passed while the ring shed load) is the register phase's
-    // error; looking that user up again would count it once more, in
-    // every later phase.
+    // The users the later phases use: those that exist. A registration
+    // not acknowledged (its deadline passed while the ring shed load) is
+    // the register phase's error; looking that user up again would count
+    // it once more, in every later phase. Without a register phase here
+    // (an earlier run registered them), an untimed lookup of each tells.
     let mut users: Vec<u64> = (0..o.users as u64).collect();
     if wants(PhaseName::Register) {
         let registered = Mutex::new(Vec::new());
         phases.insert("register", register_users(&o, &users, &registered));
         users = registered.into_inner().unwrap_or_else(|p| p.into_inner());
-        users.sort_unstable();
+    } else if wants(PhaseName::Login) || wants(PhaseName::SetAddress) || wants(PhaseName::Lookup) {
+        users = existing_users(&o, &users);
     }
+    users.sort_unstable();
+    let absent_users = o.users - users.len();
     let tokens = Mutex::new(BTreeMap::new());
     if wants(PhaseName::Login) || wants(PhaseName::SetAddress) {
         let login = login_users(&o, &users, &tokens);
@@ -619,6 +647,7 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
         argon2_hash_ms,
         argon2_limit_per_s: cores as f64 * 1000.0 / argon2_hash_ms.max(1e-9),
         argon2_all_cores_per_s,
+        absent_users,
     })
 }
 
@@ -872,6 +901,13 @@ pub fn print_report(report: &BenchReport) -> Result<(), crate::out::StdoutError>
         rows.push(("lookup, flooded", l));
     }
     print_rows("phase", &rows)?;
+    if report.absent_users > 0 {
+        crate::outln!(
+            "  {} of the {} users do not exist (never registered): the phases after register leave them out",
+            report.absent_users,
+            report.users
+        )?;
+    }
     if let (Some(l), Some(quiet)) = (&report.lookup_flooded, report.phases.get("lookup")) {
         crate::outln!(
             "  flooded lookup p99 / quiet lookup p99: {:.2}x (same run)",

@@ -107,7 +107,8 @@ fn bench_phases(transport: TransportKind, storage: StorageKind) {
     assert!(err.contains("nonsense"), "{err}");
 }
 
-/// Users whose registration was refused are not looked up: with 3 password
+/// Users whose registration was refused are not looked up, in this run or
+/// a later one without a register phase: with 3 password
 /// attempts per client address per minute on each of 3 gestores, at most 9
 /// of 16 users register, and the lookup phase asks only for those, so it
 /// counts no error of the register phase's making (it counted a `not_found`
@@ -150,6 +151,20 @@ fn lookups_skip_unregistered_users(transport: TransportKind, storage: StorageKin
         (1..=9).contains(&registered) && register["busy"].as_u64().unwrap_or(0) > 0,
         "the limit should let 1 to 9 of 16 users register: {register}"
     );
+    assert!(lookup["ops"].as_u64().unwrap_or(0) > 0, "{lookup}");
+    assert_eq!(lookup["errors"].as_u64(), Some(0), "{lookup}");
+    let absent = 16 - registered;
+    assert_eq!(report["absent_users"].as_u64(), Some(absent), "{out}");
+
+    // A later run without the register phase finds the same users absent
+    // (an untimed lookup of each) and leaves them out too.
+    let at = args.iter().position(|a| *a == "register,lookup").unwrap();
+    args[at] = "lookup";
+    let (code, out, err) = run_cli(&args, &[("RUST_LOG", "off")]);
+    assert_eq!(code, 0, "bench --phases lookup failed: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(report["absent_users"].as_u64(), Some(absent), "{out}");
+    let lookup = &report["phases"]["lookup"];
     assert!(lookup["ops"].as_u64().unwrap_or(0) > 0, "{lookup}");
     assert_eq!(lookup["errors"].as_u64(), Some(0), "{lookup}");
 }
