@@ -506,8 +506,8 @@ def print_report(results):
                 if name in one["parallel"]["phases"]:
                     print_phase(name, one["parallel"]["phases"][name])
             if one["parallel"].get("absent_users"):
-                print(f"    {one['parallel']['absent_users']} users were never registered; "
-                      "login, set_address and lookup leave them out")
+                print(f"    {one['parallel']['absent_users']} users do not exist (registration not "
+                      "acknowledged); login, set_address and lookup leave them out")
             etcd = one.get("etcd")
             if etcd:
                 print(f"    etcd 3.4 (3 members, JSON gateway): put c={etcd['put']['clients']} "

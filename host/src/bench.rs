@@ -128,8 +128,9 @@ pub struct BenchReport {
     /// phases. Below the ceiling by what the cores lose sharing memory
     /// bandwidth and cache.
     pub argon2_all_cores_per_s: Option<f64>,
-    /// Bench users that do not exist (their registration never went
-    /// through): login, set_address and lookup leave them out.
+    /// Bench users that do not exist (their registration was not
+    /// acknowledged, or they answered `not_found`): login, set_address and
+    /// lookup leave them out.
     pub absent_users: usize,
 }
 
@@ -518,6 +519,31 @@ fn bench_address(n: u64, moves: u64) -> String {
     format!("127.0.0.1:{}", 20_000 + (n * 7 + moves) % 40_000)
 }
 
+/// The users the phases after register use: those that exist, after the
+/// register phase (run here when asked for, into `phases`). A registration
+/// not acknowledged (its deadline passed while the ring shed load) is the
+/// register phase's error; looking that user up again would count it once
+/// more, in every later phase. Without a register phase here (an earlier
+/// run registered them), an untimed lookup of each tells.
+fn users_that_exist(o: &BenchOptions, phases: &mut BTreeMap<&'static str, Phase>) -> Vec<u64> {
+    let wants = |p: PhaseName| o.phases.contains(&p);
+    let mut users: Vec<u64> = (0..o.users as u64).collect();
+    if wants(PhaseName::Register) {
+        let registered = Mutex::new(Vec::new());
+        phases.insert("register", register_users(o, &users, &registered));
+        users = registered.into_inner().unwrap_or_else(|p| p.into_inner());
+    } else if wants(PhaseName::Login)
+        || wants(PhaseName::SetAddress)
+        || wants(PhaseName::Lookup)
+        || o.flood_threads > 0
+    {
+        users = existing_users(o, &users);
+    }
+    users.sort_unstable();
+    users.dedup();
+    users
+}
+
 /// Which of `users` exist: each looked up once, untimed. Only a
 /// `not_found` answer leaves a user out; one that fails otherwise is kept,
 /// and its failures count in the phases that follow.
@@ -585,21 +611,8 @@ pub fn run(o: BenchOptions) -> Result<BenchReport> {
     if o.preload > 0 {
         phases.insert("preload", preload(&o)?);
     }
-    // The users the later phases use: those that exist. A registration
-    // not acknowledged (its deadline passed while the ring shed load) is
-    // the register phase's error; looking that user up again would count
-    // it once more, in every later phase. Without a register phase here
-    // (an earlier run registered them), an untimed lookup of each tells.
-    let mut users: Vec<u64> = (0..o.users as u64).collect();
-    if wants(PhaseName::Register) {
-        let registered = Mutex::new(Vec::new());
-        phases.insert("register", register_users(&o, &users, &registered));
-        users = registered.into_inner().unwrap_or_else(|p| p.into_inner());
-    } else if wants(PhaseName::Login) || wants(PhaseName::SetAddress) || wants(PhaseName::Lookup) {
-        users = existing_users(&o, &users);
-    }
-    users.sort_unstable();
-    let absent_users = o.users - users.len();
+    let users = users_that_exist(&o, &mut phases);
+    let absent_users = o.users.saturating_sub(users.len());
     let tokens = Mutex::new(BTreeMap::new());
     if wants(PhaseName::Login) || wants(PhaseName::SetAddress) {
         let login = login_users(&o, &users, &tokens);
@@ -903,7 +916,7 @@ pub fn print_report(report: &BenchReport) -> Result<(), crate::out::StdoutError>
     print_rows("phase", &rows)?;
     if report.absent_users > 0 {
         crate::outln!(
-            "  {} of the {} users do not exist (never registered): the phases after register leave them out",
+            "  {} of the {} users do not exist (registration not acknowledged): the phases after register leave them out",
             report.absent_users,
             report.users
         )?;
@@ -997,6 +1010,24 @@ pub fn compare(o: CompareOptions) -> Result<CompareReport> {
     result
 }
 
+/// Register the bench users on both rings: each ring's register phase, and
+/// the users registered on both, which both rings then look up.
+fn register_on_both(s: &BenchOptions, i: &BenchOptions) -> Result<(Phase, Phase, Vec<u64>)> {
+    let all: Vec<u64> = (0..s.users as u64).collect();
+    let (on_secure, on_insecure) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
+    let register_secure = register_users(s, &all, &on_secure);
+    let register_insecure = register_users(i, &all, &on_insecure);
+    let mut on_insecure = on_insecure.into_inner().unwrap_or_else(|p| p.into_inner());
+    on_insecure.sort_unstable();
+    let mut users = on_secure.into_inner().unwrap_or_else(|p| p.into_inner());
+    users.retain(|n| on_insecure.binary_search(n).is_ok());
+    users.sort_unstable();
+    if users.is_empty() {
+        bail!("no bench user is registered on both rings (see the register phases' errors)");
+    }
+    Ok((register_secure, register_insecure, users))
+}
+
 fn compare_in(dir: &std::path::Path, o: &CompareOptions) -> Result<CompareReport> {
     // The same ids on both rings, evenly spaced: the same ranges, fingers
     // and hops for every user, so only the security mode differs.
@@ -1032,19 +1063,7 @@ fn compare_in(dir: &std::path::Path, o: &CompareOptions) -> Result<CompareReport
         operator: None,
     };
     let (s, i) = (bench(&secure_ring), bench(&insecure_ring));
-    let all: Vec<u64> = (0..o.users as u64).collect();
-    let (on_secure, on_insecure) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
-    let register_secure = register_users(&s, &all, &on_secure);
-    let register_insecure = register_users(&i, &all, &on_insecure);
-    // Both rings look up the same users: those registered on both.
-    let mut on_insecure = on_insecure.into_inner().unwrap_or_else(|p| p.into_inner());
-    on_insecure.sort_unstable();
-    let mut users = on_secure.into_inner().unwrap_or_else(|p| p.into_inner());
-    users.retain(|n| on_insecure.binary_search(n).is_ok());
-    users.sort_unstable();
-    if users.is_empty() {
-        bail!("no bench user is registered on both rings (see the register phases' errors)");
-    }
+    let (register_secure, register_insecure, users) = register_on_both(&s, &i)?;
     let users = users.as_slice();
     // One client layer per thread and ring for the whole run: sessions are
     // made once (in the warm-up), as a long-running client's would be.

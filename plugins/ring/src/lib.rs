@@ -190,6 +190,15 @@ struct Shared {
     upkeep: Mutex<bool>,
 }
 
+/// `request` from our virtual node `from` to the virtual node `to`.
+fn rpc_body(from: &Peer, to: &Peer, request: Request) -> RpcBody<Request> {
+    RpcBody {
+        from: Some(peer_ref(from)),
+        to: Some(to.id),
+        request,
+    }
+}
+
 /// A lane of leave notices: each with the position it is from.
 type LeaveLane = Vec<(Peer, Outbound)>;
 
@@ -259,11 +268,7 @@ impl Shared {
         if guard(&self.liveness).gate(&to.addr, self.now()) == liveness::Gate::Skip {
             return Err(Failure::Skipped);
         }
-        let body = RpcBody {
-            from: Some(peer_ref(from)),
-            to: Some(to.id),
-            request,
-        };
+        let body = rpc_body(from, to, request);
         // `NotInRing` goes to the Chord core as an answer: the peer is alive
         // but no member, which drops it at once (and counts for the joining
         // tie-break), unlike a miss.
@@ -306,9 +311,10 @@ impl Shared {
     /// Graceful leave of every virtual node. Notices between our own
     /// positions apply at once, in order, so each later notice carries the
     /// neighbours an earlier leave gave its position. The rest go out
-    /// together, one lane per neighbouring gestor, each gestor's in order:
-    /// a stalled neighbour holds up only its own. Every position stays a
-    /// member until all are out (see `Node::leave_notices`).
+    /// together, one lane per neighbouring gestor (beyond 16 gestores,
+    /// some share a lane), each gestor's in order: a stalled neighbour
+    /// holds up only its own lane. Every position stays a member until all
+    /// are out (see `Node::leave_notices`).
     fn leave_ring(&self) {
         let count = self.nodes().len();
         let mut by_gestor: Vec<(String, LeaveLane)> = Vec::new();
@@ -376,12 +382,10 @@ impl Shared {
     /// delivered is logged; nothing is counted, as we are leaving. False
     /// when the gestor did not answer at all.
     fn send_leave_notice(&self, from: &Peer, to: &Peer, request: Request) -> bool {
-        let body = RpcBody {
-            from: Some(peer_ref(from)),
-            to: Some(to.id),
-            request,
-        };
-        match self.ctx.call::<Rpc>(&to.addr, &body, self.rpc_timeout()) {
+        match self
+            .ctx
+            .call::<Rpc>(&to.addr, &rpc_body(from, to, request), self.rpc_timeout())
+        {
             Ok(Response::Ack) => {
                 tracing::debug!(peer = %to.addr, position = to.id, from = from.id, "leave notice delivered");
                 true
