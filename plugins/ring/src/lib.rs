@@ -390,6 +390,11 @@ impl Shared {
                 tracing::debug!(peer = %to.addr, position = to.id, from = from.id, "leave notice delivered");
                 true
             }
+            // Left before us (a whole ring stopping): nothing to close.
+            Ok(Response::NotInRing) => {
+                tracing::debug!(peer = %to.addr, position = to.id, "leave notice: the neighbour has left too");
+                true
+            }
             Ok(other) => {
                 tracing::warn!(peer = %to.addr, position = to.id, "leave notice refused: {other:?}");
                 true
