@@ -991,9 +991,13 @@ pub struct CompareReport {
 
 /// Settings of both compared rings: the bench is their only client, so
 /// the per-source limit on password attempts (its registrations all come
-/// from 127.0.0.1) is off; everything else is the default.
-const COMPARE_CONFIG: &str =
-    "[plugins.config.gestor_directory]\npassword_attempts_per_source_per_minute = 0\n";
+/// from 127.0.0.1) is off; and one position per gestor, so that the given
+/// ids make both rings' ranges the same (further positions would be placed
+/// by each ring's own surveys). Everything else is the default.
+const COMPARE_CONFIG: &str = "[plugins.config.gestor_directory]\n\
+    password_attempts_per_source_per_minute = 0\n\
+    [plugins.config.gestor_ring]\n\
+    virtual_nodes = 1\n";
 
 /// Warm-up per ring before measuring: connections and (secure) handshakes.
 const WARM_UP: Duration = Duration::from_secs(1);

@@ -833,16 +833,19 @@ fn import_accounts(
 }
 
 fn bench_compare(o: gestor::bench::CompareOptions, json: bool) -> Result<()> {
-    outln!(
-        "bench: secure vs --insecure, {} gestores each ({}, {}), {} threads, {} users, {} alternating rounds, {} s of lookups per ring; starting both rings…",
-        o.nodes,
-        o.transport,
-        o.storage,
-        o.threads,
-        o.users,
-        o.rounds,
-        o.duration.as_secs()
-    )?;
+    // With --json, stdout is the report alone.
+    if !json {
+        outln!(
+            "bench: secure vs --insecure, {} gestores each ({}, {}), {} threads, {} users, {} alternating rounds, {} s of lookups per ring; starting both rings…",
+            o.nodes,
+            o.transport,
+            o.storage,
+            o.threads,
+            o.users,
+            o.rounds,
+            o.duration.as_secs()
+        )?;
+    }
     let r = gestor::bench::compare(o)?;
     if json {
         return print_json(&r);

@@ -169,5 +169,45 @@ fn lookups_skip_unregistered_users(transport: TransportKind, storage: StorageKin
     assert_eq!(lookup["errors"].as_u64(), Some(0), "{lookup}");
 }
 
+/// `--compare-insecure` starts a secure and an `--insecure` ring of its own,
+/// each registers every user and both are measured. It failed for a while
+/// with "the ring did not stabilize" (its evenly spaced ids and virtual
+/// nodes made two positions with one id) and no test ran it.
+#[test]
+fn compare_insecure_runs_both_rings() {
+    let args = [
+        "bench",
+        "--compare-insecure",
+        "--json",
+        "--transport",
+        "nng",
+        "--nodes",
+        "3",
+        "--threads",
+        "2",
+        "--users",
+        "10",
+        "--duration-secs",
+        "2",
+        "--rounds",
+        "2",
+    ];
+    let (code, out, err) = run_cli(&args, &[("RUST_LOG", "off")]);
+    assert_eq!(code, 0, "bench --compare-insecure failed: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("--json prints JSON");
+    for name in ["register_secure", "register_insecure", "secure", "insecure"] {
+        let p = &report[name];
+        assert!(
+            p["ops"].as_u64().unwrap_or(0) > 0,
+            "{name} did nothing: {p}"
+        );
+        assert_eq!(p["errors"].as_u64(), Some(0), "{name} had errors: {p}");
+    }
+    assert!(
+        report["p50_ratio"].as_f64().is_some_and(|r| r > 0.0),
+        "{out}"
+    );
+}
+
 gestor_tests::matrix!(bench_phases);
 gestor_tests::half_matrix!(straight => lookups_skip_unregistered_users);
